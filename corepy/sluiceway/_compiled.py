@@ -1,0 +1,28 @@
+"""Loads sluiceway's compiled modules, and fails loudly when they are missing.
+
+There is no pure-Python fallback for the engine: a checkout that was never
+built, or a wheel for another Python, must say so at import time instead of
+running slowly or half-working.
+"""
+
+import importlib
+
+_HINT = (
+    "sluiceway's compiled module {name!r} could not be imported ({exc}).\n"
+    "  Installed from a source checkout? Build it first: `pip install .` (or, for "
+    "development, `pip install -e .` / `make build`).\n"
+    "  Installed from a wheel? Check the wheel matches this Python "
+    "(cp{major}{minor}, manylinux) and reinstall it."
+)
+
+
+def load(name):
+    """Import ``sluiceway.<name>`` or raise ImportError that says how to fix it."""
+    try:
+        return importlib.import_module("sluiceway." + name)
+    except ImportError as exc:
+        import sys
+
+        raise ImportError(
+            _HINT.format(name=name, exc=exc, major=sys.version_info[0], minor=sys.version_info[1])
+        ) from exc
