@@ -1,0 +1,492 @@
+/* sw_http.c: see sw_http.h for the contract. */
+#include "sw_http.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define SW_P(ll) ((sw_http_t *)(ll)->data)
+
+/* Record one of our own rejections; llhttp then stops with HPE_USER. */
+static int sw_fail(sw_http_t *p, int status, const char *reason)
+{
+    if (!p->errno_) {
+        p->errno_ = HPE_USER;
+        p->status = status;
+        p->reason_msg = reason;
+    }
+    return HPE_USER;
+}
+
+static int sw_head_status(const sw_http_t *p, int req_status)
+{
+    return p->is_request ? req_status : 502;
+}
+
+/* Bytes of head seen so far if the head reaches `end`. */
+static int sw_check_head_size(sw_http_t *p, const char *end)
+{
+    if ((size_t)(end - p->base) - p->msg_start > p->limits.max_head)
+        return sw_fail(p, sw_head_status(p, 431),
+                       p->in_trailers ? "trailer section too large"
+                                      : "request head too large (start line and headers over the limit)");
+    return 0;
+}
+
+int sw_http_ieq(const char *a, const char *b, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        unsigned char x = (unsigned char)a[i], y = (unsigned char)b[i];
+        if (x - 'A' < 26u) x |= 0x20;
+        if (y - 'A' < 26u) y |= 0x20;
+        if (x != y) return 0;
+    }
+    return 1;
+}
+
+int sw_http_find(const char *base, const sw_header_t *h, uint32_t count,
+                 const char *name, size_t n, uint32_t start)
+{
+    uint32_t i;
+    for (i = start; i < count; i++) {
+        if (h[i].name.len == n && sw_http_ieq(base + h[i].name.off, name, n))
+            return (int)i;
+    }
+    return -1;
+}
+
+/* ---- llhttp callbacks ------------------------------------------------- */
+
+static int on_message_begin(llhttp_t *ll)
+{
+    sw_http_t *p = SW_P(ll);
+    p->in_head = 1;
+    p->in_trailers = 0;
+    p->in_value = 0;
+    p->in_field = 0;
+    p->nheaders = 0;
+    p->ntrailers = 0;
+    p->tlen = 0;
+    p->url.off = p->url.len = 0;
+    p->reason.off = p->reason.len = 0;
+    p->head_len = 0;
+    p->flags = 0;
+    p->upgrade = 0;
+    p->content_length = 0;
+    return 0;
+}
+
+static int on_url(llhttp_t *ll, const char *at, size_t len)
+{
+    sw_http_t *p = SW_P(ll);
+    uint32_t off = (uint32_t)(at - p->base);
+    if (p->url.len == 0) {
+        /* Exactly one SP between method and target (RFC 9112 3). The whole
+         * request line is in this buffer: an incomplete head is re-fed whole. */
+        if (off >= p->msg_start + 2 && at[-2] == ' ')
+            return sw_fail(p, 400, "more than one space between method and request target");
+        p->url.off = off;
+    }
+    p->url.len = off + (uint32_t)len - p->url.off;
+    if (p->url.len > p->limits.max_url)
+        return sw_fail(p, 414, "request target (URI) too long");
+    return sw_check_head_size(p, at + len);
+}
+
+static int on_status(llhttp_t *ll, const char *at, size_t len)
+{
+    sw_http_t *p = SW_P(ll);
+    uint32_t off = (uint32_t)(at - p->base);
+    if (p->reason.len == 0)
+        p->reason.off = off;
+    p->reason.len = off + (uint32_t)len - p->reason.off;
+    return sw_check_head_size(p, at + len);
+}
+
+/* Append trailer bytes to the trailer buffer; returns its offset or -1. */
+static int64_t sw_trailer_append(sw_http_t *p, const char *at, size_t len)
+{
+    uint32_t off = p->tlen;
+    if ((size_t)p->tlen + len > p->limits.max_head)
+        return -1;
+    if (p->tlen + len > p->tcap) {
+        uint32_t cap = p->tcap ? p->tcap : 256;
+        char *nb;
+        while (cap < p->tlen + len) cap *= 2;
+        nb = realloc(p->tbuf, cap);
+        if (!nb) return -1;
+        p->tbuf = nb;
+        p->tcap = cap;
+    }
+    memcpy(p->tbuf + p->tlen, at, len);
+    p->tlen += (uint32_t)len;
+    return off;
+}
+
+static int on_header_field(llhttp_t *ll, const char *at, size_t len)
+{
+    sw_http_t *p = SW_P(ll);
+    sw_header_t *arr;
+    uint32_t *count, off;
+
+    if (p->in_trailers) {
+        int64_t toff = sw_trailer_append(p, at, len);
+        if (toff < 0) return sw_fail(p, sw_head_status(p, 431), "trailer section too large");
+        off = (uint32_t)toff;
+        arr = p->trailers;
+        count = &p->ntrailers;
+    } else {
+        int rc = sw_check_head_size(p, at + len);
+        if (rc) return rc;
+        off = (uint32_t)(at - p->base);
+        arr = p->headers;
+        count = &p->nheaders;
+    }
+    if (p->in_field) {
+        /* The same name, split across two execute calls. */
+        sw_header_t *h = &arr[*count - 1];
+        h->name.len = off + (uint32_t)len - h->name.off;
+        return 0;
+    }
+    if (*count >= p->limits.max_headers)
+        return sw_fail(p, sw_head_status(p, 431),
+                       p->in_trailers ? "too many trailer fields" : "too many header fields");
+    arr[*count].name.off = off;
+    arr[*count].name.len = (uint32_t)len;
+    arr[*count].value.off = off + (uint32_t)len;
+    arr[*count].value.len = 0;
+    (*count)++;
+    p->in_field = 1;
+    p->in_value = 0;
+    return 0;
+}
+
+static int on_header_field_complete(llhttp_t *ll)
+{
+    SW_P(ll)->in_field = 0;
+    return 0;
+}
+
+static int on_header_value(llhttp_t *ll, const char *at, size_t len)
+{
+    sw_http_t *p = SW_P(ll);
+    sw_header_t *h;
+    uint32_t off;
+    size_t i;
+
+    if (p->in_trailers) {
+        int64_t toff = sw_trailer_append(p, at, len);
+        if (toff < 0) return sw_fail(p, sw_head_status(p, 431), "trailer section too large");
+        off = (uint32_t)toff;
+        h = &p->trailers[p->ntrailers - 1];
+    } else {
+        int rc = sw_check_head_size(p, at + len);
+        if (rc) return rc;
+        off = (uint32_t)(at - p->base);
+        h = &p->headers[p->nheaders - 1];
+    }
+    /* Control bytes other than HTAB never belong in a field value (NUL, bare
+     * CR/LF from a fold or a smuggling attempt, DEL). llhttp already refuses
+     * most; this keeps the rule in one visible place. */
+    for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)at[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return sw_fail(p, sw_head_status(p, 400), "control character in a header value");
+    }
+    if (!p->in_value) {
+        h->value.off = off;
+        h->value.len = (uint32_t)len;
+        p->in_value = 1;
+    } else {
+        h->value.len = off + (uint32_t)len - h->value.off;
+    }
+    return 0;
+}
+
+/* Trim trailing SP/HTAB from each value (llhttp keeps it). */
+static void sw_trim_values(const char *base, sw_header_t *h, uint32_t n)
+{
+    uint32_t i;
+    for (i = 0; i < n; i++) {
+        while (h[i].value.len > 0) {
+            char c = base[h[i].value.off + h[i].value.len - 1];
+            if (c != ' ' && c != '\t') break;
+            h[i].value.len--;
+        }
+    }
+}
+
+static int sw_check_framing(sw_http_t *p)
+{
+    uint16_t fl = p->ll.flags;
+    if (fl & F_TRANSFER_ENCODING) {
+        int i, seen = 0;
+        const char *v = NULL;
+        uint32_t vlen = 0;
+        if (fl & F_CONTENT_LENGTH)
+            return sw_fail(p, sw_head_status(p, 400),
+                           "both Content-Length and Transfer-Encoding are present");
+        for (i = sw_http_find(p->base, p->headers, p->nheaders, "transfer-encoding", 17, 0);
+             i >= 0;
+             i = sw_http_find(p->base, p->headers, p->nheaders, "transfer-encoding", 17, (uint32_t)i + 1)) {
+            seen++;
+            v = p->base + p->headers[i].value.off;
+            vlen = p->headers[i].value.len;
+        }
+        if (seen != 1 || vlen != 7 || !sw_http_ieq(v, "chunked", 7))
+            return sw_fail(p, sw_head_status(p, 501),
+                           "unsupported Transfer-Encoding (only a single `chunked` is accepted)");
+    }
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *ll)
+{
+    sw_http_t *p = SW_P(ll);
+    int rc;
+
+    if (ll->http_major != 1 || ll->http_minor > 1)
+        return sw_fail(p, sw_head_status(p, 505), "HTTP version not supported (only 1.0 and 1.1)");
+    sw_trim_values(p->base, p->headers, p->nheaders);
+    rc = sw_check_framing(p);
+    if (rc) return rc;
+    if (p->skip_body)
+        ll->flags |= F_SKIPBODY;
+    p->flags = ll->flags;
+    p->content_length = (ll->flags & F_CONTENT_LENGTH) ? ll->content_length : 0;
+    p->keep_alive = llhttp_should_keep_alive(ll);
+    p->upgrade = ll->upgrade;
+    p->in_head = 0;
+    p->in_trailers = 1;
+    p->in_value = 0;
+    p->in_field = 0;
+    p->head_done = 1;
+    return HPE_PAUSED;
+}
+
+static int on_body(llhttp_t *ll, const char *at, size_t len)
+{
+    sw_http_t *p = SW_P(ll);
+    if (len == 0)
+        return 0; /* llhttp closes an open span at the end of every call */
+    p->body_at = at;
+    p->body_len = len;
+    return HPE_PAUSED;
+}
+
+static int on_message_complete(llhttp_t *ll)
+{
+    sw_http_t *p = SW_P(ll);
+    sw_trim_values(p->tbuf, p->trailers, p->ntrailers);
+    p->pending_end = 1;
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t sw_settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_status = on_status,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_header_field_complete = on_header_field_complete,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+/* ---- public API ------------------------------------------------------- */
+
+int sw_http_init(sw_http_t *p, int is_request, const sw_http_limits_t *limits)
+{
+    memset(p, 0, sizeof(*p));
+    p->limits = *limits;
+    if (p->limits.max_headers == 0) p->limits.max_headers = 1;
+    p->is_request = is_request;
+    p->headers = malloc(sizeof(sw_header_t) * p->limits.max_headers);
+    p->trailers = malloc(sizeof(sw_header_t) * p->limits.max_headers);
+    if (!p->headers || !p->trailers) {
+        sw_http_free(p);
+        return -1;
+    }
+    llhttp_init(&p->ll, is_request ? HTTP_REQUEST : HTTP_RESPONSE, &sw_settings);
+    p->ll.data = p;
+    return 0;
+}
+
+void sw_http_free(sw_http_t *p)
+{
+    free(p->headers);
+    free(p->trailers);
+    free(p->tbuf);
+    p->headers = p->trailers = NULL;
+    p->tbuf = NULL;
+    p->tcap = p->tlen = 0;
+}
+
+void sw_http_reset(sw_http_t *p)
+{
+    llhttp_reset(&p->ll);
+    p->ll.data = p;
+    p->in_head = p->in_trailers = p->in_value = p->in_field = 0;
+    p->head_done = p->pending_end = 0;
+    p->nheaders = p->ntrailers = p->tlen = 0;
+    p->msg_start = 0;
+    p->skip_body = 0;
+    p->status = p->errno_ = p->failed = 0;
+    p->reason_msg = NULL;
+    p->error_offset = 0;
+}
+
+void sw_http_rebase(sw_http_t *p, uint32_t delta)
+{
+    uint32_t i;
+    p->msg_start -= delta;
+    if (p->url.len) p->url.off -= delta;
+    if (p->reason.len) p->reason.off -= delta;
+    for (i = 0; i < p->nheaders; i++) {
+        p->headers[i].name.off -= delta;
+        p->headers[i].value.off -= delta;
+    }
+}
+
+int sw_http_in_head(const sw_http_t *p)
+{
+    return p->in_head;
+}
+
+const char *sw_http_method_name(const sw_http_t *p)
+{
+    return llhttp_method_name((llhttp_method_t)p->ll.method);
+}
+
+static int sw_is_token(const char *s, size_t n)
+{
+    size_t i;
+    if (n == 0) return 0;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              strchr("!#$%&'*+-.^_`|~", c) != NULL) || c == 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* Turn an llhttp error into status + reason. */
+static void sw_set_error(sw_http_t *p, llhttp_errno_t err, const char *data, size_t len)
+{
+    const char *pos = llhttp_get_error_pos(&p->ll);
+    size_t off = (pos && pos >= data && pos <= data + len) ? (size_t)(pos - data) : len;
+    p->failed = 1;
+    p->error_offset = off;
+    if (p->errno_ == HPE_USER && p->reason_msg) {
+        return; /* one of our own checks */
+    }
+    p->errno_ = err;
+    p->reason_msg = llhttp_get_error_reason(&p->ll);
+    p->status = p->is_request ? 400 : 502;
+    if (p->msg_start < len && (unsigned char)data[p->msg_start] == 0x16) {
+        p->reason_msg = "TLS handshake received on a plain-HTTP port (is the peer using https:// against http://?)";
+        p->error_offset = p->msg_start;
+        return;
+    }
+    switch (err) {
+    case HPE_INVALID_METHOD: {
+        /* A well-formed token we do not know is "not implemented"; other bytes
+         * are a bad request. */
+        size_t s = p->msg_start, e;
+        while (s < len && (data[s] == '\r' || data[s] == '\n')) s++;
+        for (e = s; e < len && e - s < 64 && data[e] != ' '; e++) {}
+        if (p->is_request && e < len && data[e] == ' ' && sw_is_token(data + s, e - s)) {
+            p->status = 501;
+            p->reason_msg = "request method not supported";
+        }
+        break;
+    }
+    case HPE_INVALID_VERSION:
+        /* A version we do not speak, as opposed to a malformed line. */
+        if (p->reason_msg && strcmp(p->reason_msg, "Invalid HTTP version") == 0)
+            p->status = sw_head_status(p, 505);
+        break;
+    case HPE_INVALID_TRANSFER_ENCODING:
+        if (p->ll.flags & F_CONTENT_LENGTH) {
+            p->reason_msg = "both Content-Length and Transfer-Encoding are present";
+        } else {
+            p->status = sw_head_status(p, 501);
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+int sw_http_execute(sw_http_t *p, const char *data, size_t len, size_t resume_at,
+                    size_t *consumed)
+{
+    llhttp_errno_t err;
+
+    *consumed = resume_at;
+    if (p->failed) return SW_EV_ERROR;
+    p->base = data;
+    if (!p->in_head) p->msg_start = (uint32_t)resume_at;
+    if (llhttp_get_errno(&p->ll) == HPE_PAUSED) llhttp_resume(&p->ll);
+    p->head_done = p->pending_end = 0;
+    p->body_len = 0;
+
+    err = llhttp_execute(&p->ll, data + resume_at, len - resume_at);
+    if (err == HPE_OK) {
+        *consumed = len;
+        if (p->in_head && len - p->msg_start > p->limits.max_head) {
+            sw_fail(p, sw_head_status(p, 431), "request head too large (start line and headers over the limit)");
+            sw_set_error(p, HPE_USER, data, len);
+            p->error_offset = len;
+            return SW_EV_ERROR;
+        }
+        return SW_EV_NEED_DATA;
+    }
+    if (err == HPE_PAUSED) {
+        *consumed = (size_t)(llhttp_get_error_pos(&p->ll) - data);
+        if (p->head_done) {
+            p->head_len = (uint32_t)(*consumed - p->msg_start);
+            if (p->head_len > p->limits.max_head) {
+                sw_fail(p, sw_head_status(p, 431), "request head too large (start line and headers over the limit)");
+                sw_set_error(p, HPE_USER, data, len);
+                return SW_EV_ERROR;
+            }
+            return SW_EV_HEAD;
+        }
+        if (p->pending_end) {
+            p->msg_start = (uint32_t)*consumed;
+            return SW_EV_END;
+        }
+        return SW_EV_BODY;
+    }
+    if (err == HPE_PAUSED_UPGRADE) {
+        *consumed = (size_t)(llhttp_get_error_pos(&p->ll) - data);
+        return SW_EV_UPGRADE;
+    }
+    sw_set_error(p, err, data, len);
+    *consumed = p->error_offset;
+    return SW_EV_ERROR;
+}
+
+int sw_http_finish(sw_http_t *p)
+{
+    llhttp_errno_t err;
+    if (p->failed) return SW_EV_ERROR;
+    if (llhttp_get_errno(&p->ll) == HPE_PAUSED) llhttp_resume(&p->ll);
+    p->pending_end = 0;
+    err = llhttp_finish(&p->ll);
+    if (err == HPE_OK && !p->pending_end) return SW_EV_NEED_DATA;
+    if (err == HPE_OK || err == HPE_PAUSED) {
+        p->ll.finish = HTTP_FINISH_SAFE; /* report the close-delimited end once */
+        return SW_EV_END;
+    }
+    p->failed = 1;
+    p->errno_ = err;
+    p->status = p->is_request ? 400 : 502;
+    p->reason_msg = p->is_request ? "connection closed before the request was complete"
+                                  : "connection closed before the response was complete";
+    p->error_offset = 0;
+    return SW_EV_ERROR;
+}

@@ -1,0 +1,162 @@
+/* sw_http.h: HTTP/1.x message parsing over llhttp, with no Python in sight.
+ *
+ * Contract
+ * --------
+ * A sw_http_t wraps one llhttp parser (request or response side). The caller
+ * feeds bytes with sw_http_execute(); it runs llhttp until the next *event*
+ * and returns it, with the number of bytes it consumed:
+ *
+ *   SW_EV_NEED_DATA  every byte was consumed; feed more.
+ *   SW_EV_HEAD       a message head is complete. Its start line and headers
+ *                    are recorded as spans (offset, length) relative to the
+ *                    `base` pointer the caller passed to the execute call
+ *                    (and to earlier calls: see "Head buffer" below).
+ *   SW_EV_BODY       body bytes at p->body_at, p->body_len (inside the data
+ *                    just given). Chunked framing is already removed.
+ *   SW_EV_END        the message is complete (trailers, if any, are in the
+ *                    trailer buffer).
+ *   SW_EV_UPGRADE    the message was an upgrade or CONNECT: bytes after the
+ *                    consumed offset belong to another protocol.
+ *   SW_EV_ERROR      the input is malformed or over a limit. p->status is the
+ *                    HTTP status it maps to, p->reason a message naming the
+ *                    problem, p->error_offset the offending byte's offset from
+ *                    the start of the data passed to this call.
+ *
+ * After SW_EV_ERROR the parser stays failed until sw_http_reset().
+ *
+ * Head buffer: spans are offsets from the `base` pointer given to the call in
+ * which the head completes. A head that arrives in several pieces must
+ * therefore be handed over contiguously: the caller keeps the bytes of an
+ * incomplete head (from p->msg_start, an offset from `base`) and passes them
+ * again, followed by the new bytes, with `resume_at` pointing past the bytes
+ * already parsed. sw_http_rebase() shifts the recorded spans when the caller
+ * moves those bytes.
+ *
+ * Strictness: no llhttp leniency flag is ever set. On top of llhttp we reject
+ * HTTP versions other than 1.0 and 1.1 (505), any Transfer-Encoding other than
+ * a single `chunked` (501 for requests), Content-Length together with
+ * Transfer-Encoding, and heads over the configured limits (414/431).
+ *
+ * Thread-safety: none; one parser per connection. No allocation except in
+ * sw_http_init() (header and trailer arrays) and trailer growth.
+ */
+#ifndef SW_HTTP_H
+#define SW_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "llhttp.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum sw_http_event {
+    SW_EV_NEED_DATA = 0,
+    SW_EV_HEAD = 1,
+    SW_EV_BODY = 2,
+    SW_EV_END = 3,
+    SW_EV_UPGRADE = 4,
+    SW_EV_ERROR = -1
+};
+
+/* A byte range relative to a base pointer. */
+typedef struct {
+    uint32_t off;
+    uint32_t len;
+} sw_span_t;
+
+typedef struct {
+    sw_span_t name;
+    sw_span_t value;
+} sw_header_t;
+
+typedef struct {
+    uint32_t max_head;     /* start line + headers, bytes (431 past it) */
+    uint32_t max_url;      /* request target, bytes (414 past it) */
+    uint32_t max_headers;  /* header count (431 past it); also trailer count */
+} sw_http_limits_t;
+
+typedef struct sw_http_s {
+    llhttp_t ll;
+    sw_http_limits_t limits;
+    int is_request;
+
+    /* Per-call cursor (valid during sw_http_execute). */
+    const char *base;
+
+    /* Current message. */
+    uint32_t msg_start;     /* offset from base where the current head began */
+    uint32_t head_len;      /* bytes of the head, once SW_EV_HEAD was returned */
+    sw_span_t url;          /* request target */
+    sw_span_t reason;       /* response reason phrase */
+    sw_header_t *headers;   /* capacity limits.max_headers */
+    uint32_t nheaders;
+    int in_field;           /* a header name is open (not yet at ':') */
+    int in_value;           /* the open header's value has started */
+    int in_head;            /* between message begin and headers complete */
+    int in_trailers;        /* header callbacks now are trailers */
+    int skip_body;          /* response to HEAD (set by the caller) */
+    int head_done;          /* headers complete, not yet reported */
+    int pending_end;        /* message complete, not yet reported */
+    uint16_t flags;         /* llhttp flags captured at headers complete */
+    int keep_alive;
+    int upgrade;
+    uint64_t content_length;
+
+    /* Body span of the last SW_EV_BODY. */
+    const char *body_at;
+    size_t body_len;
+
+    /* Trailers: copied (they may straddle calls). */
+    char *tbuf;
+    uint32_t tlen, tcap;
+    sw_header_t *trailers;
+    uint32_t ntrailers;
+
+    /* Error. */
+    int status;             /* HTTP status this error maps to */
+    int errno_;             /* llhttp errno, or HPE_USER for our checks */
+    const char *reason_msg;
+    size_t error_offset;
+    int failed;
+} sw_http_t;
+
+/* Initialise. Returns 0, or -1 when memory could not be allocated. */
+int sw_http_init(sw_http_t *p, int is_request, const sw_http_limits_t *limits);
+void sw_http_free(sw_http_t *p);
+/* Forget everything, including an error; keep settings and limits. */
+void sw_http_reset(sw_http_t *p);
+
+/* Parse data[resume_at:len] (see "Head buffer"). *consumed is set to the
+ * offset from data just past what was consumed. Returns an sw_http_event. */
+int sw_http_execute(sw_http_t *p, const char *data, size_t len, size_t resume_at,
+                    size_t *consumed);
+
+/* Signal end of input. Returns SW_EV_END for a close-delimited body that is
+ * now complete, SW_EV_NEED_DATA when no message was in progress, or
+ * SW_EV_ERROR when a message was cut short. */
+int sw_http_finish(sw_http_t *p);
+
+/* Subtract delta from every recorded head span (the head's bytes moved). */
+void sw_http_rebase(sw_http_t *p, uint32_t delta);
+
+/* True while a message head is being read. */
+int sw_http_in_head(const sw_http_t *p);
+
+/* Index of the first header at or after `start` whose name equals name[0:n]
+ * case-insensitively, or -1. */
+int sw_http_find(const char *base, const sw_header_t *h, uint32_t count,
+                 const char *name, size_t n, uint32_t start);
+
+/* ASCII case-insensitive equality of a[0:n] and b[0:n]. */
+int sw_http_ieq(const char *a, const char *b, size_t n);
+
+/* The method's name (e.g. "GET") for a request parser after SW_EV_HEAD. */
+const char *sw_http_method_name(const sw_http_t *p);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SW_HTTP_H */
