@@ -64,6 +64,7 @@ static int on_message_begin(llhttp_t *ll)
     p->in_trailers = 0;
     p->in_value = 0;
     p->in_field = 0;
+    p->ver_seen = 0;
     p->nheaders = 0;
     p->ntrailers = 0;
     p->tlen = 0;
@@ -91,6 +92,21 @@ static int on_url(llhttp_t *ll, const char *at, size_t len)
     if (p->url.len > p->limits.max_url)
         return sw_fail(p, 414, "request target (URI) too long");
     return sw_check_head_size(p, at + len);
+}
+
+static int on_version(llhttp_t *ll, const char *at, size_t len)
+{
+    sw_http_t *p = SW_P(ll);
+    uint32_t off = (uint32_t)(at - p->base);
+    (void)len;
+    if (p->ver_seen++)
+        return 0; /* a continuation of the same span in a later call */
+    /* "GET /  HTTP/1.1": exactly one SP between target and version. The
+     * version span starts after "HTTP/"; the target's last byte is 7 back. */
+    if (p->is_request && p->url.len && off >= 7 && off - 7 >= p->msg_start &&
+        p->url.off + p->url.len != off - 6)
+        return sw_fail(p, 400, "more than one space between request target and version");
+    return 0;
 }
 
 static int on_status(llhttp_t *ll, const char *at, size_t len)
@@ -286,6 +302,7 @@ static const llhttp_settings_t sw_settings = {
     .on_message_begin = on_message_begin,
     .on_url = on_url,
     .on_status = on_status,
+    .on_version = on_version,
     .on_header_field = on_header_field,
     .on_header_value = on_header_value,
     .on_header_field_complete = on_header_field_complete,

@@ -96,6 +96,7 @@ typedef struct sw_http_s {
     int in_field;           /* a header name is open (not yet at ':') */
     int in_value;           /* the open header's value has started */
     int in_head;            /* between message begin and headers complete */
+    int ver_seen;           /* on_version already ran for this message */
     int in_trailers;        /* header callbacks now are trailers */
     int skip_body;          /* response to HEAD (set by the caller) */
     int head_done;          /* headers complete, not yet reported */
