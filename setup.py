@@ -183,4 +183,5 @@ class sdist(_sdist):
                 shutil.copy2(os.path.join(src, f), os.path.join(dst, f))
 
 
-setup(ext_modules=extensions(), cmdclass={"sdist": sdist})
+if __name__ == "__main__":
+    setup(ext_modules=extensions(), cmdclass={"sdist": sdist})

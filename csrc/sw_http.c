@@ -77,10 +77,25 @@ static int on_message_begin(llhttp_t *ll)
     return 0;
 }
 
+/* Bytes allowed in a request target: RFC 3986 unreserved, reserved and '%'.
+ * llhttp lets some others through ('"', '{', '|', ...), which upstreams then
+ * read differently; we refuse them. */
+static int sw_target_byte_ok(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return 1;
+    return c != 0 && strchr("-._~:/?#[]@!$&'()*+,;=%", c) != NULL;
+}
+
 static int on_url(llhttp_t *ll, const char *at, size_t len)
 {
     sw_http_t *p = SW_P(ll);
     uint32_t off = (uint32_t)(at - p->base);
+    size_t i;
+    for (i = 0; i < len; i++) {
+        if (!sw_target_byte_ok((unsigned char)at[i]))
+            return sw_fail(p, 400, "byte not allowed in the request target (RFC 3986)");
+    }
     if (p->url.len == 0) {
         /* Exactly one SP between method and target (RFC 9112 3). The whole
          * request line is in this buffer: an incomplete head is re-fed whole. */
