@@ -74,6 +74,7 @@ cdef class Headers:
     cdef sw_header_t *_h
     cdef uint32_t _n
     cdef uint32_t _cap
+    cdef sw_header_t _inline[16]  # most messages: no allocation for spans
 
     cdef int _set(self, object buf, const char *base, const sw_header_t *h,
                   uint32_t n) except -1

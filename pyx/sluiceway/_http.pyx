@@ -76,6 +76,7 @@ cdef inline const char *_name_ptr(object name, Py_ssize_t *n) except NULL:
 
 @cython.final
 @cython.freelist(64)
+@cython.no_gc
 cdef class Headers:
     """Read-only header fields of a parsed message, in wire order.
 
@@ -89,15 +90,21 @@ cdef class Headers:
         raise TypeError("Headers objects are made by the parser")
 
     def __dealloc__(self):
-        PyMem_Free(self._h)
+        if self._h != self._inline:
+            PyMem_Free(self._h)
 
     cdef int _set(self, object buf, const char *base, const sw_header_t *h,
                   uint32_t n) except -1:
         cdef sw_header_t *nh
+        if self._h == NULL:
+            self._h = self._inline
+            self._cap = 16
         if n > self._cap:
-            nh = <sw_header_t *>PyMem_Realloc(self._h, n * sizeof(sw_header_t))
+            nh = <sw_header_t *>PyMem_Malloc(n * sizeof(sw_header_t))
             if nh == NULL:
                 raise MemoryError()
+            if self._h != self._inline:
+                PyMem_Free(self._h)
             self._h = nh
             self._cap = n
         if n:
@@ -200,6 +207,8 @@ cdef Headers _new_headers(object buf, const char *base, const sw_header_t *h, ui
     return hs
 
 
+@cython.freelist(64)
+@cython.no_gc
 cdef class _Head:
     """Fields shared by request and response heads."""
 
