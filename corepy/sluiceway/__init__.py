@@ -1,7 +1,29 @@
 """sluiceway: a programmable HTTP reverse-proxy framework.
 
 Phase hooks are written in Python; parsing, the event loop, pooling,
-load-balancing selection and limits are compiled.
+load-balancing selection and limits are compiled. Importing this package
+imports the compiled modules and fails loudly, with a hint, when they are
+missing: there is no silent pure-Python fallback for the engine.
 """
 
+from ._compiled import load as _load
+from .errors import Error, ParseError
+
 __version__ = "0.1.0.dev0"
+
+_http = _load("_http")
+RequestParser = _http.RequestParser
+ResponseParser = _http.ResponseParser
+Headers = _http.Headers
+RequestHead = _http.RequestHead
+ResponseHead = _http.ResponseHead
+EndOfMessage = _http.EndOfMessage
+NEED_DATA = _http.NEED_DATA
+END_OF_MESSAGE = _http.END_OF_MESSAGE
+UPGRADED = _http.UPGRADED
+CONNECTION_CLOSED = _http.CONNECTION_CLOSED
+
+__all__ = [
+    "Error", "ParseError", "RequestParser", "ResponseParser", "Headers", "RequestHead",
+    "ResponseHead", "EndOfMessage", "NEED_DATA", "END_OF_MESSAGE", "UPGRADED", "CONNECTION_CLOSED",
+]
