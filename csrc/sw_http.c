@@ -6,6 +6,8 @@
 
 #define SW_P(ll) ((sw_http_t *)(ll)->data)
 
+enum { SW_SPAN_NONE = 0, SW_SPAN_FIELD = 1, SW_SPAN_VALUE = 2 };
+
 /* Record one of our own rejections; llhttp then stops with HPE_USER. */
 static int sw_fail(sw_http_t *p, int status, const char *reason)
 {
@@ -37,8 +39,8 @@ int sw_http_ieq(const char *a, const char *b, size_t n)
     size_t i;
     for (i = 0; i < n; i++) {
         unsigned char x = (unsigned char)a[i], y = (unsigned char)b[i];
-        if (x - 'A' < 26u) x |= 0x20;
-        if (y - 'A' < 26u) y |= 0x20;
+        if ((unsigned)(x - 'A') < 26u) x |= 0x20;
+        if ((unsigned)(y - 'A') < 26u) y |= 0x20;
         if (x != y) return 0;
     }
     return 1;
@@ -62,8 +64,7 @@ static int on_message_begin(llhttp_t *ll)
     sw_http_t *p = SW_P(ll);
     p->in_head = 1;
     p->in_trailers = 0;
-    p->in_value = 0;
-    p->in_field = 0;
+    p->last_kind = 0;
     p->ver_seen = 0;
     p->nheaders = 0;
     p->ntrailers = 0;
@@ -143,6 +144,22 @@ static int on_status(llhttp_t *ll, const char *at, size_t len)
     return sw_check_head_size(p, at + len);
 }
 
+/* Whether a header name/value span continues the previous call's last span.
+ * llhttp reports a span cut by the end of a call's data once at that end and
+ * again, from the start of the next call's data, for the rest. So a span
+ * continues exactly when it is the first span callback of this call and the
+ * previous call's last span callback was of the same kind and reached the
+ * end of its data. Every other name callback starts a new field. This costs
+ * nothing per byte and needs no *_complete callback. */
+static int sw_continues(sw_http_t *p, int kind, const char *at, size_t len)
+{
+    int cont = p->first_cb && p->open_kind == kind;
+    p->first_cb = 0;
+    p->last_kind = kind;
+    p->last_end = at + len;
+    return cont;
+}
+
 /* Append trailer bytes to the trailer buffer; returns its offset or -1. */
 static int64_t sw_trailer_append(sw_http_t *p, const char *at, size_t len)
 {
@@ -182,7 +199,7 @@ static int on_header_field(llhttp_t *ll, const char *at, size_t len)
         arr = p->headers;
         count = &p->nheaders;
     }
-    if (p->in_field) {
+    if (sw_continues(p, SW_SPAN_FIELD, at, len)) {
         /* The same name, split across two execute calls. */
         sw_header_t *h = &arr[*count - 1];
         h->name.len = off + (uint32_t)len - h->name.off;
@@ -196,14 +213,6 @@ static int on_header_field(llhttp_t *ll, const char *at, size_t len)
     arr[*count].value.off = off + (uint32_t)len;
     arr[*count].value.len = 0;
     (*count)++;
-    p->in_field = 1;
-    p->in_value = 0;
-    return 0;
-}
-
-static int on_header_field_complete(llhttp_t *ll)
-{
-    SW_P(ll)->in_field = 0;
     return 0;
 }
 
@@ -226,12 +235,11 @@ static int on_header_value(llhttp_t *ll, const char *at, size_t len)
     }
     /* Control bytes (NUL, bare CR/LF, DEL, ...) in values are refused by
      * llhttp itself in strict mode: "Invalid header value char". */
-    if (!p->in_value) {
+    if (sw_continues(p, SW_SPAN_VALUE, at, len)) {
+        h->value.len = off + (uint32_t)len - h->value.off;
+    } else {
         h->value.off = off;
         h->value.len = (uint32_t)len;
-        p->in_value = 1;
-    } else {
-        h->value.len = off + (uint32_t)len - h->value.off;
     }
     return 0;
 }
@@ -291,8 +299,7 @@ static int on_headers_complete(llhttp_t *ll)
     p->upgrade = ll->upgrade;
     p->in_head = 0;
     p->in_trailers = 1;
-    p->in_value = 0;
-    p->in_field = 0;
+    p->last_kind = 0;
     p->head_done = 1;
     return HPE_PAUSED;
 }
@@ -322,7 +329,6 @@ static const llhttp_settings_t sw_settings = {
     .on_version = on_version,
     .on_header_field = on_header_field,
     .on_header_value = on_header_value,
-    .on_header_field_complete = on_header_field_complete,
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
     .on_message_complete = on_message_complete,
@@ -361,7 +367,7 @@ void sw_http_reset(sw_http_t *p)
 {
     llhttp_reset(&p->ll);
     p->ll.data = p;
-    p->in_head = p->in_trailers = p->in_value = p->in_field = 0;
+    p->in_head = p->in_trailers = p->last_kind = p->open_kind = 0;
     p->head_done = p->pending_end = 0;
     p->nheaders = p->ntrailers = p->tlen = 0;
     p->msg_start = 0;
@@ -454,8 +460,24 @@ static void sw_set_error(sw_http_t *p, llhttp_errno_t err, const char *data, siz
     }
 }
 
+static int sw_execute(sw_http_t *p, const char *data, size_t len, size_t resume_at,
+                      size_t *consumed);
+
 int sw_http_execute(sw_http_t *p, const char *data, size_t len, size_t resume_at,
                     size_t *consumed)
+{
+    int ev;
+    p->first_cb = 1;
+    p->last_end = NULL;
+    ev = sw_execute(p, data, len, resume_at, consumed);
+    /* A name or value span may continue in the next call only if this call's
+     * last span callback was one and reached the end of the data. */
+    p->open_kind = (p->last_end == data + len) ? p->last_kind : 0;
+    return ev;
+}
+
+static int sw_execute(sw_http_t *p, const char *data, size_t len, size_t resume_at,
+                      size_t *consumed)
 {
     llhttp_errno_t err;
 
