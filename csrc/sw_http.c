@@ -34,14 +34,23 @@ static int sw_check_head_size(sw_http_t *p, const char *end)
     return 0;
 }
 
+/* ASCII lower-case map for field-name comparison. */
+static const unsigned char sw_lower[256] = {
+#define R(x) x, x + 1, x + 2, x + 3, x + 4, x + 5, x + 6, x + 7
+    R(0), R(8), R(16), R(24), R(32), R(40), R(48), R(56),
+    64, 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k', 'l', 'm', 'n', 'o',
+    'p', 'q', 'r', 's', 't', 'u', 'v', 'w', 'x', 'y', 'z', 91, 92, 93, 94, 95,
+    R(96), R(104), R(112), R(120), R(128), R(136), R(144), R(152), R(160), R(168),
+    R(176), R(184), R(192), R(200), R(208), R(216), R(224), R(232), R(240), R(248)
+#undef R
+};
+
 int sw_http_ieq(const char *a, const char *b, size_t n)
 {
+    const unsigned char *x = (const unsigned char *)a, *y = (const unsigned char *)b;
     size_t i;
     for (i = 0; i < n; i++) {
-        unsigned char x = (unsigned char)a[i], y = (unsigned char)b[i];
-        if ((unsigned)(x - 'A') < 26u) x |= 0x20;
-        if ((unsigned)(y - 'A') < 26u) y |= 0x20;
-        if (x != y) return 0;
+        if (sw_lower[x[i]] != sw_lower[y[i]]) return 0;
     }
     return 1;
 }
@@ -193,8 +202,8 @@ static int on_header_field(llhttp_t *ll, const char *at, size_t len)
         arr = p->trailers;
         count = &p->ntrailers;
     } else {
-        int rc = sw_check_head_size(p, at + len);
-        if (rc) return rc;
+        /* The head's size is checked when a call ends inside the head and when
+         * the head completes: one call parses at most the bytes it was given. */
         off = (uint32_t)(at - p->base);
         arr = p->headers;
         count = &p->nheaders;
@@ -228,8 +237,6 @@ static int on_header_value(llhttp_t *ll, const char *at, size_t len)
         off = (uint32_t)toff;
         h = &p->trailers[p->ntrailers - 1];
     } else {
-        int rc = sw_check_head_size(p, at + len);
-        if (rc) return rc;
         off = (uint32_t)(at - p->base);
         h = &p->headers[p->nheaders - 1];
     }

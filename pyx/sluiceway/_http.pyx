@@ -260,7 +260,7 @@ cdef class RequestHead(_Head):
 
     cdef (size_t, size_t) _path_span(self):
         cdef const char *t = self.headers._base + self._target.off
-        cdef size_t n = self._target.len, start = 0, end, i
+        cdef size_t n = self._target.len, start = 0, end
         cdef const char *q
         if n > 0 and t[0] != b'/' and t[0] != b'*':
             # absolute-form: skip "scheme://authority"
@@ -269,19 +269,22 @@ cdef class RequestHead(_Head):
                 start = <size_t>(q - t) + 3
                 while start < n and t[start] != b'/' and t[start] != b'?':
                     start += 1
-        end = start
-        while end < n and t[end] != b'?' and t[end] != b'#':
-            end += 1
+        q = <const char *>memchr(t + start, b'?', n - start)
+        end = <size_t>(q - t) if q != NULL else n
+        q = <const char *>memchr(t + start, b'#', end - start)
+        if q != NULL:
+            end = <size_t>(q - t)
         return start, end
 
     @property
     def path(self):
         cdef size_t s, e
         s, e = self._path_span()
-        if self.method == "CONNECT":
-            return ""
-        if s == e and s > 0:
-            return "/"
+        if self._target.len and self.headers._base[self._target.off] != b'/':
+            if self.method == "CONNECT":
+                return ""
+            if s == e and s > 0:
+                return "/"
         return PyUnicode_DecodeLatin1(self.headers._base + self._target.off + s, e - s, NULL)
 
     @property
