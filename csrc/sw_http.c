@@ -6,6 +6,8 @@
 
 #define SW_P(ll) ((sw_http_t *)(ll)->data)
 
+#define SW_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
 enum { SW_SPAN_NONE = 0, SW_SPAN_FIELD = 1, SW_SPAN_VALUE = 2 };
 
 /* Record one of our own rejections; llhttp then stops with HPE_USER. */
@@ -160,10 +162,10 @@ static int on_status(llhttp_t *ll, const char *at, size_t len)
  * previous call's last span callback was of the same kind and reached the
  * end of its data. Every other name callback starts a new field. This costs
  * nothing per byte and needs no *_complete callback. */
-static int sw_continues(sw_http_t *p, int kind, const char *at, size_t len)
+static inline int sw_continues(sw_http_t *p, int kind, const char *at, size_t len)
 {
-    int cont = p->first_cb && p->open_kind == kind;
-    p->first_cb = 0;
+    /* last_end is NULL until the first name/value callback of a call. */
+    int cont = p->last_end == NULL && p->open_kind == kind;
     p->last_kind = kind;
     p->last_end = at + len;
     return cont;
@@ -195,7 +197,7 @@ static int on_header_field(llhttp_t *ll, const char *at, size_t len)
     sw_header_t *arr;
     uint32_t *count, off;
 
-    if (p->in_trailers) {
+    if (SW_UNLIKELY(p->in_trailers)) {
         int64_t toff = sw_trailer_append(p, at, len);
         if (toff < 0) return sw_fail(p, sw_head_status(p, 431), "trailer section too large");
         off = (uint32_t)toff;
@@ -231,7 +233,7 @@ static int on_header_value(llhttp_t *ll, const char *at, size_t len)
     sw_header_t *h;
     uint32_t off;
 
-    if (p->in_trailers) {
+    if (SW_UNLIKELY(p->in_trailers)) {
         int64_t toff = sw_trailer_append(p, at, len);
         if (toff < 0) return sw_fail(p, sw_head_status(p, 431), "trailer section too large");
         off = (uint32_t)toff;
@@ -474,7 +476,6 @@ int sw_http_execute(sw_http_t *p, const char *data, size_t len, size_t resume_at
                     size_t *consumed)
 {
     int ev;
-    p->first_cb = 1;
     p->last_end = NULL;
     ev = sw_execute(p, data, len, resume_at, consumed);
     /* A name or value span may continue in the next call only if this call's

@@ -93,10 +93,9 @@ typedef struct sw_http_s {
     sw_span_t reason;       /* response reason phrase */
     sw_header_t *headers;   /* capacity limits.max_headers */
     uint32_t nheaders;
-    int first_cb;           /* no name/value span callback yet in this call */
     int last_kind;          /* kind of the last name/value span callback */
     int open_kind;          /* that kind, if it reached the end of the last call's data */
-    const char *last_end;   /* end of the last name/value span */
+    const char *last_end;   /* end of the last name/value span (NULL: none yet in this call) */
     int in_head;            /* between message begin and headers complete */
     int ver_seen;           /* on_version already ran for this message */
     int in_trailers;        /* header callbacks now are trailers */

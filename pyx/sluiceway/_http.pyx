@@ -207,7 +207,6 @@ cdef Headers _new_headers(object buf, const char *base, const sw_header_t *h, ui
     return hs
 
 
-@cython.freelist(64)
 @cython.no_gc
 cdef class _Head:
     """Fields shared by request and response heads."""
