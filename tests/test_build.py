@@ -90,10 +90,34 @@ def test_manylinux_wheel_installs_and_imports_in_a_fresh_venv(tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = str(env_dir / "bin" / "python")
-    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", str(wheels[0])], check=True, timeout=300)
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # no source tree in sight
+    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", str(wheels[0])], check=True, timeout=300,
+                   cwd=str(tmp_path), env=clean)
     code = ("import sluiceway, sluiceway._http as h; p = h.RequestParser(); "
             "p.feed(b'GET /x HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n'); print(h.__file__); print(p.next_event().path)")
-    out = subprocess.run([py, "-c", code], cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+    out = subprocess.run([py, "-c", code], cwd=str(tmp_path), capture_output=True, text=True, timeout=60,
+                         env=clean)
     assert out.returncode == 0, out.stderr
     so_path, path = out.stdout.split()
     assert so_path.startswith(str(env_dir)) and path == "/x"
+
+
+@pytest.mark.slow
+def test_our_sdist_carries_llhttp_and_builds_without_a_second_download(tmp_path):
+    subprocess.run([sys.executable, "-m", "build", "--sdist", "--outdir", str(tmp_path), ROOT],
+                   check=True, capture_output=True, timeout=600)
+    (sdist,) = tmp_path.glob("sluiceway-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = tar.getnames()
+        tar.extractall(tmp_path / "src")
+    top = names[0].split("/")[0]
+    for f in ("llhttp.h", "api.c", "http.c", "llhttp.c", "LICENSE"):
+        assert f"{top}/third_party/llhttp/{f}" in names
+    # With the package index switched off, any attempt to download fails.
+    env = {**os.environ, "PIP_NO_INDEX": "1", "SLUICEWAY_LLHTTP_DIR": ""}
+    env.pop("SLUICEWAY_LLHTTP_DIR")
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-build-isolation", "--no-deps",
+                          "-w", str(tmp_path / "whl"), str(tmp_path / "src" / top)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert list((tmp_path / "whl").glob("sluiceway-*.whl"))
