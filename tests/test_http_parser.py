@@ -11,22 +11,7 @@ from sluiceway._http import (CONNECTION_CLOSED, END_OF_MESSAGE, NEED_DATA, UPGRA
                              Headers, RequestHead, RequestParser, ResponseHead, ResponseParser)
 from sluiceway.errors import Error, ParseError
 
-BROWSER = (
-    b"GET /search/results?q=sluiceway&page=2 HTTP/1.1\r\n"
-    b"Host: www.example.com\r\n"
-    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n"
-    b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n"
-    b"Accept-Language: en-US,en;q=0.5\r\n"
-    b"Accept-Encoding: gzip, deflate, br\r\n"
-    b"Referer: https://www.example.com/\r\n"
-    b"Cookie: session=4f2a9c1e; theme=dark\r\n"
-    b"Connection: keep-alive\r\n"
-    b"Upgrade-Insecure-Requests: 1\r\n"
-    b"Sec-Fetch-Dest: document\r\n"
-    b"Sec-Fetch-Mode: navigate\r\n"
-    b"X-API-Key: k-123\r\n"
-    b"\r\n"
-)
+from sluiceway.testing import BROWSER_REQUEST as BROWSER
 
 
 def parse_all(parser, data, step=None):
