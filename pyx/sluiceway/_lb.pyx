@@ -496,9 +496,11 @@ cdef class BalancerCore:
         cdef uint32_t i
         if max_iterations < 0:
             raise ValueError(f"max_iterations must be >= 0, not {max_iterations}")
+        _key_view(key, &p, &ln)
+        if max_iterations == 0:
+            return None     # select nothing, and do not advance round robin
         if s.calgo is None:
             return _select_py(s, key, max_iterations, None)
-        _key_view(key, &p, &ln)
         s.calgo._start(p, ln, &cur)
         try:
             while it < max_iterations and _cursor_next(&cur, &i):
@@ -533,9 +535,11 @@ cdef class BalancerCore:
             raise ValueError(f"max_iterations must be >= 0, not {max_iterations}")
         if not callable(accept):
             raise TypeError(f"accept must be callable, not {accept!r:.60}")
+        _key_view(key, &p, &ln)
+        if max_iterations == 0:
+            return None
         if s.calgo is None:
             return _select_py(s, key, max_iterations, accept)
-        _key_view(key, &p, &ln)
         s.calgo._start(p, ln, &cur)
         try:
             while it < max_iterations and _cursor_next(&cur, &i):
