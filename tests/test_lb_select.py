@@ -363,3 +363,25 @@ def test_reference_classes_work_as_load_balancer_selection(name):
         cls = functools.partial(cls, seed=3)
     lb = LoadBalancer.from_iter([B(i) for i in range(5)], cls)
     assert lb.select("k") in lb.backends()
+
+
+# ---------------------------------------------------------------- allocations
+
+@pytest.mark.parametrize("name", ["RoundRobin", "FNVHash", "Random", "Consistent"])
+@pytest.mark.parametrize("n", [3, 3000])   # 3000 > 2048: the ring walk mallocs its bitmap
+def test_compiled_select_allocates_no_python_objects(name, n):
+    import sys
+    backends = [B(i) for i in range(n)]
+    lb = LoadBalancer.from_iter(backends, getattr(_lb, name))
+    # Half the backends are down so many selections take fallbacks.
+    for b in backends[::2]:
+        lb.set_enable(b, False)
+    keys = [f"key-{i}" for i in range(64)] + [f"kéy-{i}".encode() for i in range(64)]
+    select = lb.select
+    for k in keys:
+        select(k)
+    before = sys.getallocatedblocks()
+    for _ in range(50):
+        for k in keys:
+            select(k, 16)
+    assert sys.getallocatedblocks() - before <= 2
