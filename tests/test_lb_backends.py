@@ -281,3 +281,33 @@ def test_custom_discovery_and_background_updates(caplog):
     with caplog.at_level(logging.ERROR, logger="sluiceway.error"):
         run(scenario())
     assert "discovery Catalog failed, keeping 2 backends: catalog unreachable" in caplog.text
+
+
+def test_a_selection_that_fails_to_build_keeps_the_old_set(caplog):
+    def picky(backends):
+        if len(backends) > 2:
+            raise ValueError("picky refuses more than 2 backends")
+        return RoundRobin(backends)
+
+    static = Static(["10.0.0.1:80", "10.0.0.2:80"])
+    lb = LoadBalancer(static, picky)
+    assert run(lb.update()) is True
+    lb.set_enable("10.0.0.1:80", False)
+    static.set(["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"])
+    with caplog.at_level(logging.ERROR, logger="sluiceway.error"):
+        assert run(lb.update()) is False
+    assert "picky refuses more than 2 backends" in caplog.text
+    assert [b.addr for b in lb.backends()] == ["10.0.0.1:80", "10.0.0.2:80"]
+    assert [s.enabled for s in lb.states()] == [False, True]
+    assert {lb.select().addr for _ in range(4)} == {"10.0.0.2:80"}
+
+
+def test_limits_agree_between_modules_and_backends_pickle():
+    import pickle
+
+    from sluiceway import _lb, _lb_py, lb
+    assert lb.MAX_WEIGHT == _lb.MAX_WEIGHT == _lb_py.MAX_WEIGHT == 65535
+    assert _lb.MAX_SLOTS == _lb_py.MAX_SLOTS and _lb.KETAMA_POINTS == _lb_py.KETAMA_POINTS == 160
+    b = Backend("[::1]:80", 2, {"zone": "a"})
+    c = pickle.loads(pickle.dumps(b))
+    assert c == b and c.metadata == {"zone": "a"} and type(c).__module__ == "sluiceway.lb"
