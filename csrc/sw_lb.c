@@ -115,19 +115,14 @@ void sw_wtable_free(sw_wtable *t)
 
 /* ---- fallback walk ---------------------------------------------------- */
 
-void sw_walk_init(sw_walk *w, uint32_t first, uint32_t n, uint64_t seed)
+uint32_t sw_walk_stride(uint32_t n, uint64_t seed)
 {
-    w->cur = first;
-    w->n = n;
-    w->left = n - 1;
-    if (n <= 2) {
-        w->stride = 1;
-        return;
-    }
+    if (n <= 2)
+        return 1;
     uint32_t s = 1 + (uint32_t)(seed % (n - 1));
     while (gcd32(s, n) != 1)
         s = s % (n - 1) + 1;
-    w->stride = s;
+    return s;
 }
 
 /* ---- Ketama ring ------------------------------------------------------ */

@@ -75,19 +75,35 @@ void sw_wtable_free(sw_wtable *t);
 
 /* ---- fallback walk ---------------------------------------------------- */
 typedef struct {
+    uint64_t seed;
     uint32_t cur;         /* last yielded backend */
-    uint32_t stride;
+    uint32_t stride;      /* 0 until the first sw_walk_next() */
     uint32_t n;
     uint32_t left;        /* backends still to yield */
 } sw_walk;
 
-/* Start a walk over n >= 1 backends after first choice `first` (< n). */
-void sw_walk_init(sw_walk *w, uint32_t first, uint32_t n, uint64_t seed);
+/* Start a walk over n >= 1 backends after first choice `first` (< n).  Cheap:
+ * the stride is computed by the first sw_walk_next(), as most selections
+ * never need a fallback. */
+static inline void sw_walk_init(sw_walk *w, uint32_t first, uint32_t n, uint64_t seed)
+{
+    w->seed = seed;
+    w->cur = first;
+    w->stride = 0;
+    w->n = n;
+    w->left = n - 1;
+}
+
+/* The stride sw_walk uses for n backends and this seed (exposed for tests). */
+uint32_t sw_walk_stride(uint32_t n, uint64_t seed);
+
 /* Store the next backend in *out and return 1, or return 0 when done. */
 static inline int sw_walk_next(sw_walk *w, uint32_t *out)
 {
     if (w->left == 0)
         return 0;
+    if (w->stride == 0)
+        w->stride = sw_walk_stride(w->n, w->seed);
     w->left--;
     w->cur += w->stride;
     if (w->cur >= w->n)
