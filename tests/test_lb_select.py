@@ -308,6 +308,15 @@ def test_bad_input_is_rejected_with_a_clear_message(impl):
         mod.Random(backends, seed="x")
 
 
+@pytest.mark.parametrize("name", ["RoundRobin", "Consistent"])
+def test_compiled_algorithms_refuse_reinitialisation(name):
+    algo = getattr(_lb, name)([B(0), B(1)])
+    it = algo.iter("k")
+    with pytest.raises(TypeError, match="already initialised; build a new one"):
+        algo.__init__([B(i) for i in range(3000)])
+    assert sorted(it) == [0, 1] and len(algo) == 2
+
+
 def test_weights_reduce_by_gcd_and_random_is_reproducible():
     backends = [B(0, 200), B(1, 400)]
     rr, small = RoundRobin(backends), RoundRobin([B(0, 1), B(1, 2)])

@@ -215,6 +215,8 @@ cdef class _Weighted(Algorithm):
     cdef int _build(self, backends) except -1:
         cdef Py_ssize_t n = len(backends), i
         cdef uint32_t *weights
+        if self.table.slots != NULL:
+            raise TypeError(f"{type(self).__name__} is already initialised; build a new one")
         if n > SW_LB_MAX_BACKENDS:
             raise ValueError(f"{n} backends is more than the {SW_LB_MAX_BACKENDS} supported")
         weights = <uint32_t *>PyMem_Malloc(max(n, 1) * sizeof(uint32_t))
@@ -223,7 +225,6 @@ cdef class _Weighted(Algorithm):
         try:
             for i, b in enumerate(backends):
                 weights[i] = _checked_weight(b, i)
-            sw_wtable_free(&self.table)
             rc = sw_wtable_build(&self.table, weights, <uint32_t>n)
             if rc:
                 _raise_build_error(rc, f"{type(self).__name__} table")
@@ -350,6 +351,9 @@ cdef class Consistent(Algorithm):
         cdef uint32_t *weights
         cdef const char **names
         cdef size_t *lens
+        if self.ring.points != NULL:
+            # Iterators point into the ring; rebuilding it under them is unsafe.
+            raise TypeError("Consistent is already initialised; build a new one")
         if n > SW_LB_MAX_BACKENDS:
             raise ValueError(f"{n} backends is more than the {SW_LB_MAX_BACKENDS} supported")
         encoded = []
@@ -369,7 +373,6 @@ cdef class Consistent(Algorithm):
                 encoded.append(raw)
                 names[i] = PyBytes_AS_STRING(raw)
                 lens[i] = <size_t>PyBytes_GET_SIZE(raw)
-            sw_ring_free(&self.ring)
             rc = sw_ring_build(&self.ring, names, lens, weights, <uint32_t>n)
             if rc:
                 _raise_build_error(rc, "consistent-hash ring")
