@@ -111,6 +111,23 @@ def test_compiled_matches_reference(name, backends, operations, seed):
     assert results["c"] == results["py"]
 
 
+@settings(max_examples=80, deadline=None)
+@given(weights=st.lists(st.integers(1, 200), min_size=1, max_size=8))
+@example(weights=[65535 // 3 * 3, 65535 // 3])   # gcd reduction of large weights
+@example(weights=[7, 7, 7])
+def test_weighted_table_matches_reference(weights):
+    backends = [B(i, w) for i, w in enumerate(weights)]
+    table = _lb_py.weighted_table(weights)
+    rr = _lb.RoundRobin(backends)
+    assert [rr.next() for _ in range(2 * len(table))] == table * 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(backends=backend_lists)
+def test_ring_points_match_reference(backends):
+    assert _lb.Consistent(backends).points() == _lb_py.Consistent(backends).points()
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("name", ALGOS)
 @settings(max_examples=60, deadline=None)
