@@ -405,6 +405,9 @@ cdef class _Snapshot:
         self.ok = NULL
         self.n = 0
 
+    def __init__(self):
+        raise TypeError("_Snapshot is internal to BalancerCore")
+
     def __dealloc__(self):
         PyMem_Free(self.ok)
 
