@@ -13,7 +13,6 @@ cdef extern from "sw_hash.h" nogil:
 cdef extern from "sw_lb.h" nogil:
     int SW_LB_ENOMEM
     int SW_LB_ETOOBIG
-    int SW_LB_EINVAL
     uint32_t SW_LB_MAX_SLOTS
     uint32_t SW_LB_MAX_WEIGHT
     uint32_t SW_LB_MAX_BACKENDS
@@ -22,7 +21,6 @@ cdef extern from "sw_lb.h" nogil:
     ctypedef struct sw_wtable:
         uint32_t *slots
         uint32_t nslots
-        uint32_t nbackends
 
     int sw_wtable_build(sw_wtable *t, const uint32_t *weights, uint32_t n)
     void sw_wtable_free(sw_wtable *t)
@@ -40,12 +38,10 @@ cdef extern from "sw_lb.h" nogil:
     ctypedef struct sw_ring:
         sw_ring_point *points
         uint32_t npoints
-        uint32_t nbackends
 
     int sw_ring_build(sw_ring *r, const char *const *names, const size_t *lens,
                       const uint32_t *weights, uint32_t n)
     void sw_ring_free(sw_ring *r)
-    uint32_t sw_ring_find(const sw_ring *r, uint32_t key_hash)
     size_t sw_bitmap_words(uint32_t n)
 
     ctypedef struct sw_ring_walk:
