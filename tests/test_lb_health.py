@@ -14,6 +14,8 @@ import time
 
 import pytest
 import uvloop
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from sluiceway.lb import (Backend, HealthCheck, HttpHealthCheck, LoadBalancer, RoundRobin,
                           Static, TcpHealthCheck)
@@ -400,3 +402,40 @@ def test_service_start_stop_on_uvloop_and_state_is_readable():
         await up.stop()
 
     run(scenario())
+
+
+# ------------------------------------------------------------ thresholds as a spec
+
+class Scripted(HealthCheck):
+    """A check whose results the test feeds through _observe directly."""
+
+    async def check(self, backend):
+        raise AssertionError("not used")
+
+
+@settings(max_examples=200, deadline=None)
+@given(results=st.lists(st.booleans(), max_size=60), cs=st.integers(1, 4), cf=st.integers(1, 4))
+@example(results=[False, True, False, False], cs=1, cf=2)   # a pass resets the failure count
+def test_health_flips_exactly_after_threshold_runs(results, cs, cf):
+    flips = []
+    lb = LoadBalancer.from_iter(["10.0.0.1:80"], health_check=Scripted(
+        consecutive_success=cs, consecutive_failure=cf), on_health_change=lambda b, ok: flips.append(ok))
+    b = lb.backends()[0]
+    healthy, run = True, 0
+    expected = []
+    for i, ok in enumerate(results):
+        lb._observe(b, ok, None if ok else f"failure {i}")
+        # Spec: the state becomes `ok` once the last threshold(ok) results,
+        # all seen while in the other state, were all `ok`.
+        run = run + 1 if ok != healthy else 0
+        if run and run >= (cs if ok else cf):
+            healthy, run = ok, 0
+            expected.append(ok)
+        assert lb.state(b).healthy is healthy
+        assert (lb.select() is not None) is healthy
+    assert flips == expected
+    assert all(a != b for a, b in zip(flips, flips[1:]))   # flips alternate
+    st_ = lb.state(b)
+    if False in results:
+        last_fail = max(i for i, ok in enumerate(results) if not ok)
+        assert st_.last_error == f"failure {last_fail}"
