@@ -439,3 +439,20 @@ def test_health_flips_exactly_after_threshold_runs(results, cs, cf):
     if False in results:
         last_fail = max(i for i, ok in enumerate(results) if not ok)
         assert st_.last_error == f"failure {last_fail}"
+
+
+def test_start_on_a_loop_that_is_not_running_yet():
+    """How the Server will use it: start(loop) before the worker's loop runs."""
+    cat = Static(["10.0.0.1:80"])
+    lb = LoadBalancer(cat, update_frequency=0.02)
+    loop = uvloop.new_event_loop()
+    try:
+        task = lb.start(loop)
+        assert lb.backends() == ()
+        cat.set(["10.0.0.2:80"])
+        loop.run_until_complete(asyncio.sleep(0.1))
+        assert [b.addr for b in lb.backends()] == ["10.0.0.2:80"]
+        loop.run_until_complete(asyncio.wait_for(lb.stop(), 5))
+        assert task.done()
+    finally:
+        loop.close()
