@@ -127,6 +127,37 @@ uint32_t sw_walk_stride(uint32_t n, uint64_t seed)
 
 /* ---- Ketama ring ------------------------------------------------------ */
 
+/* Stable LSD radix sort of points by hash (3 passes of 11 bits).  Points are
+ * generated in backend order, so stability leaves equal hashes ordered by
+ * backend index, as point_cmp would.  Returns 0, or -1 if out of memory. */
+static int radix_sort_points(sw_ring_point *pts, size_t n)
+{
+    sw_ring_point *tmp = malloc(sizeof(*tmp) * n);
+    if (tmp == NULL)
+        return -1;
+    sw_ring_point *src = pts, *dst = tmp;
+    for (unsigned shift = 0; shift < 33; shift += 11) {
+        size_t count[2048] = {0};
+        for (size_t i = 0; i < n; i++)
+            count[(src[i].hash >> shift) & 2047]++;
+        size_t sum = 0;
+        for (size_t b = 0; b < 2048; b++) {
+            size_t c = count[b];
+            count[b] = sum;
+            sum += c;
+        }
+        for (size_t i = 0; i < n; i++)
+            dst[count[(src[i].hash >> shift) & 2047]++] = src[i];
+        sw_ring_point *t = src;
+        src = dst;
+        dst = t;
+    }
+    /* Three passes: the sorted data is in tmp. */
+    memcpy(pts, src, sizeof(*pts) * n);
+    free(tmp);
+    return 0;
+}
+
 static int point_cmp(const void *a, const void *b)
 {
     const sw_ring_point *p = a, *q = b;
@@ -197,7 +228,8 @@ int sw_ring_build(sw_ring *r, const char *const *names, const size_t *lens,
             prev = h;
         }
     }
-    qsort(pts, k, sizeof(*pts), point_cmp);
+    if (radix_sort_points(pts, k) != 0)
+        qsort(pts, k, sizeof(*pts), point_cmp);   /* same order, no extra memory */
     size_t u = 0;
     for (size_t j = 1; j < k; j++) {
         if (pts[j].hash != pts[u].hash)

@@ -158,6 +158,18 @@ def test_consistent_ring_matches_nginx_formula(impl):
     assert len(algo.points()) == 480
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_colliding_ring_points_go_to_the_earlier_backend(impl):
+    # Same server text twice: every point collides; like nginx (stable sort,
+    # keep the first) the earlier backend keeps them all.
+    same = [Backend("10.0.0.1:80"), Backend("10.0.0.2:80", 2)]
+    twin = type("Twin", (), {"addr": "10.0.0.1:80", "weight": 1})()
+    algo = build(impl, "Consistent", [same[1], same[0], twin])
+    owners = collections.Counter(b for _, b in algo.points())
+    assert owners == {0: 320, 1: 160}
+    assert 2 not in set(algo.iter("k"))     # the twin has no point left
+
+
 # ------------------------------------------------------------ weighted shares
 
 WEIGHTS = [1, 2, 3, 10, 4]
