@@ -311,3 +311,30 @@ def test_limits_agree_between_modules_and_backends_pickle():
     b = Backend("[::1]:80", 2, {"zone": "a"})
     c = pickle.loads(pickle.dumps(b))
     assert c == b and c.metadata == {"zone": "a"} and type(c).__module__ == "sluiceway.lb"
+
+
+def test_large_sets_are_built_off_the_loop():
+    """update() builds a big ring in the executor; the loop keeps running."""
+    from sluiceway import lb as lbmod
+    n = lbmod.OFF_LOOP_BUILD * 4
+    static = Static([f"10.{i // 256 % 256}.{i % 256}.1:80" for i in range(n)])
+    lb = LoadBalancer(static, Consistent)
+    ticks = []
+
+    async def scenario():
+        async def ticker():
+            while True:
+                ticks.append(asyncio.get_running_loop().time())
+                await asyncio.sleep(0)
+        t = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0)
+        before = len(ticks)
+        assert await lb.update() is True
+        t.cancel()
+        return len(ticks) - before
+
+    assert run(scenario()) > 1      # the loop ran while the ring was built
+    assert len(lb.backends()) == n and lb.select("k") in lb.backends()
+    # Unchanged set: nothing is rebuilt.
+    algo = lb._selection[0]
+    assert run(lb.update()) is False and lb._selection[0] is algo

@@ -31,6 +31,7 @@ to the ``sluiceway.error`` logger; a failed discovery keeps the previous set.
 """
 
 import asyncio
+import functools
 import logging
 import time
 
@@ -48,6 +49,10 @@ FNVHash = _lb.FNVHash
 Consistent = _lb.Consistent
 
 logger = logging.getLogger("sluiceway.error")
+
+#: update() builds a compiled algorithm for this many backends or more off the
+#: event loop (a 1,000-backend Ketama ring takes a few ms, 10,000 about 60 ms).
+OFF_LOOP_BUILD = 512
 
 # The public classes live in private modules; present them as sluiceway.lb's.
 for _cls in (Backend, ServiceDiscovery, Static, DNS, File, DiscoveryError, HealthCheck,
@@ -203,7 +208,7 @@ class LoadBalancer(_lb.BalancerCore):
         self._backends = ()
         self._task = None
         self._stopping = None
-        self._rebuild([])
+        self._commit([], self.selection([]))
 
     @classmethod
     def from_iter(cls, backends, selection=RoundRobin, **kwargs):
@@ -265,21 +270,9 @@ class LoadBalancer(_lb.BalancerCore):
 
     # -- discovery ---------------------------------------------------------
 
-    def _rebuild(self, backends, states=None):
-        """Build the algorithm for ``backends`` and swap it in with ``states``.
-
-        Nothing changes if building fails (e.g. a custom algorithm raises).
-        """
-        states = self._states if states is None else states
-        algo = self.selection(list(backends))
-        usable = [states[b.addr].usable for b in backends]
-        self._install(algo, backends, usable)
-        self._states = states
-        self._backends = tuple(backends)
-        self._index = {b.addr: i for i, b in enumerate(backends)}
-
-    def _apply(self, found):
-        """Install ``found`` if it differs from the current set; return True if so."""
+    def _plan(self, found):
+        """Return the backend list to install if ``found`` differs from the
+        current set, else None.  Backends that stay keep their object."""
         found = [Backend.coerce(b, "discovered backend") for b in found]
         unique, seen = [], set()
         for b in found:
@@ -290,7 +283,7 @@ class LoadBalancer(_lb.BalancerCore):
             seen.add(b.addr)
             unique.append(b)
         if _same_set(unique, self._backends):
-            return False
+            return None
         old = {b.addr: b for b in self._backends}
         merged = []
         for b in unique:
@@ -299,20 +292,46 @@ class LoadBalancer(_lb.BalancerCore):
             if prev is not None and prev._key == b._key and prev.metadata == b.metadata:
                 b = prev
             merged.append(b)
+        return merged
+
+    def _commit(self, backends, algo):
+        """Swap in ``algo`` (built for ``backends``); state follows the address."""
         states = {}
-        for b in merged:
+        for b in backends:
             prev = self._states.get(b.addr)
             st = BackendState(b)
-            if prev is not None:   # health and enabled state follow the address
+            if prev is not None:
                 st.healthy, st.enabled = prev.healthy, prev.enabled
                 st.last_error, st.last_check = prev.last_error, prev.last_check
                 st.consecutive = prev.consecutive
             states[b.addr] = st
-        self._rebuild(merged, states)
+        self._install(algo, backends, [states[b.addr].usable for b in backends])
+        self._states = states
+        self._backends = tuple(backends)
+        self._index = {b.addr: i for i, b in enumerate(backends)}
+
+    def _apply(self, found):
+        """Install ``found`` now if it differs from the current set; return True if so.
+
+        Nothing changes if building the algorithm fails.
+        """
+        merged = self._plan(found)
+        if merged is None:
+            return False
+        self._commit(merged, self.selection(list(merged)))
         return True
+
+    def _builds_in_c(self):
+        sel = self.selection
+        cls = sel.func if isinstance(sel, functools.partial) else sel
+        return isinstance(cls, type) and issubclass(cls, _lb.Algorithm)
 
     async def update(self):
         """Run discovery once and install the result if the set changed.
+
+        A compiled algorithm for a large set (``OFF_LOOP_BUILD`` backends or
+        more) is built in the loop's default executor, without the GIL, so the
+        loop keeps serving meanwhile.
 
         Returns:
             True if the backend set changed.  A discovery error is logged on
@@ -320,7 +339,19 @@ class LoadBalancer(_lb.BalancerCore):
         """
         try:
             found = await self.discovery.discover()
-            return self._apply(found)
+            merged = self._plan(found)
+            if merged is None:
+                return False
+            if len(merged) >= OFF_LOOP_BUILD and self._builds_in_c():
+                base = self._backends
+                loop = asyncio.get_running_loop()
+                algo = await loop.run_in_executor(None, self.selection, list(merged))
+                if self._backends is not base:   # changed meanwhile: redo on the loop
+                    return self._apply(found)
+            else:
+                algo = self.selection(list(merged))
+            self._commit(merged, algo)
+            return True
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -215,6 +215,7 @@ cdef class _Weighted(Algorithm):
     cdef int _build(self, backends) except -1:
         cdef Py_ssize_t n = len(backends), i
         cdef uint32_t *weights
+        cdef int rc
         if self.table.slots != NULL:
             raise TypeError(f"{type(self).__name__} is already initialised; build a new one")
         if n > SW_LB_MAX_BACKENDS:
@@ -225,7 +226,8 @@ cdef class _Weighted(Algorithm):
         try:
             for i, b in enumerate(backends):
                 weights[i] = _checked_weight(b, i)
-            rc = sw_wtable_build(&self.table, weights, <uint32_t>n)
+            with nogil:
+                rc = sw_wtable_build(&self.table, weights, <uint32_t>n)
             if rc:
                 _raise_build_error(rc, f"{type(self).__name__} table")
             self.n = <uint32_t>n
@@ -350,6 +352,7 @@ cdef class Consistent(Algorithm):
         cdef Py_ssize_t n = len(backends), i
         cdef uint32_t *weights
         cdef const char **names
+        cdef int rc
         cdef size_t *lens
         if self.ring.points != NULL:
             # Iterators point into the ring; rebuilding it under them is unsafe.
@@ -373,7 +376,8 @@ cdef class Consistent(Algorithm):
                 encoded.append(raw)
                 names[i] = PyBytes_AS_STRING(raw)
                 lens[i] = <size_t>PyBytes_GET_SIZE(raw)
-            rc = sw_ring_build(&self.ring, names, lens, weights, <uint32_t>n)
+            with nogil:   # big rings take milliseconds; let other threads run
+                rc = sw_ring_build(&self.ring, names, lens, weights, <uint32_t>n)
             if rc:
                 _raise_build_error(rc, "consistent-hash ring")
             self.n = <uint32_t>n
