@@ -15,8 +15,7 @@ from sluiceway.lb import (DNS, Backend, Consistent, File, LoadBalancer, RoundRob
 
 def run(coro, timeout=20):
     """Run ``coro`` on a fresh uvloop loop, bounded in time."""
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(asyncio.wait_for(coro, timeout))
+    return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
 # ------------------------------------------------------------------ Backend

@@ -22,8 +22,7 @@ from sluiceway.lb import (Backend, HealthCheck, HttpHealthCheck, LoadBalancer, R
 
 
 def run(coro, timeout=30):
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(asyncio.wait_for(coro, timeout))
+    return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
 class Upstream:

@@ -8,6 +8,7 @@ a fallback for debugging, and it is what ``LoadBalancer`` runs on when given
 one of these classes as ``selection``.
 """
 
+import bisect
 import heapq
 import os
 import zlib
@@ -246,7 +247,6 @@ class Consistent:
         return list(self._ring)
 
     def _find(self, h):
-        import bisect
         i = bisect.bisect_left(self._hashes, h)
         return 0 if i == len(self._hashes) else i
 
