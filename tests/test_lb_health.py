@@ -261,7 +261,15 @@ def test_tcp_check_with_tls_handshake(tmp_path):
     untrusting = ssl.create_default_context()
 
     async def scenario():
-        srv = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=server_ctx)
+        async def https(reader, writer):
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+                await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+                pass   # TCP checks connect, handshake and hang up
+            writer.close()
+        srv = await asyncio.start_server(https, "127.0.0.1", 0, ssl=server_ctx)
         addr = "127.0.0.1:%d" % srv.sockets[0].getsockname()[1]
         good = LoadBalancer.from_iter([addr], health_check=TcpHealthCheck(
             tls=trusting, server_hostname="upstream.test"))
@@ -269,9 +277,13 @@ def test_tcp_check_with_tls_handshake(tmp_path):
             tls=untrusting, server_hostname="upstream.test"))
         plain = LoadBalancer.from_iter([Backend(addr, metadata={"sni": "wrong.test"})],
                                        health_check=TcpHealthCheck(tls=trusting))
+        http = LoadBalancer.from_iter([addr], health_check=HttpHealthCheck(
+            "upstream.test", tls=trusting, expected_status=204))
         await good.check_health()
         await bad.check_health()
         await plain.check_health()
+        await http.check_health()
+        assert http.state(addr).healthy, http.state(addr).last_error
         assert good.state(addr).healthy
         assert not bad.state(addr).healthy and "CERTIFICATE_VERIFY_FAILED" in bad.state(addr).last_error
         assert not plain.state(addr).healthy          # SNI from metadata: name mismatch
@@ -455,3 +467,40 @@ def test_start_on_a_loop_that_is_not_running_yet():
         assert task.done()
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("raw, healthy, error", [
+    (b"HTTP/1.0 200 OK\r\n\r\nclose-delimited", True, None),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc", True, None),
+    (b"SSH-2.0-OpenSSH\r\n\r\n", False, "not an HTTP/1.x response: 'SSH-2.0-OpenSSH'"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", False, "unsupported transfer-encoding"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n", False, "over the 1048576 limit"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", False, "closed inside the response body"),
+    (b"HTTP/1.1 200 OK\r\nX: 1", False, "connection closed before a complete response head"),
+    (b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n", False, "malformed response header line"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", False, "malformed chunked"),
+])
+def test_http_check_reads_responses_strictly(raw, healthy, error):
+    bodies = []
+
+    async def scenario():
+        async def handle(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(raw)
+            await writer.drain()
+            writer.close()
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        addr = "127.0.0.1:%d" % srv.sockets[0].getsockname()[1]
+        hc = HttpHealthCheck("h", validator=lambda s, h, b: bodies.append(b))
+        lb = LoadBalancer.from_iter([addr], health_check=hc)
+        await lb.check_health()
+        srv.close()
+        await srv.wait_closed()
+        return lb.state(addr)
+
+    st = run(scenario())
+    assert st.healthy is healthy, st.last_error
+    if error:
+        assert error in st.last_error
+    else:
+        assert bodies and bodies[0] in (b"close-delimited", b"abc")
