@@ -61,8 +61,9 @@ def test_select(benchmark, algo, n, impl):
     benchmark.group = f"select {algo}"
     benchmark.extra_info["calls_per_round"] = len(KEYS)
     benchmark(_loop, select)
-    per_call_ns = benchmark.stats.stats.min / len(KEYS) * 1e9
-    benchmark.extra_info["min_ns_per_select"] = round(per_call_ns, 1)
+    if benchmark.stats:   # None under --benchmark-disable (a smoke run)
+        per_call_ns = benchmark.stats.stats.min / len(KEYS) * 1e9
+        benchmark.extra_info["min_ns_per_select"] = round(per_call_ns, 1)
 
 
 def per_call_ns(fn, *args, repeat=25):
