@@ -1,0 +1,338 @@
+"""Pure-Python reference of ``sluiceway._lb`` (the compiled selection core).
+
+Every class here makes exactly the same choices as its compiled twin for the
+same backends, keys and seeds; ``tests/test_lb_select.py`` drives both with
+hypothesis.  The reference is written for clarity, not speed: it exists to pin
+down the algorithms (see ``csrc/sw_lb.h`` for the contract they share) and as
+a fallback for debugging, and it is what ``LoadBalancer`` runs on when given
+one of these classes as ``selection``.
+"""
+
+import bisect
+import heapq
+import os
+import zlib
+from fractions import Fraction
+from math import gcd
+
+MAX_WEIGHT = 65535
+MAX_SLOTS = 1 << 24
+MAX_BACKENDS = 1 << 20
+KETAMA_POINTS = 160
+
+_M64 = (1 << 64) - 1
+_FNV_BASIS = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+
+
+def fnv1a64(data):
+    """64-bit FNV-1a of ``data`` (bytes)."""
+    h = _FNV_BASIS
+    for byte in data:
+        h = ((h ^ byte) * _FNV_PRIME) & _M64
+    return h
+
+
+def mix64(z):
+    """splitmix64's output function (a bijection on 64-bit ints)."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _key_bytes(key):
+    if isinstance(key, bytes):
+        return key
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if key is None:
+        return b""
+    raise TypeError(
+        f"a selection key must be str, bytes or None, not {type(key).__name__} "
+        f"({key!r:.60}); convert it, e.g. str(key) or key.encode()")
+
+
+def _checked_weight(backend, i):
+    try:
+        w = backend.weight
+    except AttributeError:
+        raise TypeError(f"backend #{i} ({backend!r:.80}) has no 'weight'; "
+                        "pass sluiceway.lb.Backend objects") from None
+    if isinstance(w, bool) or not isinstance(w, int):
+        raise TypeError(f"backend #{i} ({backend!r:.80}) has weight {w!r}; "
+                        "a weight must be an int")
+    if w < 1 or w > MAX_WEIGHT:
+        raise ValueError(f"backend #{i} ({backend!r:.80}) has weight {w}; "
+                         f"a weight must be between 1 and {MAX_WEIGHT}")
+    return w
+
+
+def _too_big(what):
+    return ValueError(
+        f"the {what} would need more than {MAX_SLOTS} entries; "
+        "use fewer backends or smaller weights (only their ratios matter)")
+
+
+def weighted_table(weights):
+    """The stride-scheduled weighted table of ``csrc/sw_lb.h`` (a list of indexes)."""
+    if not weights:
+        return []
+    g = 0
+    for w in weights:
+        g = gcd(g, w)
+    reduced = [w // g for w in weights]
+    if sum(reduced) > MAX_SLOTS:
+        raise _too_big("weighted table")
+    # Backend i's j-th slot sits at virtual time (2j+1)/(2w_i); ties by index.
+    heap = [(Fraction(1, 2 * w), i, 0) for i, w in enumerate(reduced)]
+    heapq.heapify(heap)
+    table = []
+    while heap:
+        _, i, j = heapq.heappop(heap)
+        table.append(i)
+        if j + 1 < reduced[i]:
+            heapq.heappush(heap, (Fraction(2 * j + 3, 2 * reduced[i]), i, j + 1))
+    return table
+
+
+def fallback_walk(first, n, seed):
+    """Yield the backends after ``first`` in the order of sw_walk (each once)."""
+    if n <= 2:
+        stride = 1
+    else:
+        stride = 1 + seed % (n - 1)
+        while gcd(stride, n) != 1:
+            stride = stride % (n - 1) + 1
+    cur = first
+    for _ in range(n - 1):
+        cur = (cur + stride) % n
+        yield cur
+
+
+class _Weighted:
+    def __init__(self, backends):
+        backends = list(backends)
+        if len(backends) > MAX_BACKENDS:
+            raise ValueError(f"{len(backends)} backends is more than the "
+                             f"{MAX_BACKENDS} supported")
+        weights = [_checked_weight(b, i) for i, b in enumerate(backends)]
+        self._n = len(weights)
+        self._table = weighted_table(weights)
+
+    def __len__(self):
+        return self._n
+
+    def _draw(self, key):
+        """Return (h, seed): the slot hash and the fallback-walk seed."""
+        raise NotImplementedError
+
+    def iter(self, key=None):
+        """Yield the first choice, then every other backend once."""
+        h, seed = self._draw(_key_bytes(key))
+        return self._gen(h, seed)
+
+    def _gen(self, h, seed):
+        if not self._n:
+            return
+        first = self._table[h % len(self._table)]
+        yield first
+        yield from fallback_walk(first, self._n, seed)
+
+    def next(self, key=None):
+        """Return the index of the first choice for ``key``."""
+        for i in self.iter(key):
+            return i
+        raise LookupError(f"{type(self).__name__} has no backends to choose from")
+
+    def __repr__(self):
+        return f"<{type(self).__module__}.{type(self).__name__} over {self._n} backends>"
+
+
+class RoundRobin(_Weighted):
+    """Reference of ``sluiceway._lb.RoundRobin``."""
+
+    def __init__(self, backends):
+        super().__init__(backends)
+        self._counter = 0
+
+    def _draw(self, key):
+        c = self._counter
+        self._counter = (c + 1) & _M64
+        return c, 0
+
+
+class FNVHash(_Weighted):
+    """Reference of ``sluiceway._lb.FNVHash``."""
+
+    def _draw(self, key):
+        h = fnv1a64(key)
+        return h, mix64(h)
+
+
+class Random(_Weighted):
+    """Reference of ``sluiceway._lb.Random`` (same splitmix64 sequence per seed)."""
+
+    def __init__(self, backends, seed=None):
+        super().__init__(backends)
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
+        elif isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int or None, not {seed!r:.60}")
+        self._state = seed & _M64
+
+    def _next64(self):
+        self._state = (self._state + 0x9E3779B97F4A7C15) & _M64
+        return mix64(self._state)
+
+    def _draw(self, key):
+        h = self._next64()
+        return h, self._next64()
+
+
+def ketama_server_hash_input(addr):
+    """Split an nginx ``server`` string as nginx's chash does: (host, port) bytes."""
+    raw = addr.encode("utf-8")
+    if len(raw) >= 5 and raw[:5].lower() == b"unix:":
+        return raw[5:], b""
+    j = raw.rfind(b":")
+    if j < 0:
+        return raw, b""
+    return raw[:j], raw[j + 1:]
+
+
+def ketama_points(addr, weight):
+    """The ring points (crc32 values) nginx gives one server, in generation order."""
+    host, port = ketama_server_hash_input(addr)
+    prefix = host + b"\0" + port
+    prev = 0
+    out = []
+    for _ in range(weight * KETAMA_POINTS):
+        prev = zlib.crc32(prefix + prev.to_bytes(4, "little"))
+        out.append(prev)
+    return out
+
+
+class Consistent:
+    """Reference of ``sluiceway._lb.Consistent`` (nginx-compatible Ketama)."""
+
+    def __init__(self, backends):
+        backends = list(backends)
+        if len(backends) > MAX_BACKENDS:
+            raise ValueError(f"{len(backends)} backends is more than the "
+                             f"{MAX_BACKENDS} supported")
+        weights = [_checked_weight(b, i) for i, b in enumerate(backends)]
+        if sum(weights) * KETAMA_POINTS > MAX_SLOTS:
+            raise _too_big("consistent-hash ring")
+        pts = []
+        for i, b in enumerate(backends):
+            addr = getattr(b, "addr", None)
+            if not isinstance(addr, str):
+                raise TypeError(f"backend #{i} ({b!r:.80}) has addr {addr!r:.60}; "
+                                "Consistent needs a str addr such as '10.0.0.1:80'")
+            pts.extend((h, i) for h in ketama_points(addr, weights[i]))
+        pts.sort()
+        ring = []
+        for h, i in pts:
+            if not ring or ring[-1][0] != h:
+                ring.append((h, i))
+        self._ring = ring
+        self._hashes = [h for h, _ in ring]
+        self._n = len(backends)
+
+    def __len__(self):
+        return self._n
+
+    def points(self):
+        """Return the ring as a list of ``(hash, backend_index)`` sorted by hash."""
+        return list(self._ring)
+
+    def _find(self, h):
+        i = bisect.bisect_left(self._hashes, h)
+        return 0 if i == len(self._hashes) else i
+
+    def iter(self, key=None):
+        """Yield backends in ring order from the key's point, each once."""
+        h = zlib.crc32(_key_bytes(key))
+        return self._gen(h)
+
+    def _gen(self, h):
+        if not self._n:
+            return
+        start = self._find(h)
+        seen = set()
+        np = len(self._ring)
+        for step in range(np):
+            b = self._ring[(start + step) % np][1]
+            if b not in seen:
+                seen.add(b)
+                yield b
+                if len(seen) == self._n:
+                    return
+
+    def next(self, key=None):
+        """Return the index of the first choice for ``key``."""
+        for i in self.iter(key):
+            return i
+        raise LookupError("Consistent has no backends to choose from")
+
+    def __repr__(self):
+        return f"<{type(self).__module__}.Consistent over {self._n} backends>"
+
+
+class BalancerCore:
+    """Reference of ``sluiceway._lb.BalancerCore``: select over a snapshot."""
+
+    def __init__(self):
+        self._snap = (None, (), [])
+
+    def _install(self, algo, backends, usable):
+        backends = tuple(backends)
+        if len(usable) != len(backends):
+            raise ValueError(f"got {len(usable)} usable flags for {len(backends)} backends")
+        if not callable(getattr(algo, "iter", None)):
+            raise TypeError(f"selection algorithm {algo!r:.80} has no iter(key) method")
+        if len(algo) != len(backends):
+            raise ValueError(f"selection algorithm {algo!r:.80} was built for "
+                             f"{len(algo)} backends, not {len(backends)}")
+        self._snap = (algo, backends, [bool(u) for u in usable])
+
+    def _set_usable(self, index, usable):
+        ok = self._snap[2]
+        if index < 0 or index >= len(ok):
+            raise IndexError(f"backend index {index} out of range for {len(ok)} backends")
+        ok[index] = bool(usable)
+
+    @property
+    def _selection(self):
+        return self._snap[0], self._snap[1]
+
+    def select(self, key=None, max_iterations=256):
+        """See ``sluiceway._lb.BalancerCore.select``."""
+        return self._select(key, max_iterations, None)
+
+    def select_with(self, key, max_iterations, accept):
+        """See ``sluiceway._lb.BalancerCore.select_with``."""
+        if not callable(accept):
+            raise TypeError(f"accept must be callable, not {accept!r:.60}")
+        return self._select(key, max_iterations, accept)
+
+    def _select(self, key, max_iterations, accept):
+        if max_iterations < 0:
+            raise ValueError(f"max_iterations must be >= 0, not {max_iterations}")
+        algo, backends, ok = self._snap
+        _key_bytes(key)
+        if algo is None or max_iterations == 0:
+            return None
+        for it, raw in enumerate(algo.iter(key)):
+            if it >= max_iterations:
+                break
+            idx = raw.__index__()
+            if idx < 0 or idx >= len(backends):
+                raise IndexError(f"selection algorithm {algo!r:.80} yielded index {idx} "
+                                 f"but there are {len(backends)} backends")
+            if accept is None:
+                if ok[idx]:
+                    return backends[idx]
+            elif accept(backends[idx], ok[idx]):
+                return backends[idx]
+        return None

@@ -1,0 +1,497 @@
+"""Load balancing: backends, selection, discovery and health checks.
+
+A :class:`LoadBalancer` owns a set of :class:`Backend` objects, found by a
+*discovery* (:class:`Static`, :class:`DNS`, :class:`File` or your own
+:class:`ServiceDiscovery`), checked by an optional *health check*
+(:class:`TcpHealthCheck`, :class:`HttpHealthCheck` or your own
+:class:`HealthCheck`), and picks one per request with ``select(key)``::
+
+    lb = LoadBalancer.from_iter(["10.0.0.1:80", "10.0.0.2:80"], Consistent)
+    backend = lb.select(request_path, 8)      # inside upstream_peer
+
+Selection is compiled (``sluiceway._lb``): ``select`` hashes the key in place
+and returns a backend without creating Python objects.  The algorithms are
+:class:`RoundRobin`, :class:`Random`, :class:`FNVHash` and :class:`Consistent`
+(nginx-compatible Ketama); any Python class with ``__len__`` and
+``iter(key)`` (see :class:`SelectionAlgorithm`) can replace them.
+
+Theory of operation
+-------------------
+The balancer keeps per-backend state (healthy, enabled, last error, last
+check) keyed by address, and a compiled *snapshot* of (algorithm, backends,
+usable flags).  A health change or ``set_enable`` flips one flag in place.  A
+discovery result that differs from the current set builds a new algorithm and
+swaps the snapshot in one step; backends that stay keep their ``Backend``
+object (so connection pools keyed by it survive) and their health state.
+
+The background service (``run``/``start``/``stop``) runs on the worker's event
+loop: one task re-runs discovery every ``update_frequency`` seconds, another
+runs a health-check round every ``health_check_frequency`` seconds.  Errors go
+to the ``sluiceway.error`` logger; a failed discovery keeps the previous set.
+"""
+
+import asyncio
+import functools
+import logging
+import time
+
+from sluiceway import _compiled
+from sluiceway._lb_backend import MAX_WEIGHT, Backend, _parse_addr, _positive, _same_set
+from sluiceway._lb_discovery import DNS, DiscoveryError, File, ServiceDiscovery, Static
+from sluiceway._lb_health import (HealthCheck, HealthCheckError, HttpHealthCheck,
+                                  TcpHealthCheck)
+
+_lb = _compiled.load("_lb")
+
+RoundRobin = _lb.RoundRobin
+Random = _lb.Random
+FNVHash = _lb.FNVHash
+Consistent = _lb.Consistent
+
+logger = logging.getLogger("sluiceway.error")
+
+#: update() builds a compiled algorithm for this many backends or more off the
+#: event loop (a 1,000-backend Ketama ring takes a few ms, 10,000 about 60 ms).
+OFF_LOOP_BUILD = 512
+
+# The public classes live in private modules; present them as sluiceway.lb's.
+for _cls in (Backend, ServiceDiscovery, Static, DNS, File, DiscoveryError, HealthCheck,
+             TcpHealthCheck, HttpHealthCheck, HealthCheckError):
+    _cls.__module__ = __name__
+del _cls
+
+__all__ = [
+    "Backend", "BackendState", "LoadBalancer", "SelectionAlgorithm",
+    "RoundRobin", "Random", "FNVHash", "Consistent",
+    "ServiceDiscovery", "Static", "DNS", "File", "DiscoveryError",
+    "HealthCheck", "TcpHealthCheck", "HttpHealthCheck", "HealthCheckError",
+    "MAX_WEIGHT",
+]
+
+
+# ---------------------------------------------------------------------------
+# Custom selection
+
+
+class SelectionAlgorithm:
+    """Base class for selection algorithms written in Python.
+
+    ``LoadBalancer(..., selection=MyAlgorithm)`` builds one with the list of
+    backends whenever the set changes.  Implement ``next(key) -> int``; the
+    default ``iter(key)`` yields ``next(key)`` and then the other backends in
+    order.  Override ``iter`` for your own fallback order.  Indexes refer to
+    ``self.backends``.  A Python algorithm costs a few microseconds per
+    ``select``, the compiled ones well under one.
+
+    Args:
+        backends: the list of Backend objects, in discovery order.
+    """
+
+    def __init__(self, backends):
+        self.backends = list(backends)
+
+    def __len__(self):
+        return len(self.backends)
+
+    def next(self, key):
+        """Return the index of the first choice for ``key`` (str, bytes or None)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement next(key)")
+
+    def iter(self, key):
+        """Yield the first choice, then fallbacks (each index at most once)."""
+        n = len(self.backends)
+        if not n:
+            return
+        first = self.next(key)
+        yield first
+        for step in range(1, n):
+            yield (first + step) % n
+
+
+# ---------------------------------------------------------------------------
+# The load balancer
+
+
+class BackendState:
+    """A read-only view of one backend's state at the moment it was taken.
+
+    Attributes:
+        backend: the Backend.
+        healthy: the health checks' verdict (True until checks say otherwise).
+        enabled: False after ``set_enable(backend, False)``.
+        usable: healthy and enabled: ``select`` may return it.
+        last_error: text of the last failed check, or None.
+        last_check: ``time.time()`` of the last finished check, or None.
+        consecutive: results in a row that disagree with ``healthy`` so far.
+    """
+
+    __slots__ = ("backend", "healthy", "enabled", "last_error", "last_check", "consecutive")
+
+    def __init__(self, backend, healthy=True, enabled=True):
+        self.backend = backend
+        self.healthy = healthy
+        self.enabled = enabled
+        self.last_error = None
+        self.last_check = None
+        self.consecutive = 0
+
+    @property
+    def usable(self):
+        return self.healthy and self.enabled
+
+    def _copy(self):
+        c = BackendState(self.backend, self.healthy, self.enabled)
+        c.last_error, c.last_check, c.consecutive = self.last_error, self.last_check, self.consecutive
+        return c
+
+    def __repr__(self):
+        return (f"<BackendState {self.backend.addr} healthy={self.healthy} "
+                f"enabled={self.enabled} last_error={self.last_error!r}>")
+
+
+class LoadBalancer(_lb.BalancerCore):
+    """Backends, their health, and per-request selection.
+
+    Args:
+        discovery: a ServiceDiscovery (Static, DNS, File or your own).
+        selection: a callable building the algorithm from the backend list:
+            RoundRobin (default), Random, FNVHash, Consistent, a
+            SelectionAlgorithm subclass, or e.g.
+            ``functools.partial(Random, seed=7)``.
+        health_check: an optional HealthCheck.
+        health_check_frequency: seconds between health-check rounds
+            (default 1 when health_check is given).
+        update_frequency: seconds between discovery runs; None uses the
+            discovery's ``interval``, and if that is None too discovery runs
+            once when the service starts.
+        parallel_health_check: check all backends concurrently instead of one
+            after another.
+        on_health_change: optional ``callback(backend, healthy)`` called on
+            every change of a backend's health (exceptions are logged).
+
+    Raises:
+        TypeError, ValueError: bad arguments.
+
+    ``select(key=None, max_iterations=256)`` and
+    ``select_with(key, max_iterations, accept)`` are documented on
+    ``sluiceway._lb.BalancerCore``: they return the first usable backend among
+    the algorithm's first choice and fallbacks, or None.
+    """
+
+    def __init__(self, discovery, selection=RoundRobin, *, health_check=None,
+                 health_check_frequency=None, update_frequency=None,
+                 parallel_health_check=False, on_health_change=None):
+        if not isinstance(discovery, ServiceDiscovery):
+            raise TypeError(f"discovery must be a ServiceDiscovery (Static, DNS, File, ...), "
+                            f"not {discovery!r:.60}")
+        if not callable(selection):
+            raise TypeError(f"selection must be an algorithm class such as RoundRobin, "
+                            f"not {selection!r:.60}")
+        if health_check is not None and not isinstance(health_check, HealthCheck):
+            raise TypeError(f"health_check must be a HealthCheck, not {health_check!r:.60}")
+        if on_health_change is not None and not callable(on_health_change):
+            raise TypeError(f"on_health_change must be callable, not {on_health_change!r:.60}")
+        self.discovery = discovery
+        self.selection = selection
+        self.health_check = health_check
+        if health_check_frequency is None and health_check is not None:
+            health_check_frequency = 1.0
+        self.health_check_frequency = _positive(health_check_frequency,
+                                                "health_check_frequency", allow_none=True)
+        if update_frequency is None:
+            update_frequency = getattr(discovery, "interval", None)
+        self.update_frequency = _positive(update_frequency, "update_frequency", allow_none=True)
+        self.parallel_health_check = bool(parallel_health_check)
+        self.on_health_change = on_health_change
+        self._states = {}      # addr -> BackendState
+        self._index = {}       # addr -> index in the current snapshot
+        self._backends = ()
+        self._task = None
+        self._stopping = None
+        self._commit([], self.selection([]))
+
+    @classmethod
+    def from_iter(cls, backends, selection=RoundRobin, **kwargs):
+        """Build a balancer over a fixed list, ready to ``select`` at once.
+
+        Args:
+            backends: Backends, address strings or mappings with ``addr``.
+            selection, **kwargs: as for LoadBalancer.
+        Raises:
+            TypeError, ValueError: a backend is invalid (the message names it).
+        """
+        static = Static(backends)
+        lb = cls(static, selection, **kwargs)
+        lb._apply(static.current())
+        return lb
+
+    # -- state -------------------------------------------------------------
+
+    def backends(self):
+        """The current backends, as a tuple in discovery order."""
+        return self._backends
+
+    def _state_of(self, backend):
+        addr = backend.addr if isinstance(backend, Backend) else _parse_addr(backend)[0]
+        st = self._states.get(addr)
+        if st is None:
+            raise KeyError(f"{backend!r} is not a backend of this load balancer")
+        return st
+
+    def state(self, backend):
+        """Return a BackendState snapshot for ``backend`` (a Backend or address).
+
+        Raises:
+            KeyError: the backend is not in the current set.
+        """
+        return self._state_of(backend)._copy()
+
+    def states(self):
+        """BackendState snapshots of every current backend, in discovery order."""
+        return [self._states[b.addr]._copy() for b in self._backends]
+
+    def set_enable(self, backend, enabled):
+        """Enable or disable (drain) a backend by hand.
+
+        A disabled backend is never returned by ``select``; requests already
+        using it are unaffected.  Health checks keep running on it.
+
+        Raises:
+            KeyError: the backend is not in the current set.
+        """
+        st = self._state_of(backend)
+        st.enabled = bool(enabled)
+        self._sync_flag(st)
+
+    def _sync_flag(self, st):
+        i = self._index.get(st.backend.addr)
+        if i is not None:
+            self._set_usable(i, st.usable)
+
+    # -- discovery ---------------------------------------------------------
+
+    def _plan(self, found):
+        """Return the backend list to install if ``found`` differs from the
+        current set, else None.  Backends that stay keep their object."""
+        found = [Backend.coerce(b, "discovered backend") for b in found]
+        unique, seen = [], set()
+        for b in found:
+            if b.addr in seen:
+                logger.warning("load balancer: discovery listed %s twice; keeping the first",
+                               b.addr)
+                continue
+            seen.add(b.addr)
+            unique.append(b)
+        if _same_set(unique, self._backends):
+            return None
+        old = {b.addr: b for b in self._backends}
+        merged = []
+        for b in unique:
+            prev = old.get(b.addr)
+            # Keep the object of a backend that stays, so pools keyed by it survive.
+            if prev is not None and prev._key == b._key and prev.metadata == b.metadata:
+                b = prev
+            merged.append(b)
+        return merged
+
+    def _commit(self, backends, algo):
+        """Swap in ``algo`` (built for ``backends``); state follows the address."""
+        states = {}
+        for b in backends:
+            prev = self._states.get(b.addr)
+            st = BackendState(b)
+            if prev is not None:
+                st.healthy, st.enabled = prev.healthy, prev.enabled
+                st.last_error, st.last_check = prev.last_error, prev.last_check
+                st.consecutive = prev.consecutive
+            states[b.addr] = st
+        self._install(algo, backends, [states[b.addr].usable for b in backends])
+        self._states = states
+        self._backends = tuple(backends)
+        self._index = {b.addr: i for i, b in enumerate(backends)}
+
+    def _apply(self, found):
+        """Install ``found`` now if it differs from the current set; return True if so.
+
+        Nothing changes if building the algorithm fails.
+        """
+        merged = self._plan(found)
+        if merged is None:
+            return False
+        self._commit(merged, self.selection(list(merged)))
+        return True
+
+    def _builds_in_c(self):
+        sel = self.selection
+        cls = sel.func if isinstance(sel, functools.partial) else sel
+        return isinstance(cls, type) and issubclass(cls, _lb.Algorithm)
+
+    async def update(self):
+        """Run discovery once and install the result if the set changed.
+
+        A compiled algorithm for a large set (``OFF_LOOP_BUILD`` backends or
+        more) is built in the loop's default executor, without the GIL, so the
+        loop keeps serving meanwhile.
+
+        Returns:
+            True if the backend set changed.  A discovery error is logged on
+            ``sluiceway.error`` and returns False, keeping the old set.
+        """
+        try:
+            found = await self.discovery.discover()
+            merged = self._plan(found)
+            if merged is None:
+                return False
+            if len(merged) >= OFF_LOOP_BUILD and self._builds_in_c():
+                base = self._backends
+                loop = asyncio.get_running_loop()
+                algo = await loop.run_in_executor(None, self.selection, list(merged))
+                if self._backends is not base:   # changed meanwhile: redo on the loop
+                    return self._apply(found)
+            else:
+                algo = self.selection(list(merged))
+            self._commit(merged, algo)
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.error("load balancer: discovery %s failed, keeping %d backends: %s",
+                         type(self.discovery).__name__, len(self._backends), exc)
+            return False
+
+    # -- health ------------------------------------------------------------
+
+    async def _check_one(self, hc, backend):
+        try:
+            await asyncio.wait_for(hc.check(backend), hc.timeout)
+            ok, err = True, None
+        except asyncio.CancelledError:
+            raise
+        except asyncio.TimeoutError:
+            ok, err = False, f"health check timed out after {hc.timeout}s"
+        except Exception as exc:
+            ok, err = False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        self._observe(backend, ok, err)
+
+    def _observe(self, backend, ok, err):
+        st = self._states.get(backend.addr)
+        if st is None or st.backend is not backend:
+            return  # removed or replaced while the check ran
+        st.last_check = time.time()
+        if err is not None:
+            st.last_error = err
+        if ok == st.healthy:
+            st.consecutive = 0
+            return
+        st.consecutive += 1
+        if st.consecutive < self.health_check.threshold(ok):
+            return
+        st.healthy = ok
+        st.consecutive = 0
+        self._sync_flag(st)
+        if ok:
+            logger.info("load balancer: backend %s is healthy again", backend.addr)
+        else:
+            logger.warning("load balancer: backend %s is unhealthy: %s", backend.addr, err)
+        if self.on_health_change is not None:
+            try:
+                self.on_health_change(backend, ok)
+            except Exception:
+                logger.exception("load balancer: on_health_change callback failed for %s",
+                                 backend.addr)
+
+    async def check_health(self):
+        """Run one health-check round over the current backends (no-op without
+        a health check)."""
+        hc = self.health_check
+        if hc is None:
+            return
+        backends = self._backends
+        if self.parallel_health_check:
+            await asyncio.gather(*(self._check_one(hc, b) for b in backends))
+        else:
+            for b in backends:
+                await self._check_one(hc, b)
+
+    # -- background service ------------------------------------------------
+
+    async def run(self):
+        """Run discovery and health checks until ``stop()`` is called.
+
+        Discovery runs at once and then every ``update_frequency`` seconds;
+        health checks every ``health_check_frequency`` seconds.  Meant for the
+        Server's background services; call ``start`` to run it on a loop.
+        """
+        if self._stopping is None or self._stopping.is_set():
+            self._stopping = asyncio.Event()
+        stopping = self._stopping
+        await self.update()
+        tasks = []
+        if self.update_frequency is not None:
+            tasks.append(asyncio.ensure_future(
+                self._every(self.update_frequency, self.update, stopping)))
+        if self.health_check is not None and self.health_check_frequency is not None:
+            tasks.append(asyncio.ensure_future(
+                self._every(self.health_check_frequency, self.check_health, stopping,
+                            first_now=True)))
+        try:
+            await stopping.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.health_check is not None:
+                try:
+                    await self.health_check.close()
+                except Exception:
+                    logger.exception("load balancer: closing the health check failed")
+
+    @staticmethod
+    async def _every(period, fn, stopping, first_now=False):
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + (0 if first_now else period)
+        while not stopping.is_set():
+            delay = next_at - loop.time()
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(stopping.wait(), delay)
+                    return
+                except asyncio.TimeoutError:
+                    pass
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("load balancer: background %s failed", fn.__name__)
+            next_at = max(next_at + period, loop.time())
+
+    def start(self, loop=None):
+        """Start ``run()`` as a task on ``loop`` (default: the running loop).
+
+        Returns:
+            The asyncio Task.
+        Raises:
+            RuntimeError: already started and not stopped.
+        """
+        if self._task is not None and not self._task.done():
+            raise RuntimeError("this load balancer is already running; call stop() first")
+        if loop is None:
+            loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self._task = loop.create_task(self.run())
+        return self._task
+
+    async def stop(self):
+        """Stop the background service and wait for it to finish."""
+        if self._stopping is not None:
+            self._stopping.set()
+        task, self._task = self._task, None
+        if task is not None:
+            await task
+
+    def __repr__(self):
+        algo = self._selection[0]
+        return (f"<LoadBalancer {type(algo).__name__} over "
+                f"{sum(1 for b in self._backends if self._states[b.addr].usable)}/"
+                f"{len(self._backends)} usable backends>")

@@ -1,0 +1,24 @@
+"""The runnable example in docs/load-balancing.md runs and behaves as described."""
+
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_doc_example_runs():
+    with open(os.path.join(ROOT, "docs", "load-balancing.md")) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    example = next(b for b in blocks if "uvloop.run(main())" in b)
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "corepy"))
+    proc = subprocess.run([sys.executable, "-c", example], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    out = dict(line.split(":", 1) for line in proc.stdout.splitlines() if not line.startswith(" "))
+    up, down, back = (out[k].split() for k in ("all up", "one down", "recovered"))
+    assert len(set(up)) == 3 and set(back) == set(up)
+    assert len(set(down)) == 2 and set(down) < set(up)
+    assert "Connection refused" in out["last error"]
+    assert "is now DOWN" in proc.stdout and "is now up" in proc.stdout
