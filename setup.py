@@ -29,6 +29,7 @@ import sys
 import tarfile
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext as _build_ext
 from setuptools.command.sdist import sdist as _sdist
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -130,8 +131,33 @@ def llhttp_dir():
     return unpacked
 
 
+def _mode_changed():
+    """True when the last build in this tree used another mode (debug,
+    annotate, release): its generated C and objects must not be reused, or a
+    release build would quietly keep -O0 tracing code."""
+    stamp = os.path.join(HERE, "build", "mode")
+    mode = f"debug={DEBUG} annotate={ANNOTATE}"
+    try:
+        with open(stamp) as f:
+            old = f.read()
+    except OSError:
+        old = None
+    if old == mode:
+        return False
+    os.makedirs(os.path.dirname(stamp), exist_ok=True)
+    with open(stamp, "w") as f:
+        f.write(mode)
+    return old is not None
+
+
+MODE_CHANGED = False
+
+
 def extensions():
     from Cython.Build import cythonize
+
+    global MODE_CHANGED
+    MODE_CHANGED = _mode_changed()
 
     llhttp = None
     exts = []
@@ -171,9 +197,18 @@ def extensions():
         compiler_directives=directives,
         annotate=ANNOTATE,
         build_dir=os.path.join("build", "annotate") if ANNOTATE else None,
-        force=DEBUG or ANNOTATE,
+        force=DEBUG or ANNOTATE or MODE_CHANGED,
         quiet=True,
     )
+
+
+class build_ext(_build_ext):
+    """Rebuild every object when the build mode changed since the last build."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if MODE_CHANGED:
+            self.force = True
 
 
 class sdist(_sdist):
@@ -190,4 +225,4 @@ class sdist(_sdist):
 
 
 if __name__ == "__main__":
-    setup(ext_modules=extensions(), cmdclass={"sdist": sdist})
+    setup(ext_modules=extensions(), cmdclass={"sdist": sdist, "build_ext": build_ext})

@@ -23,7 +23,15 @@ END_OF_MESSAGE = _http.END_OF_MESSAGE
 UPGRADED = _http.UPGRADED
 CONNECTION_CLOSED = _http.CONNECTION_CLOSED
 
+from .lb import (DNS, Backend, BackendState, Consistent, File, FNVHash, HealthCheck,
+                 HttpHealthCheck, LoadBalancer, Random, RoundRobin, SelectionAlgorithm,
+                 ServiceDiscovery, Static, TcpHealthCheck)
+
 __all__ = [
     "Error", "ParseError", "RequestParser", "ResponseParser", "Headers", "RequestHead",
     "ResponseHead", "EndOfMessage", "NEED_DATA", "END_OF_MESSAGE", "UPGRADED", "CONNECTION_CLOSED",
+    # load balancing
+    "LoadBalancer", "Backend", "BackendState", "RoundRobin", "Random", "FNVHash", "Consistent",
+    "SelectionAlgorithm", "Static", "DNS", "File", "ServiceDiscovery", "HealthCheck",
+    "TcpHealthCheck", "HttpHealthCheck",
 ]
