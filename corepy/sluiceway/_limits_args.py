@@ -1,0 +1,139 @@
+"""Argument checks shared by the compiled limits and their pure-Python reference.
+
+Both implementations validate through these functions so that bad input gets
+the same clear message, whichever one a user runs.
+"""
+
+import datetime
+import math
+import os
+import struct
+
+MAX_HASHES = 32
+MAX_SLOTS = 1 << 26
+# Clock readings are kept as int64 nanoseconds: about 292 years of range.
+MAX_CLOCK_SECONDS = 9.2e9
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_shape(owner, hashes, slots):
+    """Validate a sketch's shape.
+
+    Args:
+        owner: the class name, for the message.
+        hashes: rows of counters (one hash function each).
+        slots: counters per row.
+
+    Returns:
+        ``(hashes, slots)`` as ints.
+
+    Raises:
+        TypeError: a value is not an int.
+        ValueError: a value is out of range.
+    """
+    if not _is_int(hashes):
+        raise TypeError(f"{owner}: hashes must be an int, got {type(hashes).__name__}")
+    if not _is_int(slots):
+        raise TypeError(f"{owner}: slots must be an int, got {type(slots).__name__}")
+    if not 1 <= hashes <= MAX_HASHES:
+        raise ValueError(
+            f"{owner}: hashes must be between 1 and {MAX_HASHES}, got {hashes} "
+            "(each hash is one row of counters; 4 is typical)")
+    if not 1 <= slots <= MAX_SLOTS:
+        raise ValueError(
+            f"{owner}: slots must be between 1 and {MAX_SLOTS}, got {slots} "
+            "(counters per row; the overcount is about e * total / slots)")
+    return hashes, slots
+
+
+def make_seeds(owner, hashes, seeds):
+    """Return one 64-bit seed per row: the given ones, checked, or fresh random ones.
+
+    Args:
+        owner: the class name, for the message.
+        hashes: number of rows.
+        seeds: None for random seeds from ``os.urandom`` (the normal case), or a
+            sequence of ``hashes`` ints in ``[0, 2**64)`` (for reproducible tests).
+
+    Returns:
+        A tuple of ``hashes`` ints.
+
+    Raises:
+        TypeError: seeds is not a sequence of ints.
+        ValueError: wrong number of seeds, or a seed out of range.
+    """
+    if seeds is None:
+        return struct.unpack(f"<{hashes}Q", os.urandom(8 * hashes))
+    try:
+        seeds = tuple(seeds)
+    except TypeError:
+        raise TypeError(
+            f"{owner}: seeds must be None or a sequence of {hashes} ints, "
+            f"got {type(seeds).__name__}") from None
+    if len(seeds) != hashes:
+        raise ValueError(f"{owner}: need exactly one seed per hash ({hashes}), got {len(seeds)}")
+    for s in seeds:
+        if not _is_int(s):
+            raise TypeError(f"{owner}: seeds must be ints, got {type(s).__name__}")
+        if not 0 <= s < 1 << 64:
+            raise ValueError(f"{owner}: seeds must be in [0, 2**64), got {s}")
+    return seeds
+
+
+def interval_ns(owner, interval):
+    """Convert a window length to whole nanoseconds.
+
+    Args:
+        owner: the class name, for the message.
+        interval: seconds (int or float) or a ``datetime.timedelta``.
+
+    Returns:
+        The interval in nanoseconds, an int >= 1.
+
+    Raises:
+        TypeError: not a number or timedelta.
+        ValueError: not positive and finite, or shorter than a nanosecond.
+    """
+    if isinstance(interval, datetime.timedelta):
+        seconds = interval.total_seconds()
+    elif isinstance(interval, (int, float)) and not isinstance(interval, bool):
+        seconds = float(interval)
+    else:
+        raise TypeError(
+            f"{owner}: interval must be seconds (int or float) or a timedelta, "
+            f"got {type(interval).__name__}")
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_CLOCK_SECONDS):
+        raise ValueError(
+            f"{owner}: interval must be a positive, finite number of seconds, got {interval!r}")
+    ns = int(seconds * 1e9)
+    if ns < 1:
+        raise ValueError(f"{owner}: interval must be at least one nanosecond, got {interval!r}")
+    return ns
+
+
+def check_clock(owner, clock):
+    """Validate an injected clock: None (the default monotonic clock) or a callable.
+
+    Raises:
+        TypeError: clock is neither None nor callable.
+    """
+    if clock is not None and not callable(clock):
+        raise TypeError(
+            f"{owner}: clock must be None or a callable returning seconds like "
+            f"time.monotonic, got {type(clock).__name__}")
+    return clock
+
+
+def bad_clock_reading(value):
+    """The error for a clock that returned a non-finite or out-of-range value."""
+    return ValueError(
+        f"the clock returned {value!r}; it must return seconds as a finite number "
+        f"between -{MAX_CLOCK_SECONDS:g} and {MAX_CLOCK_SECONDS:g}, like time.monotonic()")
+
+
+def bad_key(key):
+    """The error for a key that is neither str nor bytes."""
+    return TypeError(f"key must be str or bytes, got {type(key).__name__}")
