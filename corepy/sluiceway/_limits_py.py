@@ -242,8 +242,9 @@ class Rate:
         data = _key_bytes(key)
         elapsed = self._advance()
         idx = self._est[0].index(data)
+        # float(a) / float(b) is what C computes (int64 -> double, then divide).
         return (self._est[self._cur ^ 1].get_at(idx), self._est[self._cur].get_at(idx),
-                elapsed / self._interval_ns)
+                float(elapsed) / float(self._interval_ns))
 
     def observe(self, key, n=1):
         """Count ``n`` events for ``key``; return its count in the current window."""
@@ -268,7 +269,7 @@ class Rate:
 
     def until_next_window(self):
         """Seconds until the current window ends."""
-        return (self._interval_ns - self._advance()) / 1e9
+        return float(self._interval_ns - self._advance()) / 1e9
 
     def reset(self):
         """Zero both windows and restart the window grid now."""

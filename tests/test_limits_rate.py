@@ -1,0 +1,186 @@
+"""Rate (two-window estimator): window rollover under an injected clock, both implementations."""
+
+import datetime
+import math
+import time
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+import sluiceway._limits_py as PY
+from sluiceway import limits
+
+C = limits._c
+IMPLS = pytest.mark.parametrize("impl", [C, PY], ids=["compiled", "reference"])
+
+
+class FakeClock:
+    """Seconds that move only when a test says so."""
+
+    def __init__(self, t=1000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def make(impl, interval=1.0, **kw):
+    clock = FakeClock()
+    return impl.Rate(interval, clock=clock, seeds=[1, 2, 3, 4], **kw), clock
+
+
+@IMPLS
+def test_observe_and_rate_across_windows(impl):
+    r, clock = make(impl)
+    assert r.observe("k", 3) == 3
+    assert r.observe("k", 2) == 5
+    assert r.rate("k") == 0.0  # no completed window yet
+    clock.t += 1.0
+    assert r.observe("k", 4) == 4  # new window counts from zero
+    assert r.rate("k") == 5.0
+    clock.t += 1.0
+    assert r.rate("k") == 4.0
+    clock.t += 1.0
+    assert r.rate("k") == 0.0  # the last completed window saw nothing
+
+
+@IMPLS
+def test_both_windows_zeroed_after_two_idle_intervals(impl):
+    r, clock = make(impl)
+    r.observe("k", 7)
+    clock.t += 1.5
+    assert r.sample("k") == (7, 0, 0.5)
+    r.observe("k", 2)
+    clock.t += 2.0  # skip window 2 entirely: now in window 3
+    assert r.sample("k")[:2] == (0, 0)
+    assert r.observe("k") == 1
+
+
+@IMPLS
+def test_windows_sit_on_a_fixed_grid(impl):
+    r, clock = make(impl, interval=10.0)
+    clock.t += 9.0
+    r.observe("k")
+    clock.t += 2.0  # 11s after start: window 1, one second in
+    prev, curr, frac = r.sample("k")
+    assert (prev, curr) == (1, 0) and math.isclose(frac, 0.1)
+    assert math.isclose(r.until_next_window(), 9.0)
+
+
+@IMPLS
+def test_rate_with_proportional_and_custom_fn(impl):
+    r, clock = make(impl)
+    r.observe("k", 5)
+    assert r.rate_with("k", impl.proportional) == 5.0
+    clock.t += 1.0
+    r.observe("k", 4)
+    assert r.rate_with("k", impl.proportional) == 9.0  # fraction 0: all of prev
+    clock.t += 0.75
+    assert math.isclose(r.rate_with("k", impl.proportional), 5 * 0.25 + 4)
+    seen = []
+    r.rate_with("k", lambda *a: seen.append(a))
+    assert seen == [(5, 4, 1.0, 0.75)]
+    assert r.rate_with("k", lambda p, c, i, f: p * 0.1 + c * 0.9) == pytest.approx(4.1)
+    clock.t += 0.25
+    assert r.rate_with("k", impl.proportional) == 4.0
+    clock.t += 0.5
+    assert r.rate_with("k", impl.proportional) == 2.0
+    assert r.rate("k") == 4.0
+
+
+@IMPLS
+def test_clock_stepping_back_never_moves_windows_back(impl):
+    r, clock = make(impl)
+    clock.t += 1.2
+    r.observe("k", 3)
+    clock.t -= 5.0  # before the start even
+    assert r.observe("k") == 4
+    assert r.sample("k") == (0, 4, 0.0)
+
+
+@IMPLS
+def test_reset_restarts_the_grid(impl):
+    r, clock = make(impl)
+    clock.t += 0.5
+    r.observe("k", 3)
+    r.reset()
+    assert r.sample("k") == (0, 0, 0.0)
+    clock.t += 0.9
+    r.observe("k")
+    clock.t += 0.2  # 1.1s after the reset: next window
+    assert r.rate("k") == 1.0
+
+
+@IMPLS
+def test_interval_forms_and_properties(impl):
+    assert impl.Rate(datetime.timedelta(minutes=1)).interval == 60.0
+    assert impl.Rate(2).interval == 2.0
+    r = impl.Rate(0.25, hashes=2, slots=16)
+    assert (r.hashes, r.slots, len(r.seeds)) == (2, 16, 2)
+
+
+@IMPLS
+@pytest.mark.parametrize("interval, exc", [
+    (-1, ValueError), (0, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+    (1e-12, ValueError), ("1", TypeError), (None, TypeError), (True, TypeError),
+])
+def test_bad_interval(impl, interval, exc):
+    with pytest.raises(exc, match="^Rate: interval must be"):
+        impl.Rate(interval)
+
+
+@IMPLS
+def test_bad_clock(impl):
+    with pytest.raises(TypeError, match="clock must be None or a callable"):
+        impl.Rate(1.0, clock=5)
+    clock = FakeClock()
+    r = impl.Rate(1.0, clock=clock)
+    clock.t = float("nan")
+    with pytest.raises(ValueError, match="the clock returned nan"):
+        r.observe("k")
+    clock.t = 1e300
+    with pytest.raises(ValueError, match="finite number"):
+        r.rate("k")
+
+
+@IMPLS
+def test_default_clock_is_monotonic(impl):
+    r = impl.Rate(3600.0)
+    assert r.observe("k") == 1
+    left = r.until_next_window()
+    assert 3599.0 < left <= 3600.0
+    time.sleep(0.01)
+    assert r.until_next_window() < left
+
+
+rate_ops = st.lists(st.one_of(
+    st.tuples(st.just("observe"), st.sampled_from(["a", "b", b"c", "é", ""]), st.integers(-3, 9)),
+    st.tuples(st.just("rate"), st.sampled_from(["a", "b", b"c"])),
+    st.tuples(st.just("proportional"), st.sampled_from(["a", b"c"])),
+    st.tuples(st.just("sample"), st.sampled_from(["a", "b", b"c"])),
+    st.tuples(st.just("until_next_window")),
+    st.tuples(st.just("reset")),
+    st.tuples(st.just("tick"), st.floats(-0.5, 3.5, allow_nan=False)),
+    st.tuples(st.just("tick"), st.sampled_from([1.0, 2.0, 0.999999999, 1.000000001])),
+), max_size=50)
+
+
+@settings(max_examples=300, deadline=None)
+@given(interval=st.sampled_from([1.0, 0.3, 7, 1e-6, 86400.0]), t0=st.floats(0, 1e6),
+       slots=st.integers(1, 8), ops=rate_ops)
+@example(interval=1.0, t0=0.0, slots=1, ops=[("observe", "a", 1), ("tick", 1.0), ("rate", "a")])
+def test_compiled_matches_reference_exactly(interval, t0, slots, ops):
+    clock = FakeClock(t0)
+    seeds = [5, 6, 7, 8]
+    c = C.Rate(interval, slots=slots, seeds=seeds, clock=clock)
+    p = PY.Rate(interval, slots=slots, seeds=seeds, clock=clock)
+    for op, *args in ops:
+        if op == "tick":
+            clock.t += args[0] * interval
+            continue
+        if op == "proportional":
+            got = c.rate_with(args[0], C.proportional), p.rate_with(args[0], PY.proportional)
+        else:
+            got = getattr(c, op)(*args), getattr(p, op)(*args)
+        assert got[0] == got[1], (op, args)
