@@ -17,7 +17,7 @@ from sluiceway import limits
 C = limits._c
 IMPLS = pytest.mark.parametrize("impl", [C, PY], ids=["compiled", "reference"])
 
-seeds4 = st.lists(st.integers(0, 2**64 - 1), min_size=4, max_size=4)
+seeds4 = st.lists(st.integers(0, 2**64 - 1), min_size=4, max_size=4, unique=True)
 keys = st.one_of(
     st.sampled_from(["a", "b", "tenant-1", "é", "", b"a", b"\x00", b"key-32-bytes-long-xxxxxxxxxxxxxx"]),
     st.text(max_size=40),
@@ -60,6 +60,7 @@ def test_random_seeds_differ_per_instance(impl):
     (dict(seeds=[1, 2]), ValueError, "need exactly one seed per hash (4), got 2"),
     (dict(seeds=[1, 2, 3, -1]), ValueError, "seeds must be in [0, 2**64)"),
     (dict(seeds=5), TypeError, "seeds must be None or a sequence"),
+    (dict(seeds=[7, 7, 8, 9]), ValueError, "seeds must be distinct"),
 ])
 def test_bad_arguments_say_what_to_fix(impl, kwargs, exc, words):
     with pytest.raises(exc, match="^Estimator: ") as info:
@@ -99,7 +100,7 @@ ops = st.lists(st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(seeds=st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=6).flatmap(
+@given(seeds=st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=6, unique=True).flatmap(
     lambda s: st.tuples(st.just(s), st.integers(1, 9))), ops=ops)
 @example(seeds=([0], 1), ops=[("incr", "a", 2**63 - 1), ("incr", "b", 1), ("decr", "a", -(2**63))])
 def test_compiled_matches_reference_exactly(seeds, ops):

@@ -56,17 +56,21 @@ def make_seeds(owner, hashes, seeds):
         owner: the class name, for the message.
         hashes: number of rows.
         seeds: None for random seeds from ``os.urandom`` (the normal case), or a
-            sequence of ``hashes`` ints in ``[0, 2**64)`` (for reproducible tests).
+            sequence of ``hashes`` distinct ints in ``[0, 2**64)`` (for
+            reproducible tests).
 
     Returns:
         A tuple of ``hashes`` ints.
 
     Raises:
         TypeError: seeds is not a sequence of ints.
-        ValueError: wrong number of seeds, or a seed out of range.
+        ValueError: wrong number of seeds, a seed out of range, or a repeated seed.
     """
     if seeds is None:
-        return struct.unpack(f"<{hashes}Q", os.urandom(8 * hashes))
+        while True:
+            seeds = struct.unpack(f"<{hashes}Q", os.urandom(8 * hashes))
+            if len(set(seeds)) == hashes:
+                return seeds
     try:
         seeds = tuple(seeds)
     except TypeError:
@@ -80,6 +84,10 @@ def make_seeds(owner, hashes, seeds):
             raise TypeError(f"{owner}: seeds must be ints, got {type(s).__name__}")
         if not 0 <= s < 1 << 64:
             raise ValueError(f"{owner}: seeds must be in [0, 2**64), got {s}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(
+            f"{owner}: seeds must be distinct, got {list(seeds)} (rows with equal seeds "
+            "hash alike, and the sketch degrades to fewer rows)")
     return seeds
 
 
