@@ -148,10 +148,15 @@ class RateLimiter:
         return RateDecision(count <= self.limit, self.limit, max(0, self.limit - count),
                             self.rate.until_next_window(), count)
 
-    def peek(self, key):
-        """Like ``check`` without counting a request."""
+    def peek(self, key, cost=1):
+        """Say what ``check(key, cost)`` would decide now, without counting anything.
+
+        Returns:
+            A ``RateDecision`` whose ``count`` is the key's count so far in
+            this window and whose ``allowed`` says whether ``cost`` more fits.
+        """
         _, count, _ = self.rate.sample(key)
-        return RateDecision(count <= self.limit, self.limit, max(0, self.limit - count),
+        return RateDecision(count + cost <= self.limit, self.limit, max(0, self.limit - count),
                             self.rate.until_next_window(), count)
 
 
