@@ -18,6 +18,8 @@
  *
  * A reading earlier than the current window (a clock that stepped back) is
  * treated as the start of the current window: windows never move backwards.
+ * Callers keep readings within +-4.6e18 ns of each other so that differences
+ * fit in int64 (the Python wrapper bounds injected clocks to +-4.6e9 s).
  *
  * Because windows sit on a fixed grid, the previous window always spans
  * exactly interval_ns, so previous_count / interval is an exact per-interval

@@ -78,6 +78,20 @@ def test_keys_must_be_str_or_bytes(impl, key):
 
 
 @IMPLS
+@pytest.mark.parametrize("n, exc", [(1.5, TypeError), ("1", TypeError), (2**63, OverflowError),
+                                    (-(2**63) - 1, OverflowError)])
+def test_counts_must_be_int64(impl, n, exc):
+    e = impl.Estimator()
+    with pytest.raises(exc):
+        e.incr("k", n)
+    with pytest.raises(exc):
+        impl.Rate(1.0).observe("k", n)
+    with pytest.raises(exc):
+        impl.Inflight().incr("k", n)
+    assert e.get("k") == 0
+
+
+@IMPLS
 def test_unencodable_str_key_raises(impl):
     with pytest.raises(UnicodeEncodeError):
         impl.Estimator().incr("\ud800")

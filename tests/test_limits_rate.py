@@ -142,6 +142,9 @@ def test_bad_clock(impl):
     clock.t = 1e300
     with pytest.raises(ValueError, match="finite number"):
         r.rate("k")
+    clock.t = "12"
+    with pytest.raises(TypeError, match="must be real number, not str"):
+        r.observe("k")
 
 
 @IMPLS

@@ -11,8 +11,9 @@ import struct
 
 MAX_HASHES = 32
 MAX_SLOTS = 1 << 26
-# Clock readings are kept as int64 nanoseconds: about 292 years of range.
-MAX_CLOCK_SECONDS = 9.2e9
+# Clock readings are kept as int64 nanoseconds.  Bounding them to +-4.6e9 s
+# (146 years) keeps the difference of any two within int64.
+MAX_CLOCK_SECONDS = 4.6e9
 
 
 def _is_int(value):

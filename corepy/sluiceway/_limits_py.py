@@ -3,7 +3,8 @@
 Same API, same hash, same window arithmetic: given the same seeds and the same
 injected clock, every method returns exactly what the compiled one returns.
 It exists to pin down behaviour (the tests drive both with the same random
-operations) and to read; it is about 30x slower, so don't serve traffic with it.
+operations) and to read; it is over a hundred times slower (about 12 us per call against 70 ns), so
+don't serve traffic with it.
 """
 
 import time
@@ -220,7 +221,10 @@ class Rate:
     def _now(self):
         if self._clock is None:
             return time.monotonic_ns()
-        t = float(self._clock())
+        t = self._clock()
+        if isinstance(t, (str, bytes, bytearray)):  # float() would parse them; C refuses
+            raise TypeError(f"must be real number, not {type(t).__name__}")
+        t = float(t)
         if not -MAX_CLOCK_SECONDS <= t <= MAX_CLOCK_SECONDS:  # also false for nan
             raise bad_clock_reading(t)
         return int(t * 1e9)

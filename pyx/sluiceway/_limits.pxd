@@ -50,7 +50,6 @@ cdef class Estimator:
 
 cdef class Rate:
     cdef sw_rate r
-    cdef bint ready
     cdef object clock
     cdef double interval_s
     cdef int64_t now_ns(self) except? -1

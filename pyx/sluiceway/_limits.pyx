@@ -35,7 +35,9 @@ from sluiceway._limits_args import (
 
 __all__ = ["Estimator", "Rate", "Inflight", "InflightGuard", "proportional", "keyhash"]
 
-cdef double MAX_CLOCK_SECONDS = 9.2e9
+from sluiceway._limits_args import MAX_CLOCK_SECONDS as _MAX_CLOCK_SECONDS
+
+cdef double MAX_CLOCK_SECONDS = _MAX_CLOCK_SECONDS
 
 
 cdef inline const char *key_bytes(object key, Py_ssize_t *size) except NULL:
@@ -46,6 +48,13 @@ cdef inline const char *key_bytes(object key, Py_ssize_t *size) except NULL:
         size[0] = PyBytes_GET_SIZE(key)
         return PyBytes_AS_STRING(key)
     raise bad_key(key)
+
+
+cdef inline int64_t as_count(object n) except? -1:
+    # Cython would truncate a float silently; counts are ints.
+    if type(n) is int or isinstance(n, int):
+        return n  # OverflowError beyond int64
+    raise TypeError(f"n must be an int, got {type(n).__name__}")
 
 
 cdef inline int64_t neg(int64_t n) noexcept nogil:
@@ -117,7 +126,7 @@ cdef class Estimator:
     def __dealloc__(self):
         sw_cms_free(&self.c)
 
-    def incr(self, key, int64_t n=1):
+    def incr(self, key, n=1):
         """Add ``n`` to ``key``'s count.
 
         Args:
@@ -132,9 +141,9 @@ cdef class Estimator:
         """
         cdef Py_ssize_t size
         cdef const char *buf = key_bytes(key, &size)
-        return sw_cms_incr(&self.c, buf, <size_t>size, n)
+        return sw_cms_incr(&self.c, buf, <size_t>size, as_count(n))
 
-    def decr(self, key, int64_t n=1):
+    def decr(self, key, n=1):
         """Subtract ``n`` from ``key``'s count (undo an earlier ``incr``).
 
         Returns:
@@ -145,7 +154,7 @@ cdef class Estimator:
         """
         cdef Py_ssize_t size
         cdef const char *buf = key_bytes(key, &size)
-        return sw_cms_incr(&self.c, buf, <size_t>size, neg(n))
+        return sw_cms_incr(&self.c, buf, <size_t>size, neg(as_count(n)))
 
     def get(self, key):
         """Return ``key``'s estimated count (0 for a key never seen, barring collisions).
@@ -233,7 +242,6 @@ cdef class Rate:
             raise MemoryError(f"Rate: cannot allocate 2 x {hashes} x {slots} counters")
         if rc != SW_CMS_OK:
             raise ValueError(f"Rate: invalid shape hashes={hashes}, slots={slots}")
-        self.ready = True
 
     def __dealloc__(self):
         sw_rate_free(&self.r)
@@ -247,7 +255,7 @@ cdef class Rate:
             raise bad_clock_reading(t)
         return <int64_t>(t * 1e9)
 
-    def observe(self, key, int64_t n=1):
+    def observe(self, key, n=1):
         """Count ``n`` events for ``key`` in the current window.
 
         Args:
@@ -264,8 +272,9 @@ cdef class Rate:
         """
         cdef Py_ssize_t size
         cdef const char *buf = key_bytes(key, &size)
+        cdef int64_t count = as_count(n)
         cdef int64_t now = self.now_ns()
-        return sw_rate_observe(&self.r, now, buf, <size_t>size, n)
+        return sw_rate_observe(&self.r, now, buf, <size_t>size, count)
 
     def rate(self, key):
         """Return ``key``'s events per second in the last completed window.
@@ -369,7 +378,7 @@ cdef class Inflight:
     def __dealloc__(self):
         sw_cms_free(&self.c)
 
-    def incr(self, key, int64_t n=1):
+    def incr(self, key, n=1):
         """Count ``n`` more in progress for ``key``.
 
         Args:
@@ -385,11 +394,12 @@ cdef class Inflight:
         """
         cdef Py_ssize_t size
         cdef const char *buf = key_bytes(key, &size)
+        cdef int64_t count = as_count(n)
         cdef InflightGuard guard = InflightGuard.__new__(InflightGuard)
         guard.owner = self
         guard.key = key
-        guard.n = n
-        return guard, sw_cms_incr(&self.c, buf, <size_t>size, n)
+        guard.n = count
+        return guard, sw_cms_incr(&self.c, buf, <size_t>size, count)
 
     def get(self, key):
         """Return ``key``'s count in progress.
