@@ -83,9 +83,19 @@ def test_inflight_incr_release(benchmark):
     per_call(benchmark, step, KEY_STR)
 
 
-def test_rate_limiter_check(benchmark):
+@pytest.mark.parametrize("impl", [limits, PY], ids=["compiled", "reference"])
+def test_rate_limiter_check(benchmark, impl):
+    limiter = impl.RateLimiter(10**12, 60.0)
+    per_call(benchmark, limiter.check, KEY_STR, calls=CALLS if impl is limits else 100)
+
+
+def test_rate_limiter_check_and_headers(benchmark):
     limiter = limits.RateLimiter(10**12, 60.0)
-    per_call(benchmark, limiter.check, KEY_STR)
+
+    def step(key):
+        limiter.check(key).headers()
+
+    per_call(benchmark, step, KEY_STR)
 
 
 def test_concurrency_try_acquire_release(benchmark):

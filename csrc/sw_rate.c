@@ -71,6 +71,11 @@ void sw_rate_sample(sw_rate *r, int64_t now_ns, const void *key, size_t len,
     *prev = sw_cms_get_at(&r->est[r->cur ^ 1], idx);
 }
 
+int64_t sw_rate_get(const sw_rate *r, const void *key, size_t len)
+{
+    return sw_cms_get(&r->est[r->cur], key, len);
+}
+
 void sw_rate_reset(sw_rate *r, int64_t now_ns)
 {
     sw_cms_reset(&r->est[0]);

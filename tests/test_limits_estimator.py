@@ -153,11 +153,14 @@ def zipf_stream(rng, n_keys, n_events, s):
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seeds=seeds4, rng_seed=st.integers(0, 2**32), skew=st.sampled_from([0.0, 0.6, 1.0, 1.3]))
+@example(seeds=[5, 33, 105, 256], rng_seed=0, skew=1.0)  # one key 277 > 265: allowed
 def test_count_min_bound_100k_events_10k_keys(seeds, rng_seed, skew):
-    """Estimate <= true + e*N/slots for all but a fraction exp(-hashes) of keys.
+    """Estimate >= true always; estimate <= true + e*N/slots for all but a
+    fraction exp(-hashes) of keys (the count-min guarantee, per key).
 
-    Observed (docs/limits.md): no key ever exceeds the bound; the largest
-    overcount is a small fraction of it.
+    Observed (docs/limits.md): 1 key in 1.6 million over the bound across 160
+    streams; the guarantee allows 1.8%.  A single key over the bound is
+    therefore not a failure (hypothesis found seeds where one key is).
     """
     hashes, slots, n_events, n_keys = 4, 1024, 100_000, 10_000
     stream = zipf_stream(random.Random(rng_seed), n_keys, n_events, skew)
@@ -174,7 +177,6 @@ def test_count_min_bound_100k_events_10k_keys(seeds, rng_seed, skew):
         errors.append(err)
     over = sum(err > bound for err in errors)
     assert over <= math.exp(-hashes) * n_keys, (over, max(errors), bound)
-    assert max(errors) <= bound
 
 
 def test_reference_agrees_on_a_large_stream():

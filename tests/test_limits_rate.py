@@ -187,3 +187,30 @@ def test_compiled_matches_reference_exactly(interval, t0, slots, ops):
         else:
             got = getattr(c, op)(*args), getattr(p, op)(*args)
         assert got[0] == got[1], (op, args)
+
+
+limiter_ops = st.lists(st.one_of(
+    st.tuples(st.just("check"), st.sampled_from(["a", "b", b"a"]), st.integers(0, 4)),
+    st.tuples(st.just("peek"), st.sampled_from(["a", "b"]), st.integers(0, 4)),
+    st.tuples(st.just("tick"), st.floats(0, 2.5, allow_nan=False)),
+), max_size=40)
+
+
+def decision_fields(d):
+    return (d.allowed, d.limit, d.remaining, d.reset_after, d.count, d.retry_after, d.headers())
+
+
+@settings(max_examples=200, deadline=None)
+@given(limit=st.integers(1, 6), interval=st.sampled_from([1.0, 60, 0.25]), slots=st.integers(1, 4),
+       ops=limiter_ops)
+def test_rate_limiter_compiled_matches_reference(limit, interval, slots, ops):
+    clock = FakeClock(3.0)
+    c = C.RateLimiter(limit, interval, slots=slots, seeds=[1, 2, 3, 4], clock=clock)
+    p = PY.RateLimiter(limit, interval, slots=slots, seeds=[1, 2, 3, 4], clock=clock)
+    for op, *args in ops:
+        if op == "tick":
+            clock.t += args[0] * interval
+            continue
+        dc, dp = getattr(c, op)(*args), getattr(p, op)(*args)
+        assert decision_fields(dc) == decision_fields(dp), (op, args)
+        assert dc.allowed == (dc.count <= limit if op == "check" else dc.count + args[1] <= limit)

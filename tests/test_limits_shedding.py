@@ -403,28 +403,42 @@ def test_breaker_bad_arguments(kwargs, words):
 
 # ---------------------------------------------------------------- rate-limit helper
 
-@pytest.mark.parametrize("rate_type", [limits.Rate, PY.Rate], ids=["compiled", "reference"])
-def test_rate_limiter_decisions_and_headers(rate_type):
+@pytest.mark.parametrize("impl", [limits, PY], ids=["compiled", "reference"])
+def test_rate_limiter_decisions_and_headers(impl):
     clock = FakeClock(0.0)
-    limiter = RateLimiter(3, 60.0, clock=clock, rate_type=rate_type)
+    limiter = impl.RateLimiter(3, 60.0, clock=clock)
     got = [limiter.check("api-key-1") for _ in range(3)]
     assert [d.remaining for d in got] == [2, 1, 0] and all(d.allowed for d in got)
     assert got[0].headers() == [("X-RateLimit-Limit", "3"), ("X-RateLimit-Remaining", "2")]
     clock.t = 59.5
     refused = limiter.check("api-key-1")
-    assert not refused.allowed and refused.count == 4
+    assert not refused.allowed and refused.count == 4 and refused.retry_after == 1
     assert refused.headers() == [("X-RateLimit-Limit", "3"), ("X-RateLimit-Remaining", "0"),
                                  ("Retry-After", "1")]
     assert limiter.check("api-key-2").allowed  # keys are independent
-    assert limiter.peek("api-key-2") == (True, 3, 2, 0.5, 1)
-    assert limiter.peek("api-key-2", cost=3).allowed is False
+    peeked = limiter.peek("api-key-2")
+    assert (peeked.allowed, peeked.limit, peeked.remaining, peeked.reset_after, peeked.count) == (
+        True, 3, 2, 0.5, 1)
+    assert limiter.peek("api-key-2", cost=2).allowed
+    assert not limiter.peek("api-key-2", cost=3).allowed
+    assert limiter.peek("api-key-2").count == 1  # peeking counts nothing
     clock.t = 60.0
     fresh = limiter.check("api-key-1")
     assert fresh.allowed and fresh.remaining == 2 and fresh.retry_after == 60
+    assert limiter.check("api-key-1", cost=0).count == 1
 
 
-def test_rate_limiter_bad_arguments():
+@pytest.mark.parametrize("impl", [limits, PY], ids=["compiled", "reference"])
+def test_rate_limiter_bad_arguments(impl):
     with pytest.raises(ValueError, match="RateLimiter: limit must be finite and > 0"):
-        RateLimiter(0)
+        impl.RateLimiter(0)
+    with pytest.raises(ValueError, match="RateLimiter: limit must be at most 2\\*\\*62"):
+        impl.RateLimiter(2**63)
+    with pytest.raises(TypeError, match="RateLimiter: limit must be an int"):
+        impl.RateLimiter(1.5)
     with pytest.raises(ValueError, match="Rate: interval must be"):
-        RateLimiter(10, -1)
+        impl.RateLimiter(10, -1)
+    with pytest.raises(ValueError, match="RateLimiter: cost must be >= 0, got -1"):
+        impl.RateLimiter(10).check("k", -1)
+    with pytest.raises(TypeError, match="RateDecision objects are made by"):
+        impl.RateDecision(True, 1, 1, 1.0)

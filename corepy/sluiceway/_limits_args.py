@@ -146,3 +146,44 @@ def bad_clock_reading(value):
 def bad_key(key):
     """The error for a key that is neither str nor bytes."""
     return TypeError(f"key must be str or bytes, got {type(key).__name__}")
+
+
+def positive(owner, name, value, *, allow_zero=False, integer=False):
+    """Validate a positive (or, with allow_zero, non-negative) finite number.
+
+    Args:
+        owner: the class name, for the message.
+        name: the argument's name, for the message.
+        value: the value to check.
+        allow_zero: accept 0.
+        integer: require an int (bool is refused).
+
+    Returns:
+        value, unchanged.
+
+    Raises:
+        TypeError: not an int (integer=True) or not a number.
+        ValueError: not finite, or out of range.
+    """
+    kinds = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        what = "an int" if integer else "a number"
+        raise TypeError(f"{owner}: {name} must be {what}, got {type(value).__name__}")
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or (isinstance(value, float) and not math.isfinite(value)):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{owner}: {name} must be finite and {bound}, got {value!r}")
+    return value
+
+
+def check_limit(owner, limit):
+    """Validate a requests-per-window limit: an int in [1, 2**62]."""
+    positive(owner, "limit", limit, integer=True)
+    if limit > 1 << 62:
+        raise ValueError(f"{owner}: limit must be at most 2**62, got {limit}")
+    return limit
+
+
+def bad_cost(cost):
+    """The error for a negative RateLimiter cost."""
+    return ValueError(f"RateLimiter: cost must be >= 0, got {cost}")

@@ -9,17 +9,22 @@ don't serve traffic with it.
 
 import time
 
+import math
+
 from ._limits_args import (
     bad_clock_reading,
+    bad_cost,
     bad_key,
     check_clock,
+    check_limit,
     check_shape,
     interval_ns,
     make_seeds,
     MAX_CLOCK_SECONDS,
 )
 
-__all__ = ["Estimator", "Rate", "Inflight", "InflightGuard", "proportional", "keyhash"]
+__all__ = ["Estimator", "Rate", "Inflight", "InflightGuard", "proportional", "keyhash",
+           "RateLimiter", "RateDecision"]
 
 _M64 = (1 << 64) - 1
 _K0 = 0xD5BF06390A2CD4BF
@@ -229,8 +234,8 @@ class Rate:
             raise bad_clock_reading(t)
         return int(t * 1e9)
 
-    def _advance(self):
-        elapsed = max(0, self._now() - self._start)
+    def _advance(self, now=None):
+        elapsed = max(0, (self._now() if now is None else now) - self._start)
         w = elapsed // self._interval_ns
         if w > self._window:
             if w == self._window + 1:
@@ -360,3 +365,87 @@ class InflightGuard:
 
     def __repr__(self):
         return f"<InflightGuard key={self.key!r} n={self.n} {'released' if self._released else 'held'}>"
+
+
+class RateDecision:
+    """Outcome of ``RateLimiter.check``; see ``sluiceway.limits.RateDecision``."""
+
+    __slots__ = ("allowed", "limit", "remaining", "reset_after", "count")
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("RateDecision objects are made by RateLimiter.check/peek")
+
+    @classmethod
+    def _make(cls, allowed, limit, count, reset_after):
+        d = cls.__new__(cls)
+        d.allowed = allowed
+        d.limit = limit
+        d.count = count
+        d.remaining = max(0, limit - count)
+        d.reset_after = reset_after
+        return d
+
+    @property
+    def retry_after(self):
+        """Whole seconds a refused client should wait (at least 1)."""
+        return max(1, math.ceil(self.reset_after))
+
+    def headers(self):
+        """``[(name, value), ...]``: X-RateLimit-Limit, X-RateLimit-Remaining, and
+        Retry-After when refused."""
+        out = [("X-RateLimit-Limit", str(self.limit)),
+               ("X-RateLimit-Remaining", str(self.remaining))]
+        if not self.allowed:
+            out.append(("Retry-After", str(self.retry_after)))
+        return out
+
+    def __eq__(self, other):
+        if not isinstance(other, RateDecision):
+            return NotImplemented
+        return all(getattr(self, a) == getattr(other, a) for a in self.__slots__)
+
+    def __repr__(self):
+        return (f"RateDecision(allowed={self.allowed}, limit={self.limit}, "
+                f"remaining={self.remaining}, reset_after={self.reset_after!r}, "
+                f"count={self.count})")
+
+
+class RateLimiter:
+    """At most ``limit`` requests per key per window; see ``sluiceway.limits.RateLimiter``."""
+
+    def __init__(self, limit, interval=60.0, *, hashes=4, slots=1024, seeds=None, clock=None):
+        self.limit = check_limit("RateLimiter", limit)
+        self.rate = Rate(interval, hashes=hashes, slots=slots, seeds=seeds, clock=clock)
+
+    def _decide(self, count, cost, now, counted):
+        rate = self.rate
+        left = float(rate._interval_ns - rate._advance(now)) / 1e9
+        allowed = count <= self.limit if counted else count + cost <= self.limit
+        return RateDecision._make(allowed, self.limit, count, left)
+
+    def check(self, key, cost=1):
+        """Count ``cost`` for ``key`` and decide; returns a ``RateDecision``."""
+        rate = self.rate
+        data = _key_bytes(key)
+        cost = _check_n(cost)
+        if cost < 0:
+            raise bad_cost(cost)
+        now = rate._now()
+        rate._advance(now)
+        count = rate._est[rate._cur].add_at(rate._est[0].index(data), cost)
+        return self._decide(count, cost, now, True)
+
+    def peek(self, key, cost=1):
+        """What ``check(key, cost)`` would decide now, without counting."""
+        rate = self.rate
+        data = _key_bytes(key)
+        cost = _check_n(cost)
+        if cost < 0:
+            raise bad_cost(cost)
+        now = rate._now()
+        rate._advance(now)
+        count = rate._est[rate._cur].get_at(rate._est[0].index(data))
+        return self._decide(count, cost, now, False)
+
+    def __repr__(self):
+        return f"<RateLimiter limit={self.limit} interval={self.rate.interval!r}s>"

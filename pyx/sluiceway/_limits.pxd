@@ -38,6 +38,7 @@ cdef extern from "sw_rate.h" nogil:
     void sw_rate_sample(sw_rate *r, int64_t now_ns, const void *key, size_t len,
                         int64_t *prev, int64_t *curr, int64_t *elapsed_ns)
     void sw_rate_reset(sw_rate *r, int64_t now_ns)
+    int64_t sw_rate_get(const sw_rate *r, const void *key, size_t len)
 
 
 cdef extern from "sw_clock.h" nogil:
@@ -65,3 +66,16 @@ cdef class InflightGuard:
     cdef readonly int64_t n
     cdef readonly bint released
     cdef int undo(self) except -1
+
+
+cdef class RateDecision:
+    cdef readonly bint allowed
+    cdef readonly int64_t limit
+    cdef readonly int64_t count
+    cdef readonly double reset_after
+
+
+cdef class RateLimiter:
+    cdef readonly int64_t limit
+    cdef readonly Rate rate
+    cdef RateDecision decide(self, key, cost, bint counted)

@@ -24,16 +24,21 @@ from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport isfinite
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
+from libc.math cimport ceil
+
 from sluiceway._limits_args import (
     bad_clock_reading,
+    bad_cost,
     bad_key,
     check_clock,
+    check_limit,
     check_shape,
     interval_ns,
     make_seeds,
 )
 
-__all__ = ["Estimator", "Rate", "Inflight", "InflightGuard", "proportional", "keyhash"]
+__all__ = ["Estimator", "Rate", "Inflight", "InflightGuard", "proportional", "keyhash",
+           "RateLimiter", "RateDecision"]
 
 from sluiceway._limits_args import MAX_CLOCK_SECONDS as _MAX_CLOCK_SECONDS
 
@@ -489,3 +494,144 @@ cdef class InflightGuard:
     def __repr__(self):
         state = "released" if self.released else "held"
         return f"<InflightGuard key={self.key!r} n={self.n} {state}>"
+
+
+@cython.final
+@cython.freelist(32)
+cdef class RateDecision:
+    """Outcome of ``RateLimiter.check``.
+
+    Attributes:
+        allowed: False when the key is over its limit in this window.
+        limit: the configured requests per window.
+        remaining: requests left in this window (never negative).
+        reset_after: seconds until the window (and the count) starts over.
+        count: the key's count in this window (this request included for check).
+    """
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("RateDecision objects are made by RateLimiter.check/peek")
+
+    @property
+    def remaining(self):
+        return self.limit - self.count if self.count < self.limit else 0
+
+    @property
+    def retry_after(self):
+        """Whole seconds a refused client should wait (at least 1): the Retry-After value."""
+        cdef double up = ceil(self.reset_after)
+        return <int64_t>up if up > 1 else 1
+
+    def headers(self):
+        """Return the rate-limit response headers as ``[(name, value), ...]`` (str).
+
+        X-RateLimit-Limit and X-RateLimit-Remaining always; Retry-After too when
+        the request was refused (send it with status 429).
+        """
+        out = [("X-RateLimit-Limit", str(self.limit)),
+               ("X-RateLimit-Remaining", str(self.remaining))]
+        if not self.allowed:
+            out.append(("Retry-After", str(self.retry_after)))
+        return out
+
+    def __eq__(self, other):
+        if not isinstance(other, RateDecision):
+            return NotImplemented
+        cdef RateDecision o = other
+        return (self.allowed == o.allowed and self.limit == o.limit and self.count == o.count
+                and self.reset_after == o.reset_after)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return (f"RateDecision(allowed={bool(self.allowed)}, limit={self.limit}, "
+                f"remaining={self.remaining}, reset_after={self.reset_after!r}, "
+                f"count={self.count})")
+
+
+cdef RateDecision make_decision(bint allowed, int64_t limit, int64_t count, double reset_after):
+    cdef RateDecision d = RateDecision.__new__(RateDecision)
+    d.allowed = allowed
+    d.limit = limit
+    d.count = count
+    d.reset_after = reset_after
+    return d
+
+
+@cython.final
+cdef class RateLimiter:
+    """Allow at most ``limit`` requests per key in each window of ``interval`` seconds.
+
+    A fixed-window limiter over ``Rate``: every ``check`` counts (refused
+    requests too, so a client hammering past its limit stays refused until the
+    window turns), and a key over ``limit`` in the current window is refused
+    until the next one.  The clock is read once per call.
+
+    Args:
+        limit: requests allowed per key per window (int in [1, 2**62]).
+        interval: window length in seconds (default 60: "N per minute").
+        hashes, slots, seeds: sketch shape, see ``Estimator``; raise ``slots``
+            when many keys are active in one window.
+        clock: None (monotonic, read in C) or a callable returning seconds.
+
+    Raises:
+        TypeError, ValueError: an argument is invalid.
+
+    Example (in ``request_filter``)::
+
+        d = limiter.check(api_key)
+        if not d.allowed:
+            ...respond 429 with d.headers()...
+    """
+
+    def __cinit__(self, limit, interval=60.0, *, hashes=4, slots=1024, seeds=None, clock=None):
+        self.limit = check_limit("RateLimiter", limit)
+        self.rate = Rate(interval, hashes=hashes, slots=slots, seeds=seeds, clock=clock)
+
+    cdef RateDecision decide(self, key, cost, bint counted):
+        cdef Py_ssize_t size
+        cdef const char *buf = key_bytes(key, &size)
+        cdef int64_t c = as_count(cost)
+        cdef int64_t now
+        if c < 0:
+            raise bad_cost(cost)
+        now = self.rate.now_ns()
+        cdef int64_t elapsed = sw_rate_advance(&self.rate.r, now)
+        cdef int64_t count
+        cdef bint allowed
+        if counted:
+            count = sw_rate_observe(&self.rate.r, now, buf, <size_t>size, c)
+            allowed = count <= self.limit
+        else:
+            count = sw_rate_get(&self.rate.r, buf, <size_t>size)
+            allowed = count <= self.limit - c
+        return make_decision(allowed, self.limit, count,
+                             <double>(self.rate.r.interval_ns - elapsed) / 1e9)
+
+    def check(self, key, cost=1):
+        """Count one request (or ``cost``) for ``key`` and decide.
+
+        Args:
+            key: str or bytes, e.g. the API key or tenant id.
+            cost: how much this request counts (int >= 0).
+
+        Returns:
+            A ``RateDecision``.
+
+        Raises:
+            TypeError: key is not str or bytes, or cost not an int.
+            ValueError: cost is negative.
+        """
+        return self.decide(key, cost, True)
+
+    def peek(self, key, cost=1):
+        """Say what ``check(key, cost)`` would decide now, without counting anything.
+
+        Returns:
+            A ``RateDecision`` whose ``count`` is the key's count so far in
+            this window and whose ``allowed`` says whether ``cost`` more fits.
+        """
+        return self.decide(key, cost, False)
+
+    def __repr__(self):
+        return f"<RateLimiter limit={self.limit} interval={self.rate.interval_s!r}s>"
