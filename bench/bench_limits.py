@@ -98,19 +98,21 @@ def test_rate_limiter_check_and_headers(benchmark):
     per_call(benchmark, step, KEY_STR)
 
 
-def test_concurrency_try_acquire_release(benchmark):
-    limiter = limits.ConcurrencyLimiter(100)
+@pytest.mark.parametrize("impl", [limits, PY], ids=["compiled", "reference"])
+def test_concurrency_try_acquire_release(benchmark, impl):
+    limiter = impl.ConcurrencyLimiter(100)
 
     def step(key):
         limiter.try_acquire(key).release()
 
-    per_call(benchmark, step, "10.0.0.1:8080")
+    per_call(benchmark, step, "10.0.0.1:8080", calls=CALLS if impl is limits else 100)
 
 
-def test_breaker_admit_success(benchmark):
-    breaker = limits.CircuitBreaker()
+@pytest.mark.parametrize("impl", [limits, PY], ids=["compiled", "reference"])
+def test_breaker_admit_success(benchmark, impl):
+    breaker = impl.CircuitBreaker()
 
     def step(key):
         breaker.admit(key).success()
 
-    per_call(benchmark, step, "10.0.0.1:8080")
+    per_call(benchmark, step, "10.0.0.1:8080", calls=CALLS if impl is limits else 100)

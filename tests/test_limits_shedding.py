@@ -17,18 +17,14 @@ import sluiceway._limits_py as PY
 from sluiceway import limits
 from sluiceway.limits import (
     BreakerState,
-    CircuitBreaker,
     CircuitOpen,
-    ConcurrencyLimiter,
     ConcurrencyLimitExceeded,
     LoadShedError,
-    RateLimiter,
 )
 
 LOOPS = pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop],
                                 ids=["asyncio", "uvloop"])
-INFLIGHTS = pytest.mark.parametrize("inflight_type", [limits.Inflight, PY.Inflight],
-                                    ids=["compiled", "reference"])
+IMPLS = pytest.mark.parametrize("impl", [limits, PY], ids=["compiled", "reference"])
 
 
 def run(loop_factory, coro, limit=10.0):
@@ -57,8 +53,10 @@ class Upstream:
         self.active = 0
         self.peak = 0
         self.served = 0
+        self.handlers = set()
 
     async def _handle(self, reader, writer):
+        self.handlers.add(asyncio.current_task())
         self.active += 1
         self.peak = max(self.peak, self.active)
         try:
@@ -69,9 +67,12 @@ class Upstream:
                 writer.write(b"OK " + line)
                 await writer.drain()
                 self.served += 1
+        except asyncio.CancelledError:
+            pass
         finally:
             self.active -= 1
             writer.close()
+            self.handlers.discard(asyncio.current_task())
 
     async def __aenter__(self):
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -80,6 +81,10 @@ class Upstream:
 
     async def __aexit__(self, *exc):
         self.server.close()
+        for task in list(self.handlers):  # e.g. still sleeping for a client that gave up
+            task.cancel()
+        while self.handlers:
+            await asyncio.sleep(0.01)
         await self.server.wait_closed()
 
     async def call(self, timeout=3.0):
@@ -99,9 +104,9 @@ class Upstream:
 # ---------------------------------------------------------------- concurrency cap
 
 @LOOPS
-@INFLIGHTS
-def test_fail_fast_cap_against_slow_upstream(loop_factory, inflight_type):
-    limiter = ConcurrencyLimiter(2, inflight=inflight_type())
+@IMPLS
+def test_fail_fast_cap_against_slow_upstream(loop_factory, impl):
+    limiter = impl.ConcurrencyLimiter(2)
 
     async def request(up):
         with limiter.try_acquire("up-1"):
@@ -126,9 +131,9 @@ def test_fail_fast_cap_against_slow_upstream(loop_factory, inflight_type):
 
 
 @LOOPS
-@INFLIGHTS
-def test_waiting_cap_queues_fifo_and_never_exceeds(loop_factory, inflight_type):
-    limiter = ConcurrencyLimiter(2, wait=5.0, inflight=inflight_type())
+@IMPLS
+def test_waiting_cap_queues_fifo_and_never_exceeds(loop_factory, impl):
+    limiter = impl.ConcurrencyLimiter(2, wait=5.0)
     order = []
 
     async def request(up, i):
@@ -152,9 +157,10 @@ def test_waiting_cap_queues_fifo_and_never_exceeds(loop_factory, inflight_type):
     assert limiter.inflight("up-1") == 0 and limiter.waiting("up-1") == 0
 
 
+@IMPLS
 @LOOPS
-def test_waiting_times_out(loop_factory):
-    limiter = ConcurrencyLimiter(1, wait=0.1)
+def test_waiting_times_out(loop_factory, impl):
+    limiter = impl.ConcurrencyLimiter(1, wait=0.1)
 
     async def main():
         async with Upstream(delay=0.6) as up:
@@ -179,9 +185,10 @@ def test_waiting_times_out(loop_factory):
     assert limiter.waiting("up") == 0 and limiter.inflight("up") == 0
 
 
+@IMPLS
 @LOOPS
-def test_cancelled_waiter_passes_its_turn(loop_factory):
-    limiter = ConcurrencyLimiter(1, wait=5.0)
+def test_cancelled_waiter_passes_its_turn(loop_factory, impl):
+    limiter = impl.ConcurrencyLimiter(1, wait=5.0)
 
     async def main():
         held = limiter.try_acquire("up")
@@ -201,9 +208,10 @@ def test_cancelled_waiter_passes_its_turn(loop_factory):
     run(loop_factory, main())
 
 
+@IMPLS
 @LOOPS
-def test_dropped_permit_releases_and_wakes(loop_factory):
-    limiter = ConcurrencyLimiter(1, wait=5.0)
+def test_dropped_permit_releases_and_wakes(loop_factory, impl):
+    limiter = impl.ConcurrencyLimiter(1, wait=5.0)
 
     async def main():
         permits = [limiter.try_acquire("up")]
@@ -218,8 +226,9 @@ def test_dropped_permit_releases_and_wakes(loop_factory):
     assert limiter.inflight("up") == 0
 
 
-def test_caps_are_per_upstream():
-    limiter = ConcurrencyLimiter(1)
+@IMPLS
+def test_caps_are_per_upstream(impl):
+    limiter = impl.ConcurrencyLimiter(1)
     a = limiter.try_acquire("a")
     b = limiter.try_acquire(b"b")
     with pytest.raises(ConcurrencyLimitExceeded):
@@ -235,19 +244,21 @@ def test_caps_are_per_upstream():
     (dict(max_inflight=1, wait=-1), ValueError, "wait must be finite and >= 0"),
     (dict(max_inflight=1, wait=float("inf")), ValueError, "wait must be finite"),
 ])
-def test_concurrency_limiter_bad_arguments(kwargs, exc, words):
+@IMPLS
+def test_concurrency_limiter_bad_arguments(kwargs, exc, words, impl):
     with pytest.raises(exc, match="^ConcurrencyLimiter: ") as info:
-        ConcurrencyLimiter(**kwargs)
+        impl.ConcurrencyLimiter(**kwargs)
     assert words in str(info.value)
 
 
 # ---------------------------------------------------------------- circuit breaker
 
+@IMPLS
 @LOOPS
-def test_breaker_opens_on_failing_upstream_then_probes_and_closes(loop_factory, caplog):
+def test_breaker_opens_on_failing_upstream_then_probes_and_closes(loop_factory, caplog, impl):
     clock = FakeClock()
     changes = []
-    breaker = CircuitBreaker(failures=3, cooldown=5.0, clock=clock, on_change=changes.append)
+    breaker = impl.CircuitBreaker(failures=3, cooldown=5.0, clock=clock, on_change=changes.append)
 
     async def request(up):
         with breaker.admit("up-1"):
@@ -294,11 +305,12 @@ def test_breaker_opens_on_failing_upstream_then_probes_and_closes(loop_factory, 
     assert [r[1] for r in records[1:]] == [logging.INFO, logging.INFO]
 
 
+@IMPLS
 @LOOPS
-def test_breaker_opens_on_error_rate_of_slow_upstream(loop_factory):
+def test_breaker_opens_on_error_rate_of_slow_upstream(loop_factory, impl):
     """Timeouts against a slow upstream count as failures; half of them trips it."""
     clock = FakeClock()
-    breaker = CircuitBreaker(failures=None, error_rate=0.5, min_requests=6, window=10.0,
+    breaker = impl.CircuitBreaker(failures=None, error_rate=0.5, min_requests=6, window=10.0,
                              cooldown=1.0, clock=clock)
 
     async def main():
@@ -316,9 +328,10 @@ def test_breaker_opens_on_error_rate_of_slow_upstream(loop_factory):
     assert breaker.transitions[-1].reason == "error rate 50% over 6 requests in the last 10s"
 
 
-def test_error_rate_slides_and_forgets_old_windows():
+@IMPLS
+def test_error_rate_slides_and_forgets_old_windows(impl):
     clock = FakeClock(0.0)
-    breaker = CircuitBreaker(failures=None, error_rate=0.5, min_requests=4, window=10.0,
+    breaker = impl.CircuitBreaker(failures=None, error_rate=0.5, min_requests=4, window=10.0,
                              clock=clock)
     for _ in range(3):
         breaker.admit("k").failure()  # 3 failures of 3: not enough requests yet
@@ -337,9 +350,10 @@ def test_error_rate_slides_and_forgets_old_windows():
     assert breaker.state("k") is BreakerState.OPEN  # 2.5 of 4 failed
 
 
-def test_failed_probe_reopens_and_stale_outcomes_are_ignored():
+@IMPLS
+def test_failed_probe_reopens_and_stale_outcomes_are_ignored(impl):
     clock = FakeClock()
-    breaker = CircuitBreaker(failures=2, cooldown=3.0, clock=clock)
+    breaker = impl.CircuitBreaker(failures=2, cooldown=3.0, clock=clock)
     early = breaker.admit("k")  # admitted while closed, reports late
     breaker.admit("k").failure()
     breaker.admit("k").failure()
@@ -356,9 +370,10 @@ def test_failed_probe_reopens_and_stale_outcomes_are_ignored():
     assert breaker.state("k") is BreakerState.OPEN
 
 
-def test_lost_probe_frees_its_place_after_cooldown():
+@IMPLS
+def test_lost_probe_frees_its_place_after_cooldown(impl):
     clock = FakeClock()
-    breaker = CircuitBreaker(failures=1, cooldown=2.0, clock=clock)
+    breaker = impl.CircuitBreaker(failures=1, cooldown=2.0, clock=clock)
     breaker.admit("k").failure()
     clock.t += 2.0
     breaker.admit("k")  # a probe whose outcome never comes
@@ -371,8 +386,9 @@ def test_lost_probe_frees_its_place_after_cooldown():
     assert breaker.state("k") is BreakerState.CLOSED
 
 
-def test_successes_reset_the_consecutive_count_and_reset_closes():
-    breaker = CircuitBreaker(failures=2, cooldown=60.0, clock=FakeClock())
+@IMPLS
+def test_successes_reset_the_consecutive_count_and_reset_closes(impl):
+    breaker = impl.CircuitBreaker(failures=2, cooldown=60.0, clock=FakeClock())
     for _ in range(5):
         breaker.admit("k").failure()
         breaker.admit("k").success()
@@ -395,9 +411,10 @@ def test_successes_reset_the_consecutive_count_and_reset_closes():
     (dict(window=0), "window must be finite and > 0"),
     (dict(probes=0), "probes must be finite and > 0"),
 ])
-def test_breaker_bad_arguments(kwargs, words):
+@IMPLS
+def test_breaker_bad_arguments(kwargs, words, impl):
     with pytest.raises(ValueError, match="^CircuitBreaker: ") as info:
-        CircuitBreaker(**kwargs)
+        impl.CircuitBreaker(**kwargs)
     assert words in str(info.value)
 
 
@@ -442,3 +459,91 @@ def test_rate_limiter_bad_arguments(impl):
         impl.RateLimiter(10).check("k", -1)
     with pytest.raises(TypeError, match="RateDecision objects are made by"):
         impl.RateDecision(True, 1, 1, 1.0)
+
+
+# ---------------------------------------------------------------- compiled vs reference
+
+from hypothesis import assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+breaker_ops = st.lists(st.one_of(
+    st.tuples(st.just("admit"), st.sampled_from(["a", "b"])),
+    st.tuples(st.just("success"), st.integers(0, 50)),
+    st.tuples(st.just("failure"), st.integers(0, 50)),
+    st.tuples(st.just("tick"), st.sampled_from([0.1, 0.5, 1.0, 2.0, 3.7])),
+    st.tuples(st.just("reset"), st.sampled_from(["a", "b"])),
+    st.tuples(st.just("stats"), st.sampled_from(["a", "b"])),
+), max_size=80)
+
+
+@settings(max_examples=300, deadline=None)
+@given(failures=st.sampled_from([None, 1, 2, 4]), error_rate=st.sampled_from([None, 0.25, 0.5, 1.0]),
+       window=st.sampled_from([1.0, 2.5]), min_requests=st.integers(1, 5),
+       cooldown=st.sampled_from([0.0, 0.5, 2.0]), probes=st.integers(1, 2), ops=breaker_ops)
+def test_breaker_compiled_matches_reference(failures, error_rate, window, min_requests, cooldown,
+                                            probes, ops):
+    assume(failures is not None or error_rate is not None)
+    clock = FakeClock(7.0)
+    kw = dict(failures=failures, error_rate=error_rate, window=window, min_requests=min_requests,
+              cooldown=cooldown, probes=probes, clock=clock)
+    breakers = [limits.CircuitBreaker(**kw), PY.CircuitBreaker(**kw)]
+    attempts = [[], []]
+    for op, arg in ops:
+        if op == "tick":
+            clock.t += arg
+            continue
+        got = []
+        for i, b in enumerate(breakers):
+            if op == "admit":
+                try:
+                    a = b.admit(arg)
+                    attempts[i].append(a)
+                    got.append(("ok", a.key, a.probe))
+                except CircuitOpen as err:
+                    got.append(("open", str(err), err.retry_after))
+            elif op in ("success", "failure"):
+                if attempts[i]:
+                    getattr(attempts[i][arg % len(attempts[i])], op)()
+            elif op == "reset":
+                b.reset(arg)
+            else:
+                got.append(b.stats(arg))
+            got.append((b.state("a"), b.state("b")))
+        assert got[:len(got) // 2] == got[len(got) // 2:], (op, arg)
+    assert list(breakers[0].transitions) == list(breakers[1].transitions)
+
+
+limiter_ops = st.lists(st.one_of(
+    st.tuples(st.just("try_acquire"), st.sampled_from(["a", "b", b"a"])),
+    st.tuples(st.just("release"), st.integers(0, 50)),
+    st.tuples(st.just("drop"), st.integers(0, 50)),
+), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cap=st.integers(1, 4), ops=limiter_ops)
+def test_concurrency_compiled_matches_reference(cap, ops):
+    limiters = [limits.ConcurrencyLimiter(cap), PY.ConcurrencyLimiter(cap)]
+    permits = [[], []]
+    held = {}
+    for op, arg in ops:
+        got = []
+        for i, lim in enumerate(limiters):
+            if op == "try_acquire":
+                try:
+                    permits[i].append(lim.try_acquire(arg))
+                    got.append("ok")
+                except ConcurrencyLimitExceeded as err:
+                    got.append(str(err))
+            elif permits[i]:
+                j = arg % len(permits[i])
+                if op == "release":
+                    got.append(permits[i][j].release())
+                else:
+                    del permits[i][j]  # refcount hits zero: released now
+            got.append((lim.inflight("a"), lim.inflight("b"), lim.shed))
+        assert got[:len(got) // 2] == got[len(got) // 2:], (op, arg)
+        for k in ("a", "b"):
+            held[k] = sum(1 for p in permits[0] if not p.released and
+                          (p.key.encode() if isinstance(p.key, str) else p.key) == k.encode())
+            assert limiters[0].inflight(k) == held[k] <= cap

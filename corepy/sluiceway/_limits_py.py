@@ -1,17 +1,28 @@
 """Pure-Python reference for sluiceway's compiled limits (``sluiceway._limits``).
 
 Same API, same hash, same window arithmetic: given the same seeds and the same
-injected clock, every method returns exactly what the compiled one returns.
+injected clock, every method returns exactly what the compiled one returns
+(the load-shedding classes too: same states, same refusals, same numbers).
 It exists to pin down behaviour (the tests drive both with the same random
-operations) and to read; it is over a hundred times slower (about 12 us per call against 70 ns), so
-don't serve traffic with it.
+operations) and to read; it is 20 to 170 times slower (``Rate.observe``: about
+12 us per call against 70 ns), so don't serve traffic with it.
 """
 
 import time
 
+import asyncio
+import collections
 import math
 
-from ._limits_args import (
+from ._limits_common import (
+    TRANSITIONS,
+    BreakerState,
+    Transition,
+    announce,
+    check_breaker,
+    circuit_refusal,
+    concurrency_refusal,
+    positive,
     bad_clock_reading,
     bad_cost,
     bad_key,
@@ -24,7 +35,8 @@ from ._limits_args import (
 )
 
 __all__ = ["Estimator", "Rate", "Inflight", "InflightGuard", "proportional", "keyhash",
-           "RateLimiter", "RateDecision"]
+           "RateLimiter", "RateDecision", "ConcurrencyLimiter", "Permit", "CircuitBreaker",
+           "Attempt"]
 
 _M64 = (1 << 64) - 1
 _K0 = 0xD5BF06390A2CD4BF
@@ -449,3 +461,389 @@ class RateLimiter:
 
     def __repr__(self):
         return f"<RateLimiter limit={self.limit} interval={self.rate.interval!r}s>"
+
+
+# --------------------------------------------------------------------------
+# Concurrency cap per upstream.
+# --------------------------------------------------------------------------
+
+class Permit:
+    """One request's place under a ``ConcurrencyLimiter`` cap; see ``sluiceway.limits.Permit``."""
+
+    __slots__ = ("_limiter", "_guard", "key")
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("Permit objects are made by ConcurrencyLimiter.try_acquire/acquire")
+
+    @classmethod
+    def _make(cls, limiter, guard, key):
+        p = cls.__new__(cls)
+        p._limiter, p._guard, p.key = limiter, guard, key
+        return p
+
+    @property
+    def released(self):
+        return self._guard.released
+
+    def release(self):
+        """Give the place back; True if this call did, False if already released."""
+        if self._guard.release():
+            if self._limiter._waiters:
+                self._limiter._wake(self.key)
+            return True
+        return False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        self.release()
+        return False
+
+    def __del__(self):
+        if not getattr(self, "_guard", None) or self._guard.released:
+            return
+        try:
+            self.release()
+        except Exception:  # interpreter shutdown: nothing left to wake
+            pass
+
+    def __repr__(self):
+        return f"<Permit key={self.key!r} {'released' if self.released else 'held'}>"
+
+
+class _Expired(Exception):
+    pass
+
+
+def _expire(fut):
+    if not fut.done():
+        fut.set_exception(_Expired())
+
+
+class ConcurrencyLimiter:
+    """Cap the requests in flight to each upstream; see ``sluiceway.limits.ConcurrencyLimiter``."""
+
+    def __init__(self, max_inflight, *, wait=0.0, retryable=True, inflight=None):
+        owner = "ConcurrencyLimiter"
+        self.max_inflight = positive(owner, "max_inflight", max_inflight, integer=True)
+        self.wait = float(positive(owner, "wait", wait, allow_zero=True))
+        self.retryable = retryable
+        if inflight is None:
+            inflight = Inflight()
+        elif not isinstance(inflight, Inflight):
+            raise TypeError(f"{owner}: inflight must be None or an Inflight of the same "
+                            f"implementation, got {type(inflight).__name__}")
+        self._inflight = inflight
+        self._waiters = {}  # key -> deque of futures, FIFO
+        self.shed = 0
+
+    def inflight(self, key):
+        """Requests in flight for ``key`` (never below the truth)."""
+        return self._inflight.get(key)
+
+    def waiting(self, key):
+        """Callers queued in ``acquire`` for ``key``."""
+        q = self._waiters.get(key)
+        return sum(1 for f in q if not f.done()) if q else 0
+
+    def _take(self, key):
+        guard, count = self._inflight.incr(key, 1)
+        if count <= self.max_inflight:
+            return Permit._make(self, guard, key)
+        guard.release()
+        return None
+
+    def _refuse(self, key, waited):
+        self.shed += 1
+        return concurrency_refusal(key, self.max_inflight, waited, self.retryable)
+
+    def try_acquire(self, key):
+        """Take a place for ``key`` now or raise ConcurrencyLimitExceeded."""
+        permit = self._take(key)
+        if permit is None:
+            raise self._refuse(key, 0)
+        return permit
+
+    async def acquire(self, key, timeout=None):
+        """Take a place for ``key``, waiting up to ``timeout`` (default ``wait``) seconds, FIFO."""
+        if timeout is None:
+            timeout = self.wait
+        else:
+            timeout = float(positive("ConcurrencyLimiter.acquire", "timeout", timeout,
+                                     allow_zero=True))
+        if not self._waiters.get(key):
+            permit = self._take(key)
+            if permit is not None:
+                return permit
+        if timeout <= 0:
+            raise self._refuse(key, 0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        front = False
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise self._refuse(key, timeout)
+            fut = loop.create_future()
+            q = self._waiters.get(key)
+            if q is None:
+                q = self._waiters[key] = collections.deque()
+            if front:
+                q.appendleft(fut)
+            else:
+                q.append(fut)
+            timer = loop.call_later(remaining, _expire, fut)
+            try:
+                await fut
+            except _Expired:
+                raise self._refuse(key, timeout) from None
+            except BaseException:
+                # Cancelled: if we had just been woken, hand the turn on.
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    self._wake(key)
+                raise
+            finally:
+                timer.cancel()
+                self._forget(key, fut)
+            permit = self._take(key)
+            if permit is not None:
+                return permit
+            front = True  # lost the race to a fail-fast caller: keep our turn
+
+    def _forget(self, key, fut):
+        q = self._waiters.get(key)
+        if q is None:
+            return
+        try:
+            q.remove(fut)
+        except ValueError:
+            pass
+        if not q:
+            del self._waiters[key]
+
+    def _wake(self, key):
+        q = self._waiters.get(key)
+        while q:
+            fut = q.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                break
+        if q is not None and not q:
+            self._waiters.pop(key, None)
+
+
+# --------------------------------------------------------------------------
+# Circuit breaker per upstream.
+# --------------------------------------------------------------------------
+
+_C, _O, _H = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
+
+
+class _Circuit:
+    __slots__ = ("state", "gen", "consecutive", "opened_at", "probes", "probe_at",
+                 "window", "prev_total", "prev_fail", "cur_total", "cur_fail")
+
+    def __init__(self):
+        self.state = _C
+        self.gen = 0            # bumped on every transition: stale results are ignored
+        self.consecutive = 0
+        self.opened_at = 0.0
+        self.probes = 0         # probes admitted and not yet reported
+        self.probe_at = 0.0     # when the last probe was admitted
+        self.window = 0
+        self.prev_total = self.prev_fail = self.cur_total = self.cur_fail = 0
+
+
+class Attempt:
+    """One admitted request; see ``sluiceway.limits.Attempt``."""
+
+    __slots__ = ("_breaker", "key", "probe", "_gen", "_done")
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("Attempt objects are made by CircuitBreaker.admit")
+
+    @classmethod
+    def _make(cls, breaker, key, probe, gen):
+        a = cls.__new__(cls)
+        a._breaker, a.key, a.probe, a._gen, a._done = breaker, key, probe, gen, False
+        return a
+
+    @property
+    def reported(self):
+        return self._done
+
+    def success(self):
+        """Report that the request succeeded (no-op if already reported)."""
+        if not self._done:
+            self._done = True
+            self._breaker._record(self.key, True, self._gen, self.probe)
+
+    def failure(self):
+        """Report that the request failed (no-op if already reported)."""
+        if not self._done:
+            self._done = True
+            self._breaker._record(self.key, False, self._gen, self.probe)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.success()
+        else:
+            self.failure()
+        return False
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb):
+        return self.__exit__(exc_type, exc, tb)
+
+
+class CircuitBreaker:
+    """A circuit breaker per upstream key; see ``sluiceway.limits.CircuitBreaker``."""
+
+    def __init__(self, *, failures=5, error_rate=None, window=10.0, min_requests=20,
+                 cooldown=30.0, probes=1, retryable=True, clock=None, on_change=None,
+                 history=256):
+        check_breaker(failures, error_rate, window, min_requests, cooldown, probes, on_change,
+                      history)
+        self.failures = failures
+        self.error_rate = None if error_rate is None else float(error_rate)
+        self.window = float(window)
+        self.min_requests = min_requests
+        self.cooldown = float(cooldown)
+        self.probes = probes
+        self.retryable = retryable
+        self._clock = check_clock("CircuitBreaker", clock) or time.monotonic
+        self.on_change = on_change
+        self.transitions = collections.deque(maxlen=history)
+        self._start = self._now()
+        self._circuits = {}
+
+    def _now(self):
+        t = self._clock()
+        if isinstance(t, (str, bytes, bytearray)):
+            raise TypeError(f"must be real number, not {type(t).__name__}")
+        t = float(t)
+        if not -MAX_CLOCK_SECONDS <= t <= MAX_CLOCK_SECONDS:
+            raise bad_clock_reading(t)
+        return t
+
+    def state(self, key):
+        """Return ``key``'s ``BreakerState``."""
+        c = self._circuits.get(key)
+        return _C if c is None else c.state
+
+    def stats(self, key):
+        """Return a dict describing ``key``'s circuit."""
+        c = self._circuits.get(key)
+        if c is None:
+            return {"state": _C, "consecutive_failures": 0, "window_requests": 0.0,
+                    "window_failures": 0.0, "error_rate": 0.0}
+        total, failed = self._window_counts(c, self._now())
+        return {"state": c.state, "consecutive_failures": c.consecutive,
+                "window_requests": total, "window_failures": failed,
+                "error_rate": failed / total if total else 0.0}
+
+    def admit(self, key):
+        """Let a request to ``key`` through (an ``Attempt``) or raise ``CircuitOpen``."""
+        c = self._circuits.get(key)
+        if c is None:
+            c = self._circuits[key] = _Circuit()
+        if c.state is _C:
+            return Attempt._make(self, key, False, c.gen)
+        now = self._now()
+        if c.state is _O:
+            left = c.opened_at + self.cooldown - now
+            if left > 0:
+                raise circuit_refusal(key, False, self.probes, left, self.retryable)
+            self._move(c, key, "cooled", now, f"cool-down of {self.cooldown:g}s elapsed")
+        if c.probes >= self.probes and now - c.probe_at >= self.cooldown:
+            c.probes = 0  # probes that never reported: free their places
+        if c.probes >= self.probes:
+            raise circuit_refusal(key, True, self.probes,
+                                  max(0.0, c.probe_at + self.cooldown - now), self.retryable)
+        c.probes += 1
+        c.probe_at = now
+        return Attempt._make(self, key, True, c.gen)
+
+    def reset(self, key):
+        """Close ``key``'s circuit and clear its counts."""
+        c = self._circuits.get(key)
+        if c is not None and c.state is not _C:
+            self._move(c, key, "reset", self._now(), "reset by the application")
+
+    def _record(self, key, ok, gen, probe):
+        c = self._circuits.get(key)
+        if c is None or gen != c.gen:
+            return  # admitted under an earlier state: says nothing about this one
+        if c.state is _H:
+            if probe:
+                c.probes -= 1
+                now = self._now()
+                if ok:
+                    self._move(c, key, "probe_ok", now, "probe succeeded")
+                else:
+                    self._move(c, key, "probe_failed", now, "probe failed")
+            return
+        if c.state is not _C:
+            return
+        now = self._now()
+        self._roll(c, now)
+        c.cur_total += 1
+        if ok:
+            c.consecutive = 0
+            return
+        c.cur_fail += 1
+        c.consecutive += 1
+        if self.failures is not None and c.consecutive >= self.failures:
+            self._move(c, key, "trip", now, f"{c.consecutive} consecutive failures")
+            return
+        if self.error_rate is not None:
+            total, failed = self._window_counts(c, now)
+            if total >= self.min_requests and failed >= self.error_rate * total:
+                self._move(c, key, "trip", now,
+                           f"error rate {failed / total:.0%} over {total:.0f} requests in the "
+                           f"last {self.window:g}s")
+
+    def _roll(self, c, now):
+        """Move ``c``'s windows to ``now``; return the fraction of the current one elapsed."""
+        pos = (now - self._start) / self.window
+        w = max(0, math.floor(pos))
+        if w == c.window + 1:
+            c.prev_total, c.prev_fail = c.cur_total, c.cur_fail
+            c.cur_total = c.cur_fail = 0
+        elif w > c.window + 1:
+            c.prev_total = c.prev_fail = c.cur_total = c.cur_fail = 0
+        if w > c.window:
+            c.window = w
+        return max(0.0, min(1.0, pos - c.window))
+
+    def _window_counts(self, c, now):
+        keep = 1.0 - self._roll(c, now)
+        return c.prev_total * keep + c.cur_total, c.prev_fail * keep + c.cur_fail
+
+    def _move(self, c, key, event, now, reason):
+        old = c.state
+        new = TRANSITIONS[(event, old)]
+        c.state = new
+        c.gen += 1
+        c.probes = 0
+        if new is _O:
+            c.opened_at = now
+        if new is _C:
+            c.consecutive = 0
+            c.prev_total = c.prev_fail = c.cur_total = c.cur_fail = 0
+        t = Transition(now, key, old, new, reason)
+        self.transitions.append(t)
+        announce(t, self.on_change)

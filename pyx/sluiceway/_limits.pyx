@@ -24,23 +24,35 @@ from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport isfinite
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
-from libc.math cimport ceil
+from libc.math cimport ceil, floor
 
-from sluiceway._limits_args import (
+import asyncio
+import collections
+
+from sluiceway._limits_common import (
     bad_clock_reading,
+    TRANSITIONS,
+    BreakerState,
+    Transition,
+    announce,
     bad_cost,
     bad_key,
+    check_breaker,
     check_clock,
     check_limit,
     check_shape,
+    circuit_refusal,
+    concurrency_refusal,
+    positive,
     interval_ns,
     make_seeds,
 )
 
 __all__ = ["Estimator", "Rate", "Inflight", "InflightGuard", "proportional", "keyhash",
-           "RateLimiter", "RateDecision"]
+           "RateLimiter", "RateDecision", "ConcurrencyLimiter", "Permit", "CircuitBreaker",
+           "Attempt"]
 
-from sluiceway._limits_args import MAX_CLOCK_SECONDS as _MAX_CLOCK_SECONDS
+from sluiceway._limits_common import MAX_CLOCK_SECONDS as _MAX_CLOCK_SECONDS
 
 cdef double MAX_CLOCK_SECONDS = _MAX_CLOCK_SECONDS
 
@@ -635,3 +647,528 @@ cdef class RateLimiter:
 
     def __repr__(self):
         return f"<RateLimiter limit={self.limit} interval={self.rate.interval_s!r}s>"
+
+
+# ==========================================================================
+# Load shedding: concurrency cap and circuit breaker per upstream.
+# Mirrors _limits_py step for step (the tests compare them); the rare paths
+# (waiting, state changes, logging) call into Python, the per-request paths
+# stay in C.
+# ==========================================================================
+
+@cython.final
+@cython.no_gc_clear
+@cython.freelist(32)
+cdef class Permit:
+    """One request's place under a ``ConcurrencyLimiter`` cap; release it when done.
+
+    Released exactly once: by ``release()``, by leaving a ``with`` /
+    ``async with`` block, or when garbage collected.  Releasing wakes the next
+    waiter for the same upstream.  Made only by the limiter.
+    """
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("Permit objects are made by ConcurrencyLimiter.try_acquire/acquire")
+
+    cdef int give_back(self) except -1:
+        cdef Py_ssize_t size
+        cdef const char *buf
+        if self.released:
+            return 0
+        self.released = True
+        buf = key_bytes(self.key, &size)
+        sw_cms_incr(&self.limiter.inflight_.c, buf, <size_t>size, -1)
+        if self.limiter.waiters:
+            self.limiter.wake(self.key)
+        return 1
+
+    def release(self):
+        """Give the place back.
+
+        Returns:
+            True if this call released it, False if it was already released.
+        """
+        return self.give_back() == 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.give_back()
+        return False
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb):
+        self.give_back()
+        return False
+
+    def __dealloc__(self):
+        if self.released or self.limiter is None:
+            return
+        try:
+            self.give_back()
+        except BaseException:  # interpreter shutdown: nothing left to wake
+            pass
+
+    def __repr__(self):
+        return f"<Permit key={self.key!r} {'released' if self.released else 'held'}>"
+
+
+class _Expired(Exception):
+    pass
+
+
+def _expire(fut):
+    if not fut.done():
+        fut.set_exception(_Expired())
+
+
+@cython.final
+cdef class ConcurrencyLimiter:
+    """Cap the requests in flight to each upstream; shed or queue the rest.
+
+    Built on ``Inflight``: the count per upstream key never falls below the
+    permits really held (a sketch collision can only make it larger, with odds
+    around (1/8192)**4 with the default shape).
+
+    Over the cap, ``try_acquire`` fails fast; ``acquire`` (async) waits in a
+    FIFO queue per upstream for up to ``wait`` seconds (``wait=0`` means fail
+    fast), then raises.  Waiters are woken one per released permit.
+
+    Args:
+        max_inflight: cap per upstream key (int >= 1).
+        wait: default seconds ``acquire`` may wait (>= 0; 0 fails fast).
+        retryable: the ``retryable`` flag of the refusal (True: the engine may
+            try another upstream).
+        inflight: the ``Inflight`` to count in (default: a new one).
+
+    Raises:
+        TypeError, ValueError: an argument is invalid.
+    """
+
+    def __cinit__(self, max_inflight, *, wait=0.0, retryable=True, inflight=None):
+        owner = "ConcurrencyLimiter"
+        self.max_inflight = positive(owner, "max_inflight", max_inflight, integer=True)
+        self.wait = positive(owner, "wait", wait, allow_zero=True)
+        self.retryable = retryable
+        if inflight is None:
+            inflight = Inflight()
+        elif not isinstance(inflight, Inflight):
+            raise TypeError(f"{owner}: inflight must be None or an Inflight of the same "
+                            f"implementation, got {type(inflight).__name__}")
+        self.inflight_ = inflight
+        self.waiters = {}
+        self.shed = 0
+
+    def inflight(self, key):
+        """Requests in flight for ``key`` (an estimate never below the truth)."""
+        return self.inflight_.get(key)
+
+    def waiting(self, key):
+        """Callers queued in ``acquire`` for ``key``."""
+        q = self.waiters.get(key)
+        return sum(1 for f in q if not f.done()) if q else 0
+
+    cdef Permit take(self, key):
+        cdef Py_ssize_t size
+        cdef const char *buf = key_bytes(key, &size)
+        cdef Permit permit
+        if sw_cms_incr(&self.inflight_.c, buf, <size_t>size, 1) <= self.max_inflight:
+            permit = Permit.__new__(Permit)
+            permit.limiter = self
+            permit.key = key
+            return permit
+        sw_cms_incr(&self.inflight_.c, buf, <size_t>size, -1)
+        return None
+
+    cdef refuse(self, key, double waited):
+        self.shed += 1
+        return concurrency_refusal(key, self.max_inflight, waited, self.retryable)
+
+    def try_acquire(self, key):
+        """Take a place for ``key`` now or refuse; for sync hooks.
+
+        Returns:
+            A ``Permit``.
+
+        Raises:
+            ConcurrencyLimitExceeded: ``key`` is at its cap (status 503).
+            TypeError: key is not str or bytes.
+        """
+        cdef Permit permit = self.take(key)
+        if permit is None:
+            raise self.refuse(key, 0)
+        return permit
+
+    async def acquire(self, key, timeout=None):
+        """Take a place for ``key``, waiting up to ``timeout`` seconds in FIFO order.
+
+        Args:
+            key: the upstream, str or bytes.
+            timeout: seconds to wait (default: the limiter's ``wait``); 0 fails fast.
+
+        Returns:
+            A ``Permit``.
+
+        Raises:
+            ConcurrencyLimitExceeded: still at the cap when the time ran out.
+            asyncio.CancelledError: the caller was cancelled while waiting (its
+                turn passes to the next waiter).
+        """
+        cdef double limit_s
+        if timeout is None:
+            limit_s = self.wait
+        else:
+            limit_s = positive("ConcurrencyLimiter.acquire", "timeout", timeout, allow_zero=True)
+        if not self.waiters.get(key):
+            permit = self.take(key)
+            if permit is not None:
+                return permit
+        if limit_s <= 0:
+            raise self.refuse(key, 0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
+        front = False
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise self.refuse(key, limit_s)
+            fut = loop.create_future()
+            q = self.waiters.get(key)
+            if q is None:
+                q = self.waiters[key] = collections.deque()
+            if front:
+                q.appendleft(fut)
+            else:
+                q.append(fut)
+            timer = loop.call_later(remaining, _expire, fut)
+            try:
+                await fut
+            except _Expired:
+                raise self.refuse(key, limit_s) from None
+            except BaseException:
+                # Cancelled: if we had just been woken, hand the turn on.
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    self.wake(key)
+                raise
+            finally:
+                timer.cancel()
+                self.forget(key, fut)
+            permit = self.take(key)
+            if permit is not None:
+                return permit
+            front = True  # lost the race to a fail-fast caller: keep our turn
+
+    cdef forget(self, key, fut):
+        q = self.waiters.get(key)
+        if q is None:
+            return
+        try:
+            q.remove(fut)
+        except ValueError:
+            pass
+        if not q:
+            del self.waiters[key]
+
+    cdef wake(self, key):
+        q = self.waiters.get(key)
+        while q:
+            fut = q.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                break
+        if q is not None and not q:
+            self.waiters.pop(key, None)
+
+    def __repr__(self):
+        return f"<ConcurrencyLimiter max_inflight={self.max_inflight} wait={self.wait!r}>"
+
+
+cdef enum:
+    ST_CLOSED = 0
+    ST_OPEN = 1
+    ST_HALF_OPEN = 2
+
+cdef tuple STATES = (BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN)
+
+
+@cython.final
+cdef class _Circuit:
+    def __init__(self, *args, **kwargs):
+        raise TypeError("internal")
+
+
+cdef _Circuit new_circuit():
+    cdef _Circuit c = _Circuit.__new__(_Circuit)
+    c.state = ST_CLOSED
+    return c
+
+
+@cython.final
+@cython.freelist(32)
+cdef class Attempt:
+    """One admitted request; report its outcome once with ``success()`` or ``failure()``.
+
+    Used as a context manager it reports success on a normal exit and failure
+    when an exception escapes.  Outcomes of attempts admitted before the
+    circuit last changed state are ignored (they describe the old state).
+    Made only by ``CircuitBreaker.admit``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("Attempt objects are made by CircuitBreaker.admit")
+
+    @property
+    def reported(self):
+        return self.done
+
+    def success(self):
+        """Report that the request succeeded (no-op if already reported)."""
+        if not self.done:
+            self.done = True
+            self.breaker.record(self.key, True, self.gen, self.probe)
+
+    def failure(self):
+        """Report that the request failed (no-op if already reported)."""
+        if not self.done:
+            self.done = True
+            self.breaker.record(self.key, False, self.gen, self.probe)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if not self.done:
+            self.done = True
+            self.breaker.record(self.key, exc_type is None, self.gen, self.probe)
+        return False
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb):
+        return self.__exit__(exc_type, exc, tb)
+
+    def __repr__(self):
+        return f"<Attempt key={self.key!r} probe={bool(self.probe)} reported={bool(self.done)}>"
+
+
+@cython.final
+cdef class CircuitBreaker:
+    """A circuit breaker per upstream key.
+
+    CLOSED: requests pass; the circuit opens after ``failures`` consecutive
+    failures, or when the error rate over the last ``window`` seconds reaches
+    ``error_rate`` with at least ``min_requests`` outcomes (sliding estimate over
+    two windows, like ``proportional``).  OPEN: ``admit`` raises ``CircuitOpen``
+    until ``cooldown`` seconds have passed.  HALF_OPEN: up to ``probes``
+    requests are let through; the first success closes the circuit, a failure
+    reopens it.  A probe that never reports frees its place after ``cooldown``.
+
+    State changes are logged on the ``sluiceway.limits`` logger (WARNING when a
+    circuit opens, INFO otherwise), kept in ``transitions`` (the last
+    ``history``), and passed to ``on_change(transition)`` if given.
+
+    Args:
+        failures: consecutive failures that open the circuit (int >= 1, or None
+            to disable).
+        error_rate: failure ratio in (0, 1] that opens it, or None to disable.
+        window: seconds over which the error rate is measured.
+        min_requests: outcomes needed in the window before the rate counts.
+        cooldown: seconds the circuit stays open before probing.
+        probes: requests let through at once while half-open (int >= 1).
+        retryable: the ``retryable`` flag of ``CircuitOpen``.
+        clock: None (monotonic, read in C) or a callable returning seconds.
+        on_change: None or a callable taking a ``Transition``.
+        history: how many transitions to keep readable.
+
+    Raises:
+        TypeError, ValueError: an argument is invalid.
+    """
+
+    def __cinit__(self, *, failures=5, error_rate=None, window=10.0, min_requests=20,
+                  cooldown=30.0, probes=1, retryable=True, clock=None, on_change=None,
+                  history=256):
+        check_breaker(failures, error_rate, window, min_requests, cooldown, probes, on_change,
+                      history)
+        self.use_failures = failures is not None
+        self.failures_n = failures if failures is not None else 0
+        self.use_error_rate = error_rate is not None
+        self.error_rate_ = error_rate if error_rate is not None else 0.0
+        self.window = window
+        self.min_requests = min_requests
+        self.cooldown = cooldown
+        self.probes = probes
+        self.retryable = retryable
+        self.clock = check_clock("CircuitBreaker", clock)
+        self.on_change = on_change
+        self.transitions = collections.deque(maxlen=history)
+        self.circuits = {}
+        self.start = self.now()
+
+    @property
+    def error_rate(self):
+        return self.error_rate_ if self.use_error_rate else None
+
+    @property
+    def failures(self):
+        return self.failures_n if self.use_failures else None
+
+    cdef double now(self) except? -1.0:
+        cdef double t
+        if self.clock is None:
+            return sw_clock_monotonic_ns() / 1e9
+        t = self.clock()
+        if not (isfinite(t) and -MAX_CLOCK_SECONDS <= t <= MAX_CLOCK_SECONDS):
+            raise bad_clock_reading(t)
+        return t
+
+    # -- reading ----------------------------------------------------------
+    def state(self, key):
+        """Return ``key``'s ``BreakerState`` (OPEN turns HALF_OPEN only on ``admit``)."""
+        c = self.circuits.get(key)
+        return STATES[ST_CLOSED if c is None else (<_Circuit>c).state]
+
+    def stats(self, key):
+        """Return a dict describing ``key``'s circuit (state, counts, error rate)."""
+        cdef double total, failed
+        c = self.circuits.get(key)
+        if c is None:
+            return {"state": STATES[ST_CLOSED], "consecutive_failures": 0,
+                    "window_requests": 0.0, "window_failures": 0.0, "error_rate": 0.0}
+        self.window_counts(<_Circuit>c, self.now(), &total, &failed)
+        return {"state": STATES[(<_Circuit>c).state],
+                "consecutive_failures": (<_Circuit>c).consecutive,
+                "window_requests": total, "window_failures": failed,
+                "error_rate": failed / total if total else 0.0}
+
+    # -- admitting ----------------------------------------------------------
+    cdef Attempt attempt(self, key, bint probe, int64_t gen):
+        cdef Attempt a = Attempt.__new__(Attempt)
+        a.breaker = self
+        a.key = key
+        a.probe = probe
+        a.gen = gen
+        return a
+
+    def admit(self, key):
+        """Let a request to ``key`` through, or refuse it.
+
+        Returns:
+            An ``Attempt``; report its outcome with ``success()``/``failure()``.
+
+        Raises:
+            CircuitOpen: the circuit is open, or half-open with all probe
+                places taken (status 503, ``retry_after`` set).
+        """
+        cdef _Circuit c
+        cdef double now, left
+        obj = self.circuits.get(key)
+        if obj is None:
+            c = new_circuit()
+            self.circuits[key] = c
+        else:
+            c = <_Circuit>obj
+        if c.state == ST_CLOSED:
+            return self.attempt(key, False, c.gen)
+        now = self.now()
+        if c.state == ST_OPEN:
+            left = c.opened_at + self.cooldown - now
+            if left > 0:
+                raise circuit_refusal(key, False, self.probes, left, self.retryable)
+            self.move(c, key, "cooled", now, f"cool-down of {self.cooldown:g}s elapsed")
+        if c.probes >= self.probes and now - c.probe_at >= self.cooldown:
+            c.probes = 0  # probes that never reported: free their places
+        if c.probes >= self.probes:
+            raise circuit_refusal(key, True, self.probes,
+                                  max(0.0, c.probe_at + self.cooldown - now), self.retryable)
+        c.probes += 1
+        c.probe_at = now
+        return self.attempt(key, True, c.gen)
+
+    def reset(self, key):
+        """Close ``key``'s circuit and clear its counts (an operator's override)."""
+        c = self.circuits.get(key)
+        if c is not None and (<_Circuit>c).state != ST_CLOSED:
+            self.move(<_Circuit>c, key, "reset", self.now(), "reset by the application")
+
+    # -- outcomes -----------------------------------------------------------
+    cdef int record(self, key, bint ok, int64_t gen, bint probe) except -1:
+        cdef _Circuit c
+        cdef double now, total, failed
+        obj = self.circuits.get(key)
+        if obj is None:
+            return 0
+        c = <_Circuit>obj
+        if gen != c.gen:
+            return 0  # admitted under an earlier state: says nothing about this one
+        if c.state == ST_HALF_OPEN:
+            if probe:
+                c.probes -= 1
+                now = self.now()
+                if ok:
+                    self.move(c, key, "probe_ok", now, "probe succeeded")
+                else:
+                    self.move(c, key, "probe_failed", now, "probe failed")
+            return 0
+        if c.state != ST_CLOSED:
+            return 0
+        now = self.now()
+        self.roll(c, now)
+        c.cur_total += 1
+        if ok:
+            c.consecutive = 0
+            return 0
+        c.cur_fail += 1
+        c.consecutive += 1
+        if self.use_failures and c.consecutive >= self.failures_n:
+            self.move(c, key, "trip", now, f"{c.consecutive} consecutive failures")
+            return 0
+        if self.use_error_rate:
+            self.window_counts(c, now, &total, &failed)
+            if total >= self.min_requests and failed >= self.error_rate_ * total:
+                self.move(c, key, "trip", now,
+                          f"error rate {failed / total:.0%} over {total:.0f} requests in the "
+                          f"last {self.window:g}s")
+        return 0
+
+    cdef double roll(self, _Circuit c, double now):
+        cdef double pos = (now - self.start) / self.window
+        cdef double fl = floor(pos)
+        cdef int64_t w = <int64_t>fl if fl > 0 else 0
+        if w == c.window + 1:
+            c.prev_total = c.cur_total
+            c.prev_fail = c.cur_fail
+            c.cur_total = 0
+            c.cur_fail = 0
+        elif w > c.window + 1:
+            c.prev_total = c.prev_fail = c.cur_total = c.cur_fail = 0
+        if w > c.window:
+            c.window = w
+        pos = pos - <double>c.window
+        return 0.0 if pos < 0.0 else (1.0 if pos > 1.0 else pos)
+
+    cdef void window_counts(self, _Circuit c, double now, double *total, double *failed):
+        cdef double keep = 1.0 - self.roll(c, now)
+        total[0] = c.prev_total * keep + c.cur_total
+        failed[0] = c.prev_fail * keep + c.cur_fail
+
+    cdef move(self, _Circuit c, key, str event, double now, str reason):
+        old = STATES[c.state]
+        new = TRANSITIONS[(event, old)]
+        c.state = STATES.index(new)
+        c.gen += 1
+        c.probes = 0
+        if c.state == ST_OPEN:
+            c.opened_at = now
+        if c.state == ST_CLOSED:
+            c.consecutive = 0
+            c.prev_total = c.prev_fail = c.cur_total = c.cur_fail = 0
+        t = Transition(now, key, old, new, reason)
+        self.transitions.append(t)
+        announce(t, self.on_change)
+
+    def __repr__(self):
+        return f"<CircuitBreaker failures={self.failures!r} error_rate={self.error_rate!r}>"

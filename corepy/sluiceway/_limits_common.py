@@ -1,13 +1,19 @@
-"""Argument checks shared by the compiled limits and their pure-Python reference.
+"""What the compiled limits and their pure-Python reference share.
 
-Both implementations validate through these functions so that bad input gets
-the same clear message, whichever one a user runs.
+Argument checks (so bad input gets the same clear message from both), the
+load-shedding error types, the circuit breaker's states and transition table,
+and the one place that logs a breaker's state change.
 """
 
 import datetime
+import enum
+import logging
 import math
 import os
 import struct
+from typing import NamedTuple
+
+logger = logging.getLogger("sluiceway.limits")
 
 MAX_HASHES = 32
 MAX_SLOTS = 1 << 26
@@ -187,3 +193,118 @@ def check_limit(owner, limit):
 def bad_cost(cost):
     """The error for a negative RateLimiter cost."""
     return ValueError(f"RateLimiter: cost must be >= 0, got {cost}")
+
+
+# --------------------------------------------------------------------------
+# Load shedding errors.
+# --------------------------------------------------------------------------
+
+class LoadShedError(Exception):
+    """A request refused to protect an upstream; the engine answers ``status``.
+
+    Attributes:
+        status: HTTP status to answer with (503).
+        retryable: True when trying another upstream (or later) may succeed.
+        upstream: the key of the upstream that refused.
+        retry_after: seconds after which trying again makes sense, or None.
+    """
+
+    status = 503
+
+    def __init__(self, message, *, upstream, retryable=True, retry_after=None):
+        super().__init__(message)
+        self.upstream = upstream
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class ConcurrencyLimitExceeded(LoadShedError):
+    """The upstream already has its cap of requests in flight (and waiting timed out)."""
+
+
+class CircuitOpen(LoadShedError):
+    """The upstream's circuit breaker is open (or half-open with its probes in use)."""
+
+
+def concurrency_refusal(key, cap, waited, retryable):
+    """The ConcurrencyLimitExceeded for ``key`` at ``cap``, after ``waited`` seconds."""
+    how = f"after waiting {waited:g}s" if waited else "(not waiting)"
+    return ConcurrencyLimitExceeded(
+        f"upstream {key!r} has {cap} requests in flight, its cap; refused {how}",
+        upstream=key, retryable=retryable)
+
+
+def circuit_refusal(key, half_open, probes, retry_after, retryable):
+    """The CircuitOpen for ``key``: open until ``retry_after`` s, or half-open and busy."""
+    if half_open:
+        msg = f"circuit for upstream {key!r} is half-open and its {probes} probe(s) are in flight"
+    else:
+        msg = f"circuit for upstream {key!r} is open; next probe in {retry_after:.3g}s"
+    return CircuitOpen(msg, upstream=key, retryable=retryable, retry_after=retry_after)
+
+
+# --------------------------------------------------------------------------
+# Circuit breaker states.
+# --------------------------------------------------------------------------
+
+class BreakerState(str, enum.Enum):
+    """State of one upstream's circuit."""
+
+    CLOSED = "closed"        # requests flow; failures are counted
+    OPEN = "open"            # requests are refused until the cool-down ends
+    HALF_OPEN = "half_open"  # a few probe requests decide: close or reopen
+
+
+class Transition(NamedTuple):
+    """A recorded state change of one upstream's circuit."""
+
+    time: float
+    key: object
+    old: BreakerState
+    new: BreakerState
+    reason: str
+
+
+_C, _O, _H = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
+
+# Theory of operation: the whole state machine, as data.
+#   event            from        to
+TRANSITIONS = {
+    ("trip", _C): _O,           # N consecutive failures, or error rate over the window
+    ("cooled", _O): _H,         # cool-down elapsed: let probes through
+    ("probe_ok", _H): _C,       # a probe succeeded: back to normal, counts cleared
+    ("probe_failed", _H): _O,   # a probe failed: another cool-down
+    ("reset", _O): _C,          # operator reset
+    ("reset", _H): _C,
+}
+
+
+def announce(transition, on_change):
+    """Record-keeping for a state change: log it, then call ``on_change`` if set."""
+    level = logging.WARNING if transition.new is _O else logging.INFO
+    if logger.isEnabledFor(level):
+        logger.log(level, "circuit for upstream %r: %s -> %s (%s)", transition.key,
+                   transition.old.value, transition.new.value, transition.reason)
+    if on_change is not None:
+        on_change(transition)
+
+
+def check_breaker(failures, error_rate, window, min_requests, cooldown, probes, on_change,
+                  history):
+    """Validate CircuitBreaker's arguments (both implementations share the messages)."""
+    owner = "CircuitBreaker"
+    if failures is None and error_rate is None:
+        raise ValueError(f"{owner}: set failures, error_rate or both, or it can never open")
+    if failures is not None:
+        positive(owner, "failures", failures, integer=True)
+    if error_rate is not None:
+        positive(owner, "error_rate", error_rate)
+        if error_rate > 1:
+            raise ValueError(f"{owner}: error_rate is a ratio in (0, 1], got {error_rate!r}")
+    positive(owner, "window", window)
+    positive(owner, "min_requests", min_requests, integer=True)
+    positive(owner, "cooldown", cooldown, allow_zero=True)
+    positive(owner, "probes", probes, integer=True)
+    positive(owner, "history", history, integer=True)
+    if on_change is not None and not callable(on_change):
+        raise TypeError(f"{owner}: on_change must be None or a callable")
