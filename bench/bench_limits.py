@@ -1,6 +1,7 @@
 """Per-call cost of the limits, compiled vs the pure-Python reference, same run.
 
-Run:  PYTHONPATH=corepy python -m pytest bench/bench_limits.py --benchmark-columns=min,median,mean,rounds
+Run:  PYTHONPATH=corepy python -m pytest bench/bench_limits.py -s \
+          --benchmark-columns=min,median,rounds
 
 Each benchmark times a batch of CALLS calls made from a Python loop and
 reports ns per call in the table's `extra_info` and on stdout; the loop's own

@@ -28,7 +28,8 @@ SCRIPT = textwrap.dedent(r'''
 
     # Python objects: per-request operations leave nothing behind.
     rate, est, inflight = limits.Rate(1.0), limits.Estimator(), limits.Inflight()
-    limiter, caps, breaker = limits.RateLimiter(10**9), limits.ConcurrencyLimiter(10), limits.CircuitBreaker()
+    limiter, caps = limits.RateLimiter(10**9), limits.ConcurrencyLimiter(10)
+    breaker = limits.CircuitBreaker()
 
     def batch(n):
         for i in range(n):

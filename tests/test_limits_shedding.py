@@ -477,7 +477,8 @@ breaker_ops = st.lists(st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(failures=st.sampled_from([None, 1, 2, 4]), error_rate=st.sampled_from([None, 0.25, 0.5, 1.0]),
+@given(failures=st.sampled_from([None, 1, 2, 4]),
+       error_rate=st.sampled_from([None, 0.25, 0.5, 1.0]),
        window=st.sampled_from([1.0, 2.5]), min_requests=st.integers(1, 5),
        cooldown=st.sampled_from([0.0, 0.5, 2.0]), probes=st.integers(1, 2), ops=breaker_ops)
 def test_breaker_compiled_matches_reference(failures, error_rate, window, min_requests, cooldown,

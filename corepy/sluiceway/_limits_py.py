@@ -376,7 +376,8 @@ class InflightGuard:
             self.release()
 
     def __repr__(self):
-        return f"<InflightGuard key={self.key!r} n={self.n} {'released' if self._released else 'held'}>"
+        state = "released" if self._released else "held"
+        return f"<InflightGuard key={self.key!r} n={self.n} {state}>"
 
 
 class RateDecision:

@@ -1,5 +1,6 @@
 # distutils: sources = csrc/sw_cms.c csrc/sw_rate.c csrc/sw_clock.c
-"""Compiled limits: count-min Estimator, two-window Rate, Inflight counter.
+"""Compiled limits: counting (Estimator, Rate, Inflight, RateLimiter) and
+load shedding (ConcurrencyLimiter, CircuitBreaker).
 
 Theory of operation
 -------------------
@@ -11,30 +12,33 @@ Python keys into bytes without copying, reads the clock, and shapes results.
   ``bytes`` (hashed in place).  Nothing else is accepted.
 * The default clock is C's CLOCK_MONOTONIC (time.monotonic() on Linux), read
   without a Python call.  An injected clock is any callable returning seconds;
-  its reading becomes int64 nanoseconds as ``int(seconds * 1e9)``, the same
-  conversion the pure-Python reference (``_limits_py``) uses, so both count
-  identically under the same clock and seeds.
-* Every call runs under the GIL and finishes in constant time; nothing is
-  released, nothing logs.
+  Rate turns its reading into int64 nanoseconds as ``int(seconds * 1e9)``, the
+  same conversion the pure-Python reference (``_limits_py``) uses, so both
+  count identically under the same clock and seeds.
+* Every call runs under the GIL; counting calls finish in constant time,
+  release nothing and log nothing.  The load-shedding classes keep their
+  per-request paths (try_acquire/release, admit/success/failure) in C and call
+  into Python only to wait, to change a breaker's state, and to log that.
+* Objects handed to callers per request (InflightGuard, Permit, Attempt,
+  RateDecision) come from Cython freelists and refuse ``__init__``.
 """
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.math cimport isfinite
+from libc.math cimport ceil, floor, isfinite
 from libc.stdint cimport int64_t, uint32_t, uint64_t
-
-from libc.math cimport ceil, floor
 
 import asyncio
 import collections
 
 from sluiceway._limits_common import (
-    bad_clock_reading,
+    MAX_CLOCK_SECONDS as _MAX_CLOCK_SECONDS,
     TRANSITIONS,
     BreakerState,
     Transition,
     announce,
+    bad_clock_reading,
     bad_cost,
     bad_key,
     check_breaker,
@@ -43,16 +47,14 @@ from sluiceway._limits_common import (
     check_shape,
     circuit_refusal,
     concurrency_refusal,
-    positive,
     interval_ns,
     make_seeds,
+    positive,
 )
 
 __all__ = ["Estimator", "Rate", "Inflight", "InflightGuard", "proportional", "keyhash",
            "RateLimiter", "RateDecision", "ConcurrencyLimiter", "Permit", "CircuitBreaker",
            "Attempt"]
-
-from sluiceway._limits_common import MAX_CLOCK_SECONDS as _MAX_CLOCK_SECONDS
 
 cdef double MAX_CLOCK_SECONDS = _MAX_CLOCK_SECONDS
 
@@ -68,7 +70,7 @@ cdef inline const char *key_bytes(object key, Py_ssize_t *size) except NULL:
 
 
 cdef inline int64_t as_count(object n) except? -1:
-    # Cython would truncate a float silently; counts are ints.
+    """An int64 count; Cython alone would truncate a float silently."""
     if type(n) is int or isinstance(n, int):
         return n  # OverflowError beyond int64
     raise TypeError(f"n must be an int, got {type(n).__name__}")
@@ -154,7 +156,8 @@ cdef class Estimator:
             The estimate after the increment.
 
         Raises:
-            TypeError: key is not str or bytes.
+            TypeError: key is not str or bytes, or n is not an int.
+            OverflowError: n does not fit in 64 bits.
         """
         cdef Py_ssize_t size
         cdef const char *buf = key_bytes(key, &size)
@@ -167,7 +170,8 @@ cdef class Estimator:
             The estimate after the decrement.
 
         Raises:
-            TypeError: key is not str or bytes.
+            TypeError: key is not str or bytes, or n is not an int.
+            OverflowError: n does not fit in 64 bits.
         """
         cdef Py_ssize_t size
         cdef const char *buf = key_bytes(key, &size)
@@ -284,7 +288,8 @@ cdef class Rate:
             that is never below the truth).
 
         Raises:
-            TypeError: key is not str or bytes.
+            TypeError: key is not str or bytes, or n is not an int.
+            OverflowError: n does not fit in 64 bits.
             ValueError: an injected clock returned a non-finite value.
         """
         cdef Py_ssize_t size
@@ -407,7 +412,8 @@ cdef class Inflight:
             the increment.
 
         Raises:
-            TypeError: key is not str or bytes.
+            TypeError: key is not str or bytes, or n is not an int.
+            OverflowError: n does not fit in 64 bits.
         """
         cdef Py_ssize_t size
         cdef const char *buf = key_bytes(key, &size)
