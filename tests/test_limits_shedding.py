@@ -463,7 +463,7 @@ def test_rate_limiter_bad_arguments(impl):
 
 # ---------------------------------------------------------------- compiled vs reference
 
-from hypothesis import assume, given, settings  # noqa: E402
+from hypothesis import assume, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 breaker_ops = st.lists(st.one_of(
@@ -481,6 +481,12 @@ breaker_ops = st.lists(st.one_of(
        error_rate=st.sampled_from([None, 0.25, 0.5, 1.0]),
        window=st.sampled_from([1.0, 2.5]), min_requests=st.integers(1, 5),
        cooldown=st.sampled_from([0.0, 0.5, 2.0]), probes=st.integers(1, 2), ops=breaker_ops)
+@example(failures=1, error_rate=None, window=1.0, min_requests=1, cooldown=0.5, probes=1,
+         ops=[("admit", "a"), ("admit", "a"), ("failure", 0), ("tick", 0.5), ("admit", "a"),
+              ("admit", "a"), ("success", 1), ("success", 2), ("stats", "a")])  # stale + probe
+@example(failures=None, error_rate=0.5, window=2.5, min_requests=2, cooldown=0.0, probes=2,
+         ops=[("admit", "b"), ("failure", 0), ("tick", 3.7), ("admit", "b"), ("success", 1),
+              ("admit", "b"), ("failure", 2), ("stats", "b")])  # sliding error rate
 def test_breaker_compiled_matches_reference(failures, error_rate, window, min_requests, cooldown,
                                             probes, ops):
     assume(failures is not None or error_rate is not None)
@@ -523,6 +529,8 @@ limiter_ops = st.lists(st.one_of(
 
 @settings(max_examples=200, deadline=None)
 @given(cap=st.integers(1, 4), ops=limiter_ops)
+@example(cap=1, ops=[("try_acquire", "a"), ("try_acquire", b"a"), ("drop", 0),
+                     ("try_acquire", "a"), ("release", 0), ("release", 0)])
 def test_concurrency_compiled_matches_reference(cap, ops):
     limiters = [limits.ConcurrencyLimiter(cap), PY.ConcurrencyLimiter(cap)]
     permits = [[], []]
