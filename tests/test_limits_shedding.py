@@ -226,6 +226,23 @@ def test_dropped_permit_releases_and_wakes(loop_factory, impl):
     assert limiter.inflight("up") == 0
 
 
+@LOOPS
+@IMPLS
+def test_str_and_bytes_name_the_same_upstream_when_waiting(loop_factory, impl):
+    limiter = impl.ConcurrencyLimiter(1, wait=5.0)
+
+    async def main():
+        held = limiter.try_acquire(b"up")
+        waiter = asyncio.ensure_future(limiter.acquire("up"))
+        await asyncio.sleep(0.01)
+        assert limiter.waiting(b"up") == 1
+        held.release()  # released under b"up": must wake the waiter queued under "up"
+        (await asyncio.wait_for(waiter, 1.0)).release()
+
+    run(loop_factory, main())
+    assert limiter.inflight("up") == 0
+
+
 @IMPLS
 def test_caps_are_per_upstream(impl):
     limiter = impl.ConcurrencyLimiter(1)

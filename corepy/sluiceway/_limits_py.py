@@ -520,6 +520,11 @@ class Permit:
         return f"<Permit key={self.key!r} {'released' if self.released else 'held'}>"
 
 
+def _wait_key(key):
+    """Queue key: "a" and b"a" count as one upstream, so they queue as one."""
+    return key.encode("utf-8") if isinstance(key, str) else key
+
+
 class _Expired(Exception):
     pass
 
@@ -552,7 +557,7 @@ class ConcurrencyLimiter:
 
     def waiting(self, key):
         """Callers queued in ``acquire`` for ``key``."""
-        q = self._waiters.get(key)
+        q = self._waiters.get(_wait_key(key))
         return sum(1 for f in q if not f.done()) if q else 0
 
     def _take(self, key):
@@ -580,7 +585,8 @@ class ConcurrencyLimiter:
         else:
             timeout = float(positive("ConcurrencyLimiter.acquire", "timeout", timeout,
                                      allow_zero=True))
-        if not self._waiters.get(key):
+        wkey = _wait_key(key)
+        if not self._waiters.get(wkey):
             permit = self._take(key)
             if permit is not None:
                 return permit
@@ -594,9 +600,9 @@ class ConcurrencyLimiter:
             if remaining <= 0:
                 raise self._refuse(key, timeout)
             fut = loop.create_future()
-            q = self._waiters.get(key)
+            q = self._waiters.get(wkey)
             if q is None:
-                q = self._waiters[key] = collections.deque()
+                q = self._waiters[wkey] = collections.deque()
             if front:
                 q.appendleft(fut)
             else:
@@ -620,6 +626,7 @@ class ConcurrencyLimiter:
             front = True  # lost the race to a fail-fast caller: keep our turn
 
     def _forget(self, key, fut):
+        key = _wait_key(key)
         q = self._waiters.get(key)
         if q is None:
             return
@@ -631,6 +638,7 @@ class ConcurrencyLimiter:
             del self._waiters[key]
 
     def _wake(self, key):
+        key = _wait_key(key)
         q = self._waiters.get(key)
         while q:
             fut = q.popleft()

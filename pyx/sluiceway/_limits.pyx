@@ -722,6 +722,11 @@ cdef class Permit:
         return f"<Permit key={self.key!r} {'released' if self.released else 'held'}>"
 
 
+cdef inline object wait_key(key):
+    """Queue key: "a" and b"a" count as one upstream, so they queue as one."""
+    return (<str>key).encode("utf-8") if isinstance(key, str) else key
+
+
 class _Expired(Exception):
     pass
 
@@ -774,7 +779,7 @@ cdef class ConcurrencyLimiter:
 
     def waiting(self, key):
         """Callers queued in ``acquire`` for ``key``."""
-        q = self.waiters.get(key)
+        q = self.waiters.get(wait_key(key))
         return sum(1 for f in q if not f.done()) if q else 0
 
     cdef Permit take(self, key):
@@ -828,7 +833,8 @@ cdef class ConcurrencyLimiter:
             limit_s = self.wait
         else:
             limit_s = positive("ConcurrencyLimiter.acquire", "timeout", timeout, allow_zero=True)
-        if not self.waiters.get(key):
+        wkey = wait_key(key)
+        if not self.waiters.get(wkey):
             permit = self.take(key)
             if permit is not None:
                 return permit
@@ -842,9 +848,9 @@ cdef class ConcurrencyLimiter:
             if remaining <= 0:
                 raise self.refuse(key, limit_s)
             fut = loop.create_future()
-            q = self.waiters.get(key)
+            q = self.waiters.get(wkey)
             if q is None:
-                q = self.waiters[key] = collections.deque()
+                q = self.waiters[wkey] = collections.deque()
             if front:
                 q.appendleft(fut)
             else:
@@ -868,6 +874,7 @@ cdef class ConcurrencyLimiter:
             front = True  # lost the race to a fail-fast caller: keep our turn
 
     cdef forget(self, key, fut):
+        key = wait_key(key)
         q = self.waiters.get(key)
         if q is None:
             return
@@ -879,6 +886,7 @@ cdef class ConcurrencyLimiter:
             del self.waiters[key]
 
     cdef wake(self, key):
+        key = wait_key(key)
         q = self.waiters.get(key)
         while q:
             fut = q.popleft()
