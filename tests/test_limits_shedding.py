@@ -404,6 +404,20 @@ def test_lost_probe_frees_its_place_after_cooldown(impl):
 
 
 @IMPLS
+def test_failing_on_change_is_logged_not_raised(impl, caplog):
+    def broken(transition):
+        raise RuntimeError("metrics backend down")
+
+    breaker = impl.CircuitBreaker(failures=1, clock=FakeClock(), on_change=broken)
+    with caplog.at_level(logging.WARNING, logger="sluiceway.limits"):
+        breaker.admit("k").failure()  # does not raise
+    assert breaker.state("k") is BreakerState.OPEN
+    failed = [r for r in caplog.records if r.exc_info]
+    assert len(failed) == 1 and "on_change callback" in failed[0].getMessage()
+    assert isinstance(failed[0].exc_info[1], RuntimeError)
+
+
+@IMPLS
 def test_successes_reset_the_consecutive_count_and_reset_closes(impl):
     breaker = impl.CircuitBreaker(failures=2, cooldown=60.0, clock=FakeClock())
     for _ in range(5):

@@ -280,13 +280,22 @@ TRANSITIONS = {
 
 
 def announce(transition, on_change):
-    """Record-keeping for a state change: log it, then call ``on_change`` if set."""
+    """Record-keeping for a state change: log it, then call ``on_change`` if set.
+
+    A failing ``on_change`` is logged on ``sluiceway.limits`` and otherwise
+    ignored: the state has changed already, and the request that happened to
+    report the outcome must not fail for it.
+    """
     level = logging.WARNING if transition.new is _O else logging.INFO
     if logger.isEnabledFor(level):
         logger.log(level, "circuit for upstream %r: %s -> %s (%s)", transition.key,
                    transition.old.value, transition.new.value, transition.reason)
     if on_change is not None:
-        on_change(transition)
+        try:
+            on_change(transition)
+        except Exception:
+            logger.exception("CircuitBreaker on_change callback %r failed on %r",
+                             on_change, transition)
 
 
 def check_breaker(failures, error_rate, window, min_requests, cooldown, probes, on_change,
