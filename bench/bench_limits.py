@@ -90,6 +90,11 @@ def test_rate_limiter_check(benchmark, impl):
     per_call(benchmark, limiter.check, KEY_STR, calls=CALLS if impl is limits else 100)
 
 
+def test_rate_limiter_check_sliding(benchmark):
+    limiter = limits.RateLimiter(10**12, 60.0, sliding=True)
+    per_call(benchmark, limiter.check, KEY_STR)
+
+
 def test_rate_limiter_check_and_headers(benchmark):
     limiter = limits.RateLimiter(10**12, 60.0)
 

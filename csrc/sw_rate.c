@@ -61,6 +61,16 @@ int64_t sw_rate_observe(sw_rate *r, int64_t now_ns, const void *key, size_t len,
     return sw_cms_add_at(&r->est[r->cur], idx, n);
 }
 
+void sw_rate_sample_add(sw_rate *r, int64_t now_ns, const void *key, size_t len, int64_t n,
+                        int64_t *prev, int64_t *curr, int64_t *elapsed_ns)
+{
+    uint32_t idx[SW_CMS_MAX_HASHES];
+    *elapsed_ns = sw_rate_advance(r, now_ns);
+    sw_cms_index(&r->est[0], key, len, idx);
+    *curr = sw_cms_add_at(&r->est[r->cur], idx, n);
+    *prev = sw_cms_get_at(&r->est[r->cur ^ 1], idx);
+}
+
 void sw_rate_sample(sw_rate *r, int64_t now_ns, const void *key, size_t len,
                     int64_t *prev, int64_t *curr, int64_t *elapsed_ns)
 {
@@ -69,11 +79,6 @@ void sw_rate_sample(sw_rate *r, int64_t now_ns, const void *key, size_t len,
     sw_cms_index(&r->est[0], key, len, idx);
     *curr = sw_cms_get_at(&r->est[r->cur], idx);
     *prev = sw_cms_get_at(&r->est[r->cur ^ 1], idx);
-}
-
-int64_t sw_rate_get(const sw_rate *r, const void *key, size_t len)
-{
-    return sw_cms_get(&r->est[r->cur], key, len);
 }
 
 void sw_rate_reset(sw_rate *r, int64_t now_ns)

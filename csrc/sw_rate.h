@@ -60,14 +60,16 @@ int64_t sw_rate_advance(sw_rate *r, int64_t now_ns);
  * (estimate) in the current window after adding. */
 int64_t sw_rate_observe(sw_rate *r, int64_t now_ns, const void *key, size_t len, int64_t n);
 
+/* Add n (may be 0) to the key's count in the current window, hashing once,
+ * then read its counts: *prev for the last completed window, *curr for the
+ * current one (after adding), *elapsed_ns as sw_rate_advance returns. */
+void sw_rate_sample_add(sw_rate *r, int64_t now_ns, const void *key, size_t len, int64_t n,
+                        int64_t *prev, int64_t *curr, int64_t *elapsed_ns);
+
 /* Read the key's counts: *prev for the last completed window, *curr for the
  * current one, *elapsed_ns as sw_rate_advance returns. */
 void sw_rate_sample(sw_rate *r, int64_t now_ns, const void *key, size_t len,
                     int64_t *prev, int64_t *curr, int64_t *elapsed_ns);
-
-/* The key's count in the current window as of the last advance (no clock
- * reading: call sw_rate_advance first to roll windows). */
-int64_t sw_rate_get(const sw_rate *r, const void *key, size_t len);
 
 /* Zero both windows and restart the grid at now_ns. */
 void sw_rate_reset(sw_rate *r, int64_t now_ns);

@@ -200,17 +200,73 @@ def decision_fields(d):
     return (d.allowed, d.limit, d.remaining, d.reset_after, d.count, d.retry_after, d.headers())
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(limit=st.integers(1, 6), interval=st.sampled_from([1.0, 60, 0.25]), slots=st.integers(1, 4),
-       ops=limiter_ops)
-def test_rate_limiter_compiled_matches_reference(limit, interval, slots, ops):
+       sliding=st.booleans(), ops=limiter_ops)
+def test_rate_limiter_compiled_matches_reference(limit, interval, slots, sliding, ops):
     clock = FakeClock(3.0)
-    c = C.RateLimiter(limit, interval, slots=slots, seeds=[1, 2, 3, 4], clock=clock)
-    p = PY.RateLimiter(limit, interval, slots=slots, seeds=[1, 2, 3, 4], clock=clock)
+    kw = dict(sliding=sliding, slots=slots, seeds=[1, 2, 3, 4], clock=clock)
+    c = C.RateLimiter(limit, interval, **kw)
+    p = PY.RateLimiter(limit, interval, **kw)
     for op, *args in ops:
         if op == "tick":
             clock.t += args[0] * interval
             continue
         dc, dp = getattr(c, op)(*args), getattr(p, op)(*args)
         assert decision_fields(dc) == decision_fields(dp), (op, args)
-        assert dc.allowed == (dc.count <= limit if op == "check" else dc.count + args[1] <= limit)
+        if not sliding:
+            assert dc.allowed == (dc.count <= limit if op == "check"
+                                  else dc.count + args[1] <= limit)
+
+
+@IMPLS
+def test_sliding_limiter_smooths_the_window_boundary(impl):
+    clock = FakeClock(0.0)
+    fixed = impl.RateLimiter(10, 60.0, clock=clock)
+    sliding = impl.RateLimiter(10, 60.0, sliding=True, clock=clock)
+    clock.t = 59.0
+    for _ in range(10):
+        assert fixed.check("k").allowed and sliding.check("k").allowed
+    clock.t = 60.0  # next window: the fixed limiter lets 10 more through at once
+    assert fixed.check("k").allowed
+    d = sliding.check("k")
+    assert not d.allowed and d.remaining == 0 and d.count == 1
+    # 10 * (1 - f) + 1 (refused, counted) + 1 (the retry) <= 10  =>  f >= 0.2: 12 s
+    assert d.reset_after == pytest.approx(12.0) and d.retry_after == 12
+    assert d.headers()[-1] == ("Retry-After", "12")
+    clock.t = 71.9
+    assert not sliding.peek("k").allowed
+    clock.t = 72.0 + 1e-6
+    p = sliding.peek("k")
+    assert p.allowed and p.remaining == 1 and p.count == 1
+    assert "sliding" in repr(sliding) and sliding.sliding and not fixed.sliding
+
+
+check_ops = st.lists(st.one_of(
+    st.tuples(st.just("check"), st.sampled_from(["a", "b"]), st.integers(0, 3)),
+    st.tuples(st.just("tick"), st.floats(0, 1.5, allow_nan=False)),
+), max_size=40)
+
+
+@IMPLS
+@settings(max_examples=150, deadline=None)
+@given(limit=st.integers(1, 5), sliding=st.booleans(), ops=check_ops)
+def test_reset_after_is_when_a_refused_request_first_fits(impl, limit, sliding, ops):
+    """Before reset_after the same request still does not fit; just after, it does."""
+    interval = 10.0
+    clock = FakeClock(100.0)
+    lim = impl.RateLimiter(limit, interval, sliding=sliding, slots=64, clock=clock)
+    for op, *args in ops:
+        if op == "tick":
+            clock.t += args[0] * interval
+            continue
+        key, cost = args
+        d = lim.check(key, cost)
+        if d.allowed or cost > limit:
+            continue
+        t0 = clock.t
+        if d.reset_after > 1e-3 * interval:
+            clock.t = t0 + d.reset_after * 0.98
+            assert not lim.peek(key, cost).allowed
+        clock.t = t0 + d.reset_after + 1e-6 * interval
+        assert lim.peek(key, cost).allowed

@@ -389,12 +389,12 @@ class RateDecision:
         raise TypeError("RateDecision objects are made by RateLimiter.check/peek")
 
     @classmethod
-    def _make(cls, allowed, limit, count, reset_after):
+    def _make(cls, allowed, limit, remaining, count, reset_after):
         d = cls.__new__(cls)
         d.allowed = allowed
         d.limit = limit
+        d.remaining = remaining
         d.count = count
-        d.remaining = max(0, limit - count)
         d.reset_after = reset_after
         return d
 
@@ -417,51 +417,76 @@ class RateDecision:
             return NotImplemented
         return all(getattr(self, a) == getattr(other, a) for a in self.__slots__)
 
+    __hash__ = None
+
     def __repr__(self):
         return (f"RateDecision(allowed={self.allowed}, limit={self.limit}, "
                 f"remaining={self.remaining}, reset_after={self.reset_after!r}, "
                 f"count={self.count})")
 
 
+def _sliding_wait(limit, cost, prev, curr, fraction, interval_s):
+    """Seconds until ``cost`` more fits under a sliding limit (mirrors the C code)."""
+    room = float(limit) - float(cost) - float(curr)
+    fit = float(limit) - float(cost)
+    if room >= 0.0 and prev > 0:
+        wait = (1.0 - room / float(prev) - fraction) * interval_s
+    elif fit < 0.0:
+        wait = (2.0 - fraction) * interval_s
+    elif curr > 0:
+        g = max(0.0, 1.0 - fit / float(curr))
+        wait = (1.0 - fraction + g) * interval_s
+    else:
+        wait = (1.0 - fraction) * interval_s
+    return wait if wait > 0.0 else 0.0
+
+
 class RateLimiter:
     """At most ``limit`` requests per key per window; see ``sluiceway.limits.RateLimiter``."""
 
-    def __init__(self, limit, interval=60.0, *, hashes=4, slots=1024, seeds=None, clock=None):
+    def __init__(self, limit, interval=60.0, *, sliding=False, hashes=4, slots=1024,
+                 seeds=None, clock=None):
         self.limit = check_limit("RateLimiter", limit)
+        self.sliding = bool(sliding)
         self.rate = Rate(interval, hashes=hashes, slots=slots, seeds=seeds, clock=clock)
 
-    def _decide(self, count, cost, now, counted):
+    def _decide(self, key, cost, counted):
         rate = self.rate
-        left = float(rate._interval_ns - rate._advance(now)) / 1e9
-        allowed = count <= self.limit if counted else count + cost <= self.limit
-        return RateDecision._make(allowed, self.limit, count, left)
+        data = _key_bytes(key)
+        cost = _check_n(cost)
+        if cost < 0:
+            raise bad_cost(cost)
+        elapsed = rate._advance(rate._now())
+        idx = rate._est[0].index(data)
+        cur = rate._est[rate._cur]
+        curr = cur.add_at(idx, cost if counted else 0)
+        prev = rate._est[rate._cur ^ 1].get_at(idx)
+        limit = self.limit
+        reset_after = float(rate._interval_ns - elapsed) / 1e9
+        if not self.sliding:
+            allowed = curr <= limit if counted else curr <= limit - cost
+            return RateDecision._make(allowed, limit, max(0, limit - curr), curr, reset_after)
+        # Float arithmetic exactly as C does it (ints converted to double first).
+        fraction = float(elapsed) / float(rate._interval_ns)
+        base = float(prev) * (1.0 - fraction) + float(curr)
+        allowed = (base if counted else base + float(cost)) <= float(limit)
+        room = float(limit) - base
+        remaining = math.floor(room) if room > 0.0 else 0
+        if not allowed:
+            reset_after = _sliding_wait(limit, cost, prev, curr, fraction, rate._interval_s)
+        return RateDecision._make(allowed, limit, remaining, curr, reset_after)
 
     def check(self, key, cost=1):
         """Count ``cost`` for ``key`` and decide; returns a ``RateDecision``."""
-        rate = self.rate
-        data = _key_bytes(key)
-        cost = _check_n(cost)
-        if cost < 0:
-            raise bad_cost(cost)
-        now = rate._now()
-        rate._advance(now)
-        count = rate._est[rate._cur].add_at(rate._est[0].index(data), cost)
-        return self._decide(count, cost, now, True)
+        return self._decide(key, cost, True)
 
     def peek(self, key, cost=1):
         """What ``check(key, cost)`` would decide now, without counting."""
-        rate = self.rate
-        data = _key_bytes(key)
-        cost = _check_n(cost)
-        if cost < 0:
-            raise bad_cost(cost)
-        now = rate._now()
-        rate._advance(now)
-        count = rate._est[rate._cur].get_at(rate._est[0].index(data))
-        return self._decide(count, cost, now, False)
+        return self._decide(key, cost, False)
 
     def __repr__(self):
-        return f"<RateLimiter limit={self.limit} interval={self.rate.interval!r}s>"
+        mode = "sliding" if self.sliding else "fixed"
+        return f"<RateLimiter limit={self.limit} interval={self.rate.interval!r}s {mode}>"
 
 
 # --------------------------------------------------------------------------

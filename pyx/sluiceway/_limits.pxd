@@ -37,8 +37,9 @@ cdef extern from "sw_rate.h" nogil:
     int64_t sw_rate_observe(sw_rate *r, int64_t now_ns, const void *key, size_t len, int64_t n)
     void sw_rate_sample(sw_rate *r, int64_t now_ns, const void *key, size_t len,
                         int64_t *prev, int64_t *curr, int64_t *elapsed_ns)
+    void sw_rate_sample_add(sw_rate *r, int64_t now_ns, const void *key, size_t len, int64_t n,
+                            int64_t *prev, int64_t *curr, int64_t *elapsed_ns)
     void sw_rate_reset(sw_rate *r, int64_t now_ns)
-    int64_t sw_rate_get(const sw_rate *r, const void *key, size_t len)
 
 
 cdef extern from "sw_clock.h" nogil:
@@ -71,6 +72,7 @@ cdef class InflightGuard:
 cdef class RateDecision:
     cdef readonly bint allowed
     cdef readonly int64_t limit
+    cdef readonly int64_t remaining
     cdef readonly int64_t count
     cdef readonly double reset_after
 
@@ -78,6 +80,7 @@ cdef class RateDecision:
 cdef class RateLimiter:
     cdef readonly int64_t limit
     cdef readonly Rate rate
+    cdef readonly bint sliding
     cdef RateDecision decide(self, key, cost, bint counted)
 
 
