@@ -1,0 +1,17 @@
+/* sw_clock.h - the default time source of sluiceway's limits.
+ *
+ * Contract: sw_clock_monotonic_ns() returns a monotonic clock reading in
+ * nanoseconds (never goes backwards, unaffected by wall-clock changes).  On
+ * POSIX it is clock_gettime(CLOCK_MONOTONIC), the same clock as Python's
+ * time.monotonic() on Linux, so readings can be compared with it.  Returns
+ * -1 only if the platform has no monotonic clock (not expected).
+ * Thread-safe, no allocation, no logging.
+ */
+#ifndef SW_CLOCK_H
+#define SW_CLOCK_H
+
+#include <stdint.h>
+
+int64_t sw_clock_monotonic_ns(void);
+
+#endif /* SW_CLOCK_H */
