@@ -27,6 +27,10 @@ from .lb import (DNS, Backend, BackendState, Consistent, File, FNVHash, HealthCh
                  HttpHealthCheck, LoadBalancer, Random, RoundRobin, SelectionAlgorithm,
                  ServiceDiscovery, Static, TcpHealthCheck)
 
+from .limits import (Attempt, BreakerState, CircuitBreaker, CircuitOpen, ConcurrencyLimiter,
+                     ConcurrencyLimitExceeded, Estimator, Inflight, InflightGuard, LoadShedError,
+                     Permit, Rate, RateDecision, RateLimiter, Transition, proportional)
+
 __all__ = [
     "Error", "ParseError", "RequestParser", "ResponseParser", "Headers", "RequestHead",
     "ResponseHead", "EndOfMessage", "NEED_DATA", "END_OF_MESSAGE", "UPGRADED", "CONNECTION_CLOSED",
@@ -34,4 +38,8 @@ __all__ = [
     "LoadBalancer", "Backend", "BackendState", "RoundRobin", "Random", "FNVHash", "Consistent",
     "SelectionAlgorithm", "Static", "DNS", "File", "ServiceDiscovery", "HealthCheck",
     "TcpHealthCheck", "HttpHealthCheck",
+    # limits and load shedding
+    "Estimator", "Rate", "Inflight", "InflightGuard", "proportional", "RateLimiter", "RateDecision",
+    "ConcurrencyLimiter", "Permit", "CircuitBreaker", "Attempt", "BreakerState", "Transition",
+    "LoadShedError", "ConcurrencyLimitExceeded", "CircuitOpen",
 ]

@@ -12,6 +12,7 @@ import math
 import os
 import struct
 from typing import NamedTuple
+from .errors import UPSTREAM, Error
 
 logger = logging.getLogger("sluiceway.limits")
 
@@ -199,22 +200,21 @@ def bad_cost(cost):
 # Load shedding errors.
 # --------------------------------------------------------------------------
 
-class LoadShedError(Exception):
+class LoadShedError(Error):
     """A request refused to protect an upstream; the engine answers ``status``.
 
+    A :class:`sluiceway.Error` with ``source="upstream"`` (the upstream's
+    state caused it) and ``status=503``.
+
     Attributes:
-        status: HTTP status to answer with (503).
         retryable: True when trying another upstream (or later) may succeed.
         upstream: the key of the upstream that refused.
         retry_after: seconds after which trying again makes sense, or None.
     """
 
-    status = 503
-
     def __init__(self, message, *, upstream, retryable=True, retry_after=None):
-        super().__init__(message)
+        super().__init__(message, status=503, source=UPSTREAM, retryable=retryable)
         self.upstream = upstream
-        self.retryable = retryable
         self.retry_after = retry_after
 
 
