@@ -5,7 +5,7 @@ implementation)::
 
     PYTHONPATH=corepy python -m pytest bench/bench_lb.py --benchmark-only
 
-or as a script, which prints the markdown table for docs/performance-lb.md::
+or as a script, which prints the markdown table for docs/performance.md::
 
     PYTHONPATH=corepy python bench/bench_lb.py
 
