@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+from conftest import subprocess_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -12,7 +14,7 @@ def test_doc_example_runs():
     with open(os.path.join(ROOT, "docs", "load-balancing.md")) as f:
         blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
     example = next(b for b in blocks if "uvloop.run(main())" in b)
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "corepy"))
+    env = subprocess_env()
     proc = subprocess.run([sys.executable, "-c", example], env=env, capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr

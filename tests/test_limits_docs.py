@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+from conftest import subprocess_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -12,7 +14,7 @@ def test_docs_example_runs():
     with open(os.path.join(ROOT, "docs", "limits.md"), encoding="utf-8") as f:
         text = f.read()
     example = re.search(r"## A runnable example.*?```python\n(.*?)```", text, re.S).group(1)
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "corepy"))
+    env = subprocess_env()
     proc = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True,
                           timeout=60, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
@@ -26,7 +28,7 @@ def test_docs_sliding_example_runs():
     with open(os.path.join(ROOT, "docs", "limits.md"), encoding="utf-8") as f:
         text = f.read()
     block = re.search(r"```python\n([^`]*sliding=True, clock=[^`]*)```", text).group(1)
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "corepy"))
+    env = subprocess_env()
     proc = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True,
                           timeout=60, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr

@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+from conftest import subprocess_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent(r'''
@@ -65,7 +67,7 @@ SCRIPT = textwrap.dedent(r'''
 
 
 def test_no_leaks():
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "corepy"))
+    env = subprocess_env()
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
                           timeout=240, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr

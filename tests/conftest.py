@@ -1,0 +1,16 @@
+"""Shared test helpers."""
+
+import os
+
+import sluiceway
+
+# The folder the tests imported sluiceway from: the installed package in CI
+# (ci/test.sh installs it), corepy/ in a `make build` tree.
+SLUICEWAY_PATH = os.path.dirname(os.path.dirname(os.path.abspath(sluiceway.__file__)))
+
+
+def subprocess_env(**extra):
+    """Environment for a child Python that must import the same sluiceway."""
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (SLUICEWAY_PATH, env.get("PYTHONPATH")) if p)
+    return env
