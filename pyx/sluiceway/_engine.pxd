@@ -333,6 +333,8 @@ cdef class Session:
     cdef void _on_req_body(self, object chunk)
     cdef void _req_body_out(self, object chunk)
     cdef void _on_req_end(self)
+    cdef void _req_end_done(self)
+    cdef void _resp_end_done(self)
     cdef void _on_resp_head(self, _Wire w)
     cdef void _send_resp_head(self)
     cdef void _on_resp_body(self, object chunk)

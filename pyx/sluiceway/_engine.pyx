@@ -810,6 +810,9 @@ async def _drive(coro, yielded):
             if yielded is None:
                 await asyncio.sleep(0)
             else:
+                # The hook's own await marked the future as being waited on
+                # (as a Task would see it); clear that so we can wait on it.
+                yielded._asyncio_future_blocking = False
                 await yielded
         except BaseException as exc:
             if yielded is not None and yielded.done():
@@ -1671,8 +1674,8 @@ cdef class Session:
                 self.pending_chunk = None
                 if self.pending_end:
                     self.pending_end = False
-                    self._on_req_end()
-                if not self.finished and self.ds is not None:
+                    self._req_end_done()
+                elif not self.finished and self.ds is not None:
                     self.ds._unblock()
                 return
             if stage == S_UP_RESP:
@@ -1701,7 +1704,7 @@ cdef class Session:
                 self.pending_chunk = None
                 if self.pending_end:
                     self.pending_end = False
-                    self._on_resp_end()
+                    self._resp_end_done()
                     return
                 if self.us is not None and not self.finished:
                     self.us.blocked = False
@@ -1965,6 +1968,7 @@ cdef class Session:
             return
         if self.eng.h_req_body is not None:
             self.pending_chunk = chunk
+            self.pending_end = False
             r = self._call(self.eng.h_req_body, (self, chunk, False, self.ctx), S_REQ_BODY_DONE)
             if r is _FAILED:
                 return
@@ -2000,16 +2004,20 @@ cdef class Session:
             return
         if self.eng.h_req_body is not None and self.req_has_body:
             self.pending_chunk = None
+            self.pending_end = True
             r = self._call(self.eng.h_req_body, (self, b"", True, self.ctx), S_REQ_BODY_DONE)
             if r is _FAILED:
                 return
             if r is _PENDING:
-                self.pending_end = True
                 if self.ds is not None:
                     self.ds.blocked = True
                 return
+            self.pending_end = False
             if r:
                 self._req_body_out(r)
+        self._req_end_done()
+
+    cdef void _req_end_done(self):
         self.req_body_done = True
         if self.ds is not None:
             self.ds.blocked = True  # the next request waits for this response
@@ -2164,6 +2172,7 @@ cdef class Session:
         cdef object r
         if self.eng.h_resp_body is not None:
             self.pending_chunk = chunk
+            self.pending_end = False
             r = self._call(self.eng.h_resp_body, (self, chunk, False, self.ctx), S_RESP_BODY_DONE)
             if r is _FAILED:
                 return
@@ -2196,17 +2205,24 @@ cdef class Session:
         cdef object r
         if self.finished or self.resp_done:
             return
-        if self.eng.h_resp_body is not None and self.pending_chunk is None:
+        if self.eng.h_resp_body is not None:
+            self.pending_chunk = None
+            self.pending_end = True
             r = self._call(self.eng.h_resp_body, (self, b"", True, self.ctx), S_RESP_BODY_DONE)
             if r is _FAILED:
                 return
             if r is _PENDING:
-                self.pending_end = True
                 if self.us is not None:
                     self.us.blocked = True
                 return
+            self.pending_end = False
             if r:
                 self._resp_body_out(r)
+        self._resp_end_done()
+
+    cdef void _resp_end_done(self):
+        if self.finished or self.resp_done:
+            return
         if self.resp_mode == M_CHUNKED and not self.ds_gone:
             self._write_ds(_LAST_CHUNK)
         self.resp_done = True
@@ -2227,7 +2243,8 @@ cdef class Session:
         self.eng.busy.discard(u)
         if u.read_pause & (R_PEER_FULL | R_BUFFERED):
             u._resume_read(R_PEER_FULL | R_BUFFERED)
-        if reuse and u.reusable and not u.closed and u.w.unread() == 0 and not u.blocked:
+        u.blocked = False
+        if reuse and u.reusable and not u.closed and u.w.unread() == 0:
             self.eng.pool.put(u)
         else:
             u._close()
