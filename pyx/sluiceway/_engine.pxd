@@ -218,6 +218,7 @@ cdef class _Engine:
     cdef uint32_t max_url
     cdef uint32_t max_headers
     cdef public long long requests
+    cdef public long long inflight
     cdef object log
     cdef object alog
 
@@ -239,6 +240,7 @@ cdef class _Downstream:
     cdef int dl_kind
     cdef int nreq
     cdef bint discard_body      # body bytes of a finished request are dropped
+    cdef bint rejected          # over max_connections: answered 503, closing
 
     cdef void _process(self)
     cdef void _pause_read(self, int why)
@@ -312,6 +314,7 @@ cdef class Session:
     cdef bint sent_100
     cdef bint head_request
     cdef bint retried_reused
+    cdef bint counted_out
     cdef bint body_filter_up
     cdef bint resp_hooks
     cdef int resp_mode

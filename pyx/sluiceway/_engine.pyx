@@ -926,13 +926,8 @@ cdef class _Engine:
         return len(self.conns)
 
     def active_requests(self):
-        """Number of downstream connections with a request in progress."""
-        cdef _Downstream d
-        cdef int n = 0
-        for d in self.conns:
-            if d.cur is not None:
-                n += 1
-        return n
+        """Number of requests in progress (until their logging hook ends)."""
+        return self.inflight
 
     cdef void _schedule(self):
         self.timer = self.loop.call_later(self.tick, self._on_tick)
@@ -1002,10 +997,12 @@ cdef class _Downstream:
         eng = self.eng
         if eng.max_connections and len(eng.conns) >= eng.max_connections:
             # Over the limit: answer politely and close.
+            # Close once the client's first bytes are read (closing with
+            # unread input would reset the connection and lose the 503).
             transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
                             b"Connection: close\r\nRetry-After: 1\r\n\r\n")
-            transport.close()
-            self.closed = True
+            self.rejected = True
+            eng.loop.call_later(1.0, self._reject_close)
             if eng.log.isEnabledFor(logging.WARNING):
                 eng.log.warning("sluiceway: connection refused: %d connections open "
                                 "(max_connections)", len(eng.conns))
@@ -1020,6 +1017,9 @@ cdef class _Downstream:
 
     def data_received(self, data):
         if self.closed:
+            return
+        if self.rejected:
+            self._close()
             return
         if self.dl_kind == DL_IDLE:
             self.deadline = sw_now() + self.eng.head_timeout if self.eng.head_timeout > 0 else 0.0
@@ -1151,6 +1151,9 @@ cdef class _Downstream:
             # Pipelined bytes: parse them on the next loop iteration, not
             # deep inside the upstream's callback.
             self.eng.loop.call_soon(self._kick)
+
+    def _reject_close(self):
+        self._close()
 
     def _kick(self):
         self._process()
@@ -1445,6 +1448,7 @@ cdef class Session:
         s.ds = ds
         s.client_addr = ds.client_addr
         s.t_start = sw_now()
+        ds.eng.inflight += 1
         s.client_keep = m.keep_alive and not m.upgrade
         s.req_has_body = m.chunked or (m.has_content_length and m.content_length > 0)
         s.head_request = mi == 2  # HTTP_HEAD in llhttp
@@ -2350,6 +2354,9 @@ cdef class Session:
     cdef void _final(self):
         cdef _Downstream ds = self.ds
         self.finished = True
+        if not self.counted_out:
+            self.counted_out = True
+            self.eng.inflight -= 1
         if self.eng.access_log and self.eng.alog.isEnabledFor(logging.INFO):
             self.eng.alog.info('%s "%s %s HTTP/%s" %d %d %.3fms upstream=%s%s',
                                _fmt_addr(self.client_addr), self.req_header._method,
