@@ -283,3 +283,78 @@ def count_responses(buf: bytes) -> int:
 
 def open_fds() -> int:
     return len(os.listdir(f"/proc/{os.getpid()}/fd"))
+
+
+class OriginThread:
+    """Harness origins alone, on a loop in a thread (for proxies run as
+    subprocesses). ``ports`` lists one port per origin."""
+
+    def __init__(self, n=1):
+        self.n = n
+        self.loop = uvloop.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        self.origins = [asyncio.run_coroutine_threadsafe(Origin().start(), self.loop).result(5)
+                        for _ in range(self.n)]
+        self.ports = [o.port for o in self.origins]
+        return self
+
+    def __exit__(self, *exc):
+        for o in self.origins:
+            asyncio.run_coroutine_threadsafe(o.stop(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, proc=None, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}: "
+                               f"{proc.stderr.read().decode(errors='replace') if proc.stderr else ''}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on port {port} after {timeout}s")
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def spawn(args, env=None, **kw):
+    """Start a Python subprocess with corepy on the path."""
+    import subprocess
+    import sys
+
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.path.join(REPO, "corepy") + os.pathsep + e.get("PYTHONPATH", "")
+    e.update(env or {})
+    return subprocess.Popen([sys.executable] + list(args), env=e, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def stop_proc(proc, sig=None, timeout=10):
+    """Signal (SIGTERM by default) the process we started and reap it."""
+    import signal as _signal
+
+    if proc.poll() is None:
+        proc.send_signal(sig or _signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except Exception:
+        proc.kill()
+        proc.wait(5)
+        raise

@@ -379,3 +379,18 @@ def test_session_attributes():
         httpx.get(h.url + "/p/q?x=1", headers={"user-agent": "ua-test"})
     assert app.seen == dict(method="GET", uri="/p/q?x=1", path="/p/q", query="x=1", version="1.1",
                             addr="127.0.0.1", ua="ua-test", missing="d", elapsed_ok=True)
+
+
+def test_truthy_ctx_without_request_filter_is_proxied():
+    # Regression: the value of new_ctx leaked into request_filter's result.
+    class Ctx(ProxyHttp):
+        port = None
+
+        def new_ctx(self):
+            return {"non": "empty"}
+
+        def upstream_peer(self, session, ctx):
+            assert ctx == {"non": "empty"}
+            return HttpPeer(("127.0.0.1", self.port))
+    with Harness(Ctx()) as h:
+        assert httpx.get(h.url + "/").content == b"hello"

@@ -1618,6 +1618,7 @@ cdef class Session:
                     self._fail(Error(f"request body of {self.req_header.content_length} bytes is over "
                                      f"max_body_size ({eng.max_body_size})", status=413, source=DOWNSTREAM))
                     return
+                value = False
                 if eng.h_req_filter is not None:
                     r = self._call(eng.h_req_filter, (self, self.ctx), S_REQ_FILTER_DONE)
                     if r is _PENDING or r is _FAILED:
