@@ -340,8 +340,8 @@ def spawn(args, env=None, **kw):
     import sys
 
     e = dict(os.environ)
-    e["PYTHONPATH"] = os.path.join(REPO, "corepy") + os.pathsep + e.get("PYTHONPATH", "")
     e.update(env or {})
+    e["PYTHONPATH"] = os.path.join(REPO, "corepy") + os.pathsep + e.get("PYTHONPATH", "")
     return subprocess.Popen([sys.executable] + list(args), env=e, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 

@@ -197,7 +197,14 @@ class Server:
         for svc in self.services:
             svc._bind(reuse_port=workers > 1)
         if workers <= 1:
-            code = _worker_main(self)
+            try:
+                code = _worker_main(self)
+            finally:
+                if conf.daemon and conf.pid_file:
+                    try:
+                        os.unlink(conf.pid_file)
+                    except OSError:
+                        pass
             raise SystemExit(code)
         pids = []
         for _ in range(workers):
