@@ -98,6 +98,7 @@ cdef class HeaderMap:
     cdef bint _has(self, const char *name, size_t n)
     cdef bytes _value_at(self, int i)
     cdef bytes _name_at(self, int i)
+    cdef object _get(self, object name, object default)
 
 
 cdef class RequestHeader:
@@ -138,6 +139,7 @@ cdef class HttpPeer:
     cdef public object write_timeout
     cdef public object idle_timeout
     cdef bytes _host_header
+    cdef bytes _host_hdr(self)
 
 
 cdef class _Wire:
@@ -222,7 +224,10 @@ cdef class _Engine:
     cdef object log
     cdef object alog
 
+    cdef list wires             # free downstream parsers
     cdef void _schedule(self)
+    cdef _Wire _take_wire(self)
+    cdef void _give_wire(self, _Wire w)
 
 
 cdef class _Downstream:
@@ -318,6 +323,9 @@ cdef class Session:
     cdef bint body_filter_up
     cdef bint resp_hooks
     cdef int resp_mode
+    cdef object pend_data       # upstream bytes held back to write in one go
+    cdef size_t pend_off
+    cdef size_t pend_len
     cdef double t_start
     cdef double t_connected
     cdef double t_resp
@@ -351,3 +359,4 @@ cdef class Session:
     cdef void _us_lost(self, object exc)
     cdef void _connect(self, bint force_new)
     cdef void _write_ds(self, object data)
+    cdef void _flush_pending(self)

@@ -54,6 +54,8 @@ from sluiceway.errors import DOWNSTREAM, INTERNAL, UPSTREAM, Error, ParseError
 
 cdef extern from "Python.h":
     bint PyCoro_CheckExact(object o)
+    bint PyUnicode_IS_ASCII(object o)
+    const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
     Py_ssize_t Py_REFCNT(object o)
 
 
@@ -267,10 +269,23 @@ cdef class HeaderMap:
             return PyBytes_FromStringAndSize(self._base + self._h[i].name.off, self._h[i].name.len)
         return <bytes>(<list>self._items[i])[0]
 
+    cdef object _get(self, object name, object default):
+        cdef Py_ssize_t n
+        cdef const char *p
+        cdef int i
+        if self._items is None and type(name) is str and PyUnicode_IS_ASCII(name):
+            # No allocation: the name's own bytes, case-insensitive C search.
+            p = PyUnicode_AsUTF8AndSize(name, &n)
+            i = sw_find(self._base, self._h, self._n, p, <size_t>n, 0)
+            if i < 0:
+                return default
+            return PyUnicode_DecodeLatin1(self._base + self._h[i].value.off, self._h[i].value.len, NULL)
+        i = self._find(_as_name(name).lower(), 0)
+        return default if i < 0 else _latin1(self._value_at(i))
+
     def get(self, name, default=None):
         """First value of ``name`` as str, or ``default``."""
-        cdef int i = self._find(_as_name(name).lower(), 0)
-        return default if i < 0 else _latin1(self._value_at(i))
+        return self._get(name, default)
 
     def get_bytes(self, name, default=None):
         """First value of ``name`` as bytes, or ``default``."""
@@ -440,7 +455,7 @@ cdef class RequestHeader:
 
     def get(self, name, default=None):
         """First value of header ``name`` (str), or ``default``."""
-        return self.headers.get(name, default)
+        return self.headers._get(name, default)
 
     def insert_header(self, name, value):
         """Set header ``name`` to ``value``, replacing any others."""
@@ -489,7 +504,7 @@ cdef class ResponseHeader:
         return f"{self._major}.{self._minor}"
 
     def get(self, name, default=None):
-        return self.headers.get(name, default)
+        return self.headers._get(name, default)
 
     def insert_header(self, name, value):
         self.headers[name] = value
@@ -551,11 +566,18 @@ cdef class HttpPeer:
         self.idle_timeout = idle_timeout
         if self.path is not None:
             self.reuse_key = ("unix", self.path)
-            self._host_header = b"localhost"
         else:
             self.reuse_key = (self.host, self.port, self.tls, self.sni)
-            h = f"[{self.host}]" if ":" in self.host else self.host
-            self._host_header = (h if self.port in (80, 443) else f"{h}:{self.port}").encode("idna")
+
+    cdef bytes _host_hdr(self):
+        """The Host value for requests that came without one."""
+        if self._host_header is None:
+            if self.path is not None:
+                self._host_header = b"localhost"
+            else:
+                h = f"[{self.host}]" if ":" in self.host else self.host
+                self._host_header = (h if self.port in (80, 443) else f"{h}:{self.port}").encode("idna")
+        return self._host_header
 
     def __repr__(self):
         where = f"unix:{self.path}" if self.path is not None else f"{self.host}:{self.port}"
@@ -856,6 +878,7 @@ cdef class _Engine:
         self.app = app
         self.conns = set()
         self.busy = set()
+        self.wires = []
         self.head_timeout = head_timeout
         self.keepalive_timeout = keepalive_timeout
         self.request_timeout = request_timeout
@@ -949,6 +972,21 @@ cdef class _Engine:
         if self.timer is not None:
             self._schedule()
 
+    cdef _Wire _take_wire(self):
+        if self.wires:
+            return <_Wire>self.wires.pop()
+        return _Wire(True, self.max_head, self.max_url, self.max_headers)
+
+    cdef void _give_wire(self, _Wire w):
+        if len(self.wires) < 256:
+            API.reset(w.p)
+            w.data = None
+            w.head_buf = None
+            w.dptr = b""
+            w.dlen = w.pos = 0
+            w.need = True
+            self.wires.append(w)
+
     def protocol_factory(self):
         """Return a new downstream protocol (give this to create_server)."""
         return _Downstream(self)
@@ -1010,7 +1048,9 @@ cdef class _Downstream:
         eng.conns.add(self)
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         self.client_addr = transport.get_extra_info("peername")
-        self.w = _Wire(True, eng.max_head, eng.max_url, eng.max_headers)
+        # The parser is taken from the engine's free list when bytes arrive
+        # and given back while the connection idles (see _request_done).
+        self.w = None
         if eng.head_timeout > 0:
             self.deadline = sw_now() + eng.head_timeout
             self.dl_kind = DL_HEAD
@@ -1024,6 +1064,8 @@ cdef class _Downstream:
         if self.dl_kind == DL_IDLE:
             self.deadline = sw_now() + self.eng.head_timeout if self.eng.head_timeout > 0 else 0.0
             self.dl_kind = DL_HEAD
+        if self.w is None:
+            self.w = self.eng._take_wire()
         self.w.feed(data)
         self._process()
 
@@ -1032,13 +1074,16 @@ cdef class _Downstream:
         return False
 
     def connection_lost(self, exc):
-        cdef Session s
+        cdef Session s = None
         self.closed = True
         self.eng.conns.discard(self)
         if self.cur is not None:
             s = self.cur
             self.cur = None
             s._ds_lost(exc)
+        if self.w is not None and self.w.unread() == 0 and not self.w.carrying and \
+                not self.discard_body and s is None:
+            self.eng._give_wire(self.w)
         self.w = None
 
     def pause_writing(self):
@@ -1067,7 +1112,7 @@ cdef class _Downstream:
         cdef int ev
         cdef Session s
         cdef _Engine eng = self.eng
-        if self.in_process or self.closed:
+        if self.in_process or self.closed or self.w is None:
             return
         self.in_process = True
         try:
@@ -1122,6 +1167,10 @@ cdef class _Downstream:
         if not self.closed and self.w is not None:
             if self.blocked and self.w.unread() > HIGH_WATER:
                 self._pause_read(R_BUFFERED)
+            elif self.cur is None and not self.blocked and self.w.unread() == 0 and \
+                    not self.w.carrying and not self.discard_body and self.w.need:
+                self.eng._give_wire(self.w)
+                self.w = None
 
     cdef void _unblock(self):
         if self.closed:
@@ -1147,7 +1196,13 @@ cdef class _Downstream:
             self.dl_kind = DL_IDLE
         self.blocked = False
         self._resume_read(R_BUFFERED | R_PEER_FULL)
-        if self.w.unread() > 0 and not self.in_process:
+        if self.w.unread() == 0 and not self.w.carrying and \
+                not self.discard_body and not self.in_process:
+            # Idle: the parser goes back to the free list (an idle
+            # keep-alive connection then holds no parser memory).
+            self.eng._give_wire(self.w)
+            self.w = None
+        elif self.w.unread() > 0 and not self.in_process:
             # Pipelined bytes: parse them on the next loop iteration, not
             # deep inside the upstream's callback.
             self.eng.loop.call_soon(self._kick)
@@ -1341,6 +1396,12 @@ cdef class _Upstream:
                         continue
                     s._on_resp_head(self.w)
                 elif ev == SW_EV_BODY:
+                    if s.pend_data is not None and s.pend_data is self.w.data and \
+                            self.w.body_at == self.w.dptr + s.pend_off + s.pend_len:
+                        s.pend_len += self.w.body_len
+                        s.response_body_bytes += self.w.body_len
+                        continue
+                    s._flush_pending()
                     s._on_resp_body(self.w.body_bytes())
                 elif ev == SW_EV_END:
                     if self.in_1xx:
@@ -1372,6 +1433,8 @@ cdef class _Upstream:
             self._close()
         finally:
             self.in_process = False
+            if self.s is not None:
+                self.s._flush_pending()
         if self.blocked and not self.closed and self.w.unread() > HIGH_WATER:
             self._pause_read(R_BUFFERED)
 
@@ -1910,7 +1973,7 @@ cdef class Session:
         cdef RequestHeader rq = self.req_header
         cdef HeaderMap hm = rq.headers
         if not (flags & SW_F_HOST):
-            parts.append(b"Host: " + (<HttpPeer>self.peer)._host_header + _CRLF)
+            parts.append(b"Host: " + (<HttpPeer>self.peer)._host_hdr() + _CRLF)
         if reframe:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         if self.eng.forwarded:
@@ -2122,8 +2185,14 @@ cdef class Session:
         if not (flags & SW_F_DROPPED) and m.major == 1 and m.minor == 1 and keep and \
                 self.req_header._minor == 1 and rs is None and \
                 (self.resp_mode == M_RAW or self.resp_mode == M_NONE):
-            # Forward the received head unchanged.
-            if m.msg_start == 0 and m.head_len == PyBytes_GET_SIZE(w.head_buf):
+            # Forward the received head unchanged. When it lies in the bytes
+            # being parsed, hold it back: body bytes that follow it in the
+            # same buffer join it and everything goes out in one write.
+            if w.head_buf is w.data and self.resp_mode == M_RAW and self.eng.h_resp_body is None:
+                self.pend_data = w.data
+                self.pend_off = m.msg_start
+                self.pend_len = m.head_len
+            elif m.msg_start == 0 and m.head_len == PyBytes_GET_SIZE(w.head_buf):
                 self._write_ds(w.head_buf)
             else:
                 self._write_ds(PyBytes_FromStringAndSize(w.head_base + m.msg_start, m.head_len))
@@ -2228,6 +2297,7 @@ cdef class Session:
     cdef void _resp_end_done(self):
         if self.finished or self.resp_done:
             return
+        self._flush_pending()
         if self.resp_mode == M_CHUNKED and not self.ds_gone:
             self._write_ds(_LAST_CHUNK)
         self.resp_done = True
@@ -2254,6 +2324,18 @@ cdef class Session:
         else:
             u._close()
 
+    cdef void _flush_pending(self):
+        """Write the held-back slice of the upstream's bytes (see
+        _send_resp_head)."""
+        cdef object d = self.pend_data
+        if d is None:
+            return
+        self.pend_data = None
+        if self.pend_off == 0 and self.pend_len == <size_t>PyBytes_GET_SIZE(d):
+            self._write_ds(d)
+        else:
+            self._write_ds(PyBytes_FromStringAndSize(PyBytes_AS_STRING(d) + self.pend_off, self.pend_len))
+
     cdef void _write_ds(self, object data):
         if self.ds is not None and not self.ds_gone and not self.ds.closed:
             self.ds.transport.write(data)
@@ -2272,6 +2354,7 @@ cdef class Session:
             eng.log.warning("sluiceway: %d for %s %s from %s: %s", err.status,
                             self.req_header._method, self.req_header.uri,
                             _fmt_addr(self.client_addr), err.message)
+        self._flush_pending()
         self._release_upstream(False)
         if self.ds is not None:
             self.ds.blocked = True
