@@ -324,6 +324,7 @@ cdef class Session:
     cdef bint resp_hooks
     cdef int resp_mode
     cdef object pend_data       # upstream bytes held back to write in one go
+    cdef object pend_prefix     # a rebuilt head to write before them
     cdef size_t pend_off
     cdef size_t pend_len
     cdef double t_start
@@ -360,3 +361,4 @@ cdef class Session:
     cdef void _connect(self, bint force_new)
     cdef void _write_ds(self, object data)
     cdef void _flush_pending(self)
+    cdef void _head_out(self, bytes head, _Wire w)

@@ -2166,7 +2166,7 @@ cdef class Session:
         else:
             status = m.status_code
         if rs is not None and rs.headers._items is not None:
-            self._write_ds(self._resp_head_from_items(rs, keep))
+            self._head_out(self._resp_head_from_items(rs, keep), w)
             self.resp_started = True
             self.client_keep = keep
             return
@@ -2213,7 +2213,7 @@ cdef class Session:
             elif self.req_header._minor == 0:
                 memcpy(o, b"Connection: keep-alive\r\n", 24); o += 24
             o[0] = b'\r'; o[1] = b'\n'; o += 2
-            self._write_ds(PyBytes_FromStringAndSize(out, o - out))
+            self._head_out(PyBytes_FromStringAndSize(out, o - out), w)
         self.resp_started = True
 
     cdef bytes _resp_head_from_items(self, ResponseHeader rs, bint keep):
@@ -2324,17 +2324,39 @@ cdef class Session:
         else:
             u._close()
 
+    cdef void _head_out(self, bytes head, _Wire w):
+        """Send a rebuilt response head, or hold it back so that body bytes
+        following it in the same buffer go out in the same (vectored) write."""
+        if w.head_buf is w.data and self.resp_mode == M_RAW and self.eng.h_resp_body is None:
+            self.pend_prefix = head
+            self.pend_data = w.data
+            self.pend_off = w.m.msg_start + w.m.head_len
+            self.pend_len = 0
+        else:
+            self._write_ds(head)
+
     cdef void _flush_pending(self):
-        """Write the held-back slice of the upstream's bytes (see
+        """Write the held-back head and slice of the upstream's bytes (see
         _send_resp_head)."""
         cdef object d = self.pend_data
+        cdef object prefix = self.pend_prefix
         if d is None:
             return
         self.pend_data = None
-        if self.pend_off == 0 and self.pend_len == <size_t>PyBytes_GET_SIZE(d):
-            self._write_ds(d)
+        self.pend_prefix = None
+        if self.pend_len == 0:
+            body = None
+        elif self.pend_off == 0 and self.pend_len == <size_t>PyBytes_GET_SIZE(d):
+            body = d
         else:
-            self._write_ds(PyBytes_FromStringAndSize(PyBytes_AS_STRING(d) + self.pend_off, self.pend_len))
+            body = PyBytes_FromStringAndSize(PyBytes_AS_STRING(d) + self.pend_off, self.pend_len)
+        if prefix is None:
+            if body is not None:
+                self._write_ds(body)
+        elif body is None:
+            self._write_ds(prefix)
+        elif self.ds is not None and not self.ds_gone and not self.ds.closed:
+            self.ds.transport.writelines((prefix, body))
 
     cdef void _write_ds(self, object data):
         if self.ds is not None and not self.ds_gone and not self.ds.closed:
