@@ -248,6 +248,7 @@ cdef class _Downstream:
     cdef bint rejected          # over max_connections: answered 503, closing
 
     cdef void _process(self)
+    cdef object _addr(self)
     cdef void _pause_read(self, int why)
     cdef void _resume_read(self, int why)
     cdef void _request_done(self, bint keep)
@@ -289,7 +290,7 @@ cdef class _Upstream:
 
 cdef class Session:
     cdef readonly RequestHeader req_header
-    cdef readonly object client_addr
+    cdef object _client_addr
     cdef readonly object ctx
     cdef readonly object peer
     cdef readonly object error

@@ -1047,7 +1047,6 @@ cdef class _Downstream:
             return
         eng.conns.add(self)
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
-        self.client_addr = transport.get_extra_info("peername")
         # The parser is taken from the engine's free list when bytes arrive
         # and given back while the connection idles (see _request_done).
         self.w = None
@@ -1096,6 +1095,13 @@ cdef class _Downstream:
         if self.cur is not None and self.cur.us is not None:
             self.cur.us._resume_read(R_PEER_FULL)
             self.cur.us._process()
+
+    cdef object _addr(self):
+        """The client's address, asked of the transport on first use (an
+        idle connection keeps no address objects)."""
+        if self.client_addr is None and self.transport is not None:
+            self.client_addr = self.transport.get_extra_info("peername")
+        return self.client_addr
 
     cdef void _pause_read(self, int why):
         if self.read_pause == 0 and not self.closed:
@@ -1224,7 +1230,7 @@ cdef class _Downstream:
         reason = (<bytes>m.err_reason).decode("utf-8", "replace") if m.err_reason != NULL else "malformed request"
         if self.eng.log.isEnabledFor(logging.INFO):
             self.eng.log.info("sluiceway: %d from client %s: %s (at byte %d of the buffered data)",
-                              status, _fmt_addr(self.client_addr), reason, m.err_offset)
+                              status, _fmt_addr(self._addr()), reason, m.err_offset)
         cdef Session s
         if self.cur is not None:
             # A malformed body of a request in progress.
@@ -1247,7 +1253,7 @@ cdef class _Downstream:
         elif kind == DL_HEAD:
             if self.eng.log.isEnabledFor(logging.INFO):
                 self.eng.log.info("sluiceway: closing client %s: no complete request head within "
-                                  "%.3gs (head_timeout)", _fmt_addr(self.client_addr), self.eng.head_timeout)
+                                  "%.3gs (head_timeout)", _fmt_addr(self._addr()), self.eng.head_timeout)
             if self.w is not None and self.w.unread() > 0:
                 self.transport.write(_simple_response(408, b"408 Request Timeout\n", False))
             self._close()
@@ -1509,7 +1515,6 @@ cdef class Session:
         s.req_header = rq
         s.eng = ds.eng
         s.ds = ds
-        s.client_addr = ds.client_addr
         s.t_start = sw_now()
         ds.eng.inflight += 1
         s.client_keep = m.keep_alive and not m.upgrade
@@ -1556,6 +1561,13 @@ cdef class Session:
         """Write a small error response with the standard reason phrase."""
         self.respond(status, [("content-type", "text/plain")],
                      f"{status} {(<bytes>sw_reason(status)).decode()}\n")
+
+    @property
+    def client_addr(self):
+        """The client's address: ``(host, port)`` for TCP."""
+        if self._client_addr is None and self.ds is not None:
+            self._client_addr = self.ds._addr()
+        return self._client_addr
 
     @property
     def response_written(self):
@@ -1977,7 +1989,8 @@ cdef class Session:
         if reframe:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         if self.eng.forwarded:
-            client = self.client_addr[0] if isinstance(self.client_addr, tuple) else "unix"
+            addr = self.client_addr
+            client = addr[0] if isinstance(addr, tuple) else "unix"
             prior = hm.getall("x-forwarded-for")
             xff = ", ".join(prior + [client]) if prior else client
             parts.append(b"X-Forwarded-For: " + _as_value(xff) + _CRLF)
