@@ -394,3 +394,60 @@ def test_truthy_ctx_without_request_filter_is_proxied():
             return HttpPeer(("127.0.0.1", self.port))
     with Harness(Ctx()) as h:
         assert httpx.get(h.url + "/").content == b"hello"
+
+
+class BodyReader(ProxyHttp):
+    """request_filter reads the whole body; rejects bodies containing 'evil'."""
+    port = None
+
+    async def request_filter(self, session, ctx):
+        parts = []
+        while True:
+            chunk = await session.read_request_body()
+            if chunk is None:
+                break
+            parts.append(bytes(chunk))
+        body = b"".join(parts)
+        ctx_body_len = len(body)
+        if b"evil" in body:
+            session.respond(403, None, b"no evil\n")
+            return True
+        assert ctx_body_len == session.request_body_bytes
+        return False
+
+    def upstream_peer(self, session, ctx):
+        return HttpPeer(("127.0.0.1", self.port))
+
+
+def test_read_request_body_in_request_filter_then_forward():
+    with Harness(BodyReader()) as h:
+        with httpx.Client(base_url=h.url) as c:
+            big = b"0123456789" * 50000
+            r = c.post("/echo", content=big)
+            assert r.status_code == 200 and r.content == big
+            assert c.post("/echo", content=b"so evil").status_code == 403
+            # the connection stays usable: the whole body was read
+            assert c.get("/").content == b"hello"
+            def gen():
+                yield b"a" * 1000
+                yield b"b" * 1000
+            assert c.post("/echo", content=gen()).content == b"a" * 1000 + b"b" * 1000
+            assert c.get("/").content == b"hello"
+
+
+def test_read_request_body_with_expect_continue():
+    import socket
+    from proxy_harness import count_responses
+    with Harness(BodyReader()) as h:
+        s = socket.create_connection(("127.0.0.1", h.port), timeout=5)
+        try:
+            s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+            assert s.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            s.sendall(b"good")
+            buf = b""
+            while count_responses(buf) < 1:
+                buf += s.recv(65536)
+            assert buf.startswith(b"HTTP/1.1 200") and buf.endswith(b"good")
+            assert b"100 Continue" not in buf
+        finally:
+            s.close()

@@ -321,6 +321,9 @@ cdef class Session:
     cdef bint head_request
     cdef bint retried_reused
     cdef bint counted_out
+    cdef list prefetched        # body chunks read by a hook before forwarding
+    cdef bint prefetch_end
+    cdef object body_waiter
     cdef bint body_filter_up
     cdef bint resp_hooks
     cdef int resp_mode
@@ -361,5 +364,6 @@ cdef class Session:
     cdef void _us_lost(self, object exc)
     cdef void _connect(self, bint force_new)
     cdef void _write_ds(self, object data)
+    cdef void _wake_reader(self, object chunk)
     cdef void _flush_pending(self)
     cdef void _head_out(self, bytes head, _Wire w)

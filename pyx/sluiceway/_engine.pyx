@@ -1543,7 +1543,7 @@ cdef class Session:
             body = body.encode("utf-8")
         if isinstance(headers, dict):
             headers = list(headers.items())
-        if self.req_has_body and not self.req_body_done:
+        if self.req_has_body and not self.req_body_done and not self.prefetch_end:
             self.client_keep = False  # the unread body would be taken for a request
         keep = self.client_keep and not self.eng.closing
         if not keep:
@@ -1561,6 +1561,41 @@ cdef class Session:
         """Write a small error response with the standard reason phrase."""
         self.respond(status, [("content-type", "text/plain")],
                      f"{status} {(<bytes>sw_reason(status)).decode()}\n")
+
+    async def read_request_body(self):
+        """Read the next chunk of the request body (for hooks that run
+        before the request goes upstream, e.g. ``request_filter``).
+
+        Returns:
+            bytes, or None at the end of the body (at once for a request
+            without a body). Chunks read here are still sent upstream, first,
+            through ``request_body_filter``.
+        Raises:
+            RuntimeError: after the request head went upstream (the body is
+                then streamed; use ``request_body_filter``).
+        """
+        if self.up_head_sent:
+            raise RuntimeError("read_request_body() is for hooks that run before the request is "
+                               "sent upstream; use request_body_filter to see the streamed body")
+        if not self.req_has_body or self.prefetch_end or self.finished or self.ds is None:
+            return None
+        if self.body_waiter is not None:
+            raise RuntimeError("read_request_body() is already waiting for a chunk")
+        if not self.sent_100:
+            ex = self.req_header.headers._get("expect", None)
+            if ex is not None and ex.lower() == "100-continue" and self.req_header._minor == 1:
+                self.sent_100 = True
+                self._write_ds(_CONTINUE)
+        fut = self.eng.loop.create_future()
+        self.body_waiter = fut
+        self.ds._unblock()
+        return await fut
+
+    cdef void _wake_reader(self, object chunk):
+        cdef object fut = self.body_waiter
+        self.body_waiter = None
+        if fut is not None and not fut.done():
+            fut.set_result(chunk)
 
     @property
     def client_addr(self):
@@ -1755,6 +1790,8 @@ cdef class Session:
                 if self.pending_end:
                     self.pending_end = False
                     self._req_end_done()
+                elif self.prefetch_end and not self.req_body_done:
+                    self._on_req_end()
                 elif not self.finished and self.ds is not None:
                     self.ds._unblock()
                 return
@@ -1977,6 +2014,17 @@ cdef class Session:
         elif self.expect_100 and not self.sent_100:
             self.sent_100 = True
             self._write_ds(_CONTINUE)
+        if self.prefetched is not None:
+            # Chunks a hook already read go first.
+            chunk = b"".join(self.prefetched)
+            self.prefetched = None
+            self.request_body_bytes -= len(chunk)
+            self._on_req_body(chunk)
+            if self.finished or self.hook_task is not None:
+                return  # a pending body filter resumes in S_REQ_BODY_DONE
+        if self.prefetch_end:
+            self._on_req_end()
+            return
         # Let the client's body (or the END of a bodyless request) through.
         self.ds._unblock()
 
@@ -2047,6 +2095,16 @@ cdef class Session:
             self._fail(Error(f"request body over max_body_size ({self.eng.max_body_size} bytes)",
                              status=413, source=DOWNSTREAM))
             return
+        if not self.up_head_sent:
+            # A hook is reading the body (read_request_body): keep the chunk
+            # for the upstream and hand it over.
+            if self.prefetched is None:
+                self.prefetched = []
+            self.prefetched.append(chunk)
+            if self.ds is not None:
+                self.ds.blocked = True
+            self._wake_reader(chunk)
+            return
         if self.eng.h_req_body is not None:
             self.pending_chunk = chunk
             self.pending_end = False
@@ -2082,6 +2140,13 @@ cdef class Session:
         if self.req_body_done:
             if self.ds is not None:
                 self.ds.blocked = True
+            return
+        if not self.up_head_sent:
+            # read_request_body() reached the end of the body.
+            self.prefetch_end = True
+            if self.ds is not None:
+                self.ds.blocked = True
+            self._wake_reader(None)
             return
         if self.eng.h_req_body is not None and self.req_has_body:
             self.pending_chunk = None
@@ -2483,7 +2548,7 @@ cdef class Session:
                                self.response_body_bytes, (self.t_end - self.t_start) * 1000.0,
                                self.peer, " reused" if self.upstream_reused else "")
         keep = self.client_keep and self.resp_done and not self.ds_gone
-        if self.req_has_body and not self.req_body_done:
+        if self.req_has_body and not self.req_body_done and not self.prefetch_end:
             keep = False
         self.ds = None
         self.resp = None
