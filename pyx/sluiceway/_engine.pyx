@@ -896,8 +896,8 @@ cdef class _Engine:
         self.max_url = max_url_size
         self.max_headers = max_headers
         self.pool = _pool_for(self.loop, pool_size, pool_idle_timeout)
-        self.log = error_log
-        self.alog = access_log
+        self.log = logging.getLogger("sluiceway.error")
+        self.alog = logging.getLogger("sluiceway.access")  # (the access_log argument is a bool)
 
         def hook(name):
             fn = getattr(type(app), name, None)
