@@ -48,7 +48,6 @@ def test_unix_sockets_downstream_and_upstream(tmp_path):
             loop = asyncio.get_running_loop()
             origin.server = await loop.create_unix_server(lambda: _OriginProto(origin), up_path)
         h.call(start())
-        h.svc.add_uds(down_path)
         # a second listener on the running service
         async def listen():
             from sluiceway.server import ProxyService

@@ -359,6 +359,7 @@ cdef class Session:
     cdef void _fail(self, object err)
     cdef void _finish(self)
     cdef void _final(self)
+    cdef void _access_line(self)
     cdef void _release_upstream(self, bint reuse)
     cdef void _ds_lost(self, object exc)
     cdef void _us_lost(self, object exc)

@@ -2535,6 +2535,16 @@ cdef class Session:
                 return  # _hook_done / _hook_failed call _final
         self._final()
 
+    cdef void _access_line(self):
+        try:
+            self.eng.alog.info('%s "%s %s HTTP/%s" %d %d %.3fms upstream=%s%s',
+                               _fmt_addr(self.client_addr), self.req_header._method,
+                               self.req_header.uri, self.req_header.version, self.status,
+                               self.response_body_bytes, (self.t_end - self.t_start) * 1000.0,
+                               self.peer, " reused" if self.upstream_reused else "")
+        except Exception:
+            self.eng.log.exception("sluiceway: could not write the access log line")
+
     cdef void _final(self):
         cdef _Downstream ds = self.ds
         self.finished = True
@@ -2542,11 +2552,7 @@ cdef class Session:
             self.counted_out = True
             self.eng.inflight -= 1
         if self.eng.access_log and self.eng.alog.isEnabledFor(logging.INFO):
-            self.eng.alog.info('%s "%s %s HTTP/%s" %d %d %.3fms upstream=%s%s',
-                               _fmt_addr(self.client_addr), self.req_header._method,
-                               self.req_header.uri, self.req_header.version, self.status,
-                               self.response_body_bytes, (self.t_end - self.t_start) * 1000.0,
-                               self.peer, " reused" if self.upstream_reused else "")
+            self._access_line()
         keep = self.client_keep and self.resp_done and not self.ds_gone
         if self.req_has_body and not self.req_body_done and not self.prefetch_end:
             keep = False
