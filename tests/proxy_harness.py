@@ -62,8 +62,24 @@ class _OriginProto(asyncio.Protocol):
         self.origin.open.discard(self)
 
     def data_received(self, data):
+        if getattr(self, "echo", False):
+            self.t.write(data)  # after a protocol switch: echo
+            return
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # /ws: switch to an echo protocol; bytes after the head are echoed.
+            if not self.url.startswith(b"/ws"):
+                self.t.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+                self.t.close()
+                return
+            self.echo = True
+            up = dict((n.lower(), v) for n, v in self.headers).get("upgrade", "echo")
+            self.t.write(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: {up}\r\n"
+                         "Connection: Upgrade\r\n\r\n".encode())
+            rest = data[exc.args[0]:]
+            if rest:
+                self.t.write(rest)
         except httptools.HttpParserError:
             self.t.close()
 
@@ -88,7 +104,7 @@ class _OriginProto(asyncio.Protocol):
         self.body += b
 
     def on_message_complete(self):
-        if self.answered:
+        if self.answered or self.parser.should_upgrade():
             return
         asyncio.ensure_future(self._answer(self.url, self.headers, bytes(self.body),
                                            self.parser.get_method().decode(),

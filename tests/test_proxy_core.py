@@ -208,3 +208,40 @@ def test_reused_connection_failure_is_retried_on_new_connection():
         # a new one (never more).
         assert h.origin.requests == 4
         assert h.pool_stats()["created"] == 3
+
+
+def test_upgrade_tunnel_websocket_style(h):
+    s = socket.create_connection(("127.0.0.1", h.port), timeout=5)
+    try:
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\nfirst")
+        buf = b""
+        while b"first" not in buf:
+            buf += s.recv(65536)
+        head = buf.split(b"\r\n\r\n")[0].lower()
+        assert head.startswith(b"http/1.1 101")
+        assert b"upgrade: echo" in head and b"connection: upgrade" in head
+        for i in range(20):
+            msg = b"message-%d" % i
+            s.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                got += s.recv(65536)
+            assert got == msg
+    finally:
+        s.close()
+    # the tunnel's upstream connection is closed, never pooled
+    deadline = time.monotonic() + 3
+    while h.engine().active_requests() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert h.engine().active_requests() == 0
+
+
+def test_upgrade_refused_by_upstream_is_a_normal_response(h):
+    out = raw(h.port, b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"hello")
+    assert b"Connection: close" in out
+
+
+def test_connect_method_is_405(h):
+    out = raw(h.port, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 405")

@@ -246,6 +246,7 @@ cdef class _Downstream:
     cdef int nreq
     cdef bint discard_body      # body bytes of a finished request are dropped
     cdef bint rejected          # over max_connections: answered 503, closing
+    cdef bint tunnel            # after a protocol switch: bytes are copied
 
     cdef void _process(self)
     cdef object _addr(self)
@@ -272,6 +273,7 @@ cdef class _Upstream:
     cdef bint blocked
     cdef bint in_process
     cdef bint in_1xx
+    cdef bint tunnel
     cdef bint write_paused
     cdef int read_pause
     cdef double deadline
@@ -321,6 +323,9 @@ cdef class Session:
     cdef bint head_request
     cdef bint retried_reused
     cdef bint counted_out
+    cdef bint want_upgrade      # the client asked to switch protocols
+    cdef bint upgrading         # the upstream answered 101
+    cdef bint tunneling
     cdef list prefetched        # body chunks read by a hook before forwarding
     cdef bint prefetch_end
     cdef object body_waiter
@@ -367,4 +372,5 @@ cdef class Session:
     cdef void _write_ds(self, object data)
     cdef void _wake_reader(self, object chunk)
     cdef void _flush_pending(self)
+    cdef void _start_tunnel(self)
     cdef void _head_out(self, bytes head, _Wire w)

@@ -1060,6 +1060,11 @@ cdef class _Downstream:
         if self.rejected:
             self._close()
             return
+        if self.tunnel:
+            if self.cur is not None and self.cur.us is not None and not self.cur.us.closed:
+                self.cur.request_body_bytes += len(data)
+                self.cur.us.transport.write(data)
+            return
         if self.dl_kind == DL_IDLE:
             self.deadline = sw_now() + self.eng.head_timeout if self.eng.head_timeout > 0 else 0.0
             self.dl_kind = DL_HEAD
@@ -1118,7 +1123,7 @@ cdef class _Downstream:
         cdef int ev
         cdef Session s
         cdef _Engine eng = self.eng
-        if self.in_process or self.closed or self.w is None:
+        if self.in_process or self.closed or self.w is None or self.tunnel:
             return
         self.in_process = True
         try:
@@ -1130,6 +1135,11 @@ cdef class _Downstream:
                     break
                 if ev == SW_EV_HEAD:
                     if self.eng.closing and self.nreq > 0:
+                        self._close()
+                        break
+                    if self.w.m.method == 5:  # CONNECT: not for a reverse proxy
+                        self.transport.write(_simple_response(
+                            405, b"405 Method Not Allowed: CONNECT is not supported\n", False))
                         self._close()
                         break
                     self.blocked = True
@@ -1305,6 +1315,11 @@ cdef class _Upstream:
     def data_received(self, data):
         if self.closed:
             return
+        if self.tunnel:
+            if self.s is not None and self.s.ds is not None and not self.s.ds.closed:
+                self.s.response_body_bytes += len(data)
+                self.s.ds.transport.write(data)
+            return
         if self.s is None:
             # Bytes on an idle connection: the peer is confused; never reuse.
             self.reusable = False
@@ -1320,6 +1335,8 @@ cdef class _Upstream:
     def eof_received(self):
         cdef int ev
         self.reusable = False
+        if self.tunnel:
+            return False
         if self.s is not None and not self.closed:
             self._process()
             if self.s is not None and not self.blocked:
@@ -1385,7 +1402,7 @@ cdef class _Upstream:
     cdef void _process(self):
         cdef int ev
         cdef Session s
-        if self.in_process or self.closed:
+        if self.in_process or self.closed or self.tunnel:
             return
         self.in_process = True
         try:
@@ -1400,6 +1417,13 @@ cdef class _Upstream:
                     if 100 <= self.w.m.status_code < 200 and self.w.m.status_code != 101:
                         self.in_1xx = True
                         continue
+                    if self.w.m.status_code == 101:
+                        self.reusable = False
+                        if not s.want_upgrade:
+                            s._fail(Error(f"upstream {self.peer} switched protocols (101) for a "
+                                          "request that did not ask to upgrade", status=502, source=UPSTREAM))
+                            break
+                        s.upgrading = True
                     s._on_resp_head(self.w)
                 elif ev == SW_EV_BODY:
                     if s.pend_data is not None and s.pend_data is self.w.data and \
@@ -1413,15 +1437,19 @@ cdef class _Upstream:
                     if self.in_1xx:
                         self.in_1xx = False
                         continue
+                    if s.upgrading:
+                        continue  # the UPGRADE event follows
                     if self.w.unread() > 0:
                         self.reusable = False  # bytes after the response
                     s._on_resp_end()
                     break
                 elif ev == SW_EV_UPGRADE:
                     self.reusable = False
-                    s._fail(Error(f"upstream {self.peer} switched protocols (status "
-                                  f"{self.w.m.status_code}); upgrades are not proxied",
-                                  status=502, source=UPSTREAM))
+                    if s.upgrading and s.resp_started:
+                        s._start_tunnel()
+                    else:
+                        s._fail(Error(f"upstream {self.peer} switched protocols (status "
+                                      f"{self.w.m.status_code}) unasked", status=502, source=UPSTREAM))
                     break
                 else:
                     self.reusable = False
@@ -1518,6 +1546,7 @@ cdef class Session:
         s.t_start = sw_now()
         ds.eng.inflight += 1
         s.client_keep = m.keep_alive and not m.upgrade
+        s.want_upgrade = m.upgrade and mi != 5  # 5: CONNECT in llhttp
         s.req_has_body = m.chunked or (m.has_content_length and m.content_length > 0)
         s.head_request = mi == 2  # HTTP_HEAD in llhttp
         s.body_filter_up = ds.eng.h_req_body is not None
@@ -1983,7 +2012,8 @@ cdef class Session:
             flags = sw_hop_mark(hm._base, hm._h, hm._n, drop, extra)
             self.expect_100 = (flags & SW_F_EXPECT_100) != 0 and rq._minor == 1
             if not (flags & SW_F_DROPPED) and rq._minor == 1 and (flags & SW_F_HOST) \
-                    and not eng.forwarded and not rq._edited_line and not self.expect_100:
+                    and not eng.forwarded and not rq._edited_line and not self.expect_100 \
+                    and not self.want_upgrade:
                 # Untouched: forward the received head as it is.
                 if rq._head.off == 0 and rq._head.len == PyBytes_GET_SIZE(rq._buf):
                     head = rq._buf
@@ -2036,6 +2066,10 @@ cdef class Session:
             parts.append(b"Host: " + (<HttpPeer>self.peer)._host_hdr() + _CRLF)
         if reframe:
             parts.append(b"Transfer-Encoding: chunked\r\n")
+        if self.want_upgrade:
+            i = hm._find(b"upgrade", 0)
+            if i >= 0:
+                parts.append(b"Connection: upgrade\r\nUpgrade: " + hm._value_at(i) + _CRLF)
         if self.eng.forwarded:
             addr = self.client_addr
             client = addr[0] if isinstance(addr, tuple) else "unix"
@@ -2279,14 +2313,22 @@ cdef class Session:
                 reason = rs._reason
             else:
                 reason = PyBytes_FromStringAndSize(w.head_base + m.reason.off, m.reason.len)
-            need = 64 + len(reason) + sw_fields_size(hh, nh) + 64
+            upgrade_lines = b""
+            if self.upgrading:
+                ui = sw_find(base, hh, nh, b"upgrade", 7, 0)
+                if ui >= 0:
+                    upgrade_lines = b"Connection: upgrade\r\nUpgrade: " + PyBytes_FromStringAndSize(
+                        base + hh[ui].value.off, hh[ui].value.len) + _CRLF
+            need = 64 + len(reason) + sw_fields_size(hh, nh) + 64 + len(upgrade_lines)
             out = _need_scratch(need)
             o = out
             o += sw_write_status_line(o, status, PyBytes_AS_STRING(reason), len(reason))
             o += sw_write_fields(o, base, hh, nh, drop)
             if self.resp_mode == M_CHUNKED:
                 memcpy(o, b"Transfer-Encoding: chunked\r\n", 28); o += 28
-            if not keep:
+            if self.upgrading:
+                memcpy(o, PyBytes_AS_STRING(upgrade_lines), len(upgrade_lines)); o += len(upgrade_lines)
+            elif not keep:
                 memcpy(o, b"Connection: close\r\n", 19); o += 19
             elif self.req_header._minor == 0:
                 memcpy(o, b"Connection: keep-alive\r\n", 24); o += 24
@@ -2313,7 +2355,11 @@ cdef class Session:
             parts.append(n + b": " + v + _CRLF)
         if self.resp_mode == M_CHUNKED:
             parts.append(b"Transfer-Encoding: chunked\r\n")
-        if not keep:
+        if self.upgrading:
+            i = rs.headers._find(b"upgrade", 0)
+            if i >= 0:
+                parts.append(b"Connection: upgrade\r\nUpgrade: " + rs.headers._value_at(i) + _CRLF)
+        elif not keep:
             parts.append(b"Connection: close\r\n")
         elif self.req_header._minor == 0:
             parts.append(b"Connection: keep-alive\r\n")
@@ -2413,6 +2459,33 @@ cdef class Session:
         else:
             self._write_ds(head)
 
+    cdef void _start_tunnel(self):
+        """The upstream switched protocols (101): from now on bytes are
+        copied both ways until either side closes."""
+        cdef _Upstream u = self.us
+        cdef _Downstream ds = self.ds
+        cdef _Wire w
+        if u is None or ds is None or self.ds_gone or ds.closed:
+            self._fail(Error("client went away during the protocol switch", status=400, source=DOWNSTREAM))
+            return
+        self._flush_pending()
+        self.tunneling = True
+        u.tunnel = True
+        ds.tunnel = True
+        u.deadline = 0.0
+        u.dl_kind = DL_NONE
+        if ds.dl_kind != DL_TOTAL:
+            ds.deadline = 0.0
+            ds.dl_kind = DL_NONE
+        w = u.w
+        if w.data is not None and w.pos < w.dlen:
+            ds.transport.write(w.data[w.pos:])
+        w = ds.w
+        if w is not None and not w.carrying and w.data is not None and w.pos < w.dlen:
+            u.transport.write(w.data[w.pos:])
+            w.pos = w.dlen
+        ds._resume_read(R_BUFFERED)
+
     cdef void _flush_pending(self):
         """Write the held-back head and slice of the upstream's bytes (see
         _send_resp_head)."""
@@ -2480,6 +2553,13 @@ cdef class Session:
         cdef _Upstream u = self.us
         if self.finished or u is None:
             return
+        if self.tunneling:
+            # The upstream ended the tunnel: a normal end.
+            self.resp_done = True
+            self.client_keep = False
+            self._release_upstream(False)
+            self._finish()
+            return
         if self.resp_started and self.resp_mode == M_CLOSE and not self.resp_done:
             # Close-delimited body: handled by eof_received/finish.
             pass
@@ -2509,7 +2589,9 @@ cdef class Session:
             return
         self.ds_gone = True
         self.client_keep = False
-        if self.error is None:
+        if self.tunneling and exc is None:
+            self.resp_done = True  # the client ended the tunnel: a normal end
+        elif self.error is None:
             self.error = Error("client closed the connection before the response was complete"
                                + (f" ({exc})" if exc is not None else ""),
                                status=400, source=DOWNSTREAM)
