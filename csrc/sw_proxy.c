@@ -1,7 +1,6 @@
 /* sw_proxy.c: see sw_proxy.h. */
 #include "sw_proxy.h"
 
-#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -192,13 +191,17 @@ const char *sw_reason(int status)
 
 size_t sw_write_status_line(char *out, int status, const char *reason, size_t rlen)
 {
-    int k;
+    size_t k = 13;
     if (status < 100 || status > 999) status = 500;
-    k = snprintf(out, 32, "HTTP/1.1 %03d ", status);
+    memcpy(out, "HTTP/1.1 ", 9);
+    out[9] = (char)('0' + status / 100);
+    out[10] = (char)('0' + status / 10 % 10);
+    out[11] = (char)('0' + status % 10);
+    out[12] = ' ';
     memcpy(out + k, reason, rlen);
     out[k + rlen] = '\r';
     out[k + rlen + 1] = '\n';
-    return (size_t)k + rlen + 2;
+    return k + rlen + 2;
 }
 
 size_t sw_chunk_header(char *out, uint64_t n)

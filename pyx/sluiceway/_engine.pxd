@@ -185,7 +185,6 @@ cdef class _Engine:
     cdef object app
     cdef _Pool pool
     cdef set conns
-    cdef set busy
     cdef object timer
     cdef double tick
     cdef public bint closing

@@ -877,7 +877,6 @@ cdef class _Engine:
         self.loop = loop if loop is not None else asyncio.get_event_loop()
         self.app = app
         self.conns = set()
-        self.busy = set()
         self.wires = []
         self.head_timeout = head_timeout
         self.keepalive_timeout = keepalive_timeout
@@ -963,9 +962,17 @@ cdef class _Engine:
             for d in list(self.conns):
                 if d.deadline and now >= d.deadline:
                     d._timeout(now)
-            for u in list(self.busy):
-                if u.deadline and now >= u.deadline:
-                    u._timeout(now)
+                elif d.dl_kind == DL_IDLE and d.w is not None and d.w.unread() == 0 and \
+                        not d.w.carrying and not d.discard_body and not d.closed:
+                    # Idle since the last tick: its parser goes back to the
+                    # free list (an idle keep-alive connection holds none).
+                    self._give_wire(d.w)
+                    d.w = None
+            for d in list(self.conns):
+                if d.cur is not None and d.cur.us is not None:
+                    u = d.cur.us
+                    if u.deadline and now >= u.deadline:
+                        u._timeout(now)
             self.pool.sweep(now)
         except BaseException:
             self.log.exception("sluiceway: error in the timeout sweep (this is a bug)")
@@ -1212,13 +1219,7 @@ cdef class _Downstream:
             self.dl_kind = DL_IDLE
         self.blocked = False
         self._resume_read(R_BUFFERED | R_PEER_FULL)
-        if self.w.unread() == 0 and not self.w.carrying and \
-                not self.discard_body and not self.in_process:
-            # Idle: the parser goes back to the free list (an idle
-            # keep-alive connection then holds no parser memory).
-            self.eng._give_wire(self.w)
-            self.w = None
-        elif self.w.unread() > 0 and not self.in_process:
+        if self.w.unread() > 0 and not self.in_process:
             # Pipelined bytes: parse them on the next loop iteration, not
             # deep inside the upstream's callback.
             self.eng.loop.call_soon(self._kick)
@@ -1352,7 +1353,6 @@ cdef class _Upstream:
         self.closed = True
         self.reusable = False
         self.eng.pool.closed += 1
-        self.eng.busy.discard(self)
         if self.idle:
             self.eng.pool.drop(self)
         if self.s is not None:
@@ -1927,7 +1927,6 @@ cdef class Session:
         u.nreq += 1
         u.deadline = 0.0
         u.dl_kind = DL_NONE
-        self.eng.busy.add(u)
         API.set_skip_body(u.w.p, self.head_request)
 
     async def _open(self, HttpPeer peer):
@@ -2439,7 +2438,6 @@ cdef class Session:
             return
         self.us = None
         u.s = None
-        self.eng.busy.discard(u)
         if u.read_pause & (R_PEER_FULL | R_BUFFERED):
             u._resume_read(R_PEER_FULL | R_BUFFERED)
         u.blocked = False
@@ -2569,7 +2567,6 @@ cdef class Session:
             self.retried_reused = True
             self.us = None
             u.s = None
-            self.eng.busy.discard(u)
             self.up_head_sent = False
             self._connect(True)
             return
