@@ -1081,7 +1081,9 @@ cdef class _Downstream:
         self._process()
 
     def eof_received(self):
-        # A client that half-closes is done with us.
+        # As nginx does (without proxy_ignore_client_abort): a client that
+        # shuts down its side has abandoned the request; the upstream request
+        # is aborted and the connection closed.
         return False
 
     def connection_lost(self, exc):
