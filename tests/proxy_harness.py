@@ -17,6 +17,10 @@ The origin is written with httptools (not our parser) and behaves by path:
     /drop             closes without answering
     /debug            200 with an X-Debug header
     /conn-close       200 "bye" with Connection: close
+    /ws (Upgrade)     101, then echoes every byte
+
+Set SLUICEWAY_TEST_LOOP=asyncio to run the in-process suites on the stdlib
+loop (the reference) instead of uvloop.
 """
 
 from __future__ import annotations
@@ -179,6 +183,13 @@ class _OriginProto(asyncio.Protocol):
             send(200, [("Content-Type", "text/plain")], b"hello")
 
 
+def new_loop():
+    """uvloop, or the stdlib loop (the reference) with SLUICEWAY_TEST_LOOP=asyncio."""
+    if os.environ.get("SLUICEWAY_TEST_LOOP") == "asyncio":
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class Origin:
     def __init__(self):
         self.connections = 0
@@ -217,7 +228,7 @@ class Harness:
         kw = dict(upstream_read_timeout_seconds=5.0, upstream_connect_timeout_seconds=2.0)
         kw.update(conf_kw)
         self.conf = conf or ServerConf(**kw)
-        self.loop = uvloop.new_event_loop()
+        self.loop = new_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def call(self, coro, timeout=10):

@@ -138,3 +138,20 @@ def test_http_peer_validation():
     p = HttpPeer("10.0.0.1:8080")
     assert (p.host, p.port, p.reuse_key) == ("10.0.0.1", 8080, ("10.0.0.1", 8080, False, "10.0.0.1"))
     assert HttpPeer("unix:/tmp/x.sock").reuse_key == ("unix", "/tmp/x.sock")
+
+
+def test_in_process_suites_pass_on_the_stdlib_loop():
+    """The engine is written against asyncio's protocol interface: the same
+    end-to-end suites pass on the stdlib loop (the reference) as on uvloop."""
+    if os.environ.get("SLUICEWAY_TEST_LOOP") == "asyncio":
+        pytest.skip("already running on the stdlib loop")
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, SLUICEWAY_TEST_LOOP="asyncio")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          os.path.join(here, "test_proxy_core.py"),
+                          os.path.join(here, "test_proxy_hooks.py"),
+                          os.path.join(here, "test_proxy_errors.py")],
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
