@@ -174,3 +174,20 @@ def test_demo_command_prints_url_and_serves():
                                     headers={"x-api-key": "demo"}).content
     finally:
         assert stop_proc(p, signal.SIGINT) == 0
+
+
+def test_error_log_file_names_upstream_and_cause(appdir, tmp_path):
+    log = tmp_path / "err.log"
+    dead = free_port()
+    port = free_port()
+    conf = appdir / "conf.yaml"
+    conf.write_text(f"version: 1\nerror_log: {log}\n")
+    p = spawn(["-m", "sluiceway.cli", "run", "testapp:App", "-c", str(conf),
+               "-l", f"127.0.0.1:{port}"], {"ORIGIN_PORT": str(dead), "PYTHONPATH": str(appdir)})
+    try:
+        wait_port(port, p)
+        assert httpx.get(f"http://127.0.0.1:{port}/x").status_code == 502
+    finally:
+        assert stop_proc(p) == 0
+    text = log.read_text()
+    assert f"127.0.0.1:{dead}" in text and "failed" in text and "GET /x" in text
