@@ -245,6 +245,21 @@ def _read_response(s):
         buf += chunk
 
 
+def _table(results, ratios, targets):
+    print(f"{'body':6} {'proxy':9} {'rps':>9} {'p50 ms':>7} {'p99 ms':>7} {'cpu s':>6} "
+          f"{'req/cpu-s':>10} {'us cpu/req':>10}")
+    for path in ("/small", "/16k"):
+        for name in targets:
+            rs = results[(path, name)]
+            med = lambda k: statistics.median(r[k] for r in rs)
+            print(f"{path:6} {name:9} {med('rps'):9.0f} {med('p50'):7.2f} {med('p99'):7.2f} "
+                  f"{med('cpu'):6.2f} {med('rpcpu'):10.0f} {1e6 / med('rpcpu'):10.1f}")
+        print(f"{path:6} {'ratio':9} rps x{statistics.median(ratios[(path, 'rps')]):.2f}  "
+              f"req/cpu-s x{statistics.median(ratios[(path, 'rpcpu')]):.2f}  "
+              f"p99 x{statistics.median(ratios[(path, 'p99')]):.2f}  (sluiceway / nginx, median "
+              f"of per-round ratios)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=int, default=10)
@@ -252,6 +267,7 @@ def main(argv=None):
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--idle", type=int, default=5000)
     ap.add_argument("--skip-idle", action="store_true")
+    ap.add_argument("--idle-only", action="store_true", help="only the idle-connection RSS part")
     ns = ap.parse_args(argv)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -290,6 +306,8 @@ def main(argv=None):
         s_pid = sw.p.pid
         targets = {"nginx": (n_port, n_pid), "sluiceway": (s_port, s_pid)}
 
+        if ns.idle_only:
+            ns.rounds = 0
         # warm up
         for name, (port, pid) in targets.items():
             run_wrk(port, "/small", 2, ns.connections)
@@ -310,19 +328,11 @@ def main(argv=None):
                 ratios[(path, "rpcpu")].append(got["sluiceway"]["rpcpu"] / got["nginx"]["rpcpu"])
                 ratios[(path, "p99")].append(got["sluiceway"]["p99"] / got["nginx"]["p99"])
 
+        if ns.rounds == 0:
+            results = {}
         print()
-        print(f"{'body':6} {'proxy':9} {'rps':>9} {'p50 ms':>7} {'p99 ms':>7} {'cpu s':>6} "
-              f"{'req/cpu-s':>10} {'us cpu/req':>10}")
-        for path in ("/small", "/16k"):
-            for name in targets:
-                rs = results[(path, name)]
-                med = lambda k: statistics.median(r[k] for r in rs)
-                print(f"{path:6} {name:9} {med('rps'):9.0f} {med('p50'):7.2f} {med('p99'):7.2f} "
-                      f"{med('cpu'):6.2f} {med('rpcpu'):10.0f} {1e6 / med('rpcpu'):10.1f}")
-            print(f"{path:6} {'ratio':9} rps x{statistics.median(ratios[(path, 'rps')]):.2f}  "
-                  f"req/cpu-s x{statistics.median(ratios[(path, 'rpcpu')]):.2f}  "
-                  f"p99 x{statistics.median(ratios[(path, 'p99')]):.2f}  (sluiceway / nginx, median "
-                  f"of per-round ratios)")
+        if results:
+            _table(results, ratios, targets)
 
         if not ns.skip_idle:
             print()

@@ -245,3 +245,28 @@ def test_upgrade_refused_by_upstream_is_a_normal_response(h):
 def test_connect_method_is_405(h):
     out = raw(h.port, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 405")
+
+
+def test_idle_keepalive_connections_hold_no_parser():
+    """Parsers are bounded by requests in flight, not by open connections
+    (the bench measures the RSS per idle connection)."""
+    import gc
+    with Harness() as h:
+        socks = []
+        try:
+            for _ in range(400):
+                s = socket.create_connection(("127.0.0.1", h.port), timeout=5)
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                buf = b""
+                while count_responses(buf) < 1:
+                    buf += s.recv(65536)
+                socks.append(s)
+
+            def count():
+                return sum(1 for o in gc.get_objects() if type(o).__name__ == "_Wire")
+            # upstream connections have their own parser; client ones are pooled
+            assert h.run(count) <= 8
+            assert h.engine().connections == 400
+        finally:
+            for s in socks:
+                s.close()

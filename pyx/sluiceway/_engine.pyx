@@ -1221,7 +1221,14 @@ cdef class _Downstream:
             self.dl_kind = DL_IDLE
         self.blocked = False
         self._resume_read(R_BUFFERED | R_PEER_FULL)
-        if self.w.unread() > 0 and not self.in_process:
+        if self.w.unread() == 0 and not self.w.carrying and \
+                not self.discard_body and not self.in_process:
+            # Idle: the parser goes back to the free list at once, so the
+            # parsers in use are bounded by the requests in flight, not by
+            # the open connections (an idle keep-alive connection holds none).
+            self.eng._give_wire(self.w)
+            self.w = None
+        elif self.w.unread() > 0 and not self.in_process:
             # Pipelined bytes: parse them on the next loop iteration, not
             # deep inside the upstream's callback.
             self.eng.loop.call_soon(self._kick)
