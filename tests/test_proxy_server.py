@@ -123,9 +123,14 @@ def test_sigint_fast_exit(appdir, origin):
     assert time.monotonic() - t0 < 3
 
 
-def test_two_workers_share_the_port(appdir, origin):
-    p, url = _start(appdir, origin, "version: 1\nthreads: 2\n")
+def test_two_workers_share_the_port(appdir, origin, tmp_path):
+    uds = str(tmp_path / "sw.sock")
+    p, url = _start(appdir, origin, "version: 1\nthreads: 2\n", extra=("-l", "unix:" + uds))
     try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=uds)) as c:
+            for _ in range(5):
+                assert c.get("http://proxy/").content == b"hello"
+        # each worker has its own SO_REUSEPORT socket on the same port
         pids = set()
         deadline = time.monotonic() + 10
         while len(pids) < 2 and time.monotonic() < deadline:

@@ -64,8 +64,16 @@ class ProxyService:
         """Listen on a Unix domain socket at ``path``."""
         self._uds.append((path, permissions))
 
-    def _bind(self, reuse_port: bool) -> None:
-        """Create the listening sockets (before forking workers)."""
+    def _bind(self, reuse_port: bool, listen: bool = True) -> None:
+        """Create the listening sockets.
+
+        With several workers the master first calls this with
+        ``listen=False``: the sockets only reserve the ports (port 0 is
+        resolved once, so every worker uses the same one) and, not
+        listening, never receive connections. Each worker then binds its
+        own SO_REUSEPORT socket (``_rebind_for_worker``), so the kernel
+        spreads connections across the workers.
+        """
         for host, port in self._tcp:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             s = socket.socket(family, socket.SOCK_STREAM)
@@ -73,10 +81,12 @@ class ProxyService:
             if reuse_port:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             s.bind((host, port))
-            s.listen(4096)
+            if listen:
+                s.listen(4096)
             s.setblocking(False)
             self._socks.append(s)
             self.addresses.append(s.getsockname()[:2])
+        # Unix sockets are bound once and shared by the workers.
         for path, perm in self._uds:
             if os.path.exists(path):
                 os.unlink(path)
@@ -88,6 +98,22 @@ class ProxyService:
             s.setblocking(False)
             self._socks.append(s)
             self.addresses.append(path)
+
+    def _rebind_for_worker(self) -> None:
+        """In a worker: replace the master's reservations by this worker's
+        own listening SO_REUSEPORT sockets on the same ports."""
+        n = len(self._tcp)
+        reserved, shared = self._socks[:n], self._socks[n:]
+        tcp_addrs, uds_addrs = self.addresses[:n], self.addresses[n:]
+        self._socks, self.addresses = [], []
+        uds, self._uds = self._uds, []
+        self._tcp = [tuple(a) for a in tcp_addrs]
+        self._bind(reuse_port=True)
+        self._uds = uds
+        self._socks += shared
+        self.addresses += uds_addrs
+        for s in reserved:
+            s.close()
 
     async def start(self, loop=None) -> list:
         """Start serving on the running loop (binds first if needed).
@@ -195,7 +221,7 @@ class Server:
             _daemonize(conf.pid_file)
         workers = conf.threads
         for svc in self.services:
-            svc._bind(reuse_port=workers > 1)
+            svc._bind(reuse_port=workers > 1, listen=workers <= 1)
         if workers <= 1:
             try:
                 code = _worker_main(self)
@@ -212,6 +238,8 @@ class Server:
             if pid == 0:
                 code = 1
                 try:
+                    for svc in self.services:
+                        svc._rebind_for_worker()
                     code = _worker_main(self)
                 finally:
                     os._exit(code)
