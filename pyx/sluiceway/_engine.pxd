@@ -280,7 +280,6 @@ cdef class _Upstream:
     cdef double read_timeout
     cdef double write_timeout
     cdef int nreq
-    cdef object connected_waiter
 
     cdef void _process(self)
     cdef void _pause_read(self, int why)

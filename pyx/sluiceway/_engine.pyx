@@ -383,10 +383,6 @@ cdef HeaderMap _new_map(object buf, const char *base, const sw_header_t *h, uint
     return m
 
 
-cdef class _HeadMixin:
-    pass
-
-
 @cython.final
 @cython.freelist(64)
 cdef class RequestHeader:
@@ -1367,8 +1363,6 @@ cdef class _Upstream:
         if self.s is not None:
             s = self.s
             s._us_lost(exc)
-        if self.connected_waiter is not None and not self.connected_waiter.done():
-            self.connected_waiter.set_result(None)
 
     def pause_writing(self):
         self.write_paused = True
