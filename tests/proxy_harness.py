@@ -17,6 +17,8 @@ The origin is written with httptools (not our parser) and behaves by path:
     /drop             closes without answering
     /debug            200 with an X-Debug header
     /conn-close       200 "bye" with Connection: close
+    /drop-reused      closes without answering if the connection served a
+                      request before, else echoes the body
     /ws (Upgrade)     101, then echoes every byte
 
 Set SLUICEWAY_TEST_LOOP=asyncio to run the in-process suites on the stdlib
@@ -95,7 +97,12 @@ class _OriginProto(asyncio.Protocol):
 
     def on_headers_complete(self):
         self.origin.requests += 1
+        self.served = getattr(self, "served", 0) + 1
         path = urlsplit(self.url.decode()).path
+        if path == "/drop-reused" and self.served > 1:
+            self.answered = True  # a keep-alive connection that died
+            self.t.close()
+            return
         if path == "/early":
             self.answered = True
             self.t.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nearly")
@@ -143,7 +150,7 @@ class _OriginProto(asyncio.Protocol):
             send(200, [("Content-Type", "application/json")], json.dumps(
                 {"method": method, "uri": url.decode("latin-1"), "version": version,
                  "headers": headers, "body_len": len(body)}).encode())
-        elif path == "/echo":
+        elif path in ("/echo", "/drop-reused"):
             send(200, [("X-Body-Len", str(len(body)))], body)
         elif path == "/chunked":
             n = int(q.get("n", ["3"])[0])

@@ -270,3 +270,33 @@ def test_idle_keepalive_connections_hold_no_parser():
         finally:
             for s in socks:
                 s.close()
+
+
+@pytest.mark.parametrize("body", [None, b"payload" * 100, "chunked"])
+def test_dead_pooled_connection_is_retried_once_with_the_body(body):
+    with Harness() as h:
+        with httpx.Client(base_url=h.url) as c:
+            assert c.get("/").status_code == 200          # pools a connection
+            if body is None:
+                r = c.get("/drop-reused")
+                expect = b""
+            elif body == "chunked":
+                r = c.post("/drop-reused", content=iter([b"a" * 100, b"b" * 100]))
+                expect = b"a" * 100 + b"b" * 100
+            else:
+                r = c.post("/drop-reused", content=body)
+                expect = body
+            assert r.status_code == 200 and r.content == expect
+            assert c.get("/").status_code == 200
+        st = h.pool_stats()
+        assert st["created"] == 2  # the dead one, then the retry's (reused after)
+        assert h.origin.requests == 4
+
+
+def test_pipelined_request_waits_during_a_retry():
+    with Harness() as h:
+        assert httpx.get(h.url + "/").status_code == 200
+        out = raw(h.port, b"GET /drop-reused HTTP/1.1\r\nHost: x\r\n\r\n"
+                          b"GET /headers?second HTTP/1.1\r\nHost: x\r\n\r\n", expect=2)
+        assert out.count(b"HTTP/1.1 200") == 2
+        assert out.index(b"Content-Length: 0") < out.index(b"/headers?second")

@@ -324,6 +324,10 @@ cdef class Session:
     cdef bint want_upgrade      # the client asked to switch protocols
     cdef bint upgrading         # the upstream answered 101
     cdef bint tunneling
+    cdef bint req_end_seen      # the request's end was parsed
+    cdef bint replaying         # resending on a new connection after a dead pooled one
+    cdef list replay            # body sent on a pooled connection, until a response byte
+    cdef long long replay_bytes
     cdef list prefetched        # body chunks read by a hook before forwarding
     cdef bint prefetch_end
     cdef object body_waiter
@@ -371,4 +375,5 @@ cdef class Session:
     cdef void _wake_reader(self, object chunk)
     cdef void _flush_pending(self)
     cdef void _start_tunnel(self)
+    cdef void _replay_body(self)
     cdef void _head_out(self, bytes head, _Wire w)

@@ -1796,6 +1796,9 @@ cdef class Session:
                 return
             if stage == S_CONNECTED:
                 self.t_connected = sw_now()
+                if self.replaying:
+                    stage = S_SEND  # hooks already ran for this request
+                    continue
                 if eng.h_connected is not None:
                     r = self._call(eng.h_connected, (self, self.upstream_reused, self.peer, self.ctx), S_UP_REQ)
                     if r is _PENDING or r is _FAILED:
@@ -2040,6 +2043,14 @@ cdef class Session:
             head = self._head_from_items(extra, reframe)
         self.up_head_sent = True
         self.us.transport.write(head)
+        if self.replaying:
+            self._replay_body()
+            return
+        if self.upstream_reused and not self.retried_reused and self.req_has_body:
+            # Keep what is sent (up to 64 KiB) until the first response byte,
+            # to send it again if this pooled connection turns out dead.
+            self.replay = []
+            self.replay_bytes = 0
         if not self.req_has_body:
             self.req_body_done = True
             self._arm_read()
@@ -2058,7 +2069,22 @@ cdef class Session:
             self._on_req_end()
             return
         # Let the client's body (or the END of a bodyless request) through.
-        self.ds._unblock()
+        if not self.req_end_seen:
+            self.ds._unblock()
+
+    cdef void _replay_body(self):
+        """On the new connection of a retry: send the body sent before."""
+        cdef list chunks = self.replay
+        self.replay = None
+        if chunks:
+            for c in chunks:
+                self._req_body_out(c)
+        if self.req_body_done:
+            if self.req_has_body and self.req_up_chunked and self.us is not None:
+                self.us.transport.write(_LAST_CHUNK)
+            self._arm_read()
+        if not self.req_end_seen and self.ds is not None:
+            self.ds._unblock()
 
     cdef bytes _extra_fields(self, unsigned flags, bint reframe):
         cdef list parts = []
@@ -2165,6 +2191,12 @@ cdef class Session:
             chunk = (<str>chunk).encode("utf-8")
         if not chunk:
             return
+        if self.replay is not None:
+            if self.replay_bytes + len(chunk) <= 65536 and not u.got_bytes:
+                self.replay.append(chunk)
+                self.replay_bytes += len(chunk)
+            else:
+                self.replay = None  # too big to send again: no retry
         if self.req_up_chunked:
             k = sw_chunk_header(hdr, len(chunk))
             u.transport.writelines((PyBytes_FromStringAndSize(hdr, k), chunk, _CRLF))
@@ -2173,6 +2205,7 @@ cdef class Session:
 
     cdef void _on_req_end(self):
         cdef object r
+        self.req_end_seen = True
         if self.req_body_done:
             if self.ds is not None:
                 self.ds.blocked = True
@@ -2565,9 +2598,11 @@ cdef class Session:
             # Close-delimited body: handled by eof_received/finish.
             pass
         if not u.got_bytes and self.upstream_reused and not self.retried_reused and \
-                not self.req_has_body and not self.resp_started:
-            # A pooled connection the peer had closed: try once on a new one.
+                (not self.req_has_body or self.replay is not None) and not self.resp_started:
+            # A pooled connection the peer had closed: try once on a new one
+            # (with the body sent so far, kept for this).
             self.retried_reused = True
+            self.replaying = True
             self.us = None
             u.s = None
             self.up_head_sent = False
