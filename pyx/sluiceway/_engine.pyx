@@ -2603,6 +2603,8 @@ cdef class Session:
             # (with the body sent so far, kept for this).
             self.retried_reused = True
             self.replaying = True
+            if self.ds is not None:
+                self.ds.blocked = True  # more body waits for the new connection
             self.us = None
             u.s = None
             self.up_head_sent = False
