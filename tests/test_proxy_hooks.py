@@ -451,3 +451,36 @@ def test_read_request_body_with_expect_continue():
             assert b"100 Continue" not in buf
         finally:
             s.close()
+
+
+@pytest.mark.parametrize("suspend,expect_tasks", [(False, False), (True, True)])
+def test_inline_coroutine_hooks_are_not_scheduled(suspend, expect_tasks):
+    """A coroutine hook that finishes without suspending runs inline: no
+    Task is created for it (counted with a task factory)."""
+    class AsyncHooks(ProxyHttp):
+        port = None
+
+        async def request_filter(self, session, ctx):
+            if suspend:
+                await asyncio.sleep(0)
+            return False
+
+        async def upstream_peer(self, session, ctx):
+            return HttpPeer(("127.0.0.1", self.port))
+
+    created = []
+
+    def factory(loop, coro, **kw):
+        created.append(coro)
+        return asyncio.Task(coro, loop=loop, **kw)
+
+    with Harness(AsyncHooks()) as h:
+        with httpx.Client(base_url=h.url) as c:
+            assert c.get("/").content == b"hello"   # opens the pooled connection
+            h.run(h.loop.set_task_factory, factory)
+            for _ in range(20):
+                assert c.get("/").content == b"hello"
+            h.run(h.loop.set_task_factory, None)
+    assert bool(created) == expect_tasks
+    if expect_tasks:
+        assert len(created) == 20
