@@ -196,3 +196,21 @@ def test_error_log_file_names_upstream_and_cause(appdir, tmp_path):
         assert stop_proc(p) == 0
     text = log.read_text()
     assert f"127.0.0.1:{dead}" in text and "failed" in text and "GET /x" in text
+
+
+def test_graceful_stop_closes_idle_keepalive_connections_at_once(origin):
+    import asyncio
+    from proxy_harness import Harness, SimpleApp
+    app = SimpleApp(origin.ports[0])
+    with Harness(app, grace_period_seconds=5) as h:
+        s = socket.create_connection(("127.0.0.1", h.port), timeout=5)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        buf = b""
+        while not buf.endswith(b"hello"):
+            buf += s.recv(65536)
+        t0 = time.monotonic()
+        fut = asyncio.run_coroutine_threadsafe(h.svc.stop(), h.loop)
+        assert s.recv(65536) == b""      # closed without waiting for the grace period
+        assert time.monotonic() - t0 < 1
+        fut.result(10)
+        s.close()

@@ -1006,10 +1006,8 @@ cdef class _Engine:
         cdef _Downstream d
         self.closing = True
         for d in list(self.conns):
-            if d.cur is None and d.w is not None and d.w.unread() == 0:
+            if d.cur is None and (d.w is None or d.w.unread() == 0):
                 d._close()
-            elif d.cur is None:
-                pass
 
     def close_all(self):
         """Close every connection at once (fast exit)."""
