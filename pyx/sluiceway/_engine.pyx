@@ -1684,6 +1684,24 @@ cdef class Session:
             return _FAILED
 
     def _hook_done(self, task):
+        try:
+            self._hook_done_impl(task)
+        except BaseException as exc:
+            self._internal_error(exc)
+
+    def _internal_error(self, exc):
+        """A bug in the engine surfaced in a loop callback: log it and end
+        the request rather than leave the client waiting."""
+        self.eng.log.error("sluiceway: internal error in a request (this is a bug)", exc_info=exc)
+        if self.finished:
+            return
+        try:
+            self._fail(Error("internal error", status=500, source=INTERNAL))
+        except BaseException:
+            if self.ds is not None:
+                self.ds._close()
+
+    def _hook_done_impl(self, task):
         cdef int stage = self.hook_next
         self.hook_task = None
         if stage == S_LOG_DONE:
@@ -1934,6 +1952,14 @@ cdef class Session:
         API.set_skip_body(u.w.p, self.head_request)
 
     async def _open(self, HttpPeer peer):
+        try:
+            await self._open_impl(peer)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._internal_error(exc)
+
+    async def _open_impl(self, HttpPeer peer):
         cdef _Engine eng = self.eng
         cdef _Upstream u = _Upstream(eng, peer)
         timeout = peer.connect_timeout if peer.connect_timeout is not None else eng.connect_timeout
