@@ -605,3 +605,138 @@ cdef class RequestParser(_Parser):
 cdef class ResponseParser(_Parser):
     """HTTP/1.0 and 1.1 response parser. Set ``head_request = True`` before
     parsing a response to a HEAD request. Errors map to status 502."""
+
+
+# ---- C API for other compiled modules (see csrc/sw_view.h) -----------------
+# Added for the engine (sluiceway._engine), which cannot include sw_http.h
+# because only this module is built with llhttp's headers. Nothing above
+# depends on this block.
+
+from cpython.pycapsule cimport PyCapsule_New
+from libc.stdlib cimport free as _c_free, malloc as _c_malloc
+
+cdef extern from "sw_view.h" nogil:
+    ctypedef struct sw_msg_t:
+        uint32_t msg_start
+        uint32_t head_len
+        sw_span_t url
+        sw_span_t reason
+        const sw_header_t *headers
+        uint32_t nheaders
+        int method
+        int status_code
+        int major
+        int minor
+        int keep_alive
+        int upgrade
+        int chunked
+        int has_content_length
+        unsigned long long content_length
+        int err_status
+        const char *err_reason
+        size_t err_offset
+
+    ctypedef struct sw_parser_api_t:
+        int version
+        void *(*create)(int, uint32_t, uint32_t, uint32_t) noexcept nogil
+        void (*destroy)(void *) noexcept nogil
+        void (*reset)(void *) noexcept nogil
+        int (*execute)(void *, const char *, size_t, size_t, size_t *) noexcept nogil
+        int (*finish)(void *) noexcept nogil
+        void (*rebase)(void *, uint32_t) noexcept nogil
+        int (*in_head)(const void *) noexcept nogil
+        uint32_t (*msg_start)(const void *) noexcept nogil
+        void (*view)(const void *, sw_msg_t *) noexcept nogil
+        void (*body)(const void *, const char **, size_t *) noexcept nogil
+        void (*set_skip_body)(void *, int) noexcept nogil
+        const char *(*method_name)(const void *) noexcept nogil
+    int SW_VIEW_API_VERSION
+
+
+cdef void *_capi_create(int is_request, uint32_t max_head, uint32_t max_url,
+                        uint32_t max_headers) noexcept nogil:
+    cdef sw_http_limits_t lim
+    cdef sw_http_t *p = <sw_http_t *>_c_malloc(sizeof(sw_http_t))
+    if p == NULL:
+        return NULL
+    lim.max_head = max_head
+    lim.max_url = max_url
+    lim.max_headers = max_headers
+    if sw_http_init(p, is_request, &lim) != 0:
+        _c_free(p)
+        return NULL
+    return p
+
+cdef void _capi_destroy(void *p) noexcept nogil:
+    if p != NULL:
+        sw_http_free(<sw_http_t *>p)
+        _c_free(p)
+
+cdef void _capi_reset(void *p) noexcept nogil:
+    sw_http_reset(<sw_http_t *>p)
+
+cdef int _capi_execute(void *p, const char *data, size_t len, size_t resume_at,
+                       size_t *consumed) noexcept nogil:
+    return sw_http_execute(<sw_http_t *>p, data, len, resume_at, consumed)
+
+cdef int _capi_finish(void *p) noexcept nogil:
+    return sw_http_finish(<sw_http_t *>p)
+
+cdef void _capi_rebase(void *p, uint32_t delta) noexcept nogil:
+    sw_http_rebase(<sw_http_t *>p, delta)
+
+cdef int _capi_in_head(const void *p) noexcept nogil:
+    return sw_http_in_head(<const sw_http_t *>p)
+
+cdef uint32_t _capi_msg_start(const void *p) noexcept nogil:
+    return (<const sw_http_t *>p).msg_start
+
+cdef void _capi_view(const void *vp, sw_msg_t *out) noexcept nogil:
+    cdef const sw_http_t *p = <const sw_http_t *>vp
+    out.msg_start = p.msg_start
+    out.head_len = p.head_len
+    out.url = p.url
+    out.reason = p.reason
+    out.headers = p.headers
+    out.nheaders = p.nheaders
+    out.method = p.ll.method
+    out.status_code = p.ll.status_code
+    out.major = p.ll.http_major
+    out.minor = p.ll.http_minor
+    out.keep_alive = p.keep_alive
+    out.upgrade = p.upgrade
+    out.chunked = (p.flags & F_CHUNKED) != 0
+    out.has_content_length = (p.flags & F_CONTENT_LENGTH) != 0
+    out.content_length = p.content_length
+    out.err_status = p.status
+    out.err_reason = p.reason_msg
+    out.err_offset = p.error_offset
+
+cdef void _capi_body(const void *vp, const char **at, size_t *n) noexcept nogil:
+    cdef const sw_http_t *p = <const sw_http_t *>vp
+    at[0] = p.body_at
+    n[0] = p.body_len
+
+cdef void _capi_set_skip_body(void *p, int skip) noexcept nogil:
+    (<sw_http_t *>p).skip_body = skip
+
+cdef const char *_capi_method_name(const void *p) noexcept nogil:
+    return sw_http_method_name(<const sw_http_t *>p)
+
+
+cdef sw_parser_api_t _SW_CAPI
+_SW_CAPI.version = SW_VIEW_API_VERSION
+_SW_CAPI.create = _capi_create
+_SW_CAPI.destroy = _capi_destroy
+_SW_CAPI.reset = _capi_reset
+_SW_CAPI.execute = _capi_execute
+_SW_CAPI.finish = _capi_finish
+_SW_CAPI.rebase = _capi_rebase
+_SW_CAPI.in_head = _capi_in_head
+_SW_CAPI.msg_start = _capi_msg_start
+_SW_CAPI.view = _capi_view
+_SW_CAPI.body = _capi_body
+_SW_CAPI.set_skip_body = _capi_set_skip_body
+_SW_CAPI.method_name = _capi_method_name
+
+_C_API = PyCapsule_New(<void *>&_SW_CAPI, b"sluiceway._http._C_API", NULL)

@@ -1,0 +1,227 @@
+/* sw_proxy.c: see sw_proxy.h. */
+#include "sw_proxy.h"
+
+#include <string.h>
+#include <time.h>
+
+int sw_ieq(const char *a, const char *b, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        unsigned char x = (unsigned char)a[i], y = (unsigned char)b[i];
+        if (x - 'A' < 26u) x |= 0x20;
+        if (y - 'A' < 26u) y |= 0x20;
+        if (x != y) return 0;
+    }
+    return 1;
+}
+
+int sw_find(const char *base, const sw_header_t *h, uint32_t count,
+            const char *name, size_t n, uint32_t start)
+{
+    uint32_t i;
+    for (i = start; i < count; i++) {
+        if (h[i].name.len == n && sw_ieq(base + h[i].name.off, name, n))
+            return (int)i;
+    }
+    return -1;
+}
+
+#define NAME_IS(lit) (nl == sizeof(lit) - 1 && sw_ieq(nm, lit, sizeof(lit) - 1))
+
+/* Mark every field called tok[0:tl] (a Connection option). */
+static void mark_named(const char *base, const sw_header_t *h, uint32_t n,
+                       unsigned char *drop, const char *tok, size_t tl)
+{
+    int i = sw_find(base, h, n, tok, tl, 0);
+    while (i >= 0) {
+        drop[i] = 1;
+        i = sw_find(base, h, n, tok, tl, (uint32_t)i + 1);
+    }
+}
+
+unsigned sw_hop_mark(const char *base, const sw_header_t *h, uint32_t n,
+                     unsigned char *drop, unsigned extra)
+{
+    unsigned flags = 0;
+    uint32_t i;
+
+    memset(drop, 0, n);
+    for (i = 0; i < n; i++) {
+        const char *nm = base + h[i].name.off;
+        size_t nl = h[i].name.len;
+        switch (nl) {
+        case 2:
+            if (NAME_IS("te")) drop[i] = 1;
+            break;
+        case 4:
+            if (NAME_IS("host")) flags |= SW_F_HOST;
+            break;
+        case 6:
+            if (NAME_IS("expect")) {
+                const char *v = base + h[i].value.off;
+                if (h[i].value.len == 12 && sw_ieq(v, "100-continue", 12))
+                    flags |= SW_F_EXPECT_100;
+                if (extra & SW_DROP_EXPECT) drop[i] = 1;
+            }
+            break;
+        case 7:
+            if (NAME_IS("trailer") || NAME_IS("upgrade")) drop[i] = 1;
+            break;
+        case 10:
+            if (NAME_IS("keep-alive")) drop[i] = 1;
+            else if (NAME_IS("connection")) {
+                /* Comma-separated options; each names a field to drop. */
+                const char *v = base + h[i].value.off, *e = v + h[i].value.len;
+                drop[i] = 1;
+                while (v < e) {
+                    const char *t;
+                    size_t tl;
+                    while (v < e && (*v == ' ' || *v == '\t' || *v == ',')) v++;
+                    t = v;
+                    while (v < e && *v != ',') v++;
+                    tl = (size_t)(v - t);
+                    while (tl && (t[tl - 1] == ' ' || t[tl - 1] == '\t')) tl--;
+                    if (!tl) continue;
+                    if (tl == 5 && sw_ieq(t, "close", 5)) flags |= SW_F_CONN_CLOSE;
+                    else if (tl == 10 && sw_ieq(t, "keep-alive", 10)) flags |= SW_F_CONN_KA;
+                    else if (tl == 7 && sw_ieq(t, "upgrade", 7)) flags |= SW_F_CONN_UPGRADE;
+                    /* Never let a Connection option remove framing or Host. */
+                    if ((tl == 14 && sw_ieq(t, "content-length", 14)) ||
+                        (tl == 17 && sw_ieq(t, "transfer-encoding", 17)) ||
+                        (tl == 4 && sw_ieq(t, "host", 4)))
+                        continue;
+                    mark_named(base, h, n, drop, t, tl);
+                }
+            }
+            break;
+        case 14:
+            if (NAME_IS("content-length") && (extra & SW_DROP_CONTENT_LENGTH)) drop[i] = 1;
+            break;
+        case 15:
+            if (NAME_IS("x-forwarded-for")) {
+                flags |= SW_F_XFF;
+                if (extra & SW_DROP_XFF) drop[i] = 1;
+            }
+            break;
+        case 16:
+            if (NAME_IS("proxy-connection")) drop[i] = 1;
+            else if ((extra & SW_DROP_XFF) && NAME_IS("x-forwarded-host")) drop[i] = 1;
+            break;
+        case 17:
+            if (NAME_IS("transfer-encoding") && (extra & SW_DROP_TRANSFER_ENCODING)) drop[i] = 1;
+            else if ((extra & SW_DROP_XFF) && NAME_IS("x-forwarded-proto")) drop[i] = 1;
+            break;
+        default:
+            break;
+        }
+    }
+    for (i = 0; i < n; i++) {
+        if (drop[i]) {
+            flags |= SW_F_DROPPED;
+            break;
+        }
+    }
+    return flags;
+}
+
+size_t sw_fields_size(const sw_header_t *h, uint32_t n)
+{
+    size_t total = 0;
+    uint32_t i;
+    for (i = 0; i < n; i++)
+        total += (size_t)h[i].name.len + h[i].value.len + 4;
+    return total;
+}
+
+size_t sw_write_fields(char *out, const char *base, const sw_header_t *h, uint32_t n,
+                       const unsigned char *drop)
+{
+    char *o = out;
+    uint32_t i;
+    for (i = 0; i < n; i++) {
+        if (drop && drop[i]) continue;
+        memcpy(o, base + h[i].name.off, h[i].name.len);
+        o += h[i].name.len;
+        *o++ = ':';
+        *o++ = ' ';
+        memcpy(o, base + h[i].value.off, h[i].value.len);
+        o += h[i].value.len;
+        *o++ = '\r';
+        *o++ = '\n';
+    }
+    return (size_t)(o - out);
+}
+
+const char *sw_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "";
+    }
+}
+
+size_t sw_write_status_line(char *out, int status, const char *reason, size_t rlen)
+{
+    size_t k = 13;
+    if (status < 100 || status > 999) status = 500;
+    memcpy(out, "HTTP/1.1 ", 9);
+    out[9] = (char)('0' + status / 100);
+    out[10] = (char)('0' + status / 10 % 10);
+    out[11] = (char)('0' + status % 10);
+    out[12] = ' ';
+    memcpy(out + k, reason, rlen);
+    out[k + rlen] = '\r';
+    out[k + rlen + 1] = '\n';
+    return k + rlen + 2;
+}
+
+size_t sw_chunk_header(char *out, uint64_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    char tmp[16];
+    size_t k = 0, i;
+    do {
+        tmp[k++] = hex[n & 15];
+        n >>= 4;
+    } while (n);
+    for (i = 0; i < k; i++) out[i] = tmp[k - 1 - i];
+    out[k] = '\r';
+    out[k + 1] = '\n';
+    return k + 2;
+}
+
+double sw_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}

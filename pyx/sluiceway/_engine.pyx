@@ -1,0 +1,2720 @@
+# distutils: sources = csrc/sw_proxy.c
+"""The compiled proxy engine: downstream and upstream protocols, the
+connection pool and the per-request state machine that runs the hooks.
+
+Theory of operation
+-------------------
+A worker runs one uvloop loop. Every accepted connection gets a
+``_Downstream`` protocol object; every upstream connection an ``_Upstream``.
+Both feed received ``bytes`` to a ``_Wire``: the compiled HTTP/1.x parser of
+``sluiceway._http`` (reached through the C function table in its capsule, see
+csrc/sw_view.h) plus the buffer the parser's spans point into. No Python
+object is created per header: heads are forwarded from their spans by C
+(csrc/sw_proxy.c), which drops the hop-by-hop fields.
+
+A request is a ``Session`` that walks through stages (``_advance``):
+
+    HEAD -> early_request_filter -> request_filter -> upstream_peer
+         -> (pool or connect) -> connected_to_upstream
+         -> upstream_request_filter -> send head -> forward body
+    upstream head -> upstream_response_filter -> response_filter -> send head
+         -> forward body (response_body_filter) -> end -> logging
+
+Hooks the application does not override are ``None`` here and skipped. A
+hook's result is used at once when it is a plain value or a coroutine that
+completes on its first ``send(None)``; only a coroutine that really suspends
+is wrapped in a Task, and the stage machine resumes from its done callback.
+While a stage waits, the side that feeds it stops parsing (``blocked``) and,
+past a high-water mark of buffered bytes, stops reading.
+
+Backpressure: when one side's transport buffer passes its high-water mark
+(``pause_writing``) the other side stops reading until ``resume_writing``.
+
+Timeouts are deadlines on the connection objects, checked by one periodic
+timer per engine (no timer object per request).
+
+Pipelined requests are parsed one at a time: the next head is not parsed
+until the current response is complete, so responses go out in order.
+"""
+
+cimport cython
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.pycapsule cimport PyCapsule_GetPointer
+from cpython.unicode cimport PyUnicode_DecodeLatin1
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy
+
+import asyncio
+import logging
+import socket
+
+from sluiceway import _http as _httpmod
+from sluiceway.errors import DOWNSTREAM, INTERNAL, UPSTREAM, Error, ParseError
+
+cdef extern from "Python.h":
+    bint PyCoro_CheckExact(object o)
+    bint PyUnicode_IS_ASCII(object o)
+    const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
+    Py_ssize_t Py_REFCNT(object o)
+
+
+cdef sw_parser_api_t *API = <sw_parser_api_t *>PyCapsule_GetPointer(
+    _httpmod._C_API, b"sluiceway._http._C_API")
+if API.version != SW_VIEW_API_VERSION:
+    raise ImportError("sluiceway._http and sluiceway._engine were built from different "
+                      "sources (parser C API version mismatch): rebuild both")
+
+error_log = logging.getLogger("sluiceway.error")
+access_log = logging.getLogger("sluiceway.access")
+
+# Bytes buffered from one side before reading from it pauses.
+DEF HIGH_WATER = 65536
+DEF LOW_WATER = 16384
+
+# Why reading is paused (bit flags).
+DEF R_BUFFERED = 1      # our own buffer is over the high-water mark
+DEF R_PEER_FULL = 2     # the other side's write buffer is full
+DEF R_IDLE = 4
+
+# Deadline kinds.
+DEF DL_NONE = 0
+DEF DL_HEAD = 1
+DEF DL_IDLE = 2
+DEF DL_TOTAL = 3
+DEF DL_READ = 4
+DEF DL_WRITE = 5
+DEF DL_POOL = 6
+
+# Stages of a session.
+DEF S_EARLY = 1
+DEF S_REQ_FILTER = 2
+DEF S_REQ_FILTER_DONE = 3
+DEF S_PEER = 4
+DEF S_PEER_DONE = 5
+DEF S_CONNECT = 6
+DEF S_CONNECTED = 7
+DEF S_UP_REQ = 8
+DEF S_SEND = 9
+DEF S_REQ_BODY_DONE = 10
+DEF S_UP_RESP = 11
+DEF S_RESP = 12
+DEF S_RESP_SEND = 13
+DEF S_RESP_BODY_DONE = 14
+DEF S_FAIL_CONNECT_DONE = 15
+DEF S_ERR_PROXY_DONE = 16
+DEF S_FAIL_PROXY_DONE = 17
+DEF S_LOG_DONE = 18
+DEF S_NEW_CTX = 19
+
+# How the response body goes to the client.
+DEF M_NONE = 0      # no body (HEAD, 1xx, 204, 304)
+DEF M_RAW = 1       # as received, Content-Length kept
+DEF M_CHUNKED = 2   # re-chunked
+DEF M_CLOSE = 3     # delimited by closing the connection
+
+cdef object _PENDING = object()
+cdef object _FAILED = object()
+cdef object _MISSING = object()
+
+# One scratch buffer for building heads (the loop is single-threaded).
+cdef char *_scratch = NULL
+cdef size_t _scratch_cap = 0
+cdef unsigned char *_drop = NULL
+cdef uint32_t _drop_cap = 0
+
+cdef char *_need_scratch(size_t n) except NULL:
+    global _scratch, _scratch_cap
+    cdef char *nb
+    if n > _scratch_cap:
+        nb = <char *>realloc(_scratch, n)
+        if nb == NULL:
+            raise MemoryError()
+        _scratch = nb
+        _scratch_cap = n
+    return _scratch
+
+cdef unsigned char *_need_drop(uint32_t n) except NULL:
+    global _drop, _drop_cap
+    cdef unsigned char *nb
+    if n == 0:
+        n = 1
+    if n > _drop_cap:
+        nb = <unsigned char *>realloc(_drop, n)
+        if nb == NULL:
+            raise MemoryError()
+        _drop = nb
+        _drop_cap = n
+    return _drop
+
+
+cdef list _METHODS = [None] * 256
+cdef bytes _CRLF = b"\r\n"
+cdef bytes _LAST_CHUNK = b"0\r\n\r\n"
+cdef bytes _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+cdef frozenset _HOP = frozenset([b"connection", b"keep-alive", b"proxy-connection", b"te",
+                                 b"trailer", b"upgrade", b"transfer-encoding"])
+
+
+cdef inline bytes _as_name(object name):
+    cdef bytes b
+    if type(name) is str:
+        b = (<str>name).encode("latin-1")
+    elif isinstance(name, bytes):
+        b = <bytes>name
+    else:
+        raise TypeError(f"header names are str or bytes, not {type(name).__name__}")
+    if not b or b"\r" in b or b"\n" in b or b":" in b or b" " in b or b"\0" in b:
+        raise ValueError(f"invalid header name {name!r}: a token without spaces, ':' or CR/LF")
+    return b
+
+
+cdef inline bytes _as_value(object value):
+    cdef bytes b
+    if type(value) is str:
+        b = (<str>value).encode("latin-1")
+    elif isinstance(value, (bytes, bytearray)):
+        b = bytes(value)
+    elif isinstance(value, int):
+        b = str(value).encode()
+    else:
+        raise TypeError(f"header values are str or bytes, not {type(value).__name__}")
+    if b"\r" in b or b"\n" in b or b"\0" in b:
+        raise ValueError(f"invalid header value {value!r}: CR, LF and NUL are not allowed")
+    return b.strip(b" \t")
+
+
+cdef inline str _latin1(bytes b):
+    return PyUnicode_DecodeLatin1(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), NULL)
+
+
+# ---------------------------------------------------------------- headers --
+
+@cython.final
+@cython.freelist(64)
+cdef class HeaderMap:
+    """Header fields of a request or response, mutable by hooks.
+
+    Lookups ignore case and take ``str`` or ``bytes``; values come back as
+    ``str`` (Latin-1, so every byte survives) or from ``get_bytes`` as bytes.
+    Until a hook changes something the fields are read straight from the
+    received bytes; the first change copies them into a list.
+
+    Mapping-style: ``h["name"]`` (first value; KeyError when absent),
+    ``h["name"] = v`` (replace every field of that name), ``del h["name"]``,
+    ``h.pop(name, default)``, ``name in h``, ``len(h)``, iteration over names.
+    """
+
+    def __init__(self):
+        raise TypeError("HeaderMap objects are made by the proxy")
+
+    def __dealloc__(self):
+        free(self._h)
+
+    cdef int _set_spans(self, object buf, const char *base, const sw_header_t *h,
+                        uint32_t n) except -1:
+        free(self._h)
+        self._h = NULL
+        if n:
+            self._h = <sw_header_t *>malloc(n * sizeof(sw_header_t))
+            if self._h == NULL:
+                raise MemoryError()
+            memcpy(self._h, h, n * sizeof(sw_header_t))
+        self._n = n
+        self._buf = buf
+        self._base = base
+        self._items = None
+        return 0
+
+    cdef int _materialize(self) except -1:
+        cdef uint32_t i
+        cdef list items
+        if self._items is not None:
+            return 0
+        items = []
+        for i in range(self._n):
+            items.append([PyBytes_FromStringAndSize(self._base + self._h[i].name.off, self._h[i].name.len),
+                          PyBytes_FromStringAndSize(self._base + self._h[i].value.off, self._h[i].value.len)])
+        self._items = items
+        free(self._h)
+        self._h = NULL
+        self._n = 0
+        self._buf = None
+        self._base = NULL
+        return 0
+
+    cdef int _find(self, bytes lname, int start) except -2:
+        cdef Py_ssize_t i, n
+        cdef list it
+        if self._items is None:
+            return sw_find(self._base, self._h, self._n, PyBytes_AS_STRING(lname),
+                           PyBytes_GET_SIZE(lname), start)
+        it = self._items
+        n = len(it)
+        for i in range(start, n):
+            if (<bytes>(<list>it[i])[0]).lower() == lname:
+                return i
+        return -1
+
+    cdef bint _has(self, const char *name, size_t n):
+        return self._find(PyBytes_FromStringAndSize(name, n), 0) >= 0
+
+    cdef bytes _value_at(self, int i):
+        if self._items is None:
+            return PyBytes_FromStringAndSize(self._base + self._h[i].value.off, self._h[i].value.len)
+        return <bytes>(<list>self._items[i])[1]
+
+    cdef bytes _name_at(self, int i):
+        if self._items is None:
+            return PyBytes_FromStringAndSize(self._base + self._h[i].name.off, self._h[i].name.len)
+        return <bytes>(<list>self._items[i])[0]
+
+    cdef object _get(self, object name, object default):
+        cdef Py_ssize_t n
+        cdef const char *p
+        cdef int i
+        if self._items is None and type(name) is str and PyUnicode_IS_ASCII(name):
+            # No allocation: the name's own bytes, case-insensitive C search.
+            p = PyUnicode_AsUTF8AndSize(name, &n)
+            i = sw_find(self._base, self._h, self._n, p, <size_t>n, 0)
+            if i < 0:
+                return default
+            return PyUnicode_DecodeLatin1(self._base + self._h[i].value.off, self._h[i].value.len, NULL)
+        i = self._find(_as_name(name).lower(), 0)
+        return default if i < 0 else _latin1(self._value_at(i))
+
+    def get(self, name, default=None):
+        """First value of ``name`` as str, or ``default``."""
+        return self._get(name, default)
+
+    def get_bytes(self, name, default=None):
+        """First value of ``name`` as bytes, or ``default``."""
+        cdef int i = self._find(_as_name(name).lower(), 0)
+        return default if i < 0 else self._value_at(i)
+
+    def getall(self, name):
+        """Every value of ``name`` (str) in order."""
+        cdef bytes ln = _as_name(name).lower()
+        cdef list out = []
+        cdef int i = self._find(ln, 0)
+        while i >= 0:
+            out.append(_latin1(self._value_at(i)))
+            i = self._find(ln, i + 1)
+        return out
+
+    def __getitem__(self, name):
+        cdef int i = self._find(_as_name(name).lower(), 0)
+        if i < 0:
+            raise KeyError(name)
+        return _latin1(self._value_at(i))
+
+    def __contains__(self, name):
+        if not isinstance(name, (str, bytes)):
+            return False
+        return self._find(_as_name(name).lower(), 0) >= 0
+
+    def __len__(self):
+        return self._n if self._items is None else len(self._items)
+
+    def __iter__(self):
+        return iter([_latin1(self._name_at(i)) for i in range(len(self))])
+
+    def keys(self):
+        return [_latin1(self._name_at(i)) for i in range(len(self))]
+
+    def items(self):
+        """``(name, value)`` str pairs in order, repeats included."""
+        return [(_latin1(self._name_at(i)), _latin1(self._value_at(i))) for i in range(len(self))]
+
+    def raw_items(self):
+        """``(name, value)`` bytes pairs in order."""
+        return [(self._name_at(i), self._value_at(i)) for i in range(len(self))]
+
+    def add(self, name, value):
+        """Append a field, keeping any others of the same name."""
+        cdef bytes n = _as_name(name), v = _as_value(value)
+        self._materialize()
+        self._items.append([n, v])
+
+    def __setitem__(self, name, value):
+        """Replace every field called ``name`` with one field (added last
+        when it was absent, in place of the first one otherwise)."""
+        cdef bytes n = _as_name(name), v = _as_value(value)
+        cdef bytes ln = n.lower()
+        cdef int i
+        self._materialize()
+        i = self._find(ln, 0)
+        if i < 0:
+            self._items.append([n, v])
+            return
+        self._items[i] = [n, v]
+        j = self._find(ln, i + 1)
+        while j >= 0:
+            del self._items[j]
+            j = self._find(ln, j)
+
+    def __delitem__(self, name):
+        if self.pop(name, _MISSING) is _MISSING:
+            raise KeyError(name)
+
+    def pop(self, name, default=_MISSING):
+        """Remove every field called ``name``; return the first value (str),
+        or ``default`` when absent (KeyError when no default is given)."""
+        cdef bytes ln = _as_name(name).lower()
+        cdef int i = self._find(ln, 0)
+        if i < 0:
+            if default is _MISSING:
+                raise KeyError(name)
+            return default
+        self._materialize()
+        first = _latin1(<bytes>(<list>self._items[i])[1])
+        while i >= 0:
+            del self._items[i]
+            i = self._find(ln, i)
+        return first
+
+    def __repr__(self):
+        return f"HeaderMap({self.items()!r})"
+
+
+cdef HeaderMap _new_map(object buf, const char *base, const sw_header_t *h, uint32_t n):
+    cdef HeaderMap m = HeaderMap.__new__(HeaderMap)
+    m._set_spans(buf, base, h, n)
+    return m
+
+
+@cython.final
+@cython.freelist(64)
+cdef class RequestHeader:
+    """A request head, readable and mutable by hooks.
+
+    Attributes:
+        method: the method (str); settable.
+        uri: the request target as str (``/path?query``); settable.
+        path, query: the target split at ``?``.
+        version: ``"1.1"`` or ``"1.0"`` as received.
+        headers: :class:`HeaderMap`.
+
+    Pingora-style helpers: ``get``, ``insert_header`` (replace),
+    ``append_header`` (add), ``remove_header`` (returns the removed value or
+    None).
+    """
+
+    def __init__(self):
+        raise TypeError("RequestHeader objects are made by the proxy")
+
+    @property
+    def method(self):
+        return self._method
+
+    @method.setter
+    def method(self, value):
+        if not isinstance(value, str) or not value or not value.isascii() or " " in value:
+            raise ValueError(f"invalid method {value!r}")
+        self._method = value
+        self._edited_line = True
+
+    @property
+    def raw_uri(self):
+        """The request target as bytes."""
+        if self._uri is not None:
+            return self._uri
+        return PyBytes_FromStringAndSize(PyBytes_AS_STRING(<bytes>self._buf) + self._target.off, self._target.len)
+
+    @property
+    def uri(self):
+        return _latin1(self.raw_uri)
+
+    @uri.setter
+    def uri(self, value):
+        cdef bytes b = value.encode("latin-1") if isinstance(value, str) else bytes(value)
+        if not b or b" " in b or b"\r" in b or b"\n" in b:
+            raise ValueError(f"invalid request target {value!r}")
+        self._uri = b
+        self._edited_line = True
+
+    @property
+    def path(self):
+        u = self.uri
+        i = u.find("?")
+        return u if i < 0 else u[:i]
+
+    @property
+    def query(self):
+        u = self.uri
+        i = u.find("?")
+        return "" if i < 0 else u[i + 1:]
+
+    @property
+    def version(self):
+        return f"{self._major}.{self._minor}"
+
+    def get(self, name, default=None):
+        """First value of header ``name`` (str), or ``default``."""
+        return self.headers._get(name, default)
+
+    def insert_header(self, name, value):
+        """Set header ``name`` to ``value``, replacing any others."""
+        self.headers[name] = value
+
+    def append_header(self, name, value):
+        """Add a header field, keeping existing ones of that name."""
+        self.headers.add(name, value)
+
+    def remove_header(self, name):
+        """Remove every field called ``name``; return the first value or None."""
+        return self.headers.pop(name, None)
+
+    def __repr__(self):
+        return f"<RequestHeader {self._method} {self.uri} HTTP/{self.version}>"
+
+
+@cython.final
+@cython.freelist(64)
+cdef class ResponseHeader:
+    """A response head as received from the upstream, mutable by hooks.
+
+    Attributes:
+        status: int; settable.
+        reason: the reason phrase (str); settable.
+        version: the upstream's HTTP version.
+        headers: :class:`HeaderMap`.
+
+    Helpers as on :class:`RequestHeader`: ``get``, ``insert_header``,
+    ``append_header``, ``remove_header``.
+    """
+
+    def __init__(self):
+        raise TypeError("ResponseHeader objects are made by the proxy")
+
+    @property
+    def reason(self):
+        return _latin1(self._reason)
+
+    @reason.setter
+    def reason(self, value):
+        self._reason = _as_value(value)
+
+    @property
+    def version(self):
+        return f"{self._major}.{self._minor}"
+
+    def get(self, name, default=None):
+        return self.headers._get(name, default)
+
+    def insert_header(self, name, value):
+        self.headers[name] = value
+
+    def append_header(self, name, value):
+        self.headers.add(name, value)
+
+    def remove_header(self, name):
+        return self.headers.pop(name, None)
+
+    def __repr__(self):
+        return f"<ResponseHeader {self.status} {self.reason}>"
+
+
+# ------------------------------------------------------------------- peer --
+
+@cython.final
+cdef class HttpPeer:
+    """An upstream to send a request to.
+
+    Args:
+        address: ``("host", port)``, ``"host:port"`` or ``"unix:/path"``.
+        tls: connect with TLS (``sni`` defaults to the host).
+        sni: the TLS server name.
+        connect_timeout, read_timeout, write_timeout, idle_timeout: seconds;
+            None uses the service's configured value.
+
+    Connections are pooled by ``reuse_key`` (address, TLS and SNI).
+    """
+
+    def __init__(self, address, tls=False, sni=None, *, connect_timeout=None,
+                 read_timeout=None, write_timeout=None, idle_timeout=None):
+        cdef str host
+        if isinstance(address, tuple) and len(address) == 2:
+            host, port = address
+            if not isinstance(host, str) or not isinstance(port, int) or not (0 < port < 65536):
+                raise ValueError(f"HttpPeer address must be (host: str, port: 1..65535), got {address!r}")
+            self.host = host
+            self.port = port
+        elif isinstance(address, str) and address.startswith("unix:"):
+            self.path = address[5:]
+            if not self.path:
+                raise ValueError("HttpPeer address 'unix:' needs a socket path, e.g. 'unix:/run/app.sock'")
+        elif isinstance(address, str) and ":" in address:
+            host, _, port_s = address.rpartition(":")
+            if not port_s.isdigit() or not (0 < int(port_s) < 65536):
+                raise ValueError(f"HttpPeer address {address!r}: the port must be 1..65535")
+            self.host = host.strip("[]")
+            self.port = int(port_s)
+        else:
+            raise ValueError(f"HttpPeer address must be (host, port), 'host:port' or "
+                             f"'unix:/path', got {address!r}")
+        self.address = address
+        self.tls = bool(tls)
+        self.sni = sni if sni is not None else (self.host or "")
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
+        self.idle_timeout = idle_timeout
+        if self.path is not None:
+            self.reuse_key = ("unix", self.path)
+        else:
+            self.reuse_key = (self.host, self.port, self.tls, self.sni)
+
+    cdef bytes _host_hdr(self):
+        """The Host value for requests that came without one."""
+        if self._host_header is None:
+            if self.path is not None:
+                self._host_header = b"localhost"
+            else:
+                h = f"[{self.host}]" if ":" in self.host else self.host
+                self._host_header = (h if self.port in (80, 443) else f"{h}:{self.port}").encode("idna")
+        return self._host_header
+
+    def __repr__(self):
+        where = f"unix:{self.path}" if self.path is not None else f"{self.host}:{self.port}"
+        return f"HttpPeer({where}{', tls' if self.tls else ''})"
+
+    def __str__(self):
+        return f"unix:{self.path}" if self.path is not None else f"{self.host}:{self.port}"
+
+
+# ------------------------------------------------------------------- wire --
+
+@cython.final
+cdef class _Wire:
+    """A parser and the bytes it parses (see the module docstring)."""
+
+    def __cinit__(self, bint is_request, uint32_t max_head, uint32_t max_url, uint32_t max_headers):
+        self.p = API.create(is_request, max_head, max_url, max_headers)
+        if self.p == NULL:
+            raise MemoryError()
+        self.dptr = b""
+        self.need = True
+
+    def __dealloc__(self):
+        API.destroy(self.p)
+
+    cdef int feed(self, object b) except -1:
+        self.need = False
+        if self.carrying:
+            self.carry += b
+        elif self.data is not None and self.pos < self.dlen:
+            self.data = self.data[self.pos:] + b
+            self.pos = 0
+            self.dptr = PyBytes_AS_STRING(self.data)
+            self.dlen = PyBytes_GET_SIZE(self.data)
+        else:
+            self.data = b
+            self.pos = 0
+            self.dptr = PyBytes_AS_STRING(b)
+            self.dlen = PyBytes_GET_SIZE(b)
+        return 0
+
+    cdef size_t unread(self):
+        if self.carrying:
+            return <size_t>PyByteArray_GET_SIZE(self.carry)
+        if self.data is None:
+            return 0
+        return self.dlen - self.pos
+
+    cdef int next(self) except -2:
+        cdef size_t consumed, off, clen
+        cdef int ev
+        cdef const char *cp
+        if self.carrying:
+            cp = PyByteArray_AS_STRING(self.carry)
+            clen = <size_t>PyByteArray_GET_SIZE(self.carry)
+            ev = API.execute(self.p, cp, clen, self.cpos, &consumed)
+            self.cpos = consumed
+            if ev == SW_EV_HEAD:
+                self.head_buf = PyBytes_FromStringAndSize(cp, consumed)
+                self.head_base = PyBytes_AS_STRING(self.head_buf)
+                API.view(self.p, &self.m)
+                rest = PyBytes_FromStringAndSize(cp + consumed, clen - consumed) if consumed < clen else None
+                self.carrying = False
+                self.carry = None
+                self.cpos = 0
+                self.data = rest
+                self.pos = 0
+                if rest is None:
+                    self.dptr = b""
+                    self.dlen = 0
+                else:
+                    self.dptr = PyBytes_AS_STRING(rest)
+                    self.dlen = PyBytes_GET_SIZE(rest)
+                return SW_EV_HEAD
+            if ev == SW_EV_ERROR:
+                API.view(self.p, &self.m)
+            elif ev == SW_EV_NEED_DATA:
+                self.need = True
+            return ev
+        if self.need:
+            return SW_EV_NEED_DATA
+        ev = API.execute(self.p, self.dptr, self.dlen, self.pos, &consumed)
+        self.pos = consumed
+        if ev == SW_EV_HEAD:
+            self.head_buf = self.data
+            self.head_base = self.dptr
+            API.view(self.p, &self.m)
+        elif ev == SW_EV_BODY:
+            API.body(self.p, &self.body_at, &self.body_len)
+        elif ev == SW_EV_NEED_DATA:
+            self.need = True
+            if API.in_head(self.p):
+                off = API.msg_start(self.p)
+                self.carry = bytearray(self.data[off:])
+                API.rebase(self.p, <uint32_t>off)
+                self.cpos = <size_t>PyByteArray_GET_SIZE(self.carry)
+                self.carrying = True
+            self.data = None
+            self.dptr = b""
+            self.dlen = self.pos = 0
+        elif ev == SW_EV_ERROR:
+            API.view(self.p, &self.m)
+        return ev
+
+    cdef object body_bytes(self):
+        cdef size_t off = <size_t>(self.body_at - self.dptr)
+        if off == 0 and self.body_len == self.dlen:
+            return self.data
+        return PyBytes_FromStringAndSize(self.body_at, self.body_len)
+
+    cdef int finish(self):
+        cdef int ev = API.finish(self.p)
+        if ev == SW_EV_ERROR:
+            API.view(self.p, &self.m)
+        return ev
+
+
+# ------------------------------------------------------------------- pool --
+
+@cython.final
+cdef class _Pool:
+    """Idle upstream connections of one worker, by the peer's reuse key.
+
+    Each key has a LIFO stack (the most recently used connection is reused
+    first, so extra connections idle out). Counters: ``created`` (new
+    connections), ``reused`` (requests sent on a pooled connection),
+    ``closed`` (connections closed for any reason) and ``evicted`` (idle
+    connections the pool closed: over ``max_idle`` or idle too long).
+    """
+
+    def __cinit__(self, int max_idle=128, double idle_timeout=60.0):
+        self.idle = {}
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+
+    cdef _Upstream take(self, object key):
+        cdef list stack = self.idle.get(key)
+        cdef _Upstream c
+        while stack:
+            c = stack.pop()
+            c.idle = False
+            if not c.closed:
+                self.reused += 1
+                if c.read_pause & R_IDLE:
+                    c._resume_read(R_IDLE)
+                return c
+        return None
+
+    cdef void put(self, _Upstream c):
+        cdef list stack
+        cdef _Upstream old
+        if c.closed or not c.reusable or self.max_idle <= 0:
+            c._close()
+            return
+        stack = self.idle.get(c.key)
+        if stack is None:
+            stack = self.idle[c.key] = []
+        c.idle = True
+        c.s = None
+        c.deadline = sw_now() + (c.peer.idle_timeout if c.peer.idle_timeout is not None else self.idle_timeout)
+        c.dl_kind = DL_POOL
+        stack.append(c)
+        if len(stack) > self.max_idle:
+            old = stack.pop(0)
+            old.idle = False
+            self.evicted += 1
+            old._close()
+
+    cdef void drop(self, _Upstream c):
+        cdef list stack
+        if not c.idle:
+            return
+        c.idle = False
+        stack = self.idle.get(c.key)
+        if stack is not None:
+            try:
+                stack.remove(c)
+            except ValueError:
+                pass
+            if not stack:
+                del self.idle[c.key]
+
+    cdef void sweep(self, double now):
+        cdef list stack
+        cdef _Upstream c
+        cdef list dead = []
+        for key, stack in self.idle.items():
+            for c in stack:
+                if c.deadline and now >= c.deadline:
+                    dead.append(c)
+        for c in dead:
+            self.drop(c)
+            self.evicted += 1
+            c._close()
+
+    def stats(self):
+        """Counters and the number of idle connections, as a dict."""
+        return {"created": self.created, "reused": self.reused, "closed": self.closed,
+                "evicted": self.evicted,
+                "idle": sum(len(s) for s in self.idle.values())}
+
+    def close_idle(self):
+        """Close every idle connection (at shutdown)."""
+        cdef _Upstream c
+        for stack in list(self.idle.values()):
+            for c in list(stack):
+                self.drop(c)
+                c._close()
+
+
+cdef dict _POOLS = {}
+
+cdef _Pool _pool_for(object loop, int max_idle, double idle_timeout):
+    cdef _Pool p = _POOLS.get(loop)
+    if p is None:
+        p = _POOLS[loop] = _Pool(max_idle, idle_timeout)
+    else:
+        p.max_idle = max_idle
+        p.idle_timeout = idle_timeout
+    return p
+
+
+def pool_stats(loop=None):
+    """Counters of the connection pool of ``loop`` (the running loop by
+    default): created, reused, closed, evicted, idle."""
+    if loop is None:
+        loop = asyncio.get_running_loop()
+    p = _POOLS.get(loop)
+    if p is None:
+        return {"created": 0, "reused": 0, "closed": 0, "evicted": 0, "idle": 0}
+    return p.stats()
+
+
+def forget_pool(loop):
+    """Drop ``loop``'s pool (its idle connections are closed)."""
+    p = _POOLS.pop(loop, None)
+    if p is not None:
+        p.close_idle()
+
+
+# -------------------------------------------------------- hooks and tasks --
+
+async def _drive(coro, yielded):
+    """Finish a hook coroutine that suspended on its first step.
+
+    ``yielded`` is what the coroutine's first ``send(None)`` produced (a
+    Future, or None for a bare yield). This runs as a Task, so inside the
+    hook ``asyncio.current_task()``, timeouts and cancellation work.
+    """
+    while True:
+        try:
+            if yielded is None:
+                await asyncio.sleep(0)
+            else:
+                # The hook's own await marked the future as being waited on
+                # (as a Task would see it); clear that so we can wait on it.
+                yielded._asyncio_future_blocking = False
+                await yielded
+        except BaseException as exc:
+            if yielded is not None and yielded.done():
+                pass  # the coroutine reads the future's outcome itself
+            else:
+                try:
+                    yielded = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+        try:
+            yielded = coro.send(None)
+        except StopIteration as stop:
+            return stop.value
+
+
+cdef object _wrap_hook_error(object exc, str hook):
+    if isinstance(exc, Error):
+        return exc
+    err = Error(f"hook {hook} raised {type(exc).__name__}: {exc}", status=500, source=INTERNAL)
+    err.__cause__ = exc
+    return err
+
+
+# ----------------------------------------------------------------- engine --
+
+@cython.final
+cdef class _Engine:
+    """Per-loop state of one proxy service: the app's hooks, the settings,
+    the live connections and the timer that enforces deadlines."""
+
+    def __cinit__(self, object app, object base_class, object loop=None, *,
+                  double head_timeout=10.0, double keepalive_timeout=60.0,
+                  double request_timeout=0.0, double connect_timeout=5.0,
+                  double read_timeout=60.0, double write_timeout=60.0,
+                  int max_connections=0, int max_retries=1, long long max_body_size=0,
+                  bint forwarded=False, bint access_log=False,
+                  int pool_size=128, double pool_idle_timeout=60.0,
+                  int max_head_size=32768, int max_url_size=8192, int max_headers=128):
+        self.loop = loop if loop is not None else asyncio.get_event_loop()
+        self.app = app
+        self.conns = set()
+        self.wires = []
+        self.head_timeout = head_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
+        self.max_connections = max_connections
+        self.max_retries = max_retries
+        self.max_body_size = max_body_size
+        self.forwarded = forwarded
+        self.access_log = access_log
+        if max_head_size <= 0 or max_url_size <= 0 or max_headers <= 0:
+            raise ValueError("max_head_size, max_url_size and max_headers must be positive")
+        self.max_head = max_head_size
+        self.max_url = max_url_size
+        self.max_headers = max_headers
+        self.pool = _pool_for(self.loop, pool_size, pool_idle_timeout)
+        self.log = logging.getLogger("sluiceway.error")
+        self.alog = logging.getLogger("sluiceway.access")  # (the access_log argument is a bool)
+
+        def hook(name):
+            fn = getattr(type(app), name, None)
+            if fn is None or fn is getattr(base_class, name, None):
+                return None
+            return getattr(app, name)
+
+        self.h_new_ctx = hook("new_ctx")
+        self.h_early = hook("early_request_filter")
+        self.h_req_filter = hook("request_filter")
+        self.h_req_body = hook("request_body_filter")
+        self.h_peer = getattr(app, "upstream_peer", None)
+        if self.h_peer is None or hook("upstream_peer") is None:
+            raise TypeError(f"{type(app).__name__} must override upstream_peer(session, ctx) "
+                            "to say where each request goes (return an HttpPeer)")
+        self.h_connected = hook("connected_to_upstream")
+        self.h_up_req = hook("upstream_request_filter")
+        self.h_up_resp = hook("upstream_response_filter")
+        self.h_resp = hook("response_filter")
+        self.h_resp_body = hook("response_body_filter")
+        self.h_logging = hook("logging")
+        self.h_fail_connect = hook("fail_to_connect")
+        self.h_err_proxy = hook("error_while_proxy")
+        self.h_fail_proxy = hook("fail_to_proxy")
+        ts = [t for t in (head_timeout, keepalive_timeout, request_timeout, read_timeout,
+                          write_timeout, pool_idle_timeout) if t > 0]
+        self.tick = min(1.0, max(0.02, min(ts) / 4.0)) if ts else 1.0
+        self._schedule()
+
+    @property
+    def overridden_hooks(self):
+        """Names of the hooks the app overrides (the others cost nothing)."""
+        names = ["new_ctx", "early_request_filter", "request_filter", "request_body_filter",
+                 "upstream_peer", "connected_to_upstream", "upstream_request_filter",
+                 "upstream_response_filter", "response_filter", "response_body_filter",
+                 "logging", "fail_to_connect", "error_while_proxy", "fail_to_proxy"]
+        vals = [self.h_new_ctx, self.h_early, self.h_req_filter, self.h_req_body, self.h_peer,
+                self.h_connected, self.h_up_req, self.h_up_resp, self.h_resp, self.h_resp_body,
+                self.h_logging, self.h_fail_connect, self.h_err_proxy, self.h_fail_proxy]
+        return [n for n, v in zip(names, vals) if v is not None]
+
+    @property
+    def pool_stats(self):
+        return self.pool.stats()
+
+    @property
+    def connections(self):
+        """Number of open downstream connections."""
+        return len(self.conns)
+
+    def active_requests(self):
+        """Number of requests in progress (until their logging hook ends)."""
+        return self.inflight
+
+    cdef void _schedule(self):
+        self.timer = self.loop.call_later(self.tick, self._on_tick)
+
+    def _on_tick(self):
+        cdef double now = sw_now()
+        cdef _Downstream d
+        cdef _Upstream u
+        try:
+            for d in list(self.conns):
+                if d.deadline and now >= d.deadline:
+                    d._timeout(now)
+                elif d.dl_kind == DL_IDLE and d.w is not None and d.w.unread() == 0 and \
+                        not d.w.carrying and not d.discard_body and not d.closed:
+                    # Idle since the last tick: its parser goes back to the
+                    # free list (an idle keep-alive connection holds none).
+                    self._give_wire(d.w)
+                    d.w = None
+            for d in list(self.conns):
+                if d.cur is not None and d.cur.us is not None:
+                    u = d.cur.us
+                    if u.deadline and now >= u.deadline:
+                        u._timeout(now)
+            self.pool.sweep(now)
+        except BaseException:
+            self.log.exception("sluiceway: error in the timeout sweep (this is a bug)")
+        if self.timer is not None:
+            self._schedule()
+
+    cdef _Wire _take_wire(self):
+        if self.wires:
+            return <_Wire>self.wires.pop()
+        return _Wire(True, self.max_head, self.max_url, self.max_headers)
+
+    cdef void _give_wire(self, _Wire w):
+        if len(self.wires) < 256:
+            API.reset(w.p)
+            w.data = None
+            w.head_buf = None
+            w.dptr = b""
+            w.dlen = w.pos = 0
+            w.need = True
+            self.wires.append(w)
+
+    def protocol_factory(self):
+        """Return a new downstream protocol (give this to create_server)."""
+        return _Downstream(self)
+
+    def stop(self):
+        """Stop the deadline timer."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def begin_shutdown(self):
+        """Graceful stop: no more keep-alive; idle client connections close
+        now, busy ones after their current response."""
+        cdef _Downstream d
+        self.closing = True
+        for d in list(self.conns):
+            if d.cur is None and (d.w is None or d.w.unread() == 0):
+                d._close()
+
+    def close_all(self):
+        """Close every connection at once (fast exit)."""
+        cdef _Downstream d
+        for d in list(self.conns):
+            d._close()
+        self.pool.close_idle()
+
+
+def make_engine(app, base_class, loop=None, **settings):
+    """Build the engine for ``app`` (a ProxyHttp instance) on ``loop``."""
+    return _Engine(app, base_class, loop, **settings)
+
+
+# ------------------------------------------------------------- downstream --
+
+@cython.final
+cdef class _Downstream:
+    """The protocol of one client connection."""
+
+    def __cinit__(self, _Engine eng):
+        self.eng = eng
+
+    def connection_made(self, transport):
+        self.transport = transport
+        eng = self.eng
+        if eng.max_connections and len(eng.conns) >= eng.max_connections:
+            # Over the limit: answer politely and close.
+            # Close once the client's first bytes are read (closing with
+            # unread input would reset the connection and lose the 503).
+            transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                            b"Connection: close\r\nRetry-After: 1\r\n\r\n")
+            self.rejected = True
+            eng.loop.call_later(1.0, self._reject_close)
+            if eng.log.isEnabledFor(logging.WARNING):
+                eng.log.warning("sluiceway: connection refused: %d connections open "
+                                "(max_connections)", len(eng.conns))
+            return
+        eng.conns.add(self)
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        # The parser is taken from the engine's free list when bytes arrive
+        # and given back while the connection idles (see _request_done).
+        self.w = None
+        if eng.head_timeout > 0:
+            self.deadline = sw_now() + eng.head_timeout
+            self.dl_kind = DL_HEAD
+
+    def data_received(self, data):
+        if self.closed:
+            return
+        if self.rejected:
+            self._close()
+            return
+        if self.tunnel:
+            if self.cur is not None and self.cur.us is not None and not self.cur.us.closed:
+                self.cur.request_body_bytes += len(data)
+                self.cur.us.transport.write(data)
+            return
+        if self.dl_kind == DL_IDLE:
+            self.deadline = sw_now() + self.eng.head_timeout if self.eng.head_timeout > 0 else 0.0
+            self.dl_kind = DL_HEAD
+        if self.w is None:
+            self.w = self.eng._take_wire()
+        self.w.feed(data)
+        self._process()
+
+    def eof_received(self):
+        # As nginx does (without proxy_ignore_client_abort): a client that
+        # shuts down its side has abandoned the request; the upstream request
+        # is aborted and the connection closed.
+        return False
+
+    def connection_lost(self, exc):
+        cdef Session s = None
+        self.closed = True
+        self.eng.conns.discard(self)
+        if self.cur is not None:
+            s = self.cur
+            self.cur = None
+            s._ds_lost(exc)
+        if self.w is not None and self.w.unread() == 0 and not self.w.carrying and \
+                not self.discard_body and s is None:
+            self.eng._give_wire(self.w)
+        self.w = None
+
+    def pause_writing(self):
+        self.write_paused = True
+        if self.cur is not None and self.cur.us is not None:
+            self.cur.us._pause_read(R_PEER_FULL)
+
+    def resume_writing(self):
+        self.write_paused = False
+        if self.cur is not None and self.cur.us is not None:
+            self.cur.us._resume_read(R_PEER_FULL)
+            self.cur.us._process()
+
+    cdef object _addr(self):
+        """The client's address, asked of the transport on first use (an
+        idle connection keeps no address objects)."""
+        if self.client_addr is None and self.transport is not None:
+            self.client_addr = self.transport.get_extra_info("peername")
+        return self.client_addr
+
+    cdef void _pause_read(self, int why):
+        if self.read_pause == 0 and not self.closed:
+            self.transport.pause_reading()
+        self.read_pause |= why
+
+    cdef void _resume_read(self, int why):
+        if self.read_pause & why:
+            self.read_pause &= ~why
+            if self.read_pause == 0 and not self.closed:
+                self.transport.resume_reading()
+
+    cdef void _process(self):
+        cdef int ev
+        cdef Session s
+        cdef _Engine eng = self.eng
+        if self.in_process or self.closed or self.w is None or self.tunnel:
+            return
+        self.in_process = True
+        try:
+            while not self.blocked and not self.closed:
+                if self.read_pause & R_PEER_FULL:
+                    break
+                ev = self.w.next()
+                if ev == SW_EV_NEED_DATA:
+                    break
+                if ev == SW_EV_HEAD:
+                    if self.eng.closing and self.nreq > 0:
+                        self._close()
+                        break
+                    if self.w.m.method == 5:  # CONNECT: not for a reverse proxy
+                        self.transport.write(_simple_response(
+                            405, b"405 Method Not Allowed: CONNECT is not supported\n", False))
+                        self._close()
+                        break
+                    self.blocked = True
+                    self.discard_body = False
+                    self.nreq += 1
+                    eng.requests += 1
+                    s = Session._new(self, self.w)
+                    self.cur = s
+                    if eng.request_timeout > 0:
+                        self.deadline = s.t_start + eng.request_timeout
+                        self.dl_kind = DL_TOTAL
+                    else:
+                        self.deadline = 0.0
+                        self.dl_kind = DL_NONE
+                    s._advance(S_NEW_CTX, None)
+                elif ev == SW_EV_BODY:
+                    if self.cur is not None and not self.discard_body:
+                        self.cur._on_req_body(self.w.body_bytes())
+                elif ev == SW_EV_END:
+                    if self.cur is not None and not self.discard_body:
+                        self.cur._on_req_end()
+                    self.discard_body = False
+                elif ev == SW_EV_UPGRADE:
+                    # The request asked to switch protocols (or was CONNECT):
+                    # it was proxied without Upgrade; nothing after it is HTTP/1.
+                    if self.cur is not None and not self.discard_body:
+                        self.cur.client_keep = False
+                        self.cur._on_req_end()
+                    else:
+                        self._close()
+                    self.blocked = True
+                    break
+                else:  # SW_EV_ERROR
+                    self._bad_request()
+                    break
+        except BaseException as exc:
+            self.eng.log.exception("sluiceway: internal error on a client connection (this is a bug)")
+            self._close()
+        finally:
+            self.in_process = False
+        if not self.closed and self.w is not None:
+            if self.blocked and self.w.unread() > HIGH_WATER:
+                self._pause_read(R_BUFFERED)
+            elif self.cur is None and not self.blocked and self.w.unread() == 0 and \
+                    not self.w.carrying and not self.discard_body and self.w.need:
+                self.eng._give_wire(self.w)
+                self.w = None
+
+    cdef void _unblock(self):
+        if self.closed:
+            return
+        self.blocked = False
+        self._resume_read(R_BUFFERED)
+        if not self.in_process:
+            self._process()
+
+    cdef void _request_done(self, bint keep):
+        """The current request is over (response sent or aborted)."""
+        self.cur = None
+        if self.closed:
+            return
+        if not keep or self.eng.closing:
+            self._close()
+            return
+        if self.w.unread() > 0:
+            self.deadline = sw_now() + self.eng.head_timeout if self.eng.head_timeout > 0 else 0.0
+            self.dl_kind = DL_HEAD
+        else:
+            self.deadline = sw_now() + self.eng.keepalive_timeout if self.eng.keepalive_timeout > 0 else 0.0
+            self.dl_kind = DL_IDLE
+        self.blocked = False
+        self._resume_read(R_BUFFERED | R_PEER_FULL)
+        if self.w.unread() == 0 and not self.w.carrying and \
+                not self.discard_body and not self.in_process:
+            # Idle: the parser goes back to the free list at once, so the
+            # parsers in use are bounded by the requests in flight, not by
+            # the open connections (an idle keep-alive connection holds none).
+            self.eng._give_wire(self.w)
+            self.w = None
+        elif self.w.unread() > 0 and not self.in_process:
+            # Pipelined bytes: parse them on the next loop iteration, not
+            # deep inside the upstream's callback.
+            self.eng.loop.call_soon(self._kick)
+
+    def _reject_close(self):
+        self._close()
+
+    def _kick(self):
+        self._process()
+
+    cdef void _close(self):
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    cdef void _bad_request(self):
+        cdef sw_msg_t *m = &self.w.m
+        cdef int status = m.err_status if m.err_status >= 400 else 400
+        reason = (<bytes>m.err_reason).decode("utf-8", "replace") if m.err_reason != NULL else "malformed request"
+        if self.eng.log.isEnabledFor(logging.INFO):
+            self.eng.log.info("sluiceway: %d from client %s: %s (at byte %d of the buffered data)",
+                              status, _fmt_addr(self._addr()), reason, m.err_offset)
+        cdef Session s
+        if self.cur is not None:
+            # A malformed body of a request in progress.
+            s = self.cur
+            s._fail(ParseError(reason, status=status, offset=m.err_offset, source=DOWNSTREAM))
+            self._close()
+            return
+        body = (f"{status} {(<bytes>sw_reason(status)).decode()}: {reason}\n").encode("utf-8", "replace")
+        self.transport.write(_simple_response(status, body, False))
+        self._close()
+
+    cdef void _timeout(self, double now):
+        cdef int kind = self.dl_kind
+        self.deadline = 0.0
+        self.dl_kind = DL_NONE
+        if self.closed:
+            return
+        if kind == DL_IDLE:
+            self._close()
+        elif kind == DL_HEAD:
+            if self.eng.log.isEnabledFor(logging.INFO):
+                self.eng.log.info("sluiceway: closing client %s: no complete request head within "
+                                  "%.3gs (head_timeout)", _fmt_addr(self._addr()), self.eng.head_timeout)
+            if self.w is not None and self.w.unread() > 0:
+                self.transport.write(_simple_response(408, b"408 Request Timeout\n", False))
+            self._close()
+        elif kind == DL_TOTAL and self.cur is not None:
+            self.cur._fail(Error(f"request not complete within {self.eng.request_timeout:.3g}s "
+                                 "(request_timeout)", status=504, source=UPSTREAM))
+
+
+cdef str _fmt_addr(object a):
+    if isinstance(a, tuple) and len(a) >= 2:
+        return f"{a[0]}:{a[1]}"
+    return str(a) if a else "-"
+
+
+cdef bytes _simple_response(int status, bytes body, bint keep, list headers=None):
+    cdef bytes reason = sw_reason(status)
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    if headers:
+        for n, v in headers:
+            parts.append(_as_name(n) + b": " + _as_value(v) + b"\r\n")
+    parts.append(b"Content-Length: %d\r\n" % len(body))
+    if not keep:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    parts.append(body)
+    return b"".join(parts)
+
+
+# --------------------------------------------------------------- upstream --
+
+@cython.final
+cdef class _Upstream:
+    """The protocol of one upstream connection (pooled between requests)."""
+
+    def __cinit__(self, _Engine eng, HttpPeer peer):
+        self.eng = eng
+        self.peer = peer
+        self.key = peer.reuse_key
+        self.reusable = True
+        self.w = _Wire(False, max(eng.max_head, 65536), eng.max_url, max(eng.max_headers, 256))
+        self.read_timeout = peer.read_timeout if peer.read_timeout is not None else eng.read_timeout
+        self.write_timeout = peer.write_timeout if peer.write_timeout is not None else eng.write_timeout
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        self.eng.pool.created += 1
+
+    def data_received(self, data):
+        if self.closed:
+            return
+        if self.tunnel:
+            if self.s is not None and self.s.ds is not None and not self.s.ds.closed:
+                self.s.response_body_bytes += len(data)
+                self.s.ds.transport.write(data)
+            return
+        if self.s is None:
+            # Bytes on an idle connection: the peer is confused; never reuse.
+            self.reusable = False
+            self.eng.pool.drop(self)
+            self._close()
+            return
+        self.got_bytes = True
+        if self.dl_kind == DL_READ:
+            self.deadline = sw_now() + self.read_timeout if self.read_timeout > 0 else 0.0
+        self.w.feed(data)
+        self._process()
+
+    def eof_received(self):
+        cdef int ev
+        self.reusable = False
+        if self.tunnel:
+            return False
+        if self.s is not None and not self.closed:
+            self._process()
+            if self.s is not None and not self.blocked:
+                ev = self.w.finish()
+                if ev == SW_EV_END and self.s is not None:
+                    self.s._on_resp_end()
+                elif ev == SW_EV_ERROR and self.s is not None:
+                    self.s._us_lost(None)
+        return False
+
+    def connection_lost(self, exc):
+        cdef Session s
+        self.closed = True
+        self.reusable = False
+        self.eng.pool.closed += 1
+        if self.idle:
+            self.eng.pool.drop(self)
+        if self.s is not None:
+            s = self.s
+            s._us_lost(exc)
+
+    def pause_writing(self):
+        self.write_paused = True
+        if self.s is not None:
+            if self.write_timeout > 0:
+                self.deadline = sw_now() + self.write_timeout
+                self.dl_kind = DL_WRITE
+            if self.s.ds is not None:
+                self.s.ds._pause_read(R_PEER_FULL)
+
+    def resume_writing(self):
+        self.write_paused = False
+        if self.s is not None:
+            if self.dl_kind == DL_WRITE:
+                self.deadline = 0.0
+                self.dl_kind = DL_NONE
+                if self.s.req_body_done and self.read_timeout > 0:
+                    self.deadline = sw_now() + self.read_timeout
+                    self.dl_kind = DL_READ
+            if self.s.ds is not None:
+                self.s.ds._resume_read(R_PEER_FULL)
+                self.s.ds._process()
+
+    cdef void _pause_read(self, int why):
+        if self.read_pause == 0 and not self.closed:
+            self.transport.pause_reading()
+            if self.dl_kind == DL_READ:
+                # The client is slow, not the upstream: no read deadline now.
+                self.deadline = 0.0
+        self.read_pause |= why
+
+    cdef void _resume_read(self, int why):
+        if self.read_pause & why:
+            self.read_pause &= ~why
+            if self.read_pause == 0 and not self.closed:
+                self.transport.resume_reading()
+                if self.dl_kind == DL_READ and self.read_timeout > 0:
+                    self.deadline = sw_now() + self.read_timeout
+
+    cdef void _process(self):
+        cdef int ev
+        cdef Session s
+        if self.in_process or self.closed or self.tunnel:
+            return
+        self.in_process = True
+        try:
+            while not self.blocked and self.s is not None and not self.closed:
+                if self.read_pause & R_PEER_FULL:
+                    break
+                s = self.s
+                ev = self.w.next()
+                if ev == SW_EV_NEED_DATA:
+                    break
+                if ev == SW_EV_HEAD:
+                    if 100 <= self.w.m.status_code < 200 and self.w.m.status_code != 101:
+                        self.in_1xx = True
+                        continue
+                    if self.w.m.status_code == 101:
+                        self.reusable = False
+                        if not s.want_upgrade:
+                            s._fail(Error(f"upstream {self.peer} switched protocols (101) for a "
+                                          "request that did not ask to upgrade", status=502, source=UPSTREAM))
+                            break
+                        s.upgrading = True
+                    s._on_resp_head(self.w)
+                elif ev == SW_EV_BODY:
+                    if s.pend_data is not None and s.pend_data is self.w.data and \
+                            self.w.body_at == self.w.dptr + s.pend_off + s.pend_len:
+                        s.pend_len += self.w.body_len
+                        s.response_body_bytes += self.w.body_len
+                        continue
+                    s._flush_pending()
+                    s._on_resp_body(self.w.body_bytes())
+                elif ev == SW_EV_END:
+                    if self.in_1xx:
+                        self.in_1xx = False
+                        continue
+                    if s.upgrading:
+                        continue  # the UPGRADE event follows
+                    if self.w.unread() > 0:
+                        self.reusable = False  # bytes after the response
+                    s._on_resp_end()
+                    break
+                elif ev == SW_EV_UPGRADE:
+                    self.reusable = False
+                    if s.upgrading and s.resp_started:
+                        s._start_tunnel()
+                    else:
+                        s._fail(Error(f"upstream {self.peer} switched protocols (status "
+                                      f"{self.w.m.status_code}) unasked", status=502, source=UPSTREAM))
+                    break
+                else:
+                    self.reusable = False
+                    reason = (<bytes>self.w.m.err_reason).decode("utf-8", "replace") \
+                        if self.w.m.err_reason != NULL else "malformed response"
+                    s._fail(Error(f"upstream {self.peer} sent an invalid response: {reason}",
+                                  status=502, source=UPSTREAM))
+                    break
+        except BaseException:
+            self.eng.log.exception("sluiceway: internal error on an upstream connection (this is a bug)")
+            self.reusable = False
+            if self.s is not None:
+                self.s._fail(Error("internal error while reading the upstream response",
+                                   status=500, source=INTERNAL))
+            self._close()
+        finally:
+            self.in_process = False
+            if self.s is not None:
+                self.s._flush_pending()
+        if self.blocked and not self.closed and self.w.unread() > HIGH_WATER:
+            self._pause_read(R_BUFFERED)
+
+    cdef void _close(self):
+        self.reusable = False
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    cdef void _timeout(self, double now):
+        cdef int kind = self.dl_kind
+        self.deadline = 0.0
+        self.dl_kind = DL_NONE
+        if self.s is None or self.closed:
+            return
+        if kind == DL_READ:
+            what = f"no response data within {self.read_timeout:.3g}s (read_timeout)"
+        elif kind == DL_WRITE:
+            what = f"request not accepted within {self.write_timeout:.3g}s (write_timeout)"
+        else:
+            return
+        self.reusable = False
+        self.s._fail(Error(f"upstream {self.peer} timed out: {what}", status=504, source=UPSTREAM))
+
+
+# ---------------------------------------------------------------- session --
+
+@cython.final
+@cython.freelist(64)
+cdef class Session:
+    """One request's life in the proxy, given to every hook.
+
+    Attributes:
+        req_header: the request head (:class:`RequestHeader`); hooks may
+            change it before ``upstream_request_filter`` sends it on.
+        client_addr: the client's address (``(host, port)``).
+        ctx: the per-request context ``new_ctx()`` returned.
+        peer: the HttpPeer chosen by ``upstream_peer`` (None before).
+        error: the Error that ended the request, or None.
+        retries: how many times ``upstream_peer`` was asked again.
+        upstream_reused: whether the upstream connection came from the pool.
+        status: the status sent to the client (0 before the response).
+        request_body_bytes, response_body_bytes: body bytes proxied.
+    """
+
+    def __init__(self):
+        raise TypeError("Session objects are made by the proxy")
+
+    @staticmethod
+    cdef Session _new(_Downstream ds, _Wire w):
+        cdef Session s = Session.__new__(Session)
+        cdef RequestHeader rq = RequestHeader.__new__(RequestHeader)
+        cdef sw_msg_t *m = &w.m
+        cdef int mi = m.method
+        name = _METHODS[mi]
+        if name is None:
+            name = _METHODS[mi] = (<bytes>API.method_name(w.p)).decode("ascii")
+        rq._method = name
+        rq._buf = w.head_buf
+        rq._target = m.url
+        rq._head.off = m.msg_start
+        rq._head.len = m.head_len
+        rq._major = m.major
+        rq._minor = m.minor
+        rq.keep_alive = m.keep_alive
+        rq.chunked = m.chunked
+        rq.has_cl = m.has_content_length
+        rq.content_length = m.content_length
+        rq.upgrade = m.upgrade
+        rq.headers = _new_map(w.head_buf, w.head_base, m.headers, m.nheaders)
+        s.req_header = rq
+        s.eng = ds.eng
+        s.ds = ds
+        s.t_start = sw_now()
+        ds.eng.inflight += 1
+        s.client_keep = m.keep_alive and not m.upgrade
+        s.want_upgrade = m.upgrade and mi != 5  # 5: CONNECT in llhttp
+        s.req_has_body = m.chunked or (m.has_content_length and m.content_length > 0)
+        s.head_request = mi == 2  # HTTP_HEAD in llhttp
+        s.body_filter_up = ds.eng.h_req_body is not None
+        s.resp_hooks = ds.eng.h_up_resp is not None or ds.eng.h_resp is not None
+        return s
+
+    # --- public API for hooks ---------------------------------------------
+
+    def respond(self, int status, headers=None, body=b""):
+        """Write a complete response to the client now (the request is then
+        not proxied when done from ``request_filter``; return True there).
+
+        Args:
+            status: the HTTP status.
+            headers: optional ``[(name, value), ...]`` or dict.
+            body: bytes or str (UTF-8).
+        Raises:
+            RuntimeError: a response was already started.
+        """
+        if self.resp_started:
+            raise RuntimeError("a response was already sent for this request")
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        if isinstance(headers, dict):
+            headers = list(headers.items())
+        if self.req_has_body and not self.req_body_done and not self.prefetch_end:
+            self.client_keep = False  # the unread body would be taken for a request
+        keep = self.client_keep and not self.eng.closing
+        if not keep:
+            self.client_keep = False
+        data = _simple_response(status, b"" if self.head_request else bytes(body), keep, headers)
+        if self.head_request and body:
+            data = data.replace(b"Content-Length: 0\r\n", b"Content-Length: %d\r\n" % len(body), 1)
+        self.resp_started = True
+        self.resp_done = True
+        self.status = status
+        self.response_body_bytes += len(body)
+        self._write_ds(data)
+
+    def respond_error(self, int status):
+        """Write a small error response with the standard reason phrase."""
+        self.respond(status, [("content-type", "text/plain")],
+                     f"{status} {(<bytes>sw_reason(status)).decode()}\n")
+
+    async def read_request_body(self):
+        """Read the next chunk of the request body (for hooks that run
+        before the request goes upstream, e.g. ``request_filter``).
+
+        Returns:
+            bytes, or None at the end of the body (at once for a request
+            without a body). Chunks read here are still sent upstream, first,
+            through ``request_body_filter``.
+        Raises:
+            RuntimeError: after the request head went upstream (the body is
+                then streamed; use ``request_body_filter``).
+        """
+        if self.up_head_sent:
+            raise RuntimeError("read_request_body() is for hooks that run before the request is "
+                               "sent upstream; use request_body_filter to see the streamed body")
+        if not self.req_has_body or self.prefetch_end or self.finished or self.ds is None:
+            return None
+        if self.body_waiter is not None:
+            raise RuntimeError("read_request_body() is already waiting for a chunk")
+        if not self.sent_100:
+            ex = self.req_header.headers._get("expect", None)
+            if ex is not None and ex.lower() == "100-continue" and self.req_header._minor == 1:
+                self.sent_100 = True
+                self._write_ds(_CONTINUE)
+        fut = self.eng.loop.create_future()
+        self.body_waiter = fut
+        self.ds._unblock()
+        return await fut
+
+    cdef void _wake_reader(self, object chunk):
+        cdef object fut = self.body_waiter
+        self.body_waiter = None
+        if fut is not None and not fut.done():
+            fut.set_result(chunk)
+
+    @property
+    def client_addr(self):
+        """The client's address: ``(host, port)`` for TCP."""
+        if self._client_addr is None and self.ds is not None:
+            self._client_addr = self.ds._addr()
+        return self._client_addr
+
+    @property
+    def response_written(self):
+        """True once a response head went to the client."""
+        return self.resp_started
+
+    @property
+    def is_head_request(self):
+        return self.head_request
+
+    @property
+    def timing(self):
+        """Monotonic timestamps (seconds): ``start`` (head parsed),
+        ``upstream_connected``, ``response_start`` (upstream head), ``end``,
+        and ``elapsed`` (end - start, or until now)."""
+        end = self.t_end if self.t_end else sw_now()
+        return {"start": self.t_start, "upstream_connected": self.t_connected or None,
+                "response_start": self.t_resp or None, "end": self.t_end or None,
+                "elapsed": end - self.t_start}
+
+    def __repr__(self):
+        return f"<Session {self.req_header!r} from {_fmt_addr(self.client_addr)}>"
+
+    # --- hook calls ---------------------------------------------------------
+
+    cdef object _call(self, object fn, tuple args, int next_stage):
+        cdef object r, y
+        try:
+            r = fn(*args)
+            if r is None or type(r) is bool or type(r) is HttpPeer:
+                return r
+            if PyCoro_CheckExact(r) or hasattr(type(r), "__await__"):
+                if not PyCoro_CheckExact(r):
+                    r = _await_wrapper(r)
+                try:
+                    y = r.send(None)
+                except StopIteration as stop:
+                    return stop.value
+                self.hook_next = next_stage
+                self.hook_task = self.eng.loop.create_task(_drive(r, y))
+                self.hook_task.add_done_callback(self._hook_done)
+                return _PENDING
+            return r
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            self.hook_next = 0
+            self._hook_failed(exc, getattr(fn, "__name__", "?"), next_stage)
+            return _FAILED
+
+    def _hook_done(self, task):
+        try:
+            self._hook_done_impl(task)
+        except BaseException as exc:
+            self._internal_error(exc)
+
+    def _internal_error(self, exc):
+        """A bug in the engine surfaced in a loop callback: log it and end
+        the request rather than leave the client waiting."""
+        self.eng.log.error("sluiceway: internal error in a request (this is a bug)", exc_info=exc)
+        if self.finished:
+            return
+        try:
+            self._fail(Error("internal error", status=500, source=INTERNAL))
+        except BaseException:
+            if self.ds is not None:
+                self.ds._close()
+
+    def _hook_done_impl(self, task):
+        cdef int stage = self.hook_next
+        self.hook_task = None
+        if stage == S_LOG_DONE:
+            if not task.cancelled() and task.exception() is not None:
+                self._hook_failed(task.exception(), "logging", stage)
+            else:
+                self._final()
+            return
+        if task.cancelled():
+            if not self.finished:
+                if self.ds_gone:
+                    self._finish()
+                else:
+                    self._hook_failed(asyncio.CancelledError("hook cancelled"), "hook", stage)
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._hook_failed(exc, "hook", stage)
+            return
+        if self.ds_gone and stage != S_LOG_DONE:
+            self._finish()
+            return
+        self._advance(stage, task.result())
+
+    def _hook_failed(self, exc, name, stage):
+        err = _wrap_hook_error(exc, name)
+        if not isinstance(exc, Error) and self.eng.log.isEnabledFor(logging.ERROR):
+            self.eng.log.error("sluiceway: hook %s failed for %s %s", name,
+                               self.req_header._method, self.req_header.uri, exc_info=exc)
+        if stage == S_LOG_DONE:
+            self._final()
+        elif stage == S_FAIL_PROXY_DONE:
+            # fail_to_proxy itself failed: answer with the original error's status.
+            self._advance(stage, getattr(self.error, "status", 500))
+        elif stage in (S_ERR_PROXY_DONE, S_FAIL_CONNECT_DONE):
+            # A failure while handling a failure: go on with the original.
+            self._advance(stage, self.error)
+        else:
+            self._fail(err)
+
+    # --- the stage machine --------------------------------------------------
+
+    cdef void _advance(self, int stage, object value):
+        cdef _Engine eng = self.eng
+        cdef object r
+        while True:
+            if self.finished:
+                return
+            if stage == S_NEW_CTX:
+                if eng.h_new_ctx is not None:
+                    r = self._call(eng.h_new_ctx, (), S_EARLY)
+                    if r is _PENDING or r is _FAILED:
+                        return
+                    value = r
+                stage = S_EARLY
+                continue
+            if stage == S_EARLY:
+                if self.ctx is None and value is not None:
+                    self.ctx = value
+                if eng.h_early is not None:
+                    r = self._call(eng.h_early, (self, self.ctx), S_REQ_FILTER)
+                    if r is _PENDING or r is _FAILED:
+                        return
+                stage = S_REQ_FILTER
+                continue
+            if stage == S_REQ_FILTER:
+                if self.resp_started:
+                    self._finish()
+                    return
+                if eng.max_body_size > 0 and self.req_header.has_cl and \
+                        self.req_header.content_length > <unsigned long long>eng.max_body_size:
+                    self._fail(Error(f"request body of {self.req_header.content_length} bytes is over "
+                                     f"max_body_size ({eng.max_body_size})", status=413, source=DOWNSTREAM))
+                    return
+                value = False
+                if eng.h_req_filter is not None:
+                    r = self._call(eng.h_req_filter, (self, self.ctx), S_REQ_FILTER_DONE)
+                    if r is _PENDING or r is _FAILED:
+                        return
+                    value = r
+                stage = S_REQ_FILTER_DONE
+                continue
+            if stage == S_REQ_FILTER_DONE:
+                if value or self.resp_started:
+                    if not self.resp_started:
+                        self.eng.log.error("sluiceway: request_filter returned True without "
+                                           "writing a response (call session.respond() first); "
+                                           "answering 500")
+                        self.respond_error(500)
+                    self._finish()
+                    return
+                stage = S_PEER
+                continue
+            if stage == S_PEER:
+                r = self._call(eng.h_peer, (self, self.ctx), S_PEER_DONE)
+                if r is _PENDING or r is _FAILED:
+                    return
+                value = r
+                stage = S_PEER_DONE
+                continue
+            if stage == S_PEER_DONE:
+                if not isinstance(value, HttpPeer):
+                    self._fail(Error(f"upstream_peer must return an HttpPeer, got "
+                                     f"{type(value).__name__}", status=500, source=INTERNAL))
+                    return
+                self.peer = value
+                self._connect(False)
+                return
+            if stage == S_CONNECTED:
+                self.t_connected = sw_now()
+                if self.replaying:
+                    stage = S_SEND  # hooks already ran for this request
+                    continue
+                if eng.h_connected is not None:
+                    r = self._call(eng.h_connected, (self, self.upstream_reused, self.peer, self.ctx), S_UP_REQ)
+                    if r is _PENDING or r is _FAILED:
+                        return
+                stage = S_UP_REQ
+                continue
+            if stage == S_UP_REQ:
+                if eng.h_up_req is not None:
+                    r = self._call(eng.h_up_req, (self, self.req_header, self.ctx), S_SEND)
+                    if r is _PENDING or r is _FAILED:
+                        return
+                stage = S_SEND
+                continue
+            if stage == S_SEND:
+                if self.us is None or self.us.closed:
+                    # The connection died while a hook ran.
+                    self._us_lost(None)
+                    return
+                self._send_upstream_head()
+                return
+            if stage == S_REQ_BODY_DONE:
+                self._req_body_out(value if value is not None else self.pending_chunk)
+                self.pending_chunk = None
+                if self.pending_end:
+                    self.pending_end = False
+                    self._req_end_done()
+                elif self.prefetch_end and not self.req_body_done:
+                    self._on_req_end()
+                elif not self.finished and self.ds is not None:
+                    self.ds._unblock()
+                return
+            if stage == S_UP_RESP:
+                if eng.h_up_resp is not None:
+                    r = self._call(eng.h_up_resp, (self, self.resp, self.ctx), S_RESP)
+                    if r is _PENDING or r is _FAILED:
+                        return
+                stage = S_RESP
+                continue
+            if stage == S_RESP:
+                if eng.h_resp is not None:
+                    r = self._call(eng.h_resp, (self, self.resp, self.ctx), S_RESP_SEND)
+                    if r is _PENDING or r is _FAILED:
+                        return
+                stage = S_RESP_SEND
+                continue
+            if stage == S_RESP_SEND:
+                self._send_resp_head()
+                if self.us is not None and not self.finished:
+                    self.us.blocked = False
+                    self.us._resume_read(R_BUFFERED)
+                    self.us._process()
+                return
+            if stage == S_RESP_BODY_DONE:
+                self._resp_body_out(value if value is not None else self.pending_chunk)
+                self.pending_chunk = None
+                if self.pending_end:
+                    self.pending_end = False
+                    self._resp_end_done()
+                    return
+                if self.us is not None and not self.finished:
+                    self.us.blocked = False
+                    self.us._resume_read(R_BUFFERED)
+                    self.us._process()
+                return
+            if stage == S_FAIL_CONNECT_DONE:
+                if isinstance(value, Error):
+                    self.error = value
+                if isinstance(self.error, Error) and self.error.retryable and self.retries < eng.max_retries:
+                    self.retries += 1
+                    self.error = None
+                    stage = S_PEER
+                    continue
+                self._fail(self.error)
+                return
+            if stage == S_ERR_PROXY_DONE:
+                if isinstance(value, Error):
+                    self.error = value
+                # then fail_to_proxy decides the answer
+                if eng.h_fail_proxy is not None:
+                    r = self._call(eng.h_fail_proxy, (self, self.error, self.ctx), S_FAIL_PROXY_DONE)
+                    if r is _PENDING or r is _FAILED:
+                        return
+                    value = r
+                else:
+                    value = None
+                stage = S_FAIL_PROXY_DONE
+                continue
+            if stage == S_FAIL_PROXY_DONE:
+                if not self.resp_started:
+                    status = value if isinstance(value, int) and value >= 100 else getattr(self.error, "status", 500)
+                    if eng.h_fail_proxy is None or (isinstance(value, int) and value >= 100):
+                        if not self.ds_gone:
+                            self.client_keep = False
+                            try:
+                                self.respond_error(status)
+                            except Exception:
+                                pass
+                elif not self.resp_done and self.ds is not None:
+                    # Mid-response: the client can only learn it from the close.
+                    self.client_keep = False
+                    self.ds._close()
+                self.client_keep = False
+                self._finish()
+                return
+            if stage == S_LOG_DONE:
+                self._final()
+                return
+            raise AssertionError(f"unknown session stage {stage}")
+
+    # --- upstream connection ----------------------------------------------
+
+    cdef void _connect(self, bint force_new):
+        cdef _Upstream u = None
+        cdef HttpPeer peer = self.peer
+        if not force_new:
+            u = self.eng.pool.take(peer.reuse_key)
+        if u is not None:
+            self.upstream_reused = True
+            self._bind(u)
+            self._advance(S_CONNECTED, None)
+            return
+        self.upstream_reused = False
+        self.eng.loop.create_task(self._open(peer)).add_done_callback(_ignore_result)
+
+    cdef void _bind(self, _Upstream u):
+        self.us = u
+        u.s = self
+        u.idle = False
+        u.got_bytes = False
+        u.blocked = False
+        u.in_1xx = False
+        u.nreq += 1
+        u.deadline = 0.0
+        u.dl_kind = DL_NONE
+        API.set_skip_body(u.w.p, self.head_request)
+
+    async def _open(self, HttpPeer peer):
+        try:
+            await self._open_impl(peer)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._internal_error(exc)
+
+    async def _open_impl(self, HttpPeer peer):
+        cdef _Engine eng = self.eng
+        cdef _Upstream u = _Upstream(eng, peer)
+        timeout = peer.connect_timeout if peer.connect_timeout is not None else eng.connect_timeout
+        loop = eng.loop
+        err = None
+        try:
+            if peer.path is not None:
+                coro = loop.create_unix_connection(lambda: u, peer.path)
+            elif peer.tls:
+                import ssl
+                ctx = ssl.create_default_context()
+                coro = loop.create_connection(lambda: u, peer.host, peer.port, ssl=ctx,
+                                              server_hostname=peer.sni or peer.host)
+            else:
+                coro = loop.create_connection(lambda: u, peer.host, peer.port)
+            if timeout and timeout > 0:
+                await asyncio.wait_for(coro, timeout)
+            else:
+                await coro
+        except asyncio.CancelledError:
+            raise
+        except (asyncio.TimeoutError, TimeoutError):
+            err = Error(f"connecting to upstream {peer} timed out after {timeout:.3g}s "
+                        "(connect_timeout)", status=504, source=UPSTREAM)
+        except OSError as exc:
+            err = Error(f"connecting to upstream {peer} failed: {exc.strerror or exc}",
+                        status=502, source=UPSTREAM)
+            err.__cause__ = exc
+        except Exception as exc:
+            err = Error(f"connecting to upstream {peer} failed: {type(exc).__name__}: {exc}",
+                        status=502, source=UPSTREAM)
+            err.__cause__ = exc
+        if self.finished or self.ds_gone:
+            if err is None:
+                eng.pool.put(u)  # nobody waits for it any more
+            if not self.finished:
+                self._finish()
+            return
+        if err is not None:
+            if eng.log.isEnabledFor(logging.WARNING):
+                eng.log.warning("sluiceway: %s (for %s %s from %s)", err.message,
+                                self.req_header._method, self.req_header.uri, _fmt_addr(self.client_addr))
+            self.error = err
+            if eng.h_fail_connect is not None:
+                r = self._call(eng.h_fail_connect, (self, peer, self.ctx, err), S_FAIL_CONNECT_DONE)
+                if r is _PENDING or r is _FAILED:
+                    return
+                self._advance(S_FAIL_CONNECT_DONE, r)
+            else:
+                self._advance(S_FAIL_CONNECT_DONE, err)
+            return
+        if u.closed:
+            self._fail(Error(f"upstream {peer} closed the connection at once", status=502, source=UPSTREAM))
+            return
+        self._bind(u)
+        self._advance(S_CONNECTED, None)
+
+    # --- request head and body --------------------------------------------
+
+    cdef void _send_upstream_head(self):
+        cdef RequestHeader rq = self.req_header
+        cdef HeaderMap hm = rq.headers
+        cdef _Engine eng = self.eng
+        cdef unsigned extra = SW_DROP_EXPECT
+        cdef unsigned flags
+        cdef unsigned char *drop
+        cdef char *out
+        cdef char *o
+        cdef size_t need, n
+        cdef bint reframe = self.body_filter_up and self.req_has_body
+        cdef bytes head
+        self.req_up_chunked = rq.chunked or reframe
+        if eng.forwarded:
+            extra |= SW_DROP_XFF
+        if reframe:
+            extra |= SW_DROP_CONTENT_LENGTH | SW_DROP_TRANSFER_ENCODING
+        if hm._items is None:
+            drop = _need_drop(hm._n)
+            flags = sw_hop_mark(hm._base, hm._h, hm._n, drop, extra)
+            self.expect_100 = (flags & SW_F_EXPECT_100) != 0 and rq._minor == 1
+            if not (flags & SW_F_DROPPED) and rq._minor == 1 and (flags & SW_F_HOST) \
+                    and not eng.forwarded and not rq._edited_line and not self.expect_100 \
+                    and not self.want_upgrade:
+                # Untouched: forward the received head as it is.
+                if rq._head.off == 0 and rq._head.len == PyBytes_GET_SIZE(rq._buf):
+                    head = rq._buf
+                else:
+                    head = PyBytes_FromStringAndSize(PyBytes_AS_STRING(rq._buf) + rq._head.off, rq._head.len)
+            else:
+                uri = rq.raw_uri
+                meth = rq._method.encode("ascii")
+                extras = self._extra_fields(flags, reframe)
+                need = len(meth) + len(uri) + 16 + sw_fields_size(hm._h, hm._n) + len(extras) + 2
+                out = _need_scratch(need)
+                o = out
+                memcpy(o, PyBytes_AS_STRING(meth), len(meth)); o += len(meth)
+                o[0] = b' '; o += 1
+                memcpy(o, PyBytes_AS_STRING(uri), len(uri)); o += len(uri)
+                memcpy(o, b" HTTP/1.1\r\n", 11); o += 11
+                o += sw_write_fields(o, hm._base, hm._h, hm._n, drop)
+                memcpy(o, PyBytes_AS_STRING(extras), len(extras)); o += len(extras)
+                o[0] = b'\r'; o[1] = b'\n'; o += 2
+                head = PyBytes_FromStringAndSize(out, o - out)
+        else:
+            head = self._head_from_items(extra, reframe)
+        self.up_head_sent = True
+        self.us.transport.write(head)
+        if self.replaying:
+            self._replay_body()
+            return
+        if self.upstream_reused and not self.retried_reused and self.req_has_body:
+            # Keep what is sent (up to 64 KiB) until the first response byte,
+            # to send it again if this pooled connection turns out dead.
+            self.replay = []
+            self.replay_bytes = 0
+        if not self.req_has_body:
+            self.req_body_done = True
+            self._arm_read()
+        elif self.expect_100 and not self.sent_100:
+            self.sent_100 = True
+            self._write_ds(_CONTINUE)
+        if self.prefetched is not None:
+            # Chunks a hook already read go first.
+            chunk = b"".join(self.prefetched)
+            self.prefetched = None
+            self.request_body_bytes -= len(chunk)
+            self._on_req_body(chunk)
+            if self.finished or self.hook_task is not None:
+                return  # a pending body filter resumes in S_REQ_BODY_DONE
+        if self.prefetch_end:
+            self._on_req_end()
+            return
+        # Let the client's body (or the END of a bodyless request) through.
+        if not self.req_end_seen:
+            self.ds._unblock()
+
+    cdef void _replay_body(self):
+        """On the new connection of a retry: send the body sent before."""
+        cdef list chunks = self.replay
+        self.replay = None
+        if chunks:
+            for c in chunks:
+                self._req_body_out(c)
+        if self.req_body_done:
+            if self.req_has_body and self.req_up_chunked and self.us is not None:
+                self.us.transport.write(_LAST_CHUNK)
+            self._arm_read()
+        if not self.req_end_seen and self.ds is not None:
+            self.ds._unblock()
+
+    cdef bytes _extra_fields(self, unsigned flags, bint reframe):
+        cdef list parts = []
+        cdef RequestHeader rq = self.req_header
+        cdef HeaderMap hm = rq.headers
+        if not (flags & SW_F_HOST):
+            parts.append(b"Host: " + (<HttpPeer>self.peer)._host_hdr() + _CRLF)
+        if reframe:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        if self.want_upgrade:
+            i = hm._find(b"upgrade", 0)
+            if i >= 0:
+                parts.append(b"Connection: upgrade\r\nUpgrade: " + hm._value_at(i) + _CRLF)
+        if self.eng.forwarded:
+            addr = self.client_addr
+            client = addr[0] if isinstance(addr, tuple) else "unix"
+            prior = hm.getall("x-forwarded-for")
+            xff = ", ".join(prior + [client]) if prior else client
+            parts.append(b"X-Forwarded-For: " + _as_value(xff) + _CRLF)
+            parts.append(b"X-Forwarded-Proto: http\r\n")
+            host = hm.get_bytes("host")
+            if host is not None:
+                parts.append(b"X-Forwarded-Host: " + host + _CRLF)
+        return b"".join(parts)
+
+    cdef bytes _head_from_items(self, unsigned extra, bint reframe):
+        """The slow path: a hook edited the headers."""
+        cdef RequestHeader rq = self.req_header
+        cdef HeaderMap hm = rq.headers
+        cdef list items = hm._items
+        cdef set named = set()
+        cdef unsigned flags = 0
+        for n, v in items:
+            ln = (<bytes>n).lower()
+            if ln == b"connection":
+                for tok in (<bytes>v).split(b","):
+                    tok = tok.strip().lower()
+                    if tok and tok not in (b"content-length", b"transfer-encoding", b"host"):
+                        named.add(tok)
+            elif ln == b"host":
+                flags |= SW_F_HOST
+            elif ln == b"expect" and (<bytes>v).strip().lower() == b"100-continue" and rq._minor == 1:
+                self.expect_100 = True
+        parts = [rq._method.encode("ascii"), b" ", rq.raw_uri, b" HTTP/1.1\r\n"]
+        for n, v in items:
+            ln = (<bytes>n).lower()
+            if ln in _HOP and ln != b"transfer-encoding":
+                continue
+            if ln in named or ln == b"expect":
+                continue
+            if reframe and ln in (b"content-length", b"transfer-encoding"):
+                continue
+            if self.eng.forwarded and ln in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"):
+                continue
+            parts.append(n + b": " + v + _CRLF)
+        parts.append(self._extra_fields(flags, reframe))
+        parts.append(_CRLF)
+        return b"".join(parts)
+
+    cdef void _arm_read(self):
+        cdef _Upstream u = self.us
+        if u is not None and u.read_timeout > 0 and u.dl_kind != DL_WRITE:
+            u.deadline = sw_now() + u.read_timeout
+            u.dl_kind = DL_READ
+
+    cdef void _on_req_body(self, object chunk):
+        cdef object r
+        self.request_body_bytes += len(chunk)
+        if self.eng.max_body_size > 0 and self.request_body_bytes > self.eng.max_body_size:
+            self._fail(Error(f"request body over max_body_size ({self.eng.max_body_size} bytes)",
+                             status=413, source=DOWNSTREAM))
+            return
+        if not self.up_head_sent:
+            # A hook is reading the body (read_request_body): keep the chunk
+            # for the upstream and hand it over.
+            if self.prefetched is None:
+                self.prefetched = []
+            self.prefetched.append(chunk)
+            if self.ds is not None:
+                self.ds.blocked = True
+            self._wake_reader(chunk)
+            return
+        if self.eng.h_req_body is not None:
+            self.pending_chunk = chunk
+            self.pending_end = False
+            r = self._call(self.eng.h_req_body, (self, chunk, False, self.ctx), S_REQ_BODY_DONE)
+            if r is _FAILED:
+                return
+            if r is _PENDING:
+                self.ds.blocked = True
+                return
+            self.pending_chunk = None
+            if r is not None:
+                chunk = r
+        self._req_body_out(chunk)
+
+    cdef void _req_body_out(self, object chunk):
+        cdef char hdr[24]
+        cdef size_t k
+        cdef _Upstream u = self.us
+        if u is None or u.closed or chunk is None:
+            return
+        if isinstance(chunk, str):
+            chunk = (<str>chunk).encode("utf-8")
+        if not chunk:
+            return
+        if self.replay is not None:
+            if self.replay_bytes + len(chunk) <= 65536 and not u.got_bytes:
+                self.replay.append(chunk)
+                self.replay_bytes += len(chunk)
+            else:
+                self.replay = None  # too big to send again: no retry
+        if self.req_up_chunked:
+            k = sw_chunk_header(hdr, len(chunk))
+            u.transport.writelines((PyBytes_FromStringAndSize(hdr, k), chunk, _CRLF))
+        else:
+            u.transport.write(chunk)
+
+    cdef void _on_req_end(self):
+        cdef object r
+        self.req_end_seen = True
+        if self.req_body_done:
+            if self.ds is not None:
+                self.ds.blocked = True
+            return
+        if not self.up_head_sent:
+            # read_request_body() reached the end of the body.
+            self.prefetch_end = True
+            if self.ds is not None:
+                self.ds.blocked = True
+            self._wake_reader(None)
+            return
+        if self.eng.h_req_body is not None and self.req_has_body:
+            self.pending_chunk = None
+            self.pending_end = True
+            r = self._call(self.eng.h_req_body, (self, b"", True, self.ctx), S_REQ_BODY_DONE)
+            if r is _FAILED:
+                return
+            if r is _PENDING:
+                if self.ds is not None:
+                    self.ds.blocked = True
+                return
+            self.pending_end = False
+            if r:
+                self._req_body_out(r)
+        self._req_end_done()
+
+    cdef void _req_end_done(self):
+        self.req_body_done = True
+        if self.ds is not None:
+            self.ds.blocked = True  # the next request waits for this response
+        if self.us is not None and not self.us.closed:
+            if self.req_up_chunked:
+                self.us.transport.write(_LAST_CHUNK)
+            self._arm_read()
+        if self.resp_done and not self.finished:
+            # The response finished before the request body did.
+            self._finish()
+
+    # --- response -----------------------------------------------------------
+
+    cdef void _on_resp_head(self, _Wire w):
+        cdef sw_msg_t *m = &w.m
+        cdef ResponseHeader rs
+        cdef int st = m.status_code
+        self.t_resp = sw_now()
+        self.status = st
+        if self.resp_started:
+            # request_filter answered and still proxied? Impossible; guard anyway.
+            self._fail(Error("internal: response already started", status=500, source=INTERNAL))
+            return
+        if self.head_request or st == 204 or st == 304 or st < 200:
+            self.resp_mode = M_NONE
+        elif m.has_content_length and self.eng.h_resp_body is None:
+            self.resp_mode = M_RAW
+        elif self.req_header._minor == 1:
+            self.resp_mode = M_CHUNKED
+        else:
+            self.resp_mode = M_CLOSE
+        if not m.keep_alive:
+            self.us.reusable = False
+        if self.resp_mode == M_CLOSE or self.req_header.upgrade:
+            self.client_keep = False
+        if self.resp_hooks:
+            rs = ResponseHeader.__new__(ResponseHeader)
+            rs.status = st
+            rs._reason = PyBytes_FromStringAndSize(w.head_base + m.reason.off, m.reason.len)
+            rs._major = m.major
+            rs._minor = m.minor
+            rs.headers = _new_map(w.head_buf, w.head_base, m.headers, m.nheaders)
+            self.resp = rs
+            self.us.blocked = True
+            self._advance(S_UP_RESP, None)
+        else:
+            self._send_resp_head()
+
+    cdef void _send_resp_head(self):
+        cdef _Wire w = self.us.w if self.us is not None else None
+        cdef sw_msg_t *m
+        cdef ResponseHeader rs = self.resp
+        cdef HeaderMap hm
+        cdef unsigned extra = SW_DROP_TRANSFER_ENCODING
+        cdef unsigned flags
+        cdef unsigned char *drop
+        cdef const char *base
+        cdef const sw_header_t *hh
+        cdef uint32_t nh
+        cdef char *out
+        cdef char *o
+        cdef size_t need
+        cdef bytes reason
+        cdef int status
+        cdef bint keep
+        if self.finished or w is None:
+            return
+        m = &w.m
+        if self.resp_mode == M_CHUNKED or self.resp_mode == M_CLOSE:
+            extra |= SW_DROP_CONTENT_LENGTH
+        keep = self.client_keep and not self.eng.closing
+        if rs is not None:
+            status = rs.status
+            if status != m.status_code:
+                self.status = status
+                if status == 204 or status == 304:
+                    self.resp_mode = M_NONE
+        else:
+            status = m.status_code
+        if rs is not None and rs.headers._items is not None:
+            self._head_out(self._resp_head_from_items(rs, keep), w)
+            self.resp_started = True
+            self.client_keep = keep
+            return
+        if rs is not None:
+            hm = rs.headers
+            base = hm._base
+            hh = hm._h
+            nh = hm._n
+        else:
+            base = w.head_base
+            hh = m.headers
+            nh = m.nheaders
+        drop = _need_drop(nh)
+        flags = sw_hop_mark(base, hh, nh, drop, extra)
+        self.client_keep = keep
+        if not (flags & SW_F_DROPPED) and m.major == 1 and m.minor == 1 and keep and \
+                self.req_header._minor == 1 and rs is None and \
+                (self.resp_mode == M_RAW or self.resp_mode == M_NONE):
+            # Forward the received head unchanged. When it lies in the bytes
+            # being parsed, hold it back: body bytes that follow it in the
+            # same buffer join it and everything goes out in one write.
+            if w.head_buf is w.data and self.resp_mode == M_RAW and self.eng.h_resp_body is None:
+                self.pend_data = w.data
+                self.pend_off = m.msg_start
+                self.pend_len = m.head_len
+            elif m.msg_start == 0 and m.head_len == PyBytes_GET_SIZE(w.head_buf):
+                self._write_ds(w.head_buf)
+            else:
+                self._write_ds(PyBytes_FromStringAndSize(w.head_base + m.msg_start, m.head_len))
+        else:
+            if rs is not None:
+                reason = rs._reason
+            else:
+                reason = PyBytes_FromStringAndSize(w.head_base + m.reason.off, m.reason.len)
+            upgrade_lines = b""
+            if self.upgrading:
+                ui = sw_find(base, hh, nh, b"upgrade", 7, 0)
+                if ui >= 0:
+                    upgrade_lines = b"Connection: upgrade\r\nUpgrade: " + PyBytes_FromStringAndSize(
+                        base + hh[ui].value.off, hh[ui].value.len) + _CRLF
+            need = 64 + len(reason) + sw_fields_size(hh, nh) + 64 + len(upgrade_lines)
+            out = _need_scratch(need)
+            o = out
+            o += sw_write_status_line(o, status, PyBytes_AS_STRING(reason), len(reason))
+            o += sw_write_fields(o, base, hh, nh, drop)
+            if self.resp_mode == M_CHUNKED:
+                memcpy(o, b"Transfer-Encoding: chunked\r\n", 28); o += 28
+            if self.upgrading:
+                memcpy(o, PyBytes_AS_STRING(upgrade_lines), len(upgrade_lines)); o += len(upgrade_lines)
+            elif not keep:
+                memcpy(o, b"Connection: close\r\n", 19); o += 19
+            elif self.req_header._minor == 0:
+                memcpy(o, b"Connection: keep-alive\r\n", 24); o += 24
+            o[0] = b'\r'; o[1] = b'\n'; o += 2
+            self._head_out(PyBytes_FromStringAndSize(out, o - out), w)
+        self.resp_started = True
+
+    cdef bytes _resp_head_from_items(self, ResponseHeader rs, bint keep):
+        cdef list items = rs.headers._items
+        cdef set named = set()
+        for n, v in items:
+            if (<bytes>n).lower() == b"connection":
+                for tok in (<bytes>v).split(b","):
+                    tok = tok.strip().lower()
+                    if tok and tok not in (b"content-length", b"transfer-encoding"):
+                        named.add(tok)
+        parts = [b"HTTP/1.1 %d " % rs.status, rs._reason, _CRLF]
+        for n, v in items:
+            ln = (<bytes>n).lower()
+            if ln in _HOP or ln in named:
+                continue
+            if ln == b"content-length" and (self.resp_mode == M_CHUNKED or self.resp_mode == M_CLOSE):
+                continue
+            parts.append(n + b": " + v + _CRLF)
+        if self.resp_mode == M_CHUNKED:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        if self.upgrading:
+            i = rs.headers._find(b"upgrade", 0)
+            if i >= 0:
+                parts.append(b"Connection: upgrade\r\nUpgrade: " + rs.headers._value_at(i) + _CRLF)
+        elif not keep:
+            parts.append(b"Connection: close\r\n")
+        elif self.req_header._minor == 0:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(_CRLF)
+        return b"".join(parts)
+
+    cdef void _on_resp_body(self, object chunk):
+        cdef object r
+        if self.eng.h_resp_body is not None:
+            self.pending_chunk = chunk
+            self.pending_end = False
+            r = self._call(self.eng.h_resp_body, (self, chunk, False, self.ctx), S_RESP_BODY_DONE)
+            if r is _FAILED:
+                return
+            if r is _PENDING:
+                if self.us is not None:
+                    self.us.blocked = True
+                return
+            self.pending_chunk = None
+            if r is not None:
+                chunk = r
+        self._resp_body_out(chunk)
+
+    cdef void _resp_body_out(self, object chunk):
+        cdef char hdr[24]
+        cdef size_t k
+        if chunk is None or self.resp_mode == M_NONE or self.ds_gone:
+            return
+        if isinstance(chunk, str):
+            chunk = (<str>chunk).encode("utf-8")
+        if not chunk:
+            return
+        self.response_body_bytes += len(chunk)
+        if self.resp_mode == M_CHUNKED:
+            k = sw_chunk_header(hdr, len(chunk))
+            self.ds.transport.writelines((PyBytes_FromStringAndSize(hdr, k), chunk, _CRLF))
+        else:
+            self.ds.transport.write(chunk)
+
+    cdef void _on_resp_end(self):
+        cdef object r
+        if self.finished or self.resp_done:
+            return
+        if self.eng.h_resp_body is not None:
+            self.pending_chunk = None
+            self.pending_end = True
+            r = self._call(self.eng.h_resp_body, (self, b"", True, self.ctx), S_RESP_BODY_DONE)
+            if r is _FAILED:
+                return
+            if r is _PENDING:
+                if self.us is not None:
+                    self.us.blocked = True
+                return
+            self.pending_end = False
+            if r:
+                self._resp_body_out(r)
+        self._resp_end_done()
+
+    cdef void _resp_end_done(self):
+        if self.finished or self.resp_done:
+            return
+        self._flush_pending()
+        if self.resp_mode == M_CHUNKED and not self.ds_gone:
+            self._write_ds(_LAST_CHUNK)
+        self.resp_done = True
+        if not self.req_body_done:
+            # The upstream answered before reading the whole request body.
+            self.client_keep = False
+            if self.us is not None:
+                self.us.reusable = False
+        self._release_upstream(True)
+        self._finish()
+
+    cdef void _release_upstream(self, bint reuse):
+        cdef _Upstream u = self.us
+        if u is None:
+            return
+        self.us = None
+        u.s = None
+        if u.read_pause & (R_PEER_FULL | R_BUFFERED):
+            u._resume_read(R_PEER_FULL | R_BUFFERED)
+        u.blocked = False
+        if reuse and u.reusable and not u.closed and u.w.unread() == 0:
+            self.eng.pool.put(u)
+        else:
+            u._close()
+
+    cdef void _head_out(self, bytes head, _Wire w):
+        """Send a rebuilt response head, or hold it back so that body bytes
+        following it in the same buffer go out in the same (vectored) write."""
+        if w.head_buf is w.data and self.resp_mode == M_RAW and self.eng.h_resp_body is None:
+            self.pend_prefix = head
+            self.pend_data = w.data
+            self.pend_off = w.m.msg_start + w.m.head_len
+            self.pend_len = 0
+        else:
+            self._write_ds(head)
+
+    cdef void _start_tunnel(self):
+        """The upstream switched protocols (101): from now on bytes are
+        copied both ways until either side closes."""
+        cdef _Upstream u = self.us
+        cdef _Downstream ds = self.ds
+        cdef _Wire w
+        if u is None or ds is None or self.ds_gone or ds.closed:
+            self._fail(Error("client went away during the protocol switch", status=400, source=DOWNSTREAM))
+            return
+        self._flush_pending()
+        self.tunneling = True
+        u.tunnel = True
+        ds.tunnel = True
+        u.deadline = 0.0
+        u.dl_kind = DL_NONE
+        if ds.dl_kind != DL_TOTAL:
+            ds.deadline = 0.0
+            ds.dl_kind = DL_NONE
+        w = u.w
+        if w.data is not None and w.pos < w.dlen:
+            ds.transport.write(w.data[w.pos:])
+        w = ds.w
+        if w is not None and not w.carrying and w.data is not None and w.pos < w.dlen:
+            u.transport.write(w.data[w.pos:])
+            w.pos = w.dlen
+        ds._resume_read(R_BUFFERED)
+
+    cdef void _flush_pending(self):
+        """Write the held-back head and slice of the upstream's bytes (see
+        _send_resp_head)."""
+        cdef object d = self.pend_data
+        cdef object prefix = self.pend_prefix
+        if d is None:
+            return
+        self.pend_data = None
+        self.pend_prefix = None
+        if self.pend_len == 0:
+            body = None
+        elif self.pend_off == 0 and self.pend_len == <size_t>PyBytes_GET_SIZE(d):
+            body = d
+        else:
+            body = PyBytes_FromStringAndSize(PyBytes_AS_STRING(d) + self.pend_off, self.pend_len)
+        if prefix is None:
+            if body is not None:
+                self._write_ds(body)
+        elif body is None:
+            self._write_ds(prefix)
+        elif self.ds is not None and not self.ds_gone and not self.ds.closed:
+            self.ds.transport.writelines((prefix, body))
+
+    cdef void _write_ds(self, object data):
+        if self.ds is not None and not self.ds_gone and not self.ds.closed:
+            self.ds.transport.write(data)
+
+    # --- failures -------------------------------------------------------------
+
+    cdef void _fail(self, object err):
+        cdef _Engine eng = self.eng
+        cdef object r
+        if self.finished:
+            return
+        if self.error is None or self.error is not err:
+            self.error = err
+        if isinstance(err, Error) and eng.log.isEnabledFor(logging.WARNING) and \
+                (<object>err).source != INTERNAL:
+            eng.log.warning("sluiceway: %d for %s %s from %s: %s", err.status,
+                            self.req_header._method, self.req_header.uri,
+                            _fmt_addr(self.client_addr), err.message)
+        self._flush_pending()
+        self._release_upstream(False)
+        if self.ds is not None:
+            self.ds.blocked = True
+        if self.hook_task is not None:
+            t = self.hook_task
+            self.hook_task = None
+            t.remove_done_callback(self._hook_done)
+            t.cancel()
+        if self.ds_gone:
+            self._finish()
+            return
+        if eng.h_err_proxy is not None and self.up_head_sent:
+            r = self._call(eng.h_err_proxy, (self, self.peer, err, self.ctx, self.ds.nreq > 1),
+                           S_ERR_PROXY_DONE)
+            if r is _PENDING or r is _FAILED:
+                return
+            self._advance(S_ERR_PROXY_DONE, r)
+        else:
+            self._advance(S_ERR_PROXY_DONE, None)
+
+    cdef void _us_lost(self, object exc):
+        """The upstream connection closed under this request."""
+        cdef _Upstream u = self.us
+        if self.finished or u is None:
+            return
+        if self.tunneling:
+            # The upstream ended the tunnel: a normal end.
+            self.resp_done = True
+            self.client_keep = False
+            self._release_upstream(False)
+            self._finish()
+            return
+        if self.resp_started and self.resp_mode == M_CLOSE and not self.resp_done:
+            # Close-delimited body: handled by eof_received/finish.
+            pass
+        if not u.got_bytes and self.upstream_reused and not self.retried_reused and \
+                (not self.req_has_body or self.replay is not None) and not self.resp_started:
+            # A pooled connection the peer had closed: try once on a new one
+            # (with the body sent so far, kept for this).
+            self.retried_reused = True
+            self.replaying = True
+            if self.ds is not None:
+                self.ds.blocked = True  # more body waits for the new connection
+            self.us = None
+            u.s = None
+            self.up_head_sent = False
+            self._connect(True)
+            return
+        if self.resp_started:
+            what = "closed the connection before the response was complete"
+        elif u.got_bytes:
+            what = "closed the connection in the middle of the response head"
+        else:
+            what = "closed the connection without sending a response"
+        if exc is not None:
+            what += f" ({exc})"
+        self._fail(Error(f"upstream {self.peer} {what}", status=502, source=UPSTREAM))
+
+    cdef void _ds_lost(self, object exc):
+        """The client went away."""
+        if self.finished:
+            return
+        self.ds_gone = True
+        self.client_keep = False
+        if self.tunneling and exc is None:
+            self.resp_done = True  # the client ended the tunnel: a normal end
+        elif self.error is None:
+            self.error = Error("client closed the connection before the response was complete"
+                               + (f" ({exc})" if exc is not None else ""),
+                               status=400, source=DOWNSTREAM)
+        self._release_upstream(False)
+        if self.hook_task is not None:
+            self.hook_task.cancel()
+            return  # _hook_done finishes
+        self._finish()
+
+    # --- end --------------------------------------------------------------------
+
+    cdef void _finish(self):
+        cdef object r
+        if self.finished:
+            return
+        self.finished = True
+        self.t_end = sw_now()
+        if self.us is not None:
+            self._release_upstream(self.resp_done and self.req_body_done)
+        if self.eng.h_logging is not None:
+            r = self._call(self.eng.h_logging, (self, self.error, self.ctx), S_LOG_DONE)
+            if r is _PENDING or r is _FAILED:
+                return  # _hook_done / _hook_failed call _final
+        self._final()
+
+    cdef void _access_line(self):
+        try:
+            self.eng.alog.info('%s "%s %s HTTP/%s" %d %d %.3fms upstream=%s%s',
+                               _fmt_addr(self.client_addr), self.req_header._method,
+                               self.req_header.uri, self.req_header.version, self.status,
+                               self.response_body_bytes, (self.t_end - self.t_start) * 1000.0,
+                               self.peer, " reused" if self.upstream_reused else "")
+        except Exception:
+            self.eng.log.exception("sluiceway: could not write the access log line")
+
+    cdef void _final(self):
+        cdef _Downstream ds = self.ds
+        self.finished = True
+        if not self.counted_out:
+            self.counted_out = True
+            self.eng.inflight -= 1
+        if self.eng.access_log and self.eng.alog.isEnabledFor(logging.INFO):
+            self._access_line()
+        keep = self.client_keep and self.resp_done and not self.ds_gone
+        if self.req_has_body and not self.req_body_done and not self.prefetch_end:
+            keep = False
+        self.ds = None
+        self.resp = None
+        if ds is not None and ds.cur is self:
+            if not self.req_has_body and not self.req_body_done:
+                # The END of a bodyless request is still in the parser: skip it.
+                ds.discard_body = True
+            ds._request_done(keep)
+
+
+def _ignore_result(fut):
+    if not fut.cancelled():
+        exc = fut.exception()
+        if exc is not None:
+            error_log.error("sluiceway: internal error while connecting upstream (this is a bug)",
+                            exc_info=exc)
+
+
+async def _await_wrapper(aw):
+    return await aw
