@@ -369,13 +369,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def spawn(args, env=None, **kw):
-    """Start a Python subprocess with corepy on the path."""
+    """Start a Python subprocess that imports the same sluiceway as the tests."""
     import subprocess
     import sys
 
-    e = dict(os.environ)
-    e.update(env or {})
-    e["PYTHONPATH"] = os.path.join(REPO, "corepy") + os.pathsep + e.get("PYTHONPATH", "")
+    from conftest import subprocess_env
+
+    e = subprocess_env(**(env or {}))
     return subprocess.Popen([sys.executable] + list(args), env=e, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
