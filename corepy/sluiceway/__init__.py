@@ -31,9 +31,16 @@ from .limits import (Attempt, BreakerState, CircuitBreaker, CircuitOpen, Concurr
                      ConcurrencyLimitExceeded, Estimator, Inflight, InflightGuard, LoadShedError,
                      Permit, Rate, RateDecision, RateLimiter, Transition, proportional)
 
+from .proxy import HttpPeer, ProxyHttp, Session, RequestHeader, ResponseHeader, pool_stats
+from .server import (BackgroundService, ProxyService, Server, background_service,
+                     http_proxy_service)
+
 __all__ = [
     "Error", "ParseError", "RequestParser", "ResponseParser", "Headers", "RequestHead",
     "ResponseHead", "EndOfMessage", "NEED_DATA", "END_OF_MESSAGE", "UPGRADED", "CONNECTION_CLOSED",
+    # the proxy
+    "ProxyHttp", "HttpPeer", "Session", "RequestHeader", "ResponseHeader", "pool_stats",
+    "Server", "ProxyService", "BackgroundService", "http_proxy_service", "background_service",
     # load balancing
     "LoadBalancer", "Backend", "BackendState", "RoundRobin", "Random", "FNVHash", "Consistent",
     "SelectionAlgorithm", "Static", "DNS", "File", "ServiceDiscovery", "HealthCheck",

@@ -24,7 +24,7 @@ from typing import List, Optional
 from .config import ConfigError, ServerConf, load_config
 from .proxy import ProxyHttp, _engine
 
-__all__ = ["Server", "ProxyService", "http_proxy_service"]
+__all__ = ["Server", "ProxyService", "http_proxy_service", "BackgroundService", "background_service"]
 
 log = logging.getLogger("sluiceway.error")
 
@@ -165,6 +165,41 @@ def http_proxy_service(conf: ServerConf, app: ProxyHttp, name: str = "proxy") ->
     return ProxyService(conf, app, name)
 
 
+class BackgroundService:
+    """Work that runs beside the proxy services on each worker's loop, such
+    as a :class:`~sluiceway.LoadBalancer`'s discovery and health checks.
+    Made by :func:`background_service`.
+
+    The task is any object with ``start(loop)`` (begins the work on ``loop``
+    and returns at once) and ``async stop()`` (ends it and waits).
+    Background services start before any proxy service accepts a
+    connection, and stop after the proxy services have drained.
+    """
+
+    def __init__(self, name: str, task) -> None:
+        for attr in ("start", "stop"):
+            if not callable(getattr(task, attr, None)):
+                raise TypeError(f"background_service({name!r}, ...) needs an object with start(loop) "
+                                f"and async stop(); {type(task).__name__} has no {attr}()")
+        self.name = name
+        self.task = task
+
+    async def start(self, loop=None) -> None:
+        self.task.start(loop)
+
+    async def stop(self, grace: Optional[float] = None) -> None:
+        await self.task.stop()
+
+    def __repr__(self) -> str:
+        return f"<BackgroundService {self.name!r} {self.task!r}>"
+
+
+def background_service(name: str, task) -> BackgroundService:
+    """Wrap ``task`` (e.g. a LoadBalancer) as a service for
+    :meth:`Server.add_service`, as Pingora's ``background_service`` does."""
+    return BackgroundService(name, task)
+
+
 class Server:
     """Configuration, services and the process model.
 
@@ -175,6 +210,7 @@ class Server:
     def __init__(self, conf: Optional[ServerConf] = None) -> None:
         self.configuration = conf or ServerConf()
         self.services: List[ProxyService] = []
+        self.background: List[BackgroundService] = []
         self._stopping = False
 
     @classmethod
@@ -200,8 +236,16 @@ class Server:
             conf.daemon = True
         return cls(conf)
 
-    def add_service(self, service: ProxyService) -> None:
-        self.services.append(service)
+    def add_service(self, service) -> None:
+        """Add a proxy service (:func:`http_proxy_service`) or a background
+        service (:func:`background_service`)."""
+        if isinstance(service, BackgroundService):
+            self.background.append(service)
+        elif isinstance(service, ProxyService):
+            self.services.append(service)
+        else:
+            raise TypeError(f"add_service takes http_proxy_service(...) or background_service(...), "
+                            f"not {type(service).__name__}")
 
     def bootstrap(self) -> None:
         """Set up logging (the error log file when configured)."""
@@ -269,11 +313,14 @@ def _worker_main(server: Server) -> int:
     loop.add_signal_handler(signal.SIGINT, on_int)
 
     async def main():
+        for bg in server.background:
+            await bg.start(loop)
         for svc in server.services:
             await svc.start(loop)
         how = await stop
         grace = server.configuration.grace_period_seconds if how == "term" else 0.0
         await asyncio.gather(*(svc.stop(grace) for svc in server.services))
+        await asyncio.gather(*(bg.stop(grace) for bg in server.background), return_exceptions=True)
         return 0
 
     try:
