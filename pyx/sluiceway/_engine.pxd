@@ -226,7 +226,7 @@ cdef class _Engine:
     cdef list wires             # free downstream parsers
     cdef void _schedule(self)
     cdef _Wire _take_wire(self)
-    cdef void _give_wire(self, _Wire w)
+    cdef void _give_wire(self, _Wire w, bint reset=*)
 
 
 cdef class _Downstream:

@@ -980,9 +980,13 @@ cdef class _Engine:
             return <_Wire>self.wires.pop()
         return _Wire(True, self.max_head, self.max_url, self.max_headers)
 
-    cdef void _give_wire(self, _Wire w):
+    cdef void _give_wire(self, _Wire w, bint reset=True):
+        """Put a client parser on the free list. ``reset`` may be False only
+        when it stopped right after a complete keep-alive message (llhttp is
+        then back in its start state, as after a reset)."""
         if len(self.wires) < 256:
-            API.reset(w.p)
+            if reset:
+                API.reset(w.p)
             w.data = None
             w.head_buf = None
             w.dptr = b""
@@ -1220,7 +1224,7 @@ cdef class _Downstream:
             # Idle: the parser goes back to the free list at once, so the
             # parsers in use are bounded by the requests in flight, not by
             # the open connections (an idle keep-alive connection holds none).
-            self.eng._give_wire(self.w)
+            self.eng._give_wire(self.w, False)
             self.w = None
         elif self.w.unread() > 0 and not self.in_process:
             # Pipelined bytes: parse them on the next loop iteration, not
