@@ -352,6 +352,7 @@ cdef class Session:
     cdef bytes _resp_head_from_items(self, ResponseHeader rs, bint keep)
     cdef void _advance(self, int stage, object value)
     cdef object _call(self, object fn, tuple args, int next_stage)
+    cdef object _call2(self, object fn, int next_stage)
     cdef void _send_upstream_head(self)
     cdef void _on_req_body(self, object chunk)
     cdef void _req_body_out(self, object chunk)

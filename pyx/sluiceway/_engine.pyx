@@ -148,6 +148,15 @@ cdef unsigned char *_need_drop(uint32_t n) except NULL:
     return _drop
 
 
+cdef bytes _concat(bytes a, const char *b, size_t n):
+    cdef Py_ssize_t na = PyBytes_GET_SIZE(a)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, na + <Py_ssize_t>n)
+    cdef char *o = PyBytes_AS_STRING(out)
+    memcpy(o, PyBytes_AS_STRING(a), na)
+    memcpy(o + na, b, n)
+    return out
+
+
 cdef list _METHODS = [None] * 256
 cdef bytes _CRLF = b"\r\n"
 cdef bytes _LAST_CHUNK = b"0\r\n\r\n"
@@ -1662,10 +1671,28 @@ cdef class Session:
 
     # --- hook calls ---------------------------------------------------------
 
+    cdef object _call2(self, object fn, int next_stage):
+        """``_call(fn, (self, self.ctx), next_stage)`` without building the
+        argument tuple (the common hook signature; a vectorcall)."""
+        cdef object r
+        try:
+            r = fn(self, self.ctx)
+            if r is None or type(r) is bool or type(r) is HttpPeer:
+                return r
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            self.hook_next = 0
+            self._hook_failed(exc, getattr(fn, "__name__", "?"), next_stage)
+            return _FAILED
+        return self._call(None, (r,), next_stage)
+
     cdef object _call(self, object fn, tuple args, int next_stage):
+        """Call hook ``fn(*args)``; with ``fn`` None, ``args[0]`` is the
+        result of a call already made."""
         cdef object r, y
         try:
-            r = fn(*args)
+            r = fn(*args) if fn is not None else args[0]
             if r is None or type(r) is bool or type(r) is HttpPeer:
                 return r
             if PyCoro_CheckExact(r) or hasattr(type(r), "__await__"):
@@ -1684,7 +1711,7 @@ cdef class Session:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             self.hook_next = 0
-            self._hook_failed(exc, getattr(fn, "__name__", "?"), next_stage)
+            self._hook_failed(exc, getattr(fn if fn is not None else args[0], "__qualname__", "?"), next_stage)
             return _FAILED
 
     def _hook_done(self, task):
@@ -1766,7 +1793,7 @@ cdef class Session:
                 if self.ctx is None and value is not None:
                     self.ctx = value
                 if eng.h_early is not None:
-                    r = self._call(eng.h_early, (self, self.ctx), S_REQ_FILTER)
+                    r = self._call2(eng.h_early, S_REQ_FILTER)
                     if r is _PENDING or r is _FAILED:
                         return
                 stage = S_REQ_FILTER
@@ -1782,7 +1809,7 @@ cdef class Session:
                     return
                 value = False
                 if eng.h_req_filter is not None:
-                    r = self._call(eng.h_req_filter, (self, self.ctx), S_REQ_FILTER_DONE)
+                    r = self._call2(eng.h_req_filter, S_REQ_FILTER_DONE)
                     if r is _PENDING or r is _FAILED:
                         return
                     value = r
@@ -1800,7 +1827,7 @@ cdef class Session:
                 stage = S_PEER
                 continue
             if stage == S_PEER:
-                r = self._call(eng.h_peer, (self, self.ctx), S_PEER_DONE)
+                r = self._call2(eng.h_peer, S_PEER_DONE)
                 if r is _PENDING or r is _FAILED:
                     return
                 value = r
@@ -2559,6 +2586,8 @@ cdef class Session:
         self.pend_prefix = None
         if self.pend_len == 0:
             body = None
+        elif prefix is not None and self.pend_len <= 16384:
+            body = True  # copied with the prefix below
         elif self.pend_off == 0 and self.pend_len == <size_t>PyBytes_GET_SIZE(d):
             body = d
         else:
@@ -2569,7 +2598,11 @@ cdef class Session:
         elif body is None:
             self._write_ds(prefix)
         elif self.ds is not None and not self.ds_gone and not self.ds.closed:
-            self.ds.transport.writelines((prefix, body))
+            if self.pend_len <= 16384:
+                # Small: one copy is cheaper than a vectored write.
+                self.ds.transport.write(_concat(prefix, PyBytes_AS_STRING(d) + self.pend_off, self.pend_len))
+            else:
+                self.ds.transport.writelines((prefix, body))
 
     cdef void _write_ds(self, object data):
         if self.ds is not None and not self.ds_gone and not self.ds.closed:
