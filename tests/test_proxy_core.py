@@ -318,3 +318,11 @@ def test_parsers_are_reused_across_connections_safely(h):
                 assert out.startswith(b"HTTP/1.1 400")
             else:
                 assert out.startswith(b"HTTP/1.1 200"), (r, out)
+
+
+def test_upstream_response_one_byte_at_a_time(h):
+    with httpx.Client(base_url=h.url) as c:
+        for _ in range(2):
+            r = c.get("/bytewise")
+            assert r.status_code == 200 and r.content == b"hello world"
+            assert r.headers["x-long"] == "v" * 300
