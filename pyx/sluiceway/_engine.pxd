@@ -138,6 +138,8 @@ cdef class HttpPeer:
     cdef public object read_timeout
     cdef public object write_timeout
     cdef public object idle_timeout
+    cdef readonly bint verify_cert
+    cdef readonly object ca_file
     cdef bytes _host_header
     cdef bytes _host_hdr(self)
 

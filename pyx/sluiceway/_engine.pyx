@@ -533,15 +533,19 @@ cdef class HttpPeer:
     Args:
         address: ``("host", port)``, ``"host:port"`` or ``"unix:/path"``.
         tls: connect with TLS (``sni`` defaults to the host).
-        sni: the TLS server name.
+        sni: the TLS server name (also the name the certificate must match).
+        verify_cert: check the upstream's certificate (default True).
+        ca_file: PEM file of the CAs to trust instead of the system store.
         connect_timeout, read_timeout, write_timeout, idle_timeout: seconds;
             None uses the service's configured value.
 
-    Connections are pooled by ``reuse_key`` (address, TLS and SNI).
+    Connections are pooled by ``reuse_key`` (address, TLS, SNI and the
+    certificate options).
     """
 
     def __init__(self, address, tls=False, sni=None, *, connect_timeout=None,
-                 read_timeout=None, write_timeout=None, idle_timeout=None):
+                 read_timeout=None, write_timeout=None, idle_timeout=None,
+                 verify_cert=True, ca_file=None):
         cdef str host
         if isinstance(address, tuple) and len(address) == 2:
             host, port = address
@@ -572,7 +576,12 @@ cdef class HttpPeer:
         if self.path is not None:
             self.reuse_key = ("unix", self.path)
         else:
-            self.reuse_key = (self.host, self.port, self.tls, self.sni)
+            if self.tls:
+                self.verify_cert = bool(verify_cert)
+                self.ca_file = ca_file
+                self.reuse_key = (self.host, self.port, True, self.sni, self.verify_cert, ca_file)
+            else:
+                self.reuse_key = (self.host, self.port, False, self.sni)
 
     cdef bytes _host_hdr(self):
         """The Host value for requests that came without one."""
@@ -590,6 +599,23 @@ cdef class HttpPeer:
 
     def __str__(self):
         return f"unix:{self.path}" if self.path is not None else f"{self.host}:{self.port}"
+
+
+cdef dict _SSL_CONTEXTS = {}
+
+cdef object _ssl_context(bint verify, object ca_file):
+    """One client SSLContext per (verify, ca_file), made once (loading
+    the trust store per connection would cost milliseconds)."""
+    key = (verify, ca_file)
+    ctx = _SSL_CONTEXTS.get(key)
+    if ctx is None:
+        import ssl
+        ctx = ssl.create_default_context(cafile=ca_file)
+        if not verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        _SSL_CONTEXTS[key] = ctx
+    return ctx
 
 
 # ------------------------------------------------------------------- wire --
@@ -2000,9 +2026,8 @@ cdef class Session:
             if peer.path is not None:
                 coro = loop.create_unix_connection(lambda: u, peer.path)
             elif peer.tls:
-                import ssl
-                ctx = ssl.create_default_context()
-                coro = loop.create_connection(lambda: u, peer.host, peer.port, ssl=ctx,
+                coro = loop.create_connection(lambda: u, peer.host, peer.port,
+                                              ssl=_ssl_context(peer.verify_cert, peer.ca_file),
                                               server_hostname=peer.sni or peer.host)
             else:
                 coro = loop.create_connection(lambda: u, peer.host, peer.port)
