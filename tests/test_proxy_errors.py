@@ -306,3 +306,25 @@ def test_upstream_write_timeout_is_504():
         ls.close()
         for c in accepted:
             c.close()
+
+
+def test_client_that_stops_reading_is_disconnected(caplog):
+    class Log(SimpleApp):
+        errors = []
+
+        def logging(self, session, error, ctx):
+            self.errors.append(error)
+    app = Log()
+    with caplog.at_level(logging.INFO, logger="sluiceway.error"):
+        with Harness(app, downstream_write_timeout_seconds=0.3) as h:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", h.port))
+            s.sendall(b"GET /big?size=50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            deadline = time.monotonic() + 5
+            while not app.errors and time.monotonic() < deadline:
+                time.sleep(0.05)
+            s.close()
+            assert app.errors and "downstream_write_timeout" in app.errors[0].message
+            assert h.pool_stats()["idle"] == 0  # the half-read upstream is not pooled
+    assert any("read nothing" in r.getMessage() for r in caplog.records)

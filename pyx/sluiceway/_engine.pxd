@@ -212,6 +212,7 @@ cdef class _Engine:
     cdef public double connect_timeout
     cdef public double read_timeout
     cdef public double write_timeout
+    cdef public double ds_write_timeout
     cdef public int max_connections
     cdef public int max_retries
     cdef public long long max_body_size
@@ -243,6 +244,7 @@ cdef class _Downstream:
     cdef bint write_paused
     cdef int read_pause
     cdef double deadline
+    cdef double wdeadline       # the client must read what we wrote by then
     cdef int dl_kind
     cdef int nreq
     cdef bint discard_body      # body bytes of a finished request are dropped
@@ -258,6 +260,7 @@ cdef class _Downstream:
     cdef void _close(self)
     cdef void _bad_request(self)
     cdef void _timeout(self, double now)
+    cdef void _write_timeout(self)
 
 
 cdef class _Upstream:

@@ -901,6 +901,7 @@ cdef class _Engine:
                   double head_timeout=10.0, double keepalive_timeout=60.0,
                   double request_timeout=0.0, double connect_timeout=5.0,
                   double read_timeout=60.0, double write_timeout=60.0,
+                  double downstream_write_timeout=60.0,
                   int max_connections=0, int max_retries=1, long long max_body_size=0,
                   bint forwarded=False, bint access_log=False,
                   int pool_size=128, double pool_idle_timeout=60.0,
@@ -915,6 +916,8 @@ cdef class _Engine:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
+        self.ds_write_timeout = downstream_write_timeout
+        self.ds_write_timeout = downstream_write_timeout
         self.max_connections = max_connections
         self.max_retries = max_retries
         self.max_body_size = max_body_size
@@ -953,7 +956,7 @@ cdef class _Engine:
         self.h_err_proxy = hook("error_while_proxy")
         self.h_fail_proxy = hook("fail_to_proxy")
         ts = [t for t in (head_timeout, keepalive_timeout, request_timeout, read_timeout,
-                          write_timeout, pool_idle_timeout) if t > 0]
+                          write_timeout, downstream_write_timeout, pool_idle_timeout) if t > 0]
         self.tick = min(1.0, max(0.02, min(ts) / 4.0)) if ts else 1.0
         self._schedule()
 
@@ -991,6 +994,8 @@ cdef class _Engine:
         cdef _Upstream u
         try:
             for d in list(self.conns):
+                if d.wdeadline and now >= d.wdeadline:
+                    d._write_timeout()
                 if d.deadline and now >= d.deadline:
                     d._timeout(now)
                 elif d.dl_kind == DL_IDLE and d.w is not None and d.w.unread() == 0 and \
@@ -1134,11 +1139,14 @@ cdef class _Downstream:
 
     def pause_writing(self):
         self.write_paused = True
+        if self.eng.ds_write_timeout > 0:
+            self.wdeadline = sw_now() + self.eng.ds_write_timeout
         if self.cur is not None and self.cur.us is not None:
             self.cur.us._pause_read(R_PEER_FULL)
 
     def resume_writing(self):
         self.write_paused = False
+        self.wdeadline = 0.0
         if self.cur is not None and self.cur.us is not None:
             self.cur.us._resume_read(R_PEER_FULL)
             self.cur.us._process()
@@ -1293,6 +1301,21 @@ cdef class _Downstream:
             return
         body = (f"{status} {(<bytes>sw_reason(status)).decode()}: {reason}\n").encode("utf-8", "replace")
         self.transport.write(_simple_response(status, body, False))
+        self._close()
+
+    cdef void _write_timeout(self):
+        """The client has not read what we sent for downstream_write_timeout."""
+        cdef Session s = self.cur
+        self.wdeadline = 0.0
+        if self.closed:
+            return
+        if self.eng.log.isEnabledFor(logging.INFO):
+            self.eng.log.info("sluiceway: closing client %s: it read nothing for %.3gs "
+                              "(downstream_write_timeout)", _fmt_addr(self._addr()),
+                              self.eng.ds_write_timeout)
+        if s is not None:
+            s._fail(Error(f"client did not read the response within {self.eng.ds_write_timeout:.3g}s "
+                          "(downstream_write_timeout)", status=408, source=DOWNSTREAM))
         self._close()
 
     cdef void _timeout(self, double now):
