@@ -21,6 +21,7 @@ The origin is written with httptools (not our parser) and behaves by path:
                       request before, else echoes the body
     /ws (Upgrade)     101, then echoes every byte
     /bytewise         a chunked response sent one byte at a time
+    /resp-headers?h=J 200 "rh" with the headers in the JSON list J
 
 Set SLUICEWAY_TEST_LOOP=asyncio to run the in-process suites on the stdlib
 loop (the reference) instead of uvloop.
@@ -194,6 +195,10 @@ class _OriginProto(asyncio.Protocol):
                     return
                 t.write(msg[i:i + 1])
                 await asyncio.sleep(0.0005)
+        elif path == "/resp-headers":
+            # the response headers given as JSON in ?h=[[name, value], ...]
+            hdrs = json.loads(q.get("h", ["[]"])[0])
+            send(200, hdrs, b"rh")
         elif path == "/debug":
             send(200, [("X-Debug", "secret"), ("X-Keep", "1")], b"dbg")
         elif path == "/conn-close":

@@ -94,3 +94,44 @@ def test_forwarded_headers_match_reference(headers, conn_tokens, edit):
     if edit:
         want.append(["x-edited", "1"])
     assert got == want
+
+
+RESP_NAMES = ["X-A", "x-b", "Keep-Alive", "TE", "Trailer", "Proxy-Connection", "Upgrade",
+              "X-Named", "Server", "Content-Type", "Set-Cookie", "Cache-Control"]
+
+
+def _get_raw(path):
+    s = socket.create_connection(("127.0.0.1", H.port), timeout=5)
+    try:
+        s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+        buf = b""
+        while count_responses(buf) < 1:
+            c = s.recv(65536)
+            if not c:
+                break
+            buf += c
+    finally:
+        s.close()
+    return buf
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(headers=st.lists(st.tuples(st.sampled_from(RESP_NAMES) | TOKEN.map(lambda t: "x-" + t),
+                                  VALUE.map(lambda v: v.strip())), max_size=8),
+       conn_tokens=st.lists(st.sampled_from(["keep-alive", "x-named", "X-A", "server"]) | TOKEN,
+                            max_size=3))
+@example(headers=[("X-Named", "1"), ("Server", "s")], conn_tokens=["x-named", "server"])
+def test_response_headers_match_reference(headers, conn_tokens):
+    from urllib.parse import quote
+    APP.edit = False
+    hdrs = [list(h) for h in headers]
+    if conn_tokens:
+        hdrs.append(["Connection", ", ".join(conn_tokens)])
+    buf = _get_raw("/resp-headers?h=" + quote(json.dumps(hdrs)))
+    head = buf.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    assert head[0].startswith("HTTP/1.1 200")
+    got = [line.split(": ", 1) if ": " in line else [line.rstrip(":"), ""] for line in head[1:]]
+    got = [[n, v] for n, v in got]
+    want = reference(headers, conn_tokens, False) + [["Content-Length", "2"]]
+    assert got == want
+    assert buf.endswith(b"rh")
