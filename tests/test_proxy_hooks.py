@@ -486,3 +486,30 @@ def test_inline_coroutine_hooks_are_not_scheduled(suspend, expect_tasks):
     assert bool(created) == expect_tasks
     if expect_tasks:
         assert len(created) == 20 and set(created) == {"_drive"}
+
+
+@pytest.mark.parametrize("where", ["upstream_peer", "upstream_request_filter", "response_filter"])
+def test_respond_from_later_hooks_answers_once(where):
+    class Late(ProxyHttp):
+        port = None
+
+        def upstream_peer(self, session, ctx):
+            if where == "upstream_peer":
+                session.respond(299, None, b"from peer")
+            return HttpPeer(("127.0.0.1", self.port))
+
+        def upstream_request_filter(self, session, req, ctx):
+            if where == "upstream_request_filter":
+                session.respond(299, None, b"from req filter")
+
+        def response_filter(self, session, resp, ctx):
+            if where == "response_filter":
+                session.respond(299, None, b"from resp filter")
+    with Harness(Late()) as h:
+        with httpx.Client(base_url=h.url) as c:
+            for _ in range(3):
+                r = c.get("/big?size=1000")
+                assert r.status_code == 299 and r.content.startswith(b"from ")
+        # a connection nothing was sent on goes back to the pool
+        if where == "upstream_request_filter":
+            assert h.pool_stats()["created"] == 1

@@ -1883,6 +1883,9 @@ cdef class Session:
                 stage = S_PEER_DONE
                 continue
             if stage == S_PEER_DONE:
+                if self.resp_started:
+                    self._finish()  # the hook answered itself
+                    return
                 if not isinstance(value, HttpPeer):
                     self._fail(Error(f"upstream_peer must return an HttpPeer, got "
                                      f"{type(value).__name__}", status=500, source=INTERNAL))
@@ -1909,6 +1912,12 @@ cdef class Session:
                 stage = S_SEND
                 continue
             if stage == S_SEND:
+                if self.resp_started:
+                    # A hook answered itself: nothing was sent on the
+                    # connection, so it goes back to the pool.
+                    self._release_upstream(True)
+                    self._finish()
+                    return
                 if self.us is None or self.us.closed:
                     # The connection died while a hook ran.
                     self._us_lost(None)
@@ -1941,6 +1950,15 @@ cdef class Session:
                 stage = S_RESP_SEND
                 continue
             if stage == S_RESP_SEND:
+                if self.resp_started:
+                    # A response hook answered itself: drop the upstream's
+                    # response (its connection is not reused).
+                    if self.us is not None:
+                        self.us.reusable = False
+                    self.resp_done = True
+                    self._release_upstream(False)
+                    self._finish()
+                    return
                 self._send_resp_head()
                 if self.us is not None and not self.finished:
                     self.us.blocked = False
