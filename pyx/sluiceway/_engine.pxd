@@ -95,7 +95,6 @@ cdef class HeaderMap:
                         uint32_t n) except -1
     cdef int _materialize(self) except -1
     cdef int _find(self, bytes lname, int start) except -2
-    cdef bint _has(self, const char *name, size_t n)
     cdef bytes _value_at(self, int i)
     cdef bytes _name_at(self, int i)
     cdef object _get(self, object name, object default)

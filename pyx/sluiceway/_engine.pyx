@@ -75,7 +75,6 @@ DEF LOW_WATER = 16384
 # Why reading is paused (bit flags).
 DEF R_BUFFERED = 1      # our own buffer is over the high-water mark
 DEF R_PEER_FULL = 2     # the other side's write buffer is full
-DEF R_IDLE = 4
 
 # Deadline kinds.
 DEF DL_NONE = 0
@@ -264,9 +263,6 @@ cdef class HeaderMap:
             if (<bytes>(<list>it[i])[0]).lower() == lname:
                 return i
         return -1
-
-    cdef bint _has(self, const char *name, size_t n):
-        return self._find(PyBytes_FromStringAndSize(name, n), 0) >= 0
 
     cdef bytes _value_at(self, int i):
         if self._items is None:
@@ -752,8 +748,6 @@ cdef class _Pool:
             c.idle = False
             if not c.closed:
                 self.reused += 1
-                if c.read_pause & R_IDLE:
-                    c._resume_read(R_IDLE)
                 return c
         return None
 
