@@ -52,7 +52,14 @@ import socket
 from sluiceway import _http as _httpmod
 from sluiceway.errors import DOWNSTREAM, INTERNAL, UPSTREAM, Error, ParseError
 
+from cpython.ref cimport PyObject, Py_XDECREF
+
 cdef extern from "Python.h":
+    ctypedef enum PySendResult:
+        PYGEN_RETURN
+        PYGEN_ERROR
+        PYGEN_NEXT
+    PySendResult PyIter_Send(object iter, object arg, PyObject **presult)
     bint PyCoro_CheckExact(object o)
     bint PyUnicode_IS_ASCII(object o)
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
@@ -154,6 +161,18 @@ cdef bytes _concat(bytes a, const char *b, size_t n):
     memcpy(o, PyBytes_AS_STRING(a), na)
     memcpy(o + na, b, n)
     return out
+
+
+cdef inline object _steal(PyObject *o):
+    """A new reference from the C API as an object (no extra reference)."""
+    cdef object r = <object>o
+    Py_XDECREF(o)
+    return r
+
+
+cdef int raise_current() except -1:
+    """Propagate the exception the C API just set."""
+    return -1
 
 
 cdef list _METHODS = [None] * 256
@@ -1734,6 +1753,8 @@ cdef class Session:
         """Call hook ``fn(*args)``; with ``fn`` None, ``args[0]`` is the
         result of a call already made."""
         cdef object r, y
+        cdef PyObject *out = NULL
+        cdef PySendResult sr
         try:
             r = fn(*args) if fn is not None else args[0]
             if r is None or type(r) is bool or type(r) is HttpPeer:
@@ -1741,10 +1762,14 @@ cdef class Session:
             if PyCoro_CheckExact(r) or hasattr(type(r), "__await__"):
                 if not PyCoro_CheckExact(r):
                     r = _await_wrapper(r)
-                try:
-                    y = r.send(None)
-                except StopIteration as stop:
-                    return stop.value
+                # PyIter_Send: a coroutine that returns gives its value
+                # without a StopIteration being raised and caught.
+                sr = PyIter_Send(r, None, &out)
+                if sr == PYGEN_RETURN:
+                    return _steal(out)
+                if sr == PYGEN_ERROR:
+                    raise_current()
+                y = _steal(out)
                 self.hook_next = next_stage
                 self.hook_task = self.eng.loop.create_task(_drive(r, y))
                 self.hook_task.add_done_callback(self._hook_done)
