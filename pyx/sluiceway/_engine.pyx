@@ -219,6 +219,7 @@ cdef inline str _latin1(bytes b):
 
 @cython.final
 @cython.freelist(64)
+@cython.no_gc  # holds only bytes/str/lists of bytes: never in a cycle
 cdef class HeaderMap:
     """Header fields of a request or response, mutable by hooks.
 
@@ -409,6 +410,7 @@ cdef HeaderMap _new_map(object buf, const char *base, const sw_header_t *h, uint
 
 @cython.final
 @cython.freelist(64)
+@cython.no_gc  # holds only bytes/str/lists of bytes: never in a cycle
 cdef class RequestHeader:
     """A request head, readable and mutable by hooks.
 
@@ -495,6 +497,7 @@ cdef class RequestHeader:
 
 @cython.final
 @cython.freelist(64)
+@cython.no_gc  # holds only bytes/str/lists of bytes: never in a cycle
 cdef class ResponseHeader:
     """A response head as received from the upstream, mutable by hooks.
 
@@ -636,6 +639,7 @@ cdef object _ssl_context(bint verify, object ca_file):
 # ------------------------------------------------------------------- wire --
 
 @cython.final
+@cython.no_gc  # holds only bytes/str/lists of bytes: never in a cycle
 cdef class _Wire:
     """A parser and the bytes it parses (see the module docstring)."""
 
