@@ -20,6 +20,8 @@ The origin is written with httptools (not our parser) and behaves by path:
     /drop-reused      closes without answering if the connection served a
                       request before, else echoes the body
     /ws (Upgrade)     101, then echoes every byte
+    /bytewise         a chunked response sent one byte at a time
+    /resp-headers?h=J 200 "rh" with the headers in the JSON list J
 
 Set SLUICEWAY_TEST_LOOP=asyncio to run the in-process suites on the stdlib
 loop (the reference) instead of uvloop.
@@ -181,6 +183,22 @@ class _OriginProto(asyncio.Protocol):
         elif path == "/cut":
             t.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
             t.close()
+        elif path == "/bytewise":
+            # a chunked response written one byte per TCP segment
+            msg = (b"HTTP/1.1 200 OK\r\nX-Long: " + b"v" * 300 + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+            sock = t.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for i in range(len(msg)):
+                if self.closed:
+                    return
+                t.write(msg[i:i + 1])
+                await asyncio.sleep(0.0005)
+        elif path == "/resp-headers":
+            # the response headers given as JSON in ?h=[[name, value], ...]
+            hdrs = json.loads(q.get("h", ["[]"])[0])
+            send(200, hdrs, b"rh")
         elif path == "/debug":
             send(200, [("X-Debug", "secret"), ("X-Keep", "1")], b"dbg")
         elif path == "/conn-close":

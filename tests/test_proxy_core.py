@@ -300,3 +300,29 @@ def test_pipelined_request_waits_during_a_retry():
                           b"GET /headers?second HTTP/1.1\r\nHost: x\r\n\r\n", expect=2)
         assert out.count(b"HTTP/1.1 200") == 2
         assert out.index(b"Content-Length: 0") < out.index(b"/headers?second")
+
+
+def test_parsers_are_reused_across_connections_safely(h):
+    # keep-alive, close, HTTP/1.0, malformed: each leaves the free-listed
+    # parser usable by the next connection.
+    reqs = [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            b"BAD\r\n\r\n",
+            b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"]
+    for _ in range(3):
+        for r in reqs:
+            out = raw(h.port, r, timeout=2, expect=1)
+            if r.startswith(b"BAD"):
+                assert out.startswith(b"HTTP/1.1 400")
+            else:
+                assert out.startswith(b"HTTP/1.1 200"), (r, out)
+
+
+def test_upstream_response_one_byte_at_a_time(h):
+    with httpx.Client(base_url=h.url) as c:
+        for _ in range(2):
+            r = c.get("/bytewise")
+            assert r.status_code == 200 and r.content == b"hello world"
+            assert r.headers["x-long"] == "v" * 300

@@ -260,3 +260,71 @@ def test_no_fd_or_pool_leak_after_mixed_requests():
 @pytest.mark.slow
 def test_no_fd_or_pool_leak_after_10000_mixed_requests():
     _no_leaks(10000)
+
+
+def test_upstream_write_timeout_is_504():
+    # An upstream that accepts the connection but never reads the body.
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(4)
+    accepted = []
+    import threading
+
+    def accept():
+        try:
+            c, _ = ls.accept()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            accepted.append(c)
+        except OSError:
+            pass
+    threading.Thread(target=accept, daemon=True).start()
+    app = FixedPeer(ls.getsockname(), write_timeout=0.3)
+    try:
+        with Harness(app) as h:
+            s = socket.create_connection(("127.0.0.1", h.port), timeout=10)
+            size = 64 * 1024 * 1024
+            s.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+            s.setblocking(False)
+            block = b"w" * 65536
+            got = b""
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 5 and b"\r\n\r\n" not in got:
+                try:
+                    s.send(block)
+                except (BlockingIOError, ConnectionError):
+                    pass
+                try:
+                    got += s.recv(65536)
+                except BlockingIOError:
+                    time.sleep(0.005)
+                except ConnectionError:
+                    break
+            s.close()
+            assert got.startswith(b"HTTP/1.1 504"), got[:100]
+        assert "write_timeout" in app.errors[0].message
+    finally:
+        ls.close()
+        for c in accepted:
+            c.close()
+
+
+def test_client_that_stops_reading_is_disconnected(caplog):
+    class Log(SimpleApp):
+        errors = []
+
+        def logging(self, session, error, ctx):
+            self.errors.append(error)
+    app = Log()
+    with caplog.at_level(logging.INFO, logger="sluiceway.error"):
+        with Harness(app, downstream_write_timeout_seconds=0.3) as h:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", h.port))
+            s.sendall(b"GET /big?size=50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            deadline = time.monotonic() + 5
+            while not app.errors and time.monotonic() < deadline:
+                time.sleep(0.05)
+            s.close()
+            assert app.errors and "downstream_write_timeout" in app.errors[0].message
+            assert h.pool_stats()["idle"] == 0  # the half-read upstream is not pooled
+    assert any("read nothing" in r.getMessage() for r in caplog.records)

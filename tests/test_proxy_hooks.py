@@ -486,3 +486,75 @@ def test_inline_coroutine_hooks_are_not_scheduled(suspend, expect_tasks):
     assert bool(created) == expect_tasks
     if expect_tasks:
         assert len(created) == 20 and set(created) == {"_drive"}
+
+
+@pytest.mark.parametrize("where", ["upstream_peer", "upstream_request_filter", "response_filter"])
+def test_respond_from_later_hooks_answers_once(where):
+    class Late(ProxyHttp):
+        port = None
+
+        def upstream_peer(self, session, ctx):
+            if where == "upstream_peer":
+                session.respond(299, None, b"from peer")
+            return HttpPeer(("127.0.0.1", self.port))
+
+        def upstream_request_filter(self, session, req, ctx):
+            if where == "upstream_request_filter":
+                session.respond(299, None, b"from req filter")
+
+        def response_filter(self, session, resp, ctx):
+            if where == "response_filter":
+                session.respond(299, None, b"from resp filter")
+    with Harness(Late()) as h:
+        with httpx.Client(base_url=h.url) as c:
+            for _ in range(3):
+                r = c.get("/big?size=1000")
+                assert r.status_code == 299 and r.content.startswith(b"from ")
+        # a connection nothing was sent on goes back to the pool
+        if where == "upstream_request_filter":
+            assert h.pool_stats()["created"] == 1
+
+
+@pytest.mark.parametrize("suspend", [False, True])
+def test_async_hook_exception_answers_500(suspend):
+    class Boom(ProxyHttp):
+        port = None
+        seen = []
+
+        async def request_filter(self, session, ctx):
+            if suspend:
+                await asyncio.sleep(0.001)
+            raise ValueError("async boom")
+
+        def upstream_peer(self, session, ctx):
+            return HttpPeer(("127.0.0.1", self.port))
+
+        def logging(self, session, error, ctx):
+            self.seen.append(error)
+    app = Boom()
+    with Harness(app) as h:
+        with httpx.Client(base_url=h.url) as c:
+            for _ in range(3):
+                assert c.get("/").status_code == 500
+    assert len(app.seen) == 3 and all("async boom" in e.message for e in app.seen)
+
+
+def test_inline_coroutine_results_have_no_refcount_leak():
+    import sys
+
+    class Peer(ProxyHttp):
+        port = None
+        peer = None
+
+        async def upstream_peer(self, session, ctx):
+            return self.peer
+    app = Peer()
+    with Harness(app) as h:
+        app.peer = HttpPeer(("127.0.0.1", h.origin.port))
+        with httpx.Client(base_url=h.url) as c:
+            c.get("/")
+            before = sys.getrefcount(app.peer)
+            for _ in range(50):
+                assert c.get("/").content == b"hello"
+            after = sys.getrefcount(app.peer)
+    assert after - before < 5

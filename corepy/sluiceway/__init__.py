@@ -31,7 +31,9 @@ from .limits import (Attempt, BreakerState, CircuitBreaker, CircuitOpen, Concurr
                      ConcurrencyLimitExceeded, Estimator, Inflight, InflightGuard, LoadShedError,
                      Permit, Rate, RateDecision, RateLimiter, Transition, proportional)
 
-from .proxy import HttpPeer, ProxyHttp, Session, RequestHeader, ResponseHeader, pool_stats
+from .config import ConfigError, ServerConf, load_config
+from .proxy import (HeaderMap, HttpPeer, ProxyHttp, RequestHeader, ResponseHeader, Session,
+                    pool_stats)
 from .server import (BackgroundService, ProxyService, Server, background_service,
                      http_proxy_service)
 
@@ -39,7 +41,8 @@ __all__ = [
     "Error", "ParseError", "RequestParser", "ResponseParser", "Headers", "RequestHead",
     "ResponseHead", "EndOfMessage", "NEED_DATA", "END_OF_MESSAGE", "UPGRADED", "CONNECTION_CLOSED",
     # the proxy
-    "ProxyHttp", "HttpPeer", "Session", "RequestHeader", "ResponseHeader", "pool_stats",
+    "ProxyHttp", "HttpPeer", "Session", "RequestHeader", "ResponseHeader", "HeaderMap", "pool_stats",
+    "ServerConf", "ConfigError", "load_config",
     "Server", "ProxyService", "BackgroundService", "http_proxy_service", "background_service",
     # load balancing
     "LoadBalancer", "Backend", "BackendState", "RoundRobin", "Random", "FNVHash", "Consistent",

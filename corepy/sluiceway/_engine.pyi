@@ -63,10 +63,13 @@ class HttpPeer:
     read_timeout: Optional[float]
     write_timeout: Optional[float]
     idle_timeout: Optional[float]
+    verify_cert: bool
+    ca_file: Optional[str]
     def __init__(self, address: Union[Tuple[str, int], str], tls: bool = False,
                  sni: Optional[str] = None, *, connect_timeout: Optional[float] = None,
                  read_timeout: Optional[float] = None, write_timeout: Optional[float] = None,
-                 idle_timeout: Optional[float] = None) -> None: ...
+                 idle_timeout: Optional[float] = None, verify_cert: bool = True,
+                 ca_file: Optional[str] = None) -> None: ...
 
 class Session:
     @property

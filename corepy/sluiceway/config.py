@@ -59,6 +59,8 @@ class ServerConf:
         downstream_keepalive_timeout_seconds: idle keep-alive client
             connections are closed after this.
         request_timeout_seconds: total time for one request (504 after it).
+        downstream_write_timeout_seconds: a client that reads nothing of the
+            response for this long is disconnected (nginx's send_timeout).
         upstream_connect_timeout_seconds, upstream_read_timeout_seconds,
             upstream_write_timeout_seconds: per upstream operation (504).
         upstream_idle_timeout_seconds: pooled connections idle longer are
@@ -87,6 +89,7 @@ class ServerConf:
     upstream_connect_timeout_seconds: float = 5.0
     upstream_read_timeout_seconds: float = 60.0
     upstream_write_timeout_seconds: float = 60.0
+    downstream_write_timeout_seconds: float = 60.0
     upstream_idle_timeout_seconds: float = 60.0
     max_connections: int = 0
     max_request_header_bytes: int = 32768
@@ -144,6 +147,7 @@ class ServerConf:
             connect_timeout=self.upstream_connect_timeout_seconds,
             read_timeout=self.upstream_read_timeout_seconds,
             write_timeout=self.upstream_write_timeout_seconds,
+            downstream_write_timeout=self.downstream_write_timeout_seconds,
             max_connections=self.max_connections,
             max_retries=self.max_retries,
             max_body_size=self.max_request_body_bytes,

@@ -313,10 +313,16 @@ def _worker_main(server: Server) -> int:
     loop.add_signal_handler(signal.SIGINT, on_int)
 
     async def main():
+        import gc
+
         for bg in server.background:
             await bg.start(loop)
         for svc in server.services:
             await svc.start(loop)
+        # Everything made at start-up lives as long as the worker: keep it
+        # out of the cyclic collector's scans (shorter pauses under load).
+        gc.collect()
+        gc.freeze()
         how = await stop
         grace = server.configuration.grace_period_seconds if how == "term" else 0.0
         await asyncio.gather(*(svc.stop(grace) for svc in server.services))

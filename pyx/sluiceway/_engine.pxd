@@ -95,7 +95,6 @@ cdef class HeaderMap:
                         uint32_t n) except -1
     cdef int _materialize(self) except -1
     cdef int _find(self, bytes lname, int start) except -2
-    cdef bint _has(self, const char *name, size_t n)
     cdef bytes _value_at(self, int i)
     cdef bytes _name_at(self, int i)
     cdef object _get(self, object name, object default)
@@ -138,6 +137,8 @@ cdef class HttpPeer:
     cdef public object read_timeout
     cdef public object write_timeout
     cdef public object idle_timeout
+    cdef readonly bint verify_cert
+    cdef readonly object ca_file
     cdef bytes _host_header
     cdef bytes _host_hdr(self)
 
@@ -210,6 +211,7 @@ cdef class _Engine:
     cdef public double connect_timeout
     cdef public double read_timeout
     cdef public double write_timeout
+    cdef public double ds_write_timeout
     cdef public int max_connections
     cdef public int max_retries
     cdef public long long max_body_size
@@ -226,7 +228,7 @@ cdef class _Engine:
     cdef list wires             # free downstream parsers
     cdef void _schedule(self)
     cdef _Wire _take_wire(self)
-    cdef void _give_wire(self, _Wire w)
+    cdef void _give_wire(self, _Wire w, bint reset=*)
 
 
 cdef class _Downstream:
@@ -241,6 +243,7 @@ cdef class _Downstream:
     cdef bint write_paused
     cdef int read_pause
     cdef double deadline
+    cdef double wdeadline       # the client must read what we wrote by then
     cdef int dl_kind
     cdef int nreq
     cdef bint discard_body      # body bytes of a finished request are dropped
@@ -256,6 +259,7 @@ cdef class _Downstream:
     cdef void _close(self)
     cdef void _bad_request(self)
     cdef void _timeout(self, double now)
+    cdef void _write_timeout(self)
 
 
 cdef class _Upstream:
@@ -352,6 +356,7 @@ cdef class Session:
     cdef bytes _resp_head_from_items(self, ResponseHeader rs, bint keep)
     cdef void _advance(self, int stage, object value)
     cdef object _call(self, object fn, tuple args, int next_stage)
+    cdef object _call2(self, object fn, int next_stage)
     cdef void _send_upstream_head(self)
     cdef void _on_req_body(self, object chunk)
     cdef void _req_body_out(self, object chunk)

@@ -52,7 +52,14 @@ import socket
 from sluiceway import _http as _httpmod
 from sluiceway.errors import DOWNSTREAM, INTERNAL, UPSTREAM, Error, ParseError
 
+from cpython.ref cimport PyObject, Py_XDECREF
+
 cdef extern from "Python.h":
+    ctypedef enum PySendResult:
+        PYGEN_RETURN
+        PYGEN_ERROR
+        PYGEN_NEXT
+    PySendResult PyIter_Send(object iter, object arg, PyObject **presult)
     bint PyCoro_CheckExact(object o)
     bint PyUnicode_IS_ASCII(object o)
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
@@ -75,7 +82,6 @@ DEF LOW_WATER = 16384
 # Why reading is paused (bit flags).
 DEF R_BUFFERED = 1      # our own buffer is over the high-water mark
 DEF R_PEER_FULL = 2     # the other side's write buffer is full
-DEF R_IDLE = 4
 
 # Deadline kinds.
 DEF DL_NONE = 0
@@ -148,6 +154,27 @@ cdef unsigned char *_need_drop(uint32_t n) except NULL:
     return _drop
 
 
+cdef bytes _concat(bytes a, const char *b, size_t n):
+    cdef Py_ssize_t na = PyBytes_GET_SIZE(a)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, na + <Py_ssize_t>n)
+    cdef char *o = PyBytes_AS_STRING(out)
+    memcpy(o, PyBytes_AS_STRING(a), na)
+    memcpy(o + na, b, n)
+    return out
+
+
+cdef inline object _steal(PyObject *o):
+    """A new reference from the C API as an object (no extra reference)."""
+    cdef object r = <object>o
+    Py_XDECREF(o)
+    return r
+
+
+cdef int raise_current() except -1:
+    """Propagate the exception the C API just set."""
+    return -1
+
+
 cdef list _METHODS = [None] * 256
 cdef bytes _CRLF = b"\r\n"
 cdef bytes _LAST_CHUNK = b"0\r\n\r\n"
@@ -192,6 +219,7 @@ cdef inline str _latin1(bytes b):
 
 @cython.final
 @cython.freelist(64)
+@cython.no_gc  # holds only bytes/str/lists of bytes: never in a cycle
 cdef class HeaderMap:
     """Header fields of a request or response, mutable by hooks.
 
@@ -255,9 +283,6 @@ cdef class HeaderMap:
             if (<bytes>(<list>it[i])[0]).lower() == lname:
                 return i
         return -1
-
-    cdef bint _has(self, const char *name, size_t n):
-        return self._find(PyBytes_FromStringAndSize(name, n), 0) >= 0
 
     cdef bytes _value_at(self, int i):
         if self._items is None:
@@ -385,6 +410,7 @@ cdef HeaderMap _new_map(object buf, const char *base, const sw_header_t *h, uint
 
 @cython.final
 @cython.freelist(64)
+@cython.no_gc  # holds only bytes/str/lists of bytes: never in a cycle
 cdef class RequestHeader:
     """A request head, readable and mutable by hooks.
 
@@ -471,6 +497,7 @@ cdef class RequestHeader:
 
 @cython.final
 @cython.freelist(64)
+@cython.no_gc  # holds only bytes/str/lists of bytes: never in a cycle
 cdef class ResponseHeader:
     """A response head as received from the upstream, mutable by hooks.
 
@@ -524,15 +551,19 @@ cdef class HttpPeer:
     Args:
         address: ``("host", port)``, ``"host:port"`` or ``"unix:/path"``.
         tls: connect with TLS (``sni`` defaults to the host).
-        sni: the TLS server name.
+        sni: the TLS server name (also the name the certificate must match).
+        verify_cert: check the upstream's certificate (default True).
+        ca_file: PEM file of the CAs to trust instead of the system store.
         connect_timeout, read_timeout, write_timeout, idle_timeout: seconds;
             None uses the service's configured value.
 
-    Connections are pooled by ``reuse_key`` (address, TLS and SNI).
+    Connections are pooled by ``reuse_key`` (address, TLS, SNI and the
+    certificate options).
     """
 
     def __init__(self, address, tls=False, sni=None, *, connect_timeout=None,
-                 read_timeout=None, write_timeout=None, idle_timeout=None):
+                 read_timeout=None, write_timeout=None, idle_timeout=None,
+                 verify_cert=True, ca_file=None):
         cdef str host
         if isinstance(address, tuple) and len(address) == 2:
             host, port = address
@@ -563,7 +594,12 @@ cdef class HttpPeer:
         if self.path is not None:
             self.reuse_key = ("unix", self.path)
         else:
-            self.reuse_key = (self.host, self.port, self.tls, self.sni)
+            if self.tls:
+                self.verify_cert = bool(verify_cert)
+                self.ca_file = ca_file
+                self.reuse_key = (self.host, self.port, True, self.sni, self.verify_cert, ca_file)
+            else:
+                self.reuse_key = (self.host, self.port, False, self.sni)
 
     cdef bytes _host_hdr(self):
         """The Host value for requests that came without one."""
@@ -583,9 +619,27 @@ cdef class HttpPeer:
         return f"unix:{self.path}" if self.path is not None else f"{self.host}:{self.port}"
 
 
+cdef dict _SSL_CONTEXTS = {}
+
+cdef object _ssl_context(bint verify, object ca_file):
+    """One client SSLContext per (verify, ca_file), made once (loading
+    the trust store per connection would cost milliseconds)."""
+    key = (verify, ca_file)
+    ctx = _SSL_CONTEXTS.get(key)
+    if ctx is None:
+        import ssl
+        ctx = ssl.create_default_context(cafile=ca_file)
+        if not verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        _SSL_CONTEXTS[key] = ctx
+    return ctx
+
+
 # ------------------------------------------------------------------- wire --
 
 @cython.final
+@cython.no_gc  # holds only bytes/str/lists of bytes: never in a cycle
 cdef class _Wire:
     """A parser and the bytes it parses (see the module docstring)."""
 
@@ -717,8 +771,6 @@ cdef class _Pool:
             c.idle = False
             if not c.closed:
                 self.reused += 1
-                if c.read_pause & R_IDLE:
-                    c._resume_read(R_IDLE)
                 return c
         return None
 
@@ -866,6 +918,7 @@ cdef class _Engine:
                   double head_timeout=10.0, double keepalive_timeout=60.0,
                   double request_timeout=0.0, double connect_timeout=5.0,
                   double read_timeout=60.0, double write_timeout=60.0,
+                  double downstream_write_timeout=60.0,
                   int max_connections=0, int max_retries=1, long long max_body_size=0,
                   bint forwarded=False, bint access_log=False,
                   int pool_size=128, double pool_idle_timeout=60.0,
@@ -880,6 +933,8 @@ cdef class _Engine:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
+        self.ds_write_timeout = downstream_write_timeout
+        self.ds_write_timeout = downstream_write_timeout
         self.max_connections = max_connections
         self.max_retries = max_retries
         self.max_body_size = max_body_size
@@ -918,7 +973,7 @@ cdef class _Engine:
         self.h_err_proxy = hook("error_while_proxy")
         self.h_fail_proxy = hook("fail_to_proxy")
         ts = [t for t in (head_timeout, keepalive_timeout, request_timeout, read_timeout,
-                          write_timeout, pool_idle_timeout) if t > 0]
+                          write_timeout, downstream_write_timeout, pool_idle_timeout) if t > 0]
         self.tick = min(1.0, max(0.02, min(ts) / 4.0)) if ts else 1.0
         self._schedule()
 
@@ -956,6 +1011,8 @@ cdef class _Engine:
         cdef _Upstream u
         try:
             for d in list(self.conns):
+                if d.wdeadline and now >= d.wdeadline:
+                    d._write_timeout()
                 if d.deadline and now >= d.deadline:
                     d._timeout(now)
                 elif d.dl_kind == DL_IDLE and d.w is not None and d.w.unread() == 0 and \
@@ -980,9 +1037,13 @@ cdef class _Engine:
             return <_Wire>self.wires.pop()
         return _Wire(True, self.max_head, self.max_url, self.max_headers)
 
-    cdef void _give_wire(self, _Wire w):
+    cdef void _give_wire(self, _Wire w, bint reset=True):
+        """Put a client parser on the free list. ``reset`` may be False only
+        when it stopped right after a complete keep-alive message (llhttp is
+        then back in its start state, as after a reset)."""
         if len(self.wires) < 256:
-            API.reset(w.p)
+            if reset:
+                API.reset(w.p)
             w.data = None
             w.head_buf = None
             w.dptr = b""
@@ -1095,11 +1156,14 @@ cdef class _Downstream:
 
     def pause_writing(self):
         self.write_paused = True
+        if self.eng.ds_write_timeout > 0:
+            self.wdeadline = sw_now() + self.eng.ds_write_timeout
         if self.cur is not None and self.cur.us is not None:
             self.cur.us._pause_read(R_PEER_FULL)
 
     def resume_writing(self):
         self.write_paused = False
+        self.wdeadline = 0.0
         if self.cur is not None and self.cur.us is not None:
             self.cur.us._resume_read(R_PEER_FULL)
             self.cur.us._process()
@@ -1220,7 +1284,7 @@ cdef class _Downstream:
             # Idle: the parser goes back to the free list at once, so the
             # parsers in use are bounded by the requests in flight, not by
             # the open connections (an idle keep-alive connection holds none).
-            self.eng._give_wire(self.w)
+            self.eng._give_wire(self.w, False)
             self.w = None
         elif self.w.unread() > 0 and not self.in_process:
             # Pipelined bytes: parse them on the next loop iteration, not
@@ -1254,6 +1318,21 @@ cdef class _Downstream:
             return
         body = (f"{status} {(<bytes>sw_reason(status)).decode()}: {reason}\n").encode("utf-8", "replace")
         self.transport.write(_simple_response(status, body, False))
+        self._close()
+
+    cdef void _write_timeout(self):
+        """The client has not read what we sent for downstream_write_timeout."""
+        cdef Session s = self.cur
+        self.wdeadline = 0.0
+        if self.closed:
+            return
+        if self.eng.log.isEnabledFor(logging.INFO):
+            self.eng.log.info("sluiceway: closing client %s: it read nothing for %.3gs "
+                              "(downstream_write_timeout)", _fmt_addr(self._addr()),
+                              self.eng.ds_write_timeout)
+        if s is not None:
+            s._fail(Error(f"client did not read the response within {self.eng.ds_write_timeout:.3g}s "
+                          "(downstream_write_timeout)", status=408, source=DOWNSTREAM))
         self._close()
 
     cdef void _timeout(self, double now):
@@ -1658,19 +1737,43 @@ cdef class Session:
 
     # --- hook calls ---------------------------------------------------------
 
-    cdef object _call(self, object fn, tuple args, int next_stage):
-        cdef object r, y
+    cdef object _call2(self, object fn, int next_stage):
+        """``_call(fn, (self, self.ctx), next_stage)`` without building the
+        argument tuple (the common hook signature; a vectorcall)."""
+        cdef object r
         try:
-            r = fn(*args)
+            r = fn(self, self.ctx)
+            if r is None or type(r) is bool or type(r) is HttpPeer:
+                return r
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            self.hook_next = 0
+            self._hook_failed(exc, getattr(fn, "__name__", "?"), next_stage)
+            return _FAILED
+        return self._call(None, (r,), next_stage)
+
+    cdef object _call(self, object fn, tuple args, int next_stage):
+        """Call hook ``fn(*args)``; with ``fn`` None, ``args[0]`` is the
+        result of a call already made."""
+        cdef object r, y
+        cdef PyObject *out = NULL
+        cdef PySendResult sr
+        try:
+            r = fn(*args) if fn is not None else args[0]
             if r is None or type(r) is bool or type(r) is HttpPeer:
                 return r
             if PyCoro_CheckExact(r) or hasattr(type(r), "__await__"):
                 if not PyCoro_CheckExact(r):
                     r = _await_wrapper(r)
-                try:
-                    y = r.send(None)
-                except StopIteration as stop:
-                    return stop.value
+                # PyIter_Send: a coroutine that returns gives its value
+                # without a StopIteration being raised and caught.
+                sr = PyIter_Send(r, None, &out)
+                if sr == PYGEN_RETURN:
+                    return _steal(out)
+                if sr == PYGEN_ERROR:
+                    raise_current()
+                y = _steal(out)
                 self.hook_next = next_stage
                 self.hook_task = self.eng.loop.create_task(_drive(r, y))
                 self.hook_task.add_done_callback(self._hook_done)
@@ -1680,7 +1783,7 @@ cdef class Session:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             self.hook_next = 0
-            self._hook_failed(exc, getattr(fn, "__name__", "?"), next_stage)
+            self._hook_failed(exc, getattr(fn if fn is not None else args[0], "__qualname__", "?"), next_stage)
             return _FAILED
 
     def _hook_done(self, task):
@@ -1762,7 +1865,7 @@ cdef class Session:
                 if self.ctx is None and value is not None:
                     self.ctx = value
                 if eng.h_early is not None:
-                    r = self._call(eng.h_early, (self, self.ctx), S_REQ_FILTER)
+                    r = self._call2(eng.h_early, S_REQ_FILTER)
                     if r is _PENDING or r is _FAILED:
                         return
                 stage = S_REQ_FILTER
@@ -1778,7 +1881,7 @@ cdef class Session:
                     return
                 value = False
                 if eng.h_req_filter is not None:
-                    r = self._call(eng.h_req_filter, (self, self.ctx), S_REQ_FILTER_DONE)
+                    r = self._call2(eng.h_req_filter, S_REQ_FILTER_DONE)
                     if r is _PENDING or r is _FAILED:
                         return
                     value = r
@@ -1796,13 +1899,16 @@ cdef class Session:
                 stage = S_PEER
                 continue
             if stage == S_PEER:
-                r = self._call(eng.h_peer, (self, self.ctx), S_PEER_DONE)
+                r = self._call2(eng.h_peer, S_PEER_DONE)
                 if r is _PENDING or r is _FAILED:
                     return
                 value = r
                 stage = S_PEER_DONE
                 continue
             if stage == S_PEER_DONE:
+                if self.resp_started:
+                    self._finish()  # the hook answered itself
+                    return
                 if not isinstance(value, HttpPeer):
                     self._fail(Error(f"upstream_peer must return an HttpPeer, got "
                                      f"{type(value).__name__}", status=500, source=INTERNAL))
@@ -1829,6 +1935,12 @@ cdef class Session:
                 stage = S_SEND
                 continue
             if stage == S_SEND:
+                if self.resp_started:
+                    # A hook answered itself: nothing was sent on the
+                    # connection, so it goes back to the pool.
+                    self._release_upstream(True)
+                    self._finish()
+                    return
                 if self.us is None or self.us.closed:
                     # The connection died while a hook ran.
                     self._us_lost(None)
@@ -1861,6 +1973,15 @@ cdef class Session:
                 stage = S_RESP_SEND
                 continue
             if stage == S_RESP_SEND:
+                if self.resp_started:
+                    # A response hook answered itself: drop the upstream's
+                    # response (its connection is not reused).
+                    if self.us is not None:
+                        self.us.reusable = False
+                    self.resp_done = True
+                    self._release_upstream(False)
+                    self._finish()
+                    return
                 self._send_resp_head()
                 if self.us is not None and not self.finished:
                     self.us.blocked = False
@@ -1969,9 +2090,8 @@ cdef class Session:
             if peer.path is not None:
                 coro = loop.create_unix_connection(lambda: u, peer.path)
             elif peer.tls:
-                import ssl
-                ctx = ssl.create_default_context()
-                coro = loop.create_connection(lambda: u, peer.host, peer.port, ssl=ctx,
+                coro = loop.create_connection(lambda: u, peer.host, peer.port,
+                                              ssl=_ssl_context(peer.verify_cert, peer.ca_file),
                                               server_hostname=peer.sni or peer.host)
             else:
                 coro = loop.create_connection(lambda: u, peer.host, peer.port)
@@ -2555,6 +2675,8 @@ cdef class Session:
         self.pend_prefix = None
         if self.pend_len == 0:
             body = None
+        elif prefix is not None and self.pend_len <= 16384:
+            body = True  # copied with the prefix below
         elif self.pend_off == 0 and self.pend_len == <size_t>PyBytes_GET_SIZE(d):
             body = d
         else:
@@ -2565,7 +2687,11 @@ cdef class Session:
         elif body is None:
             self._write_ds(prefix)
         elif self.ds is not None and not self.ds_gone and not self.ds.closed:
-            self.ds.transport.writelines((prefix, body))
+            if self.pend_len <= 16384:
+                # Small: one copy is cheaper than a vectored write.
+                self.ds.transport.write(_concat(prefix, PyBytes_AS_STRING(d) + self.pend_off, self.pend_len))
+            else:
+                self.ds.transport.writelines((prefix, body))
 
     cdef void _write_ds(self, object data):
         if self.ds is not None and not self.ds_gone and not self.ds.closed:
