@@ -36,38 +36,6 @@ static int sw_check_head_size(sw_http_t *p, const char *end)
     return 0;
 }
 
-/* ASCII lower-case map for field-name comparison. */
-static const unsigned char sw_lower[256] = {
-#define R(x) x, x + 1, x + 2, x + 3, x + 4, x + 5, x + 6, x + 7
-    R(0), R(8), R(16), R(24), R(32), R(40), R(48), R(56),
-    64, 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k', 'l', 'm', 'n', 'o',
-    'p', 'q', 'r', 's', 't', 'u', 'v', 'w', 'x', 'y', 'z', 91, 92, 93, 94, 95,
-    R(96), R(104), R(112), R(120), R(128), R(136), R(144), R(152), R(160), R(168),
-    R(176), R(184), R(192), R(200), R(208), R(216), R(224), R(232), R(240), R(248)
-#undef R
-};
-
-int sw_http_ieq(const char *a, const char *b, size_t n)
-{
-    const unsigned char *x = (const unsigned char *)a, *y = (const unsigned char *)b;
-    size_t i;
-    for (i = 0; i < n; i++) {
-        if (sw_lower[x[i]] != sw_lower[y[i]]) return 0;
-    }
-    return 1;
-}
-
-int sw_http_find(const char *base, const sw_header_t *h, uint32_t count,
-                 const char *name, size_t n, uint32_t start)
-{
-    uint32_t i;
-    for (i = start; i < count; i++) {
-        if (h[i].name.len == n && sw_http_ieq(base + h[i].name.off, name, n))
-            return (int)i;
-    }
-    return -1;
-}
-
 /* ---- llhttp callbacks ------------------------------------------------- */
 
 static int on_message_begin(llhttp_t *ll)
@@ -276,14 +244,14 @@ static int sw_check_framing(sw_http_t *p)
         if (fl & F_CONTENT_LENGTH)
             return sw_fail(p, sw_head_status(p, 400),
                            "both Content-Length and Transfer-Encoding are present");
-        for (i = sw_http_find(p->base, p->headers, p->nheaders, "transfer-encoding", 17, 0);
+        for (i = sw_find(p->base, p->headers, p->nheaders, "transfer-encoding", 17, 0);
              i >= 0;
-             i = sw_http_find(p->base, p->headers, p->nheaders, "transfer-encoding", 17, (uint32_t)i + 1)) {
+             i = sw_find(p->base, p->headers, p->nheaders, "transfer-encoding", 17, (uint32_t)i + 1)) {
             seen++;
             v = p->base + p->headers[i].value.off;
             vlen = p->headers[i].value.len;
         }
-        if (seen != 1 || vlen != 7 || !sw_http_ieq(v, "chunked", 7))
+        if (seen != 1 || vlen != 7 || !sw_ieq(v, "chunked", 7))
             return sw_fail(p, sw_head_status(p, 501),
                            "unsupported Transfer-Encoding (only a single `chunked` is accepted)");
     }

@@ -47,30 +47,11 @@
 #include <stdint.h>
 
 #include "llhttp.h"
+#include "sw_span.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-enum sw_http_event {
-    SW_EV_NEED_DATA = 0,
-    SW_EV_HEAD = 1,
-    SW_EV_BODY = 2,
-    SW_EV_END = 3,
-    SW_EV_UPGRADE = 4,
-    SW_EV_ERROR = -1
-};
-
-/* A byte range relative to a base pointer. */
-typedef struct {
-    uint32_t off;
-    uint32_t len;
-} sw_span_t;
-
-typedef struct {
-    sw_span_t name;
-    sw_span_t value;
-} sw_header_t;
 
 typedef struct {
     uint32_t max_head;     /* start line + headers, bytes (431 past it) */
@@ -146,14 +127,6 @@ void sw_http_rebase(sw_http_t *p, uint32_t delta);
 
 /* True while a message head is being read. */
 int sw_http_in_head(const sw_http_t *p);
-
-/* Index of the first header at or after `start` whose name equals name[0:n]
- * case-insensitively, or -1. */
-int sw_http_find(const char *base, const sw_header_t *h, uint32_t count,
-                 const char *name, size_t n, uint32_t start);
-
-/* ASCII case-insensitive equality of a[0:n] and b[0:n]. */
-int sw_http_ieq(const char *a, const char *b, size_t n);
 
 /* The method's name (e.g. "GET") for a request parser after SW_EV_HEAD. */
 const char *sw_http_method_name(const sw_http_t *p);

@@ -4,29 +4,6 @@
 #include <string.h>
 #include <time.h>
 
-int sw_ieq(const char *a, const char *b, size_t n)
-{
-    size_t i;
-    for (i = 0; i < n; i++) {
-        unsigned char x = (unsigned char)a[i], y = (unsigned char)b[i];
-        if (x - 'A' < 26u) x |= 0x20;
-        if (y - 'A' < 26u) y |= 0x20;
-        if (x != y) return 0;
-    }
-    return 1;
-}
-
-int sw_find(const char *base, const sw_header_t *h, uint32_t count,
-            const char *name, size_t n, uint32_t start)
-{
-    uint32_t i;
-    for (i = start; i < count; i++) {
-        if (h[i].name.len == n && sw_ieq(base + h[i].name.off, name, n))
-            return (int)i;
-    }
-    return -1;
-}
-
 #define NAME_IS(lit) (nl == sizeof(lit) - 1 && sw_ieq(nm, lit, sizeof(lit) - 1))
 
 /* Mark every field called tok[0:tl] (a Connection option). */

@@ -44,12 +44,6 @@ size_t sw_fields_size(const sw_header_t *h, uint32_t n);
 size_t sw_write_fields(char *out, const char *base, const sw_header_t *h, uint32_t n,
                        const unsigned char *drop);
 
-/* Case-insensitive search like sw_http_find (duplicated here: this module
- * does not link the parser). */
-int sw_find(const char *base, const sw_header_t *h, uint32_t count,
-            const char *name, size_t n, uint32_t start);
-int sw_ieq(const char *a, const char *b, size_t n);
-
 /* Write "HTTP/1.1 <status> <reason>\r\n"; return bytes (at most 64 + rlen). */
 size_t sw_write_status_line(char *out, int status, const char *reason, size_t rlen);
 

@@ -14,26 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#ifndef SW_HTTP_H
-enum sw_http_event {
-    SW_EV_NEED_DATA = 0,
-    SW_EV_HEAD = 1,
-    SW_EV_BODY = 2,
-    SW_EV_END = 3,
-    SW_EV_UPGRADE = 4,
-    SW_EV_ERROR = -1
-};
-
-typedef struct {
-    uint32_t off;
-    uint32_t len;
-} sw_span_t;
-
-typedef struct {
-    sw_span_t name;
-    sw_span_t value;
-} sw_header_t;
-#endif
+#include "sw_span.h"
 
 /* The parser's state after SW_EV_HEAD (or SW_EV_ERROR). */
 typedef struct {

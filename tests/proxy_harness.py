@@ -410,3 +410,17 @@ def stop_proc(proc, sig=None, timeout=10):
         proc.kill()
         proc.wait(5)
         raise
+
+
+def run_example(script, env):
+    """Start examples/<script> listening on a free port; return (process, base URL)."""
+    import signal as _signal
+
+    port = free_port()
+    proc = spawn([f"examples/{script}"], dict(env, LISTEN=f"127.0.0.1:{port}"))
+    try:
+        wait_port(port, proc)
+    except Exception:
+        stop_proc(proc, _signal.SIGKILL)
+        raise
+    return proc, f"http://127.0.0.1:{port}"

@@ -2,13 +2,12 @@
 against real origins on 127.0.0.1."""
 
 import asyncio
-import signal
 import time
 
 import httpx
 import pytest
 
-from proxy_harness import OriginThread, free_port, spawn, stop_proc, wait_port
+from proxy_harness import OriginThread, free_port, run_example, stop_proc
 
 
 @pytest.fixture(scope="module")
@@ -17,20 +16,8 @@ def origins():
         yield o
 
 
-def _run(script, env):
-    port = free_port()
-    env = dict(env, LISTEN=f"127.0.0.1:{port}")
-    proc = spawn([f"examples/{script}"], env)
-    try:
-        wait_port(port, proc)
-    except Exception:
-        stop_proc(proc, signal.SIGKILL)
-        raise
-    return proc, f"http://127.0.0.1:{port}"
-
-
 def test_round_robin_spreads_evenly(origins):
-    proc, url = _run("round_robin_lb.py", {"UPSTREAMS": ",".join(f"127.0.0.1:{p}" for p in origins.ports)})
+    proc, url = run_example("round_robin_lb.py", {"UPSTREAMS": ",".join(f"127.0.0.1:{p}" for p in origins.ports)})
     try:
         before = [o.requests for o in origins.origins]
         with httpx.Client(base_url=url, timeout=5) as c:
@@ -46,7 +33,7 @@ def test_round_robin_spreads_evenly(origins):
 def test_round_robin_health_check_skips_a_dead_upstream(origins):
     dead = free_port()  # nothing listens there
     upstreams = [f"127.0.0.1:{p}" for p in origins.ports] + [f"127.0.0.1:{dead}"]
-    proc, url = _run("round_robin_lb.py", {"UPSTREAMS": ",".join(upstreams)})
+    proc, url = run_example("round_robin_lb.py", {"UPSTREAMS": ",".join(upstreams)})
     try:
         # Backends start healthy; the first health round (at start-up, then
         # every second) marks the dead one down.
@@ -63,7 +50,7 @@ def test_round_robin_health_check_skips_a_dead_upstream(origins):
 
 
 def test_rate_limit_answers_429_with_headers(origins):
-    proc, url = _run("rate_limit.py", {"RATE_LIMIT": "5", "UPSTREAM": f"127.0.0.1:{origins.ports[0]}"})
+    proc, url = run_example("rate_limit.py", {"RATE_LIMIT": "5", "UPSTREAM": f"127.0.0.1:{origins.ports[0]}"})
     try:
         with httpx.Client(base_url=url, timeout=5) as c:
             assert c.get("/").status_code == 401
@@ -84,7 +71,7 @@ def test_rate_limit_answers_429_with_headers(origins):
 
 
 def test_concurrency_cap_sheds_with_503(origins):
-    proc, url = _run("load_shedding.py", {"UPSTREAM": f"127.0.0.1:{origins.ports[1]}",
+    proc, url = run_example("load_shedding.py", {"UPSTREAM": f"127.0.0.1:{origins.ports[1]}",
                                            "MAX_INFLIGHT": "2", "CAP_WAIT": "0"})
 
     async def burst():
@@ -105,7 +92,7 @@ def test_concurrency_cap_sheds_with_503(origins):
 
 def test_circuit_breaker_opens_and_recovers(origins):
     o = origins.origins[2]
-    proc, url = _run("load_shedding.py", {"UPSTREAM": f"127.0.0.1:{origins.ports[2]}",
+    proc, url = run_example("load_shedding.py", {"UPSTREAM": f"127.0.0.1:{origins.ports[2]}",
                                            "BREAKER_FAILURES": "3", "BREAKER_COOLDOWN": "1"})
     try:
         with httpx.Client(base_url=url, timeout=5) as c:

@@ -1,11 +1,10 @@
 """Each example runs as its own program (a subprocess) against test origins."""
 
-import signal
 
 import httpx
 import pytest
 
-from proxy_harness import OriginThread, free_port, spawn, stop_proc, wait_port
+from proxy_harness import OriginThread, run_example, stop_proc
 
 
 @pytest.fixture(scope="module")
@@ -14,21 +13,9 @@ def origins():
         yield o
 
 
-def _run(script, env):
-    port = free_port()
-    env = dict(env, LISTEN=f"127.0.0.1:{port}")
-    proc = spawn([f"examples/{script}"], env)
-    try:
-        wait_port(port, proc)
-    except Exception:
-        stop_proc(proc, signal.SIGKILL)
-        raise
-    return proc, f"http://127.0.0.1:{port}"
-
-
 def test_router_example(origins):
     a, b, _ = origins.ports
-    proc, url = _run("router.py", {"ROUTER_UPSTREAM_A": f"127.0.0.1:{a}",
+    proc, url = run_example("router.py", {"ROUTER_UPSTREAM_A": f"127.0.0.1:{a}",
                                    "ROUTER_UPSTREAM_B": f"127.0.0.1:{b}"})
     try:
         assert httpx.get(url + "/").status_code == 401
@@ -45,7 +32,7 @@ def test_router_example(origins):
 
 def test_tenant_routing_example(origins):
     a, b, c = origins.ports
-    proc, url = _run("tenant_routing.py", {"TENANTS": f"acme=127.0.0.1:{a},127.0.0.1:{b};globex=127.0.0.1:{c}"})
+    proc, url = run_example("tenant_routing.py", {"TENANTS": f"acme=127.0.0.1:{a},127.0.0.1:{b};globex=127.0.0.1:{c}"})
     try:
         assert httpx.get(url + "/").status_code == 400
         assert httpx.get(url + "/", headers={"x-tenant-id": "nope"}).status_code == 404
@@ -60,7 +47,7 @@ def test_tenant_routing_example(origins):
 
 
 def test_api_key_auth_example(origins):
-    proc, url = _run("api_key_auth.py", {"API_KEYS": "s3cret=alice", "UPSTREAM": f"127.0.0.1:{origins.ports[0]}"})
+    proc, url = run_example("api_key_auth.py", {"API_KEYS": "s3cret=alice", "UPSTREAM": f"127.0.0.1:{origins.ports[0]}"})
     try:
         r = httpx.get(url + "/headers", headers={"x-api-key": "wrong"})
         assert r.status_code == 401 and "bearer" in r.headers["www-authenticate"].lower()
@@ -74,7 +61,7 @@ def test_api_key_auth_example(origins):
 
 
 def test_header_rewrite_example(origins):
-    proc, url = _run("header_rewrite.py", {"UPSTREAM": f"127.0.0.1:{origins.ports[0]}"})
+    proc, url = run_example("header_rewrite.py", {"UPSTREAM": f"127.0.0.1:{origins.ports[0]}"})
     try:
         r = httpx.get(url + "/debug")
         assert "x-debug" not in r.headers

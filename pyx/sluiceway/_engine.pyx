@@ -1,4 +1,4 @@
-# distutils: sources = csrc/sw_proxy.c
+# distutils: sources = csrc/sw_proxy.c csrc/sw_span.c
 """The compiled proxy engine: downstream and upstream protocols, the
 connection pool and the per-request state machine that runs the hooks.
 

@@ -64,7 +64,7 @@ cdef extern from "sw_http.h" nogil:
     int sw_http_finish(sw_http_t *p)
     void sw_http_rebase(sw_http_t *p, uint32_t delta)
     int sw_http_in_head(const sw_http_t *p)
-    int sw_http_find(const char *base, const sw_header_t *h, uint32_t count,
+    int sw_find(const char *base, const sw_header_t *h, uint32_t count,
                      const char *name, size_t n, uint32_t start)
 
 

@@ -1,4 +1,4 @@
-# distutils: sources = csrc/sw_http.c
+# distutils: sources = csrc/sw_http.c csrc/sw_span.c
 """Compiled HTTP/1.x request and response parsers over llhttp.
 
 Theory of operation
@@ -117,7 +117,7 @@ cdef class Headers:
     cdef int _find(self, object name, uint32_t start) except -2:
         cdef Py_ssize_t n
         cdef const char *p = _name_ptr(name, &n)
-        return sw_http_find(self._base, self._h, self._n, p, <size_t>n, start)
+        return sw_find(self._base, self._h, self._n, p, <size_t>n, start)
 
     cdef str _value(self, int i):
         return PyUnicode_DecodeLatin1(self._base + self._h[i].value.off,
