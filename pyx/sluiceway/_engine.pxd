@@ -1,59 +1,9 @@
 # Declarations of the compiled proxy engine (see _engine.pyx).
 from libc.stdint cimport uint32_t, uint64_t
 
-
-cdef extern from "sw_view.h" nogil:
-    ctypedef struct sw_span_t:
-        uint32_t off
-        uint32_t len
-
-    ctypedef struct sw_header_t:
-        sw_span_t name
-        sw_span_t value
-
-    ctypedef struct sw_msg_t:
-        uint32_t msg_start
-        uint32_t head_len
-        sw_span_t url
-        sw_span_t reason
-        const sw_header_t *headers
-        uint32_t nheaders
-        int method
-        int status_code
-        int major
-        int minor
-        int keep_alive
-        int upgrade
-        int chunked
-        int has_content_length
-        unsigned long long content_length
-        int err_status
-        const char *err_reason
-        size_t err_offset
-
-    ctypedef struct sw_parser_api_t:
-        int version
-        void *(*create)(int, uint32_t, uint32_t, uint32_t) noexcept nogil
-        void (*destroy)(void *) noexcept nogil
-        void (*reset)(void *) noexcept nogil
-        int (*execute)(void *, const char *, size_t, size_t, size_t *) noexcept nogil
-        int (*finish)(void *) noexcept nogil
-        void (*rebase)(void *, uint32_t) noexcept nogil
-        int (*in_head)(const void *) noexcept nogil
-        uint32_t (*msg_start)(const void *) noexcept nogil
-        void (*view)(const void *, sw_msg_t *) noexcept nogil
-        void (*body)(const void *, const char **, size_t *) noexcept nogil
-        void (*set_skip_body)(void *, int) noexcept nogil
-        const char *(*method_name)(const void *) noexcept nogil
-
-    enum:
-        SW_EV_NEED_DATA
-        SW_EV_HEAD
-        SW_EV_BODY
-        SW_EV_END
-        SW_EV_UPGRADE
-        SW_EV_ERROR
-        SW_VIEW_API_VERSION
+from sluiceway._span cimport (SW_EV_BODY, SW_EV_END, SW_EV_ERROR, SW_EV_HEAD, SW_EV_NEED_DATA,
+                              SW_EV_UPGRADE, sw_find, sw_header_t, sw_ieq, sw_span_t)
+from sluiceway._view cimport SW_VIEW_API_VERSION, sw_msg_t, sw_parser_api_t
 
 
 cdef extern from "sw_proxy.h" nogil:
@@ -75,9 +25,6 @@ cdef extern from "sw_proxy.h" nogil:
     size_t sw_fields_size(const sw_header_t *h, uint32_t n)
     size_t sw_write_fields(char *out, const char *base, const sw_header_t *h, uint32_t n,
                            const unsigned char *drop)
-    int sw_find(const char *base, const sw_header_t *h, uint32_t count,
-                const char *name, size_t n, uint32_t start)
-    int sw_ieq(const char *a, const char *b, size_t n)
     size_t sw_write_status_line(char *out, int status, const char *reason, size_t rlen)
     const char *sw_reason(int status)
     size_t sw_chunk_header(char *out, uint64_t n)

@@ -1,6 +1,9 @@
 # Declarations of the compiled HTTP/1.x parser, for other compiled modules.
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
 
+from sluiceway._span cimport (SW_EV_BODY, SW_EV_END, SW_EV_ERROR, SW_EV_HEAD, SW_EV_NEED_DATA,
+                              SW_EV_UPGRADE, sw_find, sw_header_t, sw_span_t)
+
 
 cdef extern from "sw_http.h" nogil:
     ctypedef struct llhttp_t:
@@ -8,14 +11,6 @@ cdef extern from "sw_http.h" nogil:
         unsigned char http_major
         unsigned char http_minor
         uint16_t status_code
-
-    ctypedef struct sw_span_t:
-        uint32_t off
-        uint32_t len
-
-    ctypedef struct sw_header_t:
-        sw_span_t name
-        sw_span_t value
 
     ctypedef struct sw_http_limits_t:
         uint32_t max_head
@@ -47,12 +42,6 @@ cdef extern from "sw_http.h" nogil:
         size_t error_offset
 
     enum:
-        SW_EV_NEED_DATA
-        SW_EV_HEAD
-        SW_EV_BODY
-        SW_EV_END
-        SW_EV_UPGRADE
-        SW_EV_ERROR
         F_CHUNKED
         F_CONTENT_LENGTH
 
@@ -64,8 +53,6 @@ cdef extern from "sw_http.h" nogil:
     int sw_http_finish(sw_http_t *p)
     void sw_http_rebase(sw_http_t *p, uint32_t delta)
     int sw_http_in_head(const sw_http_t *p)
-    int sw_find(const char *base, const sw_header_t *h, uint32_t count,
-                     const char *name, size_t n, uint32_t start)
 
 
 cdef class Headers:
