@@ -178,9 +178,20 @@ cdef class _Engine:
     cdef void _give_wire(self, _Wire w, bint reset=*)
 
 
-cdef class _Downstream:
+cdef class _Conn:
+    """I/O of one connection (base of _Downstream and _Upstream)."""
+    cdef object transport       # the asyncio transport
+
+    cdef void t_write(self, object data)
+    cdef void t_writev(self, tuple parts)
+    cdef void t_pause_reading(self)
+    cdef void t_resume_reading(self)
+    cdef void t_close(self)
+    cdef object t_peername(self)
+
+
+cdef class _Downstream(_Conn):
     cdef _Engine eng
-    cdef object transport
     cdef _Wire w
     cdef Session cur
     cdef object client_addr
@@ -209,9 +220,8 @@ cdef class _Downstream:
     cdef void _write_timeout(self)
 
 
-cdef class _Upstream:
+cdef class _Upstream(_Conn):
     cdef _Engine eng
-    cdef object transport
     cdef _Wire w
     cdef Session s
     cdef object key

@@ -1083,10 +1083,37 @@ def make_engine(app, base_class, loop=None, **settings):
     return _Engine(app, base_class, loop, **settings)
 
 
+# ------------------------------------------------------------ connections --
+
+cdef class _Conn:
+    """The I/O of one connection, shared by both sides of the proxy."""
+
+    cdef void t_write(self, object data):
+        self.transport.write(data)
+
+    cdef void t_writev(self, tuple parts):
+        self.transport.writelines(parts)
+
+    cdef void t_pause_reading(self):
+        self.transport.pause_reading()
+
+    cdef void t_resume_reading(self):
+        self.transport.resume_reading()
+
+    cdef void t_close(self):
+        if self.transport is not None:
+            self.transport.close()
+
+    cdef object t_peername(self):
+        if self.transport is None:
+            return None
+        return self.transport.get_extra_info("peername")
+
+
 # ------------------------------------------------------------- downstream --
 
 @cython.final
-cdef class _Downstream:
+cdef class _Downstream(_Conn):
     """The protocol of one client connection."""
 
     def __cinit__(self, _Engine eng):
@@ -1125,7 +1152,7 @@ cdef class _Downstream:
         if self.tunnel:
             if self.cur is not None and self.cur.us is not None and not self.cur.us.closed:
                 self.cur.request_body_bytes += len(data)
-                self.cur.us.transport.write(data)
+                self.cur.us.t_write(data)
             return
         if self.dl_kind == DL_IDLE:
             self.deadline = sw_now() + self.eng.head_timeout if self.eng.head_timeout > 0 else 0.0
@@ -1172,19 +1199,19 @@ cdef class _Downstream:
         """The client's address, asked of the transport on first use (an
         idle connection keeps no address objects)."""
         if self.client_addr is None and self.transport is not None:
-            self.client_addr = self.transport.get_extra_info("peername")
+            self.client_addr = self.t_peername()
         return self.client_addr
 
     cdef void _pause_read(self, int why):
         if self.read_pause == 0 and not self.closed:
-            self.transport.pause_reading()
+            self.t_pause_reading()
         self.read_pause |= why
 
     cdef void _resume_read(self, int why):
         if self.read_pause & why:
             self.read_pause &= ~why
             if self.read_pause == 0 and not self.closed:
-                self.transport.resume_reading()
+                self.t_resume_reading()
 
     cdef void _process(self):
         cdef int ev
@@ -1205,7 +1232,7 @@ cdef class _Downstream:
                         self._close()
                         break
                     if self.w.m.method == 5:  # CONNECT: not for a reverse proxy
-                        self.transport.write(_simple_response(
+                        self.t_write(_simple_response(
                             405, b"405 Method Not Allowed: CONNECT is not supported\n", False))
                         self._close()
                         break
@@ -1300,7 +1327,7 @@ cdef class _Downstream:
     cdef void _close(self):
         if not self.closed:
             self.closed = True
-            self.transport.close()
+            self.t_close()
 
     cdef void _bad_request(self):
         cdef sw_msg_t *m = &self.w.m
@@ -1317,7 +1344,7 @@ cdef class _Downstream:
             self._close()
             return
         body = (f"{status} {(<bytes>sw_reason(status)).decode()}: {reason}\n").encode("utf-8", "replace")
-        self.transport.write(_simple_response(status, body, False))
+        self.t_write(_simple_response(status, body, False))
         self._close()
 
     cdef void _write_timeout(self):
@@ -1348,7 +1375,7 @@ cdef class _Downstream:
                 self.eng.log.info("sluiceway: closing client %s: no complete request head within "
                                   "%.3gs (head_timeout)", _fmt_addr(self._addr()), self.eng.head_timeout)
             if self.w is not None and self.w.unread() > 0:
-                self.transport.write(_simple_response(408, b"408 Request Timeout\n", False))
+                self.t_write(_simple_response(408, b"408 Request Timeout\n", False))
             self._close()
         elif kind == DL_TOTAL and self.cur is not None:
             self.cur._fail(Error(f"request not complete within {self.eng.request_timeout:.3g}s "
@@ -1378,7 +1405,7 @@ cdef bytes _simple_response(int status, bytes body, bint keep, list headers=None
 # --------------------------------------------------------------- upstream --
 
 @cython.final
-cdef class _Upstream:
+cdef class _Upstream(_Conn):
     """The protocol of one upstream connection (pooled between requests)."""
 
     def __cinit__(self, _Engine eng, HttpPeer peer):
@@ -1401,7 +1428,7 @@ cdef class _Upstream:
         if self.tunnel:
             if self.s is not None and self.s.ds is not None and not self.s.ds.closed:
                 self.s.response_body_bytes += len(data)
-                self.s.ds.transport.write(data)
+                self.s.ds.t_write(data)
             return
         if self.s is None:
             # Bytes on an idle connection: the peer is confused; never reuse.
@@ -1465,7 +1492,7 @@ cdef class _Upstream:
 
     cdef void _pause_read(self, int why):
         if self.read_pause == 0 and not self.closed:
-            self.transport.pause_reading()
+            self.t_pause_reading()
             if self.dl_kind == DL_READ:
                 # The client is slow, not the upstream: no read deadline now.
                 self.deadline = 0.0
@@ -1475,7 +1502,7 @@ cdef class _Upstream:
         if self.read_pause & why:
             self.read_pause &= ~why
             if self.read_pause == 0 and not self.closed:
-                self.transport.resume_reading()
+                self.t_resume_reading()
                 if self.dl_kind == DL_READ and self.read_timeout > 0:
                     self.deadline = sw_now() + self.read_timeout
 
@@ -1556,8 +1583,7 @@ cdef class _Upstream:
         self.reusable = False
         if not self.closed:
             self.closed = True
-            if self.transport is not None:
-                self.transport.close()
+            self.t_close()
 
     cdef void _timeout(self, double now):
         cdef int kind = self.dl_kind
@@ -2186,7 +2212,7 @@ cdef class Session:
         else:
             head = self._head_from_items(extra, reframe)
         self.up_head_sent = True
-        self.us.transport.write(head)
+        self.us.t_write(head)
         if self.replaying:
             self._replay_body()
             return
@@ -2225,7 +2251,7 @@ cdef class Session:
                 self._req_body_out(c)
         if self.req_body_done:
             if self.req_has_body and self.req_up_chunked and self.us is not None:
-                self.us.transport.write(_LAST_CHUNK)
+                self.us.t_write(_LAST_CHUNK)
             self._arm_read()
         if not self.req_end_seen and self.ds is not None:
             self.ds._unblock()
@@ -2343,9 +2369,9 @@ cdef class Session:
                 self.replay = None  # too big to send again: no retry
         if self.req_up_chunked:
             k = sw_chunk_header(hdr, len(chunk))
-            u.transport.writelines((PyBytes_FromStringAndSize(hdr, k), chunk, _CRLF))
+            u.t_writev((PyBytes_FromStringAndSize(hdr, k), chunk, _CRLF))
         else:
-            u.transport.write(chunk)
+            u.t_write(chunk)
 
     cdef void _on_req_end(self):
         cdef object r
@@ -2382,7 +2408,7 @@ cdef class Session:
             self.ds.blocked = True  # the next request waits for this response
         if self.us is not None and not self.us.closed:
             if self.req_up_chunked:
-                self.us.transport.write(_LAST_CHUNK)
+                self.us.t_write(_LAST_CHUNK)
             self._arm_read()
         if self.resp_done and not self.finished:
             # The response finished before the request body did.
@@ -2574,9 +2600,9 @@ cdef class Session:
         self.response_body_bytes += len(chunk)
         if self.resp_mode == M_CHUNKED:
             k = sw_chunk_header(hdr, len(chunk))
-            self.ds.transport.writelines((PyBytes_FromStringAndSize(hdr, k), chunk, _CRLF))
+            self.ds.t_writev((PyBytes_FromStringAndSize(hdr, k), chunk, _CRLF))
         else:
-            self.ds.transport.write(chunk)
+            self.ds.t_write(chunk)
 
     cdef void _on_resp_end(self):
         cdef object r
@@ -2657,10 +2683,10 @@ cdef class Session:
             ds.dl_kind = DL_NONE
         w = u.w
         if w.data is not None and w.pos < w.dlen:
-            ds.transport.write(w.data[w.pos:])
+            ds.t_write(w.data[w.pos:])
         w = ds.w
         if w is not None and not w.carrying and w.data is not None and w.pos < w.dlen:
-            u.transport.write(w.data[w.pos:])
+            u.t_write(w.data[w.pos:])
             w.pos = w.dlen
         ds._resume_read(R_BUFFERED)
 
@@ -2689,13 +2715,13 @@ cdef class Session:
         elif self.ds is not None and not self.ds_gone and not self.ds.closed:
             if self.pend_len <= 16384:
                 # Small: one copy is cheaper than a vectored write.
-                self.ds.transport.write(_concat(prefix, PyBytes_AS_STRING(d) + self.pend_off, self.pend_len))
+                self.ds.t_write(_concat(prefix, PyBytes_AS_STRING(d) + self.pend_off, self.pend_len))
             else:
-                self.ds.transport.writelines((prefix, body))
+                self.ds.t_writev((prefix, body))
 
     cdef void _write_ds(self, object data):
         if self.ds is not None and not self.ds_gone and not self.ds.closed:
-            self.ds.transport.write(data)
+            self.ds.t_write(data)
 
     # --- failures -------------------------------------------------------------
 
