@@ -123,8 +123,7 @@ class ProxyService:
             self._bind(reuse_port=False)
         self.engine = _engine.make_engine(self.app, ProxyHttp, loop, **self.conf.engine_settings())
         for s in self._socks:
-            self._servers.append(await loop.create_server(self.engine.protocol_factory, sock=s,
-                                                          backlog=4096))
+            self._servers.append(self.engine.serve(s))
         return self.addresses
 
     def stop_accepting(self) -> None:

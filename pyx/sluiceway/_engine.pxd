@@ -1,5 +1,6 @@
 # Declarations of the compiled proxy engine (see _engine.pyx).
 from libc.stdint cimport uint32_t, uint64_t
+from posix.uio cimport iovec
 
 from sluiceway._span cimport (SW_EV_BODY, SW_EV_END, SW_EV_ERROR, SW_EV_HEAD, SW_EV_NEED_DATA,
                               SW_EV_UPGRADE, sw_find, sw_header_t, sw_ieq, sw_span_t)
@@ -29,6 +30,10 @@ cdef extern from "sw_proxy.h" nogil:
     const char *sw_reason(int status)
     size_t sw_chunk_header(char *out, uint64_t n)
     double sw_now()
+
+
+cdef class _IoLoop
+cdef class _Conn
 
 
 cdef class HeaderMap:
@@ -123,9 +128,9 @@ cdef class _Pool:
     cdef public long long evicted
 
     cdef _Upstream take(self, object key)
-    cdef void put(self, _Upstream c)
-    cdef void drop(self, _Upstream c)
-    cdef void sweep(self, double now)
+    cdef int put(self, _Upstream c) except -1
+    cdef int drop(self, _Upstream c) except -1
+    cdef int sweep(self, double now) except -1
 
 
 cdef class _Engine:
@@ -172,22 +177,87 @@ cdef class _Engine:
     cdef object log
     cdef object alog
 
+    cdef _IoLoop io
     cdef list wires             # free downstream parsers
-    cdef void _schedule(self)
+    cdef int _schedule(self) except -1
+    cdef int _accepted(self, int fd) except -1
     cdef _Wire _take_wire(self)
-    cdef void _give_wire(self, _Wire w, bint reset=*)
+    cdef int _give_wire(self, _Wire w, bint reset=*) except -1
+
+
+cdef extern from "sw_io.h" nogil:
+    enum:
+        SW_IO_IN
+        SW_IO_OUT
+        SW_IO_ERR
+        SW_IO_HUP
+    ctypedef struct sw_ready_t:
+        void *obj
+        unsigned events
+    int sw_io_open()
+    int sw_io_add(int epfd, int fd, unsigned events, void *obj)
+    int sw_io_mod(int epfd, int fd, unsigned events, void *obj)
+    int sw_io_del(int epfd, int fd)
+    int sw_io_ready(int epfd, sw_ready_t *out, int max)
+    int sw_io_accept(int lfd)
+    ssize_t sw_io_recv(int fd, char *buf, size_t len)
+    ssize_t sw_io_send(int fd, const char *buf, size_t len)
+    ssize_t sw_io_writev(int fd, const iovec *iov, int n)
+    int sw_io_soerror(int fd)
+    void sw_io_nodelay(int fd)
+    int sw_io_peername(int fd, char *host, size_t hostlen, int *port,
+                       unsigned *flowinfo, unsigned *scope_id)
+    int sw_io_close(int fd)
+
+
+cdef class _IoLoop:
+    cdef object loop
+    cdef int epfd
+    cdef set live               # registered connections (holds them alive)
+    cdef list dead              # unregistered during a dispatch, freed after it
+    cdef bint dispatching
+    cdef sw_ready_t *ready
+    cdef char *rbuf
+
+    cdef int register(self, _Conn c, int fd) except -1
+    cdef int unregister(self, _Conn c) except -1
 
 
 cdef class _Conn:
-    """I/O of one connection (base of _Downstream and _Upstream)."""
-    cdef object transport       # the asyncio transport
+    """I/O of one connection (base of _Downstream and _Upstream): on our own
+    epoll set (``io`` is not None, ``fd`` >= 0 while open) or through an
+    asyncio transport (TLS upstreams)."""
+    cdef object transport       # the asyncio transport (TLS), else None
+    cdef _IoLoop io             # our own I/O, else None
+    cdef int fd                 # -1 once closed
+    cdef unsigned evmask        # the epoll bits asked for
+    cdef bint rd_paused
+    cdef bint wr_paused         # pause_writing was called
+    cdef bint io_closing        # t_close called: flush, then close
+    cdef bint lost_sent
+    cdef list wq                # bytes waiting to be written (None: none)
+    cdef Py_ssize_t wq_off      # bytes of wq[0] already written
+    cdef Py_ssize_t wq_size     # bytes waiting in all
 
-    cdef void t_write(self, object data)
-    cdef void t_writev(self, tuple parts)
-    cdef void t_pause_reading(self)
-    cdef void t_resume_reading(self)
-    cdef void t_close(self)
+    cdef int t_write(self, object data) except -1
+    cdef int t_writev(self, tuple parts) except -1
+    cdef int t_pause_reading(self) except -1
+    cdef int t_resume_reading(self) except -1
+    cdef int t_close(self) except -1
+    cdef int t_abort(self, object exc) except -1
     cdef object t_peername(self)
+    cdef int _queue(self, object data, Py_ssize_t off) except -1
+    cdef int _set_mask(self, unsigned mask) except -1
+    cdef int _io_event(self, unsigned events) except -1
+    cdef int _flush(self) except -1
+    cdef int _finalize(self, object exc) except -1
+    # the protocol, called by the I/O (overridden by both sides)
+    cdef int on_data(self, object data) except -1
+    cdef int on_eof(self) except -1
+    cdef int on_lost(self, object exc) except -1
+    cdef int on_pause_writing(self) except -1
+    cdef int on_resume_writing(self) except -1
+    cdef int on_closing(self) except -1
 
 
 cdef class _Downstream(_Conn):
@@ -208,16 +278,23 @@ cdef class _Downstream(_Conn):
     cdef bint rejected          # over max_connections: answered 503, closing
     cdef bint tunnel            # after a protocol switch: bytes are copied
 
-    cdef void _process(self)
+    cdef int _made(self) except -1
+    cdef int on_data(self, object data) except -1
+    cdef int on_eof(self) except -1
+    cdef int on_lost(self, object exc) except -1
+    cdef int on_pause_writing(self) except -1
+    cdef int on_resume_writing(self) except -1
+    cdef int on_closing(self) except -1
+    cdef int _process(self) except -1
     cdef object _addr(self)
-    cdef void _pause_read(self, int why)
-    cdef void _resume_read(self, int why)
-    cdef void _request_done(self, bint keep)
-    cdef void _unblock(self)
-    cdef void _close(self)
-    cdef void _bad_request(self)
-    cdef void _timeout(self, double now)
-    cdef void _write_timeout(self)
+    cdef int _pause_read(self, int why) except -1
+    cdef int _resume_read(self, int why) except -1
+    cdef int _request_done(self, bint keep) except -1
+    cdef int _unblock(self) except -1
+    cdef int _close(self) except -1
+    cdef int _bad_request(self) except -1
+    cdef int _timeout(self, double now) except -1
+    cdef int _write_timeout(self) except -1
 
 
 cdef class _Upstream(_Conn):
@@ -242,11 +319,17 @@ cdef class _Upstream(_Conn):
     cdef double write_timeout
     cdef int nreq
 
-    cdef void _process(self)
-    cdef void _pause_read(self, int why)
-    cdef void _resume_read(self, int why)
-    cdef void _close(self)
-    cdef void _timeout(self, double now)
+    cdef int _made(self) except -1
+    cdef int on_data(self, object data) except -1
+    cdef int on_eof(self) except -1
+    cdef int on_lost(self, object exc) except -1
+    cdef int on_pause_writing(self) except -1
+    cdef int on_resume_writing(self) except -1
+    cdef int _process(self) except -1
+    cdef int _pause_read(self, int why) except -1
+    cdef int _resume_read(self, int why) except -1
+    cdef int _close(self) except -1
+    cdef int _timeout(self, double now) except -1
 
 
 cdef class Session:
@@ -306,36 +389,36 @@ cdef class Session:
 
     @staticmethod
     cdef Session _new(_Downstream ds, _Wire w)
-    cdef void _bind(self, _Upstream u)
+    cdef int _bind(self, _Upstream u) except -1
     cdef bytes _extra_fields(self, unsigned flags, bint reframe)
     cdef bytes _head_from_items(self, unsigned extra, bint reframe)
-    cdef void _arm_read(self)
+    cdef int _arm_read(self) except -1
     cdef bytes _resp_head_from_items(self, ResponseHeader rs, bint keep)
-    cdef void _advance(self, int stage, object value)
+    cdef int _advance(self, int stage, object value) except -1
     cdef object _call(self, object fn, tuple args, int next_stage)
     cdef object _call2(self, object fn, int next_stage)
-    cdef void _send_upstream_head(self)
-    cdef void _on_req_body(self, object chunk)
-    cdef void _req_body_out(self, object chunk)
-    cdef void _on_req_end(self)
-    cdef void _req_end_done(self)
-    cdef void _resp_end_done(self)
-    cdef void _on_resp_head(self, _Wire w)
-    cdef void _send_resp_head(self)
-    cdef void _on_resp_body(self, object chunk)
-    cdef void _resp_body_out(self, object chunk)
-    cdef void _on_resp_end(self)
-    cdef void _fail(self, object err)
-    cdef void _finish(self)
-    cdef void _final(self)
-    cdef void _access_line(self)
-    cdef void _release_upstream(self, bint reuse)
-    cdef void _ds_lost(self, object exc)
-    cdef void _us_lost(self, object exc)
-    cdef void _connect(self, bint force_new)
-    cdef void _write_ds(self, object data)
-    cdef void _wake_reader(self, object chunk)
-    cdef void _flush_pending(self)
-    cdef void _start_tunnel(self)
-    cdef void _replay_body(self)
-    cdef void _head_out(self, bytes head, _Wire w)
+    cdef int _send_upstream_head(self) except -1
+    cdef int _on_req_body(self, object chunk) except -1
+    cdef int _req_body_out(self, object chunk) except -1
+    cdef int _on_req_end(self) except -1
+    cdef int _req_end_done(self) except -1
+    cdef int _resp_end_done(self) except -1
+    cdef int _on_resp_head(self, _Wire w) except -1
+    cdef int _send_resp_head(self) except -1
+    cdef int _on_resp_body(self, object chunk) except -1
+    cdef int _resp_body_out(self, object chunk) except -1
+    cdef int _on_resp_end(self) except -1
+    cdef int _fail(self, object err) except -1
+    cdef int _finish(self) except -1
+    cdef int _final(self) except -1
+    cdef int _access_line(self) except -1
+    cdef int _release_upstream(self, bint reuse) except -1
+    cdef int _ds_lost(self, object exc) except -1
+    cdef int _us_lost(self, object exc) except -1
+    cdef int _connect(self, bint force_new) except -1
+    cdef int _write_ds(self, object data) except -1
+    cdef int _wake_reader(self, object chunk) except -1
+    cdef int _flush_pending(self) except -1
+    cdef int _start_tunnel(self) except -1
+    cdef int _replay_body(self) except -1
+    cdef int _head_out(self, bytes head, _Wire w) except -1

@@ -1,4 +1,4 @@
-# distutils: sources = csrc/sw_proxy.c csrc/sw_span.c
+# distutils: sources = csrc/sw_proxy.c csrc/sw_span.c csrc/sw_io.c
 """The compiled proxy engine: downstream and upstream protocols, the
 connection pool and the per-request state machine that runs the hooks.
 
@@ -42,11 +42,22 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from cpython.unicode cimport PyUnicode_DecodeLatin1
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.errno cimport (EAGAIN, ECONNABORTED, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM,
+                         EPERM, EPROTO)
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
+from posix.uio cimport iovec
+
+cdef extern from "<sys/socket.h>":
+    enum:
+        AF_INET
+        AF_INET6
+        AF_UNIX
 
 import asyncio
 import logging
+import os
 import socket
 
 from sluiceway import _http as _httpmod
@@ -118,6 +129,19 @@ DEF M_NONE = 0      # no body (HEAD, 1xx, 204, 304)
 DEF M_RAW = 1       # as received, Content-Length kept
 DEF M_CHUNKED = 2   # re-chunked
 DEF M_CLOSE = 3     # delimited by closing the connection
+
+# The time, read once per batch of ready descriptors (as nginx caches it
+# per event-loop iteration): deadlines and request timings taken while a
+# batch is handled share one clock reading. Outside a batch (timers, hook
+# tasks) the clock is read each time.
+cdef double _batch_now = 0.0
+cdef bint _in_batch = False
+
+cdef inline double _now() noexcept:
+    if _in_batch:
+        return _batch_now
+    return sw_now()
+
 
 cdef object _PENDING = object()
 cdef object _FAILED = object()
@@ -774,18 +798,18 @@ cdef class _Pool:
                 return c
         return None
 
-    cdef void put(self, _Upstream c):
+    cdef int put(self, _Upstream c) except -1:
         cdef list stack
         cdef _Upstream old
         if c.closed or not c.reusable or self.max_idle <= 0:
             c._close()
-            return
+            return 0
         stack = self.idle.get(c.key)
         if stack is None:
             stack = self.idle[c.key] = []
         c.idle = True
         c.s = None
-        c.deadline = sw_now() + (c.peer.idle_timeout if c.peer.idle_timeout is not None else self.idle_timeout)
+        c.deadline = _now() + (c.peer.idle_timeout if c.peer.idle_timeout is not None else self.idle_timeout)
         c.dl_kind = DL_POOL
         stack.append(c)
         if len(stack) > self.max_idle:
@@ -794,10 +818,10 @@ cdef class _Pool:
             self.evicted += 1
             old._close()
 
-    cdef void drop(self, _Upstream c):
+    cdef int drop(self, _Upstream c) except -1:
         cdef list stack
         if not c.idle:
-            return
+            return 0
         c.idle = False
         stack = self.idle.get(c.key)
         if stack is not None:
@@ -808,7 +832,7 @@ cdef class _Pool:
             if not stack:
                 del self.idle[c.key]
 
-    cdef void sweep(self, double now):
+    cdef int sweep(self, double now) except -1:
         cdef list stack
         cdef _Upstream c
         cdef list dead = []
@@ -860,10 +884,76 @@ def pool_stats(loop=None):
 
 
 def forget_pool(loop):
-    """Drop ``loop``'s pool (its idle connections are closed)."""
+    """Drop ``loop``'s pool (its idle connections are closed) and its I/O
+    set (connections still open on it are aborted)."""
     p = _POOLS.pop(loop, None)
     if p is not None:
         p.close_idle()
+    cdef _IoLoop io = _IOS.pop(loop, None)
+    if io is not None:
+        io.close()
+
+
+def io_connections(loop=None):
+    """Connections open on the engine's own I/O of ``loop`` (the running
+    loop by default), both sides."""
+    if loop is None:
+        loop = asyncio.get_running_loop()
+    cdef _IoLoop io = _IOS.get(loop)
+    return len(io.live) if io is not None else 0
+
+
+# ------------------------------------------------------- upstream connect --
+
+cdef object _numeric_addr(str host, int port):
+    """(family, address) when ``host`` is a numeric IP address, else None."""
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(fam, host)
+        except OSError:
+            continue
+        return fam, (host, port)
+    return None
+
+
+async def _connect_plain(_Engine eng, _Upstream u, HttpPeer peer):
+    """Connect ``u`` to a plain TCP or Unix socket peer on the engine's own
+    I/O (the loop's sock_connect does the waiting; names are resolved with
+    the loop's getaddrinfo and tried in order)."""
+    loop = eng.loop
+    if peer.path is not None:
+        targets = [(socket.AF_UNIX, peer.path)]
+    else:
+        t = _numeric_addr(peer.host, peer.port)
+        if t is not None:
+            targets = [t]
+        else:
+            infos = await loop.getaddrinfo(peer.host, peer.port, type=socket.SOCK_STREAM)
+            if not infos:
+                raise OSError(f"{peer.host} resolved to no address")
+            targets = [(fam, addr) for fam, _, _, _, addr in infos]
+    last = None
+    for fam, addr in targets:
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, addr)
+        except BaseException as exc:
+            sock.close()
+            if not isinstance(exc, OSError):
+                raise
+            last = exc
+            continue
+        fd = sock.detach()
+        sw_io_nodelay(fd)
+        try:
+            eng.io.register(u, fd)
+        except BaseException:
+            sw_io_close(fd)
+            raise
+        u._made()
+        return
+    raise last
 
 
 # -------------------------------------------------------- hooks and tasks --
@@ -946,6 +1036,7 @@ cdef class _Engine:
         self.max_url = max_url_size
         self.max_headers = max_headers
         self.pool = _pool_for(self.loop, pool_size, pool_idle_timeout)
+        self.io = _io_for(self.loop)
         self.log = logging.getLogger("sluiceway.error")
         self.alog = logging.getLogger("sluiceway.access")  # (the access_log argument is a bool)
 
@@ -1002,11 +1093,11 @@ cdef class _Engine:
         """Number of requests in progress (until their logging hook ends)."""
         return self.inflight
 
-    cdef void _schedule(self):
+    cdef int _schedule(self) except -1:
         self.timer = self.loop.call_later(self.tick, self._on_tick)
 
     def _on_tick(self):
-        cdef double now = sw_now()
+        cdef double now = _now()
         cdef _Downstream d
         cdef _Upstream u
         try:
@@ -1037,7 +1128,7 @@ cdef class _Engine:
             return <_Wire>self.wires.pop()
         return _Wire(True, self.max_head, self.max_url, self.max_headers)
 
-    cdef void _give_wire(self, _Wire w, bint reset=True):
+    cdef int _give_wire(self, _Wire w, bint reset=True) except -1:
         """Put a client parser on the free list. ``reset`` may be False only
         when it stopped right after a complete keep-alive message (llhttp is
         then back in its start state, as after a reset)."""
@@ -1052,8 +1143,25 @@ cdef class _Engine:
             self.wires.append(w)
 
     def protocol_factory(self):
-        """Return a new downstream protocol (give this to create_server)."""
+        """Return a new downstream protocol, for serving through asyncio
+        transports (``loop.create_server``); ``serve`` is the fast way."""
         return _Downstream(self)
+
+    def serve(self, sock):
+        """Accept connections from the listening socket ``sock`` (TCP or
+        Unix, non-blocking) on the engine's own I/O. Returns the listener
+        (``close()`` stops accepting; the socket stays the caller's)."""
+        return _Listener(self, sock)
+
+    cdef int _accepted(self, int fd) except -1:
+        cdef _Downstream d = _Downstream(self)
+        try:
+            self.io.register(d, fd)
+        except BaseException:
+            sw_io_close(fd)
+            raise
+        d._made()
+        return 0
 
     def stop(self):
         """Stop the deadline timer."""
@@ -1078,36 +1186,507 @@ cdef class _Engine:
         self.pool.close_idle()
 
 
+@cython.final
+cdef class _Listener:
+    """Accepts connections from one listening socket for an engine."""
+    cdef _Engine eng
+    cdef object sock
+    cdef int fd
+    cdef bint active
+    cdef bint closed
+    cdef object retry
+
+    def __cinit__(self, _Engine eng, object sock):
+        self.eng = eng
+        self.sock = sock
+        self.fd = sock.fileno()
+        self._start()
+
+    cdef int _start(self) except -1:
+        if not self.active and not self.closed:
+            self.eng.loop.add_reader(self.fd, self._accept)
+            self.active = True
+
+    cdef int _stop(self) except -1:
+        if self.active:
+            self.active = False
+            try:
+                self.eng.loop.remove_reader(self.fd)
+            except Exception:
+                pass  # the loop is closed already
+
+    def _resume(self):
+        self.retry = None
+        self._start()
+
+    def _accept(self):
+        cdef int i, fd
+        for i in range(64):
+            fd = sw_io_accept(self.fd)
+            if fd >= 0:
+                self.eng._accepted(fd)
+                continue
+            if fd == -EAGAIN:
+                return
+            if fd in (-EMFILE, -ENFILE, -ENOBUFS, -ENOMEM):
+                # Out of descriptors or memory: stop accepting for a while
+                # (the waiting connections stay in the kernel's backlog).
+                self.eng.log.error("sluiceway: cannot accept connections on %s: %s; pausing "
+                                   "accept for 0.5 s (raise the open-files limit, `ulimit -n`, "
+                                   "or lower max_connections)", self.sock.getsockname(),
+                                   os.strerror(-fd))
+                self._stop()
+                self.retry = self.eng.loop.call_later(0.5, self._resume)
+                return
+            if fd in (-ECONNABORTED, -EPROTO, -EPERM, -EINTR):
+                continue  # that connection went away before we took it
+            self.eng.log.error("sluiceway: accept failed on %s: %s", self.sock.getsockname(),
+                               os.strerror(-fd))
+            return
+
+    def close(self):
+        """Stop accepting."""
+        self.closed = True
+        self._stop()
+        if self.retry is not None:
+            self.retry.cancel()
+            self.retry = None
+
+    def is_serving(self):
+        return self.active
+
+    async def wait_closed(self):
+        pass
+
+
 def make_engine(app, base_class, loop=None, **settings):
     """Build the engine for ``app`` (a ProxyHttp instance) on ``loop``."""
     return _Engine(app, base_class, loop, **settings)
 
 
 # ------------------------------------------------------------ connections --
+#
+# Connections do their own I/O on one epoll set per event loop (``_IoLoop``),
+# which the loop watches with a single add_reader: when it is readable,
+# ``_IoLoop._on_ready`` takes every ready descriptor from it and calls the
+# connection's C-level ``_io_event`` (no Python call, transport object or
+# libuv handle per connection or per read). An idle connection is one
+# ``_Downstream`` object and its descriptor. TLS upstreams use an asyncio
+# transport instead; ``_Conn``'s ``t_*`` methods serve both.
+
+DEF RBUF_SIZE = 65536   # one receive buffer per loop; each read is copied into a bytes
+DEF MAX_READY = 256     # descriptors handled per wake-up
+DEF MAX_IOV = 64        # buffers written by one writev
+
+
+cdef object _os_error(Py_ssize_t neg_errno):
+    cdef int e = <int>-neg_errno
+    return OSError(e, os.strerror(e))
+
+
+@cython.final
+cdef class _IoLoop:
+    """One epoll set, watched by ``loop``, for the connections of that loop."""
+
+    def __cinit__(self, object loop):
+        self.loop = loop
+        self.epfd = -1
+        self.live = set()
+        self.dead = []
+        self.ready = <sw_ready_t *>malloc(MAX_READY * sizeof(sw_ready_t))
+        self.rbuf = <char *>malloc(RBUF_SIZE)
+        if self.ready == NULL or self.rbuf == NULL:
+            raise MemoryError()
+        cdef int fd = sw_io_open()
+        if fd < 0:
+            raise _os_error(fd)
+        self.epfd = fd
+        loop.add_reader(fd, self._on_ready)
+
+    def __dealloc__(self):
+        if self.epfd >= 0:
+            sw_io_close(self.epfd)
+        free(self.ready)
+        free(self.rbuf)
+
+    cdef int register(self, _Conn c, int fd) except -1:
+        cdef int r = sw_io_add(self.epfd, fd, SW_IO_IN, <void *>c)
+        if r < 0:
+            raise _os_error(r)
+        self.live.add(c)
+        c.io = self
+        c.fd = fd
+        c.evmask = SW_IO_IN
+        return 0
+
+    cdef int unregister(self, _Conn c) except -1:
+        sw_io_del(self.epfd, c.fd)
+        if self.dispatching:
+            # Events for it may still be in this batch: keep it alive.
+            self.dead.append(c)
+        self.live.discard(c)
+
+    def _on_ready(self):
+        cdef int i, n
+        cdef _Conn c
+        if self.epfd < 0:
+            return
+        global _batch_now, _in_batch
+        n = sw_io_ready(self.epfd, self.ready, MAX_READY)
+        if n <= 0:
+            return
+        self.dispatching = True
+        _batch_now = sw_now()
+        _in_batch = True
+        try:
+            for i in range(n):
+                c = <_Conn>self.ready[i].obj
+                if c.fd < 0:
+                    continue  # closed earlier in this batch
+                try:
+                    c._io_event(self.ready[i].events)
+                except BaseException:
+                    error_log.exception("sluiceway: internal error in connection I/O (this is a bug)")
+                    c.t_abort(None)
+        finally:
+            _in_batch = False
+            self.dispatching = False
+            if self.dead:
+                self.dead.clear()
+
+    def connections(self):
+        """Number of connections registered (open)."""
+        return len(self.live)
+
+    def close(self):
+        """Abort every connection still open and stop watching."""
+        cdef _Conn c
+        for c in list(self.live):
+            c.t_abort(None)
+        if self.epfd >= 0:
+            try:
+                self.loop.remove_reader(self.epfd)
+            except Exception:
+                pass  # the loop is closed already
+            sw_io_close(self.epfd)
+            self.epfd = -1
+
+
+cdef dict _IOS = {}
+
+cdef _IoLoop _io_for(object loop):
+    cdef _IoLoop io = _IOS.get(loop)
+    if io is None or io.epfd < 0:
+        io = _IOS[loop] = _IoLoop(loop)
+    return io
+
 
 cdef class _Conn:
-    """The I/O of one connection, shared by both sides of the proxy."""
+    """The I/O of one connection, shared by both sides of the proxy.
 
-    cdef void t_write(self, object data):
-        self.transport.write(data)
+    Writes go out at once when nothing is queued; what the socket does not
+    take is queued (as bytes) and written when epoll says the socket is
+    writable. Past HIGH_WATER queued bytes ``on_pause_writing`` is called,
+    at LOW_WATER ``on_resume_writing``, as asyncio transports do.
+    ``t_close`` flushes the queue, then closes; ``on_lost`` follows on the
+    next loop iteration (as ``connection_lost`` does with asyncio).
+    """
 
-    cdef void t_writev(self, tuple parts):
-        self.transport.writelines(parts)
+    def __cinit__(self, *args, **kwargs):
+        self.fd = -1
 
-    cdef void t_pause_reading(self):
-        self.transport.pause_reading()
+    # --- used by the proxy -------------------------------------------------
 
-    cdef void t_resume_reading(self):
-        self.transport.resume_reading()
+    cdef int t_write(self, object data) except -1:
+        cdef Py_ssize_t n, r
+        cdef Py_buffer view
+        if self.io is None:
+            if self.transport is not None:
+                self.transport.write(data)
+            return 0
+        if self.fd < 0 or self.io_closing:
+            return 0
+        if self.wq is not None:
+            self._queue(data, 0)
+            return 0
+        if type(data) is bytes:
+            n = PyBytes_GET_SIZE(data)
+            if n == 0:
+                return 0
+            r = sw_io_send(self.fd, PyBytes_AS_STRING(data), n)
+        else:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+            n = view.len
+            r = sw_io_send(self.fd, <char *>view.buf, n) if n > 0 else 0
+            PyBuffer_Release(&view)
+            if n == 0:
+                return 0
+        if r == n:
+            return 0
+        if r < 0:
+            if r != -EAGAIN:
+                self.t_abort(_os_error(r))
+                return 0
+            r = 0
+        self._queue(data, r)
 
-    cdef void t_close(self):
-        if self.transport is not None:
-            self.transport.close()
+    cdef int t_writev(self, tuple parts) except -1:
+        cdef iovec iov[8]
+        cdef Py_buffer views[8]
+        cdef int k = 0, nv = 0, i
+        cdef Py_ssize_t total = 0, r, left
+        cdef object p
+        if self.io is None:
+            if self.transport is not None:
+                self.transport.writelines(parts)
+            return 0
+        if self.fd < 0 or self.io_closing:
+            return 0
+        if self.wq is not None or len(parts) > 8:
+            for p in parts:
+                self.t_write(p)
+            return 0
+        try:
+            for p in parts:
+                if type(p) is bytes:
+                    iov[k].iov_base = PyBytes_AS_STRING(p)
+                    iov[k].iov_len = <size_t>PyBytes_GET_SIZE(p)
+                else:
+                    PyObject_GetBuffer(p, &views[nv], PyBUF_SIMPLE)
+                    nv += 1
+                    iov[k].iov_base = views[nv - 1].buf
+                    iov[k].iov_len = <size_t>views[nv - 1].len
+                total += <Py_ssize_t>iov[k].iov_len
+                k += 1
+            r = sw_io_writev(self.fd, iov, k) if total > 0 else 0
+        finally:
+            for i in range(nv):
+                PyBuffer_Release(&views[i])
+        if r == total:
+            return 0
+        if r < 0:
+            if r != -EAGAIN:
+                self.t_abort(_os_error(r))
+                return 0
+            r = 0
+        # Queue what was not written: the rest of the part it stopped in,
+        # then the parts after it.
+        left = r
+        for p in parts:
+            n = len(p)
+            if left >= n:
+                left -= n
+                continue
+            self._queue(p, left)
+            left = 0
+
+    cdef int t_pause_reading(self) except -1:
+        if self.io is None:
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return 0
+        self.rd_paused = True
+        self._set_mask(self.evmask & ~SW_IO_IN)
+
+    cdef int t_resume_reading(self) except -1:
+        if self.io is None:
+            if self.transport is not None:
+                self.transport.resume_reading()
+            return 0
+        self.rd_paused = False
+        if not self.io_closing:
+            self._set_mask(self.evmask | SW_IO_IN)
+
+    cdef int t_close(self) except -1:
+        if self.io is None:
+            if self.transport is not None:
+                self.transport.close()
+            return 0
+        if self.fd < 0 or self.io_closing:
+            return 0
+        self.io_closing = True
+        if self.wq is None:
+            self._finalize(None)
+        else:
+            self._set_mask(SW_IO_OUT)   # flush, then close
+
+    cdef int t_abort(self, object exc) except -1:
+        """Close at once, dropping anything queued; ``exc`` goes to on_lost."""
+        if self.io is None:
+            if self.transport is not None:
+                self.transport.abort()
+            return 0
+        if self.fd >= 0:
+            self.wq = None
+            self.wq_size = 0
+            self._finalize(exc)
 
     cdef object t_peername(self):
-        if self.transport is None:
+        cdef char host[256]
+        cdef int port = 0, fam
+        cdef unsigned flow = 0, scope = 0
+        if self.io is None:
+            if self.transport is None:
+                return None
+            return self.transport.get_extra_info("peername")
+        if self.fd < 0:
             return None
-        return self.transport.get_extra_info("peername")
+        fam = sw_io_peername(self.fd, host, sizeof(host), &port, &flow, &scope)
+        if fam == AF_INET:
+            return (host.decode("ascii"), port)
+        if fam == AF_INET6:
+            return (host.decode("ascii"), port, flow, scope)
+        if fam == AF_UNIX:
+            return host.decode("utf-8", "surrogateescape")
+        return None
+
+    # --- inside --------------------------------------------------------------
+
+    cdef int _queue(self, object data, Py_ssize_t off) except -1:
+        cdef Py_ssize_t n
+        if type(data) is not bytes:
+            data = bytes(memoryview(data)[off:])
+            off = 0
+        n = PyBytes_GET_SIZE(data) - off
+        if n <= 0:
+            return 0
+        if self.wq is None:
+            self.wq = [data]
+            self.wq_off = off
+            self._set_mask(self.evmask | SW_IO_OUT)
+        elif off:
+            self.wq.append(data[off:])
+        else:
+            self.wq.append(data)
+        self.wq_size += n
+        if not self.wr_paused and self.wq_size > HIGH_WATER:
+            self.wr_paused = True
+            self.on_pause_writing()
+
+    cdef int _set_mask(self, unsigned mask) except -1:
+        if mask != self.evmask and self.fd >= 0:
+            self.evmask = mask
+            sw_io_mod(self.io.epfd, self.fd, mask, <void *>self)
+
+    cdef int _io_event(self, unsigned events) except -1:
+        cdef Py_ssize_t r
+        cdef int err
+        if events & SW_IO_IN and self.evmask & SW_IO_IN:
+            r = sw_io_recv(self.fd, self.io.rbuf, RBUF_SIZE)
+            if r > 0:
+                self.on_data(PyBytes_FromStringAndSize(self.io.rbuf, r))
+            elif r == 0:
+                self._set_mask(self.evmask & ~SW_IO_IN)
+                self.on_eof()
+                self.t_close()
+                return 0
+            elif r != -EAGAIN:
+                self.t_abort(_os_error(r))
+                return 0
+        elif events & (SW_IO_ERR | SW_IO_HUP) and self.wq is None:
+            # Reset or hung up while we neither read nor write.
+            err = sw_io_soerror(self.fd)
+            self.t_abort(OSError(err, os.strerror(err)) if err else
+                         ConnectionResetError("the peer closed the connection"))
+            return 0
+        if self.fd >= 0 and self.wq is not None and events & (SW_IO_OUT | SW_IO_ERR | SW_IO_HUP):
+            self._flush()
+
+    cdef int _flush(self) except -1:
+        cdef iovec iov[MAX_IOV]
+        cdef int k = 0
+        cdef Py_ssize_t r, n
+        cdef object b
+        for b in self.wq:
+            if k == MAX_IOV:
+                break
+            iov[k].iov_base = PyBytes_AS_STRING(b)
+            iov[k].iov_len = <size_t>PyBytes_GET_SIZE(b)
+            k += 1
+        iov[0].iov_base = PyBytes_AS_STRING(self.wq[0]) + self.wq_off
+        iov[0].iov_len -= <size_t>self.wq_off
+        r = sw_io_writev(self.fd, iov, k)
+        if r < 0:
+            if r != -EAGAIN:
+                self.t_abort(_os_error(r))
+            return 0
+        self.wq_size -= r
+        r += self.wq_off
+        k = 0
+        for b in self.wq:
+            n = PyBytes_GET_SIZE(b)
+            if r < n:
+                break
+            r -= n
+            k += 1
+        if k:
+            del self.wq[:k]
+        self.wq_off = r
+        if not self.wq:
+            self.wq = None
+            self.wq_off = 0
+            if self.io_closing:
+                self._finalize(None)
+                return 0
+            self._set_mask(self.evmask & ~SW_IO_OUT)
+        if self.wr_paused and self.wq_size <= LOW_WATER:
+            self.wr_paused = False
+            self.on_resume_writing()
+
+    cdef int _finalize(self, object exc) except -1:
+        cdef int fd = self.fd
+        if fd < 0:
+            return 0
+        self.on_closing()
+        self.io.unregister(self)
+        self.fd = -1
+        self.wq = None
+        self.wq_size = 0
+        sw_io_close(fd)
+        if not self.lost_sent:
+            self.lost_sent = True
+            self.io.loop.call_soon(self._lost, exc)
+
+    def _lost(self, exc):
+        self.on_lost(exc)
+
+    # --- the protocol (overridden) --------------------------------------------
+
+    cdef int on_data(self, object data) except -1:
+        pass
+
+    cdef int on_eof(self) except -1:
+        pass
+
+    cdef int on_lost(self, object exc) except -1:
+        pass
+
+    cdef int on_pause_writing(self) except -1:
+        pass
+
+    cdef int on_resume_writing(self) except -1:
+        pass
+
+    cdef int on_closing(self) except -1:
+        pass
+
+    # --- the asyncio protocol, for a transport (TLS) -----------------------------
+
+    def data_received(self, data):
+        self.on_data(data)
+
+    def eof_received(self):
+        self.on_eof()
+        return False
+
+    def connection_lost(self, exc):
+        self.on_lost(exc)
+
+    def pause_writing(self):
+        self.on_pause_writing()
+
+    def resume_writing(self):
+        self.on_resume_writing()
 
 
 # ------------------------------------------------------------- downstream --
@@ -1121,54 +1700,65 @@ cdef class _Downstream(_Conn):
 
     def connection_made(self, transport):
         self.transport = transport
-        eng = self.eng
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        self._made()
+
+    cdef int _made(self) except -1:
+        """The connection is open (accepted on our own I/O, or
+        connection_made from a transport)."""
+        cdef _Engine eng = self.eng
         if eng.max_connections and len(eng.conns) >= eng.max_connections:
             # Over the limit: answer politely and close.
             # Close once the client's first bytes are read (closing with
             # unread input would reset the connection and lose the 503).
-            transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+            self.t_write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
                             b"Connection: close\r\nRetry-After: 1\r\n\r\n")
             self.rejected = True
             eng.loop.call_later(1.0, self._reject_close)
             if eng.log.isEnabledFor(logging.WARNING):
                 eng.log.warning("sluiceway: connection refused: %d connections open "
                                 "(max_connections)", len(eng.conns))
-            return
+            return 0
         eng.conns.add(self)
-        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         # The parser is taken from the engine's free list when bytes arrive
         # and given back while the connection idles (see _request_done).
         self.w = None
         if eng.head_timeout > 0:
-            self.deadline = sw_now() + eng.head_timeout
+            self.deadline = _now() + eng.head_timeout
             self.dl_kind = DL_HEAD
 
-    def data_received(self, data):
+    cdef int on_data(self, object data) except -1:
         if self.closed:
-            return
+            return 0
         if self.rejected:
             self._close()
-            return
+            return 0
         if self.tunnel:
             if self.cur is not None and self.cur.us is not None and not self.cur.us.closed:
                 self.cur.request_body_bytes += len(data)
                 self.cur.us.t_write(data)
-            return
+            return 0
         if self.dl_kind == DL_IDLE:
-            self.deadline = sw_now() + self.eng.head_timeout if self.eng.head_timeout > 0 else 0.0
+            self.deadline = _now() + self.eng.head_timeout if self.eng.head_timeout > 0 else 0.0
             self.dl_kind = DL_HEAD
         if self.w is None:
             self.w = self.eng._take_wire()
         self.w.feed(data)
         self._process()
 
-    def eof_received(self):
+    cdef int on_eof(self) except -1:
         # As nginx does (without proxy_ignore_client_abort): a client that
         # shuts down its side has abandoned the request; the upstream request
-        # is aborted and the connection closed.
-        return False
+        # is aborted and the connection closed (the caller closes it).
+        pass
 
-    def connection_lost(self, exc):
+    cdef int on_closing(self) except -1:
+        # Keep the client's address for the logging of a request in
+        # progress: it cannot be asked once the socket is closed.
+        if self.cur is not None and self.client_addr is None:
+            self.client_addr = self.t_peername()
+
+    cdef int on_lost(self, object exc) except -1:
         cdef Session s = None
         self.closed = True
         self.eng.conns.discard(self)
@@ -1181,14 +1771,14 @@ cdef class _Downstream(_Conn):
             self.eng._give_wire(self.w)
         self.w = None
 
-    def pause_writing(self):
+    cdef int on_pause_writing(self) except -1:
         self.write_paused = True
         if self.eng.ds_write_timeout > 0:
-            self.wdeadline = sw_now() + self.eng.ds_write_timeout
+            self.wdeadline = _now() + self.eng.ds_write_timeout
         if self.cur is not None and self.cur.us is not None:
             self.cur.us._pause_read(R_PEER_FULL)
 
-    def resume_writing(self):
+    cdef int on_resume_writing(self) except -1:
         self.write_paused = False
         self.wdeadline = 0.0
         if self.cur is not None and self.cur.us is not None:
@@ -1198,27 +1788,27 @@ cdef class _Downstream(_Conn):
     cdef object _addr(self):
         """The client's address, asked of the transport on first use (an
         idle connection keeps no address objects)."""
-        if self.client_addr is None and self.transport is not None:
+        if self.client_addr is None:
             self.client_addr = self.t_peername()
         return self.client_addr
 
-    cdef void _pause_read(self, int why):
+    cdef int _pause_read(self, int why) except -1:
         if self.read_pause == 0 and not self.closed:
             self.t_pause_reading()
         self.read_pause |= why
 
-    cdef void _resume_read(self, int why):
+    cdef int _resume_read(self, int why) except -1:
         if self.read_pause & why:
             self.read_pause &= ~why
             if self.read_pause == 0 and not self.closed:
                 self.t_resume_reading()
 
-    cdef void _process(self):
+    cdef int _process(self) except -1:
         cdef int ev
         cdef Session s
         cdef _Engine eng = self.eng
         if self.in_process or self.closed or self.w is None or self.tunnel:
-            return
+            return 0
         self.in_process = True
         try:
             while not self.blocked and not self.closed:
@@ -1282,27 +1872,27 @@ cdef class _Downstream(_Conn):
                 self.eng._give_wire(self.w)
                 self.w = None
 
-    cdef void _unblock(self):
+    cdef int _unblock(self) except -1:
         if self.closed:
-            return
+            return 0
         self.blocked = False
         self._resume_read(R_BUFFERED)
         if not self.in_process:
             self._process()
 
-    cdef void _request_done(self, bint keep):
+    cdef int _request_done(self, bint keep) except -1:
         """The current request is over (response sent or aborted)."""
         self.cur = None
         if self.closed:
-            return
+            return 0
         if not keep or self.eng.closing:
             self._close()
-            return
+            return 0
         if self.w.unread() > 0:
-            self.deadline = sw_now() + self.eng.head_timeout if self.eng.head_timeout > 0 else 0.0
+            self.deadline = _now() + self.eng.head_timeout if self.eng.head_timeout > 0 else 0.0
             self.dl_kind = DL_HEAD
         else:
-            self.deadline = sw_now() + self.eng.keepalive_timeout if self.eng.keepalive_timeout > 0 else 0.0
+            self.deadline = _now() + self.eng.keepalive_timeout if self.eng.keepalive_timeout > 0 else 0.0
             self.dl_kind = DL_IDLE
         self.blocked = False
         self._resume_read(R_BUFFERED | R_PEER_FULL)
@@ -1324,12 +1914,12 @@ cdef class _Downstream(_Conn):
     def _kick(self):
         self._process()
 
-    cdef void _close(self):
+    cdef int _close(self) except -1:
         if not self.closed:
             self.closed = True
             self.t_close()
 
-    cdef void _bad_request(self):
+    cdef int _bad_request(self) except -1:
         cdef sw_msg_t *m = &self.w.m
         cdef int status = m.err_status if m.err_status >= 400 else 400
         reason = (<bytes>m.err_reason).decode("utf-8", "replace") if m.err_reason != NULL else "malformed request"
@@ -1342,17 +1932,17 @@ cdef class _Downstream(_Conn):
             s = self.cur
             s._fail(ParseError(reason, status=status, offset=m.err_offset, source=DOWNSTREAM))
             self._close()
-            return
+            return 0
         body = (f"{status} {(<bytes>sw_reason(status)).decode()}: {reason}\n").encode("utf-8", "replace")
         self.t_write(_simple_response(status, body, False))
         self._close()
 
-    cdef void _write_timeout(self):
+    cdef int _write_timeout(self) except -1:
         """The client has not read what we sent for downstream_write_timeout."""
         cdef Session s = self.cur
         self.wdeadline = 0.0
         if self.closed:
-            return
+            return 0
         if self.eng.log.isEnabledFor(logging.INFO):
             self.eng.log.info("sluiceway: closing client %s: it read nothing for %.3gs "
                               "(downstream_write_timeout)", _fmt_addr(self._addr()),
@@ -1362,12 +1952,12 @@ cdef class _Downstream(_Conn):
                           "(downstream_write_timeout)", status=408, source=DOWNSTREAM))
         self._close()
 
-    cdef void _timeout(self, double now):
+    cdef int _timeout(self, double now) except -1:
         cdef int kind = self.dl_kind
         self.deadline = 0.0
         self.dl_kind = DL_NONE
         if self.closed:
-            return
+            return 0
         if kind == DL_IDLE:
             self._close()
         elif kind == DL_HEAD:
@@ -1422,31 +2012,35 @@ cdef class _Upstream(_Conn):
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         self.eng.pool.created += 1
 
-    def data_received(self, data):
+    cdef int _made(self) except -1:
+        """Connected on our own I/O."""
+        self.eng.pool.created += 1
+
+    cdef int on_data(self, object data) except -1:
         if self.closed:
-            return
+            return 0
         if self.tunnel:
             if self.s is not None and self.s.ds is not None and not self.s.ds.closed:
                 self.s.response_body_bytes += len(data)
                 self.s.ds.t_write(data)
-            return
+            return 0
         if self.s is None:
             # Bytes on an idle connection: the peer is confused; never reuse.
             self.reusable = False
             self.eng.pool.drop(self)
             self._close()
-            return
+            return 0
         self.got_bytes = True
         if self.dl_kind == DL_READ:
-            self.deadline = sw_now() + self.read_timeout if self.read_timeout > 0 else 0.0
+            self.deadline = _now() + self.read_timeout if self.read_timeout > 0 else 0.0
         self.w.feed(data)
         self._process()
 
-    def eof_received(self):
+    cdef int on_eof(self) except -1:
         cdef int ev
         self.reusable = False
         if self.tunnel:
-            return False
+            return 0
         if self.s is not None and not self.closed:
             self._process()
             if self.s is not None and not self.blocked:
@@ -1455,9 +2049,9 @@ cdef class _Upstream(_Conn):
                     self.s._on_resp_end()
                 elif ev == SW_EV_ERROR and self.s is not None:
                     self.s._us_lost(None)
-        return False
+        return 0
 
-    def connection_lost(self, exc):
+    cdef int on_lost(self, object exc) except -1:
         cdef Session s
         self.closed = True
         self.reusable = False
@@ -1468,29 +2062,29 @@ cdef class _Upstream(_Conn):
             s = self.s
             s._us_lost(exc)
 
-    def pause_writing(self):
+    cdef int on_pause_writing(self) except -1:
         self.write_paused = True
         if self.s is not None:
             if self.write_timeout > 0:
-                self.deadline = sw_now() + self.write_timeout
+                self.deadline = _now() + self.write_timeout
                 self.dl_kind = DL_WRITE
             if self.s.ds is not None:
                 self.s.ds._pause_read(R_PEER_FULL)
 
-    def resume_writing(self):
+    cdef int on_resume_writing(self) except -1:
         self.write_paused = False
         if self.s is not None:
             if self.dl_kind == DL_WRITE:
                 self.deadline = 0.0
                 self.dl_kind = DL_NONE
                 if self.s.req_body_done and self.read_timeout > 0:
-                    self.deadline = sw_now() + self.read_timeout
+                    self.deadline = _now() + self.read_timeout
                     self.dl_kind = DL_READ
             if self.s.ds is not None:
                 self.s.ds._resume_read(R_PEER_FULL)
                 self.s.ds._process()
 
-    cdef void _pause_read(self, int why):
+    cdef int _pause_read(self, int why) except -1:
         if self.read_pause == 0 and not self.closed:
             self.t_pause_reading()
             if self.dl_kind == DL_READ:
@@ -1498,19 +2092,19 @@ cdef class _Upstream(_Conn):
                 self.deadline = 0.0
         self.read_pause |= why
 
-    cdef void _resume_read(self, int why):
+    cdef int _resume_read(self, int why) except -1:
         if self.read_pause & why:
             self.read_pause &= ~why
             if self.read_pause == 0 and not self.closed:
                 self.t_resume_reading()
                 if self.dl_kind == DL_READ and self.read_timeout > 0:
-                    self.deadline = sw_now() + self.read_timeout
+                    self.deadline = _now() + self.read_timeout
 
-    cdef void _process(self):
+    cdef int _process(self) except -1:
         cdef int ev
         cdef Session s
         if self.in_process or self.closed or self.tunnel:
-            return
+            return 0
         self.in_process = True
         try:
             while not self.blocked and self.s is not None and not self.closed:
@@ -1579,24 +2173,24 @@ cdef class _Upstream(_Conn):
         if self.blocked and not self.closed and self.w.unread() > HIGH_WATER:
             self._pause_read(R_BUFFERED)
 
-    cdef void _close(self):
+    cdef int _close(self) except -1:
         self.reusable = False
         if not self.closed:
             self.closed = True
             self.t_close()
 
-    cdef void _timeout(self, double now):
+    cdef int _timeout(self, double now) except -1:
         cdef int kind = self.dl_kind
         self.deadline = 0.0
         self.dl_kind = DL_NONE
         if self.s is None or self.closed:
-            return
+            return 0
         if kind == DL_READ:
             what = f"no response data within {self.read_timeout:.3g}s (read_timeout)"
         elif kind == DL_WRITE:
             what = f"request not accepted within {self.write_timeout:.3g}s (write_timeout)"
         else:
-            return
+            return 0
         self.reusable = False
         self.s._fail(Error(f"upstream {self.peer} timed out: {what}", status=504, source=UPSTREAM))
 
@@ -1649,7 +2243,7 @@ cdef class Session:
         s.req_header = rq
         s.eng = ds.eng
         s.ds = ds
-        s.t_start = sw_now()
+        s.t_start = _now()
         ds.eng.inflight += 1
         s.client_keep = m.keep_alive and not m.upgrade
         s.want_upgrade = m.upgrade and mi != 5  # 5: CONNECT in llhttp
@@ -1726,7 +2320,7 @@ cdef class Session:
         self.ds._unblock()
         return await fut
 
-    cdef void _wake_reader(self, object chunk):
+    cdef int _wake_reader(self, object chunk) except -1:
         cdef object fut = self.body_waiter
         self.body_waiter = None
         if fut is not None and not fut.done():
@@ -1753,7 +2347,7 @@ cdef class Session:
         """Monotonic timestamps (seconds): ``start`` (head parsed),
         ``upstream_connected``, ``response_start`` (upstream head), ``end``,
         and ``elapsed`` (end - start, or until now)."""
-        end = self.t_end if self.t_end else sw_now()
+        end = self.t_end if self.t_end else _now()
         return {"start": self.t_start, "upstream_connected": self.t_connected or None,
                 "response_start": self.t_resp or None, "end": self.t_end or None,
                 "elapsed": end - self.t_start}
@@ -1873,17 +2467,17 @@ cdef class Session:
 
     # --- the stage machine --------------------------------------------------
 
-    cdef void _advance(self, int stage, object value):
+    cdef int _advance(self, int stage, object value) except -1:
         cdef _Engine eng = self.eng
         cdef object r
         while True:
             if self.finished:
-                return
+                return 0
             if stage == S_NEW_CTX:
                 if eng.h_new_ctx is not None:
                     r = self._call(eng.h_new_ctx, (), S_EARLY)
                     if r is _PENDING or r is _FAILED:
-                        return
+                        return 0
                     value = r
                 stage = S_EARLY
                 continue
@@ -1893,23 +2487,23 @@ cdef class Session:
                 if eng.h_early is not None:
                     r = self._call2(eng.h_early, S_REQ_FILTER)
                     if r is _PENDING or r is _FAILED:
-                        return
+                        return 0
                 stage = S_REQ_FILTER
                 continue
             if stage == S_REQ_FILTER:
                 if self.resp_started:
                     self._finish()
-                    return
+                    return 0
                 if eng.max_body_size > 0 and self.req_header.has_cl and \
                         self.req_header.content_length > <unsigned long long>eng.max_body_size:
                     self._fail(Error(f"request body of {self.req_header.content_length} bytes is over "
                                      f"max_body_size ({eng.max_body_size})", status=413, source=DOWNSTREAM))
-                    return
+                    return 0
                 value = False
                 if eng.h_req_filter is not None:
                     r = self._call2(eng.h_req_filter, S_REQ_FILTER_DONE)
                     if r is _PENDING or r is _FAILED:
-                        return
+                        return 0
                     value = r
                 stage = S_REQ_FILTER_DONE
                 continue
@@ -1921,43 +2515,43 @@ cdef class Session:
                                            "answering 500")
                         self.respond_error(500)
                     self._finish()
-                    return
+                    return 0
                 stage = S_PEER
                 continue
             if stage == S_PEER:
                 r = self._call2(eng.h_peer, S_PEER_DONE)
                 if r is _PENDING or r is _FAILED:
-                    return
+                    return 0
                 value = r
                 stage = S_PEER_DONE
                 continue
             if stage == S_PEER_DONE:
                 if self.resp_started:
                     self._finish()  # the hook answered itself
-                    return
+                    return 0
                 if not isinstance(value, HttpPeer):
                     self._fail(Error(f"upstream_peer must return an HttpPeer, got "
                                      f"{type(value).__name__}", status=500, source=INTERNAL))
-                    return
+                    return 0
                 self.peer = value
                 self._connect(False)
-                return
+                return 0
             if stage == S_CONNECTED:
-                self.t_connected = sw_now()
+                self.t_connected = _now()
                 if self.replaying:
                     stage = S_SEND  # hooks already ran for this request
                     continue
                 if eng.h_connected is not None:
                     r = self._call(eng.h_connected, (self, self.upstream_reused, self.peer, self.ctx), S_UP_REQ)
                     if r is _PENDING or r is _FAILED:
-                        return
+                        return 0
                 stage = S_UP_REQ
                 continue
             if stage == S_UP_REQ:
                 if eng.h_up_req is not None:
                     r = self._call(eng.h_up_req, (self, self.req_header, self.ctx), S_SEND)
                     if r is _PENDING or r is _FAILED:
-                        return
+                        return 0
                 stage = S_SEND
                 continue
             if stage == S_SEND:
@@ -1966,13 +2560,13 @@ cdef class Session:
                     # connection, so it goes back to the pool.
                     self._release_upstream(True)
                     self._finish()
-                    return
+                    return 0
                 if self.us is None or self.us.closed:
                     # The connection died while a hook ran.
                     self._us_lost(None)
-                    return
+                    return 0
                 self._send_upstream_head()
-                return
+                return 0
             if stage == S_REQ_BODY_DONE:
                 self._req_body_out(value if value is not None else self.pending_chunk)
                 self.pending_chunk = None
@@ -1983,19 +2577,19 @@ cdef class Session:
                     self._on_req_end()
                 elif not self.finished and self.ds is not None:
                     self.ds._unblock()
-                return
+                return 0
             if stage == S_UP_RESP:
                 if eng.h_up_resp is not None:
                     r = self._call(eng.h_up_resp, (self, self.resp, self.ctx), S_RESP)
                     if r is _PENDING or r is _FAILED:
-                        return
+                        return 0
                 stage = S_RESP
                 continue
             if stage == S_RESP:
                 if eng.h_resp is not None:
                     r = self._call(eng.h_resp, (self, self.resp, self.ctx), S_RESP_SEND)
                     if r is _PENDING or r is _FAILED:
-                        return
+                        return 0
                 stage = S_RESP_SEND
                 continue
             if stage == S_RESP_SEND:
@@ -2007,25 +2601,25 @@ cdef class Session:
                     self.resp_done = True
                     self._release_upstream(False)
                     self._finish()
-                    return
+                    return 0
                 self._send_resp_head()
                 if self.us is not None and not self.finished:
                     self.us.blocked = False
                     self.us._resume_read(R_BUFFERED)
                     self.us._process()
-                return
+                return 0
             if stage == S_RESP_BODY_DONE:
                 self._resp_body_out(value if value is not None else self.pending_chunk)
                 self.pending_chunk = None
                 if self.pending_end:
                     self.pending_end = False
                     self._resp_end_done()
-                    return
+                    return 0
                 if self.us is not None and not self.finished:
                     self.us.blocked = False
                     self.us._resume_read(R_BUFFERED)
                     self.us._process()
-                return
+                return 0
             if stage == S_FAIL_CONNECT_DONE:
                 if isinstance(value, Error):
                     self.error = value
@@ -2035,7 +2629,7 @@ cdef class Session:
                     stage = S_PEER
                     continue
                 self._fail(self.error)
-                return
+                return 0
             if stage == S_ERR_PROXY_DONE:
                 if isinstance(value, Error):
                     self.error = value
@@ -2043,7 +2637,7 @@ cdef class Session:
                 if eng.h_fail_proxy is not None:
                     r = self._call(eng.h_fail_proxy, (self, self.error, self.ctx), S_FAIL_PROXY_DONE)
                     if r is _PENDING or r is _FAILED:
-                        return
+                        return 0
                     value = r
                 else:
                     value = None
@@ -2065,15 +2659,15 @@ cdef class Session:
                     self.ds._close()
                 self.client_keep = False
                 self._finish()
-                return
+                return 0
             if stage == S_LOG_DONE:
                 self._final()
-                return
+                return 0
             raise AssertionError(f"unknown session stage {stage}")
 
     # --- upstream connection ----------------------------------------------
 
-    cdef void _connect(self, bint force_new):
+    cdef int _connect(self, bint force_new) except -1:
         cdef _Upstream u = None
         cdef HttpPeer peer = self.peer
         if not force_new:
@@ -2082,11 +2676,11 @@ cdef class Session:
             self.upstream_reused = True
             self._bind(u)
             self._advance(S_CONNECTED, None)
-            return
+            return 0
         self.upstream_reused = False
         self.eng.loop.create_task(self._open(peer)).add_done_callback(_ignore_result)
 
-    cdef void _bind(self, _Upstream u):
+    cdef int _bind(self, _Upstream u) except -1:
         self.us = u
         u.s = self
         u.idle = False
@@ -2113,14 +2707,12 @@ cdef class Session:
         loop = eng.loop
         err = None
         try:
-            if peer.path is not None:
-                coro = loop.create_unix_connection(lambda: u, peer.path)
-            elif peer.tls:
+            if peer.tls:
                 coro = loop.create_connection(lambda: u, peer.host, peer.port,
                                               ssl=_ssl_context(peer.verify_cert, peer.ca_file),
                                               server_hostname=peer.sni or peer.host)
             else:
-                coro = loop.create_connection(lambda: u, peer.host, peer.port)
+                coro = _connect_plain(eng, u, peer)
             if timeout and timeout > 0:
                 await asyncio.wait_for(coro, timeout)
             else:
@@ -2165,7 +2757,7 @@ cdef class Session:
 
     # --- request head and body --------------------------------------------
 
-    cdef void _send_upstream_head(self):
+    cdef int _send_upstream_head(self) except -1:
         cdef RequestHeader rq = self.req_header
         cdef HeaderMap hm = rq.headers
         cdef _Engine eng = self.eng
@@ -2215,7 +2807,7 @@ cdef class Session:
         self.us.t_write(head)
         if self.replaying:
             self._replay_body()
-            return
+            return 0
         if self.upstream_reused and not self.retried_reused and self.req_has_body:
             # Keep what is sent (up to 64 KiB) until the first response byte,
             # to send it again if this pooled connection turns out dead.
@@ -2234,15 +2826,15 @@ cdef class Session:
             self.request_body_bytes -= len(chunk)
             self._on_req_body(chunk)
             if self.finished or self.hook_task is not None:
-                return  # a pending body filter resumes in S_REQ_BODY_DONE
+                return 0  # a pending body filter resumes in S_REQ_BODY_DONE
         if self.prefetch_end:
             self._on_req_end()
-            return
+            return 0
         # Let the client's body (or the END of a bodyless request) through.
         if not self.req_end_seen:
             self.ds._unblock()
 
-    cdef void _replay_body(self):
+    cdef int _replay_body(self) except -1:
         """On the new connection of a retry: send the body sent before."""
         cdef list chunks = self.replay
         self.replay = None
@@ -2314,19 +2906,19 @@ cdef class Session:
         parts.append(_CRLF)
         return b"".join(parts)
 
-    cdef void _arm_read(self):
+    cdef int _arm_read(self) except -1:
         cdef _Upstream u = self.us
         if u is not None and u.read_timeout > 0 and u.dl_kind != DL_WRITE:
-            u.deadline = sw_now() + u.read_timeout
+            u.deadline = _now() + u.read_timeout
             u.dl_kind = DL_READ
 
-    cdef void _on_req_body(self, object chunk):
+    cdef int _on_req_body(self, object chunk) except -1:
         cdef object r
         self.request_body_bytes += len(chunk)
         if self.eng.max_body_size > 0 and self.request_body_bytes > self.eng.max_body_size:
             self._fail(Error(f"request body over max_body_size ({self.eng.max_body_size} bytes)",
                              status=413, source=DOWNSTREAM))
-            return
+            return 0
         if not self.up_head_sent:
             # A hook is reading the body (read_request_body): keep the chunk
             # for the upstream and hand it over.
@@ -2336,31 +2928,31 @@ cdef class Session:
             if self.ds is not None:
                 self.ds.blocked = True
             self._wake_reader(chunk)
-            return
+            return 0
         if self.eng.h_req_body is not None:
             self.pending_chunk = chunk
             self.pending_end = False
             r = self._call(self.eng.h_req_body, (self, chunk, False, self.ctx), S_REQ_BODY_DONE)
             if r is _FAILED:
-                return
+                return 0
             if r is _PENDING:
                 self.ds.blocked = True
-                return
+                return 0
             self.pending_chunk = None
             if r is not None:
                 chunk = r
         self._req_body_out(chunk)
 
-    cdef void _req_body_out(self, object chunk):
+    cdef int _req_body_out(self, object chunk) except -1:
         cdef char hdr[24]
         cdef size_t k
         cdef _Upstream u = self.us
         if u is None or u.closed or chunk is None:
-            return
+            return 0
         if isinstance(chunk, str):
             chunk = (<str>chunk).encode("utf-8")
         if not chunk:
-            return
+            return 0
         if self.replay is not None:
             if self.replay_bytes + len(chunk) <= 65536 and not u.got_bytes:
                 self.replay.append(chunk)
@@ -2373,36 +2965,36 @@ cdef class Session:
         else:
             u.t_write(chunk)
 
-    cdef void _on_req_end(self):
+    cdef int _on_req_end(self) except -1:
         cdef object r
         self.req_end_seen = True
         if self.req_body_done:
             if self.ds is not None:
                 self.ds.blocked = True
-            return
+            return 0
         if not self.up_head_sent:
             # read_request_body() reached the end of the body.
             self.prefetch_end = True
             if self.ds is not None:
                 self.ds.blocked = True
             self._wake_reader(None)
-            return
+            return 0
         if self.eng.h_req_body is not None and self.req_has_body:
             self.pending_chunk = None
             self.pending_end = True
             r = self._call(self.eng.h_req_body, (self, b"", True, self.ctx), S_REQ_BODY_DONE)
             if r is _FAILED:
-                return
+                return 0
             if r is _PENDING:
                 if self.ds is not None:
                     self.ds.blocked = True
-                return
+                return 0
             self.pending_end = False
             if r:
                 self._req_body_out(r)
         self._req_end_done()
 
-    cdef void _req_end_done(self):
+    cdef int _req_end_done(self) except -1:
         self.req_body_done = True
         if self.ds is not None:
             self.ds.blocked = True  # the next request waits for this response
@@ -2416,16 +3008,16 @@ cdef class Session:
 
     # --- response -----------------------------------------------------------
 
-    cdef void _on_resp_head(self, _Wire w):
+    cdef int _on_resp_head(self, _Wire w) except -1:
         cdef sw_msg_t *m = &w.m
         cdef ResponseHeader rs
         cdef int st = m.status_code
-        self.t_resp = sw_now()
+        self.t_resp = _now()
         self.status = st
         if self.resp_started:
             # request_filter answered and still proxied? Impossible; guard anyway.
             self._fail(Error("internal: response already started", status=500, source=INTERNAL))
-            return
+            return 0
         if self.head_request or st == 204 or st == 304 or st < 200:
             self.resp_mode = M_NONE
         elif m.has_content_length and self.eng.h_resp_body is None:
@@ -2451,7 +3043,7 @@ cdef class Session:
         else:
             self._send_resp_head()
 
-    cdef void _send_resp_head(self):
+    cdef int _send_resp_head(self) except -1:
         cdef _Wire w = self.us.w if self.us is not None else None
         cdef sw_msg_t *m
         cdef ResponseHeader rs = self.resp
@@ -2469,7 +3061,7 @@ cdef class Session:
         cdef int status
         cdef bint keep
         if self.finished or w is None:
-            return
+            return 0
         m = &w.m
         if self.resp_mode == M_CHUNKED or self.resp_mode == M_CLOSE:
             extra |= SW_DROP_CONTENT_LENGTH
@@ -2486,7 +3078,7 @@ cdef class Session:
             self._head_out(self._resp_head_from_items(rs, keep), w)
             self.resp_started = True
             self.client_keep = keep
-            return
+            return 0
         if rs is not None:
             hm = rs.headers
             base = hm._base
@@ -2571,32 +3163,32 @@ cdef class Session:
         parts.append(_CRLF)
         return b"".join(parts)
 
-    cdef void _on_resp_body(self, object chunk):
+    cdef int _on_resp_body(self, object chunk) except -1:
         cdef object r
         if self.eng.h_resp_body is not None:
             self.pending_chunk = chunk
             self.pending_end = False
             r = self._call(self.eng.h_resp_body, (self, chunk, False, self.ctx), S_RESP_BODY_DONE)
             if r is _FAILED:
-                return
+                return 0
             if r is _PENDING:
                 if self.us is not None:
                     self.us.blocked = True
-                return
+                return 0
             self.pending_chunk = None
             if r is not None:
                 chunk = r
         self._resp_body_out(chunk)
 
-    cdef void _resp_body_out(self, object chunk):
+    cdef int _resp_body_out(self, object chunk) except -1:
         cdef char hdr[24]
         cdef size_t k
         if chunk is None or self.resp_mode == M_NONE or self.ds_gone:
-            return
+            return 0
         if isinstance(chunk, str):
             chunk = (<str>chunk).encode("utf-8")
         if not chunk:
-            return
+            return 0
         self.response_body_bytes += len(chunk)
         if self.resp_mode == M_CHUNKED:
             k = sw_chunk_header(hdr, len(chunk))
@@ -2604,28 +3196,28 @@ cdef class Session:
         else:
             self.ds.t_write(chunk)
 
-    cdef void _on_resp_end(self):
+    cdef int _on_resp_end(self) except -1:
         cdef object r
         if self.finished or self.resp_done:
-            return
+            return 0
         if self.eng.h_resp_body is not None:
             self.pending_chunk = None
             self.pending_end = True
             r = self._call(self.eng.h_resp_body, (self, b"", True, self.ctx), S_RESP_BODY_DONE)
             if r is _FAILED:
-                return
+                return 0
             if r is _PENDING:
                 if self.us is not None:
                     self.us.blocked = True
-                return
+                return 0
             self.pending_end = False
             if r:
                 self._resp_body_out(r)
         self._resp_end_done()
 
-    cdef void _resp_end_done(self):
+    cdef int _resp_end_done(self) except -1:
         if self.finished or self.resp_done:
-            return
+            return 0
         self._flush_pending()
         if self.resp_mode == M_CHUNKED and not self.ds_gone:
             self._write_ds(_LAST_CHUNK)
@@ -2638,10 +3230,10 @@ cdef class Session:
         self._release_upstream(True)
         self._finish()
 
-    cdef void _release_upstream(self, bint reuse):
+    cdef int _release_upstream(self, bint reuse) except -1:
         cdef _Upstream u = self.us
         if u is None:
-            return
+            return 0
         self.us = None
         u.s = None
         if u.read_pause & (R_PEER_FULL | R_BUFFERED):
@@ -2652,7 +3244,7 @@ cdef class Session:
         else:
             u._close()
 
-    cdef void _head_out(self, bytes head, _Wire w):
+    cdef int _head_out(self, bytes head, _Wire w) except -1:
         """Send a rebuilt response head, or hold it back so that body bytes
         following it in the same buffer go out in the same (vectored) write."""
         if w.head_buf is w.data and self.resp_mode == M_RAW and self.eng.h_resp_body is None:
@@ -2663,7 +3255,7 @@ cdef class Session:
         else:
             self._write_ds(head)
 
-    cdef void _start_tunnel(self):
+    cdef int _start_tunnel(self) except -1:
         """The upstream switched protocols (101): from now on bytes are
         copied both ways until either side closes."""
         cdef _Upstream u = self.us
@@ -2671,7 +3263,7 @@ cdef class Session:
         cdef _Wire w
         if u is None or ds is None or self.ds_gone or ds.closed:
             self._fail(Error("client went away during the protocol switch", status=400, source=DOWNSTREAM))
-            return
+            return 0
         self._flush_pending()
         self.tunneling = True
         u.tunnel = True
@@ -2690,13 +3282,13 @@ cdef class Session:
             w.pos = w.dlen
         ds._resume_read(R_BUFFERED)
 
-    cdef void _flush_pending(self):
+    cdef int _flush_pending(self) except -1:
         """Write the held-back head and slice of the upstream's bytes (see
         _send_resp_head)."""
         cdef object d = self.pend_data
         cdef object prefix = self.pend_prefix
         if d is None:
-            return
+            return 0
         self.pend_data = None
         self.pend_prefix = None
         if self.pend_len == 0:
@@ -2719,17 +3311,17 @@ cdef class Session:
             else:
                 self.ds.t_writev((prefix, body))
 
-    cdef void _write_ds(self, object data):
+    cdef int _write_ds(self, object data) except -1:
         if self.ds is not None and not self.ds_gone and not self.ds.closed:
             self.ds.t_write(data)
 
     # --- failures -------------------------------------------------------------
 
-    cdef void _fail(self, object err):
+    cdef int _fail(self, object err) except -1:
         cdef _Engine eng = self.eng
         cdef object r
         if self.finished:
-            return
+            return 0
         if self.error is None or self.error is not err:
             self.error = err
         if isinstance(err, Error) and eng.log.isEnabledFor(logging.WARNING) and \
@@ -2748,28 +3340,28 @@ cdef class Session:
             t.cancel()
         if self.ds_gone:
             self._finish()
-            return
+            return 0
         if eng.h_err_proxy is not None and self.up_head_sent:
             r = self._call(eng.h_err_proxy, (self, self.peer, err, self.ctx, self.ds.nreq > 1),
                            S_ERR_PROXY_DONE)
             if r is _PENDING or r is _FAILED:
-                return
+                return 0
             self._advance(S_ERR_PROXY_DONE, r)
         else:
             self._advance(S_ERR_PROXY_DONE, None)
 
-    cdef void _us_lost(self, object exc):
+    cdef int _us_lost(self, object exc) except -1:
         """The upstream connection closed under this request."""
         cdef _Upstream u = self.us
         if self.finished or u is None:
-            return
+            return 0
         if self.tunneling:
             # The upstream ended the tunnel: a normal end.
             self.resp_done = True
             self.client_keep = False
             self._release_upstream(False)
             self._finish()
-            return
+            return 0
         if self.resp_started and self.resp_mode == M_CLOSE and not self.resp_done:
             # Close-delimited body: handled by eof_received/finish.
             pass
@@ -2785,7 +3377,7 @@ cdef class Session:
             u.s = None
             self.up_head_sent = False
             self._connect(True)
-            return
+            return 0
         if self.resp_started:
             what = "closed the connection before the response was complete"
         elif u.got_bytes:
@@ -2796,10 +3388,10 @@ cdef class Session:
             what += f" ({exc})"
         self._fail(Error(f"upstream {self.peer} {what}", status=502, source=UPSTREAM))
 
-    cdef void _ds_lost(self, object exc):
+    cdef int _ds_lost(self, object exc) except -1:
         """The client went away."""
         if self.finished:
-            return
+            return 0
         self.ds_gone = True
         self.client_keep = False
         if self.tunneling and exc is None:
@@ -2811,26 +3403,26 @@ cdef class Session:
         self._release_upstream(False)
         if self.hook_task is not None:
             self.hook_task.cancel()
-            return  # _hook_done finishes
+            return 0  # _hook_done finishes
         self._finish()
 
     # --- end --------------------------------------------------------------------
 
-    cdef void _finish(self):
+    cdef int _finish(self) except -1:
         cdef object r
         if self.finished:
-            return
+            return 0
         self.finished = True
-        self.t_end = sw_now()
+        self.t_end = _now()
         if self.us is not None:
             self._release_upstream(self.resp_done and self.req_body_done)
         if self.eng.h_logging is not None:
             r = self._call(self.eng.h_logging, (self, self.error, self.ctx), S_LOG_DONE)
             if r is _PENDING or r is _FAILED:
-                return  # _hook_done / _hook_failed call _final
+                return 0  # _hook_done / _hook_failed call _final
         self._final()
 
-    cdef void _access_line(self):
+    cdef int _access_line(self) except -1:
         try:
             self.eng.alog.info('%s "%s %s HTTP/%s" %d %d %.3fms upstream=%s%s',
                                _fmt_addr(self.client_addr), self.req_header._method,
@@ -2840,7 +3432,7 @@ cdef class Session:
         except Exception:
             self.eng.log.exception("sluiceway: could not write the access log line")
 
-    cdef void _final(self):
+    cdef int _final(self) except -1:
         cdef _Downstream ds = self.ds
         self.finished = True
         if not self.counted_out:

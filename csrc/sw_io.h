@@ -1,0 +1,75 @@
+/* sw_io.h: the socket calls of the engine's own connection I/O, in plain C.
+ *
+ * The engine (pyx/sluiceway/_engine.pyx, class _Conn) watches its
+ * connections with one epoll set per event loop and moves bytes with these
+ * calls. Each returns what the system call returned, with -errno instead of
+ * -1, so the caller needs no errno access:
+ *   > = 0  success (bytes moved, or a new descriptor);
+ *   < 0    -errno (-EAGAIN: try again when the descriptor is ready).
+ * No function blocks: every descriptor is non-blocking.
+ */
+#ifndef SW_IO_H
+#define SW_IO_H
+
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Readiness bits, as epoll reports them. */
+#define SW_IO_IN   0x001u
+#define SW_IO_OUT  0x004u
+#define SW_IO_ERR  0x008u
+#define SW_IO_HUP  0x010u
+
+/* One ready descriptor: the object registered with it and its bits. */
+typedef struct {
+    void *obj;
+    unsigned events;
+} sw_ready_t;
+
+/* A new epoll set (close-on-exec), or -errno. */
+int sw_io_open(void);
+
+/* Watch `fd` for `events` (SW_IO_IN and/or SW_IO_OUT; errors and hang-ups
+ * are always reported), reporting `obj` with it. `sw_io_mod` changes the
+ * bits; `sw_io_del` stops watching. 0 or -errno. */
+int sw_io_add(int epfd, int fd, unsigned events, void *obj);
+int sw_io_mod(int epfd, int fd, unsigned events, void *obj);
+int sw_io_del(int epfd, int fd);
+
+/* Ready descriptors, without waiting: at most `max` into `out`. */
+int sw_io_ready(int epfd, sw_ready_t *out, int max);
+
+/* Accept one connection (non-blocking, close-on-exec; TCP_NODELAY set on
+ * TCP sockets): a descriptor or -errno (-EAGAIN: none waiting). */
+int sw_io_accept(int lfd);
+
+/* recv(), send() without SIGPIPE, writev() without SIGPIPE. */
+ssize_t sw_io_recv(int fd, char *buf, size_t len);
+ssize_t sw_io_send(int fd, const char *buf, size_t len);
+ssize_t sw_io_writev(int fd, const struct iovec *iov, int n);
+
+/* The error pending on a socket (SO_ERROR): 0 or a positive errno. */
+int sw_io_soerror(int fd);
+
+/* Set TCP_NODELAY when `fd` is a TCP socket (no-op otherwise). */
+void sw_io_nodelay(int fd);
+
+/* The peer's address of `fd`. Returns the family (AF_INET, AF_INET6,
+ * AF_UNIX) or -errno; writes the numeric host (or the Unix path, possibly
+ * empty) as a NUL-terminated string into `host` (at least 108 bytes), the
+ * port into `*port`, and for IPv6 the flow info and scope id. */
+int sw_io_peername(int fd, char *host, size_t hostlen, int *port,
+                   unsigned *flowinfo, unsigned *scope_id);
+
+int sw_io_close(int fd);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SW_IO_H */

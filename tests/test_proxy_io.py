@@ -1,0 +1,225 @@
+"""The engine's own connection I/O (one epoll set per loop, see
+docs/architecture.md): addresses, name resolution, write queues, resets,
+running out of descriptors, and that nothing stays registered."""
+
+import os
+import socket
+import struct
+import sys
+import textwrap
+import threading
+import time
+
+import httpx
+import pytest
+
+from proxy_harness import Harness, OriginThread, SimpleApp, free_port, raw, spawn, stop_proc, wait_port
+from sluiceway import _engine
+from sluiceway.proxy import HttpPeer, ProxyHttp
+
+
+def _io_count(h):
+    return h.run(lambda: _engine.io_connections(h.loop))
+
+
+def _wait(pred, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
+
+
+class AddrApp(SimpleApp):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+        self.logged = []
+
+    def request_filter(self, session, ctx):
+        self.seen.append(session.client_addr)
+        return False
+
+    def logging(self, session, error, ctx):
+        self.logged.append((session.client_addr, error))
+
+
+def test_client_addr_is_the_clients_socket_address():
+    app = AddrApp()
+    with Harness(app) as h:
+        s = socket.create_connection(("127.0.0.1", h.port))
+        try:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            assert app.seen == [s.getsockname()]
+        finally:
+            s.close()
+
+
+def test_client_addr_kept_for_logging_after_the_client_left():
+    app = AddrApp()
+    with Harness(app) as h:
+        s = socket.create_connection(("127.0.0.1", h.port))
+        me = s.getsockname()
+        s.sendall(b"GET /slow?d=0.5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)
+        s.close()
+        assert _wait(lambda: app.logged)
+        addr, err = app.logged[0]
+        assert addr == me
+        assert err is not None
+
+
+def test_upstream_given_by_host_name():
+    """A name is resolved with the loop's getaddrinfo and each address is
+    tried in order ("localhost" may give ::1 first, where nothing listens)."""
+
+    class NameApp(SimpleApp):
+        def upstream_peer(self, session, ctx):
+            return HttpPeer(("localhost", self.port))
+
+    with Harness(NameApp()) as h:
+        r = httpx.get(h.url + "/")
+        assert r.status_code == 200 and r.content == b"hello"
+
+
+def test_connection_refused_is_502_and_nothing_stays_registered():
+    port = free_port()
+
+    class Refused(ProxyHttp):
+        def upstream_peer(self, session, ctx):
+            return HttpPeer(("127.0.0.1", port))
+
+    with Harness(Refused()) as h:
+        base = _io_count(h)
+        for _ in range(5):
+            assert httpx.get(h.url + "/").status_code == 502
+        assert _wait(lambda: _io_count(h) == base)
+
+
+def test_many_pipelined_requests_to_a_client_that_reads_late():
+    """Responses the client does not read yet are queued (the kernel's
+    buffers fill first) and written in order."""
+    with Harness() as h:
+        n = 1500
+        sizes = [4000 + i for i in range(n)]
+        s = socket.create_connection(("127.0.0.1", h.port))
+        try:
+            s.sendall(b"".join(b"GET /big?size=%d HTTP/1.1\r\nHost: x\r\n\r\n" % k for k in sizes))
+            time.sleep(0.5)
+            total = sum(sizes)
+            chunks = []
+            got = 0
+            s.settimeout(10)
+            while got < total + n * 40:
+                chunk = s.recv(1 << 20)
+                assert chunk, "connection closed early"
+                chunks.append(chunk)
+                got += len(chunk)
+                if got >= total and b"".join(chunks).endswith(b"x" * sizes[-1]):
+                    break
+            buf = b"".join(chunks)
+            bodies = [part.split(b"\r\n\r\n", 1)[1] for part in buf.split(b"HTTP/1.1 200")[1:]]
+            assert [len(b) for b in bodies] == sizes
+            assert set(buf.split(b"HTTP/1.1 200")[0]) == set()
+        finally:
+            s.close()
+
+
+def test_slow_reader_gets_every_byte():
+    with Harness() as h:
+        size = 32 * 1024 * 1024
+        s = socket.create_connection(("127.0.0.1", h.port))
+        try:
+            s.sendall(b"GET /big?size=%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % size)
+            time.sleep(0.5)  # the kernel's buffers fill, then the proxy queues and pauses
+            s.settimeout(10)
+            chunks = []
+            while True:
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            head, body = b"".join(chunks).split(b"\r\n\r\n", 1)
+            assert b"Content-Length: %d" % size in head
+            assert len(body) == size and body.count(b"x") == size
+        finally:
+            s.close()
+
+
+def test_client_reset_during_a_large_response_frees_both_sides():
+    with Harness() as h:
+        base = _io_count(h)
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", h.port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b"GET /big?size=20000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()  # RST
+        # The upstream connections that were mid-body are closed, not pooled.
+        assert _wait(lambda: _io_count(h) == base + h.pool_stats()["idle"])
+        assert h.pool_stats()["idle"] == 0
+        assert httpx.get(h.url + "/").content == b"hello"
+
+
+def test_registered_connections_match_open_ones():
+    with Harness() as h:
+        base = _io_count(h)
+        clients = [httpx.Client() for _ in range(10)]
+        try:
+            for c in clients:
+                assert c.get(h.url + "/").status_code == 200
+            # 10 clients kept alive, plus the pooled upstream connections
+            assert _io_count(h) == base + 10 + h.pool_stats()["idle"]
+        finally:
+            for c in clients:
+                c.close()
+        assert _wait(lambda: _io_count(h) == base + h.pool_stats()["idle"])
+
+
+def test_accept_pauses_when_out_of_descriptors_and_resumes(tmp_path):
+    (tmp_path / "fdapp.py").write_text(textwrap.dedent("""
+        import os
+        from sluiceway import HttpPeer, ProxyHttp
+
+        class App(ProxyHttp):
+            def upstream_peer(self, session, ctx):
+                return HttpPeer(("127.0.0.1", int(os.environ["ORIGIN_PORT"])))
+    """))
+    (tmp_path / "conf.yaml").write_text("version: 1\n")
+    port = free_port()
+    limit = 64
+    code = (f"import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, "
+            f"resource.getrlimit(resource.RLIMIT_NOFILE)[1])); "
+            f"sys.argv = ['sluiceway', 'run', 'fdapp:App', '-c', {str(tmp_path / 'conf.yaml')!r}, "
+            f"'-l', '127.0.0.1:{port}']; runpy.run_module('sluiceway', run_name='__main__')")
+    with OriginThread() as o:
+        p = spawn(["-c", code], {"ORIGIN_PORT": str(o.ports[0]), "PYTHONPATH": str(tmp_path)})
+        socks = []
+        try:
+            wait_port(port, p)
+            for _ in range(limit + 20):  # more than the proxy can hold
+                socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            time.sleep(0.8)
+            assert p.poll() is None
+            for s in socks:
+                s.close()
+            socks = []
+            # accepting resumes: a request is served again
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    r = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+                    break
+                except httpx.HTTPError:
+                    assert time.monotonic() < deadline, "accepting did not resume"
+                    time.sleep(0.2)
+            assert r.status_code == 200 and r.content == b"hello"
+        finally:
+            for s in socks:
+                s.close()
+            stop_proc(p)
+        err = p.stderr.read().decode(errors="replace")
+        assert "cannot accept connections" in err and "pausing accept" in err, err[-2000:]
