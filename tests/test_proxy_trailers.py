@@ -7,6 +7,7 @@ bytes, optionally in pieces written as separate TCP segments. The client side
 is a raw socket too, so every byte the proxy sends is checked.
 """
 
+import asyncio
 import socket
 import threading
 import time
@@ -183,8 +184,9 @@ FORBIDDEN = (b"Host: evil\r\nConnection: x-t\r\nX-T: named-by-a-trailer\r\n"
 FORBIDDEN_RESP = b"Transfer-Encoding: chunked\r\n" + FORBIDDEN
 
 
-def _answer(path):
-    """The origin's scripted answers, by path."""
+def _answer(target):
+    """The origin's scripted answers, by path (the query is ignored)."""
+    path = target.split("?")[0]
     if path == "/trailers":
         return [_chunked_response(RESP_TRAILERS)]
     if path == "/no-trailers":
@@ -225,7 +227,19 @@ class App(ProxyHttp):
         return HttpPeer(("127.0.0.1", self.port))
 
     def logging(self, session, error, ctx):
-        self.seen.append((session.request_trailers, session.upstream_trailers, error))
+        self.seen.append((session.req_header.uri, (session.request_trailers,
+                                                    session.upstream_trailers, error)))
+
+    def logged(self, target):
+        """What `logging` saw for the request to target (make it unique). It
+        runs just after the response's last bytes are written: wait for it."""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            for t, entry in reversed(self.seen):
+                if t == target:
+                    return entry
+            time.sleep(0.005)
+        raise AssertionError(f"logging never ran for {target!r}")
 
 
 class FilterApp(App):
@@ -238,7 +252,6 @@ class FilterApp(App):
 
     async def request_body_filter(self, session, body, end, ctx):
         if self.suspend:
-            import asyncio
             await asyncio.sleep(0.001)
         if end:
             self.at_end.append(("request", session.request_trailers))
@@ -246,7 +259,6 @@ class FilterApp(App):
 
     async def response_body_filter(self, session, body, end, ctx):
         if self.suspend:
-            import asyncio
             await asyncio.sleep(0.001)
         if end:
             self.at_end.append(("response", session.upstream_trailers))
@@ -312,18 +324,19 @@ def test_request_trailers_reach_the_origin(h, origin, app):
     assert b"transfer-encoding: chunked" in uhead.lower()
     assert ubody == b"hello world"
     assert utrailers == trailers
-    assert app.seen[-1][0] == [(b"X-Checksum", b"abc123"), (b"X-Count", b"2")]
+    assert app.logged("/req-trailers")[0] == [(b"X-Checksum", b"abc123"), (b"X-Count", b"2")]
 
 
 def test_response_trailers_reach_an_http11_client(h, app):
-    head, body, trailers, raw = _exchange(h.port, b"GET /trailers HTTP/1.1\r\nHost: t\r\n\r\n")
+    head, body, trailers, raw = _exchange(h.port, b"GET /trailers?v=11 HTTP/1.1\r\nHost: t\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert b"transfer-encoding: chunked" in head.lower()
     assert body == b"hello world"
     assert trailers == RESP_TRAILERS
     assert raw.endswith(b"0\r\n" + RESP_TRAILERS + b"\r\n")
-    assert app.seen[-1][1] == [(b"X-Checksum", b"abc123"), (b"Grpc-Status", b"0")]
-    assert app.seen[-1][0] is None  # a request without a body has no trailers
+    seen = app.logged("/trailers?v=11")
+    assert seen[1] == [(b"X-Checksum", b"abc123"), (b"Grpc-Status", b"0")]
+    assert seen[0] is None  # a request without a body has no trailers
 
 
 def test_forbidden_response_trailer_fields_are_removed(h):
@@ -346,7 +359,7 @@ def test_only_forbidden_fields_leave_a_plain_last_chunk(h, origin, app):
     _, body, trailers, raw = _exchange(h.port, b"GET /only-forbidden HTTP/1.1\r\nHost: t\r\n\r\n")
     assert body == b"hello world" and trailers == b""
     assert raw.endswith(b"\r\n0\r\n\r\n")
-    assert app.seen[-1][1] is None
+    assert app.logged("/only-forbidden")[1] is None
     _exchange(h.port, _chunked_request(b"/req-only-forbidden", FORBIDDEN))
     _, _, utrailers, uraw = _last_request(origin, b"/req-only-forbidden")
     assert utrailers == b"" and uraw.endswith(b"\r\n0\r\n\r\n")
@@ -355,7 +368,7 @@ def test_only_forbidden_fields_leave_a_plain_last_chunk(h, origin, app):
 def test_http10_client_gets_the_body_without_trailers(h, app):
     s, r = _client(h.port)
     try:
-        s.sendall(b"GET /trailers HTTP/1.0\r\nHost: t\r\n\r\n")
+        s.sendall(b"GET /trailers?v=10 HTTP/1.0\r\nHost: t\r\n\r\n")
         head = r.until(b"\r\n\r\n")
         body = r.rest()  # close-delimited: the proxy closes after the body
     finally:
@@ -366,7 +379,7 @@ def test_http10_client_gets_the_body_without_trailers(h, app):
     assert b"connection: close" in low
     assert body == b"hello world"
     # Still readable by the hooks, though the client could not get them.
-    assert app.seen[-1][1] == [(b"X-Checksum", b"abc123"), (b"Grpc-Status", b"0")]
+    assert app.logged("/trailers?v=10")[1] == [(b"X-Checksum", b"abc123"), (b"Grpc-Status", b"0")]
 
 
 def test_bodies_without_trailers_are_byte_identical(h, origin):
@@ -379,7 +392,8 @@ def test_bodies_without_trailers_are_byte_identical(h, origin):
     assert b"content-length: 5" in head.lower() and body == b"hello" and trailers is None
     # Request: the same chunk framing reaches the origin.
     _exchange(h.port, _chunked_request(b"/req-plain"))
-    _, ubody, utrailers, uraw = _last_request(origin, b"/req-plain")
+    uhead, ubody, utrailers, uraw = _last_request(origin, b"/req-plain")
+    assert b"transfer-encoding: chunked" in uhead.lower() and ubody == b"hello world"
     assert uraw == b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
     assert utrailers == b""
 
@@ -515,13 +529,13 @@ def test_trailers_follow_a_body_read_before_the_upstream_was_chosen():
     # of the request, and its trailers, are seen before the head goes up.
     class Reader(App):
         async def request_filter(self, session, ctx):
-            ctx_body = []
+            chunks = []
             while True:
                 chunk = await session.read_request_body()
                 if chunk is None:
                     break
-                ctx_body.append(chunk)
-            self.read = b"".join(ctx_body)
+                chunks.append(chunk)
+            self.read = b"".join(chunks)
             return False
 
     o = RawOrigin(_answer)
@@ -532,6 +546,6 @@ def test_trailers_follow_a_body_read_before_the_upstream_was_chosen():
             assert body == b"ok" and app.read == b"hello world"
             _, ubody, utrailers, _ = _last_request(o, b"/req-read")
             assert ubody == b"hello world" and utrailers == b"X-Read: 1\r\n"
-            assert app.seen[-1][0] == [(b"X-Read", b"1")]
+            assert app.logged("/req-read")[0] == [(b"X-Read", b"1")]
     finally:
         o.close()
