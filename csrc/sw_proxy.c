@@ -17,6 +17,35 @@ static void mark_named(const char *base, const sw_header_t *h, uint32_t n,
     }
 }
 
+/* The options of a Connection value v[0:len] (comma-separated): mark every
+ * field each one names; return the SW_F_CONN_* flags for the options seen. */
+static unsigned mark_options(const char *v, size_t len, const char *base, const sw_header_t *h,
+                             uint32_t n, unsigned char *drop)
+{
+    const char *e = v + len;
+    unsigned flags = 0;
+    while (v < e) {
+        const char *t;
+        size_t tl;
+        while (v < e && (*v == ' ' || *v == '\t' || *v == ',')) v++;
+        t = v;
+        while (v < e && *v != ',') v++;
+        tl = (size_t)(v - t);
+        while (tl && (t[tl - 1] == ' ' || t[tl - 1] == '\t')) tl--;
+        if (!tl) continue;
+        if (tl == 5 && sw_ieq(t, "close", 5)) flags |= SW_F_CONN_CLOSE;
+        else if (tl == 10 && sw_ieq(t, "keep-alive", 10)) flags |= SW_F_CONN_KA;
+        else if (tl == 7 && sw_ieq(t, "upgrade", 7)) flags |= SW_F_CONN_UPGRADE;
+        /* Never let a Connection option remove framing or Host. */
+        if ((tl == 14 && sw_ieq(t, "content-length", 14)) ||
+            (tl == 17 && sw_ieq(t, "transfer-encoding", 17)) ||
+            (tl == 4 && sw_ieq(t, "host", 4)))
+            continue;
+        mark_named(base, h, n, drop, t, tl);
+    }
+    return flags;
+}
+
 unsigned sw_hop_mark(const char *base, const sw_header_t *h, uint32_t n,
                      unsigned char *drop, unsigned extra)
 {
@@ -48,28 +77,8 @@ unsigned sw_hop_mark(const char *base, const sw_header_t *h, uint32_t n,
         case 10:
             if (NAME_IS("keep-alive")) drop[i] = 1;
             else if (NAME_IS("connection")) {
-                /* Comma-separated options; each names a field to drop. */
-                const char *v = base + h[i].value.off, *e = v + h[i].value.len;
                 drop[i] = 1;
-                while (v < e) {
-                    const char *t;
-                    size_t tl;
-                    while (v < e && (*v == ' ' || *v == '\t' || *v == ',')) v++;
-                    t = v;
-                    while (v < e && *v != ',') v++;
-                    tl = (size_t)(v - t);
-                    while (tl && (t[tl - 1] == ' ' || t[tl - 1] == '\t')) tl--;
-                    if (!tl) continue;
-                    if (tl == 5 && sw_ieq(t, "close", 5)) flags |= SW_F_CONN_CLOSE;
-                    else if (tl == 10 && sw_ieq(t, "keep-alive", 10)) flags |= SW_F_CONN_KA;
-                    else if (tl == 7 && sw_ieq(t, "upgrade", 7)) flags |= SW_F_CONN_UPGRADE;
-                    /* Never let a Connection option remove framing or Host. */
-                    if ((tl == 14 && sw_ieq(t, "content-length", 14)) ||
-                        (tl == 17 && sw_ieq(t, "transfer-encoding", 17)) ||
-                        (tl == 4 && sw_ieq(t, "host", 4)))
-                        continue;
-                    mark_named(base, h, n, drop, t, tl);
-                }
+                flags |= mark_options(base + h[i].value.off, h[i].value.len, base, h, n, drop);
             }
             break;
         case 14:
@@ -100,6 +109,61 @@ unsigned sw_hop_mark(const char *base, const sw_header_t *h, uint32_t n,
         }
     }
     return flags;
+}
+
+/* Fields a proxy does not forward in a trailer section (lower case). See
+ * docs/proxy.md, "Trailers", for why each group is here. */
+#define T(lit) { lit, sizeof(lit) - 1 }
+static const struct { const char *name; size_t len; } sw_no_trailer[] = {
+    /* message framing */
+    T("transfer-encoding"), T("content-length"),
+    /* hop-by-hop (RFC 9110 7.6.1) */
+    T("connection"), T("keep-alive"), T("proxy-connection"), T("te"), T("trailer"),
+    T("upgrade"),
+    /* routing, and what a proxy vouches for about the client */
+    T("host"), T("max-forwards"), T("forwarded"), T("x-forwarded-for"),
+    T("x-forwarded-host"), T("x-forwarded-proto"), T("x-real-ip"),
+    /* request modifiers: controls and conditionals */
+    T("expect"), T("range"), T("if-match"), T("if-none-match"), T("if-modified-since"),
+    T("if-unmodified-since"), T("if-range"), T("pragma"),
+    /* authentication and state */
+    T("authorization"), T("proxy-authorization"), T("www-authenticate"),
+    T("proxy-authenticate"), T("cookie"), T("set-cookie"),
+    /* response control data */
+    T("cache-control"), T("expires"), T("age"), T("date"), T("vary"), T("location"),
+    T("retry-after"), T("warning"),
+    /* how to process the content */
+    T("content-type"), T("content-encoding"), T("content-range"),
+};
+#undef T
+
+uint32_t sw_trailer_mark(const char *base, const sw_header_t *t, uint32_t n,
+                         const char *conn, size_t conn_len, unsigned char *drop)
+{
+    uint32_t i, kept = 0;
+    size_t k;
+
+    memset(drop, 0, n);
+    for (i = 0; i < n; i++) {
+        const char *nm = base + t[i].name.off;
+        size_t nl = t[i].name.len;
+        for (k = 0; k < sizeof(sw_no_trailer) / sizeof(sw_no_trailer[0]); k++) {
+            if (nl == sw_no_trailer[k].len && sw_ieq(nm, sw_no_trailer[k].name, nl)) {
+                drop[i] = 1;
+                break;
+            }
+        }
+    }
+    if (conn != NULL && conn_len > 0)
+        (void)mark_options(conn, conn_len, base, t, n, drop);
+    /* A Connection field in the trailers is dropped; what it names, too. */
+    for (i = 0; i < n; i++) {
+        if (t[i].name.len == 10 && sw_ieq(base + t[i].name.off, "connection", 10))
+            (void)mark_options(base + t[i].value.off, t[i].value.len, base, t, n, drop);
+    }
+    for (i = 0; i < n; i++)
+        kept += !drop[i];
+    return kept;
 }
 
 size_t sw_fields_size(const sw_header_t *h, uint32_t n)

@@ -4,7 +4,8 @@
  * Python object per field: sw_hop_mark() decides which fields to drop (the
  * hop-by-hop set of RFC 9110 7.6.1 plus every field the Connection header
  * names, and the framing fields the caller asks for), and sw_write_fields()
- * copies the kept ones into an output buffer as "name: value\r\n".
+ * copies the kept ones into an output buffer as "name: value\r\n". A chunked
+ * trailer section is forwarded the same way, after sw_trailer_mark().
  */
 #ifndef SW_PROXY_H
 #define SW_PROXY_H
@@ -36,6 +37,16 @@ extern "C" {
 /* Mark drop[i] = 1 for each field not to forward; return SW_F_* flags. */
 unsigned sw_hop_mark(const char *base, const sw_header_t *h, uint32_t n,
                      unsigned char *drop, unsigned extra);
+
+/* Mark drop[i] = 1 for each trailer field not to forward: the hop-by-hop
+ * fields, the fields RFC 9110 6.5.1 says cannot be processed after the
+ * content (framing, routing, request modifiers, authentication, response
+ * controls, content format; the list is in sw_proxy.c and docs/proxy.md) and
+ * every field named by an option of conn[0:conn_len] (the message head's
+ * Connection values joined by commas; NULL: none) or of a Connection field
+ * among the trailers. Return the number of fields kept. */
+uint32_t sw_trailer_mark(const char *base, const sw_header_t *t, uint32_t n,
+                         const char *conn, size_t conn_len, unsigned char *drop);
 
 /* Bytes sw_write_fields() may write at most. */
 size_t sw_fields_size(const sw_header_t *h, uint32_t n);

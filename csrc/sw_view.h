@@ -53,9 +53,18 @@ typedef struct {
     void (*body)(const void *p, const char **at, size_t *len);
     void (*set_skip_body)(void *p, int skip);
     const char *(*method_name)(const void *p);
+    /* Right after SW_EV_END: the trailer fields of the message just
+     * completed, as spans from *base (the parser's own trailer buffer), and
+     * their count. When there are some, *keep_alive tells whether the
+     * connection may carry another message (a trailer `Connection: close`
+     * ends it: the parser refuses any byte after it); with none, *base,
+     * *fields and *keep_alive are left alone. Valid until the next execute
+     * call or reset. */
+    uint32_t (*trailers)(const void *p, const char **base, const sw_header_t **fields,
+                         int *keep_alive);
 } sw_parser_api_t;
 
-#define SW_VIEW_API_VERSION 1
+#define SW_VIEW_API_VERSION 2
 #define SW_VIEW_CAPSULE "sluiceway._http._C_API"
 
 #endif /* SW_VIEW_H */

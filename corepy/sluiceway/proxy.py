@@ -94,7 +94,10 @@ class ProxyHttp:
         Returns:
             None to forward ``body`` unchanged, or the bytes to send instead
             (``b""`` drops the chunk). When this hook is overridden the body
-            is sent upstream chunked (its length may change).
+            is sent upstream chunked (its length may change). A chunked
+            request's trailer fields are not body: they follow the last chunk
+            unchanged (``session.request_trailers`` shows them from the
+            ``end_of_stream`` call on).
 
         Default: forwards every chunk unchanged.
         """
@@ -159,7 +162,10 @@ class ProxyHttp:
         Returns:
             None to send ``body`` unchanged, or the bytes to send instead.
             When this hook is overridden the response is sent chunked to
-            HTTP/1.1 clients (close-delimited to 1.0 ones).
+            HTTP/1.1 clients (close-delimited to 1.0 ones). A chunked
+            response's trailer fields are not body: they follow the last
+            chunk unchanged (``session.upstream_trailers`` shows them from
+            the ``end_of_stream`` call on).
 
         Default: sends every chunk unchanged.
         """

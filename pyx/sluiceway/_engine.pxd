@@ -23,6 +23,8 @@ cdef extern from "sw_proxy.h" nogil:
 
     unsigned sw_hop_mark(const char *base, const sw_header_t *h, uint32_t n,
                          unsigned char *drop, unsigned extra)
+    uint32_t sw_trailer_mark(const char *base, const sw_header_t *t, uint32_t n,
+                             const char *conn, size_t conn_len, unsigned char *drop)
     size_t sw_fields_size(const sw_header_t *h, uint32_t n)
     size_t sw_write_fields(char *out, const char *base, const sw_header_t *h, uint32_t n,
                            const unsigned char *drop)
@@ -382,6 +384,8 @@ cdef class Session:
     cdef object pend_prefix     # a rebuilt head to write before them
     cdef size_t pend_off
     cdef size_t pend_len
+    cdef bytes req_tail         # last chunk + trailers for the upstream (None: none)
+    cdef bytes resp_tail        # last chunk + the upstream's trailers (None: none)
     cdef double t_start
     cdef double t_connected
     cdef double t_resp
@@ -401,6 +405,8 @@ cdef class Session:
     cdef int _on_req_body(self, object chunk) except -1
     cdef int _req_body_out(self, object chunk) except -1
     cdef int _on_req_end(self) except -1
+    cdef int _keep_req_trailers(self, _Wire w) except -1
+    cdef int _keep_resp_trailers(self, _Wire w) except -1
     cdef int _req_end_done(self) except -1
     cdef int _resp_end_done(self) except -1
     cdef int _on_resp_head(self, _Wire w) except -1

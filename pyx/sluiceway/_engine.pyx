@@ -769,6 +769,73 @@ cdef class _Wire:
         return ev
 
 
+# --------------------------------------------------------------- trailers --
+# A chunked body's trailer section is forwarded after the last chunk when the
+# body goes on chunked (see docs/proxy.md, "Trailers"). The parser keeps the
+# fields in its own buffer until the next message starts; a body without
+# trailers costs one C call at its end and no object.
+
+cdef bytes _connection_options(HeaderMap hm):
+    """The values of a head's Connection fields joined by commas, or None."""
+    cdef int i = hm._find(b"connection", 0)
+    cdef list parts
+    if i < 0:
+        return None
+    parts = []
+    while i >= 0:
+        parts.append(hm._value_at(i))
+        i = hm._find(b"connection", i + 1)
+    return b",".join(parts)
+
+
+cdef bytes _last_chunk(_Wire w, HeaderMap head, bint *keep):
+    """The last chunk of the chunked body w's parser just ended, followed by
+    its trailer fields minus those a proxy does not forward (sw_trailer_mark;
+    the Connection options come from `head`, or from w's head spans when it
+    is None); None when no field is left to forward. keep[0] becomes False
+    when a trailer closes the connection (`Connection: close`)."""
+    cdef const char *tb = NULL
+    cdef const sw_header_t *tf = NULL
+    cdef int ka = 1
+    cdef uint32_t n = API.trailers(w.p, &tb, &tf, &ka)
+    cdef bytes conn
+    cdef const char *cp = NULL
+    cdef size_t clen = 0
+    cdef unsigned char *drop
+    cdef char *out
+    cdef size_t k
+    if n == 0:
+        return None
+    if not ka:
+        keep[0] = False
+    if head is None:
+        head = _new_map(w.head_buf, w.head_base, w.m.headers, w.m.nheaders)
+    conn = _connection_options(head)
+    if conn is not None:
+        cp = PyBytes_AS_STRING(conn)
+        clen = <size_t>PyBytes_GET_SIZE(conn)
+    drop = _need_drop(n)
+    if sw_trailer_mark(tb, tf, n, cp, clen, drop) == 0:
+        return None
+    out = _need_scratch(3 + sw_fields_size(tf, n) + 2)
+    memcpy(out, b"0\r\n", 3)
+    k = 3 + sw_write_fields(out + 3, tb, tf, n, drop)
+    out[k] = b'\r'
+    out[k + 1] = b'\n'
+    return PyBytes_FromStringAndSize(out, k + 2)
+
+
+cdef object _tail_fields(bytes tail):
+    """[(name, value), ...] from a _last_chunk() result; None for None."""
+    cdef list out = []
+    if tail is None:
+        return None
+    for line in tail[3:len(tail) - 4].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        out.append((name, value[1:]))
+    return out
+
+
 # ------------------------------------------------------------------- pool --
 
 @cython.final
@@ -1844,6 +1911,7 @@ cdef class _Downstream(_Conn):
                         self.cur._on_req_body(self.w.body_bytes())
                 elif ev == SW_EV_END:
                     if self.cur is not None and not self.discard_body:
+                        self.cur._keep_req_trailers(self.w)
                         self.cur._on_req_end()
                     self.discard_body = False
                 elif ev == SW_EV_UPGRADE:
@@ -2142,6 +2210,7 @@ cdef class _Upstream(_Conn):
                         continue  # the UPGRADE event follows
                     if self.w.unread() > 0:
                         self.reusable = False  # bytes after the response
+                    s._keep_resp_trailers(self.w)
                     s._on_resp_end()
                     break
                 elif ev == SW_EV_UPGRADE:
@@ -2332,6 +2401,24 @@ cdef class Session:
         if self._client_addr is None and self.ds is not None:
             self._client_addr = self.ds._addr()
         return self._client_addr
+
+    @property
+    def request_trailers(self):
+        """The request's trailer fields that go upstream: a list of
+        ``(name, value)`` bytes pairs, or None when it had none to forward.
+        Set when the request body ends (from ``request_body_filter``'s
+        ``end_of_stream`` call on). Read-only: changing the list changes
+        nothing."""
+        return _tail_fields(self.req_tail)
+
+    @property
+    def upstream_trailers(self):
+        """The upstream response's trailer fields the proxy forwards: a list
+        of ``(name, value)`` bytes pairs, or None when it had none. Set when
+        the response body ends (from ``response_body_filter``'s
+        ``end_of_stream`` call on, and in ``logging``); an HTTP/1.0 client
+        does not get them (its response is not chunked). Read-only."""
+        return _tail_fields(self.resp_tail)
 
     @property
     def response_written(self):
@@ -2843,7 +2930,7 @@ cdef class Session:
                 self._req_body_out(c)
         if self.req_body_done:
             if self.req_has_body and self.req_up_chunked and self.us is not None:
-                self.us.t_write(_LAST_CHUNK)
+                self.us.t_write(self.req_tail if self.req_tail is not None else _LAST_CHUNK)
             self._arm_read()
         if not self.req_end_seen and self.ds is not None:
             self.ds._unblock()
@@ -2994,13 +3081,24 @@ cdef class Session:
                 self._req_body_out(r)
         self._req_end_done()
 
+    cdef int _keep_req_trailers(self, _Wire w) except -1:
+        """At the request's end (before request_body_filter's last call):
+        keep its trailer fields for the upstream. A chunked request goes
+        upstream chunked, so they can always be forwarded."""
+        cdef bint keep = True
+        if self.req_header.chunked:
+            self.req_tail = _last_chunk(w, self.req_header.headers, &keep)
+            if not keep:
+                self.client_keep = False  # the parser takes nothing after it
+        return 0
+
     cdef int _req_end_done(self) except -1:
         self.req_body_done = True
         if self.ds is not None:
             self.ds.blocked = True  # the next request waits for this response
         if self.us is not None and not self.us.closed:
             if self.req_up_chunked:
-                self.us.t_write(_LAST_CHUNK)
+                self.us.t_write(self.req_tail if self.req_tail is not None else _LAST_CHUNK)
             self._arm_read()
         if self.resp_done and not self.finished:
             # The response finished before the request body did.
@@ -3215,12 +3313,23 @@ cdef class Session:
                 self._resp_body_out(r)
         self._resp_end_done()
 
+    cdef int _keep_resp_trailers(self, _Wire w) except -1:
+        """At the end of a chunked response (before response_body_filter's
+        last call): keep its trailer fields. They go to the client only when
+        its response is chunked too (not to HTTP/1.0 clients)."""
+        cdef bint keep = True
+        if w.m.chunked:
+            self.resp_tail = _last_chunk(w, self.resp.headers if self.resp is not None else None, &keep)
+            if not keep and self.us is not None:
+                self.us.reusable = False  # the parser takes nothing after it
+        return 0
+
     cdef int _resp_end_done(self) except -1:
         if self.finished or self.resp_done:
             return 0
         self._flush_pending()
         if self.resp_mode == M_CHUNKED and not self.ds_gone:
-            self._write_ds(_LAST_CHUNK)
+            self._write_ds(self.resp_tail if self.resp_tail is not None else _LAST_CHUNK)
         self.resp_done = True
         if not self.req_body_done:
             # The upstream answered before reading the whole request body.

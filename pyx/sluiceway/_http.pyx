@@ -34,6 +34,7 @@ cdef extern from "Python.h":
 
 cdef extern from "sw_http.h" nogil:
     const char *sw_http_method_name(const sw_http_t *p)
+    int llhttp_should_keep_alive(const llhttp_t *ll)
 
 
 DEFAULT_MAX_HEAD_SIZE = 32768
@@ -688,6 +689,17 @@ cdef void _capi_set_skip_body(void *p, int skip) noexcept nogil:
 cdef const char *_capi_method_name(const void *p) noexcept nogil:
     return sw_http_method_name(<const sw_http_t *>p)
 
+cdef uint32_t _capi_trailers(const void *vp, const char **base, const sw_header_t **fields,
+                             int *keep_alive) noexcept nogil:
+    cdef const sw_http_t *p = <const sw_http_t *>vp
+    if p.ntrailers:
+        base[0] = p.tbuf
+        fields[0] = p.trailers
+        # llhttp's flags still hold what the trailers said: they are cleared
+        # only when parsing resumes after the pause at message complete.
+        keep_alive[0] = llhttp_should_keep_alive(&p.ll)
+    return p.ntrailers
+
 
 cdef sw_parser_api_t _SW_CAPI
 _SW_CAPI.version = SW_VIEW_API_VERSION
@@ -703,5 +715,6 @@ _SW_CAPI.view = _capi_view
 _SW_CAPI.body = _capi_body
 _SW_CAPI.set_skip_body = _capi_set_skip_body
 _SW_CAPI.method_name = _capi_method_name
+_SW_CAPI.trailers = _capi_trailers
 
 _C_API = PyCapsule_New(<void *>&_SW_CAPI, b"sluiceway._http._C_API", NULL)

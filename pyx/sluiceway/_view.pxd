@@ -40,6 +40,7 @@ cdef extern from "sw_view.h" nogil:
         void (*body)(const void *, const char **, size_t *) noexcept nogil
         void (*set_skip_body)(void *, int) noexcept nogil
         const char *(*method_name)(const void *) noexcept nogil
+        uint32_t (*trailers)(const void *, const char **, const sw_header_t **, int *) noexcept nogil
 
     enum:
         SW_VIEW_API_VERSION
