@@ -173,6 +173,7 @@ cdef class _Engine:
     cdef object alog
 
     cdef list wires             # free downstream parsers
+    cdef object spare_task      # a _HookTask to reuse (_hook_task.pxi)
     cdef void _schedule(self)
     cdef _Wire _take_wire(self)
     cdef void _give_wire(self, _Wire w, bint reset=*)
