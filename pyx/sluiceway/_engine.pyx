@@ -1779,7 +1779,7 @@ cdef class Session:
                 else:
                     st = _new_hook_task(eng.loop)
                 refs = Py_REFCNT(st)
-                prev = _swap_task(eng.loop, st)
+                prev = _enter_hook_task(eng.loop, st)
                 try:
                     # PyIter_Send: a coroutine that returns gives its value
                     # without a StopIteration being raised and caught.
@@ -1787,7 +1787,7 @@ cdef class Session:
                     if sr == PYGEN_ERROR:
                         raise_current()
                 finally:
-                    _swap_task(eng.loop, prev)
+                    _leave_hook_task(eng.loop, prev)
                     if Py_REFCNT(st) == refs and st.pending == 0 and not sw_has_weakrefs(st):
                         eng.spare_task = st  # nobody kept it: the next hook's
                         st = None

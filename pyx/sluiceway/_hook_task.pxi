@@ -11,18 +11,19 @@
 # hook, not to the connect Task the hook happens to be called from.
 #
 # So for the duration of that first step a ``_HookTask`` is made the loop's
-# current task (``_swap_task``), then the previous task (usually none) is put
-# back. Most hooks finish in that step and nobody kept the stand-in: it is
-# reused for the next hook (its reference count tells), so such hooks
-# allocate nothing. A hook that suspends goes on in a Task (``_drive``). If
-# the stand-in was kept (``asyncio.timeout`` records its task, so does
-# ``TaskGroup``), it is handed to ``_drive``, which binds it to that Task on
-# its first step: from then on ``cancel``, ``cancelling``, ``uncancel``,
-# ``done`` ... act on the Task, so a timeout that expires while the hook
-# awaits cancels exactly what the hook is awaiting, as with any Task. The
-# stand-in also stays the current task during every later step of that
-# hook, so ``current_task()`` is one object for the hook's whole life (anyio,
-# and so httpx's AsyncClient, key their state by it and check it on exit).
+# current task (``_enter_hook_task``), then the previous task (usually none)
+# is put back (``_leave_hook_task``). Most hooks finish in that step and
+# nobody kept the stand-in: it is reused for the next hook (its reference
+# count tells), so such hooks allocate nothing. A hook that suspends goes on
+# in a Task (``_drive``). If the stand-in was kept (``asyncio.timeout``
+# records its task, so does ``TaskGroup``), it is handed to ``_drive``,
+# which binds it to that Task on its first step: from then on ``cancel``,
+# ``cancelling``, ``uncancel``, ``done`` ... act on the Task, so a timeout
+# that expires while the hook awaits cancels exactly what the hook is
+# awaiting, as with any Task. The stand-in also stays the current task
+# during every later step of that hook, so ``current_task()`` is one object
+# for the hook's whole life (anyio, and so httpx's AsyncClient, key their
+# state by it and check it on exit).
 #
 # Cancellations asked for before the Task runs (during the first step, or
 # between it and the Task's first step, e.g. ``asyncio.timeout(0)``) are
@@ -73,21 +74,26 @@ if _SWAP is None:
         _SWAP = _swap_generic
 
 
-cdef inline object _swap_task(object loop, object task):
-    """Make ``task`` (None: no task) the current task of ``loop``; return
-    the task that was current (or None)."""
+cdef inline object _enter_hook_task(object loop, object task):
+    """Make ``task`` the current task of ``loop``; return the task that was
+    current (or None), to be given to ``_leave_hook_task``."""
     cdef PyObject *p
-    cdef object prev = None
     if _SWAP is not None:
         return _SWAP(loop, task)
     p = PyDict_GetItem(_CURRENT, loop)
-    if p != NULL:
-        prev = <object>p
-    if task is not None:
-        PyDict_SetItem(_CURRENT, loop, task)
-    elif p != NULL:
+    PyDict_SetItem(_CURRENT, loop, task)
+    return <object>p if p != NULL else None
+
+
+cdef inline int _leave_hook_task(object loop, object prev) except -1:
+    """Undo ``_enter_hook_task``: ``prev`` (or no task) is current again."""
+    if _SWAP is not None:
+        _SWAP(loop, prev)
+    elif prev is not None:
+        PyDict_SetItem(_CURRENT, loop, prev)
+    else:
         PyDict_DelItem(_CURRENT, loop)
-    return prev
+    return 0
 
 
 def _task_swap_impl(fn):
@@ -235,7 +241,7 @@ async def _drive(coro, yielded, hook_task):
             if yielded is None or not yielded.done():
                 err = exc  # else the coroutine reads the future's outcome itself
         if st is not None:
-            _swap_task(loop, st)
+            _enter_hook_task(loop, st)
         try:
             if err is None:
                 yielded = coro.send(None)
@@ -245,4 +251,4 @@ async def _drive(coro, yielded, hook_task):
             return stop.value
         finally:
             if st is not None:
-                _swap_task(loop, task)
+                _leave_hook_task(loop, task)
