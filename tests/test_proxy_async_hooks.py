@@ -413,6 +413,40 @@ def test_hook_cancelling_itself_in_its_first_step(then):
     assert current is None and pending == []
 
 
+@needs_timeout
+def test_client_leaving_cancels_a_hook_inside_a_timeout():
+    """The engine cancels the hook's Task when the client goes away: the
+    hook sees CancelledError (not TimeoutError) and nothing stays behind."""
+    class App(ProxyHttp):
+        port = None
+        seen = []
+
+        async def request_filter(self, session, ctx):
+            try:
+                async with asyncio.timeout(5):
+                    await asyncio.sleep(5)
+            except BaseException as exc:
+                self.seen.append(type(exc))
+                raise
+            return False
+
+        def upstream_peer(self, session, ctx):
+            return HttpPeer(("127.0.0.1", self.port))
+
+    app = App()
+    with Harness(app) as h:
+        s = socket.create_connection(("127.0.0.1", h.port))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)
+        s.close()
+        deadline = time.monotonic() + 3
+        while not app.seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        current, pending = _loop_state(h)
+    assert app.seen == [asyncio.CancelledError]
+    assert current is None and pending == []
+
+
 # ------------------------------------------------------------- TaskGroup ----
 
 @needs_timeout
