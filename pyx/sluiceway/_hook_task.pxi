@@ -112,18 +112,18 @@ def _task_swap_impl(fn):
 
 @cython.final
 cdef class _HookTask:
-    """What ``asyncio.current_task()`` returns during the first step of a
-    coroutine hook (until its first suspension).
+    """What ``asyncio.current_task()`` returns in a coroutine hook's first
+    step (until it first suspends), and for the rest of the hook if it was
+    kept during that step.
 
-    It stands for the Task that will run the rest of the hook: once that
-    exists (the hook suspended), every method acts on it. Before, or when
-    the hook finished without suspending, it answers like a Task that is
-    running (or done): ``cancel()`` is remembered and delivered when the
-    Task starts, ``done()`` is False until the hook returned.
+    It stands for the Task that runs the rest of the hook: once that Task
+    runs, every method acts on it. Before, or when the hook finished
+    without suspending, it answers like a Task that is running (or done):
+    ``cancel()`` is remembered and delivered when the Task starts, ``done()``
+    is False until the hook returned.
 
-    Not an ``asyncio.Task`` instance. When it was kept during the first
-    step it stays the hook's current task until the hook ends; when it was
-    not, the hook sees the real Task after its first suspension.
+    Not an ``asyncio.Task`` instance. A hook that did not keep it sees the
+    real Task after its first suspension.
     """
     cdef object loop
     cdef object task        # the Task finishing the hook, once it suspended
