@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import sys
 
 import httpx
 import pytest
@@ -335,14 +336,16 @@ def test_error_while_proxy_called_for_upstream_errors():
     assert app.seen == [502]
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is Python 3.11+")
 def test_async_hook_with_real_await_and_timeout():
     class Slow(ProxyHttp):
         port = None
 
         async def request_filter(self, session, ctx):
-            # Hooks start inline (no current task until the first real
-            # suspension), so time-box the first await with wait_for.
-            await asyncio.wait_for(asyncio.sleep(0.01), 1)
+            # Hooks start inline, yet have a current task from the first
+            # line (more in test_proxy_async_hooks.py).
+            async with asyncio.timeout(1):
+                await asyncio.wait_for(asyncio.sleep(0.01), 1)
             async with asyncio.timeout(1):  # now inside the driving Task
                 await asyncio.sleep(0.001)
             return False

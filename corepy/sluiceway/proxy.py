@@ -4,8 +4,10 @@ This follows Cloudflare Pingora's ``ProxyHttp`` trait, so its documentation
 maps one to one, in Python's idiom. Only :meth:`ProxyHttp.upstream_peer` is
 required. Hooks may be plain functions or ``async def`` coroutines; a
 coroutine that finishes without suspending is run inline, only one that
-really awaits goes through the event loop. Hooks a subclass does not override
-are found once at start-up and never called.
+really awaits goes through the event loop; either way ``asyncio.current_task()``
+(so ``asyncio.timeout``, ``TaskGroup``) works from the hook's first line.
+Hooks a subclass does not override are found once at start-up and never
+called.
 
 A request goes through the phases in this order (see docs/proxy.md)::
 

@@ -181,6 +181,7 @@ cdef class _Engine:
 
     cdef _IoLoop io
     cdef list wires             # free downstream parsers
+    cdef object spare_task      # a _HookTask to reuse (_hook_task.pxi)
     cdef int _schedule(self) except -1
     cdef int _accepted(self, int fd) except -1
     cdef _Wire _take_wire(self)

@@ -24,6 +24,8 @@ Hooks the application does not override are ``None`` here and skipped. A
 hook's result is used at once when it is a plain value or a coroutine that
 completes on its first ``send(None)``; only a coroutine that really suspends
 is wrapped in a Task, and the stage machine resumes from its done callback.
+During that first step a stand-in is the loop's current task, so asyncio
+code that needs one works from a hook's first line (_hook_task.pxi).
 While a stage waits, the side that feeds it stops parsing (``blocked``) and,
 past a high-water mark of buffered bytes, stops reading.
 
@@ -1025,35 +1027,7 @@ async def _connect_plain(_Engine eng, _Upstream u, HttpPeer peer):
 
 # -------------------------------------------------------- hooks and tasks --
 
-async def _drive(coro, yielded):
-    """Finish a hook coroutine that suspended on its first step.
-
-    ``yielded`` is what the coroutine's first ``send(None)`` produced (a
-    Future, or None for a bare yield). This runs as a Task, so inside the
-    hook ``asyncio.current_task()``, timeouts and cancellation work.
-    """
-    while True:
-        try:
-            if yielded is None:
-                await asyncio.sleep(0)
-            else:
-                # The hook's own await marked the future as being waited on
-                # (as a Task would see it); clear that so we can wait on it.
-                yielded._asyncio_future_blocking = False
-                await yielded
-        except BaseException as exc:
-            if yielded is not None and yielded.done():
-                pass  # the coroutine reads the future's outcome itself
-            else:
-                try:
-                    yielded = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-                continue
-        try:
-            yielded = coro.send(None)
-        except StopIteration as stop:
-            return stop.value
+include "_hook_task.pxi"
 
 
 cdef object _wrap_hook_error(object exc, str hook):
@@ -2463,9 +2437,12 @@ cdef class Session:
     cdef object _call(self, object fn, tuple args, int next_stage):
         """Call hook ``fn(*args)``; with ``fn`` None, ``args[0]`` is the
         result of a call already made."""
-        cdef object r, y
+        cdef object r, y, prev
         cdef PyObject *out = NULL
-        cdef PySendResult sr
+        cdef PySendResult sr = PYGEN_ERROR
+        cdef _Engine eng
+        cdef _HookTask st
+        cdef Py_ssize_t refs
         try:
             r = fn(*args) if fn is not None else args[0]
             if r is None or type(r) is bool or type(r) is HttpPeer:
@@ -2473,17 +2450,43 @@ cdef class Session:
             if PyCoro_CheckExact(r) or hasattr(type(r), "__await__"):
                 if not PyCoro_CheckExact(r):
                     r = _await_wrapper(r)
-                # PyIter_Send: a coroutine that returns gives its value
-                # without a StopIteration being raised and caught.
-                sr = PyIter_Send(r, None, &out)
+                # The first step runs with a stand-in as the loop's current
+                # task (see _hook_task.pxi); the previous one (the connect
+                # Task, or none) is put back after it.
+                eng = self.eng
+                if eng.spare_task is not None:
+                    st = <_HookTask>eng.spare_task
+                    eng.spare_task = None
+                else:
+                    st = _new_hook_task(eng.loop)
+                refs = Py_REFCNT(st)
+                prev = _enter_hook_task(eng.loop, st)
+                try:
+                    # PyIter_Send: a coroutine that returns gives its value
+                    # without a StopIteration being raised and caught.
+                    sr = PyIter_Send(r, None, &out)
+                    if sr == PYGEN_ERROR:
+                        raise_current()
+                finally:
+                    _leave_hook_task(eng.loop, prev)
+                    if Py_REFCNT(st) == refs and st.pending == 0 and not sw_has_weakrefs(st):
+                        eng.spare_task = st  # nobody kept it: the next hook's
+                        st = None
+                    elif sr != PYGEN_NEXT:
+                        st.ended = True
                 if sr == PYGEN_RETURN:
-                    return _steal(out)
-                if sr == PYGEN_ERROR:
-                    raise_current()
+                    y = _steal(out)
+                    if st is not None and st.pending:
+                        # It cancelled its own task and returned: a Task
+                        # would end cancelled.
+                        raise asyncio.CancelledError(st.msg)
+                    return y
                 y = _steal(out)
                 self.hook_next = next_stage
-                self.hook_task = self.eng.loop.create_task(_drive(r, y))
+                self.hook_task = eng.loop.create_task(_drive(r, y, st))
                 self.hook_task.add_done_callback(self._hook_done)
+                if st is not None:
+                    st.task = self.hook_task
                 return _PENDING
             return r
         except BaseException as exc:
