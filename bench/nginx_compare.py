@@ -19,6 +19,12 @@ round. Then RSS per idle keep-alive connection with 5,000 idle connections.
 Usage:
     python bench/nginx_compare.py [--duration 10] [--rounds 3]
         [--connections 50] [--idle 5000] [--skip-idle]
+        [--compare NAME=DIR ...]
+
+``--compare before=/path/to/other/checkout`` runs a second sluiceway, built
+in place in that checkout (its ``corepy`` is put first on PYTHONPATH), in
+the same interleaved rounds: a before/after comparison from one run. It is
+pinned like the first and reported with its ratio to nginx.
 
 Needs: nginx (/usr/sbin/nginx), wrk, taskset, a built checkout (run from the
 repository root after `python setup.py build_ext --inplace`).
@@ -254,10 +260,14 @@ def _table(results, ratios, targets):
             med = lambda k: statistics.median(r[k] for r in rs)
             print(f"{path:6} {name:9} {med('rps'):9.0f} {med('p50'):7.2f} {med('p99'):7.2f} "
                   f"{med('cpu'):6.2f} {med('rpcpu'):10.0f} {1e6 / med('rpcpu'):10.1f}")
-        print(f"{path:6} {'ratio':9} rps x{statistics.median(ratios[(path, 'rps')]):.2f}  "
-              f"req/cpu-s x{statistics.median(ratios[(path, 'rpcpu')]):.2f}  "
-              f"p99 x{statistics.median(ratios[(path, 'p99')]):.2f}  (sluiceway / nginx, median "
-              f"of per-round ratios)")
+        for name in targets:
+            if name == "nginx":
+                continue
+            print(f"{path:6} {'ratio':9} rps x{statistics.median(ratios[(path, name, 'rps')]):.2f}  "
+                  f"req/cpu-s x{statistics.median(ratios[(path, name, 'rpcpu')]):.2f}  "
+                  f"p99 x{statistics.median(ratios[(path, name, 'p99')]):.2f}  ({name} / nginx, "
+                  f"median of per-round ratios; per round: "
+                  + ", ".join(f"{r:.2f}" for r in ratios[(path, name, 'rpcpu')]) + ")")
 
 
 def main(argv=None):
@@ -268,6 +278,8 @@ def main(argv=None):
     ap.add_argument("--idle", type=int, default=5000)
     ap.add_argument("--skip-idle", action="store_true")
     ap.add_argument("--idle-only", action="store_true", help="only the idle-connection RSS part")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=DIR",
+                    help="also run the sluiceway built in checkout DIR, reported as NAME")
     ns = ap.parse_args(argv)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -300,11 +312,25 @@ def main(argv=None):
                                 "-c", os.path.join(tmp, "sw.yaml"), "-l", f"127.0.0.1:{s_port}"],
                   0, env=env, cwd=tmp)
         procs.append(sw)
-        for p in (o_port, n_port, s_port):
+        extra = {}
+        for spec in ns.compare:
+            name, _, where = spec.partition("=")
+            if not name or not where or name in ("nginx", "sluiceway"):
+                ap.error(f"--compare wants NAME=DIR with a new NAME, got {spec!r}")
+            port = free_port()
+            env_c = dict(env, PYTHONPATH=os.path.join(os.path.abspath(where), "corepy") + os.pathsep + tmp)
+            pr = Proc(name, [sys.executable, "-m", "sluiceway.cli", "run", "bench_app:BenchApp",
+                             "-c", os.path.join(tmp, "sw.yaml"), "-l", f"127.0.0.1:{port}"],
+                      0, env=env_c, cwd=tmp)
+            procs.append(pr)
+            extra[name] = (port, pr)
+        for p in (o_port, n_port, s_port) + tuple(port for port, _ in extra.values()):
             wait_port(p)
         n_pid = worker_pid(nproxy.p.pid)
         s_pid = sw.p.pid
         targets = {"nginx": (n_port, n_pid), "sluiceway": (s_port, s_pid)}
+        for name, (port, pr) in extra.items():
+            targets[name] = (port, pr.p.pid)
 
         if ns.idle_only:
             ns.rounds = 0
@@ -313,7 +339,9 @@ def main(argv=None):
             run_wrk(port, "/small", 2, ns.connections)
 
         results = {(path, name): [] for path in ("/small", "/16k") for name in targets}
-        ratios = {(path, k): [] for path in ("/small", "/16k") for k in ("rps", "rpcpu", "p99")}
+        others = [n for n in targets if n != "nginx"]
+        ratios = {(path, name, k): [] for path in ("/small", "/16k") for name in others
+                  for k in ("rps", "rpcpu", "p99")}
         for rnd in range(ns.rounds):
             for path in ("/small", "/16k"):
                 got = {}
@@ -324,9 +352,9 @@ def main(argv=None):
                     print(f"round {rnd + 1} {path:6} {name:9} rps={r['rps']:9.0f} p50={r['p50']:6.2f}ms "
                           f"p99={r['p99']:6.2f}ms cpu={r['cpu']:5.2f}s req/cpu-s={r['rpcpu']:8.0f} "
                           f"errors={r['errors']} {r['socket_errors']}", flush=True)
-                ratios[(path, "rps")].append(got["sluiceway"]["rps"] / got["nginx"]["rps"])
-                ratios[(path, "rpcpu")].append(got["sluiceway"]["rpcpu"] / got["nginx"]["rpcpu"])
-                ratios[(path, "p99")].append(got["sluiceway"]["p99"] / got["nginx"]["p99"])
+                for name in others:
+                    for k in ("rps", "rpcpu", "p99"):
+                        ratios[(path, name, k)].append(got[name][k] / got["nginx"][k])
 
         if ns.rounds == 0:
             results = {}

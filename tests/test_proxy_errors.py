@@ -222,6 +222,39 @@ def test_max_connections_answers_503():
         assert raw(h.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 200")
 
 
+def test_max_connections_pause_mode_stops_accepting_until_one_closes(caplog):
+    with Harness(max_connections=2, max_connections_mode="pause") as h:
+        a = socket.create_connection(("127.0.0.1", h.port))
+        b = socket.create_connection(("127.0.0.1", h.port))
+        time.sleep(0.1)
+        # The third client is not accepted: it waits in the backlog, unanswered.
+        c = socket.create_connection(("127.0.0.1", h.port), timeout=0.5)
+        try:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            with pytest.raises(socket.timeout):
+                c.recv(100)
+            assert h.engine().connections == 2
+            a.close()  # a slot frees: the waiting client is accepted and served
+            c.settimeout(5)
+            out = b""
+            while True:
+                chunk = c.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+            assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"hello")
+        finally:
+            b.close()
+            c.close()
+    assert any("not accepting until one closes" in r.getMessage() for r in caplog.records)
+
+
+def test_max_connections_mode_is_checked():
+    from sluiceway.config import ConfigError, ServerConf
+    with pytest.raises(ConfigError, match="max_connections_mode must be 'reject' or 'pause'"):
+        ServerConf(max_connections_mode="queue")
+
+
 def _mixed(h, n):
     paths = ["/", "/chunked?n=3", "/close", "/big?size=20000", "/status/204", "/garbage",
              "/drop", "/cut", "/debug", "/conn-close"]

@@ -65,8 +65,12 @@ class ServerConf:
             upstream_write_timeout_seconds: per upstream operation (504).
         upstream_idle_timeout_seconds: pooled connections idle longer are
             closed.
-        max_connections: client connections per worker (over it: 503 and
-            close). 0 = unlimited.
+        max_connections: client connections per worker. 0 = unlimited.
+        max_connections_mode: what happens at max_connections: "reject"
+            (the default: the connection is accepted, answered 503 with
+            Retry-After and closed) or "pause" (the worker stops accepting
+            until one of its connections closes; new clients wait in the
+            kernel's listen backlog, or go to another worker).
         max_request_header_bytes: request head size limit (431).
         max_request_body_bytes: request body limit (413); 0 = unlimited.
         forwarded_headers: add X-Forwarded-For/-Proto/-Host upstream.
@@ -92,6 +96,7 @@ class ServerConf:
     downstream_write_timeout_seconds: float = 60.0
     upstream_idle_timeout_seconds: float = 60.0
     max_connections: int = 0
+    max_connections_mode: str = "reject"
     max_request_header_bytes: int = 32768
     max_request_body_bytes: int = 0
     forwarded_headers: bool = False
@@ -135,6 +140,9 @@ class ServerConf:
             v = getattr(self, f.name)
             if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
                 raise ConfigError(f"{where(f.name)}{f.name} must not be negative, got {v}")
+        if self.max_connections_mode not in ("reject", "pause"):
+            raise ConfigError(f"{where('max_connections_mode')}max_connections_mode must be "
+                              f"'reject' or 'pause', got {self.max_connections_mode!r}")
         if self.version != 1:
             raise ConfigError(f"{where('version')}version must be 1, got {self.version}")
 
@@ -149,6 +157,7 @@ class ServerConf:
             write_timeout=self.upstream_write_timeout_seconds,
             downstream_write_timeout=self.downstream_write_timeout_seconds,
             max_connections=self.max_connections,
+            pause_accept=self.max_connections_mode == "pause",
             max_retries=self.max_retries,
             max_body_size=self.max_request_body_bytes,
             forwarded=self.forwarded_headers,

@@ -167,6 +167,9 @@ cdef class _Engine:
     cdef public double write_timeout
     cdef public double ds_write_timeout
     cdef public int max_connections
+    cdef bint pause_accept      # at max_connections: stop accepting (else 503)
+    cdef bint accept_paused
+    cdef list listeners
     cdef public int max_retries
     cdef public long long max_body_size
     cdef public bint forwarded
@@ -184,6 +187,8 @@ cdef class _Engine:
     cdef object spare_task      # a _HookTask to reuse (_hook_task.pxi)
     cdef int _schedule(self) except -1
     cdef int _accepted(self, int fd) except -1
+    cdef bint _full(self)
+    cdef int _conn_closed(self) except -1
     cdef _Wire _take_wire(self)
     cdef int _give_wire(self, _Wire w, bint reset=*) except -1
 
@@ -211,6 +216,18 @@ cdef extern from "sw_io.h" nogil:
     int sw_io_peername(int fd, char *host, size_t hostlen, int *port,
                        unsigned *flowinfo, unsigned *scope_id)
     int sw_io_close(int fd)
+
+
+cdef class _Listener:
+    cdef _Engine eng
+    cdef object sock
+    cdef int fd
+    cdef bint active
+    cdef bint closed
+    cdef object retry
+
+    cdef int _start(self) except -1
+    cdef int _stop(self) except -1
 
 
 cdef class _IoLoop:

@@ -1050,7 +1050,8 @@ cdef class _Engine:
                   double request_timeout=0.0, double connect_timeout=5.0,
                   double read_timeout=60.0, double write_timeout=60.0,
                   double downstream_write_timeout=60.0,
-                  int max_connections=0, int max_retries=1, long long max_body_size=0,
+                  int max_connections=0, bint pause_accept=False, int max_retries=1,
+                  long long max_body_size=0,
                   bint forwarded=False, bint access_log=False,
                   int pool_size=128, double pool_idle_timeout=60.0,
                   int max_head_size=32768, int max_url_size=8192, int max_headers=128):
@@ -1067,6 +1068,8 @@ cdef class _Engine:
         self.ds_write_timeout = downstream_write_timeout
         self.ds_write_timeout = downstream_write_timeout
         self.max_connections = max_connections
+        self.pause_accept = pause_accept
+        self.listeners = []
         self.max_retries = max_retries
         self.max_body_size = max_body_size
         self.forwarded = forwarded
@@ -1192,7 +1195,32 @@ cdef class _Engine:
         """Accept connections from the listening socket ``sock`` (TCP or
         Unix, non-blocking) on the engine's own I/O. Returns the listener
         (``close()`` stops accepting; the socket stays the caller's)."""
-        return _Listener(self, sock)
+        cdef _Listener l = _Listener(self, sock)
+        self.listeners.append(l)
+        return l
+
+    cdef bint _full(self):
+        """At max_connections in "pause" mode: accepting stops (every
+        listener) until a connection closes (``_conn_closed``)."""
+        cdef _Listener l
+        if self.pause_accept and self.max_connections and len(self.conns) >= self.max_connections:
+            if not self.accept_paused:
+                self.accept_paused = True
+                for l in self.listeners:
+                    l._stop()
+                if self.log.isEnabledFor(logging.WARNING):
+                    self.log.warning("sluiceway: %d connections open (max_connections): not "
+                                     "accepting until one closes", len(self.conns))
+            return True
+        return False
+
+    cdef int _conn_closed(self) except -1:
+        cdef _Listener l
+        if self.accept_paused and len(self.conns) < self.max_connections:
+            self.accept_paused = False
+            for l in self.listeners:
+                l._start()
+        return 0
 
     cdef int _accepted(self, int fd) except -1:
         cdef _Downstream d = _Downstream(self)
@@ -1230,12 +1258,6 @@ cdef class _Engine:
 @cython.final
 cdef class _Listener:
     """Accepts connections from one listening socket for an engine."""
-    cdef _Engine eng
-    cdef object sock
-    cdef int fd
-    cdef bint active
-    cdef bint closed
-    cdef object retry
 
     def __cinit__(self, _Engine eng, object sock):
         self.eng = eng
@@ -1263,6 +1285,8 @@ cdef class _Listener:
     def _accept(self):
         cdef int i, fd
         for i in range(64):
+            if self.eng._full():
+                return
             fd = sw_io_accept(self.fd)
             if fd >= 0:
                 self.eng._accepted(fd)
@@ -1289,6 +1313,10 @@ cdef class _Listener:
         """Stop accepting."""
         self.closed = True
         self._stop()
+        try:
+            self.eng.listeners.remove(self)
+        except ValueError:
+            pass
         if self.retry is not None:
             self.retry.cancel()
             self.retry = None
@@ -1803,6 +1831,8 @@ cdef class _Downstream(_Conn):
         cdef Session s = None
         self.closed = True
         self.eng.conns.discard(self)
+        if self.eng.accept_paused:
+            self.eng._conn_closed()
         if self.cur is not None:
             s = self.cur
             self.cur = None
