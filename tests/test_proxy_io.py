@@ -223,3 +223,17 @@ def test_accept_pauses_when_out_of_descriptors_and_resumes(tmp_path):
             stop_proc(p)
         err = p.stderr.read().decode(errors="replace")
         assert "cannot accept connections" in err and "pausing accept" in err, err[-2000:]
+
+
+def test_large_reads_are_handed_over_intact():
+    """Reads over 4 KiB hand the receive buffer itself to the parser (shrunk
+    in place, then a new buffer is made); the very first read of a fresh
+    loop may be one of them."""
+    with Harness() as h:
+        body = bytes(range(256)) * 250  # 64,000 bytes, not all alike
+        with httpx.Client(base_url=h.url) as c:
+            for i in range(3):
+                r = c.post("/echo", content=body[i:])
+                assert r.status_code == 200 and r.content == body[i:]
+                r = c.get(f"/big?size={100000 + i}")
+                assert r.content == b"x" * (100000 + i)

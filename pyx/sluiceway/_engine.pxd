@@ -1,6 +1,7 @@
 # Declarations of the compiled proxy engine (see _engine.pyx).
 from libc.stdint cimport uint32_t, uint64_t
 from posix.uio cimport iovec
+from cpython.ref cimport PyObject
 
 from sluiceway._span cimport (SW_EV_BODY, SW_EV_END, SW_EV_ERROR, SW_EV_HEAD, SW_EV_NEED_DATA,
                               SW_EV_UPGRADE, sw_find, sw_header_t, sw_ieq, sw_span_t)
@@ -237,7 +238,9 @@ cdef class _IoLoop:
     cdef list dead              # unregistered during a dispatch, freed after it
     cdef bint dispatching
     cdef sw_ready_t *ready
-    cdef char *rbuf
+    cdef PyObject *rbig         # the bytes the next read goes into (owned)
+
+    cdef object recv(self, int fd)
 
     cdef int register(self, _Conn c, int fd) except -1
     cdef int unregister(self, _Conn c) except -1
@@ -261,6 +264,7 @@ cdef class _Conn:
 
     cdef int t_write(self, object data) except -1
     cdef int t_writev(self, tuple parts) except -1
+    cdef int t_send(self, object head, object owner, Py_ssize_t off, Py_ssize_t n) except -1
     cdef int t_pause_reading(self) except -1
     cdef int t_resume_reading(self) except -1
     cdef int t_close(self) except -1

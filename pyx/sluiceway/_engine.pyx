@@ -65,7 +65,7 @@ import socket
 from sluiceway import _http as _httpmod
 from sluiceway.errors import DOWNSTREAM, INTERNAL, UPSTREAM, Error, ParseError
 
-from cpython.ref cimport PyObject, Py_XDECREF
+from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 
 cdef extern from "Python.h":
     ctypedef enum PySendResult:
@@ -77,6 +77,7 @@ cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object o)
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
     Py_ssize_t Py_REFCNT(object o)
+    int _PyBytes_Resize(PyObject **bytes, Py_ssize_t newsize) except -1
 
 
 cdef sw_parser_api_t *API = <sw_parser_api_t *>PyCapsule_GetPointer(
@@ -1343,7 +1344,8 @@ def make_engine(app, base_class, loop=None, **settings):
 # ``_Downstream`` object and its descriptor. TLS upstreams use an asyncio
 # transport instead; ``_Conn``'s ``t_*`` methods serve both.
 
-DEF RBUF_SIZE = 65536   # one receive buffer per loop; each read is copied into a bytes
+DEF RBUF_SIZE = 65536   # bytes asked of one recv (into a bytes object, see _IoLoop.recv)
+DEF COPY_MAX = 4096     # reads up to this size are copied out of the receive buffer
 DEF MAX_READY = 256     # descriptors handled per wake-up
 DEF MAX_IOV = 64        # buffers written by one writev
 
@@ -1363,8 +1365,7 @@ cdef class _IoLoop:
         self.live = set()
         self.dead = []
         self.ready = <sw_ready_t *>malloc(MAX_READY * sizeof(sw_ready_t))
-        self.rbuf = <char *>malloc(RBUF_SIZE)
-        if self.ready == NULL or self.rbuf == NULL:
+        if self.ready == NULL:
             raise MemoryError()
         cdef int fd = sw_io_open()
         if fd < 0:
@@ -1376,7 +1377,38 @@ cdef class _IoLoop:
         if self.epfd >= 0:
             sw_io_close(self.epfd)
         free(self.ready)
-        free(self.rbuf)
+        Py_XDECREF(self.rbig)
+        self.rbig = NULL
+
+    cdef object recv(self, int fd):
+        """One read from ``fd`` as a new bytes object; None when nothing was
+        waiting (EAGAIN), b"" at EOF; raises OSError.
+
+        The bytes are received straight into a preallocated RBUF_SIZE bytes
+        object. A large read hands that object over, shrunk in place (no
+        copy of the data); a small one is copied out and the buffer kept."""
+        cdef Py_ssize_t r
+        cdef PyObject *o
+        cdef object fresh
+        if self.rbig == NULL:
+            fresh = PyBytes_FromStringAndSize(NULL, RBUF_SIZE)
+            Py_INCREF(fresh)  # owned by rbig from now on
+            self.rbig = <PyObject *>fresh
+            fresh = None      # rbig's is the only reference (resizing needs that)
+        r = sw_io_recv(fd, PyBytes_AS_STRING(<object>self.rbig), RBUF_SIZE)
+        if r > COPY_MAX:
+            o = self.rbig
+            self.rbig = NULL
+            if _PyBytes_Resize(&o, r) < 0:
+                return None  # (the exception is set; not reached: shrinking does not fail)
+            return _steal(o)
+        if r > 0:
+            return PyBytes_FromStringAndSize(PyBytes_AS_STRING(<object>self.rbig), r)
+        if r == 0:
+            return b""
+        if r == -EAGAIN:
+            return None
+        raise _os_error(r)
 
     cdef int register(self, _Conn c, int fd) except -1:
         cdef int r = sw_io_add(self.epfd, fd, SW_IO_IN, <void *>c)
@@ -1549,6 +1581,51 @@ cdef class _Conn:
             self._queue(p, left)
             left = 0
 
+    cdef int t_send(self, object head, object owner, Py_ssize_t off, Py_ssize_t n) except -1:
+        """Write ``head`` (bytes, or None), then bytes ``off``..``off+n`` of
+        ``owner`` (bytes) in one vectored write, without joining them; only
+        what the socket does not take is copied (into the queue)."""
+        cdef iovec iov[2]
+        cdef int k = 0
+        cdef Py_ssize_t r, hl = 0
+        if self.io is None or self.wq is not None or self.fd < 0 or self.io_closing:
+            if head is not None:
+                self.t_write(head)
+            if n > 0:
+                self.t_write(owner if off == 0 and n == PyBytes_GET_SIZE(owner) else
+                             PyBytes_FromStringAndSize(PyBytes_AS_STRING(owner) + off, n))
+            return 0
+        if head is not None:
+            hl = PyBytes_GET_SIZE(head)
+            iov[0].iov_base = PyBytes_AS_STRING(head)
+            iov[0].iov_len = <size_t>hl
+            k = 1
+        if n > 0:
+            iov[k].iov_base = PyBytes_AS_STRING(owner) + off
+            iov[k].iov_len = <size_t>n
+            k += 1
+        if hl + n == 0:
+            return 0
+        r = sw_io_writev(self.fd, iov, k)
+        if r == hl + n:
+            return 0
+        if r < 0:
+            if r != -EAGAIN:
+                self.t_abort(_os_error(r))
+                return 0
+            r = 0
+        if r < hl:
+            self._queue(head, r)
+            r = 0
+        else:
+            r -= hl
+        if r < n:
+            if off == 0 and n == PyBytes_GET_SIZE(owner):
+                self._queue(owner, r)
+            else:
+                self._queue(PyBytes_FromStringAndSize(PyBytes_AS_STRING(owner) + off + r, n - r), 0)
+        return 0
+
     cdef int t_pause_reading(self) except -1:
         if self.io is None:
             if self.transport is not None:
@@ -1641,17 +1718,19 @@ cdef class _Conn:
         cdef Py_ssize_t r
         cdef int err
         if events & SW_IO_IN and self.evmask & SW_IO_IN:
-            r = sw_io_recv(self.fd, self.io.rbuf, RBUF_SIZE)
-            if r > 0:
-                self.on_data(PyBytes_FromStringAndSize(self.io.rbuf, r))
-            elif r == 0:
-                self._set_mask(self.evmask & ~SW_IO_IN)
-                self.on_eof()
-                self.t_close()
+            try:
+                data = self.io.recv(self.fd)
+            except OSError as exc:
+                self.t_abort(exc)
                 return 0
-            elif r != -EAGAIN:
-                self.t_abort(_os_error(r))
-                return 0
+            if data is not None:
+                if PyBytes_GET_SIZE(data):
+                    self.on_data(data)
+                else:
+                    self._set_mask(self.evmask & ~SW_IO_IN)
+                    self.on_eof()
+                    self.t_close()
+                    return 0
         elif events & (SW_IO_ERR | SW_IO_HUP) and self.wq is None:
             # Reset or hung up while we neither read nor write.
             err = sw_io_soerror(self.fd)
@@ -3433,25 +3512,9 @@ cdef class Session:
             return 0
         self.pend_data = None
         self.pend_prefix = None
-        if self.pend_len == 0:
-            body = None
-        elif prefix is not None and self.pend_len <= 16384:
-            body = True  # copied with the prefix below
-        elif self.pend_off == 0 and self.pend_len == <size_t>PyBytes_GET_SIZE(d):
-            body = d
-        else:
-            body = PyBytes_FromStringAndSize(PyBytes_AS_STRING(d) + self.pend_off, self.pend_len)
-        if prefix is None:
-            if body is not None:
-                self._write_ds(body)
-        elif body is None:
-            self._write_ds(prefix)
-        elif self.ds is not None and not self.ds_gone and not self.ds.closed:
-            if self.pend_len <= 16384:
-                # Small: one copy is cheaper than a vectored write.
-                self.ds.t_write(_concat(prefix, PyBytes_AS_STRING(d) + self.pend_off, self.pend_len))
-            else:
-                self.ds.t_writev((prefix, body))
+        if self.ds is not None and not self.ds_gone and not self.ds.closed:
+            # One vectored write of the head and the slice, no copy.
+            self.ds.t_send(prefix, d, <Py_ssize_t>self.pend_off, <Py_ssize_t>self.pend_len)
 
     cdef int _write_ds(self, object data) except -1:
         if self.ds is not None and not self.ds_gone and not self.ds.closed:
