@@ -270,6 +270,7 @@ cdef class _Conn:
     cdef int t_close(self) except -1
     cdef int t_abort(self, object exc) except -1
     cdef object t_peername(self)
+    cdef Py_ssize_t _sent(self, Py_ssize_t r) except -2
     cdef int _queue(self, object data, Py_ssize_t off) except -1
     cdef int _set_mask(self, unsigned mask) except -1
     cdef int _io_event(self, unsigned events) except -1

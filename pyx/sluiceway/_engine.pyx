@@ -1522,14 +1522,9 @@ cdef class _Conn:
             PyBuffer_Release(&view)
             if n == 0:
                 return 0
-        if r == n:
-            return 0
-        if r < 0:
-            if r != -EAGAIN:
-                self.t_abort(_os_error(r))
-                return 0
-            r = 0
-        self._queue(data, r)
+        r = self._sent(r)
+        if 0 <= r < n:
+            self._queue(data, r)
 
     cdef int t_writev(self, tuple parts) except -1:
         cdef iovec iov[8]
@@ -1563,13 +1558,9 @@ cdef class _Conn:
         finally:
             for i in range(nv):
                 PyBuffer_Release(&views[i])
-        if r == total:
+        r = self._sent(r)
+        if r < 0 or r == total:
             return 0
-        if r < 0:
-            if r != -EAGAIN:
-                self.t_abort(_os_error(r))
-                return 0
-            r = 0
         # Queue what was not written: the rest of the part it stopped in,
         # then the parts after it.
         left = r
@@ -1606,14 +1597,9 @@ cdef class _Conn:
             k += 1
         if hl + n == 0:
             return 0
-        r = sw_io_writev(self.fd, iov, k)
-        if r == hl + n:
+        r = self._sent(sw_io_writev(self.fd, iov, k))
+        if r < 0 or r == hl + n:
             return 0
-        if r < 0:
-            if r != -EAGAIN:
-                self.t_abort(_os_error(r))
-                return 0
-            r = 0
         if r < hl:
             self._queue(head, r)
             r = 0
@@ -1687,6 +1673,17 @@ cdef class _Conn:
         return None
 
     # --- inside --------------------------------------------------------------
+
+    cdef Py_ssize_t _sent(self, Py_ssize_t r) except -2:
+        """What a send or writev returned: the bytes written (0 when the
+        socket took none), or -1 when it failed (the connection is then
+        aborted)."""
+        if r >= 0:
+            return r
+        if r == -EAGAIN:
+            return 0
+        self.t_abort(_os_error(r))
+        return -1
 
     cdef int _queue(self, object data, Py_ssize_t off) except -1:
         cdef Py_ssize_t n
