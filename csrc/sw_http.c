@@ -479,6 +479,11 @@ static int sw_execute(sw_http_t *p, const char *data, size_t len, size_t resume_
     if (err == HPE_PAUSED) {
         *consumed = (size_t)(llhttp_get_error_pos(&p->ll) - data);
         if (p->head_done) {
+            /* llhttp skips CR/LF before a message (RFC 9112 2.2); they are
+             * not part of this head (msg_start is where the last one ended). */
+            while (p->msg_start < *consumed &&
+                   (data[p->msg_start] == '\r' || data[p->msg_start] == '\n'))
+                p->msg_start++;
             p->head_len = (uint32_t)(*consumed - p->msg_start);
             if (p->head_len > p->limits.max_head) {
                 sw_fail(p, sw_head_status(p, 431), "request head too large (start line and headers over the limit)");

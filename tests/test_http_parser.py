@@ -517,3 +517,17 @@ def test_no_memory_growth_over_many_messages():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip()) < 64 * 1024
+
+
+def test_crlf_between_pipelined_requests_is_not_part_of_the_next_head():
+    """RFC 9112 2.2: a server skips CRLFs before a request line. They do not
+    belong to the next head, whether it arrives whole or split anywhere."""
+    req = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+    data = req + b"\r\n" + req + b"\r\n\r\n" + req
+    for cut in range(len(data) + 1):
+        p = RequestParser()
+        heads = []
+        for part in (data[:cut], data[cut:]):
+            p.feed(part)
+            heads += [e for e in p.events() if isinstance(e, RequestHead)]
+        assert [h.raw() for h in heads] == [req, req, req], cut
