@@ -5,7 +5,10 @@ connection pool and the per-request state machine that runs the hooks.
 Theory of operation
 -------------------
 A worker runs one uvloop loop. Every accepted connection gets a
-``_Downstream`` protocol object; every upstream connection an ``_Upstream``.
+``_Downstream`` object; every upstream connection an ``_Upstream``. Both are
+``_Conn``s: they do their own socket I/O on one epoll set per loop
+(``_IoLoop``, watched by the loop with a single add_reader), except TLS
+upstreams, which use an asyncio transport with the same object as protocol.
 Both feed received ``bytes`` to a ``_Wire``: the compiled HTTP/1.x parser of
 ``sluiceway._http`` (reached through the C function table in its capsule, see
 csrc/sw_view.h) plus the buffer the parser's spans point into. No Python
@@ -29,8 +32,9 @@ code that needs one works from a hook's first line (_hook_task.pxi).
 While a stage waits, the side that feeds it stops parsing (``blocked``) and,
 past a high-water mark of buffered bytes, stops reading.
 
-Backpressure: when one side's transport buffer passes its high-water mark
-(``pause_writing``) the other side stops reading until ``resume_writing``.
+Backpressure: when one side's write queue passes its high-water mark
+(``on_pause_writing``) the other side stops reading until
+``on_resume_writing``.
 
 Timeouts are deadlines on the connection objects, checked by one periodic
 timer per engine (no timer object per request).
