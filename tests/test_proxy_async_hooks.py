@@ -373,6 +373,9 @@ def test_uncaught_timeout_error_answers_500(caplog):
     assert all(isinstance(e, Error) and isinstance(e.__cause__, TimeoutError) for e in app.errors)
     assert any(r.exc_info and r.exc_info[0] is TimeoutError for r in caplog.records)
     assert current is None and pending == []
+    # The log line and the error name the hook, also when it failed after suspending.
+    assert any("App.request_filter failed" in r.getMessage() for r in caplog.records)
+    assert all("App.request_filter" in e.message for e in app.errors)
 
 
 # ---------------------------------------------------------------- cancel ----

@@ -373,6 +373,7 @@ cdef class Session:
     cdef _Upstream us
     cdef ResponseHeader resp
     cdef object hook_task
+    cdef object hook_fn         # the hook hook_task finishes (for its errors)
     cdef int hook_next
     cdef object pending_chunk
     cdef bint pending_end

@@ -2662,6 +2662,7 @@ cdef class Session:
                     return y
                 y = _steal(out)
                 self.hook_next = next_stage
+                self.hook_fn = fn if fn is not None else args[0]  # for messages
                 self.hook_task = eng.loop.create_task(_drive(r, y, st))
                 self.hook_task.add_done_callback(self._hook_done)
                 if st is not None:
@@ -2695,10 +2696,12 @@ cdef class Session:
 
     def _hook_done_impl(self, task):
         cdef int stage = self.hook_next
+        name = getattr(self.hook_fn, "__qualname__", None) or "hook"
         self.hook_task = None
+        self.hook_fn = None
         if stage == S_LOG_DONE:
             if not task.cancelled() and task.exception() is not None:
-                self._hook_failed(task.exception(), "logging", stage)
+                self._hook_failed(task.exception(), name, stage)
             else:
                 self._final()
             return
@@ -2707,11 +2710,11 @@ cdef class Session:
                 if self.ds_gone:
                     self._finish()
                 else:
-                    self._hook_failed(asyncio.CancelledError("hook cancelled"), "hook", stage)
+                    self._hook_failed(asyncio.CancelledError("hook cancelled"), name, stage)
             return
         exc = task.exception()
         if exc is not None:
-            self._hook_failed(exc, "hook", stage)
+            self._hook_failed(exc, name, stage)
             return
         if self.ds_gone and stage != S_LOG_DONE:
             self._finish()
