@@ -3,6 +3,7 @@
 import asyncio
 import json
 import sys
+import time
 
 import httpx
 import pytest
@@ -454,6 +455,53 @@ def test_read_request_body_with_expect_continue():
             assert b"100 Continue" not in buf
         finally:
             s.close()
+
+
+class PatientReader(ProxyHttp):
+    """request_filter waits for the body with a timeout, and again after one."""
+    port = None
+
+    def __init__(self):
+        self.timeouts = 0
+        self.seen = []
+
+    async def request_filter(self, session, ctx):
+        while True:
+            try:
+                chunk = await asyncio.wait_for(session.read_request_body(), 0.1)
+            except asyncio.TimeoutError:
+                self.timeouts += 1
+                continue
+            if chunk is None:
+                return False
+            self.seen.append(bytes(chunk))
+
+    def upstream_peer(self, session, ctx):
+        return HttpPeer(("127.0.0.1", self.port))
+
+
+def test_read_request_body_again_after_a_timeout():
+    """A read cancelled by a timeout does not lose the chunk that arrives
+    after it, and the next read may wait again."""
+    import socket
+    from proxy_harness import count_responses
+    app = PatientReader()
+    with Harness(app) as h:
+        s = socket.create_connection(("127.0.0.1", h.port), timeout=5)
+        try:
+            s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+            time.sleep(0.35)
+            s.sendall(b"01234")
+            time.sleep(0.35)
+            s.sendall(b"56789")
+            buf = b""
+            while count_responses(buf) < 1:
+                buf += s.recv(65536)
+            assert buf.startswith(b"HTTP/1.1 200") and buf.endswith(b"0123456789")
+        finally:
+            s.close()
+    assert app.timeouts >= 4
+    assert b"".join(app.seen) == b"0123456789"
 
 
 @pytest.mark.parametrize("suspend,expect_tasks", [(False, False), (True, True)])

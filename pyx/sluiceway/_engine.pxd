@@ -401,6 +401,8 @@ cdef class Session:
     cdef list prefetched        # body chunks read by a hook before forwarding
     cdef bint prefetch_end
     cdef object body_waiter
+    cdef bint body_held         # a chunk came with no reader waiting (it was cancelled)
+    cdef object body_held_chunk
     cdef bint body_filter_up
     cdef bint resp_hooks
     cdef int resp_mode

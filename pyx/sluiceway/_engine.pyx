@@ -2528,6 +2528,12 @@ cdef class Session:
         if self.up_head_sent:
             raise RuntimeError("read_request_body() is for hooks that run before the request is "
                                "sent upstream; use request_body_filter to see the streamed body")
+        if self.body_held:
+            # It came after an earlier read_request_body() was cancelled.
+            chunk = self.body_held_chunk
+            self.body_held = False
+            self.body_held_chunk = None
+            return chunk
         if not self.req_has_body or self.prefetch_end or self.finished or self.ds is None:
             return None
         if self.body_waiter is not None:
@@ -2540,13 +2546,22 @@ cdef class Session:
         fut = self.eng.loop.create_future()
         self.body_waiter = fut
         self.ds._unblock()
-        return await fut
+        try:
+            return await fut
+        finally:
+            if self.body_waiter is fut:
+                self.body_waiter = None  # cancelled (a timeout): the next call may wait again
 
     cdef int _wake_reader(self, object chunk) except -1:
         cdef object fut = self.body_waiter
         self.body_waiter = None
         if fut is not None and not fut.done():
             fut.set_result(chunk)
+        else:
+            # Nobody waits any more (the reader was cancelled): keep it for
+            # the next read_request_body().
+            self.body_held = True
+            self.body_held_chunk = chunk
 
     @property
     def client_addr(self):
