@@ -211,3 +211,21 @@ def test_reads_eof_and_pausing(loop):
     assert ("data", b"more") in probe.events
     assert kinds.index("eof") > kinds.index("data")
     assert kinds[-1] == "lost" and kinds.count("lost") == 1
+
+
+def test_close_gives_up_on_a_peer_that_does_not_read(loop):
+    a, b = _pair()
+    probe = _engine._IoProbe()
+    probe.attach(loop, a.detach())
+    try:
+        probe.write(b"q" * 300_000)
+        assert probe.queued > 0
+        probe.close(flush_timeout=0.2)
+        loop.run_until_complete(asyncio.sleep(0.1))
+        assert probe.fileno >= 0  # still flushing
+        loop.run_until_complete(asyncio.sleep(0.3))
+        assert probe.fileno == -1 and probe.queued == 0
+        lost = [e for e in probe.events if e[0] == "lost"]
+        assert len(lost) == 1 and isinstance(lost[0][1], TimeoutError)
+    finally:
+        b.close()

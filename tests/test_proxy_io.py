@@ -237,3 +237,19 @@ def test_large_reads_are_handed_over_intact():
                 assert r.status_code == 200 and r.content == body[i:]
                 r = c.get(f"/big?size={100000 + i}")
                 assert r.content == b"x" * (100000 + i)
+
+
+def test_write_timeout_drops_a_client_that_stopped_reading_with_bytes_queued():
+    """downstream_write_timeout closes the client at once, queued bytes and
+    all (as nginx's send_timeout); the upstream connection goes too."""
+    with Harness(downstream_write_timeout_seconds=0.3) as h:
+        base = _io_count(h)
+        s = socket.create_connection(("127.0.0.1", h.port))
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b"GET /big?size=50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _wait(lambda: _io_count(h) == base + h.pool_stats()["idle"] and
+                         h.engine().connections == 0, 5)
+        finally:
+            s.close()
+        assert h.pool_stats()["idle"] == 0

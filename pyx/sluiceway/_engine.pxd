@@ -261,6 +261,7 @@ cdef class _Conn:
     cdef list wq                # bytes waiting to be written (None: none)
     cdef Py_ssize_t wq_off      # bytes of wq[0] already written
     cdef Py_ssize_t wq_size     # bytes waiting in all
+    cdef double flush_timeout   # after t_close, how long the peer may take to read the rest
 
     cdef int t_write(self, object data) except -1
     cdef int t_writev(self, tuple parts) except -1

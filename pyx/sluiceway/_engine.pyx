@@ -1499,6 +1499,7 @@ cdef class _Conn:
 
     def __cinit__(self, *args, **kwargs):
         self.fd = -1
+        self.flush_timeout = 60.0
 
     # --- used by the proxy -------------------------------------------------
 
@@ -1645,6 +1646,14 @@ cdef class _Conn:
             self._finalize(None)
         else:
             self._set_mask(SW_IO_OUT)   # flush, then close
+            if self.flush_timeout > 0:
+                # A peer that does not read the rest does not keep it open.
+                self.io.loop.call_later(self.flush_timeout, self._flush_expired)
+
+    def _flush_expired(self):
+        if self.fd >= 0 and self.io_closing:
+            self.t_abort(TimeoutError(f"the peer did not read the last {self.wq_size} bytes "
+                                      f"within {self.flush_timeout:.3g}s of the close"))
 
     cdef int t_abort(self, object exc) except -1:
         """Close at once, dropping anything queued; ``exc`` goes to on_lost."""
@@ -1865,7 +1874,11 @@ cdef class _IoProbe(_Conn):
             raise ValueError("the slice is outside owner")
         self.t_send(head, owner, off, n)
 
-    def close(self):
+    def close(self, flush_timeout=None):
+        """Close after writing the queue; ``flush_timeout`` (seconds) is
+        how long the peer may take to read it (60 by default)."""
+        if flush_timeout is not None:
+            self.flush_timeout = flush_timeout
         self.t_close()
 
     def abort(self):
@@ -1915,6 +1928,7 @@ cdef class _Downstream(_Conn):
 
     def __cinit__(self, _Engine eng):
         self.eng = eng
+        self.flush_timeout = eng.ds_write_timeout
 
     def connection_made(self, transport):
         self.transport = transport
@@ -2163,6 +2177,8 @@ cdef class _Downstream(_Conn):
         cdef Session s = self.cur
         self.wdeadline = 0.0
         if self.closed:
+            # Closing, but the rest is not being read either: drop it.
+            self.t_abort(None)
             return 0
         if self.eng.log.isEnabledFor(logging.INFO):
             self.eng.log.info("sluiceway: closing client %s: it read nothing for %.3gs "
@@ -2171,7 +2187,10 @@ cdef class _Downstream(_Conn):
         if s is not None:
             s._fail(Error(f"client did not read the response within {self.eng.ds_write_timeout:.3g}s "
                           "(downstream_write_timeout)", status=408, source=DOWNSTREAM))
-        self._close()
+        # As nginx on send_timeout: the connection goes at once, without
+        # waiting for the client to take what is queued.
+        self.closed = True
+        self.t_abort(None)
 
     cdef int _timeout(self, double now) except -1:
         cdef int kind = self.dl_kind
@@ -2227,6 +2246,7 @@ cdef class _Upstream(_Conn):
         self.w = _Wire(False, max(eng.max_head, 65536), eng.max_url, max(eng.max_headers, 256))
         self.read_timeout = peer.read_timeout if peer.read_timeout is not None else eng.read_timeout
         self.write_timeout = peer.write_timeout if peer.write_timeout is not None else eng.write_timeout
+        self.flush_timeout = self.write_timeout
 
     def connection_made(self, transport):
         self.transport = transport
