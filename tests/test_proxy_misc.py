@@ -140,6 +140,28 @@ def test_http_peer_validation():
     assert HttpPeer("unix:/tmp/x.sock").reuse_key == ("unix", "/tmp/x.sock")
 
 
+def test_http_peer_plain_address_cache():
+    """Plain peers given the same address share one reuse_key object (the
+    pool then matches it by identity); the cache never skips validation."""
+    a = HttpPeer(("10.1.2.3", 8080))
+    b = HttpPeer(("10.1.2.3", 8080))
+    assert a.reuse_key is b.reuse_key == ("10.1.2.3", 8080, False, "10.1.2.3")
+    assert (b.host, b.port, b.path, b.sni, b.address) == ("10.1.2.3", 8080, None, "10.1.2.3", ("10.1.2.3", 8080))
+    c = HttpPeer(("10.1.2.3", 8080), idle_timeout=3, read_timeout=1)
+    assert c.reuse_key is a.reuse_key and (c.idle_timeout, c.read_timeout) == (3, 1)
+    with pytest.raises(ValueError):
+        HttpPeer(("10.1.2.3", 8080.0))  # equal to a cached key, still refused
+    s1, s2 = HttpPeer("unix:/tmp/a.sock"), HttpPeer("unix:/tmp/a.sock")
+    assert s1.reuse_key is s2.reuse_key and s2.path == "/tmp/a.sock" and s2.host is None
+    t = HttpPeer(("10.1.2.3", 8080), tls=True)
+    assert t.reuse_key != a.reuse_key and t.tls
+    n = HttpPeer(("10.1.2.3", 8080), sni="example.com")
+    assert n.sni == "example.com" and n.reuse_key != a.reuse_key
+    for i in range(10000):  # many distinct addresses: the cache stays bounded
+        HttpPeer(("10.0.%d.%d" % (i // 256, i % 256), 80))
+    assert HttpPeer(("10.1.2.3", 8080)).reuse_key == a.reuse_key
+
+
 def test_in_process_suites_pass_on_the_stdlib_loop():
     """The engine is written against asyncio's protocol interface: the same
     end-to-end suites pass on the stdlib loop (the reference) as on uvloop."""

@@ -576,6 +576,11 @@ cdef class ResponseHeader:
 # ------------------------------------------------------------------- peer --
 
 @cython.final
+# Plain (no TLS, default SNI) peers by the address they were given:
+# (host, port, path, reuse_key). See HttpPeer.__init__.
+cdef dict _PLAIN_PEERS = {}
+
+
 cdef class HttpPeer:
     """An upstream to send a request to.
 
@@ -596,6 +601,24 @@ cdef class HttpPeer:
                  read_timeout=None, write_timeout=None, idle_timeout=None,
                  verify_cert=True, ca_file=None):
         cdef str host
+        cdef tuple known = None
+        cdef bint plain = not tls and sni is None and (
+            type(address) is str or (type(address) is tuple and len(address) == 2 and
+                                     type(address[0]) is str and type(address[1]) is int))
+        self.address = address
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
+        self.idle_timeout = idle_timeout
+        if plain:
+            # A plain peer seen before: its checked fields and the one
+            # reuse_key object for it (the pool's lookups then match by
+            # identity instead of comparing tuples).
+            known = _PLAIN_PEERS.get(address)
+            if known is not None:
+                self.host, self.port, self.path, self.reuse_key = known
+                self.sni = self.host or ""
+                return
         if isinstance(address, tuple) and len(address) == 2:
             host, port = address
             if not isinstance(host, str) or not isinstance(port, int) or not (0 < port < 65536):
@@ -615,13 +638,8 @@ cdef class HttpPeer:
         else:
             raise ValueError(f"HttpPeer address must be (host, port), 'host:port' or "
                              f"'unix:/path', got {address!r}")
-        self.address = address
         self.tls = bool(tls)
         self.sni = sni if sni is not None else (self.host or "")
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.write_timeout = write_timeout
-        self.idle_timeout = idle_timeout
         if self.path is not None:
             self.reuse_key = ("unix", self.path)
         else:
@@ -631,6 +649,10 @@ cdef class HttpPeer:
                 self.reuse_key = (self.host, self.port, True, self.sni, self.verify_cert, ca_file)
             else:
                 self.reuse_key = (self.host, self.port, False, self.sni)
+        if plain:
+            if len(_PLAIN_PEERS) >= 4096:
+                _PLAIN_PEERS.clear()  # many distinct addresses: start over
+            _PLAIN_PEERS[address] = (self.host, self.port, self.path, self.reuse_key)
 
     cdef bytes _host_hdr(self):
         """The Host value for requests that came without one."""
@@ -883,7 +905,8 @@ cdef class _Pool:
             stack = self.idle[c.key] = []
         c.idle = True
         c.s = None
-        c.deadline = _now() + (c.peer.idle_timeout if c.peer.idle_timeout is not None else self.idle_timeout)
+        idle = c.peer.idle_timeout
+        c.deadline = _now() + (self.idle_timeout if idle is None else <double>idle)
         c.dl_kind = DL_POOL
         stack.append(c)
         if len(stack) > self.max_idle:
