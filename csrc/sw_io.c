@@ -63,16 +63,6 @@ int sw_io_ready(int epfd, sw_ready_t *out, int max)
     return n;
 }
 
-void sw_io_nodelay(int fd)
-{
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof ss;
-    int one = 1;
-    if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0 &&
-            (ss.ss_family == AF_INET || ss.ss_family == AF_INET6))
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-}
-
 int sw_io_accept(int lfd)
 {
     struct sockaddr_storage ss;

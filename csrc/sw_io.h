@@ -56,9 +56,6 @@ ssize_t sw_io_writev(int fd, const struct iovec *iov, int n);
 /* The error pending on a socket (SO_ERROR): 0 or a positive errno. */
 int sw_io_soerror(int fd);
 
-/* Set TCP_NODELAY when `fd` is a TCP socket (no-op otherwise). */
-void sw_io_nodelay(int fd);
-
 /* The peer's address of `fd`. Returns the family (AF_INET, AF_INET6,
  * AF_UNIX) or -errno; writes the numeric host (or the Unix path, possibly
  * empty) as a NUL-terminated string into `host` (at least 108 bytes), the

@@ -213,7 +213,6 @@ cdef extern from "sw_io.h" nogil:
     ssize_t sw_io_send(int fd, const char *buf, size_t len)
     ssize_t sw_io_writev(int fd, const iovec *iov, int n)
     int sw_io_soerror(int fd)
-    void sw_io_nodelay(int fd)
     int sw_io_peername(int fd, char *host, size_t hostlen, int *port,
                        unsigned *flowinfo, unsigned *scope_id)
     int sw_io_close(int fd)

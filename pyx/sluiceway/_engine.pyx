@@ -575,12 +575,12 @@ cdef class ResponseHeader:
 
 # ------------------------------------------------------------------- peer --
 
-@cython.final
 # Plain (no TLS, default SNI) peers by the address they were given:
 # (host, port, path, reuse_key). See HttpPeer.__init__.
 cdef dict _PLAIN_PEERS = {}
 
 
+@cython.final
 cdef class HttpPeer:
     """An upstream to send a request to.
 
@@ -1034,6 +1034,8 @@ async def _connect_plain(_Engine eng, _Upstream u, HttpPeer peer):
         sock = socket.socket(fam, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
+            if fam != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await loop.sock_connect(sock, addr)
         except BaseException as exc:
             sock.close()
@@ -1042,7 +1044,6 @@ async def _connect_plain(_Engine eng, _Upstream u, HttpPeer peer):
             last = exc
             continue
         fd = sock.detach()
-        sw_io_nodelay(fd)
         try:
             eng.io.register(u, fd)
         except BaseException:
@@ -1093,7 +1094,6 @@ cdef class _Engine:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
-        self.ds_write_timeout = downstream_write_timeout
         self.ds_write_timeout = downstream_write_timeout
         self.max_connections = max_connections
         self.pause_accept = pause_accept
@@ -1349,9 +1349,6 @@ cdef class _Listener:
             self.retry.cancel()
             self.retry = None
 
-    def is_serving(self):
-        return self.active
-
     async def wait_closed(self):
         pass
 
@@ -1481,10 +1478,6 @@ cdef class _IoLoop:
             self.dispatching = False
             if self.dead:
                 self.dead.clear()
-
-    def connections(self):
-        """Number of connections registered (open)."""
-        return len(self.live)
 
     def close(self):
         """Abort every connection still open and stop watching."""
@@ -1748,7 +1741,6 @@ cdef class _Conn:
             sw_io_mod(self.io.epfd, self.fd, mask, <void *>self)
 
     cdef int _io_event(self, unsigned events) except -1:
-        cdef Py_ssize_t r
         cdef int err
         if events & SW_IO_IN and self.evmask & SW_IO_IN:
             try:
@@ -2200,9 +2192,7 @@ cdef class _Downstream(_Conn):
         cdef Session s = self.cur
         self.wdeadline = 0.0
         if self.closed:
-            # Closing, but the rest is not being read either: drop it.
-            self.t_abort(None)
-            return 0
+            return 0  # closing: t_close's flush timeout ends it
         if self.eng.log.isEnabledFor(logging.INFO):
             self.eng.log.info("sluiceway: closing client %s: it read nothing for %.3gs "
                               "(downstream_write_timeout)", _fmt_addr(self._addr()),
@@ -2274,10 +2264,10 @@ cdef class _Upstream(_Conn):
     def connection_made(self, transport):
         self.transport = transport
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
-        self.eng.pool.created += 1
+        self._made()
 
     cdef int _made(self) except -1:
-        """Connected on our own I/O."""
+        """Connected (on our own I/O, or connection_made of a TLS transport)."""
         self.eng.pool.created += 1
 
     cdef int on_data(self, object data) except -1:
