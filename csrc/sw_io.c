@@ -162,6 +162,11 @@ int sw_io_peername(int fd, char *host, size_t hostlen, int *port,
     return ss.ss_family;
 }
 
+int sw_io_shutdown_wr(int fd)
+{
+    return shutdown(fd, SHUT_WR) < 0 ? -errno : 0;
+}
+
 int sw_io_close(int fd)
 {
     /* Linux always releases the descriptor, even on EINTR: never retry. */

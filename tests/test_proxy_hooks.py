@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from proxy_harness import Harness, raw
+from proxy_harness import Harness, count_responses, raw
 from sluiceway.errors import Error
 from sluiceway.proxy import HttpPeer, ProxyHttp
 
@@ -160,12 +160,24 @@ def test_request_filter_short_circuit_keeps_connection():
         assert app.logged == [401, 200, 401]
 
 
-def test_request_filter_short_circuit_with_unread_body_closes():
+def test_request_filter_short_circuit_with_unread_body_drops_it_and_keeps_the_connection():
+    # The unread (small) body is read and dropped after the answer, never
+    # taken for a request; the next request on the connection is served.
     with Harness(Auth()) as h:
         out = raw(h.port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+                          b"GET / HTTP/1.1\r\nHost: x\r\nx-api-key: k\r\n\r\n", expect=2)
+        assert out.startswith(b"HTTP/1.1 401")
+        assert b"Connection: close" not in out
+        assert out.endswith(b"\r\n\r\nhello") and count_responses(out) == 2
+        assert h.origin.requests == 1
+
+
+def test_request_filter_short_circuit_with_large_unread_body_closes():
+    with Harness(Auth()) as h:
+        out = raw(h.port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 500000\r\n\r\nhello"
                           b"GET / HTTP/1.1\r\nHost: x\r\nx-api-key: k\r\n\r\n")
         assert out.startswith(b"HTTP/1.1 401")
-        assert b"Connection: close" in out
+        assert b"Connection: close" in out and count_responses(out) == 1
         assert h.origin.requests == 0
 
 

@@ -61,6 +61,25 @@ class ServerConf:
         request_timeout_seconds: total time for one request (504 after it).
         downstream_write_timeout_seconds: a client that reads nothing of the
             response for this long is disconnected (nginx's send_timeout).
+        downstream_body_timeout_seconds: while the proxy waits for a request
+            body, a client that sends none of it for this long is answered
+            408 and disconnected (nginx's client_body_timeout). Time spent
+            waiting for the upstream or a hook does not count.
+        downstream_body_min_rate: bytes per second a request body must
+            average, counted from the end of its first
+            downstream_body_timeout_seconds (408 when slower; a body
+            dripping a byte every few seconds). 0 turns the check off.
+        lingering_time_seconds: when the proxy closes a connection whose
+            client may still be sending (an early answer to an upload, a
+            413, a malformed request), it first shuts down its side and
+            reads and drops what still comes, for at most this long, so the
+            client reads the response instead of a reset (nginx's
+            lingering_time). 0 closes at once.
+        lingering_timeout_seconds: ... and stops when the client has been
+            quiet this long (nginx's lingering_timeout). It also bounds the
+            wait for the rest of a small request body (up to 64 KiB by
+            Content-Length) that is read and dropped to keep the connection
+            after an early answer.
         upstream_connect_timeout_seconds, upstream_read_timeout_seconds,
             upstream_write_timeout_seconds: per upstream operation (504).
         upstream_idle_timeout_seconds: pooled connections idle longer are
@@ -94,6 +113,10 @@ class ServerConf:
     upstream_read_timeout_seconds: float = 60.0
     upstream_write_timeout_seconds: float = 60.0
     downstream_write_timeout_seconds: float = 60.0
+    downstream_body_timeout_seconds: float = 60.0
+    downstream_body_min_rate: float = 100.0
+    lingering_time_seconds: float = 30.0
+    lingering_timeout_seconds: float = 5.0
     upstream_idle_timeout_seconds: float = 60.0
     max_connections: int = 0
     max_connections_mode: str = "reject"
@@ -156,6 +179,10 @@ class ServerConf:
             read_timeout=self.upstream_read_timeout_seconds,
             write_timeout=self.upstream_write_timeout_seconds,
             downstream_write_timeout=self.downstream_write_timeout_seconds,
+            body_timeout=self.downstream_body_timeout_seconds,
+            body_min_rate=self.downstream_body_min_rate,
+            linger_time=self.lingering_time_seconds,
+            linger_timeout=self.lingering_timeout_seconds,
             max_connections=self.max_connections,
             pause_accept=self.max_connections_mode == "pause",
             max_retries=self.max_retries,

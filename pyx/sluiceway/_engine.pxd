@@ -167,6 +167,10 @@ cdef class _Engine:
     cdef public double read_timeout
     cdef public double write_timeout
     cdef public double ds_write_timeout
+    cdef public double body_timeout     # between two reads of a request body (408)
+    cdef public double body_min_rate    # bytes/s a request body must average (0: off)
+    cdef public double linger_time      # a lingering close lasts at most this
+    cdef public double linger_timeout   # ... and ends when the client is quiet this long
     cdef public int max_connections
     cdef bint pause_accept      # at max_connections: stop accepting (else 503)
     cdef bint accept_paused
@@ -215,6 +219,7 @@ cdef extern from "sw_io.h" nogil:
     int sw_io_soerror(int fd)
     int sw_io_peername(int fd, char *host, size_t hostlen, int *port,
                        unsigned *flowinfo, unsigned *scope_id)
+    int sw_io_shutdown_wr(int fd)
     int sw_io_close(int fd)
 
 
@@ -256,6 +261,8 @@ cdef class _Conn:
     cdef bint rd_paused
     cdef bint wr_paused         # pause_writing was called
     cdef bint io_closing        # t_close called: flush, then close
+    cdef bint linger            # ... then shut down our side and read until EOF
+    cdef bint rd_eof            # the peer sent EOF
     cdef bint lost_sent
     cdef list wq                # bytes waiting to be written (None: none)
     cdef Py_ssize_t wq_off      # bytes of wq[0] already written
@@ -268,6 +275,8 @@ cdef class _Conn:
     cdef int t_pause_reading(self) except -1
     cdef int t_resume_reading(self) except -1
     cdef int t_close(self) except -1
+    cdef int t_close_linger(self) except -1
+    cdef int _linger(self) except -1
     cdef int t_abort(self, object exc) except -1
     cdef object t_peername(self)
     cdef Py_ssize_t _sent(self, Py_ssize_t r) except -2
@@ -297,6 +306,10 @@ cdef class _Downstream(_Conn):
     cdef int read_pause
     cdef double deadline
     cdef double wdeadline       # the client must read what we wrote by then
+    cdef double linger_until    # a discard or lingering close ends by then
+    cdef double rd_last         # request body: when bytes last came (or waiting resumed)
+    cdef double rd_start        # ... when waiting began (moved on by the pauses)
+    cdef long long rd_bytes     # ... bytes read since the head
     cdef int dl_kind
     cdef int nreq
     cdef bint discard_body      # body bytes of a finished request are dropped
@@ -314,9 +327,11 @@ cdef class _Downstream(_Conn):
     cdef object _addr(self)
     cdef int _pause_read(self, int why) except -1
     cdef int _resume_read(self, int why) except -1
-    cdef int _request_done(self, bint keep) except -1
+    cdef int _request_done(self, bint keep, bint linger, bint discard) except -1
     cdef int _unblock(self) except -1
-    cdef int _close(self) except -1
+    cdef int _close(self, bint linger=*) except -1
+    cdef int _wait_resumed(self) except -1
+    cdef int _body_timeout(self, double now) except -1
     cdef int _bad_request(self) except -1
     cdef int _timeout(self, double now) except -1
     cdef int _write_timeout(self) except -1
@@ -449,6 +464,7 @@ cdef class Session:
     cdef int _us_lost(self, object exc) except -1
     cdef int _connect(self, bint force_new) except -1
     cdef int _write_ds(self, object data) except -1
+    cdef bint _body_allows_keep(self)
     cdef int _wake_reader(self, object chunk) except -1
     cdef int _flush_pending(self) except -1
     cdef int _start_tunnel(self) except -1

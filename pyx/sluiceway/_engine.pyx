@@ -109,6 +109,14 @@ DEF DL_TOTAL = 3
 DEF DL_READ = 4
 DEF DL_WRITE = 5
 DEF DL_POOL = 6
+DEF DL_DISCARD = 7  # reading and dropping the rest of an answered request's body
+DEF DL_LINGER = 8   # closing: our side shut down, reading and dropping what still comes
+
+# A request body still on its way when the response is decided: up to this
+# many bytes left (by Content-Length) are read and dropped after the response
+# and the connection is kept; more, or an unknown length, and the response
+# says `Connection: close` and the connection closes lingering.
+DEF DISCARD_MAX = 65536
 
 # Stages of a session.
 DEF S_EARLY = 1
@@ -1079,6 +1087,8 @@ cdef class _Engine:
                   double request_timeout=0.0, double connect_timeout=5.0,
                   double read_timeout=60.0, double write_timeout=60.0,
                   double downstream_write_timeout=60.0,
+                  double body_timeout=60.0, double body_min_rate=100.0,
+                  double linger_time=30.0, double linger_timeout=5.0,
                   int max_connections=0, bint pause_accept=False, int max_retries=1,
                   long long max_body_size=0,
                   bint forwarded=False, bint access_log=False,
@@ -1095,6 +1105,10 @@ cdef class _Engine:
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
         self.ds_write_timeout = downstream_write_timeout
+        self.body_timeout = body_timeout
+        self.body_min_rate = body_min_rate
+        self.linger_time = linger_time
+        self.linger_timeout = linger_timeout
         self.max_connections = max_connections
         self.pause_accept = pause_accept
         self.listeners = []
@@ -1136,7 +1150,8 @@ cdef class _Engine:
         self.h_err_proxy = hook("error_while_proxy")
         self.h_fail_proxy = hook("fail_to_proxy")
         ts = [t for t in (head_timeout, keepalive_timeout, request_timeout, read_timeout,
-                          write_timeout, downstream_write_timeout, pool_idle_timeout) if t > 0]
+                          write_timeout, downstream_write_timeout, pool_idle_timeout,
+                          body_timeout, linger_timeout) if t > 0]
         self.tick = min(1.0, max(0.02, min(ts) / 4.0)) if ts else 1.0
         self._schedule()
 
@@ -1178,6 +1193,8 @@ cdef class _Engine:
                     d._write_timeout()
                 if d.deadline and now >= d.deadline:
                     d._timeout(now)
+                elif d.cur is not None:
+                    d._body_timeout(now)
                 elif d.dl_kind == DL_IDLE and d.w is not None and d.w.unread() == 0 and \
                         not d.w.carrying and not d.discard_body and not d.closed:
                     # Idle since the last tick: its parser goes back to the
@@ -1666,6 +1683,39 @@ cdef class _Conn:
                 # A peer that does not read the rest does not keep it open.
                 self.io.loop.call_later(self.flush_timeout, self._flush_expired)
 
+    cdef int t_close_linger(self) except -1:
+        """Close without making the kernel reset the connection: write the
+        queue, shut down our side (the peer reads EOF after the last byte),
+        then read and drop whatever the peer still sends until its EOF.
+
+        Closing a socket with unread input makes the kernel answer with a
+        reset, and a reset can destroy the response in the peer's buffers
+        before the peer reads it (a client still sending a request body
+        when we answer early). The owner bounds the reading (``t_abort``)."""
+        if self.io is None:
+            if self.transport is not None:
+                self.transport.close()
+            return 0
+        if self.fd < 0 or self.io_closing:
+            return 0
+        self.io_closing = True
+        self.linger = True
+        if self.wq is None:
+            self._linger()
+        else:
+            self._set_mask(SW_IO_OUT | SW_IO_IN)   # flush, and keep dropping input
+            if self.flush_timeout > 0:
+                self.io.loop.call_later(self.flush_timeout, self._flush_expired)
+        return 0
+
+    cdef int _linger(self) except -1:
+        """Everything is written: shut down our side and wait for EOF."""
+        if self.rd_eof or sw_io_shutdown_wr(self.fd) < 0:
+            self._finalize(None)
+            return 0
+        self._set_mask(SW_IO_IN)
+        return 0
+
     def _flush_expired(self):
         if self.fd >= 0 and self.io_closing:
             self.t_abort(TimeoutError(f"the peer did not read the last {self.wq_size} bytes "
@@ -1752,7 +1802,14 @@ cdef class _Conn:
                 if PyBytes_GET_SIZE(data):
                     self.on_data(data)
                 else:
+                    self.rd_eof = True
                     self._set_mask(self.evmask & ~SW_IO_IN)
+                    if self.io_closing:
+                        # Closing already: a lingering close is over once
+                        # the queue is written.
+                        if self.wq is None:
+                            self._finalize(None)
+                        return 0
                     self.on_eof()
                     self.t_close()
                     return 0
@@ -1799,7 +1856,10 @@ cdef class _Conn:
             self.wq = None
             self.wq_off = 0
             if self.io_closing:
-                self._finalize(None)
+                if self.linger:
+                    self._linger()
+                else:
+                    self._finalize(None)
                 return 0
             self._set_mask(self.evmask & ~SW_IO_OUT)
         if self.wr_paused and self.wq_size <= LOW_WATER:
@@ -1975,7 +2035,11 @@ cdef class _Downstream(_Conn):
             self.dl_kind = DL_HEAD
 
     cdef int on_data(self, object data) except -1:
+        cdef double now
         if self.closed:
+            if self.dl_kind == DL_LINGER:
+                # Lingering: dropped; the client is still sending.
+                self.deadline = min(_now() + self.eng.linger_timeout, self.linger_until)
             return 0
         if self.rejected:
             self._close()
@@ -1985,9 +2049,14 @@ cdef class _Downstream(_Conn):
                 self.cur.request_body_bytes += len(data)
                 self.cur.us.t_write(data)
             return 0
-        if self.dl_kind == DL_IDLE:
+        if self.cur is not None:
+            self.rd_last = _now()
+            self.rd_bytes += PyBytes_GET_SIZE(data)
+        elif self.dl_kind == DL_IDLE:
             self.deadline = _now() + self.eng.head_timeout if self.eng.head_timeout > 0 else 0.0
             self.dl_kind = DL_HEAD
+        elif self.dl_kind == DL_DISCARD:
+            self.deadline = min(_now() + self.eng.linger_timeout, self.linger_until)
         if self.w is None:
             self.w = self.eng._take_wire()
         self.w.feed(data)
@@ -2050,6 +2119,7 @@ cdef class _Downstream(_Conn):
         if self.read_pause & why:
             self.read_pause &= ~why
             if self.read_pause == 0 and not self.closed:
+                self._wait_resumed()
                 self.t_resume_reading()
 
     cdef int _process(self) except -1:
@@ -2073,7 +2143,7 @@ cdef class _Downstream(_Conn):
                     if self.w.m.method == 5:  # CONNECT: not for a reverse proxy
                         self.t_write(_simple_response(
                             405, b"405 Method Not Allowed: CONNECT is not supported\n", False))
-                        self._close()
+                        self._close(True)
                         break
                     self.blocked = True
                     self.discard_body = False
@@ -2081,6 +2151,8 @@ cdef class _Downstream(_Conn):
                     eng.requests += 1
                     s = Session._new(self, self.w)
                     self.cur = s
+                    self.rd_start = self.rd_last = s.t_start
+                    self.rd_bytes = 0
                     if eng.request_timeout > 0:
                         self.deadline = s.t_start + eng.request_timeout
                         self.dl_kind = DL_TOTAL
@@ -2095,6 +2167,15 @@ cdef class _Downstream(_Conn):
                     if self.cur is not None and not self.discard_body:
                         self.cur._keep_req_trailers(self.w)
                         self.cur._on_req_end()
+                    elif self.cur is None and self.dl_kind == DL_DISCARD:
+                        # The answered request's body is all dropped: the
+                        # connection waits for its next request.
+                        if self.w.unread() > 0:
+                            self.deadline = _now() + self.eng.head_timeout if self.eng.head_timeout > 0 else 0.0
+                            self.dl_kind = DL_HEAD
+                        else:
+                            self.deadline = _now() + self.eng.keepalive_timeout if self.eng.keepalive_timeout > 0 else 0.0
+                            self.dl_kind = DL_IDLE
                     self.discard_body = False
                 elif ev == SW_EV_UPGRADE:
                     # The request asked to switch protocols (or was CONNECT):
@@ -2126,19 +2207,70 @@ cdef class _Downstream(_Conn):
         if self.closed:
             return 0
         self.blocked = False
+        self._wait_resumed()
         self._resume_read(R_BUFFERED)
         if not self.in_process:
             self._process()
 
-    cdef int _request_done(self, bint keep) except -1:
-        """The current request is over (response sent or aborted)."""
+    cdef int _wait_resumed(self) except -1:
+        """The request may be waiting for the client again (parsing was
+        unblocked, or reading resumed): the time it was not is not the
+        client's, for the body timeout and the minimum rate."""
+        cdef double now
+        if self.cur is not None:
+            now = _now()
+            if now > self.rd_last:
+                self.rd_start += now - self.rd_last
+                self.rd_last = now
+        return 0
+
+    cdef int _body_timeout(self, double now) except -1:
+        """Called by the timer: 408 when the request body the proxy is
+        waiting for (parsing not blocked, reading not paused) has not
+        advanced for body_timeout, or has averaged under body_min_rate
+        bytes/s since body_timeout after the wait began."""
+        cdef Session s = self.cur
+        cdef _Engine eng = self.eng
+        cdef double waited
+        if s is None or self.closed or self.blocked or self.read_pause or self.tunnel or \
+                not s.req_has_body or s.req_end_seen or s.finished:
+            return 0
+        if eng.body_timeout > 0 and now - self.rd_last >= eng.body_timeout:
+            what = f"no request body bytes for {eng.body_timeout:.3g}s (downstream_body_timeout)"
+        elif eng.body_min_rate > 0 and eng.body_timeout > 0:
+            waited = now - self.rd_start - eng.body_timeout
+            if waited <= 0 or self.rd_bytes >= eng.body_min_rate * waited:
+                return 0
+            what = (f"request body too slow: {self.rd_bytes} bytes in "
+                    f"{now - self.rd_start:.3g}s (downstream_body_min_rate is "
+                    f"{eng.body_min_rate:.6g} bytes/s)")
+        else:
+            return 0
+        s._fail(Error(f"client {_fmt_addr(self._addr())} timed out: {what}", status=408,
+                      source=DOWNSTREAM))
+        return 0
+
+    cdef int _request_done(self, bint keep, bint linger, bint discard) except -1:
+        """The current request is over (response sent or aborted). With
+        ``keep``, the connection waits for the next request, after reading
+        and dropping the rest of the request's body when ``discard``;
+        otherwise it closes, lingering when the client may still be
+        sending."""
+        cdef double now
         self.cur = None
         if self.closed:
             return 0
         if not keep or self.eng.closing:
-            self._close()
+            self._close(linger)
             return 0
-        if self.w.unread() > 0:
+        if discard:
+            self.discard_body = True
+            now = _now()
+            self.linger_until = now + (self.eng.linger_time if self.eng.linger_time > 0 else 3600.0)
+            self.deadline = min(now + self.eng.linger_timeout, self.linger_until) \
+                if self.eng.linger_timeout > 0 else self.linger_until
+            self.dl_kind = DL_DISCARD
+        elif self.w.unread() > 0:
             self.deadline = _now() + self.eng.head_timeout if self.eng.head_timeout > 0 else 0.0
             self.dl_kind = DL_HEAD
         else:
@@ -2164,10 +2296,24 @@ cdef class _Downstream(_Conn):
     def _kick(self):
         self._process()
 
-    cdef int _close(self) except -1:
+    cdef int _close(self, bint linger=False) except -1:
+        """Close the connection after writing what is queued; with
+        ``linger``, shut down our side and read and drop what the client
+        still sends, for at most linger_time (quiet for linger_timeout
+        ends it), so that its unread bytes do not make the kernel reset the
+        connection under the response."""
+        cdef double now
         if not self.closed:
             self.closed = True
-            self.t_close()
+            if linger and self.eng.linger_time > 0 and self.io is not None:
+                now = _now()
+                self.linger_until = now + self.eng.linger_time
+                self.deadline = min(now + self.eng.linger_timeout, self.linger_until) \
+                    if self.eng.linger_timeout > 0 else self.linger_until
+                self.dl_kind = DL_LINGER
+                self.t_close_linger()
+            else:
+                self.t_close()
 
     cdef int _bad_request(self) except -1:
         cdef sw_msg_t *m = &self.w.m
@@ -2185,7 +2331,7 @@ cdef class _Downstream(_Conn):
             return 0
         body = (f"{status} {(<bytes>sw_reason(status)).decode()}: {reason}\n").encode("utf-8", "replace")
         self.t_write(_simple_response(status, body, False))
-        self._close()
+        self._close(True)  # the rest of what the client sends is not read
 
     cdef int _write_timeout(self) except -1:
         """The client has not read what we sent for downstream_write_timeout."""
@@ -2209,10 +2355,21 @@ cdef class _Downstream(_Conn):
         cdef int kind = self.dl_kind
         self.deadline = 0.0
         self.dl_kind = DL_NONE
+        if kind == DL_LINGER:
+            if self.wq is not None and now < self.linger_until:
+                # Still writing the last response: its flush timeout rules.
+                self.deadline = self.linger_until
+                self.dl_kind = DL_LINGER
+            else:
+                self.t_abort(None)
+            return 0
         if self.closed:
             return 0
         if kind == DL_IDLE:
             self._close()
+        elif kind == DL_DISCARD:
+            # The rest of an answered request's body did not come in time.
+            self._close(True)
         elif kind == DL_HEAD:
             if self.eng.log.isEnabledFor(logging.INFO):
                 self.eng.log.info("sluiceway: closing client %s: no complete request head within "
@@ -2527,9 +2684,7 @@ cdef class Session:
             body = body.encode("utf-8")
         if isinstance(headers, dict):
             headers = list(headers.items())
-        if self.req_has_body and not self.req_body_done and not self.prefetch_end:
-            self.client_keep = False  # the unread body would be taken for a request
-        keep = self.client_keep and not self.eng.closing
+        keep = self.client_keep and not self.eng.closing and self._body_allows_keep()
         if not keep:
             self.client_keep = False
         data = _simple_response(status, b"" if self.head_request else bytes(body), keep, headers)
@@ -2584,6 +2739,18 @@ cdef class Session:
         finally:
             if self.body_waiter is fut:
                 self.body_waiter = None  # cancelled (a timeout): the next call may wait again
+
+    cdef bint _body_allows_keep(self):
+        """Whether the client connection can be kept after a response
+        decided now: yes when the request body has all been read, or when
+        the rest is known to be at most DISCARD_MAX bytes (it is then read
+        and dropped after the response); otherwise the response says
+        `Connection: close` and the connection closes lingering."""
+        cdef RequestHeader rq = self.req_header
+        if not self.req_has_body or self.req_end_seen:
+            return True
+        return rq.has_cl and rq.content_length <= <unsigned long long>(
+            self.request_body_bytes + DISCARD_MAX)
 
     cdef int _wake_reader(self, object chunk) except -1:
         cdef object fut = self.body_waiter
@@ -2976,7 +3143,7 @@ cdef class Session:
                 elif not self.resp_done and self.ds is not None:
                     # Mid-response: the client can only learn it from the close.
                     self.client_keep = False
-                    self.ds._close()
+                    self.ds._close(self.req_has_body and not self.req_end_seen)
                 self.client_keep = False
                 self._finish()
                 return 0
@@ -3396,7 +3563,7 @@ cdef class Session:
         m = &w.m
         if self.resp_mode == M_CHUNKED or self.resp_mode == M_CLOSE:
             extra |= SW_DROP_CONTENT_LENGTH
-        keep = self.client_keep and not self.eng.closing
+        keep = self.client_keep and not self.eng.closing and self._body_allows_keep()
         if rs is not None:
             status = rs.status
             if status != m.status_code:
@@ -3564,11 +3731,11 @@ cdef class Session:
         if self.resp_mode == M_CHUNKED and not self.ds_gone:
             self._write_ds(self.resp_tail if self.resp_tail is not None else _LAST_CHUNK)
         self.resp_done = True
-        if not self.req_body_done:
-            # The upstream answered before reading the whole request body.
-            self.client_keep = False
-            if self.us is not None:
-                self.us.reusable = False
+        if not self.req_body_done and self.us is not None:
+            # The upstream answered before reading the whole request body:
+            # its connection is not reused (the client's is kept only when
+            # the response head said so; see _body_allows_keep).
+            self.us.reusable = False
         self._release_upstream(True)
         self._finish()
 
@@ -3760,6 +3927,7 @@ cdef class Session:
 
     cdef int _final(self) except -1:
         cdef _Downstream ds = self.ds
+        cdef bint keep, pending
         self.finished = True
         if not self.counted_out:
             self.counted_out = True
@@ -3767,7 +3935,10 @@ cdef class Session:
         if self.eng.access_log and self.eng.alog.isEnabledFor(logging.INFO):
             self._access_line()
         keep = self.client_keep and self.resp_done and not self.ds_gone
-        if self.req_has_body and not self.req_body_done and not self.prefetch_end:
+        # The client may still be sending the body: the connection is kept
+        # (and the rest dropped) only as the response head announced.
+        pending = self.req_has_body and not self.req_end_seen
+        if pending and not self._body_allows_keep():
             keep = False
         self.ds = None
         self.resp = None
@@ -3775,7 +3946,10 @@ cdef class Session:
             if not self.req_has_body and not self.req_body_done:
                 # The END of a bodyless request is still in the parser: skip it.
                 ds.discard_body = True
-            ds._request_done(keep)
+            # A client that timed out is not waited for any longer.
+            ds._request_done(keep, pending and not (isinstance(self.error, Error) and
+                                                    (<object>self.error).status == 408),
+                             pending and keep)
 
 
 def _ignore_result(fut):
