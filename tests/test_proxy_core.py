@@ -3,6 +3,7 @@ headers. Real clients (httpx, curl, raw sockets) against the harness origin
 on 127.0.0.1."""
 
 import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from proxy_harness import Harness, count_responses, raw
+from proxy_harness import Harness, SimpleApp, count_responses, raw
 
 
 @pytest.fixture(scope="module")
@@ -273,24 +274,69 @@ def test_idle_keepalive_connections_hold_no_parser():
 
 
 @pytest.mark.parametrize("body", [None, b"payload" * 100, "chunked"])
-def test_dead_pooled_connection_is_retried_once_with_the_body(body):
+def test_dead_pooled_connection_is_retried_once_with_the_body(body, caplog):
+    """An idempotent request (RFC 9110 9.2.2) that met a pooled connection
+    the origin had closed is sent once more on a new one, with its body."""
     with Harness() as h:
-        with httpx.Client(base_url=h.url) as c:
-            assert c.get("/").status_code == 200          # pools a connection
-            if body is None:
-                r = c.get("/drop-reused")
-                expect = b""
-            elif body == "chunked":
-                r = c.post("/drop-reused", content=iter([b"a" * 100, b"b" * 100]))
-                expect = b"a" * 100 + b"b" * 100
-            else:
-                r = c.post("/drop-reused", content=body)
-                expect = body
-            assert r.status_code == 200 and r.content == expect
-            assert c.get("/").status_code == 200
+        with caplog.at_level(logging.DEBUG, logger="sluiceway.error"):
+            with httpx.Client(base_url=h.url) as c:
+                assert c.get("/").status_code == 200          # pools a connection
+                if body is None:
+                    r = c.get("/drop-reused")
+                    expect = b""
+                elif body == "chunked":
+                    r = c.put("/drop-reused", content=iter([b"a" * 100, b"b" * 100]))
+                    expect = b"a" * 100 + b"b" * 100
+                else:
+                    r = c.put("/drop-reused", content=body)
+                    expect = body
+                assert r.status_code == 200 and r.content == expect
+                assert c.get("/").status_code == 200
         st = h.pool_stats()
         assert st["created"] == 2  # the dead one, then the retry's (reused after)
         assert h.origin.requests == 4
+        assert h.run(lambda: h.svc.stats()["replayed"]) == 1
+    retry_lines = [r for r in caplog.records if "sending it again" in r.getMessage()]
+    assert len(retry_lines) == 1 and retry_lines[0].levelno == logging.DEBUG
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("body", [b"payload" * 100, "chunked", b""])
+def test_post_on_a_dead_pooled_connection_is_not_replayed(body, caplog):
+    """The origin may have acted on a POST before its connection died: it is
+    never sent twice behind the client's back; the client gets 502."""
+    with Harness() as h:
+        with caplog.at_level(logging.WARNING, logger="sluiceway.error"):
+            with httpx.Client(base_url=h.url) as c:
+                assert c.get("/").status_code == 200
+                content = iter([b"a" * 100, b"b" * 100]) if body == "chunked" else body
+                assert c.post("/drop-reused", content=content).status_code == 502
+                assert c.get("/").status_code == 200
+        assert h.origin.requests == 3  # the POST reached the origin once
+        assert h.run(lambda: h.svc.stats()["replayed"]) == 0
+    assert any("502 for POST /drop-reused" in r.getMessage() and "reused connection" in r.getMessage()
+               for r in caplog.records)
+
+
+class OptInReplay(SimpleApp):
+    """error_while_proxy opts in to replaying a POST the origin declared
+    safe to repeat (an idempotency key)."""
+
+    def error_while_proxy(self, session, peer, error, ctx, client_reused):
+        if session.req_header.get("idempotency-key") is not None:
+            error.retryable = True
+        return error
+
+
+def test_post_replay_when_a_hook_opts_in():
+    with Harness(OptInReplay()) as h:
+        with httpx.Client(base_url=h.url) as c:
+            assert c.get("/").status_code == 200
+            r = c.post("/drop-reused", content=b"pay", headers={"idempotency-key": "k1"})
+            assert r.status_code == 200 and r.content == b"pay"
+            assert c.get("/").status_code == 200
+            assert c.post("/drop-reused", content=b"pay").status_code == 502
+        assert h.run(lambda: h.svc.stats()["replayed"]) == 1
 
 
 def test_pipelined_request_waits_during_a_retry():

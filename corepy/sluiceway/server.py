@@ -156,7 +156,15 @@ class ProxyService:
         self._socks.clear()
 
     def pool_stats(self) -> dict:
+        """The upstream connection pool's counters (this worker)."""
         return self.engine.pool_stats if self.engine is not None else {}
+
+    def stats(self) -> dict:
+        """This service's counters in this worker: ``requests``, ``active``,
+        ``connections``, ``replayed`` (see the engine's ``stats``)."""
+        if self.engine is None:
+            return {"requests": 0, "active": 0, "connections": 0, "replayed": 0}
+        return self.engine.stats()
 
 
 def http_proxy_service(conf: ServerConf, app: ProxyHttp, name: str = "proxy") -> ProxyService:

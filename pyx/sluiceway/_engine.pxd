@@ -184,6 +184,7 @@ cdef class _Engine:
     cdef uint32_t max_headers
     cdef public long long requests
     cdef public long long inflight
+    cdef public long long replayed  # requests sent again after a pooled connection died
     cdef object log
     cdef object alog
 
@@ -405,6 +406,8 @@ cdef class Session:
     cdef bint sent_100
     cdef bint head_request
     cdef bint retried_reused
+    cdef bint reuse_failed      # self.error: a pooled connection died before answering
+    cdef bint can_replay        # ... and the request can be sent again as it was
     cdef bint counted_out
     cdef bint want_upgrade      # the client asked to switch protocols
     cdef bint upgrading         # the upstream answered 101
@@ -461,6 +464,8 @@ cdef class Session:
     cdef int _access_line(self) except -1
     cdef int _release_upstream(self, bint reuse) except -1
     cdef int _ds_lost(self, object exc) except -1
+    cdef int _log_failure(self, object err) except -1
+    cdef int _replay(self) except -1
     cdef int _us_lost(self, object exc) except -1
     cdef int _connect(self, bint force_new) except -1
     cdef int _write_ds(self, object data) except -1

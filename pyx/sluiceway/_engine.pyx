@@ -215,6 +215,9 @@ cdef int raise_current() except -1:
 
 
 cdef list _METHODS = [None] * 256
+# RFC 9110 section 9.2.2: a request with one of these methods may be sent
+# again after a failure that leaves unknown whether the origin acted on it.
+cdef frozenset _IDEMPOTENT = frozenset(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"])
 cdef bytes _CRLF = b"\r\n"
 cdef bytes _LAST_CHUNK = b"0\r\n\r\n"
 cdef bytes _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -1179,6 +1182,14 @@ cdef class _Engine:
     def active_requests(self):
         """Number of requests in progress (until their logging hook ends)."""
         return self.inflight
+
+    def stats(self):
+        """Counters of this service on this loop, as a dict: ``requests``
+        (heads received), ``active`` (in progress), ``connections`` (client
+        connections open), ``replayed`` (requests sent again after a pooled
+        upstream connection died before answering)."""
+        return {"requests": self.requests, "active": self.inflight,
+                "connections": len(self.conns), "replayed": self.replayed}
 
     cdef int _schedule(self) except -1:
         self.timer = self.loop.call_later(self.tick, self._on_tick)
@@ -3120,6 +3131,14 @@ cdef class Session:
             if stage == S_ERR_PROXY_DONE:
                 if isinstance(value, Error):
                     self.error = value
+                if self.reuse_failed:
+                    self.reuse_failed = False
+                    if isinstance(self.error, Error) and (<object>self.error).retryable and \
+                            self.can_replay and not self.ds_gone:
+                        self._replay()
+                        return 0
+                    if isinstance(self.error, Error) and eng.log.isEnabledFor(logging.WARNING):
+                        self._log_failure(self.error)
                 # then fail_to_proxy decides the answer
                 if eng.h_fail_proxy is not None:
                     r = self._call(eng.h_fail_proxy, (self, self.error, self.ctx), S_FAIL_PROXY_DONE)
@@ -3817,11 +3836,11 @@ cdef class Session:
             return 0
         if self.error is None or self.error is not err:
             self.error = err
-        if isinstance(err, Error) and eng.log.isEnabledFor(logging.WARNING) and \
+        if self.reuse_failed:
+            pass  # logged once it is decided whether it is sent again
+        elif isinstance(err, Error) and eng.log.isEnabledFor(logging.WARNING) and \
                 (<object>err).source != INTERNAL:
-            eng.log.warning("sluiceway: %d for %s %s from %s: %s", err.status,
-                            self.req_header._method, self.req_header.uri,
-                            _fmt_addr(self.client_addr), err.message)
+            self._log_failure(err)
         self._flush_pending()
         self._release_upstream(False)
         if self.ds is not None:
@@ -3843,6 +3862,29 @@ cdef class Session:
         else:
             self._advance(S_ERR_PROXY_DONE, None)
 
+    cdef int _log_failure(self, object err) except -1:
+        self.eng.log.warning("sluiceway: %d for %s %s from %s: %s", err.status,
+                             self.req_header._method, self.req_header.uri,
+                             _fmt_addr(self.client_addr), err.message)
+        return 0
+
+    cdef int _replay(self) except -1:
+        """Send the request again on a new connection (after a pooled one
+        died before answering), without running the hooks again."""
+        cdef _Engine eng = self.eng
+        eng.replayed += 1
+        if eng.log.isEnabledFor(logging.DEBUG):
+            eng.log.debug("sluiceway: %s; sending it again on a new connection (%s %s from %s)",
+                          self.error.message, self.req_header._method,
+                          self.req_header.uri, _fmt_addr(self.client_addr))
+        self.error = None
+        self.retried_reused = True
+        self.replaying = True
+        self.up_head_sent = False
+        # (the client connection stays blocked: more body waits for the new one)
+        self._connect(True)
+        return 0
+
     cdef int _us_lost(self, object exc) except -1:
         """The upstream connection closed under this request."""
         cdef _Upstream u = self.us
@@ -3859,17 +3901,19 @@ cdef class Session:
             # Close-delimited body: handled by eof_received/finish.
             pass
         if not u.got_bytes and self.upstream_reused and not self.retried_reused and \
-                (not self.req_has_body or self.replay is not None) and not self.resp_started:
-            # A pooled connection the peer had closed: try once on a new one
-            # (with the body sent so far, kept for this).
-            self.retried_reused = True
-            self.replaying = True
-            if self.ds is not None:
-                self.ds.blocked = True  # more body waits for the new connection
-            self.us = None
-            u.s = None
-            self.up_head_sent = False
-            self._connect(True)
+                not self.resp_started:
+            # A pooled connection the peer had closed (before or while we
+            # sent the request). Whether the origin acted on the request is
+            # unknown: it is sent once more on a new connection only when
+            # its method is idempotent, or error_while_proxy marks the error
+            # retryable (see S_ERR_PROXY_DONE), and it can be sent as it was
+            # (the body sent so far was kept, no body filter is pending).
+            self.reuse_failed = True
+            self.can_replay = (not self.req_has_body or self.replay is not None) and \
+                self.hook_task is None
+            self._fail(Error(f"upstream {self.peer} closed a reused connection without answering"
+                             + (f" ({exc})" if exc is not None else ""), status=502,
+                             source=UPSTREAM, retryable=self.req_header._method in _IDEMPOTENT))
             return 0
         if self.resp_started:
             what = "closed the connection before the response was complete"
