@@ -406,6 +406,7 @@ cdef class Session:
     cdef bint sent_100
     cdef bint head_request
     cdef bint retried_reused
+    cdef int n_informational    # 1xx responses received
     cdef bint reuse_failed      # self.error: a pooled connection died before answering
     cdef bint can_replay        # ... and the request can be sent again as it was
     cdef bint counted_out
@@ -453,6 +454,7 @@ cdef class Session:
     cdef int _keep_resp_trailers(self, _Wire w) except -1
     cdef int _req_end_done(self) except -1
     cdef int _resp_end_done(self) except -1
+    cdef int _on_informational(self, _Wire w) except -1
     cdef int _on_resp_head(self, _Wire w) except -1
     cdef int _send_resp_head(self) except -1
     cdef int _on_resp_body(self, object chunk) except -1

@@ -118,6 +118,10 @@ DEF DL_LINGER = 8   # closing: our side shut down, reading and dropping what sti
 # says `Connection: close` and the connection closes lingering.
 DEF DISCARD_MAX = 65536
 
+# Informational (1xx) responses an upstream may send before its final one;
+# each counts as progress for the read timeout, so the total is bounded.
+DEF MAX_INFORMATIONAL = 16
+
 # Stages of a session.
 DEF S_EARLY = 1
 DEF S_REQ_FILTER = 2
@@ -2539,6 +2543,7 @@ cdef class _Upstream(_Conn):
                 if ev == SW_EV_HEAD:
                     if 100 <= self.w.m.status_code < 200 and self.w.m.status_code != 101:
                         self.in_1xx = True
+                        s._on_informational(self.w)
                         continue
                     if self.w.m.status_code == 101:
                         self.reusable = False
@@ -3524,6 +3529,36 @@ cdef class Session:
             self._finish()
 
     # --- response -----------------------------------------------------------
+
+    cdef int _on_informational(self, _Wire w) except -1:
+        """An interim (1xx) response head other than 101: forwarded to an
+        HTTP/1.1 client as received, minus the hop-by-hop fields (103 Early
+        Hints, 102 Processing). A 100 Continue is not forwarded: the proxy
+        answers the client's Expect itself. No response hook sees it."""
+        cdef sw_msg_t *m = &w.m
+        cdef unsigned char *drop
+        cdef char *out
+        cdef char *o
+        self.n_informational += 1
+        if self.n_informational > MAX_INFORMATIONAL:
+            if self.us is not None:
+                self.us.reusable = False
+            self._fail(Error(f"upstream {self.peer} sent more than {MAX_INFORMATIONAL} "
+                             "informational (1xx) responses", status=502, source=UPSTREAM))
+            return 0
+        if m.status_code == 100 or self.req_header._minor == 0 or self.resp_started or \
+                self.ds_gone:
+            return 0
+        drop = _need_drop(m.nheaders)
+        sw_hop_mark(w.head_base, m.headers, m.nheaders, drop,
+                    SW_DROP_TRANSFER_ENCODING | SW_DROP_CONTENT_LENGTH)
+        out = _need_scratch(64 + m.reason.len + sw_fields_size(m.headers, m.nheaders) + 2)
+        o = out
+        o += sw_write_status_line(o, m.status_code, w.head_base + m.reason.off, m.reason.len)
+        o += sw_write_fields(o, w.head_base, m.headers, m.nheaders, drop)
+        o[0] = b'\r'; o[1] = b'\n'; o += 2
+        self._write_ds(PyBytes_FromStringAndSize(out, o - out))
+        return 0
 
     cdef int _on_resp_head(self, _Wire w) except -1:
         cdef sw_msg_t *m = &w.m
