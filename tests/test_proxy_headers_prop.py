@@ -73,7 +73,9 @@ def _send(headers, conn_tokens):
     finally:
         s.close()
     assert buf.startswith(b"HTTP/1.1 200"), buf[:200]
-    return json.loads(buf.split(b"\r\n\r\n", 1)[1])["headers"]
+    # Whitespace around a value is not part of it (RFC 9110 5.5): a head
+    # forwarded as received keeps it, the origin's parser reports it.
+    return [[n, v.strip(" \t")] for n, v in json.loads(buf.split(b"\r\n\r\n", 1)[1])["headers"]]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
@@ -84,6 +86,7 @@ def _send(headers, conn_tokens):
        edit=st.booleans())
 @example(headers=[("X-Named", "1"), ("x-named", "2"), ("X-A", "a")], conn_tokens=["x-named"], edit=False)
 @example(headers=[("Expect", "100-continue")], conn_tokens=[], edit=True)
+@example(headers=[("X-A", "0 ")], conn_tokens=[], edit=False)
 def test_forwarded_headers_match_reference(headers, conn_tokens, edit):
     # Upgrade + Connection: upgrade is a protocol switch (tested elsewhere).
     assume(not (any(n.lower() == "upgrade" for n, v in headers)

@@ -127,20 +127,26 @@ class ProxyService:
         return self.addresses
 
     def stop_accepting(self) -> None:
+        """Stop accepting: connections already waiting in the listen queues
+        are taken first (to be served), then the listening sockets close."""
         for srv in self._servers:
-            srv.close()
+            srv.close(drain=True)
+        for s in self._socks:
+            s.close()
 
     async def stop(self, grace: Optional[float] = None) -> None:
-        """Stop: no new connections, finish in-flight requests within
-        ``grace`` seconds (the configured grace period by default), then
-        close everything."""
+        """Stop gracefully: no new connections; every request whose head
+        arrives is answered (with `Connection: close`); connections close
+        between requests; whatever is still open after ``grace`` seconds
+        (the configured grace period by default) is closed, and requests cut
+        that way are logged."""
         grace = self.conf.grace_period_seconds if grace is None else grace
         self.stop_accepting()
         eng = self.engine
         if eng is not None:
             eng.begin_shutdown()
             deadline = time.monotonic() + grace
-            while eng.active_requests() and time.monotonic() < deadline:
+            while (eng.connections or eng.active_requests()) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             eng.close_all()
             eng.stop()

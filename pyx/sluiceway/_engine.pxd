@@ -195,6 +195,7 @@ cdef class _Engine:
     cdef int _accepted(self, int fd) except -1
     cdef bint _full(self)
     cdef int _conn_closed(self) except -1
+    cdef int _close_idle(self, double now) except -1
     cdef _Wire _take_wire(self)
     cdef int _give_wire(self, _Wire w, bint reset=*) except -1
 
@@ -234,6 +235,7 @@ cdef class _Listener:
 
     cdef int _start(self) except -1
     cdef int _stop(self) except -1
+    cdef int _accept_some(self, int limit) except -1
 
 
 cdef class _IoLoop:
@@ -308,6 +310,7 @@ cdef class _Downstream(_Conn):
     cdef double deadline
     cdef double wdeadline       # the client must read what we wrote by then
     cdef double linger_until    # a discard or lingering close ends by then
+    cdef double idle_since      # when it last became idle (accepted, or a request done)
     cdef double rd_last         # request body: when bytes last came (or waiting resumed)
     cdef double rd_start        # ... when waiting began (moved on by the pauses)
     cdef long long rd_bytes     # ... bytes read since the head
@@ -331,6 +334,7 @@ cdef class _Downstream(_Conn):
     cdef int _request_done(self, bint keep, bint linger, bint discard) except -1
     cdef int _unblock(self) except -1
     cdef int _close(self, bint linger=*) except -1
+    cdef bint _idle(self)
     cdef int _wait_resumed(self) except -1
     cdef int _body_timeout(self, double now) except -1
     cdef int _bad_request(self) except -1

@@ -122,6 +122,11 @@ DEF DISCARD_MAX = 65536
 # each counts as progress for the read timeout, so the total is bounded.
 DEF MAX_INFORMATIONAL = 16
 
+# During a graceful stop a client connection is closed between requests once
+# it has been idle this long (seconds): a request the client sent just before
+# is then answered (with `Connection: close`) instead of racing the close.
+DEF DRAIN_IDLE = 0.5
+
 # Stages of a session.
 DEF S_EARLY = 1
 DEF S_REQ_FILTER = 2
@@ -1221,6 +1226,8 @@ cdef class _Engine:
                     u = d.cur.us
                     if u.deadline and now >= u.deadline:
                         u._timeout(now)
+            if self.closing:
+                self._close_idle(now)
             self.pool.sweep(now)
         except BaseException:
             self.log.exception("sluiceway: error in the timeout sweep (this is a bug)")
@@ -1299,18 +1306,39 @@ cdef class _Engine:
             self.timer = None
 
     def begin_shutdown(self):
-        """Graceful stop: no more keep-alive; idle client connections close
-        now, busy ones after their current response."""
-        cdef _Downstream d
+        """Graceful stop: no more keep-alive. Every request whose head
+        arrives is still answered, with `Connection: close`; a connection
+        closes after such a response, or between requests once it has been
+        idle for DRAIN_IDLE (at once when it was idle before). Stop
+        accepting first (``_Listener.close``)."""
+        if self.closing:
+            return
         self.closing = True
+        self._close_idle(_now())
+        if self.timer is not None and self.tick > 0.1:
+            self.timer.cancel()
+            self.tick = 0.1
+            self._schedule()
+
+    cdef int _close_idle(self, double now) except -1:
+        cdef _Downstream d
         for d in list(self.conns):
-            if d.cur is None and (d.w is None or d.w.unread() == 0):
+            if d._idle() and now - d.idle_since >= DRAIN_IDLE:
                 d._close()
+        return 0
 
     def close_all(self):
-        """Close every connection at once (fast exit)."""
+        """Close every connection at once (the end of a grace period, or a
+        fast exit); a request still in progress is logged as cut."""
         cdef _Downstream d
+        cdef Session s
         for d in list(self.conns):
+            s = d.cur
+            if s is not None and not s.finished and not d.closed and \
+                    self.log.isEnabledFor(logging.WARNING):
+                self.log.warning("sluiceway: %s %s from %s cut at shutdown (still in progress "
+                                 "at the end of the grace period)", s.req_header._method,
+                                 s.req_header.uri, _fmt_addr(d._addr()))
             d._close()
         self.pool.close_idle()
 
@@ -1343,16 +1371,20 @@ cdef class _Listener:
         self._start()
 
     def _accept(self):
+        self._accept_some(64)
+
+    cdef int _accept_some(self, int limit) except -1:
+        """Accept up to ``limit`` waiting connections."""
         cdef int i, fd
-        for i in range(64):
+        for i in range(limit):
             if self.eng._full():
-                return
+                return 0
             fd = sw_io_accept(self.fd)
             if fd >= 0:
                 self.eng._accepted(fd)
                 continue
             if fd == -EAGAIN:
-                return
+                return 0
             if fd in (-EMFILE, -ENFILE, -ENOBUFS, -ENOMEM):
                 # Out of descriptors or memory: stop accepting for a while
                 # (the waiting connections stay in the kernel's backlog).
@@ -1362,15 +1394,21 @@ cdef class _Listener:
                                    os.strerror(-fd))
                 self._stop()
                 self.retry = self.eng.loop.call_later(0.5, self._resume)
-                return
+                return 0
             if fd in (-ECONNABORTED, -EPROTO, -EPERM, -EINTR):
                 continue  # that connection went away before we took it
             self.eng.log.error("sluiceway: accept failed on %s: %s", self.sock.getsockname(),
                                os.strerror(-fd))
-            return
+            return 0
+        return 0
 
-    def close(self):
-        """Stop accepting."""
+    def close(self, bint drain=False):
+        """Stop accepting. With ``drain``, first take every connection
+        already waiting in the listen queue (closing a listening socket
+        resets those), so that they are served; the caller then closes the
+        socket."""
+        if drain and not self.closed and self.fd >= 0:
+            self._accept_some(1 << 30)
         self.closed = True
         self._stop()
         try:
@@ -2042,6 +2080,7 @@ cdef class _Downstream(_Conn):
                                 "(max_connections)", len(eng.conns))
             return 0
         eng.conns.add(self)
+        self.idle_since = _now()
         # The parser is taken from the engine's free list when bytes arrive
         # and given back while the connection idles (see _request_done).
         self.w = None
@@ -2152,9 +2191,6 @@ cdef class _Downstream(_Conn):
                 if ev == SW_EV_NEED_DATA:
                     break
                 if ev == SW_EV_HEAD:
-                    if self.eng.closing and self.nreq > 0:
-                        self._close()
-                        break
                     if self.w.m.method == 5:  # CONNECT: not for a reverse proxy
                         self.t_write(_simple_response(
                             405, b"405 Method Not Allowed: CONNECT is not supported\n", False))
@@ -2275,9 +2311,13 @@ cdef class _Downstream(_Conn):
         self.cur = None
         if self.closed:
             return 0
-        if not keep or self.eng.closing:
+        if not keep:
+            # (While stopping, the response said `Connection: close`; a
+            # response that began before keeps the connection until the
+            # client's next request or DRAIN_IDLE.)
             self._close(linger)
             return 0
+        self.idle_since = _now()
         if discard:
             self.discard_body = True
             now = _now()
@@ -2307,6 +2347,12 @@ cdef class _Downstream(_Conn):
 
     def _reject_close(self):
         self._close()
+
+    cdef bint _idle(self):
+        """Between requests, with nothing of the next one received."""
+        return self.cur is None and not self.closed and not self.rejected and not self.tunnel and \
+            (self.w is None or (self.w.unread() == 0 and not self.w.carrying and
+                                not self.discard_body))
 
     def _kick(self):
         self._process()
