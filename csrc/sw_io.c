@@ -11,6 +11,9 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 _Static_assert(SW_IO_IN == EPOLLIN && SW_IO_OUT == EPOLLOUT && SW_IO_ERR == EPOLLERR &&
                SW_IO_HUP == EPOLLHUP, "SW_IO_* bits must equal the EPOLL* bits");
@@ -165,6 +168,13 @@ int sw_io_peername(int fd, char *host, size_t hostlen, int *port,
 int sw_io_shutdown_wr(int fd)
 {
     return shutdown(fd, SHUT_WR) < 0 ? -errno : 0;
+}
+
+void sw_mem_trim(void)
+{
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
 }
 
 int sw_io_close(int fd)

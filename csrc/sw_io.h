@@ -69,6 +69,11 @@ int sw_io_shutdown_wr(int fd);
 
 int sw_io_close(int fd);
 
+/* Give memory the allocator holds free back to the system (glibc's
+ * malloc_trim; nothing elsewhere). Call it after many connections went
+ * away, not per request: it walks the heap. */
+void sw_mem_trim(void);
+
 #ifdef __cplusplus
 }
 #endif

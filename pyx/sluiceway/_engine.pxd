@@ -136,6 +136,24 @@ cdef class _Pool:
     cdef int sweep(self, double now) except -1
 
 
+cdef class _LogKind:
+    cdef double since           # start of the current one-second window
+    cdef int written            # lines written in it
+    cdef long long dropped      # lines counted instead
+    cdef int level              # the highest level dropped
+    cdef str fmt                # the last line dropped
+    cdef tuple args
+
+
+cdef class _LogGate:
+    cdef object log
+    cdef dict kinds             # kind (str) -> _LogKind
+
+    cdef int emit(self, int level, str kind, str fmt, tuple args, object exc=*) except -1
+    cdef int flush(self, double now) except -1
+    cdef int _summary(self, str kind, _LogKind k) except -1
+
+
 cdef class _Engine:
     cdef object loop
     cdef object app
@@ -187,6 +205,8 @@ cdef class _Engine:
     cdef public long long replayed  # requests sent again after a pooled connection died
     cdef object log
     cdef object alog
+    cdef _LogGate gate          # repeated per-connection lines, rate-limited
+    cdef Py_ssize_t peak_conns  # most client connections since memory was last trimmed
 
     cdef _IoLoop io
     cdef list wires             # free downstream parsers
@@ -223,6 +243,7 @@ cdef extern from "sw_io.h" nogil:
                        unsigned *flowinfo, unsigned *scope_id)
     int sw_io_shutdown_wr(int fd)
     int sw_io_close(int fd)
+    void sw_mem_trim()
 
 
 cdef class _Listener:

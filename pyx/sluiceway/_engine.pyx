@@ -1087,6 +1087,78 @@ cdef object _wrap_hook_error(object exc, str hook):
     return err
 
 
+# ------------------------------------------------------------ log floods --
+
+DEF LOG_BURST = 5   # lines of one kind written per second before they are counted
+
+
+@cython.final
+cdef class _LogKind:
+    pass
+
+
+@cython.final
+cdef class _LogGate:
+    """Rate limit for log lines that repeat per connection or per request
+    (refused connections, timeouts, bad requests, failed requests): of each
+    kind, the first LOG_BURST lines of a second are written; the rest are
+    counted, and one line a second says how many were dropped, with the
+    last of them. A flood of clients then costs a few lines a second."""
+
+    def __cinit__(self, object log):
+        self.log = log
+        self.kinds = {}
+
+    cdef int emit(self, int level, str kind, str fmt, tuple args, object exc=None) except -1:
+        cdef _LogKind k = self.kinds.get(kind)
+        cdef double now
+        if not self.log.isEnabledFor(level):
+            return 0
+        now = sw_now()
+        if k is None:
+            k = _LogKind.__new__(_LogKind)
+            k.since = now
+            self.kinds[kind] = k
+        elif now - k.since >= 1.0:
+            self._summary(kind, k)
+            k.since = now
+            k.written = 0
+        if k.written < LOG_BURST:
+            k.written += 1
+            self.log.log(level, fmt, *args, exc_info=exc)
+            return 0
+        k.dropped += 1
+        if level > k.level:
+            k.level = level
+        k.fmt = fmt
+        k.args = args
+        return 0
+
+    cdef int _summary(self, str kind, _LogKind k) except -1:
+        cdef long long n = k.dropped
+        if n == 0:
+            return 0
+        k.dropped = 0
+        try:
+            last = k.fmt % k.args
+        except Exception:
+            last = k.fmt
+        self.log.log(k.level, "sluiceway: %d more lines like this in the last %.1fs (%s): %s",
+                     n, sw_now() - k.since, kind, last)
+        k.level = 0
+        return 0
+
+    cdef int flush(self, double now) except -1:
+        """Write the summaries of the windows that are over (the timer)."""
+        cdef _LogKind k
+        for kind, k in self.kinds.items():
+            if k.dropped and now - k.since >= 1.0:
+                self._summary(kind, k)
+                k.since = now
+                k.written = 0
+        return 0
+
+
 # ----------------------------------------------------------------- engine --
 
 @cython.final
@@ -1137,6 +1209,7 @@ cdef class _Engine:
         self.io = _io_for(self.loop)
         self.log = logging.getLogger("sluiceway.error")
         self.alog = logging.getLogger("sluiceway.access")  # (the access_log argument is a bool)
+        self.gate = _LogGate(self.log)
 
         def hook(name):
             fn = getattr(type(app), name, None)
@@ -1207,6 +1280,7 @@ cdef class _Engine:
         cdef double now = _now()
         cdef _Downstream d
         cdef _Upstream u
+        cdef Py_ssize_t n
         try:
             for d in list(self.conns):
                 if d.wdeadline and now >= d.wdeadline:
@@ -1229,6 +1303,15 @@ cdef class _Engine:
             if self.closing:
                 self._close_idle(now)
             self.pool.sweep(now)
+            self.gate.flush(now)
+            n = len(self.conns)
+            if n > self.peak_conns:
+                self.peak_conns = n
+            elif self.peak_conns - n >= 1024 and n * 2 < self.peak_conns:
+                # Many connections went away (a flood, a slowloris run):
+                # hand the memory they used back to the system.
+                sw_mem_trim()
+                self.peak_conns = n
         except BaseException:
             self.log.exception("sluiceway: error in the timeout sweep (this is a bug)")
         if self.timer is not None:
@@ -1336,9 +1419,10 @@ cdef class _Engine:
             s = d.cur
             if s is not None and not s.finished and not d.closed and \
                     self.log.isEnabledFor(logging.WARNING):
-                self.log.warning("sluiceway: %s %s from %s cut at shutdown (still in progress "
-                                 "at the end of the grace period)", s.req_header._method,
-                                 s.req_header.uri, _fmt_addr(d._addr()))
+                self.gate.emit(logging.WARNING, "cut at shutdown",
+                               "sluiceway: %s %s from %s cut at shutdown (still in progress "
+                               "at the end of the grace period)",
+                               (s.req_header._method, s.req_header.uri, _fmt_addr(d._addr())))
             d._close()
         self.pool.close_idle()
 
@@ -2075,9 +2159,9 @@ cdef class _Downstream(_Conn):
                             b"Connection: close\r\nRetry-After: 1\r\n\r\n")
             self.rejected = True
             eng.loop.call_later(1.0, self._reject_close)
-            if eng.log.isEnabledFor(logging.WARNING):
-                eng.log.warning("sluiceway: connection refused: %d connections open "
-                                "(max_connections)", len(eng.conns))
+            eng.gate.emit(logging.WARNING, "max_connections",
+                          "sluiceway: connection refused: %d connections open (max_connections)",
+                          (len(eng.conns),))
             return 0
         eng.conns.add(self)
         self.idle_since = _now()
@@ -2381,8 +2465,9 @@ cdef class _Downstream(_Conn):
         cdef int status = m.err_status if m.err_status >= 400 else 400
         reason = (<bytes>m.err_reason).decode("utf-8", "replace") if m.err_reason != NULL else "malformed request"
         if self.eng.log.isEnabledFor(logging.INFO):
-            self.eng.log.info("sluiceway: %d from client %s: %s (at byte %d of the buffered data)",
-                              status, _fmt_addr(self._addr()), reason, m.err_offset)
+            self.eng.gate.emit(logging.INFO, "bad_request",
+                               "sluiceway: %d from client %s: %s (at byte %d of the buffered data)",
+                               (status, _fmt_addr(self._addr()), reason, m.err_offset))
         cdef Session s
         if self.cur is not None:
             # A malformed body of a request in progress.
@@ -2401,9 +2486,10 @@ cdef class _Downstream(_Conn):
         if self.closed:
             return 0  # closing: t_close's flush timeout ends it
         if self.eng.log.isEnabledFor(logging.INFO):
-            self.eng.log.info("sluiceway: closing client %s: it read nothing for %.3gs "
-                              "(downstream_write_timeout)", _fmt_addr(self._addr()),
-                              self.eng.ds_write_timeout)
+            self.eng.gate.emit(logging.INFO, "write_timeout",
+                               "sluiceway: closing client %s: it read nothing for %.3gs "
+                               "(downstream_write_timeout)",
+                               (_fmt_addr(self._addr()), self.eng.ds_write_timeout))
         if s is not None:
             s._fail(Error(f"client did not read the response within {self.eng.ds_write_timeout:.3g}s "
                           "(downstream_write_timeout)", status=408, source=DOWNSTREAM))
@@ -2433,8 +2519,10 @@ cdef class _Downstream(_Conn):
             self._close(True)
         elif kind == DL_HEAD:
             if self.eng.log.isEnabledFor(logging.INFO):
-                self.eng.log.info("sluiceway: closing client %s: no complete request head within "
-                                  "%.3gs (head_timeout)", _fmt_addr(self._addr()), self.eng.head_timeout)
+                self.eng.gate.emit(logging.INFO, "head_timeout",
+                                   "sluiceway: closing client %s: no complete request head within "
+                                   "%.3gs (head_timeout)",
+                                   (_fmt_addr(self._addr()), self.eng.head_timeout))
             if self.w is not None and self.w.unread() > 0:
                 self.t_write(_simple_response(408, b"408 Request Timeout\n", False))
             self._close()
@@ -3001,8 +3089,9 @@ cdef class Session:
     def _hook_failed(self, exc, name, stage):
         err = _wrap_hook_error(exc, name)
         if not isinstance(exc, Error) and self.eng.log.isEnabledFor(logging.ERROR):
-            self.eng.log.error("sluiceway: hook %s failed for %s %s", name,
-                               self.req_header._method, self.req_header.uri, exc_info=exc)
+            self.eng.gate.emit(logging.ERROR, "hook " + str(name),
+                               "sluiceway: hook %s failed for %s %s",
+                               (name, self.req_header._method, self.req_header.uri), exc)
         if stage == S_LOG_DONE:
             self._final()
         elif stage == S_FAIL_PROXY_DONE:
@@ -3295,8 +3384,9 @@ cdef class Session:
             return
         if err is not None:
             if eng.log.isEnabledFor(logging.WARNING):
-                eng.log.warning("sluiceway: %s (for %s %s from %s)", err.message,
-                                self.req_header._method, self.req_header.uri, _fmt_addr(self.client_addr))
+                eng.gate.emit(logging.WARNING, "connect", "sluiceway: %s (for %s %s from %s)",
+                              (err.message, self.req_header._method, self.req_header.uri,
+                               _fmt_addr(self.client_addr)))
             self.error = err
             if eng.h_fail_connect is not None:
                 r = self._call(eng.h_fail_connect, (self, peer, self.ctx, err), S_FAIL_CONNECT_DONE)
@@ -3944,9 +4034,9 @@ cdef class Session:
             self._advance(S_ERR_PROXY_DONE, None)
 
     cdef int _log_failure(self, object err) except -1:
-        self.eng.log.warning("sluiceway: %d for %s %s from %s: %s", err.status,
-                             self.req_header._method, self.req_header.uri,
-                             _fmt_addr(self.client_addr), err.message)
+        self.eng.gate.emit(logging.WARNING, "failed request", "sluiceway: %d for %s %s from %s: %s",
+                           (err.status, self.req_header._method, self.req_header.uri,
+                            _fmt_addr(self.client_addr), err.message))
         return 0
 
     cdef int _replay(self) except -1:
