@@ -207,6 +207,9 @@ cdef class _Engine:
     cdef object alog
     cdef _LogGate gate          # repeated per-connection lines, rate-limited
     cdef Py_ssize_t peak_conns  # most client connections since memory was last trimmed
+    cdef list due               # connections whose deadline passed, not yet acted on
+    cdef bint expiring          # _expire has more of them to do
+    cdef int _expire(self) except -1
 
     cdef _IoLoop io
     cdef list wires             # free downstream parsers
@@ -357,6 +360,7 @@ cdef class _Downstream(_Conn):
     cdef int _close(self, bint linger=*) except -1
     cdef bint _idle(self)
     cdef int _wait_resumed(self) except -1
+    cdef bint _body_due(self, double now)
     cdef int _body_timeout(self, double now) except -1
     cdef int _bad_request(self) except -1
     cdef int _timeout(self, double now) except -1

@@ -127,6 +127,10 @@ DEF MAX_INFORMATIONAL = 16
 # is then answered (with `Connection: close`) instead of racing the close.
 DEF DRAIN_IDLE = 0.5
 
+# Connections whose deadline passed, acted on per loop iteration (the rest
+# wait for the next one, after the ready I/O).
+DEF TICK_SLICE = 64
+
 # Stages of a session.
 DEF S_EARLY = 1
 DEF S_REQ_FILTER = 2
@@ -230,6 +234,8 @@ cdef frozenset _IDEMPOTENT = frozenset(["GET", "HEAD", "OPTIONS", "TRACE", "PUT"
 cdef bytes _CRLF = b"\r\n"
 cdef bytes _LAST_CHUNK = b"0\r\n\r\n"
 cdef bytes _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+cdef bytes _R408 = (b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 20\r\nConnection: close\r\n\r\n"
+                   b"408 Request Timeout\n")
 cdef frozenset _HOP = frozenset([b"connection", b"keep-alive", b"proxy-connection", b"te",
                                  b"trailer", b"upgrade", b"transfer-encoding"])
 
@@ -1210,6 +1216,7 @@ cdef class _Engine:
         self.log = logging.getLogger("sluiceway.error")
         self.alog = logging.getLogger("sluiceway.access")  # (the access_log argument is a bool)
         self.gate = _LogGate(self.log)
+        self.due = []
 
         def hook(name):
             fn = getattr(type(app), name, None)
@@ -1277,29 +1284,34 @@ cdef class _Engine:
         self.timer = self.loop.call_later(self.tick, self._on_tick)
 
     def _on_tick(self):
+        """The periodic sweep: finds the connections whose deadline has
+        passed (the scan only reads) and hands them to ``_expire``, which
+        acts on TICK_SLICE of them per loop iteration, so that thousands of
+        slow clients timing out together do not stall everyone else."""
         cdef double now = _now()
         cdef _Downstream d
         cdef _Upstream u
         cdef Py_ssize_t n
+        cdef list due = self.due
         try:
-            for d in list(self.conns):
-                if d.wdeadline and now >= d.wdeadline:
-                    d._write_timeout()
-                if d.deadline and now >= d.deadline:
-                    d._timeout(now)
+            for d in self.conns:
+                if (d.wdeadline and now >= d.wdeadline) or (d.deadline and now >= d.deadline):
+                    due.append(d)
                 elif d.cur is not None:
-                    d._body_timeout(now)
+                    if d._body_due(now):
+                        due.append(d)
                 elif d.dl_kind == DL_IDLE and d.w is not None and d.w.unread() == 0 and \
                         not d.w.carrying and not d.discard_body and not d.closed:
                     # Idle since the last tick: its parser goes back to the
                     # free list (an idle keep-alive connection holds none).
                     self._give_wire(d.w)
                     d.w = None
-            for d in list(self.conns):
                 if d.cur is not None and d.cur.us is not None:
                     u = d.cur.us
                     if u.deadline and now >= u.deadline:
-                        u._timeout(now)
+                        due.append(u)
+            if due and not self.expiring:
+                self._expire()
             if self.closing:
                 self._close_idle(now)
             self.pool.sweep(now)
@@ -1316,6 +1328,43 @@ cdef class _Engine:
             self.log.exception("sluiceway: error in the timeout sweep (this is a bug)")
         if self.timer is not None:
             self._schedule()
+
+    cdef int _expire(self) except -1:
+        """Act on up to TICK_SLICE connections found due by the sweep (each
+        checked again: it may have moved on); the rest wait for the next
+        loop iteration, after the I/O that is ready."""
+        cdef list due = self.due
+        cdef Py_ssize_t k = len(due)
+        cdef Py_ssize_t i, stop = k - TICK_SLICE if k > TICK_SLICE else 0
+        cdef double now = _now()
+        cdef _Downstream d
+        cdef _Upstream u
+        cdef object c
+        for i in range(k - 1, stop - 1, -1):
+            c = due[i]
+            try:
+                if type(c) is _Downstream:
+                    d = <_Downstream>c
+                    if d.wdeadline and now >= d.wdeadline:
+                        d._write_timeout()
+                    if d.deadline and now >= d.deadline:
+                        d._timeout(now)
+                    elif d.cur is not None and d._body_due(now):
+                        d._body_timeout(now)
+                else:
+                    u = <_Upstream>c
+                    if u.deadline and now >= u.deadline:
+                        u._timeout(now)
+            except BaseException:
+                self.log.exception("sluiceway: error in a timeout (this is a bug)")
+        del due[stop:]
+        self.expiring = stop > 0
+        if self.expiring:
+            self.loop.call_soon(self._expire_more)
+        return 0
+
+    def _expire_more(self):
+        self._expire()
 
     cdef _Wire _take_wire(self):
         if self.wires:
@@ -2359,28 +2408,34 @@ cdef class _Downstream(_Conn):
                 self.rd_last = now
         return 0
 
-    cdef int _body_timeout(self, double now) except -1:
-        """Called by the timer: 408 when the request body the proxy is
-        waiting for (parsing not blocked, reading not paused) has not
-        advanced for body_timeout, or has averaged under body_min_rate
-        bytes/s since body_timeout after the wait began."""
+    cdef bint _body_due(self, double now):
+        """Whether the request body the proxy is waiting for (parsing not
+        blocked, reading not paused) has not advanced for body_timeout, or
+        has averaged under body_min_rate bytes/s since body_timeout after
+        the wait began."""
         cdef Session s = self.cur
         cdef _Engine eng = self.eng
         cdef double waited
         if s is None or self.closed or self.blocked or self.read_pause or self.tunnel or \
-                not s.req_has_body or s.req_end_seen or s.finished:
-            return 0
+                not s.req_has_body or s.req_end_seen or s.finished or eng.body_timeout <= 0:
+            return False
+        if now - self.rd_last >= eng.body_timeout:
+            return True
+        if eng.body_min_rate > 0:
+            waited = now - self.rd_start - eng.body_timeout
+            return waited > 0 and self.rd_bytes < eng.body_min_rate * waited
+        return False
+
+    cdef int _body_timeout(self, double now) except -1:
+        """The body is overdue (``_body_due``): 408, the client to blame."""
+        cdef Session s = self.cur
+        cdef _Engine eng = self.eng
         if eng.body_timeout > 0 and now - self.rd_last >= eng.body_timeout:
             what = f"no request body bytes for {eng.body_timeout:.3g}s (downstream_body_timeout)"
-        elif eng.body_min_rate > 0 and eng.body_timeout > 0:
-            waited = now - self.rd_start - eng.body_timeout
-            if waited <= 0 or self.rd_bytes >= eng.body_min_rate * waited:
-                return 0
+        else:
             what = (f"request body too slow: {self.rd_bytes} bytes in "
                     f"{now - self.rd_start:.3g}s (downstream_body_min_rate is "
                     f"{eng.body_min_rate:.6g} bytes/s)")
-        else:
-            return 0
         s._fail(Error(f"client {_fmt_addr(self._addr())} timed out: {what}", status=408,
                       source=DOWNSTREAM))
         return 0
@@ -2524,7 +2579,7 @@ cdef class _Downstream(_Conn):
                                    "%.3gs (head_timeout)",
                                    (_fmt_addr(self._addr()), self.eng.head_timeout))
             if self.w is not None and self.w.unread() > 0:
-                self.t_write(_simple_response(408, b"408 Request Timeout\n", False))
+                self.t_write(_R408)
             self._close()
         elif kind == DL_TOTAL and self.cur is not None:
             self.cur._fail(Error(f"request not complete within {self.eng.request_timeout:.3g}s "
