@@ -2528,7 +2528,7 @@ cdef class _Downstream(_Conn):
             # A malformed body of a request in progress.
             s = self.cur
             s._fail(ParseError(reason, status=status, offset=m.err_offset, source=DOWNSTREAM))
-            self._close()
+            self._close(True)
             return 0
         body = (f"{status} {(<bytes>sw_reason(status)).decode()}: {reason}\n").encode("utf-8", "replace")
         self.t_write(_simple_response(status, body, False))
