@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Instructions per proxied request inside the engine, counted by callgrind.
+
+Runs sluiceway (1 worker, the hooks of bench/nginx_compare.py) under
+``valgrind --tool=callgrind``, collecting only inside the engine's event
+handler (``_IoLoop._on_ready``, which holds all per-request work: reading,
+parsing, hooks, pooling, writing), in front of an nginx origin; sends a
+fixed number of keep-alive requests from a few connections; and prints the
+instructions counted divided by the requests. Instruction counts do not
+depend on what else the machine is doing, so two builds compare exactly.
+
+Usage:
+    python bench/callgrind_engine.py [--requests 20000] [--body small|16k]
+        [--compare NAME=DIR ...]
+
+``--compare before=/path/to/checkout`` counts that checkout's build (built
+in place) the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import nginx_compare as nc  # noqa: E402
+
+
+def _drive(port, path, n, conns=4):
+    req = b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    per = n // conns
+
+    def one():
+        s = socket.create_connection(("127.0.0.1", port))
+        buf = b""
+        for _ in range(per):
+            s.sendall(req)
+            while True:
+                i = buf.find(b"\r\n\r\n")
+                if i >= 0:
+                    m = re.search(rb"content-length: *(\d+)", buf[:i].lower())
+                    need = i + 4 + int(m.group(1))
+                    if len(buf) >= need:
+                        buf = buf[need:]
+                        break
+                buf += s.recv(65536)
+        s.close()
+    ts = [threading.Thread(target=one) for _ in range(conns)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return per * conns
+
+
+def count(tree, tmp, o_port, path, n):
+    port = nc.free_port()
+    out = os.path.join(tmp, f"cg.{os.path.basename(tree.rstrip('/'))}.{path.strip('/')}.out")
+    env = dict(os.environ, BENCH_ORIGIN_PORT=str(o_port),
+               PYTHONPATH=os.path.join(tree, "corepy") + os.pathsep + tmp)
+    p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                          "--toggle-collect=*_IoLoop_*_on_ready*", "--dump-instr=no",
+                          sys.executable, "-m", "sluiceway.cli", "run", "bench_app:BenchApp",
+                          "-c", os.path.join(tmp, "sw.yaml"), "-l", f"127.0.0.1:{port}"],
+                         env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        nc.wait_port(port, timeout=120)
+        _drive(port, path, 400)              # warm up (pool, free lists)
+        # Count from here: zero the counters, then the measured requests.
+        subprocess.run(["callgrind_control", "-z", str(p.pid)], capture_output=True, timeout=60)
+        done = _drive(port, path, n)
+        subprocess.run(["callgrind_control", "-d", str(p.pid)], capture_output=True, timeout=60)
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.wait(120)
+    dumps = sorted(glob.glob(out + ".*"), key=os.path.getmtime)
+    total = 0
+    with open(dumps[-1]) as f:
+        for line in f:
+            if line.startswith("summary:") or line.startswith("totals:"):
+                total = int(line.split()[1])
+                break
+    return total / done
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--body", choices=["small", "16k"], default="small")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=DIR")
+    ns = ap.parse_args(argv)
+    tmp = tempfile.mkdtemp(prefix="sw-cg-")
+    os.chmod(tmp, 0o755)
+    os.makedirs(os.path.join(tmp, "www"))
+    with open(os.path.join(tmp, "www", "16k"), "wb") as f:
+        f.write(b"b" * 16384)
+    with open(os.path.join(tmp, "bench_app.py"), "w") as f:
+        f.write(nc.SLUICEWAY_APP)
+    with open(os.path.join(tmp, "sw.yaml"), "w") as f:
+        f.write("version: 1\nthreads: 1\nupstream_keepalive_pool_size: 64\n")
+    o_port = nc.free_port()
+    origin = nc.start_nginx(tmp, "origin", nc.ORIGIN_HTTP.format(port=o_port, dir=tmp), 1)
+    try:
+        nc.wait_port(o_port)
+        trees = [("this", nc.REPO)] + [tuple(s.split("=", 1)) for s in ns.compare]
+        for name, tree in trees:
+            per = count(os.path.abspath(tree), tmp, o_port, "/" + ns.body, ns.requests)
+            print(f"{name:10} {ns.body:6} {per:10.0f} instructions per request in _on_ready",
+                  flush=True)
+    finally:
+        origin.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
