@@ -26,13 +26,19 @@ static int sw_head_status(const sw_http_t *p, int req_status)
     return p->is_request ? req_status : 502;
 }
 
+/* A head over limits.max_head (trailers have their own message). */
+static int sw_too_large(sw_http_t *p)
+{
+    return sw_fail(p, sw_head_status(p, 431),
+                   p->is_request ? "request head too large (start line and headers over the limit)"
+                                 : "response head too large (status line and headers over the limit)");
+}
+
 /* Bytes of head seen so far if the head reaches `end`. */
 static int sw_check_head_size(sw_http_t *p, const char *end)
 {
     if ((size_t)(end - p->base) - p->msg_start > p->limits.max_head)
-        return sw_fail(p, sw_head_status(p, 431),
-                       p->in_trailers ? "trailer section too large"
-                                      : "request head too large (start line and headers over the limit)");
+        return sw_too_large(p);
     return 0;
 }
 
@@ -469,7 +475,7 @@ static int sw_execute(sw_http_t *p, const char *data, size_t len, size_t resume_
     if (err == HPE_OK) {
         *consumed = len;
         if (p->in_head && len - p->msg_start > p->limits.max_head) {
-            sw_fail(p, sw_head_status(p, 431), "request head too large (start line and headers over the limit)");
+            sw_too_large(p);
             sw_set_error(p, HPE_USER, data, len);
             p->error_offset = len;
             return SW_EV_ERROR;
@@ -486,7 +492,7 @@ static int sw_execute(sw_http_t *p, const char *data, size_t len, size_t resume_
                 p->msg_start++;
             p->head_len = (uint32_t)(*consumed - p->msg_start);
             if (p->head_len > p->limits.max_head) {
-                sw_fail(p, sw_head_status(p, 431), "request head too large (start line and headers over the limit)");
+                sw_too_large(p);
                 sw_set_error(p, HPE_USER, data, len);
                 return SW_EV_ERROR;
             }

@@ -305,7 +305,8 @@ def test_uri_too_long_is_414():
 
 def test_head_too_large_is_431_whole_and_fragmented():
     data = b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"a" * 2000 + b"\r\n\r\n"
-    assert req_error(data, max_head_size=1024).status == 431
+    err = req_error(data, max_head_size=1024)
+    assert err.status == 431 and err.reason.startswith("request head too large")
     p = RequestParser(max_head_size=1024)
     with pytest.raises(ParseError) as info:
         for i in range(0, len(data), 10):
@@ -517,6 +518,17 @@ def test_no_memory_growth_over_many_messages():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip()) < 64 * 1024
+
+
+def test_response_head_too_large_is_a_response_error():
+    data = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 2000 + b"\r\nContent-Length: 0\r\n\r\n"
+    for step in (None, 1, 100):
+        p = ResponseParser(max_head_size=1024)
+        with pytest.raises(ParseError) as info:
+            parse_all(p, data, step)
+        err = info.value
+        assert err.status == 502 and err.source == "upstream"
+        assert err.reason == "response head too large (status line and headers over the limit)"
 
 
 def test_crlf_between_pipelined_requests_is_not_part_of_the_next_head():

@@ -1,0 +1,57 @@
+"""Invalid heads through the real proxy: the status and the reason the
+client gets, what the origin received, the log line, and that nothing is
+left behind."""
+
+import logging
+import time
+
+import pytest
+
+from proxy_harness import Harness, SimpleApp, raw
+
+
+class Recording(SimpleApp):
+    """Sends everything to the harness origin; records what request_filter
+    saw (target and Host) and the error of each request."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+        self.errors = []
+
+    def request_filter(self, session, ctx):
+        rq = session.req_header
+        self.seen.append((rq.uri, rq.headers.getall("host")))
+        return False
+
+    def logging(self, session, error, ctx):
+        self.errors.append(error)
+
+
+@pytest.fixture
+def h():
+    with Harness(Recording()) as hh:
+        yield hh
+
+
+def _settled(h):
+    """Wait until the proxy holds no client connection."""
+    deadline = time.monotonic() + 3
+    while h.engine().connections and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return h.engine().connections
+
+
+def test_response_head_over_the_limit_is_a_502_from_the_upstream(h, caplog):
+    with caplog.at_level(logging.WARNING, logger="sluiceway.error"):
+        out = raw(h.port, b"GET /big-head?size=102400 HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
+        assert _settled(h) == 0
+    assert out.startswith(b"HTTP/1.1 502 ")
+    err = h.app.errors[0]
+    assert err.status == 502 and err.source == "upstream"
+    assert "response head too large (status line and headers over the limit)" in str(err)
+    assert "request head" not in str(err)
+    lines = [r.getMessage() for r in caplog.records if r.name == "sluiceway.error"]
+    assert any("response head too large" in m for m in lines), lines
+    stats = h.pool_stats()
+    assert stats["idle"] == 0  # the upstream connection was closed, not pooled
