@@ -21,6 +21,15 @@ static int sw_fail(sw_http_t *p, int status, const char *reason)
     return HPE_USER;
 }
 
+/* The same, pointing the error's offset at base[off] (a check made when the
+ * head is complete, where llhttp's position is the end of the head). */
+static int sw_fail_at(sw_http_t *p, int status, const char *reason, uint32_t off)
+{
+    if (!p->errno_)
+        p->fail_at = p->base + off;
+    return sw_fail(p, status, reason);
+}
+
 static int sw_head_status(const sw_http_t *p, int req_status)
 {
     return p->is_request ? req_status : 502;
@@ -227,55 +236,70 @@ static int on_header_value(llhttp_t *ll, const char *at, size_t len)
     return 0;
 }
 
-/* Trim trailing SP/HTAB from each value (llhttp keeps it). */
-static void sw_trim_values(const char *base, sw_header_t *h, uint32_t n)
+/* Trim trailing SP/HTAB from a value (llhttp keeps it). */
+static inline void sw_trim_value(const char *base, sw_header_t *h)
 {
-    uint32_t i;
-    for (i = 0; i < n; i++) {
-        while (h[i].value.len > 0) {
-            char c = base[h[i].value.off + h[i].value.len - 1];
-            if (c != ' ' && c != '\t') break;
-            h[i].value.len--;
-        }
+    while (h->value.len > 0) {
+        char c = base[h->value.off + h->value.len - 1];
+        if (c != ' ' && c != '\t') break;
+        h->value.len--;
     }
 }
 
-static int sw_check_framing(sw_http_t *p)
+static void sw_trim_values(const char *base, sw_header_t *h, uint32_t n)
 {
-    uint16_t fl = p->ll.flags;
-    if (fl & F_TRANSFER_ENCODING) {
-        int i, seen = 0;
-        const char *v = NULL;
-        uint32_t vlen = 0;
-        if (fl & F_CONTENT_LENGTH)
-            return sw_fail(p, sw_head_status(p, 400),
-                           "both Content-Length and Transfer-Encoding are present");
-        for (i = sw_find(p->base, p->headers, p->nheaders, "transfer-encoding", 17, 0);
-             i >= 0;
-             i = sw_find(p->base, p->headers, p->nheaders, "transfer-encoding", 17, (uint32_t)i + 1)) {
-            seen++;
-            v = p->base + p->headers[i].value.off;
-            vlen = p->headers[i].value.len;
-        }
-        if (seen != 1 || vlen != 7 || !sw_ieq(v, "chunked", 7))
-            return sw_fail(p, sw_head_status(p, 501),
-                           "unsupported Transfer-Encoding (only a single `chunked` is accepted)");
-    }
+    uint32_t i;
+    for (i = 0; i < n; i++)
+        sw_trim_value(base, &h[i]);
+}
+
+/* Transfer-Encoding (RFC 9112 6.1, 6.3): only a single `chunked`, never with
+ * Content-Length, never in an HTTP/1.0 request. llhttp flags an empty value
+ * as no Transfer-Encoding at all, so the fields are counted here. */
+static int sw_check_framing(sw_http_t *p, int te, int nte)
+{
+    const sw_header_t *h;
+    if (nte == 0)
+        return 0;
+    h = &p->headers[te];
+    if (p->is_request && p->ll.http_minor == 0)
+        return sw_fail_at(p, 400, "Transfer-Encoding in an HTTP/1.0 request", h->name.off);
+    if (p->ll.flags & F_CONTENT_LENGTH)
+        return sw_fail_at(p, sw_head_status(p, 400), "both Content-Length and Transfer-Encoding are present",
+                          h->name.off);
+    if (nte == 1 && h->value.len == 0)
+        return sw_fail_at(p, sw_head_status(p, 501), "empty Transfer-Encoding", h->name.off);
+    if (nte != 1 || h->value.len != 7 || !sw_ieq(p->base + h->value.off, "chunked", 7))
+        return sw_fail_at(p, sw_head_status(p, 501),
+                          "unsupported Transfer-Encoding (only a single `chunked` is accepted)", h->value.off);
     return 0;
 }
 
 static int on_headers_complete(llhttp_t *ll)
 {
     sw_http_t *p = SW_P(ll);
-    int rc;
+    const char *b = p->base;
+    sw_header_t *h = p->headers;
+    uint32_t i, n = p->nheaders;
+    int rc, te = -1, nte = 0;
 
     if (ll->http_major != 1 || ll->http_minor > 1)
         return sw_fail(p, sw_head_status(p, 505), "HTTP version not supported (only 1.0 and 1.1)");
-    sw_trim_values(p->base, p->headers, p->nheaders);
-    rc = sw_check_framing(p);
+    /* One pass: trim values, find Transfer-Encoding fields. */
+    for (i = 0; i < n; i++) {
+        sw_trim_value(b, &h[i]);
+        if (h[i].name.len == 17 && sw_ieq(b + h[i].name.off, "transfer-encoding", 17)) {
+            if (nte++ == 0) te = (int)i;
+        }
+    }
+    rc = sw_check_framing(p, te, nte);
     if (rc) return rc;
     if (p->skip_body)
         ll->flags |= F_SKIPBODY;
+    /* RFC 9112 9.3: `close` wins over HTTP/1.0's `keep-alive`; llhttp would
+     * keep such a connection open (and parse what follows). */
+    if (ll->flags & F_CONNECTION_CLOSE)
+        ll->flags &= ~F_CONNECTION_KEEP_ALIVE;
     p->flags = ll->flags;
     p->content_length = (ll->flags & F_CONTENT_LENGTH) ? ll->content_length : 0;
     p->keep_alive = llhttp_should_keep_alive(ll);
@@ -357,6 +381,7 @@ void sw_http_reset(sw_http_t *p)
     p->skip_body = 0;
     p->status = p->errno_ = p->failed = 0;
     p->reason_msg = NULL;
+    p->fail_at = NULL;
     p->error_offset = 0;
 }
 
@@ -403,7 +428,10 @@ static void sw_set_error(sw_http_t *p, llhttp_errno_t err, const char *data, siz
     p->failed = 1;
     p->error_offset = off;
     if (p->errno_ == HPE_USER && p->reason_msg) {
-        return; /* one of our own checks */
+        /* One of our own checks. */
+        if (p->fail_at && p->fail_at >= data && p->fail_at <= data + len)
+            p->error_offset = (size_t)(p->fail_at - data);
+        return;
     }
     p->errno_ = err;
     p->reason_msg = llhttp_get_error_reason(&p->ll);

@@ -32,10 +32,15 @@
  * already parsed. sw_http_rebase() shifts the recorded spans when the caller
  * moves those bytes.
  *
- * Strictness: no llhttp leniency flag is ever set. On top of llhttp we reject
- * HTTP versions other than 1.0 and 1.1 (505), any Transfer-Encoding other than
- * a single `chunked` (501 for requests), Content-Length together with
- * Transfer-Encoding, and heads over the configured limits (414/431).
+ * Strictness: no llhttp leniency flag is ever set. On top of llhttp, when a
+ * head is complete, we reject:
+ *   - HTTP versions other than 1.0 and 1.1 (505);
+ *   - Transfer-Encoding other than a single `chunked` (501), an empty one
+ *     (501; llhttp itself ignores it), one with Content-Length (400), and any
+ *     in an HTTP/1.0 request (400) (RFC 9112 6.1, 6.3);
+ *   - heads over the configured limits (414/431).
+ * Responses map every rejection to 502. keep_alive follows RFC 9112 9.3:
+ * `Connection: close` wins over HTTP/1.0's `keep-alive`.
  *
  * Thread-safety: none; one parser per connection. No allocation except in
  * sw_http_init() (header and trailer arrays) and trailer growth.
@@ -102,6 +107,7 @@ typedef struct sw_http_s {
     int status;             /* HTTP status this error maps to */
     int errno_;             /* llhttp errno, or HPE_USER for our checks */
     const char *reason_msg;
+    const char *fail_at;    /* our check's offending byte (NULL: llhttp's position) */
     size_t error_offset;
     int failed;
 } sw_http_t;

@@ -520,6 +520,60 @@ def test_no_memory_growth_over_many_messages():
     assert int(out.stdout.strip()) < 64 * 1024
 
 
+# ---- Transfer-Encoding (RFC 9112 6.1) and keep-alive: one test per shape
+
+def req_error_every_way(data, **limits):
+    """The ParseError for data fed whole and byte at a time: the same status,
+    reason and offset both ways."""
+    whole = req_error(data, **limits)
+    p = RequestParser(**limits)
+    with pytest.raises(ParseError) as info:
+        parse_all(p, data, step=1)
+    assert (info.value.status, info.value.reason, info.value.offset) == (whole.status, whole.reason, whole.offset)
+    return whole
+
+
+def heads_every_way(data):
+    """The request heads of data fed whole and byte at a time (they must agree)."""
+    whole = summary(parse_all(RequestParser(), data))
+    assert summary(parse_all(RequestParser(), data, step=1)) == whole
+    return [e for e in whole if e[0] == "req"]
+
+
+@pytest.mark.parametrize("value", [b"", b" ", b"\t  "])
+def test_reject_empty_transfer_encoding(value):
+    data = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:" + value + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    err = req_error_every_way(data)
+    assert err.status == 501 and err.reason == "empty Transfer-Encoding"
+    assert err.offset == data.index(b"Transfer-Encoding")
+
+
+def test_reject_empty_transfer_encoding_in_a_response():
+    p = ResponseParser()
+    with pytest.raises(ParseError) as info:
+        parse_all(p, b"HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\n\r\nabc", step=1)
+    assert info.value.status == 502 and info.value.source == "upstream"
+    assert info.value.reason == "empty Transfer-Encoding"
+
+
+@pytest.mark.parametrize("te", [b"chunked", b"gzip", b""])
+def test_reject_transfer_encoding_in_http10_request(te):
+    err = req_error_every_way(b"POST / HTTP/1.0\r\nTransfer-Encoding: " + te + b"\r\n\r\n0\r\n\r\n")
+    assert err.status == 400 and err.reason == "Transfer-Encoding in an HTTP/1.0 request"
+
+
+def test_http10_close_wins_over_keep_alive():
+    # RFC 9112 9.3: with both options, the connection does not persist (llhttp
+    # alone would keep it).
+    for conn in (b"Connection: keep-alive\r\nConnection: close\r\n", b"Connection: close, keep-alive\r\n"):
+        p = RequestParser()
+        p.feed(b"GET / HTTP/1.0\r\n" + conn + b"\r\nGET / HTTP/1.0\r\n\r\n")
+        assert p.next_event().keep_alive is False
+        assert p.next_event() is END_OF_MESSAGE
+        with pytest.raises(ParseError):  # nothing may follow, as after 1.1's close
+            p.next_event()
+
+
 def test_response_head_too_large_is_a_response_error():
     data = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 2000 + b"\r\nContent-Length: 0\r\n\r\n"
     for step in (None, 1, 100):

@@ -42,6 +42,40 @@ def _settled(h):
     return h.engine().connections
 
 
+REFUSED = [
+    # (request head, status, reason)
+    (b"POST / HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding:\r\nContent-Type: x\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+     501, "empty Transfer-Encoding"),
+    (b"POST / HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
+     "unsupported Transfer-Encoding (only a single `chunked` is accepted)"),
+    (b"POST / HTTP/1.0\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 400,
+     "Transfer-Encoding in an HTTP/1.0 request"),
+]
+
+
+@pytest.mark.parametrize("data,status,reason", REFUSED, ids=[r for _, _, r in REFUSED])
+def test_invalid_request_is_refused_before_the_origin(h, caplog, data, status, reason):
+    with caplog.at_level(logging.INFO, logger="sluiceway.error"):
+        out = raw(h.port, data)
+        assert _settled(h) == 0
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), out
+    assert b"Connection: close" in head
+    assert reason.encode() in body
+    assert h.origin.requests == 0 and h.origin.connections == 0  # nothing went upstream
+    assert h.app.seen == []  # no hook ran
+    assert h.pool_stats()["created"] == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "sluiceway.error"]
+    assert any(f"{status} from client 127.0.0.1:" in m and reason in m for m in lines), lines
+
+
+def test_http10_close_wins_over_keep_alive(h):
+    out = raw(h.port, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n"
+                      b"GET /second HTTP/1.0\r\n\r\n", timeout=3)
+    assert out.count(b"HTTP/1.1 ") == 1 and out.endswith(b"hello")
+    assert h.origin.requests == 1
+
+
 def test_response_head_over_the_limit_is_a_502_from_the_upstream(h, caplog):
     with caplog.at_level(logging.WARNING, logger="sluiceway.error"):
         out = raw(h.port, b"GET /big-head?size=102400 HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
