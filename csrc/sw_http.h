@@ -38,6 +38,13 @@
  *   - Transfer-Encoding other than a single `chunked` (501), an empty one
  *     (501; llhttp itself ignores it), one with Content-Length (400), and any
  *     in an HTTP/1.0 request (400) (RFC 9112 6.1, 6.3);
+ *   - requests (RFC 9112 3.2): an HTTP/1.1 request without Host, any request
+ *     with more than one Host or a Host that is not RFC 3986
+ *     `host [":" port]` (non-empty host; port *DIGIT); an empty Host is
+ *     allowed only when the target names no authority (origin-form, `*`);
+ *     an absolute-form target whose authority is not `host [":" port]` or
+ *     carries userinfo (400). For an absolute-form target, target_authority
+ *     is set: the request's authority, which replaces the Host (3.2.2);
  *   - heads over the configured limits (414/431).
  * Responses map every rejection to 502. keep_alive follows RFC 9112 9.3:
  * `Connection: close` wins over HTTP/1.0's `keep-alive`.
@@ -77,6 +84,8 @@ typedef struct sw_http_s {
     uint32_t head_len;      /* bytes of the head, once SW_EV_HEAD was returned */
     sw_span_t url;          /* request target */
     sw_span_t reason;       /* response reason phrase */
+    sw_span_t target_authority; /* absolute-form request target: its authority
+                               (host[:port], inside url); len 0 for other forms */
     sw_header_t *headers;   /* capacity limits.max_headers */
     uint32_t nheaders;
     int last_kind;          /* kind of the last name/value span callback */
