@@ -259,8 +259,9 @@ static void sw_trim_values(const char *base, sw_header_t *h, uint32_t n)
 
 /* Bytes of a Host (or target authority) outside brackets: SW_H_REG for
  * reg-name's unreserved and sub-delims, SW_H_PCT for '%' (pct-encoded),
- * SW_H_COLON before the port; 0 for anything else. */
-enum { SW_H_BAD = 0, SW_H_REG = 1, SW_H_PCT = 2, SW_H_COLON = 3 };
+ * SW_H_COLON before the port; 0 for anything else. One bit each, so that
+ * the AND of several classes is SW_H_REG only when all of them are. */
+enum { SW_H_BAD = 0, SW_H_REG = 1, SW_H_PCT = 2, SW_H_COLON = 4 };
 static const unsigned char sw_host_class[256] = {
     ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
     ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
@@ -321,6 +322,11 @@ static int sw_hostport_ok(const char *s, size_t n)
         i = (size_t)(end - s) + 1;
     } else {
         for (;;) {
+            /* Most of a Host is reg-name bytes: take them four at a time. */
+            while (i + 4 <= n && (sw_host_class[(unsigned char)s[i]] & sw_host_class[(unsigned char)s[i + 1]] &
+                                  sw_host_class[(unsigned char)s[i + 2]] &
+                                  sw_host_class[(unsigned char)s[i + 3]]) == SW_H_REG)
+                i += 4;
             while (i < n && sw_host_class[(unsigned char)s[i]] == SW_H_REG) i++;
             if (i == n || s[i] != '%') break;
             if (i + 2 >= n || !sw_hexdig(s[i + 1]) || !sw_hexdig(s[i + 2])) return 0;
