@@ -312,7 +312,7 @@ static int sw_ip_literal_ok(const char *s, size_t n)
 
 /* RFC 3986 `host [ ":" port ]` with a non-empty host: reg-name (IPv4
  * addresses are reg-names too), or IP-literal; port is *DIGIT. */
-static int sw_hostport_ok(const char *s, size_t n)
+static inline int sw_hostport_ok(const char *s, size_t n)
 {
     size_t i = 0;
     if (n == 0) return 0;
