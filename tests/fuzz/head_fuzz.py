@@ -549,7 +549,7 @@ class Fuzz:
 
     def check_head(self, case, v, i, ev, lane):
         if i >= len(v.reqs):
-            msg = v.error or "not a request in what h11 read"
+            msg = v.error or "no such request (per h11)"
             self.finding("forwarded_h11_rejects: " + _kind(msg), msg, case)
             return
         if v.strict[i] is not None:
