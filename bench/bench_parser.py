@@ -6,7 +6,20 @@ and one header). Run:
 
     pytest bench/bench_parser.py --benchmark-only --benchmark-columns=mean,ops
     python bench/bench_parser.py        # prints the ratio table for docs/performance.md
+    python bench/bench_parser.py --compare before=/path/to/other/checkout [--rounds 10]
+
+``--compare NAME=DIR`` measures sluiceway only, this tree against the one
+built in place in DIR (its ``corepy`` first on PYTHONPATH), in interleaved
+rounds (each round runs every tree once, in a fresh child process, the order
+alternating from round to round); the best
+time per tree and message is reported with the ratio: a before/after
+comparison from one run.
 """
+
+import json
+import os
+import subprocess
+import sys
 
 import h11
 import httptools
@@ -137,14 +150,14 @@ def test_parse(benchmark, lib, case):
     benchmark(run)
 
 
-def table(seconds=0.5, rounds=5):
+def table(seconds=0.5, rounds=5, libs=("sluiceway", "httptools", "h11")):
     """Interleaved rounds; best-of per library. Returns rows for the docs."""
     import timeit
 
     rows = []
     for case in ("browser", "minimal", "response"):
         best = {}
-        runners = {lib: make_runner(lib, case) for lib in ("sluiceway", "httptools", "h11")}
+        runners = {lib: make_runner(lib, case) for lib in libs}
         for _ in range(rounds):
             for lib, run in runners.items():
                 n = 20000 if lib != "h11" else 2000
@@ -154,7 +167,46 @@ def table(seconds=0.5, rounds=5):
     return rows
 
 
+def compare(specs, rounds):
+    """This tree against each NAME=DIR, in interleaved rounds (see above)."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    trees = [("this", os.path.join(here, "corepy"))]
+    for spec in specs:
+        name, _, where = spec.partition("=")
+        if not name or not where or name == "this":
+            sys.exit(f"--compare wants NAME=DIR with a new NAME, got {spec!r}")
+        trees.append((name, os.path.join(os.path.abspath(where), "corepy")))
+    best = {name: {} for name, _ in trees}
+    for r in range(rounds):
+        for name, path in (trees if r % 2 == 0 else trees[::-1]):  # alternate who goes first
+            env = dict(os.environ, PYTHONPATH=path + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker"], env=env,
+                                 capture_output=True, text=True, check=True).stdout
+            for case, t in json.loads(out).items():
+                best[name][case] = min(best[name].get(case, 1e9), t)
+    others = [name for name, _ in trees[1:]]
+    print("| message | this | " + " | ".join(others) + " | " + " | ".join(f"{o} / this" for o in others) + " |")
+    print("|---" * (2 + 2 * len(others)) + "|")
+    for case in best["this"]:
+        t = best["this"][case]
+        cells = [f"{best[o][case] * 1e9:,.0f} ns" for o in others]
+        ratios = [f"{best[o][case] / t:.3f}" for o in others]
+        print(f"| {case} | {t * 1e9:,.0f} ns | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+
+
 if __name__ == "__main__":
+    if "--worker" in sys.argv:
+        print(json.dumps({case: best["sluiceway"] for case, best in table(rounds=1, libs=("sluiceway",))}))
+        sys.exit(0)
+    if "--compare" in sys.argv:
+        import argparse
+
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--compare", action="append", required=True, metavar="NAME=DIR")
+        ap.add_argument("--rounds", type=int, default=10)
+        ns = ap.parse_args()
+        compare(ns.compare, ns.rounds)
+        sys.exit(0)
     rows = table()
     print("| message | sluiceway | httptools | h11 | sluiceway / httptools | sluiceway / h11 |")
     print("|---|---|---|---|---|---|")

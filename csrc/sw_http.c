@@ -1,6 +1,7 @@
 /* sw_http.c: see sw_http.h for the contract. */
 #include "sw_http.h"
 
+#include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,18 +22,33 @@ static int sw_fail(sw_http_t *p, int status, const char *reason)
     return HPE_USER;
 }
 
+/* The same, pointing the error's offset at base[off] (a check made when the
+ * head is complete, where llhttp's position is the end of the head). */
+static int sw_fail_at(sw_http_t *p, int status, const char *reason, uint32_t off)
+{
+    if (!p->errno_)
+        p->fail_at = p->base + off;
+    return sw_fail(p, status, reason);
+}
+
 static int sw_head_status(const sw_http_t *p, int req_status)
 {
     return p->is_request ? req_status : 502;
+}
+
+/* A head over limits.max_head (trailers have their own message). */
+static int sw_too_large(sw_http_t *p)
+{
+    return sw_fail(p, sw_head_status(p, 431),
+                   p->is_request ? "request head too large (start line and headers over the limit)"
+                                 : "response head too large (status line and headers over the limit)");
 }
 
 /* Bytes of head seen so far if the head reaches `end`. */
 static int sw_check_head_size(sw_http_t *p, const char *end)
 {
     if ((size_t)(end - p->base) - p->msg_start > p->limits.max_head)
-        return sw_fail(p, sw_head_status(p, 431),
-                       p->in_trailers ? "trailer section too large"
-                                      : "request head too large (start line and headers over the limit)");
+        return sw_too_large(p);
     return 0;
 }
 
@@ -50,6 +66,7 @@ static int on_message_begin(llhttp_t *ll)
     p->tlen = 0;
     p->url.off = p->url.len = 0;
     p->reason.off = p->reason.len = 0;
+    p->target_authority.off = p->target_authority.len = 0;
     p->head_len = 0;
     p->flags = 0;
     p->upgrade = 0;
@@ -221,55 +238,225 @@ static int on_header_value(llhttp_t *ll, const char *at, size_t len)
     return 0;
 }
 
-/* Trim trailing SP/HTAB from each value (llhttp keeps it). */
-static void sw_trim_values(const char *base, sw_header_t *h, uint32_t n)
+/* Trim trailing SP/HTAB from a value (llhttp keeps it). */
+static inline void sw_trim_value(const char *base, sw_header_t *h)
 {
-    uint32_t i;
-    for (i = 0; i < n; i++) {
-        while (h[i].value.len > 0) {
-            char c = base[h[i].value.off + h[i].value.len - 1];
-            if (c != ' ' && c != '\t') break;
-            h[i].value.len--;
-        }
+    while (h->value.len > 0) {
+        char c = base[h->value.off + h->value.len - 1];
+        if (c != ' ' && c != '\t') break;
+        h->value.len--;
     }
 }
 
-static int sw_check_framing(sw_http_t *p)
+static void sw_trim_values(const char *base, sw_header_t *h, uint32_t n)
 {
-    uint16_t fl = p->ll.flags;
-    if (fl & F_TRANSFER_ENCODING) {
-        int i, seen = 0;
-        const char *v = NULL;
-        uint32_t vlen = 0;
-        if (fl & F_CONTENT_LENGTH)
-            return sw_fail(p, sw_head_status(p, 400),
-                           "both Content-Length and Transfer-Encoding are present");
-        for (i = sw_find(p->base, p->headers, p->nheaders, "transfer-encoding", 17, 0);
-             i >= 0;
-             i = sw_find(p->base, p->headers, p->nheaders, "transfer-encoding", 17, (uint32_t)i + 1)) {
-            seen++;
-            v = p->base + p->headers[i].value.off;
-            vlen = p->headers[i].value.len;
+    uint32_t i;
+    for (i = 0; i < n; i++)
+        sw_trim_value(base, &h[i]);
+}
+
+/* ---- Host and authority (RFC 9112 3.2, RFC 3986 3.2.2-3.2.3) ----------- */
+
+/* Bytes of a Host (or target authority) outside brackets: SW_H_REG for
+ * reg-name's unreserved and sub-delims, SW_H_PCT for '%' (pct-encoded),
+ * SW_H_COLON before the port; 0 for anything else. One bit each, so that
+ * the AND of several classes is SW_H_REG only when all of them are. */
+enum { SW_H_BAD = 0, SW_H_REG = 1, SW_H_PCT = 2, SW_H_COLON = 4 };
+static const unsigned char sw_host_class[256] = {
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['-'] = 1, ['.'] = 1, ['_'] = 1, ['~'] = 1,
+    ['!'] = 1, ['$'] = 1, ['&'] = 1, ['\''] = 1, ['('] = 1, [')'] = 1, ['*'] = 1, ['+'] = 1,
+    [','] = 1, [';'] = 1, ['='] = 1,
+    ['%'] = SW_H_PCT, [':'] = SW_H_COLON,
+};
+
+static inline int sw_hexdig(char c)
+{
+    return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f');
+}
+
+/* IP-literal without its brackets: IPv6address (inet_pton's grammar, which
+ * is RFC 4291's) or IPvFuture ("v" 1*HEXDIG "." 1*(unreserved/sub-delims/":")). */
+static int sw_ip_literal_ok(const char *s, size_t n)
+{
+    char buf[48];
+    unsigned char addr[16];
+    size_t i;
+    if (n == 0) return 0;
+    if (s[0] == 'v' || s[0] == 'V') {
+        for (i = 1; i < n && sw_hexdig(s[i]); i++) {}
+        if (i == 1 || i + 1 >= n || s[i] != '.') return 0;
+        for (i++; i < n; i++) {
+            unsigned char c = sw_host_class[(unsigned char)s[i]];
+            if (c != SW_H_REG && c != SW_H_COLON) return 0;
         }
-        if (seen != 1 || vlen != 7 || !sw_ieq(v, "chunked", 7))
-            return sw_fail(p, sw_head_status(p, 501),
-                           "unsupported Transfer-Encoding (only a single `chunked` is accepted)");
+        return 1;
+    }
+    if (n >= sizeof(buf)) return 0;
+    for (i = 0; i < n; i++) {
+        if (!sw_hexdig(s[i]) && s[i] != ':' && s[i] != '.') return 0;
+        buf[i] = s[i];
+    }
+    buf[n] = 0;
+    return inet_pton(AF_INET6, buf, addr) == 1;
+}
+
+/* RFC 3986 `host [ ":" port ]` with a non-empty host: reg-name (IPv4
+ * addresses are reg-names too), or IP-literal; port is *DIGIT. */
+static inline int sw_hostport_ok(const char *s, size_t n)
+{
+    size_t i = 0;
+    if (n == 0) return 0;
+    if (s[0] == '[') {
+        const char *end = memchr(s, ']', n);
+        if (end == NULL || !sw_ip_literal_ok(s + 1, (size_t)(end - s) - 1)) return 0;
+        i = (size_t)(end - s) + 1;
+    } else {
+        for (;;) {
+            /* Most of a Host is reg-name bytes: take them four at a time. */
+            while (i + 4 <= n && (sw_host_class[(unsigned char)s[i]] & sw_host_class[(unsigned char)s[i + 1]] &
+                                  sw_host_class[(unsigned char)s[i + 2]] &
+                                  sw_host_class[(unsigned char)s[i + 3]]) == SW_H_REG)
+                i += 4;
+            while (i < n && sw_host_class[(unsigned char)s[i]] == SW_H_REG) i++;
+            if (i == n || s[i] != '%') break;
+            if (i + 2 >= n || !sw_hexdig(s[i + 1]) || !sw_hexdig(s[i + 2])) return 0;
+            i += 3;
+        }
+        if (i == 0) return 0;
+    }
+    if (i == n) return 1;
+    if (s[i] != ':') return 0;
+    for (i++; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return 0;
+    }
+    return 1;
+}
+
+/* RFC 9112 3.2: an HTTP/1.1 request has exactly one Host; any request has at
+ * most one, and a valid one. An empty Host is allowed only when the target
+ * names no authority (origin-form and asterisk-form: the Host is then the
+ * only authority, and an empty one says there is none). For an absolute-form
+ * target, the target's authority is the request's (3.2.2): it must be a
+ * valid host[:port] without userinfo (RFC 9110 4.2.4), and is recorded in
+ * target_authority for the caller to put in place of the Host. */
+static int sw_check_host(sw_http_t *p, int host, int nhost, int second)
+{
+    const char *b = p->base;
+    const char *t = b + p->url.off;
+    uint32_t tn = p->url.len;
+    int has_authority = 0;
+
+    if (nhost > 1)
+        return sw_fail_at(p, 400, "more than one Host header", p->headers[second].name.off);
+    if (tn > 0 && t[0] != '/' && t[0] != '*') {
+        has_authority = 1; /* absolute-form, or authority-form (CONNECT) */
+        if (p->ll.method != HTTP_CONNECT) {
+            /* llhttp accepts absolute-form only as scheme "://" ... */
+            const char *a = memchr(t, ':', tn);
+            uint32_t s, e;
+            if (a == NULL || (uint32_t)(a - t) + 3 > tn || a[1] != '/' || a[2] != '/')
+                return sw_fail_at(p, 400, "request target is not origin-form or absolute-form", p->url.off);
+            s = (uint32_t)(a - t) + 3;
+            for (e = s; e < tn && t[e] != '/' && t[e] != '?' && t[e] != '#'; e++) {
+                if (t[e] == '@')
+                    return sw_fail_at(p, 400, "userinfo (user@) in the request target", p->url.off + e);
+            }
+            if (!sw_hostport_ok(t + s, e - s))
+                return sw_fail_at(p, 400, "invalid authority in the request target (expected host[:port])",
+                                  p->url.off + s);
+            p->target_authority.off = p->url.off + s;
+            p->target_authority.len = e - s;
+        }
+    }
+    if (nhost == 0) {
+        if (p->ll.http_minor == 1)
+            return sw_fail(p, 400, "missing Host header (required in HTTP/1.1)");
+        return 0;
+    }
+    {
+        const sw_header_t *h = &p->headers[host];
+        if (h->value.len == 0) {
+            if (has_authority)
+                return sw_fail_at(p, 400, "empty Host header with a request target that names an authority",
+                                  h->name.off);
+        } else if (!sw_hostport_ok(b + h->value.off, h->value.len)) {
+            return sw_fail_at(p, 400, "invalid Host header (expected host[:port], RFC 3986)", h->value.off);
+        }
     }
     return 0;
+}
+
+/* Transfer-Encoding (RFC 9112 6.1, 6.3): only a single `chunked`, never with
+ * Content-Length, never in an HTTP/1.0 request. llhttp flags an empty value
+ * as no Transfer-Encoding at all, so the fields are counted here. */
+static int sw_check_framing(sw_http_t *p, int te, int nte)
+{
+    const sw_header_t *h;
+    if (nte == 0)
+        return 0;
+    h = &p->headers[te];
+    if (p->is_request && p->ll.http_minor == 0)
+        return sw_fail_at(p, 400, "Transfer-Encoding in an HTTP/1.0 request", h->name.off);
+    if (p->ll.flags & F_CONTENT_LENGTH)
+        return sw_fail_at(p, sw_head_status(p, 400), "both Content-Length and Transfer-Encoding are present",
+                          h->name.off);
+    if (nte == 1 && h->value.len == 0)
+        return sw_fail_at(p, sw_head_status(p, 501), "empty Transfer-Encoding", h->name.off);
+    if (nte != 1 || h->value.len != 7 || !sw_ieq(p->base + h->value.off, "chunked", 7))
+        return sw_fail_at(p, sw_head_status(p, 501),
+                          "unsupported Transfer-Encoding (only a single `chunked` is accepted)", h->value.off);
+    return 0;
+}
+
+/* Whether a 4-byte field name is "host" in any case. (Names are tokens, so
+ * OR-ing 0x20 maps only 'H' and 'h' to 'h', and so on.) */
+static inline int sw_is_host(const char *s)
+{
+    return (s[0] | 0x20) == 'h' && (s[1] | 0x20) == 'o' && (s[2] | 0x20) == 's' && (s[3] | 0x20) == 't';
 }
 
 static int on_headers_complete(llhttp_t *ll)
 {
     sw_http_t *p = SW_P(ll);
-    int rc;
+    const char *b = p->base;
+    sw_header_t *h = p->headers;
+    uint32_t i, n = p->nheaders;
+    int rc, host = -1, nhost = 0, second = -1, te = -1, nte = 0;
 
     if (ll->http_major != 1 || ll->http_minor > 1)
         return sw_fail(p, sw_head_status(p, 505), "HTTP version not supported (only 1.0 and 1.1)");
-    sw_trim_values(p->base, p->headers, p->nheaders);
-    rc = sw_check_framing(p);
+    /* One pass: trim values, find Host and Transfer-Encoding fields. */
+    for (i = 0; i < n; i++) {
+        sw_trim_value(b, &h[i]);
+        if (h[i].name.len == 4 && sw_is_host(b + h[i].name.off)) {
+            if (nhost++ == 0) host = (int)i;
+            else if (second < 0) second = (int)i;
+        } else if (h[i].name.len == 17 && sw_ieq(b + h[i].name.off, "transfer-encoding", 17)) {
+            if (nte++ == 0) te = (int)i;
+        }
+    }
+    rc = sw_check_framing(p, te, nte);
     if (rc) return rc;
+    if (p->is_request) {
+        rc = sw_check_host(p, host, nhost, second);
+        if (rc) return rc;
+    }
     if (p->skip_body)
         ll->flags |= F_SKIPBODY;
+    /* RFC 9112 9.3: `close` wins over HTTP/1.0's `keep-alive`; llhttp would
+     * keep such a connection open (and parse what follows). */
+    if (ll->flags & F_CONNECTION_CLOSE)
+        ll->flags &= ~F_CONNECTION_KEEP_ALIVE;
     p->flags = ll->flags;
     p->content_length = (ll->flags & F_CONTENT_LENGTH) ? ll->content_length : 0;
     p->keep_alive = llhttp_should_keep_alive(ll);
@@ -351,6 +538,7 @@ void sw_http_reset(sw_http_t *p)
     p->skip_body = 0;
     p->status = p->errno_ = p->failed = 0;
     p->reason_msg = NULL;
+    p->fail_at = NULL;
     p->error_offset = 0;
 }
 
@@ -360,6 +548,7 @@ void sw_http_rebase(sw_http_t *p, uint32_t delta)
     p->msg_start -= delta;
     if (p->url.len) p->url.off -= delta;
     if (p->reason.len) p->reason.off -= delta;
+    if (p->target_authority.len) p->target_authority.off -= delta;
     for (i = 0; i < p->nheaders; i++) {
         p->headers[i].name.off -= delta;
         p->headers[i].value.off -= delta;
@@ -397,7 +586,10 @@ static void sw_set_error(sw_http_t *p, llhttp_errno_t err, const char *data, siz
     p->failed = 1;
     p->error_offset = off;
     if (p->errno_ == HPE_USER && p->reason_msg) {
-        return; /* one of our own checks */
+        /* One of our own checks. */
+        if (p->fail_at && p->fail_at >= data && p->fail_at <= data + len)
+            p->error_offset = (size_t)(p->fail_at - data);
+        return;
     }
     p->errno_ = err;
     p->reason_msg = llhttp_get_error_reason(&p->ll);
@@ -469,7 +661,7 @@ static int sw_execute(sw_http_t *p, const char *data, size_t len, size_t resume_
     if (err == HPE_OK) {
         *consumed = len;
         if (p->in_head && len - p->msg_start > p->limits.max_head) {
-            sw_fail(p, sw_head_status(p, 431), "request head too large (start line and headers over the limit)");
+            sw_too_large(p);
             sw_set_error(p, HPE_USER, data, len);
             p->error_offset = len;
             return SW_EV_ERROR;
@@ -486,7 +678,7 @@ static int sw_execute(sw_http_t *p, const char *data, size_t len, size_t resume_
                 p->msg_start++;
             p->head_len = (uint32_t)(*consumed - p->msg_start);
             if (p->head_len > p->limits.max_head) {
-                sw_fail(p, sw_head_status(p, 431), "request head too large (start line and headers over the limit)");
+                sw_too_large(p);
                 sw_set_error(p, HPE_USER, data, len);
                 return SW_EV_ERROR;
             }

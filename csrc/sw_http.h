@@ -32,10 +32,22 @@
  * already parsed. sw_http_rebase() shifts the recorded spans when the caller
  * moves those bytes.
  *
- * Strictness: no llhttp leniency flag is ever set. On top of llhttp we reject
- * HTTP versions other than 1.0 and 1.1 (505), any Transfer-Encoding other than
- * a single `chunked` (501 for requests), Content-Length together with
- * Transfer-Encoding, and heads over the configured limits (414/431).
+ * Strictness: no llhttp leniency flag is ever set. On top of llhttp, when a
+ * head is complete, we reject:
+ *   - HTTP versions other than 1.0 and 1.1 (505);
+ *   - Transfer-Encoding other than a single `chunked` (501), an empty one
+ *     (501; llhttp itself ignores it), one with Content-Length (400), and any
+ *     in an HTTP/1.0 request (400) (RFC 9112 6.1, 6.3);
+ *   - requests (RFC 9112 3.2): an HTTP/1.1 request without Host, any request
+ *     with more than one Host or a Host that is not RFC 3986
+ *     `host [":" port]` (non-empty host; port *DIGIT); an empty Host is
+ *     allowed only when the target names no authority (origin-form, `*`);
+ *     an absolute-form target whose authority is not `host [":" port]` or
+ *     carries userinfo (400). For an absolute-form target, target_authority
+ *     is set: the request's authority, which replaces the Host (3.2.2);
+ *   - heads over the configured limits (414/431).
+ * Responses map every rejection to 502. keep_alive follows RFC 9112 9.3:
+ * `Connection: close` wins over HTTP/1.0's `keep-alive`.
  *
  * Thread-safety: none; one parser per connection. No allocation except in
  * sw_http_init() (header and trailer arrays) and trailer growth.
@@ -72,6 +84,8 @@ typedef struct sw_http_s {
     uint32_t head_len;      /* bytes of the head, once SW_EV_HEAD was returned */
     sw_span_t url;          /* request target */
     sw_span_t reason;       /* response reason phrase */
+    sw_span_t target_authority; /* absolute-form request target: its authority
+                               (host[:port], inside url); len 0 for other forms */
     sw_header_t *headers;   /* capacity limits.max_headers */
     uint32_t nheaders;
     int last_kind;          /* kind of the last name/value span callback */
@@ -102,6 +116,7 @@ typedef struct sw_http_s {
     int status;             /* HTTP status this error maps to */
     int errno_;             /* llhttp errno, or HPE_USER for our checks */
     const char *reason_msg;
+    const char *fail_at;    /* our check's offending byte (NULL: llhttp's position) */
     size_t error_offset;
     int failed;
 } sw_http_t;

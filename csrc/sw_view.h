@@ -22,6 +22,8 @@ typedef struct {
     uint32_t head_len;         /* bytes of the head (through the blank line) */
     sw_span_t url;             /* request target */
     sw_span_t reason;          /* response reason phrase */
+    sw_span_t target_authority;/* absolute-form request target: its authority,
+                                  which replaces the Host; len 0 otherwise */
     const sw_header_t *headers;/* valid until the next head is parsed */
     uint32_t nheaders;
     int method;                /* llhttp method number (requests) */
@@ -64,7 +66,7 @@ typedef struct {
                          int *keep_alive);
 } sw_parser_api_t;
 
-#define SW_VIEW_API_VERSION 2
+#define SW_VIEW_API_VERSION 3
 #define SW_VIEW_CAPSULE "sluiceway._http._C_API"
 
 #endif /* SW_VIEW_H */

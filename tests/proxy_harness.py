@@ -22,6 +22,7 @@ The origin is written with httptools (not our parser) and behaves by path:
     /ws (Upgrade)     101, then echoes every byte
     /bytewise         a chunked response sent one byte at a time
     /resp-headers?h=J 200 "rh" with the headers in the JSON list J
+    /big-head?size=N  200 "bh" with an X-Big header of N bytes
 
 Set SLUICEWAY_TEST_LOOP=asyncio to run the in-process suites on the stdlib
 loop (the reference) instead of uvloop.
@@ -199,6 +200,8 @@ class _OriginProto(asyncio.Protocol):
             # the response headers given as JSON in ?h=[[name, value], ...]
             hdrs = json.loads(q.get("h", ["[]"])[0])
             send(200, hdrs, b"rh")
+        elif path == "/big-head":
+            send(200, [("X-Big", "b" * int(q.get("size", ["102400"])[0]))], b"bh")
         elif path == "/debug":
             send(200, [("X-Debug", "secret"), ("X-Keep", "1")], b"dbg")
         elif path == "/conn-close":

@@ -28,12 +28,15 @@ STRICTER = {
     "bare_lf": "line endings must be CRLF; h11 accepts a bare LF",
     "bad_chunk_size": "a chunk size over 2**64-1 is rejected at once; h11 waits for that many bytes",
     "target_chars": "request-target bytes outside RFC 3986 (\", <, >, {, }, |, \\, ^, `) are rejected",
+    "bad_host": "a Host that is not RFC 3986 host[:port] is rejected (RFC 9112 3.2); h11 checks only its count",
+    "te_http10": "Transfer-Encoding in an HTTP/1.0 request is rejected (RFC 9112 6.1: its framing is faulty)",
+    "target_userinfo": "userinfo in an absolute-form target is rejected (RFC 9110 4.2.4)",
 }
 
-# Rules where h11 rejects what we accept, each with the reason.
-LAXER = {
-    "missing_host": "a missing Host on HTTP/1.1 is the proxy engine's 400, not the parser's",
-}
+# Rules where h11 rejects what we accept, each with the reason. (None now: a
+# missing Host on HTTP/1.1, two Hosts and an empty Transfer-Encoding are
+# rejected by both.)
+LAXER = {}
 
 TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-", min_size=1,
                 max_size=12).filter(lambda s: s.lower() not in (
@@ -46,8 +49,13 @@ METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "PURGE", 
 DEFECTS = ["none"] * 6 + [
     "unknown_method", "bad_version", "obs_fold", "dup_cl_same", "dup_cl_diff", "cl_te",
     "bare_lf", "space_before_colon", "nul_in_value", "te_gzip", "missing_host", "target_chars",
-    "truncate", "bad_chunk_size", "ctl_in_name",
+    "truncate", "bad_chunk_size", "ctl_in_name", "dup_host", "empty_host", "bad_host", "absolute_form",
+    "te_empty", "te_http10", "target_userinfo",
 ]
+# Host values that are not RFC 3986 host[:port] (h11 takes any field value).
+BAD_HOSTS = ["a b", "a@b", "[::1", "a:80:80", "a/b", "%zz", ":80", "a:8o", "[::1]x", "\xe9.example",
+             "a\tb", "[v1]", "a?b"]
+HOSTS = ["example.test", "a.example:8080", "127.0.0.1", "[::1]:8080", "[v1.x]", "a%41.example", "x:"]
 
 
 def enc(s):
@@ -58,7 +66,9 @@ def enc(s):
 def messages(draw, kind):
     """Return (bytes, defect, is_request)."""
     defect = draw(st.sampled_from(DEFECTS))
-    if kind == "response" and defect in ("unknown_method", "missing_host", "target_chars"):
+    if kind == "response" and defect in ("unknown_method", "missing_host", "target_chars", "dup_host",
+                                         "empty_host", "bad_host", "absolute_form", "te_http10",
+                                         "target_userinfo"):
         defect = "none"
     headers = draw(st.lists(st.tuples(TOKEN, VALUE), max_size=8))
     framing = draw(st.sampled_from(["none", "cl", "chunked"]))
@@ -75,9 +85,20 @@ def messages(draw, kind):
             target += "?" + draw(st.text(alphabet=PATH_CHARS.replace("%", "") + "?", max_size=20))
         if defect == "target_chars":
             target += draw(st.sampled_from(['"', "<", ">", "{", "}", "|", "\\", "^", "`"]))
+        host = draw(st.sampled_from(HOSTS))
+        if defect in ("absolute_form", "target_userinfo"):
+            userinfo = "u:p@" if defect == "target_userinfo" else ""
+            target = draw(st.sampled_from(["http", "https", "HTTP"])) + "://" + userinfo + host + target
         start = f"{method} {target} HTTP/{version}"
+        if defect == "empty_host":
+            host = ""  # allowed: an origin-form target names no authority
+        elif defect == "bad_host":
+            host = draw(st.sampled_from(BAD_HOSTS))
         if defect != "missing_host":
-            headers.insert(draw(st.integers(0, len(headers))), ("Host", "example.test"))
+            headers.insert(draw(st.integers(0, len(headers))), ("Host", host))
+        if defect == "dup_host":
+            headers.insert(draw(st.integers(0, len(headers))),
+                           ("Host", draw(st.sampled_from([host, "other.example"]))))
         if method in ("GET", "HEAD", "OPTIONS", "DELETE") and framing == "none":
             body = b""
     else:
@@ -87,7 +108,12 @@ def messages(draw, kind):
             framing = "cl"  # close-delimited bodies are tested separately
     if defect == "missing_host" and version != "1.1":
         defect = "none"  # only HTTP/1.1 requires Host
-    if version != "1.1" and framing == "chunked":
+    if defect == "te_http10":
+        if kind == "request" and version == "1.0":
+            framing = "chunked"
+        else:
+            defect = "none"
+    if version != "1.1" and framing == "chunked" and defect != "te_http10":
         framing = "cl"
     if framing == "none" and kind == "request":
         body = b""
@@ -117,9 +143,9 @@ def messages(draw, kind):
         headers.append(("Content-Length", str(len(body) + 1)))
     elif defect == "cl_te" and framing == "chunked":
         headers.insert(0, ("Content-Length", "3"))
-    elif defect == "te_gzip":
+    elif defect in ("te_gzip", "te_empty"):
         headers = [(k, v) for k, v in headers if k.lower() not in ("content-length", "transfer-encoding")]
-        headers.append(("Transfer-Encoding", "gzip"))
+        headers.append(("Transfer-Encoding", "gzip" if defect == "te_gzip" else ""))
         payload = b""
     elif defect in ("dup_cl_same", "dup_cl_diff", "cl_te"):
         defect = "none"

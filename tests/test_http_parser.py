@@ -305,7 +305,8 @@ def test_uri_too_long_is_414():
 
 def test_head_too_large_is_431_whole_and_fragmented():
     data = b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"a" * 2000 + b"\r\n\r\n"
-    assert req_error(data, max_head_size=1024).status == 431
+    err = req_error(data, max_head_size=1024)
+    assert err.status == 431 and err.reason.startswith("request head too large")
     p = RequestParser(max_head_size=1024)
     with pytest.raises(ParseError) as info:
         for i in range(0, len(data), 10):
@@ -320,7 +321,7 @@ def test_head_too_large_is_431_whole_and_fragmented():
 
 
 def test_too_many_headers_is_431():
-    data = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(20)) + b"\r\n"
+    data = b"GET / HTTP/1.1\r\nHost: h\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(19)) + b"\r\n"
     err = req_error(data, max_headers=10)
     assert err.status == 431 and "too many header fields" in err.reason
     assert len(parse_all(RequestParser(max_headers=20), data)) == 2
@@ -531,3 +532,144 @@ def test_crlf_between_pipelined_requests_is_not_part_of_the_next_head():
             p.feed(part)
             heads += [e for e in p.events() if isinstance(e, RequestHead)]
         assert [h.raw() for h in heads] == [req, req, req], cut
+
+
+# ---- Host, authority and Transfer-Encoding (RFC 9112 3.2, 6.1): one test per shape
+
+def req_error_every_way(data, **limits):
+    """The ParseError for data fed whole and byte at a time: the same status,
+    reason and offset both ways."""
+    whole = req_error(data, **limits)
+    p = RequestParser(**limits)
+    with pytest.raises(ParseError) as info:
+        parse_all(p, data, step=1)
+    assert (info.value.status, info.value.reason, info.value.offset) == (whole.status, whole.reason, whole.offset)
+    return whole
+
+
+def heads_every_way(data):
+    """The request heads of data fed whole and byte at a time (they must agree)."""
+    whole = summary(parse_all(RequestParser(), data))
+    assert summary(parse_all(RequestParser(), data, step=1)) == whole
+    return [e for e in whole if e[0] == "req"]
+
+
+def test_reject_http11_request_without_host():
+    err = req_error_every_way(b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n")
+    assert err.status == 400 and err.reason == "missing Host header (required in HTTP/1.1)"
+
+
+def test_http10_request_without_host_is_accepted():
+    assert len(heads_every_way(b"GET / HTTP/1.0\r\nAccept: */*\r\n\r\n")) == 1
+
+
+@pytest.mark.parametrize("version", [b"1.1", b"1.0"])
+@pytest.mark.parametrize("second", [b"a.example", b"b.example", b""])
+def test_reject_more_than_one_host(version, second):
+    data = b"GET / HTTP/" + version + b"\r\nHost: a.example\r\nX: 1\r\nhost: " + second + b"\r\n\r\n"
+    err = req_error_every_way(data)
+    assert err.status == 400 and err.reason == "more than one Host header"
+    assert err.offset == data.index(b"host:")  # points at the second one
+
+
+@pytest.mark.parametrize("host", [
+    b"a b", b"a@b", b"a/b", b"a\\b", b"a?b", b"a#b", b"a:80:80", b"a:8o", b":80", b"[::1", b"::1",
+    b"[::1]x", b"[::1]:x", b"[]", b"[v1]", b"[v.x]", b"[fe80::1%25eth0]", b"[1.2.3.4]", b"%zz", b"a%4",
+    b"\xe9.example", b"a\tb", b"a\"b", b"a<b",
+])
+def test_reject_invalid_host(host):
+    data = b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+    err = req_error_every_way(data)
+    assert err.status == 400 and err.reason == "invalid Host header (expected host[:port], RFC 3986)"
+    assert err.offset == data.index(b"Host: ") + 6
+
+
+@pytest.mark.parametrize("host", [
+    b"example.test", b"example.test:8080", b"EXAMPLE.test.", b"127.0.0.1", b"127.0.0.1:80", b"999.1.1.1",
+    b"[::1]", b"[::1]:8443", b"[2001:db8::ffff:1.2.3.4]", b"[v7.x:y]", b"a%41.example", b"a_b-c~d",
+    b"a!$&'()*+,;=b", b"x:", b"localhost:65536",
+])
+def test_accept_valid_host(host):
+    (head,) = heads_every_way(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert head[4] == [(b"Host", host)]
+
+
+@pytest.mark.parametrize("target", [b"/", b"*"])
+def test_empty_host_is_accepted_when_the_target_has_no_authority(target):
+    method = b"OPTIONS" if target == b"*" else b"GET"
+    (head,) = heads_every_way(method + b" " + target + b" HTTP/1.1\r\nHost:\r\n\r\n")
+    assert head[4] == [(b"Host", b"")]
+
+
+def test_reject_empty_host_with_an_absolute_form_target():
+    err = req_error_every_way(b"GET http://a.example/x HTTP/1.1\r\nHost: \r\n\r\n")
+    assert err.status == 400 and "empty Host" in err.reason
+
+
+def test_absolute_form_target_is_accepted_with_any_valid_host():
+    # RFC 9112 3.2.2: the target's authority is the request's; the Host (valid,
+    # possibly different) is replaced by the proxy.
+    heads = heads_every_way(b"GET http://a.example:81/x?y HTTP/1.1\r\nHost: b.example\r\n\r\n"
+                            b"GET https://[::1]:8443 HTTP/1.1\r\nHost: a\r\n\r\n"
+                            b"GET http://a.example/x HTTP/1.0\r\n\r\n")
+    assert [h[2] for h in heads] == ["http://a.example:81/x?y", "https://[::1]:8443", "http://a.example/x"]
+
+
+@pytest.mark.parametrize("target", [b"http://u@a.example/x", b"http://u:p@a.example", b"http://@a.example/"])
+def test_reject_userinfo_in_the_target(target):
+    data = b"GET " + target + b" HTTP/1.1\r\nHost: a.example\r\n\r\n"
+    err = req_error_every_way(data)
+    assert err.status == 400 and err.reason == "userinfo (user@) in the request target"
+    assert err.offset == data.index(b"@")
+
+
+@pytest.mark.parametrize("target", [b"http://", b"http:///x", b"http://:80/x", b"http://[::1/x", b"http://a:x/",
+                                    b"http://a%zz/"])
+def test_reject_invalid_authority_in_the_target(target):
+    err = req_error_every_way(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert err.status == 400 and "invalid authority in the request target" in err.reason
+
+
+@pytest.mark.parametrize("value", [b"", b" ", b"\t  "])
+def test_reject_empty_transfer_encoding(value):
+    data = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:" + value + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    err = req_error_every_way(data)
+    assert err.status == 501 and err.reason == "empty Transfer-Encoding"
+    assert err.offset == data.index(b"Transfer-Encoding")
+
+
+def test_reject_empty_transfer_encoding_in_a_response():
+    p = ResponseParser()
+    with pytest.raises(ParseError) as info:
+        parse_all(p, b"HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\n\r\nabc", step=1)
+    assert info.value.status == 502 and info.value.source == "upstream"
+    assert info.value.reason == "empty Transfer-Encoding"
+
+
+@pytest.mark.parametrize("te", [b"chunked", b"gzip", b""])
+def test_reject_transfer_encoding_in_http10_request(te):
+    err = req_error_every_way(b"POST / HTTP/1.0\r\nTransfer-Encoding: " + te + b"\r\n\r\n0\r\n\r\n")
+    assert err.status == 400 and err.reason == "Transfer-Encoding in an HTTP/1.0 request"
+
+
+def test_http10_close_wins_over_keep_alive():
+    # RFC 9112 9.3: with both options, the connection does not persist (llhttp
+    # alone would keep it).
+    for conn in (b"Connection: keep-alive\r\nConnection: close\r\n", b"Connection: close, keep-alive\r\n"):
+        p = RequestParser()
+        p.feed(b"GET / HTTP/1.0\r\n" + conn + b"\r\nGET / HTTP/1.0\r\n\r\n")
+        assert p.next_event().keep_alive is False
+        assert p.next_event() is END_OF_MESSAGE
+        with pytest.raises(ParseError):  # nothing may follow, as after 1.1's close
+            p.next_event()
+
+
+def test_response_head_too_large_is_a_response_error():
+    data = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 2000 + b"\r\nContent-Length: 0\r\n\r\n"
+    for step in (None, 1, 100):
+        p = ResponseParser(max_head_size=1024)
+        with pytest.raises(ParseError) as info:
+            parse_all(p, data, step)
+        err = info.value
+        assert err.status == 502 and err.source == "upstream"
+        assert err.reason == "response head too large (status line and headers over the limit)"

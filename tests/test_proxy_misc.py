@@ -59,7 +59,7 @@ def test_unix_sockets_downstream_and_upstream(tmp_path):
         try:
             s = socket.socket(socket.AF_UNIX)
             s.connect(down_path)
-            s.sendall(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             buf = b""
             while True:
                 c = s.recv(65536)

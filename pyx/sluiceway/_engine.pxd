@@ -59,7 +59,7 @@ cdef class RequestHeader:
     cdef readonly HeaderMap headers
     cdef object _buf
     cdef str _method
-    cdef bytes _uri             # set when a hook changed it
+    cdef bytes _uri             # set when a hook changed it, or from an absolute-form target
     cdef sw_span_t _target
     cdef sw_span_t _head        # (msg_start, head_len) in _buf
     cdef int _major
@@ -70,6 +70,8 @@ cdef class RequestHeader:
     cdef bint has_cl
     cdef bint upgrade
     cdef unsigned long long content_length
+
+    cdef int _take_authority(self, sw_span_t auth) except -1
 
 
 cdef class ResponseHeader:

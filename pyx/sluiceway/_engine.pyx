@@ -551,6 +551,19 @@ cdef class RequestHeader:
     def __repr__(self):
         return f"<RequestHeader {self._method} {self.uri} HTTP/{self.version}>"
 
+    cdef int _take_authority(self, sw_span_t auth) except -1:
+        """An absolute-form target (RFC 9112 3.2.2): its authority (``auth``,
+        in the target) is the request's. Hooks and the upstream see one
+        authority: the target becomes origin-form (what follows the
+        authority, "/" when that is empty or only a query) and the Host
+        field is set to the authority, replacing the one the client sent."""
+        cdef const char *b = PyBytes_AS_STRING(<bytes>self._buf)
+        cdef uint32_t rest = auth.off + auth.len
+        cdef bytes tail = PyBytes_FromStringAndSize(b + rest, self._target.off + self._target.len - rest)
+        self._uri = tail if tail.startswith(b"/") else b"/" + tail
+        self._edited_line = True
+        self.headers[b"Host"] = PyBytes_FromStringAndSize(b + auth.off, auth.len)
+
 
 @cython.final
 @cython.freelist(64)
@@ -2857,6 +2870,8 @@ cdef class Session:
         rq.content_length = m.content_length
         rq.upgrade = m.upgrade
         rq.headers = _new_map(w.head_buf, w.head_base, m.headers, m.nheaders)
+        if m.target_authority.len:
+            rq._take_authority(m.target_authority)
         s.req_header = rq
         s.eng = ds.eng
         s.ds = ds
@@ -3555,6 +3570,9 @@ cdef class Session:
         cdef RequestHeader rq = self.req_header
         cdef HeaderMap hm = rq.headers
         if not (flags & SW_F_HOST):
+            # An HTTP/1.0 client may send no Host (the parser refuses an
+            # HTTP/1.1 request without one), or a hook removed it: the
+            # HTTP/1.1 request sent upstream needs one.
             parts.append(b"Host: " + (<HttpPeer>self.peer)._host_hdr() + _CRLF)
         if reframe:
             parts.append(b"Transfer-Encoding: chunked\r\n")

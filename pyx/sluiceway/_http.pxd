@@ -24,6 +24,7 @@ cdef extern from "sw_http.h" nogil:
         uint32_t head_len
         sw_span_t url
         sw_span_t reason
+        sw_span_t target_authority
         sw_header_t *headers
         uint32_t nheaders
         int skip_body

@@ -663,6 +663,7 @@ cdef void _capi_view(const void *vp, sw_msg_t *out) noexcept nogil:
     out.head_len = p.head_len
     out.url = p.url
     out.reason = p.reason
+    out.target_authority = p.target_authority
     out.headers = p.headers
     out.nheaders = p.nheaders
     out.method = p.ll.method

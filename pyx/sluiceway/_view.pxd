@@ -11,6 +11,7 @@ cdef extern from "sw_view.h" nogil:
         uint32_t head_len
         sw_span_t url
         sw_span_t reason
+        sw_span_t target_authority
         const sw_header_t *headers
         uint32_t nheaders
         int method
