@@ -176,6 +176,22 @@ static int64_t sw_trailer_append(sw_http_t *p, const char *at, size_t len)
     return off;
 }
 
+/* Double the header (or trailer) array, up to limits.max_headers; the
+ * spans already recorded move with it. Returns the new array or NULL. */
+static sw_header_t *sw_grow_fields(sw_http_t *p, int trailers)
+{
+    uint32_t *cap = trailers ? &p->ttcap : &p->hcap;
+    sw_header_t **arr = trailers ? &p->trailers : &p->headers;
+    uint32_t ncap = *cap ? *cap * 2 : 8;
+    sw_header_t *nb;
+    if (ncap > p->limits.max_headers) ncap = p->limits.max_headers;
+    nb = realloc(*arr, sizeof(sw_header_t) * ncap);
+    if (!nb) return NULL;
+    *arr = nb;
+    *cap = ncap;
+    return nb;
+}
+
 static int on_header_field(llhttp_t *ll, const char *at, size_t len)
 {
     sw_http_t *p = SW_P(ll);
@@ -204,6 +220,11 @@ static int on_header_field(llhttp_t *ll, const char *at, size_t len)
     if (*count >= p->limits.max_headers)
         return sw_fail(p, sw_head_status(p, 431),
                        p->in_trailers ? "too many trailer fields" : "too many header fields");
+    if (SW_UNLIKELY(*count >= (p->in_trailers ? p->ttcap : p->hcap))) {
+        arr = sw_grow_fields(p, p->in_trailers);
+        if (!arr)
+            return sw_fail(p, sw_head_status(p, 431), "out of memory for header fields");
+    }
     arr[*count].name.off = off;
     arr[*count].name.len = (uint32_t)len;
     arr[*count].value.off = off + (uint32_t)len;
@@ -506,9 +527,10 @@ int sw_http_init(sw_http_t *p, int is_request, const sw_http_limits_t *limits)
     p->limits = *limits;
     if (p->limits.max_headers == 0) p->limits.max_headers = 1;
     p->is_request = is_request;
-    p->headers = malloc(sizeof(sw_header_t) * p->limits.max_headers);
-    p->trailers = malloc(sizeof(sw_header_t) * p->limits.max_headers);
-    if (!p->headers || !p->trailers) {
+    p->hcap = p->limits.max_headers < SW_HEADERS_INITIAL ? p->limits.max_headers
+                                                         : SW_HEADERS_INITIAL;
+    p->headers = malloc(sizeof(sw_header_t) * p->hcap);
+    if (!p->headers) {
         sw_http_free(p);
         return -1;
     }
@@ -523,6 +545,7 @@ void sw_http_free(sw_http_t *p)
     free(p->trailers);
     free(p->tbuf);
     p->headers = p->trailers = NULL;
+    p->hcap = p->ttcap = 0;
     p->tbuf = NULL;
     p->tcap = p->tlen = 0;
 }

@@ -49,8 +49,11 @@
  * Responses map every rejection to 502. keep_alive follows RFC 9112 9.3:
  * `Connection: close` wins over HTTP/1.0's `keep-alive`.
  *
- * Thread-safety: none; one parser per connection. No allocation except in
- * sw_http_init() (header and trailer arrays) and trailer growth.
+ * Thread-safety: none; one parser per connection. Allocation: the header
+ * array (SW_HEADERS_INITIAL entries) in sw_http_init(); it doubles, up to
+ * limits.max_headers, when a head has more fields, and stays that size;
+ * the trailer array and buffer are made when a message has trailers. A
+ * parser waiting for a small head so holds about 1 KiB, not 4.
  */
 #ifndef SW_HTTP_H
 #define SW_HTTP_H
@@ -64,6 +67,9 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* Header entries a new parser has room for (see "Allocation" above). */
+#define SW_HEADERS_INITIAL 24
 
 typedef struct {
     uint32_t max_head;     /* start line + headers, bytes (431 past it) */
@@ -86,8 +92,9 @@ typedef struct sw_http_s {
     sw_span_t reason;       /* response reason phrase */
     sw_span_t target_authority; /* absolute-form request target: its authority
                                (host[:port], inside url); len 0 for other forms */
-    sw_header_t *headers;   /* capacity limits.max_headers */
+    sw_header_t *headers;   /* hcap entries, grown up to limits.max_headers */
     uint32_t nheaders;
+    uint32_t hcap;
     int last_kind;          /* kind of the last name/value span callback */
     int open_kind;          /* that kind, if it reached the end of the last call's data */
     const char *last_end;   /* end of the last name/value span (NULL: none yet in this call) */
@@ -109,8 +116,9 @@ typedef struct sw_http_s {
     /* Trailers: copied (they may straddle calls). */
     char *tbuf;
     uint32_t tlen, tcap;
-    sw_header_t *trailers;
+    sw_header_t *trailers;  /* ttcap entries (NULL until the first trailer) */
     uint32_t ntrailers;
+    uint32_t ttcap;
 
     /* Error. */
     int status;             /* HTTP status this error maps to */

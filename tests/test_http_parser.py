@@ -327,6 +327,32 @@ def test_too_many_headers_is_431():
     assert len(parse_all(RequestParser(max_headers=20), data)) == 2
 
 
+@pytest.mark.parametrize("step", [1, 7, 100000])
+def test_many_fields_grow_the_field_array(step):
+    """A parser starts with room for a few fields and grows to the limit:
+    fields and trailers past the first arrays come out right, however the
+    bytes are split, and message after message on one parser."""
+    fields = b"".join(b"X-%d: v%d\r\n" % (i, i) for i in range(120))
+    head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n" + fields + b"\r\n"
+    trailers = b"".join(b"T-%d: t%d\r\n" % (i, i) for i in range(60))
+    data = (head + b"1\r\na\r\n0\r\n" + trailers + b"\r\n") * 2
+    p = RequestParser(max_headers=128)
+    heads, ends = [], []
+    for i in range(0, len(data), step):
+        p.feed(data[i:i + step])
+        for ev in p.events():
+            if isinstance(ev, RequestHead):
+                heads.append(ev)
+            elif isinstance(ev, EndOfMessage):
+                ends.append(ev)
+    assert len(heads) == 2 and len(ends) == 2
+    for h in heads:
+        assert len(h.headers) == 122
+        assert h.headers.get("x-0") == "v0" and h.headers.get("x-119") == "v119"
+    for e in ends:
+        assert len(e.trailers) == 60 and e.trailers.get("t-59") == "t59"
+
+
 def test_limits_are_validated():
     with pytest.raises(ValueError, match="max_headers=0"):
         RequestParser(max_headers=0)
