@@ -446,6 +446,7 @@ cdef class Session:
     cdef int _access_line(self) except -1
     cdef int _release_upstream(self, bint reuse) except -1
     cdef int _ds_lost(self, object exc) except -1
+    cdef object _bad_return(self, str hook, object value, str expected)
     cdef int _us_lost(self, object exc) except -1
     cdef int _connect(self, bint force_new) except -1
     cdef int _write_ds(self, object data) except -1
