@@ -394,7 +394,8 @@ def spawn(args, env=None, **kw):
     from conftest import subprocess_env
 
     e = subprocess_env(**(env or {}))
-    return subprocess.Popen([sys.executable] + list(args), env=e, cwd=REPO,
+    kw.setdefault("cwd", REPO)
+    return subprocess.Popen([sys.executable] + list(args), env=e,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
