@@ -152,3 +152,14 @@ def test_docs_testing_examples_pass_as_written(tmp_path):
                          timeout=120, cwd=str(tmp_path), env=subprocess_env())
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert " passed" in out.stdout and "skipped" not in out.stdout
+
+
+def test_benchmarks_collect_the_way_users_run_them():
+    out = subprocess.run([sys.executable, "-m", "pytest", "bench", "--collect-only", "-q",
+                          "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env=subprocess_env())
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    for name in ("bench_nginx.py::test_proxy_throughput[nginx-small]",
+                 "bench_nginx.py::test_proxy_throughput[sluiceway-16k]",
+                 "bench_nginx.py::test_idle_keepalive_memory[sluiceway]", "bench_parser.py::"):
+        assert name in out.stdout, out.stdout[-2000:]
