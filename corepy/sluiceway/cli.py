@@ -198,8 +198,6 @@ def _demo_app(origin_port: int):
 
 
 async def _demo_main(port: int, ready=None) -> None:
-    import logging
-
     from .server import http_proxy_service
 
     from ._startup import setup_logging

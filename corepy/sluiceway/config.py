@@ -15,7 +15,6 @@ that they agree.
 from __future__ import annotations
 
 import dataclasses
-import socket
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple, Union
 
