@@ -137,7 +137,7 @@ def check_wheel_contents(path):
             assert not [x for x in sections if x.startswith(".debug")], f"{n} keeps debug info"
         licences = {os.path.basename(n) for n in names if ".dist-info/" in n and "LICENSE" in n}
         assert licences >= {"LICENSE", "LICENSE.llhttp"}, names
-        notice = next(z.read(n) for n in names if n.endswith("LICENSE.llhttp")).decode()
+        notice = " ".join(next(z.read(n) for n in names if n.endswith("LICENSE.llhttp")).decode().split())
         assert "llhttp 9.3.0" in notice and "Permission is hereby granted" in notice
         entry_points = next(z.read(n) for n in names if n.endswith(".dist-info/entry_points.txt")).decode()
         assert "[pytest11]" in entry_points and "sluiceway.pytest_plugin" in entry_points

@@ -352,3 +352,41 @@ def test_conf_example_and_key_reference_agree_with_serverconf():
         assert f.name in doc
         if "example" not in f.metadata:
             assert getattr(conf, f.name) == getattr(ServerConf(), f.name), f.name
+
+
+@pytest.mark.parametrize("hook", ["response_body_filter", "request_body_filter", "fail_to_connect"])
+def test_other_hooks_returning_the_wrong_type_are_logged(caplog, hook):
+    class Odd(ProxyHttp):
+        def __init__(self, port):
+            self.port = port
+
+        def upstream_peer(self, session, ctx):
+            return HttpPeer(("127.0.0.1", self.port))
+
+    if hook == "response_body_filter":
+        Odd.response_body_filter = lambda self, session, body, end, ctx: 42
+    elif hook == "request_body_filter":
+        Odd.request_body_filter = lambda self, session, body, end, ctx: 42
+    else:
+        Odd.fail_to_connect = lambda self, session, peer, ctx, error: None
+    with caplog.at_level(logging.ERROR, logger="sluiceway.error"):
+        with Harness(Odd(None if hook != "fail_to_connect" else free_port())) as h:
+            try:
+                status = httpx.post(h.url + "/echo", content=b"body").status_code
+            except httpx.HTTPError:
+                status = None     # the response had started: the connection is closed
+    assert hook != "fail_to_connect" or status == 502
+    assert any(f"Odd.{hook} returned " in r.getMessage() for r in caplog.records), \
+        [r.getMessage() for r in caplog.records]
+
+
+def test_configuration_doc_program_runs_as_written(tmp_path):
+    import re
+
+    with open(os.path.join(ROOT, "docs", "configuration.md")) as f:
+        (block,) = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    (tmp_path / "prog_doc.py").write_text(block)
+    p = spawn(["prog_doc.py", "--region", "us", "-t", "-l", "127.0.0.1:0"], cwd=str(tmp_path))
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert b"region: us" in out and b"is valid; would listen on 127.0.0.1:0" in out

@@ -2943,6 +2943,9 @@ cdef class Session:
             if stage == S_FAIL_CONNECT_DONE:
                 if isinstance(value, Error):
                     self.error = value
+                elif eng.h_fail_connect is not None:
+                    self._bad_return("fail_to_connect", value, "the Error to continue with "
+                                     "(the one it was given, by default); going on with that one")
                 if isinstance(self.error, Error) and self.error.retryable and self.retries < eng.max_retries:
                     self.retries += 1
                     self.error = None
@@ -2953,6 +2956,9 @@ cdef class Session:
             if stage == S_ERR_PROXY_DONE:
                 if isinstance(value, Error):
                     self.error = value
+                elif eng.h_err_proxy is not None and self.up_head_sent:
+                    self._bad_return("error_while_proxy", value, "the Error to continue with "
+                                     "(the one it was given, by default); going on with that one")
                 # then fail_to_proxy decides the answer
                 if eng.h_fail_proxy is not None:
                     r = self._call(eng.h_fail_proxy, (self, self.error, self.ctx), S_FAIL_PROXY_DONE)
@@ -3275,6 +3281,10 @@ cdef class Session:
             return 0
         if isinstance(chunk, str):
             chunk = (<str>chunk).encode("utf-8")
+        elif not isinstance(chunk, (bytes, memoryview, bytearray)):
+            # only a request_body_filter can hand over anything else
+            self._fail(self._bad_return("request_body_filter", chunk, "bytes, str or None"))
+            return 0
         if not chunk:
             return 0
         if self.replay is not None:
@@ -3522,6 +3532,10 @@ cdef class Session:
             return 0
         if isinstance(chunk, str):
             chunk = (<str>chunk).encode("utf-8")
+        elif not isinstance(chunk, (bytes, memoryview, bytearray)):
+            # only a response_body_filter can hand over anything else
+            self._fail(self._bad_return("response_body_filter", chunk, "bytes, str or None"))
+            return 0
         if not chunk:
             return 0
         self.response_body_bytes += len(chunk)
