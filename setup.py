@@ -269,6 +269,11 @@ class sdist(_sdist):
     """Ship the fetched llhttp sources (and its licence) inside our sdist."""
 
     def make_release_tree(self, base_dir, files):
+        # Extension sources from SLUICEWAY_LLHTTP_DIR outside the tree would be
+        # listed as ../..., and copied next to the release tree (into the
+        # checkout); third_party/ below carries them instead.
+        files = [f for f in files if not os.path.normpath(f).startswith(os.pardir + os.sep)
+                 and not os.path.isabs(f)]
         super().make_release_tree(base_dir, files)
         src = llhttp_dir()
         dst = os.path.join(base_dir, "third_party", "llhttp")
