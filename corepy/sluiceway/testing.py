@@ -540,7 +540,19 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
+        """Cancel what still runs on the loop (an origin answer that sleeps,
+        a hook's task), stop the loop and close it."""
         if self.thread.is_alive():
+            async def cancel_all():
+                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for t in tasks:
+                    t.cancel()
+                if tasks:
+                    await asyncio.wait(tasks, timeout=1.0)
+            try:
+                self.call(cancel_all(), 5)
+            except Exception:
+                pass
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
         self.loop.close()
