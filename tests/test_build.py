@@ -150,6 +150,8 @@ def test_wheel_installs_without_a_compiler_then_selfchecks_and_proxies(wheelhous
     py = find_python(version)
     if py is None:
         pytest.skip(f"no CPython {version} on this machine")
+    if version not in os.environ.get("SLUICEWAY_WHEEL_PYTHONS", " ".join(WHEEL_PYTHONS)).split():
+        pytest.skip(f"SLUICEWAY_WHEEL_PYTHONS leaves out {version}")
     tag = "cp" + version.replace(".", "")
     wheels = list(wheelhouse.glob(f"sluiceway-*-{tag}-{tag}-*manylinux*x86_64*.whl"))
     assert len(wheels) == 1, sorted(p.name for p in wheelhouse.iterdir())
