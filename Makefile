@@ -3,7 +3,7 @@
 PY ?= python3
 export PYTHONPATH := $(CURDIR)/corepy
 
-.PHONY: build debug annotate test test-slow bench wheel clean
+.PHONY: build debug annotate test test-slow bench wheel wheels conf-docs clean
 
 build:          ## optimised in-place build
 	$(PY) setup.py build_ext --inplace
@@ -24,8 +24,14 @@ test-slow: build
 bench: build
 	$(PY) bench/bench_parser.py
 
-wheel:
-	bash ci/build-wheel.sh
+wheels:         ## manylinux wheels for CPython 3.10-3.13 and the sdist, in wheelhouse/
+	bash ci/build-wheels.sh
+
+wheel: wheels
+
+conf-docs:      ## regenerate conf.example.yaml and the key table in docs/configuration.md
+	$(PY) -m sluiceway config example > conf.example.yaml
+	$(PY) ci/update_conf_docs.py
 
 clean:
-	rm -rf build dist wheelhouse corepy/sluiceway/*.so pyx/sluiceway/*.c
+	rm -rf build dist wheelhouse corepy/sluiceway/*.so pyx/sluiceway/*.c LICENSE.llhttp

@@ -15,6 +15,10 @@ llhttp is never committed.  Its C sources come, in this order, from:
 4. the pinned ``llhttp`` sdist, downloaded by name with pip, checked against its
    sha256 and unpacked under ``build/``.
 
+``LICENSE.llhttp`` (llhttp's licence, from the fetched sources) is written at
+the top of the tree when ``sluiceway._http`` is built, so every wheel and
+sdist carries it beside our ``LICENSE``.
+
 Environment:
     SLUICEWAY_DEBUG=1     Cython line tracing, C assertions, -O0 -g.
     SLUICEWAY_ANNOTATE=1  write Cython's annotated HTML to build/annotate/.
@@ -28,6 +32,7 @@ import subprocess
 import sys
 import tarfile
 
+import setuptools
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext as _build_ext
 from setuptools.command.sdist import sdist as _sdist
@@ -46,6 +51,12 @@ ANNOTATE = os.environ.get("SLUICEWAY_ANNOTATE", "") not in ("", "0")
 class BuildError(SystemExit):
     def __init__(self, msg):
         super().__init__("sluiceway build: " + msg)
+
+
+if int(setuptools.__version__.split(".")[0]) < 77 and __name__ == "__main__":
+    raise BuildError(f"setuptools {setuptools.__version__} is too old: pyproject.toml gives the "
+                     "licence as an SPDX expression, which needs setuptools 77 or newer. Run "
+                     "python3 -m pip install -U 'setuptools>=77' (pip install . gets it by itself).")
 
 
 def _rel(path):
@@ -131,6 +142,44 @@ def llhttp_dir():
     return unpacked
 
 
+NOTICE_FILE = "LICENSE.llhttp"
+NOTICE_HEAD = """Third-party notice: llhttp
+
+sluiceway's compiled module sluiceway._http contains the C sources of llhttp
+{version} (api.c, http.c, llhttp.c, llhttp.h), an HTTP/1.x parser licensed
+under the MIT License (llhttp itself: Copyright Fedor Indutny, 2018). The
+sources come from the {pin} source distribution, whose licence text
+follows, unchanged.
+
+--------------------------------------------------------------------------------
+
+"""
+
+
+def write_notice(src_dir):
+    """Write LICENSE.llhttp at the top of the tree from the licence in the
+    fetched llhttp sources. setuptools' default licence-file patterns
+    (LICEN[CS]E*) put it, beside our LICENSE, in every wheel's .dist-info and
+    in the sdist. Generated at build time, never committed."""
+    lic = os.path.join(src_dir, "LICENSE")
+    if not os.path.isfile(lic):
+        raise BuildError(f"{_rel(src_dir) if src_dir.startswith(HERE) else src_dir} has llhttp's "
+                         "sources but no LICENSE; the wheel must carry llhttp's licence. Put "
+                         f"the LICENSE of the {LLHTTP_PIN} sdist beside them.")
+    with open(lic, encoding="utf-8") as f:
+        text = f.read()
+    body = NOTICE_HEAD.format(version=LLHTTP_PIN.split("==")[1].rsplit(".", 1)[0], pin=LLHTTP_PIN) + text
+    path = os.path.join(HERE, NOTICE_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.read() == body:
+                return
+    except OSError:
+        pass
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(body)
+
+
 def _mode_changed():
     """True when the last build in this tree used another mode (debug,
     annotate, release): its generated C and objects must not be reused, or a
@@ -166,7 +215,9 @@ def extensions():
         sources = [_rel(pyx)]
         include_dirs = [os.path.join(HERE, "csrc")]
         if name in LLHTTP_MODULES:
-            llhttp = llhttp or llhttp_dir()
+            if llhttp is None:
+                llhttp = llhttp_dir()
+                write_notice(llhttp)
             sources += [os.path.join(_rel(llhttp), f) for f in LLHTTP_FILES if f.endswith(".c")]
             include_dirs.append(llhttp)
         macros = [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")] if DEBUG else []
@@ -209,12 +260,20 @@ class build_ext(_build_ext):
         super().finalize_options()
         if MODE_CHANGED:
             self.force = True
+        if self.parallel is None:
+            # The engine's C file dominates; the other modules build beside it.
+            self.parallel = min(4, os.cpu_count() or 1)
 
 
 class sdist(_sdist):
     """Ship the fetched llhttp sources (and its licence) inside our sdist."""
 
     def make_release_tree(self, base_dir, files):
+        # Extension sources from SLUICEWAY_LLHTTP_DIR outside the tree would be
+        # listed as ../..., and copied next to the release tree (into the
+        # checkout); third_party/ below carries them instead.
+        files = [f for f in files if not os.path.normpath(f).startswith(os.pardir + os.sep)
+                 and not os.path.isabs(f)]
         super().make_release_tree(base_dir, files)
         src = llhttp_dir()
         dst = os.path.join(base_dir, "third_party", "llhttp")

@@ -27,7 +27,11 @@ the same interleaved rounds: a before/after comparison from one run. It is
 pinned like the first and reported with its ratio to nginx.
 
 Needs: nginx (/usr/sbin/nginx), wrk, taskset, a built checkout (run from the
-repository root after `python setup.py build_ext --inplace`).
+repository root after `make build`).
+
+The same measurement runs under pytest-benchmark (saved runs, comparisons
+between builds): `pytest bench/bench_nginx.py --benchmark-only`; see
+bench/bench_nginx.py.
 """
 
 from __future__ import annotations
@@ -67,11 +71,14 @@ class BenchApp(ProxyHttp):
 
 
 def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    """A port no one else is handed for a while (sluiceway.testing.free_port:
+    left in TIME_WAIT, so a plain bind-then-close race cannot take it)."""
+    try:
+        from sluiceway.testing import free_port as _free_port
+    except ImportError:
+        sys.path.insert(0, os.path.join(REPO, "corepy"))
+        from sluiceway.testing import free_port as _free_port
+    return _free_port()
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:

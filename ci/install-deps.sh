@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Install what the tests need on a fresh Debian 12 machine: Debian's nginx,
-# wrk and curl (when running as root and missing), and the Python test
-# dependencies from PyPI. Idempotent; safe to run again.
+# Install the Debian packages the build and the tests need on a fresh
+# Debian 12 machine, when missing (as root): a C compiler and the Python
+# headers and venv module (to build sluiceway), nginx, wrk, curl and openssl
+# (tests and benchmarks). The Python packages go into virtual environments
+# (ci/test.sh), never into the system Python. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
+command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+python3 -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+    >/dev/null 2>&1 || need+=(python3-dev)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v curl >/dev/null 2>&1 || need+=(curl)
@@ -16,10 +22,7 @@ if [ ${#need[@]} -gt 0 ]; then
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
     else
-        echo "ci/install-deps.sh: please install Debian packages: ${need[*]} (needs root)" >&2
+        echo "ci/install-deps.sh: please install Debian packages: ${need[*]} (needs root: sudo apt-get install ${need[*]})" >&2
         exit 1
     fi
 fi
-
-python3 -m pip install -q --upgrade pip
-python3 -m pip install -q -r ci/requirements-test.txt

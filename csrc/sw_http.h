@@ -136,7 +136,9 @@ void sw_http_free(sw_http_t *p);
 void sw_http_reset(sw_http_t *p);
 
 /* Parse data[resume_at:len] (see "Head buffer"). *consumed is set to the
- * offset from data just past what was consumed. Returns an sw_http_event. */
+ * offset from data just past what was consumed; after SW_EV_ERROR, to the
+ * offending byte's offset (p->error_offset), which may lie before
+ * resume_at, in the part of a head fed before. Returns an sw_http_event. */
 int sw_http_execute(sw_http_t *p, const char *data, size_t len, size_t resume_at,
                     size_t *consumed);
 

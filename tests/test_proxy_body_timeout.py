@@ -83,6 +83,7 @@ def test_dripping_body_is_408_under_the_minimum_rate(caplog):
         app = ToOrigin(o.addr)
         with Harness(app, downstream_body_timeout_seconds=0.5, downstream_body_min_rate=100) as h:
             u = Upload(h.port, b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+            u.send_more(b"")  # the head is out
             t0 = time.monotonic()
             with caplog.at_level(logging.WARNING, logger="sluiceway.error"):
                 while time.monotonic() - t0 < 5:

@@ -71,12 +71,13 @@ def test_config_invalid_yaml(tmp_path):
 def test_cli_check_config(tmp_path, appdir):
     good = tmp_path / "good.yaml"
     good.write_text("version: 1\nthreads: 1\nupstream_keepalive_pool_size: 16\n")
-    p = spawn(["-m", "sluiceway.cli", "run", "testapp:App", "-c", str(good), "-t"])
+    env = {"PYTHONPATH": str(appdir)}   # -t imports the app too
+    p = spawn(["-m", "sluiceway.cli", "run", "testapp:App", "-c", str(good), "-t"], env)
     out, err = p.communicate(timeout=20)
-    assert p.returncode == 0 and b"is valid" in out
+    assert p.returncode == 0 and b"is valid" in out, err
     bad = tmp_path / "bad.yaml"
     bad.write_text("threads: 0\n")
-    p = spawn(["-m", "sluiceway.cli", "run", "testapp:App", "-c", str(bad), "-t"])
+    p = spawn(["-m", "sluiceway.cli", "run", "testapp:App", "-c", str(bad), "-t"], env)
     out, err = p.communicate(timeout=20)
     assert p.returncode == 2 and b"bad.yaml:1: threads must be at least 1" in err
 

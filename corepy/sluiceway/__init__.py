@@ -6,7 +6,10 @@ imports the compiled modules and fails loudly, with a hint, when they are
 missing: there is no silent pure-Python fallback for the engine.
 """
 
+from ._compiled import check_interpreter as _check_interpreter
 from ._compiled import load as _load
+
+_check_interpreter()
 from .errors import Error, ParseError
 
 __version__ = "0.1.0.dev0"

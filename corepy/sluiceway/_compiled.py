@@ -6,6 +6,7 @@ running slowly or half-working.
 """
 
 import importlib
+import sysconfig
 
 _HINT = (
     "sluiceway's compiled module {name!r} could not be imported ({exc}).\n"
@@ -26,3 +27,19 @@ def load(name):
         raise ImportError(
             _HINT.format(name=name, exc=exc, major=sys.version_info[0], minor=sys.version_info[1])
         ) from exc
+
+
+FREE_THREADED_MESSAGE = (
+    "sluiceway does not support free-threaded CPython ({version}t) yet: its compiled "
+    "engine, pools and free lists rely on the GIL. Use the regular build of CPython "
+    "{version} (python{version}, not python{version}t); the same wheel tags do not apply.")
+
+
+def check_interpreter(get_config_var=sysconfig.get_config_var, version=None):
+    """Refuse a free-threaded CPython build with a clear ImportError (instead
+    of the engine running with the GIL silently re-enabled, or worse)."""
+    if get_config_var("Py_GIL_DISABLED"):
+        import sys
+
+        v = version or f"{sys.version_info[0]}.{sys.version_info[1]}"
+        raise ImportError(FREE_THREADED_MESSAGE.format(version=v))

@@ -4,12 +4,22 @@
         Run the ProxyHttp subclass ``App`` from ``module`` (a class, which
         is instantiated without arguments, or an instance). Listens on every
         ``-l`` address, else the configuration's ``listen`` list, else
-        127.0.0.1:8080. ``-t`` checks the configuration and exits; ``-d``
-        runs as a daemon writing ``pid_file``.
+        127.0.0.1:8080. ``-t`` checks everything a start would (the
+        configuration, the app, addresses, log and pid paths) and exits;
+        ``-d`` runs as a daemon writing ``pid_file``.
 
     sluiceway demo [-p PORT]
         Start a demo proxy with its own embedded demo origin and print the
         URL to try.
+
+    sluiceway new NAME
+        Write a starter project: app, configuration, systemd unit, test.
+
+    sluiceway config example|reference
+        Print the commented example configuration, or the key reference.
+
+    sluiceway --version
+        sluiceway's, llhttp's and Python's versions.
 """
 
 from __future__ import annotations
@@ -25,26 +35,51 @@ from typing import List, Optional
 from .config import ConfigError, ServerConf, load_config
 
 
-def _load_app(spec: str):
+class AppError(Exception):
+    """The APP argument does not name a usable ProxyHttp."""
+
+
+def _load_app(spec: str, instantiate: bool = True):
+    """Import ``module:Name`` and return the ProxyHttp instance (or, with
+    ``instantiate=False``, the class or instance found).
+
+    Raises:
+        AppError: the message says what is wrong and what to write.
+    """
     from .proxy import ProxyHttp
 
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
-        raise SystemExit(f"sluiceway: APP must be 'module:Name' (e.g. 'myproxy:Router'), got {spec!r}")
-    sys.path.insert(0, os.getcwd())
+        raise AppError(f"APP must be 'module:Name' (e.g. 'myproxy:Router'), got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as exc:
-        raise SystemExit(f"sluiceway: cannot import module {mod_name!r}: {exc}")
+        raise AppError(f"cannot import module {mod_name!r}: {exc} (run from the folder that "
+                       "holds it, or put that folder on PYTHONPATH)") from exc
+    except Exception as exc:
+        import traceback
+
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:])
+        raise AppError(f"importing module {mod_name!r} failed: {type(exc).__name__}: {exc}\n{tb}") from exc
     obj = getattr(mod, attr, None)
     if obj is None:
-        raise SystemExit(f"sluiceway: module {mod_name!r} has no attribute {attr!r}")
-    if isinstance(obj, type):
-        if not issubclass(obj, ProxyHttp):
-            raise SystemExit(f"sluiceway: {spec} is not a ProxyHttp subclass")
-        obj = obj()
-    if not isinstance(obj, ProxyHttp):
-        raise SystemExit(f"sluiceway: {spec} is not a ProxyHttp subclass or instance")
+        names = sorted(n for n, v in vars(mod).items()
+                       if isinstance(v, type) and issubclass(v, ProxyHttp) and v is not ProxyHttp)
+        hint = f" (it has: {', '.join(names)})" if names else " (it defines no ProxyHttp subclass)"
+        raise AppError(f"module {mod_name!r} has no attribute {attr!r}{hint}")
+    cls = obj if isinstance(obj, type) else type(obj)
+    if not issubclass(cls, ProxyHttp):
+        raise AppError(f"{spec} is a {'class' if isinstance(obj, type) else type(obj).__name__} "
+                       "that is not a ProxyHttp subclass")
+    if cls.upstream_peer is ProxyHttp.upstream_peer:
+        raise AppError(f"{spec} must override upstream_peer(session, ctx)")
+    if isinstance(obj, type) and instantiate:
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise AppError(f"{spec}() failed: {type(exc).__name__}: {exc}") from exc
     return obj
 
 
@@ -53,23 +88,34 @@ def _cmd_run(ns) -> int:
 
     try:
         conf = load_config(ns.conf) if ns.conf else ServerConf()
+        if ns.listen:
+            conf.listen = list(ns.listen)
+            conf.validate()
     except ConfigError as exc:
         print(f"sluiceway: {exc}", file=sys.stderr)
         return 2
-    if ns.test:
-        print(f"sluiceway: configuration {ns.conf or '(defaults)'} is valid")
-        return 0
+    if not conf.listen:
+        conf.listen = ["127.0.0.1:8080"]
     if ns.daemon:
         conf.daemon = True
-    app = _load_app(ns.app)
-    server = Server(conf)
-    svc = http_proxy_service(conf, app)
-    for addr in ns.listen or conf.listen or ["127.0.0.1:8080"]:
-        if addr.startswith("unix:"):
-            svc.add_uds(addr[5:])
-        else:
-            svc.add_tcp(addr)
-    server.add_service(svc)
+    try:
+        app = _load_app(ns.app, instantiate=not ns.test)
+    except AppError as exc:
+        print(f"sluiceway: {exc}", file=sys.stderr)
+        return 2
+    server = Server(conf, conf_path=ns.conf)
+    if ns.test:
+        from .proxy import ProxyHttp
+
+        if isinstance(app, type):
+            app = object.__new__(app)   # checked, not constructed: -t has no side effects
+        svc = http_proxy_service(conf, app) if isinstance(app, ProxyHttp) else None
+        server.add_service(svc)
+        code = server.check()
+        if code == 0:
+            print(f"sluiceway: app {ns.app} is a ProxyHttp ({type(app).__name__})")
+        return code
+    server.add_service(http_proxy_service(conf, app))
     server.run_forever()
     return 0
 
@@ -138,28 +184,33 @@ def _demo_app(origin_port: int):
                 return True
             return False
 
+        origin_port = 0
+
         def upstream_peer(self, session, ctx):
-            return HttpPeer(("127.0.0.1", origin_port))
+            return HttpPeer(("127.0.0.1", self.origin_port))
 
         def response_filter(self, session, upstream_response, ctx):
             upstream_response.headers["x-proxied-by"] = "sluiceway"
 
-    return DemoProxy()
+    app = DemoProxy()
+    app.origin_port = origin_port
+    return app
 
 
 async def _demo_main(port: int, ready=None) -> None:
-    import logging
-
     from .server import http_proxy_service
 
-    logging.getLogger("sluiceway").addHandler(logging.StreamHandler())
-    loop = asyncio.get_running_loop()
-    origin = await loop.create_server(_DemoOrigin, "127.0.0.1", 0)
-    origin_port = origin.sockets[0].getsockname()[1]
+    from ._startup import setup_logging
+
     conf = ServerConf(access_log=True)
-    logging.getLogger("sluiceway.access").setLevel(logging.INFO)
-    svc = http_proxy_service(conf, _demo_app(origin_port))
+    setup_logging(conf)   # errors to stderr, one access line per request to stdout
+    loop = asyncio.get_running_loop()
+    svc = http_proxy_service(conf, _demo_app(0))
     svc.add_tcp(f"127.0.0.1:{port}")
+    svc._bind(reuse_port=False)   # first: a port in use fails before anything starts
+    origin = await loop.create_server(_DemoOrigin, "127.0.0.1", 0)
+    svc.app.origin_port = origin.sockets[0].getsockname()[1]
+    origin_port = svc.app.origin_port
     (host, bound), = await svc.start(loop)
     url = f"http://127.0.0.1:{bound}/"
     print(f"sluiceway demo: proxy on {url} -> demo origin on 127.0.0.1:{origin_port}", flush=True)
@@ -177,24 +228,56 @@ async def _demo_main(port: int, ready=None) -> None:
 def _cmd_demo(ns) -> int:
     import uvloop
 
-    uvloop.run(_demo_main(ns.port))
+    from ._startup import BindError
+
+    try:
+        uvloop.run(_demo_main(ns.port))
+    except BindError as exc:
+        print(f"sluiceway demo: {exc}", file=sys.stderr)
+        print("  try another port:  sluiceway demo -p 8081   (or -p 0 for any free port)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_config(ns) -> int:
+    from .config import example_yaml, reference_markdown
+
+    sys.stdout.write(example_yaml() if ns.what == "example" else reference_markdown())
     return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from ._startup import VersionAction
+
     ap = argparse.ArgumentParser(prog="sluiceway", description="programmable HTTP reverse proxy")
+    ap.add_argument("--version", action=VersionAction)
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run a ProxyHttp application")
     run.add_argument("app", help="module:Name of a ProxyHttp subclass or instance")
-    run.add_argument("-c", "--conf", help="YAML configuration file")
-    run.add_argument("-t", "--test", action="store_true", help="check the configuration and exit")
+    run.add_argument("-c", "--conf", metavar="FILE", help="YAML configuration file")
+    run.add_argument("-t", "--test", action="store_true",
+                     help="check the configuration, the app, addresses, log and pid paths; then exit")
     run.add_argument("-d", "--daemon", action="store_true", help="run in the background")
-    run.add_argument("-l", "--listen", action="append", help="address to listen on (repeatable)")
+    run.add_argument("-l", "--listen", action="append", metavar="HOST:PORT",
+                     help="address to listen on (repeatable; unix:/path for a Unix socket); "
+                          "default: the configuration's listen, else 127.0.0.1:8080")
     demo = sub.add_parser("demo", help="start a demo proxy with an embedded origin")
     demo.add_argument("-p", "--port", type=int, default=8080, help="proxy port (0: any free port)")
+    new = sub.add_parser("new", help="write a starter project (app, config, systemd unit, test)")
+    new.add_argument("name", help="project folder and Python module name (e.g. myproxy)")
+    new.add_argument("--force", action="store_true", help="write into an existing folder")
+    cfg = sub.add_parser("config", help="print the commented example configuration or the key reference")
+    cfg.add_argument("what", choices=["example", "reference"])
     ns = ap.parse_args(argv)
     if ns.cmd == "run":
         return _cmd_run(ns)
+    if ns.cmd == "new":
+        from ._scaffold import main as new_main
+
+        return new_main(ns.name, force=ns.force)
+    if ns.cmd == "config":
+        return _cmd_config(ns)
     return _cmd_demo(ns)
 
 

@@ -1,30 +1,24 @@
 """Server configuration: defaults, YAML loading and validation.
 
 Keys follow Pingora's server configuration where they apply (``threads`` is
-the number of worker *processes* here). Unknown keys and wrong types are
-errors that name the key and the line of the file.
+the number of worker *processes* here). Unknown keys, keys given twice,
+wrong types and malformed addresses are errors that name the key and the
+line of the file.
 
-Example ``conf.yaml``::
-
-    version: 1
-    threads: 2
-    pid_file: /tmp/sluiceway.pid
-    error_log: /tmp/sluiceway.err
-    grace_period_seconds: 5
-    graceful_shutdown_timeout_seconds: 10
-    upstream_keepalive_pool_size: 128
-    max_retries: 1
-    listen: ["0.0.0.0:8080"]
-    upstream_connect_timeout_seconds: 5
+Every key is one field of :class:`ServerConf` with its documentation in the
+field's metadata; ``conf.example.yaml`` and the key reference in
+``docs/configuration.md`` are generated from them
+(``sluiceway config example``, ``sluiceway config reference``) and a test checks
+that they agree.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple, Union
 
-__all__ = ["ServerConf", "ConfigError", "load_config"]
+__all__ = ["ServerConf", "ConfigError", "load_config", "parse_listen"]
 
 
 class ConfigError(ValueError):
@@ -32,98 +26,154 @@ class ConfigError(ValueError):
     for files, the line."""
 
 
+def _key(default, doc: str, *, group: str = "server", example: Any = dataclasses.MISSING,
+         hint: Optional[str] = None):
+    """A configuration key: its default and what it does (one paragraph).
+    conf.example.yaml sets it to ``example`` when given (else the default),
+    and shows ``hint`` as a commented-out alternative."""
+    meta = {"doc": doc, "group": group}
+    if example is not dataclasses.MISSING:
+        meta["example"] = example
+    if hint is not None:
+        meta["hint"] = hint
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def parse_listen(addr: str) -> Union[Tuple[str, str, int], Tuple[str, str]]:
+    """Parse a listen address.
+
+    Returns:
+        ``("tcp", host, port)`` for ``"host:port"`` / ``"[v6]:port"``, or
+        ``("unix", path)`` for ``"unix:/path"``.
+
+    Raises:
+        ConfigError: the address is malformed; the message shows the forms
+            that work.
+    """
+    if not isinstance(addr, str):
+        raise ConfigError(f"listen address {addr!r} must be a string like '127.0.0.1:8080'")
+    if addr.startswith("unix:"):
+        if not addr[5:]:
+            raise ConfigError("listen address 'unix:' needs a path, e.g. 'unix:/run/sluiceway.sock'")
+        return ("unix", addr[5:])
+    if addr.isdigit():
+        raise ConfigError(f"listen address {addr!r} needs a host: write '127.0.0.1:{addr}' "
+                          f"(this machine only) or '0.0.0.0:{addr}' (every interface)")
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not host or (":" in host and not host.startswith("[")):
+        raise ConfigError(f"listen address {addr!r} must be 'host:port' (e.g. '127.0.0.1:8080', "
+                          "'0.0.0.0:8080', '[::1]:8080') or 'unix:/path/to.sock'")
+    if int(port) > 65535:
+        raise ConfigError(f"listen address {addr!r}: port {port} is above 65535")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host.replace(".", "").replace("-", "").replace(":", "").isalnum():
+        raise ConfigError(f"listen address {addr!r}: {host!r} is not a host name or IP address")
+    return ("tcp", host, int(port))
+
+
 @dataclass
 class ServerConf:
     """Settings of a :class:`~sluiceway.server.Server` and its proxy services.
 
-    Pingora keys:
-        version: configuration format version (1).
-        threads: worker processes (each runs one event loop; they share the
-            listening ports with SO_REUSEPORT).
-        pid_file: where ``-d`` (daemon) writes the master's pid.
-        error_log: file for the ``sluiceway.error`` log (stderr when unset).
-        daemon: run in the background (as ``-d``).
-        grace_period_seconds: after SIGTERM, how long in-flight requests may
-            take before connections are closed.
-        graceful_shutdown_timeout_seconds: how long the master waits for
-            workers to exit after SIGTERM before killing them.
-        upstream_keepalive_pool_size: idle upstream connections kept per
-            peer (0 disables pooling).
-        max_retries: how many times ``upstream_peer`` is asked again after a
-            retryable connect failure.
-
-    sluiceway keys (timeouts in seconds; 0 disables):
-        listen: addresses to listen on for services built by the CLI.
-        downstream_header_timeout_seconds: a client must send a whole
-            request head within this (slowloris guard).
-        downstream_keepalive_timeout_seconds: idle keep-alive client
-            connections are closed after this.
-        request_timeout_seconds: total time for one request (504 after it).
-        downstream_write_timeout_seconds: a client that reads nothing of the
-            response for this long is disconnected (nginx's send_timeout).
-        downstream_body_timeout_seconds: while the proxy waits for a request
-            body, a client that sends none of it for this long is answered
-            408 and disconnected (nginx's client_body_timeout). Time spent
-            waiting for the upstream or a hook does not count.
-        downstream_body_min_rate: bytes per second a request body must
-            average, counted from the end of its first
-            downstream_body_timeout_seconds (408 when slower; a body
-            dripping a byte every few seconds). 0 turns the check off.
-        lingering_time_seconds: when the proxy closes a connection whose
-            client may still be sending (an early answer to an upload, a
-            413, a malformed request), it first shuts down its side and
-            reads and drops what still comes, for at most this long, so the
-            client reads the response instead of a reset (nginx's
-            lingering_time). 0 closes at once.
-        lingering_timeout_seconds: ... and stops when the client has been
-            quiet this long (nginx's lingering_timeout). It also bounds the
-            wait for the rest of a small request body (up to 64 KiB by
-            Content-Length) that is read and dropped to keep the connection
-            after an early answer.
-        upstream_connect_timeout_seconds, upstream_read_timeout_seconds,
-            upstream_write_timeout_seconds: per upstream operation (504).
-        upstream_idle_timeout_seconds: pooled connections idle longer are
-            closed.
-        max_connections: client connections per worker. 0 = unlimited.
-        max_connections_mode: what happens at max_connections: "reject"
-            (the default: the connection is accepted, answered 503 with
-            Retry-After and closed) or "pause" (the worker stops accepting
-            until one of its connections closes; new clients wait in the
-            kernel's listen backlog, or go to another worker).
-        max_request_header_bytes: request head size limit (431).
-        max_request_body_bytes: request body limit (413); 0 = unlimited.
-        forwarded_headers: add X-Forwarded-For/-Proto/-Host upstream.
-        access_log: log a line per request on ``sluiceway.access``.
+    Each key is documented in its field's metadata (``doc``); see
+    ``docs/configuration.md`` for the generated reference and
+    ``conf.example.yaml`` for a complete commented file. Timeouts are in
+    seconds, and 0 disables them.
     """
 
-    version: int = 1
-    threads: int = 1
-    pid_file: str = "/tmp/sluiceway.pid"
-    error_log: Optional[str] = None
-    daemon: bool = False
-    grace_period_seconds: float = 5.0
-    graceful_shutdown_timeout_seconds: float = 10.0
-    upstream_keepalive_pool_size: int = 128
-    max_retries: int = 1
-    listen: List[str] = field(default_factory=list)
-    downstream_header_timeout_seconds: float = 10.0
-    downstream_keepalive_timeout_seconds: float = 60.0
-    request_timeout_seconds: float = 0.0
-    upstream_connect_timeout_seconds: float = 5.0
-    upstream_read_timeout_seconds: float = 60.0
-    upstream_write_timeout_seconds: float = 60.0
-    downstream_write_timeout_seconds: float = 60.0
-    downstream_body_timeout_seconds: float = 60.0
-    downstream_body_min_rate: float = 100.0
-    lingering_time_seconds: float = 30.0
-    lingering_timeout_seconds: float = 5.0
-    upstream_idle_timeout_seconds: float = 60.0
-    max_connections: int = 0
-    max_connections_mode: str = "reject"
-    max_request_header_bytes: int = 32768
-    max_request_body_bytes: int = 0
-    forwarded_headers: bool = False
-    access_log: bool = False
+    version: int = _key(1, "Configuration format version. Must be 1.")
+    threads: int = _key(
+        1, "Worker processes. Each runs one event loop; they share the listening "
+        "ports with SO_REUSEPORT, so the kernel spreads connections across them. "
+        "(Pingora's name; these are processes, not threads.)")
+    pid_file: str = _key(
+        "/tmp/sluiceway.pid", "Where the daemon (`-d` or `daemon: true`) writes its pid; "
+        "removed when it exits. Not written in the foreground.", hint="/run/sluiceway.pid")
+    error_log: Optional[str] = _key(
+        None, "File for the error log (`sluiceway.error`: start-up, failures, "
+        "warnings). Unset: standard error. A daemon has no standard error, so "
+        "set it with `-d`.", hint="/var/log/sluiceway/error.log")
+    daemon: bool = _key(
+        False, "Run in the background (as `-d`): the command returns once the "
+        "server listens, or fails with the reason.")
+    grace_period_seconds: float = _key(
+        5.0, "After SIGTERM, how long requests in flight may take before their "
+        "connections are closed.")
+    graceful_shutdown_timeout_seconds: float = _key(
+        10.0, "How long the master process waits for its workers to exit after "
+        "SIGTERM before killing them.")
+    upstream_keepalive_pool_size: int = _key(
+        128, "Idle upstream connections kept per peer for reuse (0 disables pooling).")
+    max_retries: int = _key(
+        1, "How many times `upstream_peer` is asked again after a connect failure "
+        "that `fail_to_connect` marked retryable.")
+    listen: List[str] = _key(
+        [], "Addresses to listen on: `host:port`, `[v6addr]:port` or `unix:/path`. "
+        "Used by `sluiceway run` (unless `-l` is given) and by a program's proxy "
+        "service (it replaces the addresses the program gave with `add_tcp`). "
+        "`sluiceway run` listens on 127.0.0.1:8080 when there is none.",
+        group="sluiceway", example=["127.0.0.1:8080"])
+    downstream_header_timeout_seconds: float = _key(
+        10.0, "A client must send a whole request head within this (slowloris "
+        "guard; 408 if some bytes came).", group="sluiceway")
+    downstream_keepalive_timeout_seconds: float = _key(
+        60.0, "Idle keep-alive client connections are closed after this.", group="sluiceway")
+    request_timeout_seconds: float = _key(
+        0.0, "Total time for one request, head to last byte (504 after it).", group="sluiceway")
+    upstream_connect_timeout_seconds: float = _key(
+        5.0, "Connecting to an upstream (504 after it).", group="sluiceway")
+    upstream_read_timeout_seconds: float = _key(
+        60.0, "Waiting for the upstream's next bytes (504 after it).", group="sluiceway")
+    upstream_write_timeout_seconds: float = _key(
+        60.0, "Waiting for the upstream to accept bytes (504 after it).", group="sluiceway")
+    downstream_write_timeout_seconds: float = _key(
+        60.0, "A client that reads nothing of the response for this long is "
+        "disconnected (nginx's send_timeout).", group="sluiceway")
+    downstream_body_timeout_seconds: float = _key(
+        60.0, "While the proxy waits for a request body, a client that sends none "
+        "of it for this long is answered 408 and disconnected (nginx's "
+        "client_body_timeout). Time spent waiting for the upstream or a hook does "
+        "not count.", group="sluiceway")
+    downstream_body_min_rate: float = _key(
+        100.0, "Bytes per second a request body must average, counted from the end "
+        "of its first `downstream_body_timeout_seconds` (408 when slower: a body "
+        "dripping a byte every few seconds). 0 turns the check off.", group="sluiceway")
+    lingering_time_seconds: float = _key(
+        30.0, "When the proxy closes a connection whose client may still be sending "
+        "(an early answer to an upload, a 413, a malformed request), it first shuts "
+        "down its side and reads and drops what still comes, for at most this "
+        "long, so the client reads the response instead of a reset (nginx's "
+        "lingering_time). 0 closes at once.", group="sluiceway")
+    lingering_timeout_seconds: float = _key(
+        5.0, "A lingering close ends when the client has been quiet this long "
+        "(nginx's lingering_timeout). It also bounds the wait for the rest of a "
+        "small request body (up to 64 KiB by Content-Length) that is read and "
+        "dropped to keep the connection after an early answer.", group="sluiceway")
+    upstream_idle_timeout_seconds: float = _key(
+        60.0, "Pooled upstream connections idle longer than this are closed.", group="sluiceway")
+    max_connections: int = _key(
+        0, "Client connections per worker; 0 = unlimited.", group="sluiceway")
+    max_connections_mode: str = _key(
+        "reject", "What happens at `max_connections`: `reject` accepts the "
+        "connection, answers 503 with Retry-After and closes it; `pause` stops "
+        "accepting until a connection closes (new clients wait in the kernel's "
+        "listen backlog, or go to another worker).", group="sluiceway")
+    max_request_header_bytes: int = _key(
+        32768, "Request head size limit (431 above it).", group="sluiceway")
+    max_request_body_bytes: int = _key(
+        0, "Request body size limit (413 above it); 0 = unlimited.", group="sluiceway")
+    forwarded_headers: bool = _key(
+        False, "Add X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host to "
+        "requests sent upstream.", group="sluiceway")
+    access_log: bool = _key(
+        False, "Write a line per request on `sluiceway.access` (format in "
+        "docs/configuration.md).", group="sluiceway", example=True)
+    access_log_file: Optional[str] = _key(
+        None, "File for the access log. Unset: standard output (the error log "
+        "goes to standard error), so the two never mix.", group="sluiceway",
+        hint="/var/log/sluiceway/access.log")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -168,6 +218,11 @@ class ServerConf:
                               f"'reject' or 'pause', got {self.max_connections_mode!r}")
         if self.version != 1:
             raise ConfigError(f"{where('version')}version must be 1, got {self.version}")
+        for addr in self.listen:
+            try:
+                parse_listen(addr)
+            except ConfigError as exc:
+                raise ConfigError(f"{where('listen')}{exc}") from None
 
     def engine_settings(self) -> dict:
         """Keyword arguments for the compiled engine."""
@@ -211,12 +266,43 @@ def _line_numbers(text: str) -> dict:
     return lines
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key, line, first):
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
+def _safe_loader():
+    """PyYAML's SafeLoader, except that a key given twice in one mapping is
+    an error (PyYAML keeps the last one silently)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = {}
+        for k, _v in node.value:
+            key = loader.construct_object(k, deep=deep)
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, k.start_mark.line + 1, seen[key])
+                seen[key] = k.start_mark.line + 1
+            except TypeError:  # an unhashable key: PyYAML reports it below
+                pass
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
+
+
 def load_config(path: str) -> ServerConf:
     """Read and validate a YAML configuration file.
 
     Raises:
-        ConfigError: unreadable file, invalid YAML, unknown key or bad value
-            (the message names the file, line and key).
+        ConfigError: unreadable file, invalid YAML, a key given twice, an
+            unknown key or a bad value (the message names the file, line and
+            key).
     """
     import yaml
 
@@ -226,7 +312,10 @@ def load_config(path: str) -> ServerConf:
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
     try:
-        data: Any = yaml.safe_load(text)
+        data: Any = yaml.load(text, Loader=_safe_loader())
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}:{exc.line}: key {exc.key!r} is given twice (first on line "
+                          f"{exc.first}); keep one") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f":{mark.line + 1}" if mark is not None else ""
@@ -250,3 +339,76 @@ def load_config(path: str) -> ServerConf:
         setattr(conf, f.name, data.get(f.name, default))
     conf.validate(lines, path)
     return conf
+
+
+# ------------------------------------------------- generated documentation --
+
+def _default(f):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def _yaml_value(v) -> str:
+    import json
+
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v == int(v):
+        return str(int(v))
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(json.dumps(x) for x in v) + "]"
+    return json.dumps(v) if any(c in v for c in ":#{}[],&*!|>'\"%@`") or not v else v
+
+
+def _plain(doc: str) -> str:
+    return doc.replace("`", "")
+
+
+def _type_name(f) -> str:
+    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    return {"int": "integer", "float": "seconds" if f.name.endswith("_seconds") else "number",
+            "bool": "true/false", "str": "string", "Optional[str]": "path or null",
+            "List[str]": "list of addresses"}.get(t, t)
+
+
+def example_yaml() -> str:
+    """A complete, commented configuration file: every key with what it does
+    and its default (``conf.example.yaml`` is this text)."""
+    import textwrap
+
+    out = ["# sluiceway configuration: every key, with its default.",
+           "# Generated from sluiceway.config.ServerConf by",
+           "#     sluiceway config example > conf.example.yaml",
+           "# Check a file with:  sluiceway run mymodule:App -c conf.yaml -t",
+           "# Timeouts are in seconds; 0 disables a timeout.", ""]
+    group = None
+    for f in dataclasses.fields(ServerConf):
+        if f.metadata["group"] != group:
+            group = f.metadata["group"]
+            out.append("# ---- Pingora's keys ----" if group == "server" else "# ---- sluiceway's keys ----")
+            out.append("")
+        for line in textwrap.wrap(_plain(f.metadata["doc"]), 76):
+            out.append("# " + line)
+        default = _default(f)
+        if "hint" in f.metadata:
+            out.append(f"#   for example: {f.name}: {f.metadata['hint']}")
+        if "example" in f.metadata:
+            out.append(f"# (default: {_yaml_value(default)})")
+            out.append(f"{f.name}: {_yaml_value(f.metadata['example'])}")
+        else:
+            out.append(f"{f.name}: {_yaml_value(default)}")
+        out.append("")
+    return "\n".join(out)
+
+
+def reference_markdown() -> str:
+    """The key reference table of docs/configuration.md."""
+    out = ["| key | type | default | what it does |", "|---|---|---|---|"]
+    for f in dataclasses.fields(ServerConf):
+        doc = f.metadata["doc"].replace("|", "\\|")
+        out.append(f"| `{f.name}` | {_type_name(f)} | `{_yaml_value(_default(f))}` | {doc} |")
+    return "\n".join(out) + "\n"
+

@@ -13,6 +13,7 @@ SIGINT exits at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -21,7 +22,9 @@ import sys
 import time
 from typing import List, Optional
 
-from .config import ConfigError, ServerConf, load_config
+from . import _startup
+from ._startup import BindError, StartError, fmt_addr
+from .config import ConfigError, ServerConf, load_config, parse_listen
 from .proxy import ProxyHttp, _engine
 
 __all__ = ["Server", "ProxyService", "http_proxy_service", "BackgroundService", "background_service"]
@@ -30,10 +33,13 @@ log = logging.getLogger("sluiceway.error")
 
 
 def _parse_tcp(addr: str):
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"listen address {addr!r} must be 'host:port' (e.g. '0.0.0.0:8080')")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    try:
+        parsed = parse_listen(addr)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    if parsed[0] != "tcp":
+        raise ValueError(f"listen address {addr!r} is a Unix socket; use add_uds() or add_address()")
+    return parsed[1] or "0.0.0.0", parsed[2]
 
 
 class ProxyService:
@@ -64,6 +70,19 @@ class ProxyService:
         """Listen on a Unix domain socket at ``path``."""
         self._uds.append((path, permissions))
 
+    def add_address(self, addr: str) -> None:
+        """Listen on ``"host:port"``, ``"[v6addr]:port"`` or ``"unix:/path"``
+        (the forms of the configuration's ``listen``)."""
+        if addr.startswith("unix:"):
+            self.add_uds(parse_listen(addr)[1])
+        else:
+            self.add_tcp(addr)
+
+    def listen_addresses(self) -> List[str]:
+        """The addresses given so far, as ``listen`` writes them (before a
+        start resolves port 0)."""
+        return [fmt_addr(a) for a in self._tcp] + ["unix:" + p for p, _ in self._uds]
+
     def _bind(self, reuse_port: bool, listen: bool = True) -> None:
         """Create the listening sockets.
 
@@ -80,7 +99,11 @@ class ProxyService:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            s.bind((host, port))
+            try:
+                s.bind((host, port))
+            except OSError as exc:
+                s.close()
+                raise BindError(fmt_addr((host, port)), exc) from None
             if listen:
                 s.listen(4096)
             s.setblocking(False)
@@ -91,7 +114,11 @@ class ProxyService:
             if os.path.exists(path):
                 os.unlink(path)
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.bind(path)
+            try:
+                s.bind(path)
+            except OSError as exc:
+                s.close()
+                raise BindError("unix:" + path, exc) from None
             if perm is not None:
                 os.chmod(path, perm)
             s.listen(4096)
@@ -218,36 +245,86 @@ class Server:
 
     Args:
         conf: a ServerConf, or None for the defaults.
+        conf_path: the file ``conf`` was read from (shown at start-up).
+
+    Attributes:
+        configuration: the :class:`ServerConf`.
+        args: the parsed command line when made by :meth:`from_args` (your
+            own arguments included), else None.
     """
 
-    def __init__(self, conf: Optional[ServerConf] = None) -> None:
+    def __init__(self, conf: Optional[ServerConf] = None, *, conf_path: Optional[str] = None) -> None:
         self.configuration = conf or ServerConf()
+        self.conf_path = conf_path
         self.services: List[ProxyService] = []
         self.background: List[BackgroundService] = []
+        self.args = None
+        self._check_only = False
         self._stopping = False
+        self._ready_fd = -1
+
+    @staticmethod
+    def add_arguments(parser) -> None:
+        """Add sluiceway's options to an ``argparse`` parser: ``-c/--conf``,
+        ``-t/--test``, ``-d/--daemon``, ``-l/--listen`` (repeatable) and
+        ``--version``."""
+        parser.add_argument("-c", "--conf", metavar="FILE", help="YAML configuration file")
+        parser.add_argument("-t", "--test", action="store_true",
+                            help="check the configuration, addresses, log and pid paths; then exit")
+        parser.add_argument("-d", "--daemon", action="store_true", help="run in the background")
+        parser.add_argument("-l", "--listen", action="append", metavar="HOST:PORT",
+                            help="address to listen on, instead of the configuration's listen "
+                                 "(repeatable; unix:/path for a Unix socket)")
+        parser.add_argument("--version", action=_startup.VersionAction)
 
     @classmethod
-    def from_args(cls, argv: Optional[List[str]] = None) -> "Server":
-        """Build from command-line options: ``-c conf.yaml``, ``-t`` (check
-        the configuration and exit), ``-d`` (run as a daemon)."""
+    def from_args(cls, argv: Optional[List[str]] = None, parser=None) -> "Server":
+        """Build from the command line: ``-c conf.yaml``, ``-t`` (check
+        everything and exit when :meth:`run_forever` is called), ``-d`` (run
+        as a daemon), ``-l HOST:PORT`` (replaces ``listen``), ``--version``.
+
+        Args:
+            argv: the arguments (default: ``sys.argv[1:]``).
+            parser: an ``argparse.ArgumentParser`` holding your program's own
+                arguments; sluiceway's are added to it, and the parsed
+                namespace (yours and ours) is ``server.args``.
+
+        A wrong configuration prints the error (file, line, key) and exits
+        with status 2.
+        """
         import argparse
 
-        ap = argparse.ArgumentParser(description="sluiceway server")
-        ap.add_argument("-c", "--conf", help="YAML configuration file")
-        ap.add_argument("-t", "--test", action="store_true", help="check the configuration and exit")
-        ap.add_argument("-d", "--daemon", action="store_true", help="run in the background")
+        ap = parser if parser is not None else argparse.ArgumentParser(description="sluiceway server")
+        cls.add_arguments(ap)
         ns = ap.parse_args(argv)
         try:
-            conf = load_config(ns.conf) if ns.conf else ServerConf()
+            server = cls.from_conf(ns.conf, **({"listen": list(ns.listen)} if ns.listen else {}))
         except ConfigError as exc:
             print(f"sluiceway: {exc}", file=sys.stderr)
             raise SystemExit(2)
-        if ns.test:
-            print(f"sluiceway: configuration {ns.conf or '(defaults)'} is valid")
-            raise SystemExit(0)
         if ns.daemon:
-            conf.daemon = True
-        return cls(conf)
+            server.configuration.daemon = True
+        server.args = ns
+        server._check_only = bool(ns.test)
+        return server
+
+    @classmethod
+    def from_conf(cls, path: Optional[str] = None, **overrides) -> "Server":
+        """Build from a YAML file (or the defaults when ``path`` is None),
+        then apply ``overrides`` (configuration keys). For programs with a
+        command line of their own.
+
+        Raises:
+            ConfigError: the file or an override is wrong.
+        """
+        conf = load_config(path) if path else ServerConf()
+        known = {f.name for f in dataclasses.fields(ServerConf)}
+        for key, value in overrides.items():
+            if key not in known:
+                raise ConfigError(f"unknown key {key!r}")
+            setattr(conf, key, value)
+        conf.validate()
+        return cls(conf, conf_path=path)
 
     def add_service(self, service) -> None:
         """Add a proxy service (:func:`http_proxy_service`) or a background
@@ -261,53 +338,161 @@ class Server:
                             f"not {type(service).__name__}")
 
     def bootstrap(self) -> None:
-        """Set up logging (the error log file when configured)."""
+        """Set up logging: ``sluiceway.*`` to ``error_log`` or standard
+        error; with ``access_log: true``, ``sluiceway.access`` to
+        ``access_log_file`` or standard output."""
+        _startup.setup_logging(self.configuration)
+
+    def _apply_listen(self) -> None:
+        """The configuration's ``listen`` (or ``-l``) replaces the addresses
+        the program gave its proxy service."""
+        listen = self.configuration.listen
+        if not listen:
+            return
+        if len(self.services) != 1:
+            raise StartError(f"the configuration's listen ({', '.join(listen)}) applies to a program "
+                             f"with one proxy service; this one has {len(self.services)}: give each "
+                             "service its addresses with add_tcp()/add_uds() and remove listen", 2)
+        svc = self.services[0]
+        svc._tcp, svc._uds = [], []
+        for addr in listen:
+            svc.add_address(addr)
+
+    def addresses(self) -> List[str]:
+        """Every address the services will listen on."""
+        return [a for svc in self.services for a in svc.listen_addresses()]
+
+    def check(self, out=None) -> int:
+        """What ``-t`` does: check the configuration's effect on this
+        machine (addresses, log and pid paths) and print the verdict.
+        Returns the exit status (0 valid, 2 not)."""
         conf = self.configuration
-        root = logging.getLogger("sluiceway")
-        if not root.handlers:
-            h = logging.FileHandler(conf.error_log) if conf.error_log else logging.StreamHandler()
-            h.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"))
-            root.addHandler(h)
-            root.setLevel(logging.INFO)
+        out = out or sys.stdout
+        problems: List[str] = []
+        notes: List[str] = []
+        try:
+            self._apply_listen()
+        except StartError as exc:
+            problems.append(str(exc))
+        if not self.services:
+            problems.append("no proxy service was added (server.add_service(http_proxy_service(...)))")
+        for svc in self.services:
+            if not svc.listen_addresses():
+                problems.append(f"service {svc.name!r} has no address: add_tcp('127.0.0.1:8080') "
+                                "or listen: in the configuration")
+        for addr in self.addresses():
+            problem, note = _startup.check_address(addr)
+            if problem:
+                problems.append(problem)
+            if note:
+                notes.append(note)
+        problems += _startup.check_paths(conf, conf.daemon)
+        name = self.conf_path or "(built-in defaults)"
+        for n in notes:
+            print(f"sluiceway: note: {n}", file=out)
+        if problems:
+            for p in problems:
+                print(f"sluiceway: {p}", file=sys.stderr)
+            print(f"sluiceway: configuration {name} is NOT valid ({len(problems)} "
+                  f"problem{'s' if len(problems) != 1 else ''})", file=sys.stderr)
+            return 2
+        print(f"sluiceway: configuration {name} is valid; would listen on "
+              f"{', '.join(self.addresses())}", file=out)
+        return 0
+
+    def _startup_lines(self) -> List[str]:
+        addrs = [fmt_addr(a) for svc in self.services for a in svc.addresses]
+        return _startup.startup_lines(addrs, self.configuration, self.conf_path, os.getpid(),
+                                      self.configuration.daemon)
+
+    def _started(self) -> None:
+        """The services listen: say so (or tell the waiting foreground
+        process, for a daemon)."""
+        lines = self._startup_lines()
+        if self._ready_fd >= 0:
+            _report(self._ready_fd, "ok", "\n".join(lines))
+            self._ready_fd = -1
+        else:
+            print("\n".join(lines), file=sys.stderr, flush=True)
+        if self.configuration.error_log:
+            for line in lines:
+                log.info("%s", line.strip())
 
     def run_forever(self) -> None:
-        """Run every service until SIGTERM (graceful, exit 0) or SIGINT."""
+        """Run every service until SIGTERM (graceful, exit 0) or SIGINT.
+
+        With ``-t`` (:meth:`from_args`): check and exit instead. A start that
+        fails (a port in use, a log file that cannot be opened) prints why
+        and exits with status 1 (2 for a configuration problem), also as a
+        daemon: the command returns only when the server listens or failed.
+        """
         conf = self.configuration
-        self.bootstrap()
+        if self._check_only:
+            raise SystemExit(self.check())
+        try:
+            self._apply_listen()
+            for svc in self.services:
+                if not svc.listen_addresses():
+                    raise StartError(f"service {svc.name!r} has no address to listen on: call "
+                                     "add_tcp('127.0.0.1:8080') or set listen: in the configuration", 2)
+            if conf.daemon:
+                problems = _startup.check_paths(conf, True)
+                if problems:
+                    raise StartError("; ".join(problems), 2)
+            self.bootstrap()
+            workers = conf.threads
+            for svc in self.services:
+                svc._bind(reuse_port=workers > 1, listen=workers <= 1)
+        except (StartError, BindError) as exc:
+            for svc in self.services:
+                for s in svc._socks:
+                    s.close()
+            print(f"sluiceway: {exc}", file=sys.stderr)
+            raise SystemExit(getattr(exc, "code", 1) if isinstance(exc, StartError) else 1)
         if conf.daemon:
-            _daemonize(conf.pid_file)
-        workers = conf.threads
-        for svc in self.services:
-            svc._bind(reuse_port=workers > 1, listen=workers <= 1)
-        if workers <= 1:
-            try:
+            if not conf.error_log:
+                print("sluiceway: warning: running as a daemon without error_log: log lines after "
+                      "start-up are discarded; set error_log in the configuration", file=sys.stderr)
+            self._ready_fd = _daemonize(conf.pid_file)
+        try:
+            if workers <= 1:
                 code = _worker_main(self)
-            finally:
-                if conf.daemon and conf.pid_file:
+                raise SystemExit(code)
+            pids = []
+            for _ in range(workers):
+                pid = os.fork()
+                if pid == 0:
+                    code = 1
                     try:
-                        os.unlink(conf.pid_file)
-                    except OSError:
-                        pass
-            raise SystemExit(code)
-        pids = []
-        for _ in range(workers):
-            pid = os.fork()
-            if pid == 0:
-                code = 1
+                        if self._ready_fd >= 0:
+                            os.close(self._ready_fd)   # only the master reports
+                            self._ready_fd = -1
+                        for svc in self.services:
+                            svc._rebind_for_worker()
+                        code = _worker_main(self, report=False)
+                    finally:
+                        os._exit(code)
+                pids.append(pid)
+            for svc in self.services:
+                for s in svc._socks:
+                    s.close()
+            self._started()
+            raise SystemExit(_master_wait(pids, conf))
+        except BaseException as exc:
+            if self._ready_fd >= 0:   # a daemon that failed before it was ready
+                log.error("sluiceway: start failed", exc_info=not isinstance(exc, SystemExit))
+                _report(self._ready_fd, "error", f"{type(exc).__name__}: {exc}")
+                self._ready_fd = -1
+            raise
+        finally:
+            if conf.daemon and conf.pid_file:
                 try:
-                    for svc in self.services:
-                        svc._rebind_for_worker()
-                    code = _worker_main(self)
-                finally:
-                    os._exit(code)
-            pids.append(pid)
-        for svc in self.services:
-            for s in svc._socks:
-                s.close()
-        raise SystemExit(_master_wait(pids, conf))
+                    os.unlink(conf.pid_file)
+                except OSError:
+                    pass
 
 
-def _worker_main(server: Server) -> int:
+def _worker_main(server: Server, report: bool = True) -> int:
     import uvloop
 
     loop = uvloop.new_event_loop()
@@ -332,6 +517,8 @@ def _worker_main(server: Server) -> int:
             await bg.start(loop)
         for svc in server.services:
             await svc.start(loop)
+        if report:
+            server._started()
         # Everything made at start-up lives as long as the worker: keep it
         # out of the cyclic collector's scans (shorter pauses under load).
         gc.collect()
@@ -393,9 +580,38 @@ def _master_wait(pids: List[int], conf: ServerConf) -> int:
     return code
 
 
-def _daemonize(pid_file: str) -> None:
+def _report(fd: int, status: str, text: str) -> None:
+    try:
+        os.write(fd, f"{status}\n{text}".encode())
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def _daemonize(pid_file: str) -> int:
+    """Detach. The foreground process stays until the daemon reports (on a
+    pipe) that it listens, prints what it said and exits 0, or 1 when the
+    start failed. Returns the pipe's write end, in the daemon."""
+    r, w = os.pipe()
     if os.fork() > 0:
-        os._exit(0)
+        os.close(w)
+        chunks = []
+        while True:
+            b = os.read(r, 65536)
+            if not b:
+                break
+            chunks.append(b)
+        status, _, text = b"".join(chunks).decode(errors="replace").partition("\n")
+        if status == "ok":
+            print(text, file=sys.stderr, flush=True)
+            os._exit(0)
+        if status == "error":
+            print(f"sluiceway: the daemon failed to start: {text}", file=sys.stderr, flush=True)
+        else:
+            print("sluiceway: the daemon exited during start-up without saying why "
+                  "(see the error log)", file=sys.stderr, flush=True)
+        os._exit(1)
+    os.close(r)
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
@@ -404,3 +620,4 @@ def _daemonize(pid_file: str) -> None:
         os.dup2(devnull, fd)
     with open(pid_file, "w") as f:
         f.write(f"{os.getpid()}\n")
+    return w

@@ -499,6 +499,7 @@ cdef class Session:
     cdef int _ds_lost(self, object exc) except -1
     cdef int _log_failure(self, object err) except -1
     cdef int _replay(self) except -1
+    cdef object _bad_return(self, str hook, object value, str expected)
     cdef int _us_lost(self, object exc) except -1
     cdef int _connect(self, bint force_new) except -1
     cdef int _write_ds(self, object data) except -1

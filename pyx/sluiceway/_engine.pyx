@@ -3238,8 +3238,8 @@ cdef class Session:
                     self._finish()  # the hook answered itself
                     return 0
                 if not isinstance(value, HttpPeer):
-                    self._fail(Error(f"upstream_peer must return an HttpPeer, got "
-                                     f"{type(value).__name__}", status=500, source=INTERNAL))
+                    self._fail(self._bad_return("upstream_peer", value,
+                                                'an HttpPeer, e.g. HttpPeer(("127.0.0.1", 8000))'))
                     return 0
                 self.peer = value
                 self._connect(False)
@@ -3331,6 +3331,9 @@ cdef class Session:
             if stage == S_FAIL_CONNECT_DONE:
                 if isinstance(value, Error):
                     self.error = value
+                elif eng.h_fail_connect is not None:
+                    self._bad_return("fail_to_connect", value, "the Error to continue with "
+                                     "(the one it was given, by default); going on with that one")
                 if isinstance(self.error, Error) and self.error.retryable and self.retries < eng.max_retries:
                     self.retries += 1
                     self.error = None
@@ -3341,6 +3344,9 @@ cdef class Session:
             if stage == S_ERR_PROXY_DONE:
                 if isinstance(value, Error):
                     self.error = value
+                elif eng.h_err_proxy is not None and self.up_head_sent:
+                    self._bad_return("error_while_proxy", value, "the Error to continue with "
+                                     "(the one it was given, by default); going on with that one")
                 if self.reuse_failed:
                     self.reuse_failed = False
                     if isinstance(self.error, Error) and (<object>self.error).retryable and \
@@ -3360,6 +3366,10 @@ cdef class Session:
                 stage = S_FAIL_PROXY_DONE
                 continue
             if stage == S_FAIL_PROXY_DONE:
+                if eng.h_fail_proxy is not None and not isinstance(value, int):
+                    self._bad_return("fail_to_proxy", value, "an int status (0: no answer); "
+                                     "answering with the error's status")
+                    value = getattr(self.error, "status", 500)
                 if not self.resp_started:
                     status = value if isinstance(value, int) and value >= 100 else getattr(self.error, "status", 500)
                     if eng.h_fail_proxy is None or (isinstance(value, int) and value >= 100):
@@ -3671,6 +3681,10 @@ cdef class Session:
             return 0
         if isinstance(chunk, str):
             chunk = (<str>chunk).encode("utf-8")
+        elif not isinstance(chunk, (bytes, memoryview, bytearray)):
+            # only a request_body_filter can hand over anything else
+            self._fail(self._bad_return("request_body_filter", chunk, "bytes, str or None"))
+            return 0
         if not chunk:
             return 0
         if self.replay is not None:
@@ -3948,6 +3962,10 @@ cdef class Session:
             return 0
         if isinstance(chunk, str):
             chunk = (<str>chunk).encode("utf-8")
+        elif not isinstance(chunk, (bytes, memoryview, bytearray)):
+            # only a response_body_filter can hand over anything else
+            self._fail(self._bad_return("response_body_filter", chunk, "bytes, str or None"))
+            return 0
         if not chunk:
             return 0
         self.response_body_bytes += len(chunk)
@@ -4129,6 +4147,19 @@ cdef class Session:
         self._connect(True)
         return 0
 
+    cdef object _bad_return(self, str hook, object value, str expected):
+        """Log a hook's wrong return value (its name, the value, what was
+        expected) and return the Error to answer with. Logged here because
+        an INTERNAL error is not logged by _fail."""
+        cdef str shown = repr(value)
+        if len(shown) > 120:
+            shown = shown[:117] + "..."
+        msg = (f"{type(self.eng.app).__name__}.{hook} returned {shown} "
+               f"({type(value).__name__}); it must return {expected}")
+        self.eng.log.error("sluiceway: %s, for %s %s", msg, self.req_header._method,
+                           self.req_header.uri)
+        return Error(msg, status=500, source=INTERNAL)
+
     cdef int _us_lost(self, object exc) except -1:
         """The upstream connection closed under this request."""
         cdef _Upstream u = self.us
@@ -4194,7 +4225,10 @@ cdef class Session:
         if self.finished:
             return 0
         self.finished = True
-        self.t_end = _now()
+        # The clock itself, not the batch's reading: an answer written by
+        # the proxy within the batch that brought the request would
+        # otherwise last 0 ms.
+        self.t_end = sw_now()
         if self.us is not None:
             self._release_upstream(self.resp_done and self.req_body_done)
         if self.eng.h_logging is not None:

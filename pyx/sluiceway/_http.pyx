@@ -719,3 +719,12 @@ _SW_CAPI.method_name = _capi_method_name
 _SW_CAPI.trailers = _capi_trailers
 
 _C_API = PyCapsule_New(<void *>&_SW_CAPI, b"sluiceway._http._C_API", NULL)
+
+
+cdef extern from "llhttp.h":
+    int LLHTTP_VERSION_MAJOR
+    int LLHTTP_VERSION_MINOR
+    int LLHTTP_VERSION_PATCH
+
+LLHTTP_VERSION = f"{LLHTTP_VERSION_MAJOR}.{LLHTTP_VERSION_MINOR}.{LLHTTP_VERSION_PATCH}"
+"""The version of llhttp compiled into this module (``sluiceway --version``)."""

@@ -1,0 +1,715 @@
+"""The C contracts of csrc/, driven directly through cffi (no Cython in
+between), with hypothesis: each header's promises checked against a Python
+statement of them (zlib, the pure-Python references _lb_py and _limits_py,
+or a model written here).
+
+The C files are compiled once per source change into build/cffi-<hash>/
+(cffi's API mode, so structs are declared only by the fields used).
+sw_http needs llhttp's sources (SLUICEWAY_LLHTTP_DIR, third_party/llhttp or
+build/llhttp-9.3.0/lib, as setup.py finds them); without them its tests skip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import math
+import os
+import sys
+import zlib
+
+import pytest
+
+cffi = pytest.importorskip("cffi")
+from hypothesis import HealthCheck, assume, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from sluiceway import _lb_py, _limits_py  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CSRC = os.path.join(ROOT, "csrc")
+M64 = (1 << 64) - 1
+
+CORE_CDEF = """
+uint64_t sw_fnv1a64(const void *data, size_t len);
+uint32_t sw_crc32_update(uint32_t state, const void *data, size_t len);
+uint32_t sw_crc32_final(uint32_t state);
+uint32_t sw_crc32(const void *data, size_t len);
+uint64_t sw_mix64(uint64_t z);
+#define SW_CRC32_INIT ...
+
+#define SW_CMS_MAX_HASHES ...
+#define SW_CMS_MAX_SLOTS ...
+#define SW_CMS_OK ...
+#define SW_CMS_EINVAL ...
+typedef struct sw_cms { uint32_t hashes; uint32_t slots; uint64_t seeds[...]; int64_t *cells; ...; } sw_cms;
+uint64_t sw_cms_keyhash(uint64_t seed, const void *key, size_t len);
+int sw_cms_init(sw_cms *c, uint32_t hashes, uint32_t slots, const uint64_t *seeds);
+void sw_cms_free(sw_cms *c);
+void sw_cms_index(const sw_cms *c, const void *key, size_t len, uint32_t *idx);
+int64_t sw_cms_incr(sw_cms *c, const void *key, size_t len, int64_t n);
+int64_t sw_cms_get(const sw_cms *c, const void *key, size_t len);
+void sw_cms_reset(sw_cms *c);
+
+typedef struct sw_rate { ...; } sw_rate;
+int sw_rate_init(sw_rate *r, uint32_t hashes, uint32_t slots, const uint64_t *seeds,
+                 int64_t interval_ns, int64_t now_ns);
+void sw_rate_free(sw_rate *r);
+int64_t sw_rate_advance(sw_rate *r, int64_t now_ns);
+int64_t sw_rate_observe(sw_rate *r, int64_t now_ns, const void *key, size_t len, int64_t n);
+void sw_rate_sample(sw_rate *r, int64_t now_ns, const void *key, size_t len,
+                    int64_t *prev, int64_t *curr, int64_t *elapsed_ns);
+
+#define SW_LB_EINVAL ...
+#define SW_LB_MAX_WEIGHT ...
+typedef struct { uint32_t *slots; uint32_t nslots; uint32_t nbackends; } sw_wtable;
+int sw_wtable_build(sw_wtable *t, const uint32_t *weights, uint32_t n);
+void sw_wtable_free(sw_wtable *t);
+typedef struct { ...; } sw_walk;
+void sw_walk_init(sw_walk *w, uint32_t first, uint32_t n, uint64_t seed);
+uint32_t sw_walk_stride(uint32_t n, uint64_t seed);
+int sw_walk_next(sw_walk *w, uint32_t *out);
+typedef struct { uint32_t hash; uint32_t backend; } sw_ring_point;
+typedef struct { sw_ring_point *points; uint32_t npoints; uint32_t nbackends; } sw_ring;
+int sw_ring_build(sw_ring *r, const char *const *names, const size_t *lens,
+                  const uint32_t *weights, uint32_t n);
+void sw_ring_free(sw_ring *r);
+uint32_t sw_ring_find(const sw_ring *r, uint32_t key_hash);
+size_t sw_bitmap_words(uint32_t n);
+typedef struct { uint64_t *seen; ...; } sw_ring_walk;
+void sw_ring_walk_init(sw_ring_walk *w, const sw_ring *r, uint32_t key_hash);
+int sw_ring_walk_next(sw_ring_walk *w, uint32_t *out);
+uint64_t sw_splitmix64(uint64_t *state);
+
+typedef struct { uint32_t off; uint32_t len; } sw_span_t;
+typedef struct { sw_span_t name; sw_span_t value; } sw_header_t;
+int sw_ieq(const char *a, const char *b, size_t n);
+int sw_find(const char *base, const sw_header_t *h, uint32_t count, const char *name, size_t n,
+            uint32_t start);
+
+#define SW_F_DROPPED ...
+#define SW_F_HOST ...
+#define SW_F_EXPECT_100 ...
+#define SW_F_CONN_CLOSE ...
+#define SW_F_CONN_KA ...
+#define SW_F_CONN_UPGRADE ...
+#define SW_F_XFF ...
+#define SW_DROP_TRANSFER_ENCODING ...
+#define SW_DROP_CONTENT_LENGTH ...
+#define SW_DROP_EXPECT ...
+#define SW_DROP_XFF ...
+unsigned sw_hop_mark(const char *base, const sw_header_t *h, uint32_t n, unsigned char *drop,
+                     unsigned extra);
+uint32_t sw_trailer_mark(const char *base, const sw_header_t *t, uint32_t n, const char *conn,
+                         size_t conn_len, unsigned char *drop);
+size_t sw_fields_size(const sw_header_t *h, uint32_t n);
+size_t sw_write_fields(char *out, const char *base, const sw_header_t *h, uint32_t n,
+                       const unsigned char *drop);
+size_t sw_write_status_line(char *out, int status, const char *reason, size_t rlen);
+const char *sw_reason(int status);
+size_t sw_chunk_header(char *out, uint64_t n);
+"""
+
+HTTP_CDEF = """
+typedef struct { uint32_t off; uint32_t len; } sw_span_t;
+typedef struct { sw_span_t name; sw_span_t value; } sw_header_t;
+typedef struct { uint32_t max_head; uint32_t max_url; uint32_t max_headers; } sw_http_limits_t;
+typedef struct sw_http_s {
+    uint32_t msg_start; sw_span_t url; sw_span_t reason; sw_header_t *headers; uint32_t nheaders;
+    int keep_alive; int upgrade; uint64_t content_length; const char *body_at; size_t body_len;
+    char *tbuf; sw_header_t *trailers; uint32_t ntrailers; int status; const char *reason_msg;
+    size_t error_offset; ...;
+} sw_http_t;
+#define SW_EV_NEED_DATA ...
+#define SW_EV_HEAD ...
+#define SW_EV_BODY ...
+#define SW_EV_END ...
+#define SW_EV_UPGRADE ...
+#define SW_EV_ERROR ...
+int sw_http_init(sw_http_t *p, int is_request, const sw_http_limits_t *limits);
+void sw_http_free(sw_http_t *p);
+int sw_http_execute(sw_http_t *p, const char *data, size_t len, size_t resume_at, size_t *consumed);
+int sw_http_finish(sw_http_t *p);
+void sw_http_rebase(sw_http_t *p, uint32_t delta);
+int sw_http_in_head(const sw_http_t *p);
+const char *sw_http_method_name(const sw_http_t *p);
+"""
+
+CORE_SOURCES = ["sw_hash.c", "sw_cms.c", "sw_rate.c", "sw_lb.c", "sw_span.c", "sw_proxy.c"]
+CORE_HEADERS = ["sw_hash.h", "sw_cms.h", "sw_rate.h", "sw_lb.h", "sw_span.h", "sw_proxy.h"]
+LLHTTP_FILES = ("llhttp.h", "api.c", "http.c", "llhttp.c")
+
+
+def _llhttp_dir():
+    env = os.environ.get("SLUICEWAY_LLHTTP_DIR")
+    for d in ([env, os.path.join(env, "lib")] if env else []) + [
+            os.path.join(ROOT, "third_party", "llhttp"), os.path.join(ROOT, "build", "llhttp-9.3.0", "lib")]:
+        if d and all(os.path.isfile(os.path.join(d, f)) for f in LLHTTP_FILES):
+            return d
+    return None
+
+
+def _compile(name, cdef, headers, sources, include_dirs):
+    """Build (or reuse) the cffi module `name`; return (ffi, lib)."""
+    from cffi import FFI
+
+    h = hashlib.sha256(cdef.encode() + sys.version.encode())
+    for path in sorted(sources) + sorted(os.path.join(CSRC, f) for f in os.listdir(CSRC)):
+        with open(path, "rb") as f:
+            h.update(path.encode() + f.read())
+    out = os.path.join(ROOT, "build", f"cffi-{h.hexdigest()[:16]}")
+    os.makedirs(out, exist_ok=True)
+    ffi = FFI()
+    ffi.cdef(cdef)
+    ffi.set_source(name, "".join(f'#include "{x}"\n' for x in headers), sources=sources,
+                   include_dirs=include_dirs, extra_compile_args=["-O1", "-w"])
+    if out not in sys.path:
+        sys.path.insert(0, out)
+    try:
+        mod = importlib.import_module(name)
+    except ImportError:
+        ffi.compile(tmpdir=out, verbose=False)
+        mod = importlib.import_module(name)
+    return mod.ffi, mod.lib
+
+
+@pytest.fixture(scope="module")
+def c():
+    return _compile("_sw_contracts", CORE_CDEF, CORE_HEADERS,
+                    [os.path.join(CSRC, f) for f in CORE_SOURCES], [CSRC])
+
+
+@pytest.fixture(scope="module")
+def ch():
+    d = _llhttp_dir()
+    if d is None:
+        pytest.skip("llhttp's sources are not here (build once, or set SLUICEWAY_LLHTTP_DIR)")
+    return _compile("_sw_http_contract", HTTP_CDEF, ["sw_http.h"],
+                    [os.path.join(CSRC, f) for f in ("sw_http.c", "sw_span.c")]
+                    + [os.path.join(d, f) for f in LLHTTP_FILES if f.endswith(".c")], [CSRC, d])
+
+
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+keys = st.binary(max_size=64)
+u64 = st.integers(0, M64)
+
+
+# -------------------------------------------------------------------- sw_hash --
+
+def fnv1a64(data):
+    h = 0xcbf29ce484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001b3) & M64
+    return h
+
+
+def mix64(z):
+    z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & M64
+    z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & M64
+    return z ^ (z >> 31)
+
+
+@FAST
+@given(data=keys, cut=st.integers(0, 64))
+@example(data=b"", cut=0)
+def test_hash_fnv1a64_and_crc32_are_the_published_functions(c, data, cut):
+    ffi, lib = c
+    assert lib.sw_fnv1a64(data, len(data)) == fnv1a64(data)
+    assert lib.sw_crc32(data, len(data)) == zlib.crc32(data)
+    # the split form extends a prefix's raw state, as nginx's crc32 does
+    a, b = data[:cut], data[cut:]
+    state = lib.sw_crc32_update(lib.sw_crc32_update(lib.SW_CRC32_INIT, a, len(a)), b, len(b))
+    assert lib.sw_crc32_final(state) == zlib.crc32(data)
+
+
+@FAST
+@given(z=u64)
+def test_hash_mix64_is_splitmix64s_finaliser(c, z):
+    assert c[1].sw_mix64(z) == mix64(z)
+
+
+def test_hash_mix64_is_a_bijection_on_a_sample(c):
+    lib = c[1]
+    outs = {lib.sw_mix64(i * 0x9E3779B97F4A7C15 & M64) for i in range(20000)}
+    assert len(outs) == 20000
+
+
+# --------------------------------------------------------------------- sw_cms --
+
+def new_cms(c, hashes, slots, seeds):
+    ffi, lib = c
+    cms = ffi.new("sw_cms *")
+    rc = lib.sw_cms_init(cms, hashes, slots, ffi.new("uint64_t[]", seeds) if seeds else ffi.NULL)
+    return cms, rc
+
+
+@FAST
+@given(seed=u64, key=keys)
+def test_cms_keyhash_matches_the_python_reference_bit_for_bit(c, seed, key):
+    assert c[1].sw_cms_keyhash(seed, key, len(key)) == _limits_py.keyhash(seed, key)
+
+
+@FAST
+@given(seeds=st.lists(u64, min_size=1, max_size=8), slots=st.integers(1, 5000), key=keys)
+def test_cms_index_is_the_documented_column_of_each_row(c, seeds, slots, key):
+    ffi, lib = c
+    cms, rc = new_cms(c, len(seeds), slots, seeds)
+    try:
+        assert rc == lib.SW_CMS_OK
+        idx = ffi.new("uint32_t[]", len(seeds))
+        lib.sw_cms_index(cms, key, len(key), idx)
+        for r, seed in enumerate(seeds):
+            h = _limits_py.keyhash(seed, key)
+            assert idx[r] == r * slots + (((h >> 32) * slots) >> 32)
+    finally:
+        lib.sw_cms_free(cms)
+        lib.sw_cms_free(cms)        # safe twice
+
+
+@FAST
+@given(ops=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 5)), max_size=300),
+       slots=st.sampled_from([1, 2, 7, 64, 4096]), seeds=st.lists(u64, min_size=1, max_size=6))
+def test_cms_never_undercounts_and_is_exact_without_collisions(c, ops, slots, seeds):
+    ffi, lib = c
+    cms, rc = new_cms(c, len(seeds), slots, seeds)
+    true = {}
+    n_total = 0
+    try:
+        for k, n in ops:
+            key = b"key-%d" % k
+            est = lib.sw_cms_incr(cms, key, len(key), n)
+            true[key] = true.get(key, 0) + n
+            n_total += n
+            assert est >= true[key]
+            assert est == lib.sw_cms_get(cms, key, len(key))
+        for key, cnt in true.items():
+            est = lib.sw_cms_get(cms, key, len(key))
+            assert cnt <= est <= n_total
+        lib.sw_cms_reset(cms)
+        assert all(lib.sw_cms_get(cms, k, len(k)) == 0 for k in true)
+    finally:
+        lib.sw_cms_free(cms)
+
+
+def test_cms_init_refuses_bad_shapes(c):
+    ffi, lib = c
+    for hashes, slots in ((0, 10), (lib.SW_CMS_MAX_HASHES + 1, 10), (2, 0), (2, lib.SW_CMS_MAX_SLOTS + 1)):
+        cms, rc = new_cms(c, hashes, slots, [1] * max(1, min(hashes, 40)))
+        assert rc == lib.SW_CMS_EINVAL, (hashes, slots)
+        lib.sw_cms_free(cms)
+    cms, rc = new_cms(c, 2, 10, None)
+    assert rc == lib.SW_CMS_EINVAL
+
+
+# -------------------------------------------------------------------- sw_rate --
+
+class RateModel:
+    """sw_rate.h's windows, stated in Python (exact counts)."""
+
+    def __init__(self, interval, start):
+        self.interval, self.start, self.window = interval, start, 0
+        self.cur, self.prev = {}, {}
+
+    def advance(self, now):
+        w = max(self.window, (now - self.start) // self.interval)
+        if w == self.window + 1:
+            self.prev, self.cur = self.cur, {}
+        elif w > self.window + 1:
+            self.prev, self.cur = {}, {}
+        self.window = w
+        return max(0, now - (self.start + w * self.interval))
+
+
+@FAST
+@given(interval=st.integers(1, 10**9), start=st.integers(-10**12, 10**12),
+       ops=st.lists(st.tuples(st.integers(-10**9, 3 * 10**9), st.integers(0, 9), st.integers(0, 4)),
+                    max_size=80))
+def test_rate_rolls_windows_on_a_fixed_grid(c, interval, start, ops):
+    ffi, lib = c
+    seeds = ffi.new("uint64_t[]", [11, 22, 33, 44])
+    r = ffi.new("sw_rate *")
+    assert lib.sw_rate_init(r, 4, 1 << 16, seeds, interval, start) == 0
+    model = RateModel(interval, start)
+    now = start
+    prev, curr, el = ffi.new("int64_t *"), ffi.new("int64_t *"), ffi.new("int64_t *")
+    try:
+        for dt, k, n in ops:
+            now += dt                     # may step back: windows never move backwards
+            key = b"k%d" % k
+            elapsed = model.advance(now)
+            model.cur[key] = model.cur.get(key, 0) + n
+            assert lib.sw_rate_observe(r, now, key, len(key), n) == model.cur[key]
+            lib.sw_rate_sample(r, now, key, len(key), prev, curr, el)
+            assert (prev[0], curr[0]) == (model.prev.get(key, 0), model.cur[key])
+            assert el[0] == elapsed and 0 <= el[0] < interval
+    finally:
+        lib.sw_rate_free(r)
+        lib.sw_rate_free(r)
+
+
+def test_rate_init_refuses_a_zero_interval(c):
+    ffi, lib = c
+    r = ffi.new("sw_rate *")
+    assert lib.sw_rate_init(r, 2, 8, ffi.new("uint64_t[]", [1, 2]), 0, 0) != 0
+    lib.sw_rate_free(r)
+
+
+# ---------------------------------------------------------------------- sw_lb --
+
+weights_st = st.lists(st.integers(1, 40), min_size=1, max_size=12)
+
+
+@FAST
+@given(weights=weights_st)
+def test_lb_weighted_table_is_the_stride_schedule(c, weights):
+    ffi, lib = c
+    t = ffi.new("sw_wtable *")
+    assert lib.sw_wtable_build(t, ffi.new("uint32_t[]", weights), len(weights)) == 0
+    try:
+        table = [t.slots[i] for i in range(t.nslots)]
+        assert table == _lb_py.weighted_table(weights)
+        g = math.gcd(*weights)
+        assert all(table.count(i) == w // g for i, w in enumerate(weights))
+    finally:
+        lib.sw_wtable_free(t)
+
+
+def test_lb_weighted_table_refuses_a_zero_weight(c):
+    ffi, lib = c
+    t = ffi.new("sw_wtable *")
+    assert lib.sw_wtable_build(t, ffi.new("uint32_t[]", [1, 0, 2]), 3) == lib.SW_LB_EINVAL
+    lib.sw_wtable_free(t)
+
+
+@FAST
+@given(n=st.integers(1, 500), first=st.integers(0, 499), seed=u64)
+def test_lb_fallback_walk_yields_every_other_backend_once(c, n, first, seed):
+    ffi, lib = c
+    assume(first < n)
+    w = ffi.new("sw_walk *")
+    lib.sw_walk_init(w, first, n, seed)
+    out = ffi.new("uint32_t *")
+    got = []
+    while lib.sw_walk_next(w, out):
+        got.append(out[0])
+    assert got == list(_lb_py.fallback_walk(first, n, seed))
+    assert sorted(got + [first]) == list(range(n))
+    if n > 1:
+        s = lib.sw_walk_stride(n, seed)
+        assert 1 <= s < n and math.gcd(s, n) == 1
+
+
+addrs = st.lists(st.one_of(
+    st.builds(lambda a, b, p: f"10.0.{a}.{b}:{p}", st.integers(0, 255), st.integers(0, 255),
+              st.integers(1, 65535)),
+    st.just("unix:/run/app.sock"), st.just("[::1]:8080"), st.just("backend")), min_size=1, max_size=8,
+    unique=True)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(servers=addrs, data=st.data())
+def test_lb_ketama_ring_and_walk_match_nginx_placement(c, servers, data):
+    ffi, lib = c
+    weights = data.draw(st.lists(st.integers(1, 3), min_size=len(servers), max_size=len(servers)))
+    keep = [ffi.new("char[]", s.encode()) for s in servers]
+    r = ffi.new("sw_ring *")
+    rc = lib.sw_ring_build(r, ffi.new("char *[]", keep), ffi.new("size_t[]", [len(s.encode()) for s in servers]),
+                           ffi.new("uint32_t[]", weights), len(servers))
+    assert rc == 0
+    try:
+        class B:
+            def __init__(self, addr, weight):
+                self.addr, self.weight = addr, weight
+        ref = _lb_py.Consistent([B(s, w) for s, w in zip(servers, weights)])
+        assert [(r.points[i].hash, r.points[i].backend) for i in range(r.npoints)] == ref.points()
+        for key in data.draw(st.lists(keys, min_size=1, max_size=10)):
+            h = zlib.crc32(key)
+            w = ffi.new("sw_ring_walk *")
+            lib.sw_ring_walk_init(w, r, h)
+            seen = ffi.new("uint64_t[]", lib.sw_bitmap_words(len(servers)))
+            w.seen = seen
+            out = ffi.new("uint32_t *")
+            got = []
+            while lib.sw_ring_walk_next(w, out):
+                got.append(out[0])
+            assert got == list(ref._gen(h))
+            assert got[0] == r.points[lib.sw_ring_find(r, h)].backend
+    finally:
+        lib.sw_ring_free(r)
+
+
+@FAST
+@given(state=u64)
+def test_lb_splitmix64_is_the_generator(c, state):
+    ffi, lib = c
+    s = ffi.new("uint64_t *", state)
+    for i in range(1, 4):
+        z = (state + i * 0x9E3779B97F4A7C15) & M64
+        assert lib.sw_splitmix64(s) == mix64(z)
+    assert s[0] == (state + 3 * 0x9E3779B97F4A7C15) & M64
+
+
+# ------------------------------------------------------------------- sw_proxy --
+
+HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"}
+NEVER_BY_CONNECTION = {"content-length", "transfer-encoding", "host"}
+
+
+def fields(c, pairs):
+    """(base bytes, cdata header array) for [(name, value), ...]."""
+    ffi, _ = c
+    base = b""
+    spans = []
+    for n, v in pairs:
+        spans.append(((len(base), len(n)), (len(base) + len(n) + 2, len(v))))
+        base += n + b": " + v + b"\r\n"
+    arr = ffi.new("sw_header_t[]", max(1, len(pairs)))
+    for i, ((no, nl), (vo, vl)) in enumerate(spans):
+        arr[i].name.off, arr[i].name.len, arr[i].value.off, arr[i].value.len = no, nl, vo, vl
+    return base, arr
+
+
+def hop_model(pairs, extra, lib):
+    names = [n.decode("latin-1").lower() for n, _ in pairs]
+    drop = [n in HOP for n in names]
+    flags = 0
+    for (n, v), name in zip(pairs, names):
+        if name == "connection":
+            for opt in v.decode("latin-1").split(","):
+                opt = opt.strip(" \t").lower()
+                flags |= {"close": lib.SW_F_CONN_CLOSE, "keep-alive": lib.SW_F_CONN_KA,
+                          "upgrade": lib.SW_F_CONN_UPGRADE}.get(opt, 0)
+                if opt and opt not in NEVER_BY_CONNECTION:
+                    drop = [d or m == opt for d, m in zip(drop, names)]
+        elif name == "host":
+            flags |= lib.SW_F_HOST
+        elif name == "expect":
+            if v.lower() == b"100-continue":
+                flags |= lib.SW_F_EXPECT_100
+        elif name == "x-forwarded-for":
+            flags |= lib.SW_F_XFF
+    for i, name in enumerate(names):
+        if (name == "expect" and extra & lib.SW_DROP_EXPECT) or \
+                (name == "content-length" and extra & lib.SW_DROP_CONTENT_LENGTH) or \
+                (name == "transfer-encoding" and extra & lib.SW_DROP_TRANSFER_ENCODING) or \
+                (name in ("x-forwarded-for", "x-forwarded-host", "x-forwarded-proto")
+                 and extra & lib.SW_DROP_XFF):
+            drop[i] = True
+    if any(drop):
+        flags |= lib.SW_F_DROPPED
+    return drop, flags
+
+
+names_st = st.sampled_from([b"Host", b"Connection", b"keep-alive", b"TE", b"Trailer", b"Upgrade",
+                            b"Proxy-Connection", b"X-Custom", b"x-custom", b"Expect", b"Content-Length",
+                            b"Transfer-Encoding", b"X-Forwarded-For", b"X-Forwarded-Host",
+                            b"X-Forwarded-Proto", b"Accept", b"X-Api-Key"])
+values_st = st.one_of(st.sampled_from([b"close", b"keep-alive", b"Upgrade", b"x-custom, accept",
+                                       b" , X-Api-Key ,host,content-length", b"100-continue", b"1"]),
+                      st.binary(max_size=8).map(lambda b: bytes(x for x in b if 33 <= x < 127)))
+
+
+@FAST
+@given(pairs=st.lists(st.tuples(names_st, values_st), max_size=10), extra=st.integers(0, 15))
+def test_proxy_hop_mark_drops_hop_by_hop_and_connection_named_fields(c, pairs, extra):
+    ffi, lib = c
+    base, arr = fields(c, pairs)
+    drop = ffi.new("unsigned char[]", max(1, len(pairs)))
+    flags = lib.sw_hop_mark(base, arr, len(pairs), drop, extra)
+    want_drop, want_flags = hop_model(pairs, extra, lib)
+    assert [bool(drop[i]) for i in range(len(pairs))] == want_drop
+    assert flags == want_flags
+    # the kept fields are written as "name: value\r\n", in order
+    out = ffi.new("char[]", lib.sw_fields_size(arr, len(pairs)) + 1)
+    n = lib.sw_write_fields(out, base, arr, len(pairs), drop)
+    assert ffi.buffer(out, n)[:] == b"".join(k + b": " + v + b"\r\n"
+                                             for (k, v), d in zip(pairs, want_drop) if not d)
+
+
+def test_proxy_trailer_mark_drops_what_cannot_follow_the_body(c):
+    ffi, lib = c
+    pairs = [(b"X-Checksum", b"abc"), (b"Content-Length", b"3"), (b"Authorization", b"x"),
+             (b"X-Named", b"1"), (b"Set-Cookie", b"a=b"), (b"X-Other", b"2")]
+    base, arr = fields(c, pairs)
+    drop = ffi.new("unsigned char[]", len(pairs))
+    conn = b"x-named"
+    kept = lib.sw_trailer_mark(base, arr, len(pairs), conn, len(conn), drop)
+    assert [drop[i] for i in range(len(pairs))] == [0, 1, 1, 1, 1, 0] and kept == 2
+
+
+@FAST
+@given(n=st.integers(0, M64))
+def test_proxy_chunk_header_is_lower_hex_and_crlf(c, n):
+    ffi, lib = c
+    out = ffi.new("char[32]")
+    k = lib.sw_chunk_header(out, n)
+    assert ffi.buffer(out, k)[:] == b"%x\r\n" % n and k <= 18
+
+
+def test_proxy_status_line_and_reasons(c):
+    ffi, lib = c
+    import http as _http
+
+    out = ffi.new("char[128]")
+    for status in (200, 204, 301, 404, 431, 502, 504):
+        reason = ffi.string(lib.sw_reason(status))
+        assert reason.decode() == _http.HTTPStatus(status).phrase
+        k = lib.sw_write_status_line(out, status, reason, len(reason))
+        assert ffi.buffer(out, k)[:] == b"HTTP/1.1 %d %s\r\n" % (status, reason)
+    assert ffi.string(lib.sw_reason(799)) == b""
+
+
+@FAST
+@given(a=st.binary(max_size=20), b=st.binary(max_size=20))
+def test_span_ieq_and_find_ignore_ascii_case_only(c, a, b):
+    ffi, lib = c
+    b = (b + a)[:len(a)]
+    assert bool(lib.sw_ieq(a, a.swapcase(), len(a)))
+    assert bool(lib.sw_ieq(a, b, len(a))) == (a.lower() == b.lower())   # bytes.lower is ASCII-only
+    pairs = [(b"Accept", b"1"), (b"X-Key", b"2"), (b"x-key", b"3")]
+    base, arr = fields(c, pairs)
+    assert lib.sw_find(base, arr, 3, b"X-KEY", 5, 0) == 1
+    assert lib.sw_find(base, arr, 3, b"X-KEY", 5, 2) == 2
+    assert lib.sw_find(base, arr, 3, b"nope", 4, 0) == -1
+
+
+# -------------------------------------------------------------------- sw_http --
+
+def parse(ch, chunks, is_request=True, limits=(65536, 8192, 100), finish=False):
+    """Drive sw_http as its header says (head buffer re-fed, spans re-based);
+    return the events as plain Python values."""
+    ffi, lib = ch
+    p = ffi.new("sw_http_t *")
+    assert lib.sw_http_init(p, is_request, ffi.new("sw_http_limits_t *", limits)) == 0
+    consumed = ffi.new("size_t *")
+    events = []
+    carry = b""
+    try:
+        for chunk in chunks:
+            data = carry + chunk
+            pos = len(carry)
+            carry = b""
+            buf = ffi.from_buffer(data)
+            while True:
+                ev = lib.sw_http_execute(p, buf, len(data), pos, consumed)
+                # (after an error, *consumed is the offending byte's offset,
+                # which may lie in the part of the head fed before)
+                assert (0 if ev == lib.SW_EV_ERROR else pos) <= consumed[0] <= len(data)
+                pos = consumed[0]
+                if ev == lib.SW_EV_HEAD:
+                    span = lambda s: data[s.off:s.off + s.len]
+                    hdrs = [(span(p.headers[i].name), span(p.headers[i].value)) for i in range(p.nheaders)]
+                    start = ffi.string(lib.sw_http_method_name(p)) if is_request else span(p.reason)
+                    events.append(("head", start, span(p.url) if is_request else None, hdrs))
+                elif ev == lib.SW_EV_BODY:
+                    off = int(ffi.cast("uintptr_t", p.body_at)) - int(ffi.cast("uintptr_t", buf))
+                    piece = data[off:off + p.body_len]
+                    if events and events[-1][0] == "body":
+                        events[-1] = ("body", events[-1][1] + piece)
+                    else:
+                        events.append(("body", piece))
+                elif ev == lib.SW_EV_END:
+                    tr = []
+                    for i in range(p.ntrailers):
+                        t = p.trailers[i]
+                        end = max(t.name.off + t.name.len, t.value.off + t.value.len)
+                        tb = ffi.buffer(p.tbuf, end)[:]
+                        tr.append((tb[t.name.off:t.name.off + t.name.len],
+                                   tb[t.value.off:t.value.off + t.value.len]))
+                    events.append(("end", tr))
+                elif ev == lib.SW_EV_NEED_DATA:
+                    if lib.sw_http_in_head(p):
+                        off = p.msg_start
+                        carry = data[off:]
+                        lib.sw_http_rebase(p, off)
+                    break
+                elif ev == lib.SW_EV_ERROR:
+                    events.append(("error", p.status, ffi.string(p.reason_msg).decode(), p.error_offset))
+                    return events
+                else:
+                    events.append(("upgrade",))
+                    return events
+        if finish:
+            ev = lib.sw_http_finish(p)
+            events.append(("finish", ev))
+        return events
+    finally:
+        lib.sw_http_free(p)
+
+
+token = st.text("abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12).map(str.encode)
+hvalue = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ;=/.",
+                 max_size=20).map(lambda s: s.strip().encode())
+
+
+@st.composite
+def requests(draw):
+    method = draw(st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"PATCH"]))
+    path = b"/" + draw(st.text("abcxyz0123/._-", max_size=20)).encode()
+    names = draw(st.lists(token.filter(lambda t: t not in (b"content-length", b"transfer-encoding",
+                                                             b"connection", b"upgrade", b"expect")),
+                          max_size=8))
+    hdrs = [(b"host", b"example.test")] + [(n, draw(hvalue)) for n in names]
+    body = draw(st.binary(max_size=200))
+    chunked = draw(st.booleans()) and body
+    trailers = [(b"x-sum", b"%d" % len(body))] if chunked and draw(st.booleans()) else []
+    msg = method + b" " + path + b" HTTP/1.1\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in hdrs)
+    if chunked:
+        hdrs.append((b"transfer-encoding", b"chunked"))
+        pieces = [body[i:i + 37] for i in range(0, len(body), 37)]
+        msg += (b"transfer-encoding: chunked\r\n\r\n" + b"".join(b"%x\r\n%s\r\n" % (len(x), x) for x in pieces)
+                + b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers) + b"\r\n")
+    else:
+        if body:
+            hdrs.append((b"content-length", b"%d" % len(body)))
+            msg += b"content-length: %d\r\n" % len(body)
+        msg += b"\r\n" + body
+    return msg, method, path, hdrs, body, trailers
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(reqs=st.lists(requests(), min_size=1, max_size=3), cuts=st.lists(st.integers(1, 2000), max_size=12))
+def test_http_heads_bodies_trailers_are_what_was_sent_however_the_bytes_arrive(ch, reqs, cuts):
+    stream = b"".join(r[0] for r in reqs)
+    expected = []
+    for _msg, method, path, hdrs, body, trailers in reqs:
+        expected.append(("head", method, path, hdrs))
+        if body:
+            expected.append(("body", body))
+        expected.append(("end", trailers))
+    points = sorted({x % len(stream) for x in cuts} | {0, len(stream)})
+    chunks = [stream[a:b] for a, b in zip(points, points[1:])]
+    assert parse(ch, [stream]) == expected
+    assert parse(ch, chunks) == expected
+    assert parse(ch, [stream[i:i + 1] for i in range(len(stream))]) == expected
+
+
+@pytest.mark.parametrize("raw, status, word", [
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+     400, "Content-Length"),
+    (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505, "version"),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "Transfer-Encoding"),
+    (b"GET /" + b"a" * 300 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414, ""),
+    (b"GET / HTTP/1.1\r\n" + b"".join(b"x-%d: 1\r\n" % i for i in range(20)) + b"\r\n", 431, ""),
+])
+def test_http_refusals_carry_their_status(ch, raw, status, word):
+    for chunks in ([raw], [raw[i:i + 1] for i in range(len(raw))]):
+        ev = parse(ch, chunks, limits=(4096, 256, 10))[-1]
+        assert ev[0] == "error" and ev[1] == status, ev
+        assert word.lower() in ev[2].lower()
+
+
+def test_http_error_offset_points_into_the_call_that_failed(ch):
+    good = b"GET / HTTP/1.1\r\nHost: a\r\n"
+    bad = b"Bad Header: x\r\n\r\n"
+    ev = parse(ch, [good + bad])[-1]
+    assert ev[0] == "error" and ev[1] == 400
+    assert len(good) <= ev[3] <= len(good) + len(b"Bad Header")
+
+
+def test_http_close_delimited_response_ends_at_finish(ch):
+    evs = parse(ch, [b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\nsome", b" body"], is_request=False, finish=True)
+    assert evs[0] == ("head", b"OK", None, [(b"Server", b"x")])
+    assert evs[1] == ("body", b"some body") and evs[-1][1] == ch[1].SW_EV_END
+    cut = parse(ch, [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"], is_request=False, finish=True)
+    assert cut[-1][1] == ch[1].SW_EV_ERROR
