@@ -16,6 +16,13 @@ int64_t sw_clock_monotonic_ns(void)
 #else
 #include <time.h>
 
+double sw_clock_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 int64_t sw_clock_monotonic_ns(void)
 {
     struct timespec ts;

@@ -14,4 +14,8 @@
 
 int64_t sw_clock_monotonic_ns(void);
 
+/* The same clock in seconds (the engine's deadlines and timings; the
+ * clock time.monotonic() reads on Linux). */
+double sw_clock_now(void);
+
 #endif /* SW_CLOCK_H */

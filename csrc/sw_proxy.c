@@ -2,7 +2,6 @@
 #include "sw_proxy.h"
 
 #include <string.h>
-#include <time.h>
 
 #define NAME_IS(lit) (nl == sizeof(lit) - 1 && sw_ieq(nm, lit, sizeof(lit) - 1))
 
@@ -258,11 +257,4 @@ size_t sw_chunk_header(char *out, uint64_t n)
     out[k] = '\r';
     out[k + 1] = '\n';
     return k + 2;
-}
-
-double sw_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }

@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "sw_view.h"
+#include "sw_span.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -63,9 +63,6 @@ const char *sw_reason(int status);
 
 /* Lower-case hex of n followed by CRLF; returns bytes written (<= 18). */
 size_t sw_chunk_header(char *out, uint64_t n);
-
-/* Monotonic clock in seconds. */
-double sw_now(void);
 
 #ifdef __cplusplus
 }

@@ -1,4 +1,4 @@
-"""The engine's write path (``_Conn`` in _engine.pyx) against its pure-Python
+"""The engine's write path (``_Conn``, pyx/sluiceway/engine/io.pyx) against its pure-Python
 reference (``sluiceway._io_py.WriteQueue``): hypothesis drives both with the
 same writes (plain, vectored, head + slice), the same partial reads by the
 peer, and a close or an abort; each writes to its own Unix socket pair with
@@ -15,7 +15,7 @@ import uvloop
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from sluiceway import _engine
+from sluiceway import _engine, _io_probe
 from sluiceway._io_py import HIGH_WATER, LOW_WATER, WriteQueue
 
 BUF = 4096
@@ -83,7 +83,7 @@ def test_write_path_matches_reference(loop, ops, end, seed):
     rnd = random.Random(seed)
     a, b = _pair()
     c, d = _pair()
-    probe = _engine._IoProbe()
+    probe = _io_probe.IoProbe()
     probe.attach(loop, a.detach())
     ref_events = []
     ref = WriteQueue(c, on_pause=lambda: ref_events.append(("pause", ref.size)),
@@ -179,7 +179,7 @@ def test_write_path_matches_reference(loop, ops, end, seed):
 
 def test_a_reset_peer_aborts_with_the_error(loop):
     a, b = _pair()
-    probe = _engine._IoProbe()
+    probe = _io_probe.IoProbe()
     probe.attach(loop, a.detach())
     b.close()
     probe.write(b"x" * 100)
@@ -192,7 +192,7 @@ def test_a_reset_peer_aborts_with_the_error(loop):
 
 def test_reads_eof_and_pausing(loop):
     a, b = _pair()
-    probe = _engine._IoProbe()
+    probe = _io_probe.IoProbe()
     probe.attach(loop, a.detach())
     b.sendall(b"hello")
     for _ in range(3):
@@ -215,7 +215,7 @@ def test_reads_eof_and_pausing(loop):
 
 def test_close_gives_up_on_a_peer_that_does_not_read(loop):
     a, b = _pair()
-    probe = _engine._IoProbe()
+    probe = _io_probe.IoProbe()
     probe.attach(loop, a.detach())
     try:
         probe.write(b"q" * 300_000)

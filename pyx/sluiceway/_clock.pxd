@@ -1,0 +1,7 @@
+# Declarations of csrc/sw_clock.h (the monotonic clock).
+from libc.stdint cimport int64_t
+
+
+cdef extern from "sw_clock.h" nogil:
+    int64_t sw_clock_monotonic_ns()
+    double sw_clock_now()

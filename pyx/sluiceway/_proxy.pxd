@@ -1,0 +1,31 @@
+# Declarations of csrc/sw_proxy.h (hop-by-hop marking, trailer filtering,
+# head and chunk writing), as the engine uses them.
+from libc.stdint cimport uint32_t, uint64_t
+
+from sluiceway._span cimport sw_header_t
+
+
+cdef extern from "sw_proxy.h" nogil:
+    enum:
+        SW_F_DROPPED
+        SW_F_HOST
+        SW_F_EXPECT_100
+        SW_F_CONN_CLOSE
+        SW_F_CONN_KA
+        SW_F_CONN_UPGRADE
+        SW_F_XFF
+        SW_DROP_TRANSFER_ENCODING
+        SW_DROP_CONTENT_LENGTH
+        SW_DROP_EXPECT
+        SW_DROP_XFF
+
+    unsigned sw_hop_mark(const char *base, const sw_header_t *h, uint32_t n,
+                         unsigned char *drop, unsigned extra)
+    uint32_t sw_trailer_mark(const char *base, const sw_header_t *t, uint32_t n,
+                             const char *conn, size_t conn_len, unsigned char *drop)
+    size_t sw_fields_size(const sw_header_t *h, uint32_t n)
+    size_t sw_write_fields(char *out, const char *base, const sw_header_t *h, uint32_t n,
+                           const unsigned char *drop)
+    size_t sw_write_status_line(char *out, int status, const char *reason, size_t rlen)
+    const char *sw_reason(int status)
+    size_t sw_chunk_header(char *out, uint64_t n)

@@ -1,0 +1,92 @@
+# Included by _engine.pxd: the engine's constants, as C enums (compile-time
+# constants, no Python object; Cython 3 deprecates DEF).
+
+cdef enum:
+    # Bytes queued for writing past which the other side stops reading
+    # (on_pause_writing), and down to which it resumes (on_resume_writing);
+    # also the bytes buffered from one side before reading from it pauses.
+    HIGH_WATER = 65536
+    LOW_WATER = 16384
+
+    # The connections' own I/O.
+    RBUF_SIZE = 65536   # bytes asked of one recv (into a bytes object, see _IoLoop.recv)
+    COPY_MAX = 4096     # reads up to this size are copied out of the receive buffer
+    MAX_READY = 256     # descriptors handled per wake-up
+    MAX_IOV = 64        # buffers written by one writev
+
+    # A request body still on its way when the response is decided: up to
+    # this many bytes left (by Content-Length) are read and dropped after
+    # the response and the connection is kept; more, or an unknown length,
+    # and the response says `Connection: close` and the connection closes
+    # lingering.
+    DISCARD_MAX = 65536
+
+    # The body sent on a pooled connection is kept, up to this, until the
+    # first response byte, to send it again if that connection was dead.
+    REPLAY_MAX = 65536
+
+    # Informational (1xx) responses an upstream may send before its final
+    # one; each counts as progress for the read timeout, so the total is
+    # bounded.
+    MAX_INFORMATIONAL = 16
+
+    # Connections whose deadline passed, acted on per loop iteration (the
+    # rest wait for the next one, after the ready I/O).
+    TICK_SLICE = 64
+
+    # Log lines of one kind written per second before they are counted.
+    LOG_BURST = 5
+
+    # llhttp's method numbers the engine looks at.
+    HTTP_HEAD = 2
+    HTTP_CONNECT = 5
+
+
+# Why reading is paused (bit flags).
+cdef enum:
+    R_BUFFERED = 1      # our own buffer is over the high-water mark
+    R_PEER_FULL = 2     # the other side's write buffer is full
+
+
+# Deadline kinds (``_Conn.dl_kind``).
+cdef enum:
+    DL_NONE = 0
+    DL_HEAD = 1         # a client's request head
+    DL_IDLE = 2         # an idle keep-alive client connection
+    DL_TOTAL = 3        # a whole request (request_timeout)
+    DL_READ = 4         # upstream response bytes
+    DL_WRITE = 5        # an upstream taking the request
+    DL_POOL = 6         # a pooled upstream connection
+    DL_DISCARD = 7      # reading and dropping the rest of an answered request's body
+    DL_LINGER = 8       # closing: our side shut down, reading and dropping what still comes
+
+
+# Stages of a session (Session._advance).
+cdef enum:
+    S_EARLY = 1
+    S_REQ_FILTER = 2
+    S_REQ_FILTER_DONE = 3
+    S_PEER = 4
+    S_PEER_DONE = 5
+    S_CONNECT = 6
+    S_CONNECTED = 7
+    S_UP_REQ = 8
+    S_SEND = 9
+    S_REQ_BODY_DONE = 10
+    S_UP_RESP = 11
+    S_RESP = 12
+    S_RESP_SEND = 13
+    S_RESP_BODY_DONE = 14
+    S_FAIL_CONNECT_DONE = 15
+    S_ERR_PROXY_DONE = 16
+    S_FAIL_PROXY_DONE = 17
+    S_LOG_DONE = 18
+    S_NEW_CTX = 19
+
+
+# How the response body goes to the client.
+cdef enum:
+    M_NONE = 0          # no body (HEAD, 1xx, 204, 304)
+    M_RAW = 1           # as received, Content-Length kept
+    M_CHUNKED = 2       # re-chunked
+    M_CLOSE = 3         # delimited by closing the connection

@@ -1,0 +1,543 @@
+# Included by _engine.pyx: the connections' own I/O (epoll set, write queue).
+
+# ------------------------------------------------------------ connections --
+#
+# Connections do their own I/O on one epoll set per event loop (``_IoLoop``),
+# which the loop watches with a single add_reader: when it is readable,
+# ``_IoLoop._on_ready`` takes every ready descriptor from it and calls the
+# connection's C-level ``_io_event`` (no Python call, transport object or
+# libuv handle per connection or per read). An idle connection is one
+# ``_Downstream`` object and its descriptor. TLS upstreams use an asyncio
+# transport instead; ``_Conn``'s ``t_*`` methods serve both.
+
+
+
+cdef object _os_error(Py_ssize_t neg_errno):
+    cdef int e = <int>-neg_errno
+    return OSError(e, os.strerror(e))
+
+
+@cython.final
+cdef class _IoLoop:
+    """One epoll set, watched by ``loop``, for the connections of that loop."""
+
+    def __cinit__(self, object loop):
+        self.loop = loop
+        self.epfd = -1
+        self.live = set()
+        self.dead = []
+        self.ready = <sw_ready_t *>malloc(MAX_READY * sizeof(sw_ready_t))
+        if self.ready == NULL:
+            raise MemoryError()
+        cdef int fd = sw_io_open()
+        if fd < 0:
+            raise _os_error(fd)
+        self.epfd = fd
+        loop.add_reader(fd, self._on_ready)
+
+    def __dealloc__(self):
+        if self.epfd >= 0:
+            sw_io_close(self.epfd)
+        free(self.ready)
+        Py_XDECREF(self.rbig)
+        self.rbig = NULL
+
+    cdef object recv(self, int fd):
+        """One read from ``fd`` as a new bytes object; None when nothing was
+        waiting (EAGAIN), b"" at EOF; raises OSError.
+
+        The bytes are received straight into a preallocated RBUF_SIZE bytes
+        object. A large read hands that object over, shrunk in place (no
+        copy of the data); a small one is copied out and the buffer kept."""
+        cdef Py_ssize_t r
+        cdef PyObject *o
+        cdef object fresh
+        if self.rbig == NULL:
+            fresh = PyBytes_FromStringAndSize(NULL, RBUF_SIZE)
+            Py_INCREF(fresh)  # owned by rbig from now on
+            self.rbig = <PyObject *>fresh
+            fresh = None      # rbig's is the only reference (resizing needs that)
+        r = sw_io_recv(fd, PyBytes_AS_STRING(<object>self.rbig), RBUF_SIZE)
+        if r > COPY_MAX:
+            o = self.rbig
+            self.rbig = NULL
+            if _PyBytes_Resize(&o, r) < 0:
+                return None  # (the exception is set; not reached: shrinking does not fail)
+            return _steal(o)
+        if r > 0:
+            return PyBytes_FromStringAndSize(PyBytes_AS_STRING(<object>self.rbig), r)
+        if r == 0:
+            return b""
+        if r == -EAGAIN:
+            return None
+        raise _os_error(r)
+
+    cdef int register(self, _Conn c, int fd) except -1:
+        cdef int r = sw_io_add(self.epfd, fd, SW_IO_IN, <void *>c)
+        if r < 0:
+            raise _os_error(r)
+        self.live.add(c)
+        c.io = self
+        c.fd = fd
+        c.evmask = SW_IO_IN
+        return 0
+
+    cdef int unregister(self, _Conn c) except -1:
+        sw_io_del(self.epfd, c.fd)
+        if self.dispatching:
+            # Events for it may still be in this batch: keep it alive.
+            self.dead.append(c)
+        self.live.discard(c)
+
+    def _on_ready(self):
+        cdef int i, n
+        cdef _Conn c
+        if self.epfd < 0:
+            return
+        global _batch_now, _in_batch
+        n = sw_io_ready(self.epfd, self.ready, MAX_READY)
+        if n <= 0:
+            return
+        self.dispatching = True
+        _batch_now = sw_clock_now()
+        _in_batch = True
+        try:
+            for i in range(n):
+                c = <_Conn>self.ready[i].obj
+                if c.fd < 0:
+                    continue  # closed earlier in this batch
+                try:
+                    c._io_event(self.ready[i].events)
+                except BaseException:
+                    error_log.exception("sluiceway: internal error in connection I/O (this is a bug)")
+                    c.t_abort(None)
+        finally:
+            _in_batch = False
+            self.dispatching = False
+            if self.dead:
+                self.dead.clear()
+
+    def close(self):
+        """Abort every connection still open and stop watching."""
+        cdef _Conn c
+        for c in list(self.live):
+            c.t_abort(None)
+        if self.epfd >= 0:
+            try:
+                self.loop.remove_reader(self.epfd)
+            except Exception:
+                pass  # the loop is closed already
+            sw_io_close(self.epfd)
+            self.epfd = -1
+
+
+cdef dict _IOS = {}
+
+cdef _IoLoop _io_for(object loop):
+    cdef _IoLoop io = _IOS.get(loop)
+    if io is None or io.epfd < 0:
+        io = _IOS[loop] = _IoLoop(loop)
+    return io
+
+
+cdef class _Conn:
+    """The I/O of one connection, shared by both sides of the proxy.
+
+    Writes go out at once when nothing is queued; what the socket does not
+    take is queued (as bytes) and written when epoll says the socket is
+    writable. Past HIGH_WATER queued bytes ``on_pause_writing`` is called,
+    at LOW_WATER ``on_resume_writing``, as asyncio transports do.
+    ``t_close`` flushes the queue, then closes; ``on_lost`` follows on the
+    next loop iteration (as ``connection_lost`` does with asyncio).
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        self.fd = -1
+        self.flush_timeout = 60.0
+
+    # --- used by the proxy -------------------------------------------------
+
+    cdef int t_write(self, object data) except -1:
+        cdef Py_ssize_t n, r
+        cdef Py_buffer view
+        if self.io is None:
+            if self.transport is not None:
+                self.transport.write(data)
+            return 0
+        if self.fd < 0 or self.io_closing:
+            return 0
+        if self.wq is not None:
+            self._queue(data, 0)
+            return 0
+        if type(data) is bytes:
+            n = PyBytes_GET_SIZE(data)
+            if n == 0:
+                return 0
+            r = sw_io_send(self.fd, PyBytes_AS_STRING(data), n)
+        else:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+            n = view.len
+            r = sw_io_send(self.fd, <char *>view.buf, n) if n > 0 else 0
+            PyBuffer_Release(&view)
+            if n == 0:
+                return 0
+        r = self._sent(r)
+        if 0 <= r < n:
+            self._queue(data, r)
+
+    cdef int t_writev(self, tuple parts) except -1:
+        cdef iovec iov[8]
+        cdef Py_buffer views[8]
+        cdef int k = 0, nv = 0, i
+        cdef Py_ssize_t total = 0, r, left
+        cdef object p
+        if self.io is None:
+            if self.transport is not None:
+                self.transport.writelines(parts)
+            return 0
+        if self.fd < 0 or self.io_closing:
+            return 0
+        if self.wq is not None or len(parts) > 8:
+            for p in parts:
+                self.t_write(p)
+            return 0
+        try:
+            for p in parts:
+                if type(p) is bytes:
+                    iov[k].iov_base = PyBytes_AS_STRING(p)
+                    iov[k].iov_len = <size_t>PyBytes_GET_SIZE(p)
+                else:
+                    PyObject_GetBuffer(p, &views[nv], PyBUF_SIMPLE)
+                    nv += 1
+                    iov[k].iov_base = views[nv - 1].buf
+                    iov[k].iov_len = <size_t>views[nv - 1].len
+                total += <Py_ssize_t>iov[k].iov_len
+                k += 1
+            r = sw_io_writev(self.fd, iov, k) if total > 0 else 0
+        finally:
+            for i in range(nv):
+                PyBuffer_Release(&views[i])
+        r = self._sent(r)
+        if r < 0 or r == total:
+            return 0
+        # Queue what was not written: the rest of the part it stopped in,
+        # then the parts after it.
+        left = r
+        for p in parts:
+            n = len(p)
+            if left >= n:
+                left -= n
+                continue
+            self._queue(p, left)
+            left = 0
+
+    cdef int t_send(self, object head, object owner, Py_ssize_t off, Py_ssize_t n) except -1:
+        """Write ``head`` (bytes, or None), then bytes ``off``..``off+n`` of
+        ``owner`` (bytes) in one vectored write, without joining them; only
+        what the socket does not take is copied (into the queue)."""
+        cdef iovec iov[2]
+        cdef int k = 0
+        cdef Py_ssize_t r, hl = 0
+        if self.io is None or self.wq is not None or self.fd < 0 or self.io_closing:
+            if head is not None:
+                self.t_write(head)
+            if n > 0:
+                self.t_write(owner if off == 0 and n == PyBytes_GET_SIZE(owner) else
+                             PyBytes_FromStringAndSize(PyBytes_AS_STRING(owner) + off, n))
+            return 0
+        if head is not None:
+            hl = PyBytes_GET_SIZE(head)
+            iov[0].iov_base = PyBytes_AS_STRING(head)
+            iov[0].iov_len = <size_t>hl
+            k = 1
+        if n > 0:
+            iov[k].iov_base = PyBytes_AS_STRING(owner) + off
+            iov[k].iov_len = <size_t>n
+            k += 1
+        if hl + n == 0:
+            return 0
+        r = self._sent(sw_io_writev(self.fd, iov, k))
+        if r < 0 or r == hl + n:
+            return 0
+        if r < hl:
+            self._queue(head, r)
+            r = 0
+        else:
+            r -= hl
+        if r < n:
+            if off == 0 and n == PyBytes_GET_SIZE(owner):
+                self._queue(owner, r)
+            else:
+                self._queue(PyBytes_FromStringAndSize(PyBytes_AS_STRING(owner) + off + r, n - r), 0)
+        return 0
+
+    cdef int t_pause_reading(self) except -1:
+        if self.io is None:
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return 0
+        self.rd_paused = True
+        self._set_mask(self.evmask & ~SW_IO_IN)
+
+    cdef int t_resume_reading(self) except -1:
+        if self.io is None:
+            if self.transport is not None:
+                self.transport.resume_reading()
+            return 0
+        self.rd_paused = False
+        if not self.io_closing:
+            self._set_mask(self.evmask | SW_IO_IN)
+
+    cdef int t_close(self) except -1:
+        if self.io is None:
+            if self.transport is not None:
+                self.transport.close()
+            return 0
+        if self.fd < 0 or self.io_closing:
+            return 0
+        self.io_closing = True
+        if self.wq is None:
+            self._finalize(None)
+        else:
+            self._set_mask(SW_IO_OUT)   # flush, then close
+            if self.flush_timeout > 0:
+                # A peer that does not read the rest does not keep it open.
+                self.io.loop.call_later(self.flush_timeout, self._flush_expired)
+
+    cdef int t_close_linger(self) except -1:
+        """Close without making the kernel reset the connection: write the
+        queue, shut down our side (the peer reads EOF after the last byte),
+        then read and drop whatever the peer still sends until its EOF.
+
+        Closing a socket with unread input makes the kernel answer with a
+        reset, and a reset can destroy the response in the peer's buffers
+        before the peer reads it (a client still sending a request body
+        when we answer early). The owner bounds the reading (``t_abort``)."""
+        if self.io is None:
+            if self.transport is not None:
+                self.transport.close()
+            return 0
+        if self.fd < 0 or self.io_closing:
+            return 0
+        self.io_closing = True
+        self.linger = True
+        if self.wq is None:
+            self._linger()
+        else:
+            self._set_mask(SW_IO_OUT | SW_IO_IN)   # flush, and keep dropping input
+            if self.flush_timeout > 0:
+                self.io.loop.call_later(self.flush_timeout, self._flush_expired)
+        return 0
+
+    cdef int _linger(self) except -1:
+        """Everything is written: shut down our side and wait for EOF."""
+        if self.rd_eof or sw_io_shutdown_wr(self.fd) < 0:
+            self._finalize(None)
+            return 0
+        self._set_mask(SW_IO_IN)
+        return 0
+
+    def _flush_expired(self):
+        if self.fd >= 0 and self.io_closing:
+            self.t_abort(TimeoutError(f"the peer did not read the last {self.wq_size} bytes "
+                                      f"within {self.flush_timeout:.3g}s of the close"))
+
+    cdef int t_abort(self, object exc) except -1:
+        """Close at once, dropping anything queued; ``exc`` goes to on_lost."""
+        if self.io is None:
+            if self.transport is not None:
+                self.transport.abort()
+            return 0
+        if self.fd >= 0:
+            self.wq = None
+            self.wq_size = 0
+            self._finalize(exc)
+
+    cdef object t_peername(self):
+        cdef char host[256]
+        cdef int port = 0, fam
+        cdef unsigned flow = 0, scope = 0
+        if self.io is None:
+            if self.transport is None:
+                return None
+            return self.transport.get_extra_info("peername")
+        if self.fd < 0:
+            return None
+        fam = sw_io_peername(self.fd, host, sizeof(host), &port, &flow, &scope)
+        if fam == AF_INET:
+            return (host.decode("ascii"), port)
+        if fam == AF_INET6:
+            return (host.decode("ascii"), port, flow, scope)
+        if fam == AF_UNIX:
+            return host.decode("utf-8", "surrogateescape")
+        return None
+
+    # --- inside --------------------------------------------------------------
+
+    cdef Py_ssize_t _sent(self, Py_ssize_t r) except -2:
+        """What a send or writev returned: the bytes written (0 when the
+        socket took none), or -1 when it failed (the connection is then
+        aborted)."""
+        if r >= 0:
+            return r
+        if r == -EAGAIN:
+            return 0
+        self.t_abort(_os_error(r))
+        return -1
+
+    cdef int _queue(self, object data, Py_ssize_t off) except -1:
+        cdef Py_ssize_t n
+        if type(data) is not bytes:
+            data = bytes(memoryview(data)[off:])
+            off = 0
+        n = PyBytes_GET_SIZE(data) - off
+        if n <= 0:
+            return 0
+        if self.wq is None:
+            self.wq = [data]
+            self.wq_off = off
+            self._set_mask(self.evmask | SW_IO_OUT)
+        elif off:
+            self.wq.append(data[off:])
+        else:
+            self.wq.append(data)
+        self.wq_size += n
+        if not self.wr_paused and self.wq_size > HIGH_WATER:
+            self.wr_paused = True
+            self.on_pause_writing()
+
+    cdef int _set_mask(self, unsigned mask) except -1:
+        if mask != self.evmask and self.fd >= 0:
+            self.evmask = mask
+            sw_io_mod(self.io.epfd, self.fd, mask, <void *>self)
+
+    cdef int _io_event(self, unsigned events) except -1:
+        cdef int err
+        if events & SW_IO_IN and self.evmask & SW_IO_IN:
+            try:
+                data = self.io.recv(self.fd)
+            except OSError as exc:
+                self.t_abort(exc)
+                return 0
+            if data is not None:
+                if PyBytes_GET_SIZE(data):
+                    self.on_data(data)
+                else:
+                    self.rd_eof = True
+                    self._set_mask(self.evmask & ~SW_IO_IN)
+                    if self.io_closing:
+                        # Closing already: a lingering close is over once
+                        # the queue is written.
+                        if self.wq is None:
+                            self._finalize(None)
+                        return 0
+                    self.on_eof()
+                    self.t_close()
+                    return 0
+        elif events & (SW_IO_ERR | SW_IO_HUP) and self.wq is None:
+            # Reset or hung up while we neither read nor write.
+            err = sw_io_soerror(self.fd)
+            self.t_abort(OSError(err, os.strerror(err)) if err else
+                         ConnectionResetError("the peer closed the connection"))
+            return 0
+        if self.fd >= 0 and self.wq is not None and events & (SW_IO_OUT | SW_IO_ERR | SW_IO_HUP):
+            self._flush()
+
+    cdef int _flush(self) except -1:
+        cdef iovec iov[MAX_IOV]
+        cdef int k = 0
+        cdef Py_ssize_t r, n
+        cdef object b
+        for b in self.wq:
+            if k == MAX_IOV:
+                break
+            iov[k].iov_base = PyBytes_AS_STRING(b)
+            iov[k].iov_len = <size_t>PyBytes_GET_SIZE(b)
+            k += 1
+        iov[0].iov_base = PyBytes_AS_STRING(self.wq[0]) + self.wq_off
+        iov[0].iov_len -= <size_t>self.wq_off
+        r = sw_io_writev(self.fd, iov, k)
+        if r < 0:
+            if r != -EAGAIN:
+                self.t_abort(_os_error(r))
+            return 0
+        self.wq_size -= r
+        r += self.wq_off
+        k = 0
+        for b in self.wq:
+            n = PyBytes_GET_SIZE(b)
+            if r < n:
+                break
+            r -= n
+            k += 1
+        if k:
+            del self.wq[:k]
+        self.wq_off = r
+        if not self.wq:
+            self.wq = None
+            self.wq_off = 0
+            if self.io_closing:
+                if self.linger:
+                    self._linger()
+                else:
+                    self._finalize(None)
+                return 0
+            self._set_mask(self.evmask & ~SW_IO_OUT)
+        if self.wr_paused and self.wq_size <= LOW_WATER:
+            self.wr_paused = False
+            self.on_resume_writing()
+
+    cdef int _finalize(self, object exc) except -1:
+        cdef int fd = self.fd
+        if fd < 0:
+            return 0
+        self.on_closing()
+        self.io.unregister(self)
+        self.fd = -1
+        self.wq = None
+        self.wq_size = 0
+        sw_io_close(fd)
+        if not self.lost_sent:
+            self.lost_sent = True
+            self.io.loop.call_soon(self._lost, exc)
+
+    def _lost(self, exc):
+        self.on_lost(exc)
+
+    # --- the protocol (overridden) --------------------------------------------
+
+    cdef int on_data(self, object data) except -1:
+        pass
+
+    cdef int on_eof(self) except -1:
+        pass
+
+    cdef int on_lost(self, object exc) except -1:
+        pass
+
+    cdef int on_pause_writing(self) except -1:
+        pass
+
+    cdef int on_resume_writing(self) except -1:
+        pass
+
+    cdef int on_closing(self) except -1:
+        pass
+
+    # --- the asyncio protocol, for a transport (TLS) -----------------------------
+
+    def data_received(self, data):
+        self.on_data(data)
+
+    def eof_received(self):
+        self.on_eof()
+        return False
+
+    def connection_lost(self, exc):
+        self.on_lost(exc)
+
+    def pause_writing(self):
+        self.on_pause_writing()
+
+    def resume_writing(self):
+        self.on_resume_writing()

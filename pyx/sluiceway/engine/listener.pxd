@@ -1,0 +1,13 @@
+# Included by _engine.pxd: see engine/listener.pyx.
+
+cdef class _Listener:
+    cdef _Engine eng
+    cdef object sock
+    cdef int fd
+    cdef bint active
+    cdef bint closed
+    cdef object retry
+
+    cdef int _start(self) except -1
+    cdef int _stop(self) except -1
+    cdef int _accept_some(self, int limit) except -1

@@ -1,0 +1,18 @@
+# Included by _engine.pxd: see engine/peer.pyx.
+
+cdef class HttpPeer:
+    cdef readonly object address
+    cdef readonly str host
+    cdef readonly int port
+    cdef readonly str path
+    cdef readonly bint tls
+    cdef readonly str sni
+    cdef readonly object reuse_key
+    cdef public object connect_timeout
+    cdef public object read_timeout
+    cdef public object write_timeout
+    cdef public object idle_timeout
+    cdef readonly bint verify_cert
+    cdef readonly object ca_file
+    cdef bytes _host_header
+    cdef bytes _host_hdr(self)

@@ -1,0 +1,170 @@
+# Included by _engine.pyx: HttpPeer and connecting to it.
+
+# ------------------------------------------------------------------- peer --
+
+# Plain (no TLS, default SNI) peers by the address they were given:
+# (host, port, path, reuse_key). See HttpPeer.__init__.
+cdef dict _PLAIN_PEERS = {}
+
+
+@cython.final
+cdef class HttpPeer:
+    """An upstream to send a request to.
+
+    Args:
+        address: ``("host", port)``, ``"host:port"`` or ``"unix:/path"``.
+        tls: connect with TLS (``sni`` defaults to the host).
+        sni: the TLS server name (also the name the certificate must match).
+        verify_cert: check the upstream's certificate (default True).
+        ca_file: PEM file of the CAs to trust instead of the system store.
+        connect_timeout, read_timeout, write_timeout, idle_timeout: seconds;
+            None uses the service's configured value.
+
+    Connections are pooled by ``reuse_key`` (address, TLS, SNI and the
+    certificate options).
+    """
+
+    def __init__(self, address, tls=False, sni=None, *, connect_timeout=None,
+                 read_timeout=None, write_timeout=None, idle_timeout=None,
+                 verify_cert=True, ca_file=None):
+        cdef str host
+        cdef tuple known = None
+        cdef bint plain = not tls and sni is None and (
+            type(address) is str or (type(address) is tuple and len(address) == 2 and
+                                     type(address[0]) is str and type(address[1]) is int))
+        self.address = address
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
+        self.idle_timeout = idle_timeout
+        if plain:
+            # A plain peer seen before: its checked fields and the one
+            # reuse_key object for it (the pool's lookups then match by
+            # identity instead of comparing tuples).
+            known = _PLAIN_PEERS.get(address)
+            if known is not None:
+                self.host, self.port, self.path, self.reuse_key = known
+                self.sni = self.host or ""
+                return
+        if isinstance(address, tuple) and len(address) == 2:
+            host, port = address
+            if not isinstance(host, str) or not isinstance(port, int) or not (0 < port < 65536):
+                raise ValueError(f"HttpPeer address must be (host: str, port: 1..65535), got {address!r}")
+            self.host = host
+            self.port = port
+        elif isinstance(address, str) and address.startswith("unix:"):
+            self.path = address[5:]
+            if not self.path:
+                raise ValueError("HttpPeer address 'unix:' needs a socket path, e.g. 'unix:/run/app.sock'")
+        elif isinstance(address, str) and ":" in address:
+            host, _, port_s = address.rpartition(":")
+            if not port_s.isdigit() or not (0 < int(port_s) < 65536):
+                raise ValueError(f"HttpPeer address {address!r}: the port must be 1..65535")
+            self.host = host.strip("[]")
+            self.port = int(port_s)
+        else:
+            raise ValueError(f"HttpPeer address must be (host, port), 'host:port' or "
+                             f"'unix:/path', got {address!r}")
+        self.tls = bool(tls)
+        self.sni = sni if sni is not None else (self.host or "")
+        if self.path is not None:
+            self.reuse_key = ("unix", self.path)
+        else:
+            if self.tls:
+                self.verify_cert = bool(verify_cert)
+                self.ca_file = ca_file
+                self.reuse_key = (self.host, self.port, True, self.sni, self.verify_cert, ca_file)
+            else:
+                self.reuse_key = (self.host, self.port, False, self.sni)
+        if plain:
+            if len(_PLAIN_PEERS) >= 4096:
+                _PLAIN_PEERS.clear()  # many distinct addresses: start over
+            _PLAIN_PEERS[address] = (self.host, self.port, self.path, self.reuse_key)
+
+    cdef bytes _host_hdr(self):
+        """The Host value for requests that came without one."""
+        if self._host_header is None:
+            if self.path is not None:
+                self._host_header = b"localhost"
+            else:
+                h = f"[{self.host}]" if ":" in self.host else self.host
+                self._host_header = (h if self.port in (80, 443) else f"{h}:{self.port}").encode("idna")
+        return self._host_header
+
+    def __repr__(self):
+        where = f"unix:{self.path}" if self.path is not None else f"{self.host}:{self.port}"
+        return f"HttpPeer({where}{', tls' if self.tls else ''})"
+
+    def __str__(self):
+        return f"unix:{self.path}" if self.path is not None else f"{self.host}:{self.port}"
+
+
+cdef dict _SSL_CONTEXTS = {}
+
+cdef object _ssl_context(bint verify, object ca_file):
+    """One client SSLContext per (verify, ca_file), made once (loading
+    the trust store per connection would cost milliseconds)."""
+    key = (verify, ca_file)
+    ctx = _SSL_CONTEXTS.get(key)
+    if ctx is None:
+        import ssl
+        ctx = ssl.create_default_context(cafile=ca_file)
+        if not verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        _SSL_CONTEXTS[key] = ctx
+    return ctx
+
+
+# ------------------------------------------------------- upstream connect --
+
+cdef object _numeric_addr(str host, int port):
+    """(family, address) when ``host`` is a numeric IP address, else None."""
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(fam, host)
+        except OSError:
+            continue
+        return fam, (host, port)
+    return None
+
+
+async def _connect_plain(_Engine eng, _Upstream u, HttpPeer peer):
+    """Connect ``u`` to a plain TCP or Unix socket peer on the engine's own
+    I/O (the loop's sock_connect does the waiting; names are resolved with
+    the loop's getaddrinfo and tried in order)."""
+    loop = eng.loop
+    if peer.path is not None:
+        targets = [(socket.AF_UNIX, peer.path)]
+    else:
+        t = _numeric_addr(peer.host, peer.port)
+        if t is not None:
+            targets = [t]
+        else:
+            infos = await loop.getaddrinfo(peer.host, peer.port, type=socket.SOCK_STREAM)
+            if not infos:
+                raise OSError(f"{peer.host} resolved to no address")
+            targets = [(fam, addr) for fam, _, _, _, addr in infos]
+    last = None
+    for fam, addr in targets:
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            if fam != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, addr)
+        except BaseException as exc:
+            sock.close()
+            if not isinstance(exc, OSError):
+                raise
+            last = exc
+            continue
+        fd = sock.detach()
+        try:
+            eng.io.register(u, fd)
+        except BaseException:
+            sw_io_close(fd)
+            raise
+        u._made()
+        return
+    raise last
