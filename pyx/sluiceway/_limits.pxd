@@ -4,46 +4,9 @@
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 
-cdef extern from "sw_cms.h" nogil:
-    enum:
-        SW_CMS_MAX_HASHES
-        SW_CMS_MAX_SLOTS
-        SW_CMS_OK
-        SW_CMS_EINVAL
-        SW_CMS_ENOMEM
-
-    ctypedef struct sw_cms:
-        uint32_t hashes
-        uint32_t slots
-        uint64_t seeds[32]
-
-    uint64_t sw_cms_keyhash(uint64_t seed, const void *key, size_t len)
-    int sw_cms_init(sw_cms *c, uint32_t hashes, uint32_t slots, const uint64_t *seeds)
-    void sw_cms_free(sw_cms *c)
-    int64_t sw_cms_incr(sw_cms *c, const void *key, size_t len, int64_t n)
-    int64_t sw_cms_get(const sw_cms *c, const void *key, size_t len)
-    void sw_cms_reset(sw_cms *c)
-
-
-cdef extern from "sw_rate.h" nogil:
-    ctypedef struct sw_rate:
-        sw_cms est[2]
-        int64_t interval_ns
-
-    int sw_rate_init(sw_rate *r, uint32_t hashes, uint32_t slots, const uint64_t *seeds,
-                     int64_t interval_ns, int64_t now_ns)
-    void sw_rate_free(sw_rate *r)
-    int64_t sw_rate_advance(sw_rate *r, int64_t now_ns)
-    int64_t sw_rate_observe(sw_rate *r, int64_t now_ns, const void *key, size_t len, int64_t n)
-    void sw_rate_sample(sw_rate *r, int64_t now_ns, const void *key, size_t len,
-                        int64_t *prev, int64_t *curr, int64_t *elapsed_ns)
-    void sw_rate_sample_add(sw_rate *r, int64_t now_ns, const void *key, size_t len, int64_t n,
-                            int64_t *prev, int64_t *curr, int64_t *elapsed_ns)
-    void sw_rate_reset(sw_rate *r, int64_t now_ns)
-
-
-cdef extern from "sw_clock.h" nogil:
-    int64_t sw_clock_monotonic_ns()
+from sluiceway._cms cimport *
+from sluiceway._rate cimport *
+from sluiceway._clock cimport *
 
 
 cdef class Estimator:
