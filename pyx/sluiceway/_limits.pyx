@@ -1,11 +1,27 @@
-# distutils: sources = csrc/sw_cms.c csrc/sw_rate.c csrc/sw_clock.c
+# distutils: sources = csrc/sw_cms.c csrc/sw_rate.c csrc/sw_clock.c csrc/sw_shm.c csrc/sw_scount.c csrc/sw_sbrk.c
 """Compiled limits: counting (Estimator, Rate, Inflight, RateLimiter) and
 load shedding (ConcurrencyLimiter, CircuitBreaker).
 
 Theory of operation
 -------------------
-All counting happens in C (csrc/sw_cms.c, csrc/sw_rate.c); this module turns
-Python keys into bytes without copying, reads the clock, and shapes results.
+All counting happens in C (csrc/sw_cms.c, csrc/sw_rate.c; for limits shared
+by a server's workers csrc/sw_scount.c and csrc/sw_sbrk.c over a region of
+csrc/sw_shm.c); this module turns Python keys into bytes without copying,
+reads the clock, and shapes results.
+
+Files (one extension module, one concern per included file):
+
+    _limits.pyx               keys, counts, seeds: the helpers below
+    _limits_shm.pxi           shared regions: scope="server", named regions
+    _limits_count.pxi         Estimator, Rate, Inflight (+ guards)
+    _limits_ratelimit.pxi     RateLimiter, RateDecision
+    _limits_concurrency.pxi   ConcurrencyLimiter, Permit
+    _limits_breaker.pxi       CircuitBreaker, Attempt (per process and shared)
+
+* ``scope="process"`` (the default) counts in memory of this process, with
+  plain loads and stores.  ``scope="server"`` counts in a shared region with
+  atomic operations and no lock (csrc/sw_scount.h says why that is enough);
+  each object holds a ``shared`` flag and branches once per call.
 
 * A key is ``str`` (hashed as its UTF-8 bytes, taken from CPython's cached
   UTF-8 form via PyUnicode_AsUTF8AndSize: no copy for ASCII strings) or
@@ -28,6 +44,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport ceil, floor, isfinite
 from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.string cimport memcpy
 
 import asyncio
 import collections
@@ -44,17 +61,21 @@ from sluiceway._limits_common import (
     check_breaker,
     check_clock,
     check_limit,
+    check_scope,
     check_shape,
     circuit_refusal,
     concurrency_refusal,
     interval_ns,
+    logger,
     make_seeds,
     positive,
+    shm_path,
+    unlink_shared,
 )
 
 __all__ = ["Estimator", "Rate", "Inflight", "InflightGuard", "proportional", "keyhash",
            "RateLimiter", "RateDecision", "ConcurrencyLimiter", "Permit", "CircuitBreaker",
-           "Attempt"]
+           "Attempt", "unlink_shared"]
 
 cdef double MAX_CLOCK_SECONDS = _MAX_CLOCK_SECONDS
 
@@ -96,6 +117,25 @@ cdef int init_cms(sw_cms *c, str owner, hashes, slots, seeds) except -1:
     return 0
 
 
+cdef inline int64_t cms_add(sw_cms *c, bint shared, const char *buf, Py_ssize_t size,
+                            int64_t n) noexcept nogil:
+    """Add n to a key of a sketch in this process's memory or in a shared region."""
+    cdef uint32_t idx[SW_CMS_MAX_HASHES]
+    if not shared:
+        return sw_cms_incr(c, buf, <size_t>size, n)
+    sw_cms_index(c, buf, <size_t>size, idx)
+    return sw_acms_add_at(c.cells, c.hashes, idx, n)
+
+
+cdef inline int64_t cms_get(sw_cms *c, bint shared, const char *buf,
+                            Py_ssize_t size) noexcept nogil:
+    cdef uint32_t idx[SW_CMS_MAX_HASHES]
+    if not shared:
+        return sw_cms_get(c, buf, <size_t>size)
+    sw_cms_index(c, buf, <size_t>size, idx)
+    return sw_acms_get_at(c.cells, c.hashes, idx)
+
+
 cdef tuple cms_seeds(const sw_cms *c):
     return tuple([c.seeds[i] for i in range(c.hashes)])
 
@@ -119,6 +159,7 @@ def keyhash(seed, key):
     return sw_cms_keyhash(<uint64_t>seed, buf, <size_t>size)
 
 
+include "_limits_shm.pxi"
 include "_limits_count.pxi"
 include "_limits_ratelimit.pxi"
 include "_limits_concurrency.pxi"

@@ -98,14 +98,28 @@ cdef class CircuitBreaker:
         clock: None (monotonic, read in C) or a callable returning seconds.
         on_change: None or a callable taking a ``Transition``.
         history: how many transitions to keep readable.
+        scope: ``"process"`` (default: each worker process has its own
+            circuits) or ``"server"``: circuits live in shared memory mapped
+            now, so every worker forked afterwards sees one state per
+            upstream; failures reported by any worker count, and one worker
+            opening a circuit opens it for all.  Keys must then be str or
+            bytes (``"a"`` and ``b"a"`` are one circuit); times are kept to
+            the microsecond.  ``transitions``, ``on_change`` and the log show
+            the changes this process made.
+        name: with ``scope="server"``, share by name with any process on
+            this machine (``/dev/shm/sluiceway-<name>``; same settings).
+        capacity: with ``scope="server"``, how many upstream keys the shared
+            table holds (fixed memory, 128 bytes each).  Requests to keys
+            beyond it pass untracked (counted in ``untracked``, logged once).
 
     Raises:
         TypeError, ValueError: an argument is invalid.
+        OSError: the shared memory cannot be mapped.
     """
 
     def __cinit__(self, *, failures=5, error_rate=None, window=10.0, min_requests=20,
                   cooldown=30.0, probes=1, retryable=True, clock=None, on_change=None,
-                  history=256):
+                  history=256, scope="process", name=None, capacity=256):
         check_breaker(failures, error_rate, window, min_requests, cooldown, probes, on_change,
                       history)
         self.use_failures = failures is not None
@@ -122,6 +136,37 @@ cdef class CircuitBreaker:
         self.transitions = collections.deque(maxlen=history)
         self.circuits = {}
         self.start = self.now()
+        self.shared = check_scope("CircuitBreaker", scope, name)
+        if self.shared:
+            self._open_shared(name, capacity)
+
+    def _open_shared(self, name, capacity):
+        cdef sw_sbrk_conf conf
+        cdef sw_shm_hdr *h
+        positive("CircuitBreaker", "capacity", capacity, integer=True)
+        if capacity > 1 << 24:
+            raise ValueError(f"CircuitBreaker: capacity must be at most {1 << 24}, got {capacity}")
+        if self.probes > 16383:
+            raise ValueError("CircuitBreaker: probes must be at most 16383 with scope='server'")
+        conf.failures = self.failures_n if self.use_failures else 0
+        conf.error_rate = self.error_rate_ if self.use_error_rate else 0.0
+        conf.min_requests = self.min_requests
+        conf.cooldown_us = <int64_t>(self.cooldown * 1e6 + 0.5)
+        conf.probes = self.probes
+        conf.window_ns = interval_ns("CircuitBreaker", self.window)
+        self.region = open_region("CircuitBreaker", SW_SHM_BREAKER, sw_sbrk_size(capacity), name)
+        seed = region_sketch("CircuitBreaker", self.region, 1, capacity, None)[0]
+        region_params("CircuitBreaker", self.region,
+                      (conf.failures, double_bits(conf.error_rate), conf.min_requests,
+                       conf.cooldown_us, conf.probes, conf.window_ns),
+                      "failures, error_rate, min_requests, cooldown, probes, window")
+        h = self.region.hdr()
+        if self.region.created:
+            h.interval_ns = conf.window_ns
+            h.origin_ns = <int64_t>(self.start * 1e9)
+            sw_shm_publish(h)
+        self.key_seed = seed
+        sw_sbrk_attach(&self.sb, h, &conf)
 
     @property
     def error_rate(self):
@@ -143,13 +188,27 @@ cdef class CircuitBreaker:
     # -- reading ----------------------------------------------------------
     def state(self, key):
         """Return ``key``'s ``BreakerState`` (OPEN turns HALF_OPEN only on ``admit``)."""
+        cdef sw_sbrk_entry *e
+        if self.shared:
+            e = self.entry(key, False)
+            return STATES[ST_CLOSED if e == NULL else sw_sbrk_state(e)]
         c = self.circuits.get(key)
         return STATES[ST_CLOSED if c is None else (<_Circuit>c).state]
 
     def stats(self, key):
         """Return a dict describing ``key``'s circuit (state, counts, error rate)."""
-        cdef double total, failed
-        c = self.circuits.get(key)
+        cdef double total, failed, t
+        cdef int64_t consecutive
+        cdef sw_sbrk_entry *e
+        if self.shared:
+            e = self.entry(key, False)
+            if e != NULL:
+                t = self.now()
+                sw_sbrk_stats(&self.sb, e, <int64_t>(t * 1e9), &consecutive, &total, &failed)
+                return {"state": STATES[sw_sbrk_state(e)], "consecutive_failures": consecutive,
+                        "window_requests": total, "window_failures": failed,
+                        "error_rate": failed / total if total else 0.0}
+        c = None if self.shared else self.circuits.get(key)
         if c is None:
             return {"state": STATES[ST_CLOSED], "consecutive_failures": 0,
                     "window_requests": 0.0, "window_failures": 0.0, "error_rate": 0.0}
@@ -180,6 +239,8 @@ cdef class CircuitBreaker:
         """
         cdef _Circuit c
         cdef double now, left
+        if self.shared:
+            return self.shared_admit(key)
         obj = self.circuits.get(key)
         if obj is None:
             c = new_circuit()
@@ -205,6 +266,16 @@ cdef class CircuitBreaker:
 
     def reset(self, key):
         """Close ``key``'s circuit and clear its counts (an operator's override)."""
+        cdef sw_sbrk_entry *e
+        cdef double t
+        cdef int frm = 0, event
+        if self.shared:
+            e = self.entry(key, False)
+            if e != NULL:
+                t = self.now()
+                event = sw_sbrk_reset(&self.sb, e, <int64_t>(t * 1e9), &frm)
+                self.announce_event(event, key, t, 0, 0.0, 0.0, frm)
+            return
         c = self.circuits.get(key)
         if c is not None and (<_Circuit>c).state != ST_CLOSED:
             self.move(<_Circuit>c, key, "reset", self.now(), "reset by the application")
@@ -213,6 +284,8 @@ cdef class CircuitBreaker:
     cdef int record(self, key, bint ok, int64_t gen, bint probe) except -1:
         cdef _Circuit c
         cdef double now, total, failed
+        if self.shared:
+            return self.shared_record(key, ok, gen, probe)
         obj = self.circuits.get(key)
         if obj is None:
             return 0
@@ -285,5 +358,88 @@ cdef class CircuitBreaker:
         self.transitions.append(t)
         announce(t, self.on_change)
 
+    # -- shared (scope="server"): the state machine is csrc/sw_sbrk.c's ------
+    cdef sw_sbrk_entry *entry(self, key, bint claim) except? NULL:
+        cdef Py_ssize_t size
+        cdef const char *buf = key_bytes(key, &size)
+        cdef sw_sbrk_entry *e = sw_sbrk_find(&self.sb, sw_cms_keyhash(self.key_seed, buf,
+                                                                      <size_t>size), claim)
+        if e == NULL and claim:
+            self.untracked += 1
+            if self.untracked == 1:
+                logger.warning("CircuitBreaker: the shared table is full (capacity %d); "
+                               "requests to %r and other new upstreams pass untracked",
+                               self.sb.capacity, key)
+        return e
+
+    cdef shared_admit(self, key):
+        cdef sw_sbrk_entry *e = self.entry(key, True)
+        cdef uint64_t gen = 0
+        cdef int64_t retry_us = 0
+        cdef int event, rc
+        cdef double t
+        if e == NULL:
+            return self.attempt(key, False, -1)
+        t = self.now()
+        rc = sw_sbrk_admit(&self.sb, e, <int64_t>(t * 1e9), &gen, &retry_us, &event)
+        if event != SW_BRK_EV_NONE:
+            self.announce_event(event, key, t, 0, 0.0, 0.0, ST_OPEN)
+        if rc == SW_BRK_ADMIT or rc == SW_BRK_PROBE:
+            return self.attempt(key, rc == SW_BRK_PROBE, <int64_t>gen)
+        raise circuit_refusal(key, rc == SW_BRK_REFUSE_BUSY, self.probes, retry_us / 1e6,
+                              self.retryable)
+
+    cdef int shared_record(self, key, bint ok, int64_t gen, bint probe) except -1:
+        cdef sw_sbrk_entry *e
+        cdef int64_t detail = 0
+        cdef double total = 0.0, failed = 0.0, t
+        cdef int event
+        if gen < 0:
+            return 0  # an untracked attempt (the table was full)
+        e = self.entry(key, False)
+        if e == NULL:
+            return 0
+        t = self.now()
+        event = sw_sbrk_record(&self.sb, e, ok, <uint64_t>gen, probe, <int64_t>(t * 1e9),
+                               &detail, &total, &failed)
+        if event != SW_BRK_EV_NONE:
+            self.announce_event(event, key, t, detail, total, failed,
+                                ST_CLOSED if event <= SW_BRK_EV_TRIP_RATE else ST_HALF_OPEN)
+        return 0
+
+    cdef announce_event(self, int event, key, double now, int64_t detail, double total,
+                        double failed, int frm):
+        """Log and record a transition this process made in the shared table."""
+        if event == SW_BRK_EV_TRIP_CONSECUTIVE:
+            name, reason = "trip", f"{detail} consecutive failures"
+        elif event == SW_BRK_EV_TRIP_RATE:
+            name, reason = "trip", (f"error rate {failed / total:.0%} over {total:.0f} requests "
+                                    f"in the last {self.window:g}s")
+        elif event == SW_BRK_EV_COOLED:
+            name, reason = "cooled", f"cool-down of {self.cooldown:g}s elapsed"
+        elif event == SW_BRK_EV_PROBE_OK:
+            name, reason = "probe_ok", "probe succeeded"
+        elif event == SW_BRK_EV_PROBE_FAILED:
+            name, reason = "probe_failed", "probe failed"
+        elif event == SW_BRK_EV_RESET:
+            name, reason = "reset", "reset by the application"
+        else:
+            return
+        old = STATES[frm]
+        t = Transition(now, key, old, TRANSITIONS[(name, old)], reason)
+        self.transitions.append(t)
+        announce(t, self.on_change)
+
+    @property
+    def scope(self):
+        """``"process"`` or ``"server"`` (shared memory)."""
+        return scope_of(self.shared)
+
+    @property
+    def memory(self):
+        """Bytes of the shared table (fixed at creation), or 0 per process."""
+        return self.region.size if self.shared else 0
+
     def __repr__(self):
-        return f"<CircuitBreaker failures={self.failures!r} error_rate={self.error_rate!r}>"
+        return (f"<CircuitBreaker failures={self.failures!r} error_rate={self.error_rate!r} "
+                f"scope={scope_of(self.shared)}>")

@@ -25,7 +25,7 @@ cdef class Permit:
             return 0
         self.released = True
         buf = key_bytes(self.key, &size)
-        sw_cms_incr(&self.limiter.inflight_.c, buf, <size_t>size, -1)
+        cms_add(&self.limiter.inflight_.c, self.limiter.inflight_.shared, buf, size, -1)
         if self.limiter.waiters:
             self.limiter.wake(self.key)
         return 1
@@ -73,9 +73,23 @@ class _Expired(Exception):
     pass
 
 
+class _Poll(Exception):
+    pass
+
+
 def _expire(fut):
     if not fut.done():
         fut.set_exception(_Expired())
+
+
+def _poll(fut):
+    if not fut.done():
+        fut.set_exception(_Poll())
+
+
+# A waiter for a shared cap looks again this often: permits released by other
+# processes wake nobody here.
+cdef double SHARED_POLL = 0.005
 
 
 @cython.final
@@ -95,22 +109,34 @@ cdef class ConcurrencyLimiter:
         wait: default seconds ``acquire`` may wait (>= 0; 0 fails fast).
         retryable: the ``retryable`` flag of the refusal (True: the engine may
             try another upstream).
-        inflight: the ``Inflight`` to count in (default: a new one).
+        inflight: the ``Inflight`` to count in (default: a new one, of
+            ``scope`` and ``name``).
+        scope: ``"process"`` (default: a cap per worker process) or
+            ``"server"``: one cap per upstream for the whole server, counted
+            in shared memory (make the limiter before the workers fork).
+            Waiters in ``acquire`` are woken at once by releases in their own
+            process, and look again every 5 ms for places freed by others.
+        name: with ``scope="server"``, share by name with any process on
+            this machine (see ``Inflight``).
 
     Raises:
         TypeError, ValueError: an argument is invalid.
     """
 
-    def __cinit__(self, max_inflight, *, wait=0.0, retryable=True, inflight=None):
+    def __cinit__(self, max_inflight, *, wait=0.0, retryable=True, inflight=None,
+                  scope="process", name=None):
         owner = "ConcurrencyLimiter"
         self.max_inflight = positive(owner, "max_inflight", max_inflight, integer=True)
         self.wait = positive(owner, "wait", wait, allow_zero=True)
         self.retryable = retryable
         if inflight is None:
-            inflight = Inflight()
+            inflight = Inflight(scope=scope, name=name)
         elif not isinstance(inflight, Inflight):
             raise TypeError(f"{owner}: inflight must be None or an Inflight of the same "
                             f"implementation, got {type(inflight).__name__}")
+        elif scope != "process" or name is not None:
+            raise ValueError(f"{owner}: give either inflight= or scope=/name=, not both "
+                             f"(the Inflight has its own scope)")
         self.inflight_ = inflight
         self.waiters = {}
         self.shed = 0
@@ -128,12 +154,13 @@ cdef class ConcurrencyLimiter:
         cdef Py_ssize_t size
         cdef const char *buf = key_bytes(key, &size)
         cdef Permit permit
-        if sw_cms_incr(&self.inflight_.c, buf, <size_t>size, 1) <= self.max_inflight:
+        cdef Inflight inf = self.inflight_
+        if cms_add(&inf.c, inf.shared, buf, size, 1) <= self.max_inflight:
             permit = Permit.__new__(Permit)
             permit.limiter = self
             permit.key = key
             return permit
-        sw_cms_incr(&self.inflight_.c, buf, <size_t>size, -1)
+        cms_add(&inf.c, inf.shared, buf, size, -1)
         return None
 
     cdef refuse(self, key, double waited):
@@ -197,11 +224,16 @@ cdef class ConcurrencyLimiter:
                 q.appendleft(fut)
             else:
                 q.append(fut)
-            timer = loop.call_later(remaining, _expire, fut)
+            if self.inflight_.shared and remaining > SHARED_POLL:
+                timer = loop.call_later(SHARED_POLL, _poll, fut)
+            else:
+                timer = loop.call_later(remaining, _expire, fut)
             try:
                 await fut
             except _Expired:
                 raise self.refuse(key, limit_s) from None
+            except _Poll:
+                pass  # fall through: try to take a place freed by another process
             except BaseException:
                 # Cancelled: if we had just been woken, hand the turn on.
                 if fut.done() and not fut.cancelled() and fut.exception() is None:
@@ -239,4 +271,15 @@ cdef class ConcurrencyLimiter:
             self.waiters.pop(key, None)
 
     def __repr__(self):
-        return f"<ConcurrencyLimiter max_inflight={self.max_inflight} wait={self.wait!r}>"
+        return (f"<ConcurrencyLimiter max_inflight={self.max_inflight} wait={self.wait!r} "
+                f"scope={self.inflight_.scope}>")
+
+    @property
+    def scope(self):
+        """``"process"`` or ``"server"``: the scope of its ``Inflight``."""
+        return self.inflight_.scope
+
+    @property
+    def memory(self):
+        """Bytes of counters, fixed at creation (its ``Inflight``'s)."""
+        return self.inflight_.memory

@@ -104,6 +104,12 @@ cdef class RateLimiter:
         hashes, slots, seeds: sketch shape, see ``Estimator``; raise ``slots``
             when many keys are active in one window.
         clock: None (monotonic, read in C) or a callable returning seconds.
+        scope: ``"process"`` (default: each worker process counts on its own)
+            or ``"server"``: one count per key for the whole server, in
+            shared memory; make the limiter before the server forks its
+            workers (at import of the application module, say).
+        name: with ``scope="server"``, share by name with any process on
+            this machine (``/dev/shm/sluiceway-<name>``).
 
     Raises:
         TypeError, ValueError: an argument is invalid.
@@ -116,10 +122,11 @@ cdef class RateLimiter:
     """
 
     def __cinit__(self, limit, interval=60.0, *, sliding=False, hashes=4, slots=1024,
-                  seeds=None, clock=None):
+                  seeds=None, clock=None, scope="process", name=None):
         self.limit = check_limit("RateLimiter", limit)
         self.sliding = bool(sliding)
-        self.rate = Rate(interval, hashes=hashes, slots=slots, seeds=seeds, clock=clock)
+        self.rate = Rate(interval, hashes=hashes, slots=slots, seeds=seeds, clock=clock,
+                         scope=scope, name=name)
 
     cdef RateDecision decide(self, key, cost, bint counted):
         cdef Py_ssize_t size
@@ -130,8 +137,8 @@ cdef class RateLimiter:
         cdef RateDecision d
         if c < 0:
             raise bad_cost(cost)
-        sw_rate_sample_add(&self.rate.r, self.rate.now_ns(), buf, <size_t>size,
-                           c if counted else 0, &prev, &curr, &elapsed)
+        self.rate.counts(self.rate.now_ns(), buf, size, c if counted else 0,
+                         &prev, &curr, &elapsed)
         interval_ns = self.rate.r.interval_ns
         d = RateDecision.__new__(RateDecision)
         d.limit = self.limit
@@ -181,4 +188,5 @@ cdef class RateLimiter:
 
     def __repr__(self):
         mode = "sliding" if self.sliding else "fixed"
-        return f"<RateLimiter limit={self.limit} interval={self.rate.interval_s!r}s {mode}>"
+        return (f"<RateLimiter limit={self.limit} interval={self.rate.interval_s!r}s {mode} "
+                f"scope={self.rate.scope}>")
