@@ -58,10 +58,13 @@ CircuitBreaker = _c.CircuitBreaker
 Attempt = _c.Attempt
 unlink_shared = _c.unlink_shared
 
+from ._limits_redis import RedisBackend, RedisRateLimiter  # noqa: E402
+
 __all__ = [
     "Estimator", "Rate", "Inflight", "InflightGuard", "proportional",
     "RateLimiter", "RateDecision",
     "LoadShedError", "ConcurrencyLimitExceeded", "CircuitOpen",
     "ConcurrencyLimiter", "Permit",
     "CircuitBreaker", "BreakerState", "Attempt", "Transition", "unlink_shared",
+    "RedisBackend", "RedisRateLimiter",
 ]

@@ -1,0 +1,115 @@
+"""Rate limits shared through a real Redis (started here on a free port):
+counts add up across instances within the stated bound, and Redis going away
+and coming back follows the failure policy without failing a request."""
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from redis_harness import RedisServer, redis_server_path
+from sluiceway import limits
+from sluiceway._limits_redis import RedisBackend, RedisRateLimiter
+
+pytestmark = pytest.mark.skipif(redis_server_path() is None,
+                                reason="redis-server is not installed (ci/install-deps.sh)")
+
+
+@pytest.fixture
+def redis():
+    server = RedisServer(password="s3cret").start()
+    yield server
+    server.close()
+
+
+def two_instances(redis, limit, interval, **kw):
+    """Two limiters with their own backend each: two sluiceway instances."""
+    out = []
+    for _ in range(2):
+        backend = RedisBackend(redis.url, key_prefix="test:", **kw)
+        out.append(RedisRateLimiter(limit, interval, name="api", backend=backend))
+    return out
+
+
+async def hammer(limiters, keys, per_key, spacing):
+    allowed = {k: 0 for k in keys}
+    for i in range(per_key):
+        for k in keys:
+            d = limiters[i % len(limiters)].check(k)
+            allowed[k] += d.allowed
+        await asyncio.sleep(spacing)
+    return allowed
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_two_instances_share_one_count(redis):
+    async def main():
+        lims = two_instances(redis, 100, 3600.0)
+        window = int(time.time() // 3600)
+        allowed = await hammer(lims, ["a", "b"], 300, 0.001)
+        await asyncio.sleep(0.05)
+        totals = [lims[0].peek(k).count for k in ("a", "b")]
+        for lim in lims:
+            await lim.backend.stop()
+        return window, allowed, totals, lims
+
+    window, allowed, totals, lims = run(main())
+    if window != int(time.time() // 3600):
+        pytest.skip("the hour turned during the test")
+    for k in ("a", "b"):
+        # Each instance checks a key about every 2 ms (r = 500/s) and syncs
+        # every 5 ms: the bound limit + (P - 1) * r * (sync + rtt) is about 103.
+        assert 100 <= allowed[k] <= 105, allowed
+    assert totals == [300, 300]        # every check reached Redis once
+    assert all(lim.backend.syncs > 0 and not lim.backend.down for lim in lims)
+
+
+@pytest.mark.parametrize("policy", ["open", "closed"])
+def test_redis_killed_and_restarted(redis, policy, caplog):
+    caplog.set_level(logging.INFO, "sluiceway.limits")
+    async def main():
+        lims = two_instances(redis, 1000, 3600.0, on_failure=policy, timeout=0.05,
+                             reconnect_delay=0.05, max_reconnect_delay=0.2)
+        await hammer(lims, ["k"], 100, 0.001)
+        await asyncio.sleep(0.05)
+        before = lims[0].peek("k").count
+        redis.stop()                                       # a crash
+        down = await hammer(lims, ["k"], 100, 0.002)      # no check raises
+        await asyncio.sleep(0.3)
+        states = [lim.backend.down for lim in lims]
+        redis.start()                                      # empty: counts were lost
+        await asyncio.sleep(1.0)
+        after = [lim.peek("k").count for lim in lims]
+        back = [not lim.backend.down for lim in lims]
+        for lim in lims:
+            await lim.backend.stop()
+        return before, down, states, after, back, lims
+
+    before, down, states, after, back, lims = run(main())
+    assert before == 100
+    assert states == [True, True] and back == [True, True]
+    if policy == "open":
+        assert down["k"] == 100                            # decided locally
+        assert sum(lim.backend.failed_open for lim in lims) > 0
+    else:
+        assert down["k"] < 100                             # refused while Redis was down
+        assert sum(lim.backend.failed_closed for lim in lims) > 0
+    assert after == [200, 200]                             # every instance sent its count again
+    assert sum(lim.backend.restarts for lim in lims) == 2
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("failed" in m and "s3cret" not in m for m in logged)   # never the password
+    assert any("reachable again" in m for m in logged)
+
+
+def test_backend_arguments():
+    with pytest.raises(ValueError, match="on_failure must be 'open' or 'closed'"):
+        RedisBackend(on_failure="maybe")
+    with pytest.raises(ValueError, match="name= is required"):
+        RedisRateLimiter(10, 60.0, name=None, backend=RedisBackend())
+    lim = RedisRateLimiter(10, 60.0, name="x", backend=RedisBackend())
+    assert "x" in repr(lim) and lim.limit == 10
+    assert limits.RedisBackend is RedisBackend and limits.RedisRateLimiter is RedisRateLimiter
