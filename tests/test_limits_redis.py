@@ -113,3 +113,31 @@ def test_backend_arguments():
     lim = RedisRateLimiter(10, 60.0, name="x", backend=RedisBackend())
     assert "x" in repr(lim) and lim.limit == 10
     assert limits.RedisBackend is RedisBackend and limits.RedisRateLimiter is RedisRateLimiter
+
+
+def test_yaml_redis_section(tmp_path, redis):
+    from sluiceway import _limits_redis
+    from sluiceway.config import ConfigError, load_config
+    from sluiceway.server import Server
+
+    path = tmp_path / "conf.yaml"
+    path.write_text("version: 1\nredis:\n  url: %s\n  key_prefix: 'yaml:'\n"
+                    "  on_failure: closed\n  timeout_seconds: 0.2\n" % redis.url)
+    conf = load_config(str(path))
+    Server(conf)                                      # sets the default backend
+    backend = _limits_redis.default_backend()
+    assert (backend.key_prefix, backend.on_failure, backend.timeout) == ("yaml:", "closed", 0.2)
+
+    async def main():
+        lim = RedisRateLimiter(2, 3600.0, name="yaml")   # backend=None: the YAML's
+        got = [lim.check("k").allowed for _ in range(3)]
+        await asyncio.sleep(0.05)
+        await backend.stop()
+        return got, backend.syncs
+
+    got, syncs = run(main())
+    assert got == [True, True, False] and syncs > 0
+    _limits_redis.configure_default(None)
+    path.write_text("redis:\n  passwrd: x\n")
+    with pytest.raises(ConfigError, match=r"conf.yaml:1: unknown key redis.passwrd \(did you mean password\?\)"):
+        load_config(str(path))

@@ -16,13 +16,20 @@ Example ``conf.yaml``::
     max_retries: 1
     listen: ["0.0.0.0:8080"]
     upstream_connect_timeout_seconds: 5
+    redis:                          # for RedisRateLimiter(..., backend=None)
+      url: redis://127.0.0.1:6379/0
+      username: sluiceway           # an ACL user (or only a password)
+      password: secret
+      tls: false
+      key_prefix: "sluiceway:"
+      on_failure: open              # or closed
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 __all__ = ["ServerConf", "ConfigError", "load_config"]
 
@@ -75,6 +82,16 @@ class ServerConf:
         max_request_body_bytes: request body limit (413); 0 = unlimited.
         forwarded_headers: add X-Forwarded-For/-Proto/-Host upstream.
         access_log: log a line per request on ``sluiceway.access``.
+        redis: the Redis server that ``RedisRateLimiter``s made with
+            ``backend=None`` share (limits across machines), a mapping of:
+            ``url`` (``redis://`` or ``rediss://`` for TLS; or ``host``,
+            ``port``, ``db``), ``username`` (an ACL user), ``password``,
+            ``tls`` (bool), ``tls_ca_file``, ``key_prefix`` (default
+            ``"sluiceway:"``), ``on_failure`` (``open``: decide from local
+            counts while Redis is unreachable, the default; ``closed``: refuse),
+            ``timeout_seconds`` (0.05), ``sync_interval_seconds`` (0.005),
+            ``sync_events`` (64), ``reconnect_delay_seconds`` (0.1),
+            ``max_reconnect_delay_seconds`` (2).
     """
 
     version: int = 1
@@ -101,6 +118,7 @@ class ServerConf:
     max_request_body_bytes: int = 0
     forwarded_headers: bool = False
     access_log: bool = False
+    redis: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -145,6 +163,51 @@ class ServerConf:
                               f"'reject' or 'pause', got {self.max_connections_mode!r}")
         if self.version != 1:
             raise ConfigError(f"{where('version')}version must be 1, got {self.version}")
+        self.redis_backend_args(where("redis"))
+
+    # YAML key under ``redis:`` -> (RedisBackend argument, allowed types)
+    _REDIS_KEYS = {
+        "url": ("url", str), "host": ("host", str), "port": ("port", int), "db": ("db", int),
+        "username": ("username", str), "password": ("password", str), "tls": ("tls", bool),
+        "tls_ca_file": ("tls_ca_file", str), "key_prefix": ("key_prefix", str),
+        "on_failure": ("on_failure", str), "timeout_seconds": ("timeout", (int, float)),
+        "sync_interval_seconds": ("sync_interval", (int, float)),
+        "sync_events": ("sync_events", int),
+        "reconnect_delay_seconds": ("reconnect_delay", (int, float)),
+        "max_reconnect_delay_seconds": ("max_reconnect_delay", (int, float)),
+    }
+
+    def redis_backend_args(self, where: str = "") -> Optional[dict]:
+        """The ``redis:`` section as RedisBackend keyword arguments (None when
+        unset); raises ConfigError naming the bad key."""
+        if self.redis is None:
+            return None
+        if not isinstance(self.redis, dict):
+            raise ConfigError(f"{where}redis must be a mapping (url, password, tls, ...), "
+                              f"got {self.redis!r}")
+        out = {}
+        for key, value in self.redis.items():
+            spec = self._REDIS_KEYS.get(key)
+            if spec is None:
+                import difflib
+
+                close = difflib.get_close_matches(str(key), self._REDIS_KEYS, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ConfigError(f"{where}unknown key redis.{key}{hint}")
+            arg, kinds = spec
+            if value is None and key in ("username", "password", "tls_ca_file", "url"):
+                continue
+            if isinstance(value, bool) and kinds is not bool or not isinstance(value, kinds):
+                raise ConfigError(f"{where}redis.{key} has the wrong type: {value!r}")
+            out[arg] = value
+        if out.get("on_failure", "open") not in ("open", "closed"):
+            raise ConfigError(f"{where}redis.on_failure must be 'open' or 'closed', "
+                              f"got {out['on_failure']!r}")
+        for arg in ("timeout", "sync_interval", "sync_events", "reconnect_delay",
+                    "max_reconnect_delay"):
+            if arg in out and out[arg] <= 0:
+                raise ConfigError(f"{where}redis: {arg} must be positive, got {out[arg]}")
+        return out
 
     def engine_settings(self) -> dict:
         """Keyword arguments for the compiled engine."""
