@@ -105,6 +105,61 @@ def test_redis_killed_and_restarted(redis, policy, caplog):
     assert any("reachable again" in m for m in logged)
 
 
+def stored(redis, key):
+    """The count hashes hold: the sum of every process's field."""
+    import redis as redis_py
+
+    r = redis_py.Redis.from_url(redis.url, decode_responses=True)
+    try:
+        return sum(int(v) for v in r.hvals(key))
+    finally:
+        r.close()
+
+
+def test_a_sync_sent_again_counts_once(redis):
+    """A process sets its count in Redis (a field of its own) instead of
+    adding to it: a sync whose answer was lost, sent again, changes nothing."""
+    async def main():
+        backend = RedisBackend(redis.url, key_prefix="t:")
+        lim = RedisRateLimiter(1000, 3600.0, name="again", backend=backend)
+        for _ in range(10):
+            lim.check("k")
+        await asyncio.sleep(0.1)
+        lim._forget_pushed()                 # as after an answer that never came
+        await backend._sync()
+        await backend._sync()
+        count = lim.peek("k").count
+        await backend.stop()
+        return count, lim._window(), backend.process
+
+    count, window, field = run(main())
+    assert count == 10 and stored(redis, f"t:again:{window}:k") == 10
+    assert field.split(":")[1].isdigit()     # host:pid:random
+
+
+def test_busy_loop_is_not_taken_for_redis_down(redis):
+    """A worker busy for two timeouts at a time (the answer waits in the
+    socket while the timeout's timer runs first): no sync fails."""
+    async def main():
+        backend = RedisBackend(redis.url, key_prefix="t:", timeout=0.05)
+        lim = RedisRateLimiter(1000, 3600.0, name="busy", backend=backend)
+        lim.check("k")
+        await asyncio.sleep(0.1)             # connected, first sync done
+        for _ in range(20):
+            lim.check("k")
+            await asyncio.sleep(0.006)       # a sync goes out
+            time.sleep(0.1)                  # the loop is busy elsewhere
+        await asyncio.sleep(0.1)
+        count = lim.peek("k").count
+        await backend.stop()
+        return count, backend
+
+    count, backend = run(main())
+    assert backend.failures == 0 and not backend.down, backend.failures
+    assert backend.late_answers > 0 and backend.failed_open == 0
+    assert count == 21
+
+
 def test_backend_arguments():
     with pytest.raises(ValueError, match="on_failure must be 'open' or 'closed'"):
         RedisBackend(on_failure="maybe")

@@ -10,10 +10,12 @@ Redis last said).  The key's total in the window is ``mine + others``.
 A sync task per event loop (``RedisBackend``; started by the server on each
 worker's loop, or by the first ``check`` made on a running loop) wakes every
 ``sync_interval`` seconds, or sooner once ``sync_events`` checks wait, and
-sends the growth of ``mine`` for every key touched since the last sync in one
-Lua script: ``INCRBY prefix:name:window:key delta`` (the key expires two
-windows later).  Redis answers each key's total over all processes; the
-difference with ``mine`` becomes the key's ``others``.
+sends ``mine`` for every key touched since the last sync in one Lua script:
+``HSET prefix:name:window:key <process> <count>`` (one field per process, the
+key expiring two windows later).  Redis answers each key's total, the sum of
+the fields; the difference with ``mine`` becomes the key's ``others``.  A
+process sets its count rather than adding to it, so sending a sync again
+(its answer was lost or late) never counts anything twice.
 
 Windows sit on the wall clock (window w covers ``[w * interval, (w + 1) *
 interval)`` of ``time.time()``), so every machine counts the same window in
@@ -26,7 +28,16 @@ admitting at most r requests per second for a key, the key's total admitted
 in a window is at most ``limit + (P - 1) * r * (sync_interval + rtt)`` (and
 also at most ``limit + (P - 1) * sync_events``).  Counts are never lost: a
 failed sync is sent again, and after Redis restarts (a new ``run_id``) every
-process sends its whole count for the current window again.
+process sends its count of every key of the current window again.
+
+Timeouts and a busy loop.  The sync shares its loop with the proxy; a worker
+that is busy for longer than ``timeout`` between two turns of its loop runs
+the timeout's timer before it reads an answer that may be waiting in the
+socket (timers run before I/O in a loop turn).  So a sync fails on timeout
+only when the timer fired on time (at most 2 ms late, so the loop had been
+free to read the answer); a late timer waits one more ``timeout``, up to
+``max(1 s, 20 * timeout)`` in all.  Redis refusing or
+closing the connection fails at once.
 
 While Redis is unreachable (refused, timed out, restarted), ``on_failure``
 decides: ``"open"`` (default) keeps deciding from the local counts and the
@@ -42,6 +53,7 @@ import asyncio
 import logging
 import math
 import os
+import socket
 import time
 import weakref
 
@@ -54,21 +66,36 @@ __all__ = ["RedisBackend", "RedisRateLimiter", "configure_default", "default_bac
 log = logging.getLogger("sluiceway.limits")
 _c = _compiled.load("_limits")
 
-# KEYS: the window keys; ARGV[1]: expiry in ms; ARGV[i + 1]: the delta of KEYS[i].
+# KEYS: the window keys, hashes of one count per process; ARGV[1]: expiry in
+# ms; ARGV[2]: this process's field; ARGV[i + 2]: its count for KEYS[i].
+# Setting a count (not adding a delta) makes a sync safe to send again: one
+# whose answer was lost, or that is sent once more after a timeout, changes
+# nothing.  Returns each key's total over every process.
 _SCRIPT = """
 local ttl = tonumber(ARGV[1])
+local me = ARGV[2]
 local out = {}
 for i = 1, #KEYS do
-  local d = tonumber(ARGV[i + 1])
-  local v = redis.call('INCRBY', KEYS[i], d)
+  redis.call('HSET', KEYS[i], me, ARGV[i + 2])
   redis.call('PEXPIRE', KEYS[i], ttl)
-  out[i] = v
+  local total = 0
+  for _, v in ipairs(redis.call('HVALS', KEYS[i])) do
+    total = total + tonumber(v)
+  end
+  out[i] = total
 end
 return out
 """
 
 POLICIES = ("open", "closed")
 _BACKENDS = weakref.WeakSet()
+_LATE = 0.002   # a timeout timer later than this ran on a busy loop: wait once more
+
+
+def _process_field():
+    """This process's field in the count hashes: readable, and unique even
+    for a process that restarts with the same PID."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
 def _after_fork():
@@ -77,6 +104,7 @@ def _after_fork():
     for b in list(_BACKENDS):
         b._task = b._client = b._loop = None
         b._wake = None
+        b.process = _process_field()
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -153,6 +181,8 @@ class RedisBackend:
         self.failed_open = 0       # checks decided locally while down (policy "open")
         self.failed_closed = 0     # checks refused while down (policy "closed")
         self.restarts = 0          # Redis restarts noticed (counts sent again)
+        self.late_answers = 0      # answers read after the timeout, the loop being busy
+        self.process = _process_field()   # this process's field in Redis
         self._loop = None
         self._task = None
         self._client = None
@@ -184,7 +214,7 @@ class RedisBackend:
         except (asyncio.CancelledError, Exception):
             pass
         try:
-            await asyncio.wait_for(self._sync(), self.timeout)
+            await self._answer(self._sync())
         except Exception:
             pass
         await self._close()
@@ -207,8 +237,11 @@ class RedisBackend:
     async def _connect(self):
         import redis.asyncio as aioredis
 
-        kw = dict(socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
-                  retry_on_timeout=False, retry=None, health_check_interval=0)
+        # No timeouts inside redis-py: they would fire on a busy loop before
+        # the answer is read.  _answer() times the connection and every sync.
+        kw = dict(socket_timeout=None, socket_connect_timeout=None,
+                  retry_on_timeout=False, retry=None, health_check_interval=0,
+                  single_connection_client=True)
         if self.url:
             client = aioredis.from_url(self.url, ssl_ca_certs=self.tls_ca_file, **kw) \
                 if self.url.startswith("rediss:") else aioredis.from_url(self.url, **kw)
@@ -218,7 +251,7 @@ class RedisBackend:
             client = aioredis.Redis(host=self.host, port=self.port, db=self.db,
                                     username=self.username, password=self.password, **kw)
         try:
-            info = await asyncio.wait_for(client.info("server"), self.timeout)
+            info = await self._answer(client.info("server"))
             run_id = info.get("run_id")
             if self._run_id is not None and run_id != self._run_id:
                 self.restarts += 1
@@ -245,7 +278,7 @@ class RedisBackend:
             try:
                 if self._client is None:
                     await self._connect()
-                await asyncio.wait_for(self._sync(), self.timeout)
+                await self._answer(self._sync())
                 if self.down:
                     log.info("Redis at %s is reachable again; rate limits are shared again",
                              self._where())
@@ -270,6 +303,32 @@ class RedisBackend:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_reconnect_delay)
 
+    async def _answer(self, coro):
+        """Await ``coro`` (one exchange with Redis).
+
+        Raises:
+            TimeoutError: no answer within ``timeout`` while the loop was free
+                to read it (see "Timeouts and a busy loop" above).
+        """
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(coro)
+        give_up = loop.time() + max(1.0, 20 * self.timeout)
+        waited = False
+        try:
+            while True:
+                armed = loop.time()
+                done, _ = await asyncio.wait((task,), timeout=self.timeout)
+                if done:
+                    self.late_answers += waited
+                    return task.result()
+                now = loop.time()
+                if now - armed - self.timeout <= _LATE or now >= give_up:
+                    raise TimeoutError(f"no answer within {self.timeout:g} s")
+                waited = True
+        finally:
+            if not task.done():
+                task.cancel()
+
     async def _sync(self):
         if self._client is None:
             return
@@ -279,15 +338,15 @@ class RedisBackend:
         if not batch:
             return
         keys = [b[0] for b in batch]
-        args = [max(b[1].interval_ms for b in batch) * 2] + [b[2] for b in batch]
+        args = [max(b[1].interval_ms for b in batch) * 2, self.process] + [b[3] for b in batch]
         try:
             totals = await self._script(keys=keys, args=args)
         except BaseException:
-            for _, lim, _, wk, _ in batch:  # not sent: send them next time
+            for _, lim, wk, _ in batch:  # not sent (or no answer): send them next time
                 lim._touched[wk] = None
             raise
         self.syncs += 1
-        for (_, lim, delta, wkey, mine), total in zip(batch, totals):
+        for (_, lim, wkey, mine), total in zip(batch, totals):
             lim._synced(wkey, mine, int(total))
 
     def _where(self):
@@ -445,7 +504,7 @@ class RedisRateLimiter:
 
     # -- for the backend's sync --------------------------------------------------
     def _pending(self):
-        """[(redis key, self, delta, (window, key), my count)] for the touched keys."""
+        """[(redis key, self, (window, key), my count)] for the touched keys."""
         w = self._window()
         out = []
         touched, self._touched = self._touched, {}
@@ -456,9 +515,8 @@ class RedisRateLimiter:
                 continue  # a window that is over: nobody reads it any more
             prev, curr, _ = self.mine.sample(key)
             mine = curr if kw == w else prev
-            delta = mine - self._pushed.get(wk, 0)
             k = key if isinstance(key, str) else key.decode("utf-8", "surrogateescape")
-            out.append((f"{prefix}{kw}:{k}", self, delta, wk, mine))
+            out.append((f"{prefix}{kw}:{k}", self, wk, mine))
         for stale in [wk for wk in self._pushed if wk[0] < w - 1]:
             del self._pushed[stale]
             self._seen.pop(stale, None)
