@@ -2,7 +2,7 @@
 (in front of the harness origin), loaded by wrk, every answer tallied by key.
 
 Used by ``tests/test_limits_load.py`` (slow tests) and
-``bench/limits_load.py`` (the full-length runs and the latency comparison).
+``bench/limits_proxy_load.py`` (the full-length runs and the latency comparison).
 
 The app (``limitsapp.App``, written into the instance's folder) checks one
 limiter made at import of its module, as users do; which one comes from the
@@ -21,7 +21,8 @@ key's count in the current window without counting (``peek``).
 The wrk script sends ``x-api-key: <prefix><i>`` cycling over N keys (each wrk
 thread starting at its own offset), optionally waits a random 0.5x..1.5x of
 a mean delay between a connection's requests (pacing for a fixed mean rate),
-and prints one ``TALLY <count> <status> <x-tag>`` line per distinct answer,
+and prints one ``TALLY <count> <status> <x-tag>`` line per distinct answer
+(unless told not to tally),
 then ``LAT``/``SUMMARY`` lines that ``run_wrk`` parses.
 """
 
@@ -80,7 +81,7 @@ class App(ProxyHttp):
 '''
 
 WRK_SCRIPT = r'''
--- args: keys, mean delay in ms (0: none), key prefix
+-- args: keys, mean delay in ms (0: none), key prefix, tally (1) or not (0)
 local threads = {}
 
 function setup(thread)
@@ -94,10 +95,16 @@ function init(args)
   local prefix = args[3] or "k"
   reqs = {}
   for i = 1, nkeys do
-    reqs[i] = wrk.format("GET", "/", {["x-api-key"] = prefix .. (i - 1)})
+    reqs[i] = wrk.format("GET", wrk.path, {["x-api-key"] = prefix .. (i - 1)})
   end
   n = offset
   tally = {}
+  if args[4] ~= "0" then       -- reading every answer's headers costs wrk time
+    response = function(status, headers, body)
+      local k = status .. " " .. (headers["x-tag"] or headers["X-Tag"] or "-")
+      tally[k] = (tally[k] or 0) + 1
+    end
+  end
   if mean > 0 then
     math.randomseed(os.time() + offset)
     delay = function() return mean * (0.5 + math.random()) end
@@ -107,11 +114,6 @@ end
 function request()
   n = n + 1
   return reqs[n % #reqs + 1]
-end
-
-function response(status, headers, body)
-  local k = status .. " " .. (headers["x-tag"] or headers["X-Tag"] or "-")
-  tally[k] = (tally[k] or 0) + 1
 end
 
 function done(summary, latency, requests)
@@ -195,10 +197,12 @@ def write_wrk_script(folder) -> str:
 
 
 def start_wrk(url, script, duration, connections, threads=2, keys=20, mean_delay_ms=0,
-              prefix="k", cpu=None):
-    """Start wrk (returns the Popen; ``finish_wrk`` reads it)."""
+              prefix="k", cpu=None, tally=True):
+    """Start wrk (returns the Popen; ``finish_wrk`` reads it).  ``tally=False``
+    counts nothing by status or key (wrk then reads no headers)."""
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s",
-           "--timeout", "5s", "-s", script, url, "--", str(keys), str(mean_delay_ms), prefix]
+           "--timeout", "5s", "-s", script, url, "--", str(keys), str(mean_delay_ms), prefix,
+           "1" if tally else "0"]
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu)] + cmd
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

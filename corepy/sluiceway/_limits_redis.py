@@ -92,6 +92,12 @@ _BACKENDS = weakref.WeakSet()
 _LATE = 0.002   # a timeout timer later than this ran on a busy loop: wait once more
 
 
+def _pack(args):
+    import hiredis
+
+    return hiredis.pack_command(tuple(args))
+
+
 def _process_field():
     """This process's field in the count hashes: readable, and unique even
     for a process that restarts with the same PID."""
@@ -186,7 +192,7 @@ class RedisBackend:
         self._loop = None
         self._task = None
         self._client = None
-        self._script = None
+        self._sha = None
         self._run_id = None
         self._wake = None
         self._waiting = 0
@@ -258,7 +264,7 @@ class RedisBackend:
                 for lim in list(self.limiters):
                     lim._forget_pushed()
             self._run_id = run_id
-            self._script = client.register_script(_SCRIPT)
+            self._sha = await self._answer(client.script_load(_SCRIPT))
         except BaseException:
             await client.aclose()
             raise
@@ -337,17 +343,31 @@ class RedisBackend:
             batch.extend(lim._pending())
         if not batch:
             return
-        keys = [b[0] for b in batch]
-        args = [max(b[1].interval_ms for b in batch) * 2, self.process] + [b[3] for b in batch]
+        cmd = [b"EVALSHA", self._sha, len(batch)]
+        cmd += [b[0] for b in batch]
+        cmd.append(max(b[1].interval_ms for b in batch) * 2)
+        cmd.append(self.process)
+        cmd += [b[3] for b in batch]
         try:
-            totals = await self._script(keys=keys, args=args)
+            # One packed command straight on the client's only connection:
+            # redis-py's command path (locks, retries, an encode per
+            # argument) cost more than the rest of a sync.
+            conn = self._client.connection
+            if conn is None:
+                raise ConnectionError("not connected")
+            await conn.send_packed_command(_pack(cmd), check_health=False)
+            totals = await conn.read_response()     # raises Redis's errors
         except BaseException:
             for _, lim, wk, _ in batch:  # not sent (or no answer): send them next time
                 lim._touched[wk] = None
             raise
         self.syncs += 1
+        window = {}
         for (_, lim, wkey, mine), total in zip(batch, totals):
-            lim._synced(wkey, mine, int(total))
+            w = window.get(lim)
+            if w is None:
+                w = window[lim] = lim._window()
+            lim._synced(wkey, mine, total, w)
 
     def _where(self):
         """Where Redis is, for log lines: never the password."""
@@ -442,6 +462,8 @@ class RedisRateLimiter:
         self._touched = {}      # (window, key) -> None, since the last sync
         self._pushed = {}       # (window, key) -> my count Redis has
         self._seen = {}         # (window, key) -> others' count as last known
+        self._names = {}        # (window, key) -> its name in Redis (bytes)
+        self._pruned = None     # the window when _names was last pruned
 
     @property
     def backend(self):
@@ -508,24 +530,32 @@ class RedisRateLimiter:
         w = self._window()
         out = []
         touched, self._touched = self._touched, {}
-        prefix = f"{self.backend.key_prefix}{self.name}:"
+        names = self._names
+        sample = self.mine.sample
+        prefix = f"{self.backend.key_prefix}{self.name}:".encode()
         for wk in touched:
             kw, key = wk
             if kw < w - 1:
                 continue  # a window that is over: nobody reads it any more
-            prev, curr, _ = self.mine.sample(key)
-            mine = curr if kw == w else prev
-            k = key if isinstance(key, str) else key.decode("utf-8", "surrogateescape")
-            out.append((f"{prefix}{kw}:{k}", self, wk, mine))
-        for stale in [wk for wk in self._pushed if wk[0] < w - 1]:
-            del self._pushed[stale]
-            self._seen.pop(stale, None)
+            name = names.get(wk)
+            if name is None:
+                # bytes, as the key's bytes: a str key counts as its UTF-8
+                name = names[wk] = b"%s%d:%s" % (
+                    prefix, kw, key.encode() if isinstance(key, str) else key)
+            prev, curr, _ = sample(key)
+            out.append((name, self, wk, curr if kw == w else prev))
+        if w != self._pruned:
+            self._pruned = w
+            for stale in [wk for wk in names if wk[0] < w - 1]:
+                del names[stale]
+                self._pushed.pop(stale, None)
+                self._seen.pop(stale, None)
         return out
 
-    def _synced(self, wk, mine, total):
+    def _synced(self, wk, mine, total, window):
         sent = mine != self._pushed.get(wk, 0)
         self._pushed[wk] = mine
-        if wk[0] != self._window():
+        if wk[0] != window:
             return
         others = total - mine
         grow = others - self._seen.get(wk, 0)
