@@ -23,7 +23,8 @@ in turn) and the tally come from ``tests/limits_load.py``.
         per-process RateLimiter and one with a RedisRateLimiter (limits never
         reached, so every request is proxied), loaded in turn (process, redis,
         process, ...) at a fixed mean rate: wrk with 100 connections, each
-        waiting a random 0.5x..1.5x of 100/rate seconds between requests.
+        waiting a random 0.5x..1.5x of a mean delay between requests (100/rate
+        seconds less the answer time seen in a warm-up).
         Latency percentiles per round and the p99 the Redis backing adds.
         The origin is nginx (/small, 5 bytes; --origin python for the
         harness origin); --pin puts the proxies on CPU 0 and the rest on CPU 1.
@@ -129,8 +130,14 @@ def cmd_latency(ns, folder):
             insts["redis"] = Instance(os.path.join(folder, "r"), port, "redis",
                                       10**9, 60.0, threads=1, redis=conf, cpu=cpu).start()
             for name, inst in insts.items():        # warm up
-                run_wrk(inst.url + "/small", script, 2, 100, threads=1, mean_delay_ms=mean_delay,
-                        cpu=1 if ns.pin else None, tally=False)
+                t = run_wrk(inst.url + "/small", script, 3, 100, threads=1,
+                            mean_delay_ms=mean_delay, cpu=1 if ns.pin else None, tally=False)
+                if name == "process":
+                    # A connection sends its next request a delay after the
+                    # answer: take the answer time seen here off the delay.
+                    answer_ms = 100 * 1000.0 / t.rps - mean_delay
+                    mean_delay = max(1.0, 100 * 1000.0 / ns.rate - answer_ms)
+            print(f"mean delay between a connection's requests: {mean_delay:.2f} ms", flush=True)
             for rnd in range(ns.rounds):
                 for name in ("process", "redis") if rnd % 2 == 0 else ("redis", "process"):
                     t = run_wrk(insts[name].url + "/small", script, ns.duration, 100, threads=1,

@@ -88,10 +88,17 @@ def test_four_workers_share_one_limit(tmp_path, origin, script, no_leftovers):
 @needs_redis
 def test_two_instances_share_one_redis_limit(tmp_path, origin, script, redis, no_leftovers):
     """Two instances of two workers each on one Redis, 1,000 per key per
-    minute scaled to 167 per 10 s window, wrk on each for 12 s starting a
-    second before a window begins: every window admits at most 5% over the
-    limit, and the whole window admits at least the limit."""
-    interval, limit = 10.0, 167
+    window, wrk on each for 12 s starting a second before a window begins:
+    every window admits at most 5% over the limit (1,050), and the whole
+    window admits at least the limit.
+
+    The window is 10 s instead of a minute to keep the test short; the limit
+    stays 1,000 because what gets past it is a number of requests (those
+    admitted before a sync tells a process about the others), not a share of
+    the limit: with 167 per 10 s the same slack would be 8 requests, not 50.
+    The keys still see several times their limit per window (about 700
+    requests/s each)."""
+    interval, limit = 10.0, 1000
     # Here 4 workers, 2 wrk, redis-server and the origin share 2 cores, and
     # redis-server can wait more than the default 50 ms for one: a longer
     # timeout keeps this test about counting (test_redis_killed_under_load
