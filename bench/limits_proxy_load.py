@@ -49,6 +49,13 @@ from proxy_harness import OriginThread  # noqa: E402
 from redis_harness import RedisServer  # noqa: E402
 
 
+def cpu_seconds(pid):
+    """utime + stime of a process, seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cmd_workers(ns, folder):
     script = write_wrk_script(folder)
     with OriginThread(1) as origin:
@@ -140,13 +147,18 @@ def cmd_latency(ns, folder):
             print(f"mean delay between a connection's requests: {mean_delay:.2f} ms", flush=True)
             for rnd in range(ns.rounds):
                 for name in ("process", "redis") if rnd % 2 == 0 else ("redis", "process"):
+                    pids = (insts[name].proc.pid, redis.proc.pid)   # threads: 1, the master works
+                    before = [cpu_seconds(p) for p in pids]
                     t = run_wrk(insts[name].url + "/small", script, ns.duration, 100, threads=1,
                                 mean_delay_ms=mean_delay, cpu=1 if ns.pin else None, tally=False)
-                    lat = t.lat
+                    used = [(cpu_seconds(p) - b) / t.summary["requests"] * 1e6
+                            for p, b in zip(pids, before)]
+                    lat = dict(t.lat, proxy_us=used[0], redis_us=used[1])
                     rows[name].append(lat)
                     print(f"round {rnd} {name:8s} {t.rps:7,.0f} req/s  p50 {lat['p50'] / 1000:.3f}"
                           f"  p90 {lat['p90'] / 1000:.3f}  p99 {lat['p99'] / 1000:.3f}"
                           f"  p99.9 {lat['p999'] / 1000:.3f}  max {lat['max'] / 1000:.1f} ms"
+                          f"  CPU us/req: proxy {used[0]:.1f} redis-server {used[1]:.1f}"
                           f"  errors {t.socket_errors + t.summary['status']}", flush=True)
             down = insts["redis"].error_log().count("failed (")
     finally:
@@ -159,8 +171,10 @@ def cmd_latency(ns, folder):
     for name in rows:
         p99 = [r["p99"] / 1000 for r in rows[name]]
         p50 = [r["p50"] / 1000 for r in rows[name]]
+        cpu = [r["proxy_us"] for r in rows[name]]
         print(f"{name:8s} p50 {min(p50):.3f}..{max(p50):.3f} ms (median {statistics.median(p50):.3f})"
-              f"  p99 {min(p99):.3f}..{max(p99):.3f} ms (median {statistics.median(p99):.3f})")
+              f"  p99 {min(p99):.3f}..{max(p99):.3f} ms (median {statistics.median(p99):.3f})"
+              f"  proxy CPU {min(cpu):.1f}..{max(cpu):.1f} us/req")
     print(f"p99 added by Redis, per round: {', '.join(f'{d:+.3f}' for d in diffs)} ms "
           f"(median {statistics.median(diffs):+.3f})")
     print(f"Redis failures logged by the redis-backed proxy: {down}")

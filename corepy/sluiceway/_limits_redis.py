@@ -50,6 +50,7 @@ with a backoff from ``reconnect_delay`` up to ``max_reconnect_delay``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import os
@@ -90,6 +91,11 @@ return out
 POLICIES = ("open", "closed")
 _BACKENDS = weakref.WeakSet()
 _LATE = 0.002   # a timeout timer later than this ran on a busy loop: wait once more
+
+
+def _set(fut):
+    if fut is not None and not fut.done():
+        fut.set_result(None)
 
 
 def _pack(args):
@@ -206,7 +212,7 @@ class RedisBackend:
             return
         self._loop = loop
         self._client = None
-        self._wake = asyncio.Event()
+        self._wake = None
         self._task = loop.create_task(self._run(), name="sluiceway-redis-sync")
 
     async def stop(self):
@@ -235,9 +241,9 @@ class RedisBackend:
 
     def _nudge(self):
         self._waiting += 1
-        if self._waiting >= self.sync_events and self._wake is not None:
+        if self._waiting >= self.sync_events:
             self._waiting = 0
-            self._wake.set()
+            _set(self._wake)
 
     # -- the sync task ---------------------------------------------------------
     async def _connect(self):
@@ -279,22 +285,28 @@ class RedisBackend:
                 pass
 
     async def _run(self):
+        loop = asyncio.get_running_loop()
         delay = self.reconnect_delay
         while True:
             try:
                 if self._client is None:
                     await self._connect()
-                await self._answer(self._sync())
+                if any(lim._touched for lim in self.limiters):
+                    await self._answer(self._sync())
                 if self.down:
                     log.info("Redis at %s is reachable again; rate limits are shared again",
                              self._where())
                 self.down = False
                 delay = self.reconnect_delay
+                # Nap for sync_interval, or until sync_events checks wait
+                # (_nudge); a future and a timer cost less than wait_for.
+                wake = self._wake = loop.create_future()
+                timer = loop.call_later(self.sync_interval, _set, wake)
                 try:
-                    await asyncio.wait_for(self._wake.wait(), self.sync_interval)
-                except asyncio.TimeoutError:
-                    pass
-                self._wake.clear()
+                    await wake
+                finally:
+                    timer.cancel()
+                    self._wake = None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -310,30 +322,40 @@ class RedisBackend:
                 delay = min(delay * 2, self.max_reconnect_delay)
 
     async def _answer(self, coro):
-        """Await ``coro`` (one exchange with Redis).
+        """Await ``coro`` (one exchange with Redis) in the calling task, under
+        a timer that cancels it (no task of its own: this runs every sync).
 
         Raises:
             TimeoutError: no answer within ``timeout`` while the loop was free
                 to read it (see "Timeouts and a busy loop" above).
         """
         loop = asyncio.get_running_loop()
-        task = loop.create_task(coro)
+        task = asyncio.current_task()
         give_up = loop.time() + max(1.0, 20 * self.timeout)
-        waited = False
-        try:
-            while True:
-                armed = loop.time()
-                done, _ = await asyncio.wait((task,), timeout=self.timeout)
-                if done:
-                    self.late_answers += waited
-                    return task.result()
-                now = loop.time()
-                if now - armed - self.timeout <= _LATE or now >= give_up:
-                    raise TimeoutError(f"no answer within {self.timeout:g} s")
-                waited = True
-        finally:
-            if not task.done():
+        state = {"late": False, "expired": False}
+
+        def expire(due):
+            now = loop.time()
+            if now - due > _LATE and now < give_up:
+                state["late"] = True          # a busy loop: the answer may be waiting
+                state["timer"] = loop.call_at(now + self.timeout, expire, now + self.timeout)
+            else:
+                state["expired"] = True
                 task.cancel()
+
+        due = loop.time() + self.timeout
+        state["timer"] = loop.call_at(due, expire, due)
+        try:
+            result = await coro
+        except asyncio.CancelledError:
+            uncancel = getattr(task, "uncancel", None)       # Python 3.11+
+            if state["expired"] and (uncancel is None or uncancel() == 0):
+                raise TimeoutError(f"no answer within {self.timeout:g} s") from None
+            raise
+        finally:
+            state["timer"].cancel()
+        self.late_answers += state["late"]
+        return result
 
     async def _sync(self):
         if self._client is None:
@@ -395,23 +417,14 @@ def default_backend():
     return _default["backend"]
 
 
-class _WallGrid:
+def _wall_grid(interval):
     """A clock whose first reading is the start of the current wall-clock
-    window, so that a Rate made with it has its windows on multiples of
-    ``interval`` of ``time.time()`` on every machine."""
-
-    __slots__ = ("interval", "first")
-
-    def __init__(self, interval):
-        self.interval = interval
-        self.first = True
-
-    def __call__(self):
-        t = time.time()
-        if self.first:
-            self.first = False
-            return math.floor(t / self.interval) * self.interval
-        return t
+    window and every later one ``time.time()``, so that a Rate made with it
+    (the Rate reads its clock once when made) has its windows on multiples
+    of ``interval`` of ``time.time()`` on every machine.  Built from C
+    callables: reading it runs no Python frame."""
+    first = math.floor(time.time() / interval) * interval
+    return itertools.chain((first,), iter(time.time, None)).__next__
 
 
 class RedisRateLimiter:
@@ -453,9 +466,9 @@ class RedisRateLimiter:
         self.name = name
         self.interval_ms = max(1, int(self.interval * 1000))
         self.max_keys = positive(owner, "max_keys", max_keys, integer=True)
-        self.mine = _c.Rate(self.interval, hashes=hashes, slots=slots, clock=_WallGrid(self.interval))
+        self.mine = _c.Rate(self.interval, hashes=hashes, slots=slots, clock=_wall_grid(self.interval))
         self.others = _c.Rate(self.interval, hashes=hashes, slots=slots,
-                              clock=_WallGrid(self.interval))
+                              clock=_wall_grid(self.interval))
         self.untracked = 0
         self._attached = False
         self._backend = backend
