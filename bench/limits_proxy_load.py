@@ -24,7 +24,7 @@ in turn) and the tally come from ``tests/limits_load.py``.
         reached, so every request is proxied), loaded in turn (process, redis,
         process, ...) at a fixed mean rate: wrk with 100 connections, each
         waiting a random 0.5x..1.5x of a mean delay between requests (100/rate
-        seconds less the answer time seen in a warm-up).
+        seconds less the mean answer time seen in a warm-up).
         Latency percentiles per round and the p99 the Redis backing adds.
         The origin is nginx (/small, 5 bytes; --origin python for the
         harness origin); --pin puts the proxies on CPU 0 and the rest on CPU 1.
@@ -142,8 +142,7 @@ def cmd_latency(ns, folder):
                 if name == "process":
                     # A connection sends its next request a delay after the
                     # answer: take the answer time seen here off the delay.
-                    answer_ms = 100 * 1000.0 / t.rps - mean_delay
-                    mean_delay = max(1.0, 100 * 1000.0 / ns.rate - answer_ms)
+                    mean_delay = max(1.0, 100 * 1000.0 / ns.rate - t.lat["mean"] / 1000)
             print(f"mean delay between a connection's requests: {mean_delay:.2f} ms", flush=True)
             for rnd in range(ns.rounds):
                 for name in ("process", "redis") if rnd % 2 == 0 else ("redis", "process"):

@@ -134,6 +134,9 @@ def test_a_sync_sent_again_counts_once(redis):
 
     count, window, field = run(main())
     assert count == 10 and stored(redis, f"t:again:{window}:k") == 10
+    import redis as redis_py
+    with redis_py.Redis.from_url(redis.url) as r:
+        assert 0 < r.pttl(f"t:again:{window}:k") <= 2 * 3600 * 1000   # expires two windows on
     assert field.split(":")[1].isdigit()     # host:pid:random
 
 

@@ -71,14 +71,17 @@ _c = _compiled.load("_limits")
 # ms; ARGV[2]: this process's field; ARGV[i + 2]: its count for KEYS[i].
 # Setting a count (not adding a delta) makes a sync safe to send again: one
 # whose answer was lost, or that is sent once more after a timeout, changes
-# nothing.  Returns each key's total over every process.
+# nothing.  A key's expiry is set when a process adds its field (two
+# windows on: a window's key is written during it and the next one only).
+# Returns each key's total over every process.
 _SCRIPT = """
 local ttl = tonumber(ARGV[1])
 local me = ARGV[2]
 local out = {}
 for i = 1, #KEYS do
-  redis.call('HSET', KEYS[i], me, ARGV[i + 2])
-  redis.call('PEXPIRE', KEYS[i], ttl)
+  if redis.call('HSET', KEYS[i], me, ARGV[i + 2]) == 1 then
+    redis.call('PEXPIRE', KEYS[i], ttl)   -- once per process and key
+  end
   local total = 0
   for _, v in ipairs(redis.call('HVALS', KEYS[i])) do
     total = total + tonumber(v)
