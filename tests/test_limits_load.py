@@ -78,6 +78,8 @@ def test_four_workers_share_one_limit(tmp_path, origin, script, no_leftovers):
         code = inst.stop()
     assert time.monotonic() - t0 < 50                      # all of it in one window
     admitted = {k: n for (k,), n in tally.by("key", status=200).items()}
+    print(f"\nfour workers: {tally.rps:,.0f} requests/s, answers {tally.statuses()}, "
+          f"admitted per key {min(admitted.values())}..{max(admitted.values())}")
     assert admitted == {k: 100 for k in KEYS}, admitted    # 100 +- 2 asked; the count is exact
     assert set(tally.statuses()) == {200, 429} and tally.socket_errors == 0
     assert sum(tally.by("key").values()) > 20 * 400        # every key went far past its limit
@@ -111,6 +113,7 @@ def test_two_instances_share_one_redis_limit(tmp_path, origin, script, redis, no
             inst.start()
         # Start one second before a window: the load then covers a whole window.
         time.sleep((interval - 1.0 - time.time() % interval) % interval)
+        full = str(int(time.time() // interval) + 1)
         procs = [start_wrk(inst.url + "/", script, 12, 50, threads=1, keys=len(KEYS))
                  for inst in insts]
         tallies = [finish_wrk(p) for p in procs]
@@ -119,11 +122,11 @@ def test_two_instances_share_one_redis_limit(tmp_path, origin, script, redis, no
         codes = [inst.stop() for inst in insts]
     tally = tallies[0].merged(tallies[1])
     admitted = tally.by("window", "key", status=200)
-    windows = sorted({w for w, _ in admitted})
-    assert len(windows) == 3, windows
+    print(f"\ntwo instances: {tally.rps:,.0f} requests/s; admitted per key in the whole "
+          f"window {min(admitted[(full, k)] for k in KEYS)}..{max(admitted[(full, k)] for k in KEYS)}, "
+          f"in any window at most {max(admitted.values())}")
     for (w, k), n in admitted.items():
         assert n <= limit * 1.05, (w, k, n)
-    full = windows[1]
     assert all(admitted[(full, k)] >= limit for k in KEYS), admitted
     # Every check of the whole window reached Redis once (a request at the
     # window's edge may be counted in one window and tagged with the other).
@@ -174,13 +177,17 @@ def test_redis_killed_under_load(tmp_path, origin, script, redis, policy, no_lef
     by_down = tally.by("status", "down")
     refused_down = by_down.get((429, "1"), 0)
     admitted_down = by_down.get((200, "1"), 0)
+    made = {k: n for (k,), n in tally.by("key").items()}
+    views = [v for inst_seen in seen for v in inst_seen]
+    print(f"\nRedis killed, {policy}: answers by (status, Redis down) {dict(by_down)}; "
+          f"stored {sum(stored.values())} for {sum(made.values())} tallied; worker views "
+          f"{min(v / stored[KEYS[i % len(KEYS)]] for i, v in enumerate(views)):.4f}..1 of the stored")
     assert set(by_down) <= {(200, "0"), (200, "1"), (429, "1")}, by_down
     if policy == "open":
         assert admitted_down > 1000 and refused_down == 0, by_down
     else:
         assert refused_down > 1000 and admitted_down == 0, by_down
     assert tally.socket_errors == 0
-    made = {k: n for (k,), n in tally.by("key").items()}
     # wrk does not tally the answers still in flight when it stops (<= 50).
     assert 0 <= sum(stored.values()) - sum(made.values()) <= 50, (stored, made)
     # Each worker's view of the total (read 4 times per key, by whichever
