@@ -27,7 +27,8 @@ in turn) and the tally come from ``tests/limits_load.py``.
         seconds less the mean answer time seen in a warm-up).
         Latency percentiles per round and the p99 the Redis backing adds.
         The origin is nginx (/small, 5 bytes; --origin python for the
-        harness origin); --pin puts the proxies on CPU 0 and the rest on CPU 1.
+        harness origin); --pin puts the proxies on CPU 0 and the rest on CPU 1;
+        --sync-interval sets the Redis-backed proxy's sync_interval_seconds.
 
 Run from the repository root after ``make build`` (PYTHONPATH=corepy).
 """
@@ -131,7 +132,8 @@ def cmd_latency(ns, folder):
                 nginx = start_nginx(folder, "origin", ORIGIN_HTTP.format(port=port, dir=folder),
                                     1 if ns.pin else "0,1")
                 time.sleep(0.5)
-            conf = {"url": redis.url, "key_prefix": "'lat:'"}
+            conf = {"url": redis.url, "key_prefix": "'lat:'",
+                    "sync_interval_seconds": ns.sync_interval}
             insts["process"] = Instance(os.path.join(folder, "p"), port, "process",
                                         10**9, 60.0, threads=1, cpu=cpu).start()
             insts["redis"] = Instance(os.path.join(folder, "r"), port, "redis",
@@ -198,6 +200,8 @@ def main():
     lat.add_argument("--duration", type=int, default=10)
     lat.add_argument("--pin", action="store_true")
     lat.add_argument("--origin", choices=("nginx", "python"), default="nginx")
+    lat.add_argument("--sync-interval", type=float, default=0.005,
+                     help="the Redis-backed proxy's sync_interval_seconds")
     ns = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sluiceway-bench-") as folder:
         {"workers": cmd_workers, "share": cmd_share, "latency": cmd_latency}[ns.cmd](ns, folder)
