@@ -191,6 +191,14 @@ def test_busy_loop_is_not_taken_for_redis_down(redis):
     assert count == 6
 
 
+def test_command_packing_matches_hiredis():
+    from sluiceway._limits_redis import _pack, _pack_py
+
+    args = [b"EVALSHA", "ab12", 2, b"t:x:1:\xff", "t:x:1:caf\u00e9", 7200000, "host:1:ab", 0, 12345]
+    assert _pack_py(args) == _pack(args)
+    assert _pack_py(["PING"]) == b"*1\r\n$4\r\nPING\r\n"
+
+
 def test_backend_arguments():
     with pytest.raises(ValueError, match="on_failure must be 'open' or 'closed'"):
         RedisBackend(on_failure="maybe")

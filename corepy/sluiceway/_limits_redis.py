@@ -101,10 +101,24 @@ def _set(fut):
         fut.set_result(None)
 
 
-def _pack(args):
-    import hiredis
+def _pack_py(args):
+    """One Redis command in RESP (bytes, str and int arguments)."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        if not isinstance(a, bytes):
+            a = str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
 
-    return hiredis.pack_command(tuple(args))
+
+try:                                      # hiredis >= 2.1 packs in C
+    from hiredis import pack_command as _pack_c
+except ImportError:                       # pragma: no cover
+    _pack_c = None
+
+
+def _pack(args):
+    return _pack_c(tuple(args)) if _pack_c is not None else _pack_py(args)
 
 
 def _process_field():
