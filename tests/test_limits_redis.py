@@ -199,6 +199,32 @@ def test_command_packing_matches_hiredis():
     assert _pack_py(["PING"]) == b"*1\r\n$4\r\nPING\r\n"
 
 
+@pytest.mark.parametrize("step", range(1, 8))
+def test_a_window_turning_during_checks_and_a_sync_batch(monkeypatch, step):
+    """The clock moves 20 us between any two readings and a window ends at
+    180 s; wherever the turn falls (step), each check counts in one window
+    and the batch sends, for each window, exactly the checks made in it."""
+    from collections import Counter
+
+    from sluiceway import _limits_redis
+
+    now = [180.0 - step * 0.00002]
+
+    def wall():
+        now[0] += 0.00002
+        return now[0]
+
+    monkeypatch.setattr(_limits_redis, "_wall", wall)
+    lim = RedisRateLimiter(1000, 60.0, name="t", backend=RedisBackend())   # never started
+    windows, counts = [], []
+    for _ in range(4):
+        counts.append(lim.check("k").count)
+        windows.append(lim._w)                 # the window that check counted in
+    sent = {wk: mine for _, _, wk, mine in lim._pending()}
+    assert sent == {(w, "k"): n for w, n in Counter(windows).items()}, (step, sent, windows)
+    assert counts == [windows[:i + 1].count(w) for i, w in enumerate(windows)], (counts, windows)
+
+
 def test_backend_arguments():
     with pytest.raises(ValueError, match="on_failure must be 'open' or 'closed'"):
         RedisBackend(on_failure="maybe")

@@ -50,9 +50,10 @@ with a backoff from ``reconnect_delay`` up to ``max_reconnect_delay``.
 from __future__ import annotations
 
 import asyncio
-import itertools
+import functools
 import logging
 import math
+import operator
 import os
 import socket
 import time
@@ -94,6 +95,7 @@ return out
 POLICIES = ("open", "closed")
 _BACKENDS = weakref.WeakSet()
 _LATE = 0.002   # a timeout timer later than this ran on a busy loop: wait once more
+_wall = time.time   # the wall clock windows sit on (tests replace it)
 
 
 def _set(fut):
@@ -434,16 +436,6 @@ def default_backend():
     return _default["backend"]
 
 
-def _wall_grid(interval):
-    """A clock whose first reading is the start of the current wall-clock
-    window and every later one ``time.time()``, so that a Rate made with it
-    (the Rate reads its clock once when made) has its windows on multiples
-    of ``interval`` of ``time.time()`` on every machine.  Built from C
-    callables: reading it runs no Python frame."""
-    first = math.floor(time.time() / interval) * interval
-    return itertools.chain((first,), iter(time.time, None)).__next__
-
-
 class RedisRateLimiter:
     """At most ``limit`` requests per key per window, counted across machines.
 
@@ -483,9 +475,19 @@ class RedisRateLimiter:
         self.name = name
         self.interval_ms = max(1, int(self.interval * 1000))
         self.max_keys = positive(owner, "max_keys", max_keys, integer=True)
-        self.mine = _c.Rate(self.interval, hashes=hashes, slots=slots, clock=_wall_grid(self.interval))
-        self.others = _c.Rate(self.interval, hashes=hashes, slots=slots,
-                              clock=_wall_grid(self.interval))
+        # Both Rates read one clock that _tick() sets: every reading in a
+        # check (or a sync's batch) is the same instant, so the window index
+        # this object uses is always the window the Rates count in.  Their
+        # first reading (now) is the start of the current wall-clock window,
+        # so their windows sit on multiples of interval of time.time() on
+        # every machine.  A partial of getitem is C: no Python frame per read.
+        self._interval_ns = interval_ns(owner, self.interval)   # as the Rates compute it
+        self._w0 = self._w = math.floor(_wall() / self.interval)
+        self._now = [self._w0 * self.interval]
+        self._start_ns = int(self._now[0] * 1e9)
+        clock = functools.partial(operator.getitem, self._now, 0)
+        self.mine = _c.Rate(self.interval, hashes=hashes, slots=slots, clock=clock)
+        self.others = _c.Rate(self.interval, hashes=hashes, slots=slots, clock=clock)
         self.untracked = 0
         self._attached = False
         self._backend = backend
@@ -516,7 +518,17 @@ class RedisRateLimiter:
         return b
 
     def _window(self):
-        return int(time.time() // self.interval)
+        """Read the wall clock once: the Rates' next readings return it, and
+        the result is the index of the window they will count in (the Rates'
+        own arithmetic; it never goes back, as theirs does not)."""
+        t = _wall()
+        self._now[0] = t
+        elapsed = int(t * 1e9) - self._start_ns
+        if elapsed > 0:
+            w = self._w0 + elapsed // self._interval_ns
+            if w > self._w:
+                self._w = w
+        return self._w
 
     def _decide(self, key, cost, counted):
         if not isinstance(cost, int) or isinstance(cost, bool):
@@ -524,10 +536,10 @@ class RedisRateLimiter:
         if cost < 0:
             raise ValueError(f"RedisRateLimiter: cost must be >= 0, got {cost}")
         b = self._attach()
+        w = self._window()
         mine = self.mine.observe(key, cost if counted else 0)
         others = self.others.sample(key)[1]
         count = mine + others
-        w = self._window()
         if counted:
             wk = (w, key)
             if wk in self._touched or len(self._pushed) < self.max_keys or wk in self._pushed:
