@@ -50,11 +50,11 @@ from proxy_harness import OriginThread  # noqa: E402
 from redis_harness import RedisServer  # noqa: E402
 
 
-def cpu_seconds(pid):
-    """utime + stime of a process, seconds."""
+def cpu_seconds(pid, which=(11, 12)):
+    """utime + stime of a process (or only utime: which=(11,)), seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(fields[i]) for i in which) / os.sysconf("SC_CLK_TCK")
 
 
 def cmd_workers(ns, folder):
@@ -150,16 +150,19 @@ def cmd_latency(ns, folder):
                 for name in ("process", "redis") if rnd % 2 == 0 else ("redis", "process"):
                     pids = (insts[name].proc.pid, redis.proc.pid)   # threads: 1, the master works
                     before = [cpu_seconds(p) for p in pids]
+                    user0 = cpu_seconds(pids[0], (11,))
                     t = run_wrk(insts[name].url + "/small", script, ns.duration, 100, threads=1,
                                 mean_delay_ms=mean_delay, cpu=1 if ns.pin else None, tally=False)
                     used = [(cpu_seconds(p) - b) / t.summary["requests"] * 1e6
                             for p, b in zip(pids, before)]
+                    user = (cpu_seconds(pids[0], (11,)) - user0) / t.summary["requests"] * 1e6
                     lat = dict(t.lat, proxy_us=used[0], redis_us=used[1])
                     rows[name].append(lat)
                     print(f"round {rnd} {name:8s} {t.rps:7,.0f} req/s  p50 {lat['p50'] / 1000:.3f}"
                           f"  p90 {lat['p90'] / 1000:.3f}  p99 {lat['p99'] / 1000:.3f}"
                           f"  p99.9 {lat['p999'] / 1000:.3f}  max {lat['max'] / 1000:.1f} ms"
-                          f"  CPU us/req: proxy {used[0]:.1f} redis-server {used[1]:.1f}"
+                          f"  CPU us/req: proxy {used[0]:.1f} ({user:.1f} user)"
+                          f" redis-server {used[1]:.1f}"
                           f"  errors {t.socket_errors + t.summary['status']}", flush=True)
             down = insts["redis"].error_log().count("failed (")
     finally:
