@@ -7,7 +7,10 @@ Each benchmark times a batch of CALLS calls made from a Python loop and
 reports ns per call in the table's `extra_info` and on stdout; the loop's own
 cost is measured by the `baseline` case (calling the builtin `len`).  Keys are
 32 bytes, as an API key or tenant id would be.  Speed goals live here, never in
-unit tests: the goal for `Rate.observe` is at most 100 ns per call.
+unit tests: the goal for `Rate.observe` is at most 100 ns per call, and the
+shared one (`scope="server"`) at most 1.5 times the per-process one; the
+`scope` cases run interleaved in one session, and `python bench/bench_limits.py`
+prints the ratio from alternating rounds of both.
 """
 
 import itertools
@@ -63,6 +66,18 @@ def test_estimator_incr(benchmark, impl, key):
     e = impl.Estimator()
     calls = CALLS if impl is C else 100
     per_call(benchmark, e.incr, key, calls=calls)
+
+
+@pytest.mark.parametrize("scope", ["process", "server"])
+def test_rate_observe_scope(benchmark, scope):
+    r = C.Rate(1.0, scope=scope)
+    per_call(benchmark, r.observe, KEY_STR)
+
+
+@pytest.mark.parametrize("scope", ["process", "server"])
+def test_rate_limiter_check_scope(benchmark, scope):
+    limiter = limits.RateLimiter(10**12, 60.0, scope=scope)
+    per_call(benchmark, limiter.check, KEY_STR)
 
 
 def test_rate_observe_injected_python_clock(benchmark):
@@ -123,3 +138,32 @@ def test_breaker_admit_success(benchmark, impl):
         breaker.admit(key).success()
 
     per_call(benchmark, step, "10.0.0.1:8080", calls=CALLS if impl is limits else 100)
+
+
+def interleaved(rounds=30, calls=20000):
+    """Shared vs per-process, alternating rounds in one process; ns per call (best round)."""
+    repeat = itertools.repeat
+
+    def once(f):
+        t0 = time.perf_counter()
+        for _ in repeat(None, calls):
+            f(KEY_STR)
+        return (time.perf_counter() - t0) / calls
+
+    out = {}
+    pairs = (("Rate.observe", C.Rate(1.0).observe, C.Rate(1.0, scope="server").observe),
+             ("RateLimiter.check", limits.RateLimiter(10**12).check,
+              limits.RateLimiter(10**12, scope="server").check))
+    for what, local, shared in pairs:
+        best = [float("inf"), float("inf")]
+        for _ in range(rounds):
+            best[0] = min(best[0], once(local))
+            best[1] = min(best[1], once(shared))
+        out[what] = best
+        print(f"{what}: process {best[0] * 1e9:.1f} ns, server {best[1] * 1e9:.1f} ns, "
+              f"ratio {best[1] / best[0]:.2f}")
+    return out
+
+
+if __name__ == "__main__":
+    interleaved()

@@ -108,7 +108,7 @@ uint64_t sw_cms_keyhash(uint64_t seed, const void *key, size_t len)
     return avalanche(h);
 }
 
-int sw_cms_init(sw_cms *c, uint32_t hashes, uint32_t slots, const uint64_t *seeds)
+int sw_cms_shape(sw_cms *c, uint32_t hashes, uint32_t slots, const uint64_t *seeds)
 {
     c->cells = NULL;
     c->hashes = 0;
@@ -116,9 +116,6 @@ int sw_cms_init(sw_cms *c, uint32_t hashes, uint32_t slots, const uint64_t *seed
     if (hashes < 1 || hashes > SW_CMS_MAX_HASHES || slots < 1 ||
         slots > SW_CMS_MAX_SLOTS || seeds == NULL)
         return SW_CMS_EINVAL;
-    c->cells = (int64_t *)calloc((size_t)hashes * slots, sizeof(int64_t));
-    if (c->cells == NULL)
-        return SW_CMS_ENOMEM;
     c->hashes = hashes;
     c->slots = slots;
     memset(c->seeds, 0, sizeof(c->seeds));
@@ -126,6 +123,20 @@ int sw_cms_init(sw_cms *c, uint32_t hashes, uint32_t slots, const uint64_t *seed
     memcpy(c->seeds, seeds, hashes * sizeof(uint64_t));
     for (uint32_t i = 0; i < hashes; i++)
         c->lanes[i] = lane_of(seeds[i]);
+    return SW_CMS_OK;
+}
+
+int sw_cms_init(sw_cms *c, uint32_t hashes, uint32_t slots, const uint64_t *seeds)
+{
+    int rc = sw_cms_shape(c, hashes, slots, seeds);
+    if (rc != SW_CMS_OK)
+        return rc;
+    c->cells = (int64_t *)calloc((size_t)hashes * slots, sizeof(int64_t));
+    if (c->cells == NULL) {
+        c->hashes = 0;
+        c->slots = 0;
+        return SW_CMS_ENOMEM;
+    }
     return SW_CMS_OK;
 }
 

@@ -64,6 +64,11 @@ uint64_t sw_cms_keyhash(uint64_t seed, const void *key, size_t len);
  * failure *c owns nothing and sw_cms_free(c) is still safe. */
 int sw_cms_init(sw_cms *c, uint32_t hashes, uint32_t slots, const uint64_t *seeds);
 
+/* Fill in the shape and seeds of *c without allocating counters (cells is
+ * NULL): enough for sw_cms_index, for callers whose counters live elsewhere
+ * (shared memory, see sw_scount.h).  Returns SW_CMS_OK or SW_CMS_EINVAL. */
+int sw_cms_shape(sw_cms *c, uint32_t hashes, uint32_t slots, const uint64_t *seeds);
+
 /* Release the counters; safe to call twice or on a failed init. */
 void sw_cms_free(sw_cms *c);
 

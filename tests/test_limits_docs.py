@@ -32,3 +32,13 @@ def test_docs_sliding_example_runs():
     proc = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True,
                           timeout=60, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_docs_shared_example_runs():
+    with open(os.path.join(ROOT, "docs", "limits.md"), encoding="utf-8") as f:
+        text = f.read()
+    block = re.search(r"## Shared by every worker.*?```python\n(.*?)```", text, re.S).group(1)
+    proc = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True,
+                          timeout=60, env=subprocess_env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["66048", "262656", "33280"]

@@ -10,6 +10,7 @@ import enum
 import logging
 import math
 import os
+import re
 import struct
 from typing import NamedTuple
 from .errors import UPSTREAM, Error
@@ -189,6 +190,53 @@ def check_limit(owner, limit):
     if limit > 1 << 62:
         raise ValueError(f"{owner}: limit must be at most 2**62, got {limit}")
     return limit
+
+
+# --------------------------------------------------------------------------
+# Scope: counts per process, or shared by a server's workers.
+# --------------------------------------------------------------------------
+
+SCOPES = ("process", "server")
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}\Z")
+
+
+def check_scope(owner, scope, name):
+    """Validate ``scope`` and ``name``; return True when the object is shared.
+
+    Raises:
+        ValueError: an unknown scope, a name without ``scope="server"``, or a
+            name that is not 1 to 200 of ``[A-Za-z0-9._-]``.
+    """
+    if scope not in SCOPES:
+        raise ValueError(
+            f"{owner}: scope must be 'process' (counts in this process only) or 'server' "
+            f"(shared by every worker process of the server), got {scope!r}")
+    if name is not None:
+        if scope != "server":
+            raise ValueError(f"{owner}: name= opens a region shared by name; it needs "
+                             f"scope='server'")
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError(f"{owner}: name must be 1 to 200 letters, digits, '.', '_' or "
+                             f"'-', got {name!r}")
+    return scope == "server"
+
+
+def shm_path(name):
+    """The file of the named shared region ``name`` (``$SLUICEWAY_SHM_DIR``, else /dev/shm)."""
+    return os.path.join(os.environ.get("SLUICEWAY_SHM_DIR", "/dev/shm"), "sluiceway-" + name)
+
+
+def unlink_shared(name):
+    """Remove the named shared region ``name`` (its file); return True if it existed.
+
+    Processes that have it mapped keep counting in it; the next process to
+    open the name makes a fresh one.
+    """
+    try:
+        os.unlink(shm_path(name))
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def bad_cost(cost):

@@ -6,6 +6,14 @@ injected clock, every method returns exactly what the compiled one returns
 It exists to pin down behaviour (the tests drive both with the same random
 operations) and to read; it is 20 to 170 times slower (``Rate.observe``: about
 12 us per call against 70 ns), so don't serve traffic with it.
+
+``scope="server"`` is accepted everywhere, and the objects then decide
+exactly what the compiled shared ones decide (the same counts, and for the
+breaker keys taken as bytes and a fixed table of ``capacity`` circuits), but
+in memory of this process only: the reference pins down *what* a shared
+limit counts, not how processes share it.  How the compiled one keeps a
+window's count in one shared word is modelled bit for bit by ``tcell_add``
+and ``tcell_get`` below.
 """
 
 import time
@@ -28,6 +36,8 @@ from ._limits_common import (
     bad_key,
     check_clock,
     check_limit,
+    check_scope,
+    unlink_shared,
     check_shape,
     interval_ns,
     make_seeds,
@@ -36,7 +46,9 @@ from ._limits_common import (
 
 __all__ = ["Estimator", "Rate", "Inflight", "InflightGuard", "proportional", "keyhash",
            "RateLimiter", "RateDecision", "ConcurrencyLimiter", "Permit", "CircuitBreaker",
-           "Attempt"]
+           "Attempt", "unlink_shared"]
+
+_HDR = 512  # bytes of a shared region's header (csrc/sw_shm.h)
 
 _M64 = (1 << 64) - 1
 _K0 = 0xD5BF06390A2CD4BF
@@ -117,6 +129,46 @@ def _check_n(n):
     return n
 
 
+# --------------------------------------------------------------------------
+# Window-tagged cells of a shared Rate (csrc/sw_scount.c), bit for bit.
+# --------------------------------------------------------------------------
+
+_TAG_BITS, _COUNT_BITS, _TAG_AHEAD = 24, 40, 2
+_TAG_MASK = (1 << _TAG_BITS) - 1
+_CNT_MASK = (1 << _COUNT_BITS) - 1
+
+
+def _cnt(v):
+    c = v & _CNT_MASK
+    return c - (1 << _COUNT_BITS) if c >> (_COUNT_BITS - 1) else c
+
+
+def _ahead(v, w):
+    d = ((v >> _COUNT_BITS) - w) & _TAG_MASK
+    return d - (1 << _TAG_BITS) if d >= 1 << (_TAG_BITS - 1) else d
+
+
+def tcell_add(value, w, n):
+    """A cell holding ``value`` after adding ``n`` events in window ``w``.
+
+    Returns ``(new value, its count)``.  A cell of window ``w`` or of a window
+    at most two ahead (a process that lagged behind a turn) takes the events;
+    an older one is replaced by ``(w, n)``.
+    """
+    d = _ahead(value, w)
+    if 0 <= d <= _TAG_AHEAD:
+        nv = (value & ~_CNT_MASK) | ((_cnt(value) + n) & _CNT_MASK)
+    else:
+        nv = ((w & _TAG_MASK) << _COUNT_BITS) | (n & _CNT_MASK)
+    return nv, _cnt(nv)
+
+
+def tcell_get(value, w):
+    """The count a cell holding ``value`` has for window ``w`` (0 if older)."""
+    d = _ahead(value, w)
+    return _cnt(value) if 0 <= d <= _TAG_AHEAD else 0
+
+
 class _Sketch:
     """Rows of counters and the hash that picks a key's counter in each row."""
 
@@ -162,8 +214,10 @@ class Estimator:
         TypeError, ValueError: a shape or seed is invalid.
     """
 
-    def __init__(self, hashes=4, slots=1024, *, seeds=None):
+    def __init__(self, hashes=4, slots=1024, *, seeds=None, scope="process", name=None):
         hashes, slots = check_shape("Estimator", hashes, slots)
+        self._shared = check_scope("Estimator", scope, name)
+        self._name = name
         self._s = _Sketch(hashes, slots, make_seeds("Estimator", hashes, seeds))
 
     def incr(self, key, n=1):
@@ -188,8 +242,16 @@ class Estimator:
     slots = property(lambda self: self._s.slots, doc="Counters per row.")
     seeds = property(lambda self: self._s.seeds, doc="The row seeds.")
 
+    scope = property(lambda self: "server" if self._shared else "process")
+    name = property(lambda self: self._name)
+
+    @property
+    def memory(self):
+        """Bytes of counters (shared: the whole region, header included)."""
+        return self._s.hashes * self._s.slots * 8 + (_HDR if self._shared else 0)
+
     def __repr__(self):
-        return f"<Estimator hashes={self._s.hashes} slots={self._s.slots}>"
+        return f"<Estimator hashes={self._s.hashes} slots={self._s.slots} scope={self.scope}>"
 
 
 def proportional(prev, curr, interval, fraction):
@@ -224,9 +286,12 @@ class Rate:
         TypeError, ValueError: an argument is invalid.
     """
 
-    def __init__(self, interval, *, hashes=4, slots=1024, seeds=None, clock=None):
+    def __init__(self, interval, *, hashes=4, slots=1024, seeds=None, clock=None,
+                 scope="process", name=None):
         self._interval_ns = interval_ns("Rate", interval)
         hashes, slots = check_shape("Rate", hashes, slots)
+        self._shared = check_scope("Rate", scope, name)
+        self._name = name
         seeds = make_seeds("Rate", hashes, seeds)
         self._clock = check_clock("Rate", clock)
         self._interval_s = self._interval_ns / 1e9
@@ -305,9 +370,17 @@ class Rate:
     slots = property(lambda self: self._est[0].slots)
     seeds = property(lambda self: self._est[0].seeds)
 
+    scope = property(lambda self: "server" if self._shared else "process")
+    name = property(lambda self: self._name)
+
+    @property
+    def memory(self):
+        """Bytes of counters (shared: the whole region, header included)."""
+        return 2 * self._est[0].hashes * self._est[0].slots * 8 + (_HDR if self._shared else 0)
+
     def __repr__(self):
         return (f"<Rate interval={self._interval_s!r}s hashes={self._est[0].hashes} "
-                f"slots={self._est[0].slots}>")
+                f"slots={self._est[0].slots} scope={self.scope}>")
 
 
 class Inflight:
@@ -316,8 +389,10 @@ class Inflight:
     See ``sluiceway.limits.Inflight``; this is its pure-Python reference.
     """
 
-    def __init__(self, hashes=4, slots=8192, *, seeds=None):
+    def __init__(self, hashes=4, slots=8192, *, seeds=None, scope="process", name=None):
         hashes, slots = check_shape("Inflight", hashes, slots)
+        self._shared = check_scope("Inflight", scope, name)
+        self._name = name
         self._s = _Sketch(hashes, slots, make_seeds("Inflight", hashes, seeds))
 
     def incr(self, key, n=1):
@@ -336,8 +411,16 @@ class Inflight:
     slots = property(lambda self: self._s.slots)
     seeds = property(lambda self: self._s.seeds)
 
+    scope = property(lambda self: "server" if self._shared else "process")
+    name = property(lambda self: self._name)
+
+    @property
+    def memory(self):
+        """Bytes of counters (shared: the whole region, header included)."""
+        return self._s.hashes * self._s.slots * 8 + (_HDR if self._shared else 0)
+
     def __repr__(self):
-        return f"<Inflight hashes={self._s.hashes} slots={self._s.slots}>"
+        return f"<Inflight hashes={self._s.hashes} slots={self._s.slots} scope={self.scope}>"
 
 
 class InflightGuard:
@@ -445,10 +528,11 @@ class RateLimiter:
     """At most ``limit`` requests per key per window; see ``sluiceway.limits.RateLimiter``."""
 
     def __init__(self, limit, interval=60.0, *, sliding=False, hashes=4, slots=1024,
-                 seeds=None, clock=None):
+                 seeds=None, clock=None, scope="process", name=None):
         self.limit = check_limit("RateLimiter", limit)
         self.sliding = bool(sliding)
-        self.rate = Rate(interval, hashes=hashes, slots=slots, seeds=seeds, clock=clock)
+        self.rate = Rate(interval, hashes=hashes, slots=slots, seeds=seeds, clock=clock,
+                         scope=scope, name=name)
 
     def _decide(self, key, cost, counted):
         rate = self.rate
@@ -486,7 +570,8 @@ class RateLimiter:
 
     def __repr__(self):
         mode = "sliding" if self.sliding else "fixed"
-        return f"<RateLimiter limit={self.limit} interval={self.rate.interval!r}s {mode}>"
+        return (f"<RateLimiter limit={self.limit} interval={self.rate.interval!r}s {mode} "
+                f"scope={self.rate.scope}>")
 
 
 # --------------------------------------------------------------------------
@@ -562,16 +647,20 @@ def _expire(fut):
 class ConcurrencyLimiter:
     """Cap the requests in flight to each upstream; see ``sluiceway.limits.ConcurrencyLimiter``."""
 
-    def __init__(self, max_inflight, *, wait=0.0, retryable=True, inflight=None):
+    def __init__(self, max_inflight, *, wait=0.0, retryable=True, inflight=None,
+                 scope="process", name=None):
         owner = "ConcurrencyLimiter"
         self.max_inflight = positive(owner, "max_inflight", max_inflight, integer=True)
         self.wait = float(positive(owner, "wait", wait, allow_zero=True))
         self.retryable = retryable
         if inflight is None:
-            inflight = Inflight()
+            inflight = Inflight(scope=scope, name=name)
         elif not isinstance(inflight, Inflight):
             raise TypeError(f"{owner}: inflight must be None or an Inflight of the same "
                             f"implementation, got {type(inflight).__name__}")
+        elif scope != "process" or name is not None:
+            raise ValueError(f"{owner}: give either inflight= or scope=/name=, not both "
+                             f"(the Inflight has its own scope)")
         self._inflight = inflight
         self._waiters = {}  # key -> deque of futures, FIFO
         self.shed = 0
@@ -579,6 +668,9 @@ class ConcurrencyLimiter:
     def inflight(self, key):
         """Requests in flight for ``key`` (never below the truth)."""
         return self._inflight.get(key)
+
+    scope = property(lambda self: self._inflight.scope)
+    memory = property(lambda self: self._inflight.memory)
 
     def waiting(self, key):
         """Callers queued in ``acquire`` for ``key``."""
@@ -748,9 +840,21 @@ class CircuitBreaker:
 
     def __init__(self, *, failures=5, error_rate=None, window=10.0, min_requests=20,
                  cooldown=30.0, probes=1, retryable=True, clock=None, on_change=None,
-                 history=256):
+                 history=256, scope="process", name=None, capacity=256):
         check_breaker(failures, error_rate, window, min_requests, cooldown, probes, on_change,
                       history)
+        self._shared = check_scope("CircuitBreaker", scope, name)
+        self._name = name
+        self._capacity = capacity
+        self.untracked = 0
+        if self._shared:
+            positive("CircuitBreaker", "capacity", capacity, integer=True)
+            if capacity > 1 << 24:
+                raise ValueError(f"CircuitBreaker: capacity must be at most {1 << 24}, "
+                                 f"got {capacity}")
+            if probes > 16383:
+                raise ValueError("CircuitBreaker: probes must be at most 16383 with "
+                                 "scope='server'")
         self.failures = failures
         self.error_rate = None if error_rate is None else float(error_rate)
         self.window = float(window)
@@ -764,6 +868,26 @@ class CircuitBreaker:
         self._start = self._now()
         self._circuits = {}
 
+    scope = property(lambda self: "server" if self._shared else "process")
+
+    @property
+    def memory(self):
+        """Bytes of the shared table, or 0 per process."""
+        return _HDR + 128 * self._capacity if self._shared else 0
+
+    def _ckey(self, key, claim=False):
+        """The circuit's key: any hashable per process, its bytes when shared.
+
+        Shared, a new key beyond ``capacity`` circuits gets None (untracked).
+        """
+        if not self._shared:
+            return key
+        ckey = _key_bytes(key)
+        if claim and ckey not in self._circuits and len(self._circuits) >= self._capacity:
+            self.untracked += 1
+            return None
+        return ckey
+
     def _now(self):
         t = self._clock()
         if isinstance(t, (str, bytes, bytearray)):
@@ -775,12 +899,12 @@ class CircuitBreaker:
 
     def state(self, key):
         """Return ``key``'s ``BreakerState``."""
-        c = self._circuits.get(key)
+        c = self._circuits.get(self._ckey(key))
         return _C if c is None else c.state
 
     def stats(self, key):
         """Return a dict describing ``key``'s circuit."""
-        c = self._circuits.get(key)
+        c = self._circuits.get(self._ckey(key))
         if c is None:
             return {"state": _C, "consecutive_failures": 0, "window_requests": 0.0,
                     "window_failures": 0.0, "error_rate": 0.0}
@@ -791,9 +915,12 @@ class CircuitBreaker:
 
     def admit(self, key):
         """Let a request to ``key`` through (an ``Attempt``) or raise ``CircuitOpen``."""
-        c = self._circuits.get(key)
+        ckey = self._ckey(key, claim=True)
+        if ckey is None:
+            return Attempt._make(self, key, False, -1)  # the shared table is full
+        c = self._circuits.get(ckey)
         if c is None:
-            c = self._circuits[key] = _Circuit()
+            c = self._circuits[ckey] = _Circuit()
         if c.state is _C:
             return Attempt._make(self, key, False, c.gen)
         now = self._now()
@@ -813,12 +940,12 @@ class CircuitBreaker:
 
     def reset(self, key):
         """Close ``key``'s circuit and clear its counts."""
-        c = self._circuits.get(key)
+        c = self._circuits.get(self._ckey(key))
         if c is not None and c.state is not _C:
             self._move(c, key, "reset", self._now(), "reset by the application")
 
     def _record(self, key, ok, gen, probe):
-        c = self._circuits.get(key)
+        c = self._circuits.get(self._ckey(key))
         if c is None or gen != c.gen:
             return  # admitted under an earlier state: says nothing about this one
         if c.state is _H:

@@ -9,14 +9,23 @@ Every key is one field of :class:`ServerConf` with its documentation in the
 field's metadata; ``conf.example.yaml`` and the key reference in
 ``docs/configuration.md`` are generated from them
 (``sluiceway config example``, ``sluiceway config reference``) and a test checks
-that they agree.
+that they agree. One key is a section: ``redis:``, the Redis server that
+``RedisRateLimiter``s made with ``backend=None`` share, for example::
+
+    redis:
+      url: redis://127.0.0.1:6379/0
+      username: sluiceway           # an ACL user (or only a password)
+      password: secret
+      tls: false
+      key_prefix: "sluiceway:"
+      on_failure: open              # or closed
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 __all__ = ["ServerConf", "ConfigError", "load_config", "parse_listen"]
 
@@ -174,6 +183,17 @@ class ServerConf:
         None, "File for the access log. Unset: standard output (the error log "
         "goes to standard error), so the two never mix.", group="sluiceway",
         hint="/var/log/sluiceway/access.log")
+    redis: Optional[Dict[str, Any]] = _key(
+        None, "The Redis server that `RedisRateLimiter`s made with `backend=None` "
+        "share (limits across machines; docs/limits.md), a mapping of: `url` "
+        "(`redis://`, or `rediss://` for TLS; or `host`, `port`, `db`), `username` "
+        "(an ACL user), `password`, `tls` (true/false), `tls_ca_file`, `key_prefix` "
+        "(default `sluiceway:`), `on_failure` (`open`: decide from local counts while "
+        "Redis is unreachable, the default; `closed`: refuse), `timeout_seconds` "
+        "(0.05), `sync_interval_seconds` (0.005), `sync_events` (64), "
+        "`reconnect_delay_seconds` (0.1), `max_reconnect_delay_seconds` (2). Unset: "
+        "no Redis.", group="sluiceway",
+        hint='{url: "redis://127.0.0.1:6379/0", password: secret, on_failure: open}')
 
     def __post_init__(self) -> None:
         self.validate()
@@ -223,6 +243,51 @@ class ServerConf:
                 parse_listen(addr)
             except ConfigError as exc:
                 raise ConfigError(f"{where('listen')}{exc}") from None
+        self.redis_backend_args(where("redis"))
+
+    # YAML key under ``redis:`` -> (RedisBackend argument, allowed types)
+    _REDIS_KEYS = {
+        "url": ("url", str), "host": ("host", str), "port": ("port", int), "db": ("db", int),
+        "username": ("username", str), "password": ("password", str), "tls": ("tls", bool),
+        "tls_ca_file": ("tls_ca_file", str), "key_prefix": ("key_prefix", str),
+        "on_failure": ("on_failure", str), "timeout_seconds": ("timeout", (int, float)),
+        "sync_interval_seconds": ("sync_interval", (int, float)),
+        "sync_events": ("sync_events", int),
+        "reconnect_delay_seconds": ("reconnect_delay", (int, float)),
+        "max_reconnect_delay_seconds": ("max_reconnect_delay", (int, float)),
+    }
+
+    def redis_backend_args(self, where: str = "") -> Optional[dict]:
+        """The ``redis:`` section as RedisBackend keyword arguments (None when
+        unset); raises ConfigError naming the bad key."""
+        if self.redis is None:
+            return None
+        if not isinstance(self.redis, dict):
+            raise ConfigError(f"{where}redis must be a mapping (url, password, tls, ...), "
+                              f"got {self.redis!r}")
+        out = {}
+        for key, value in self.redis.items():
+            spec = self._REDIS_KEYS.get(key)
+            if spec is None:
+                import difflib
+
+                close = difflib.get_close_matches(str(key), self._REDIS_KEYS, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ConfigError(f"{where}unknown key redis.{key}{hint}")
+            arg, kinds = spec
+            if value is None and key in ("username", "password", "tls_ca_file", "url"):
+                continue
+            if isinstance(value, bool) and kinds is not bool or not isinstance(value, kinds):
+                raise ConfigError(f"{where}redis.{key} has the wrong type: {value!r}")
+            out[arg] = value
+        if out.get("on_failure", "open") not in ("open", "closed"):
+            raise ConfigError(f"{where}redis.on_failure must be 'open' or 'closed', "
+                              f"got {out['on_failure']!r}")
+        for arg in ("timeout", "sync_interval", "sync_events", "reconnect_delay",
+                    "max_reconnect_delay"):
+            if arg in out and out[arg] <= 0:
+                raise ConfigError(f"{where}redis: {arg} must be positive, got {out[arg]}")
+        return out
 
     def engine_settings(self) -> dict:
         """Keyword arguments for the compiled engine."""
@@ -371,7 +436,7 @@ def _type_name(f) -> str:
     t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     return {"int": "integer", "float": "seconds" if f.name.endswith("_seconds") else "number",
             "bool": "true/false", "str": "string", "Optional[str]": "path or null",
-            "List[str]": "list of addresses"}.get(t, t)
+            "List[str]": "list of addresses", "Optional[Dict[str, Any]]": "mapping or null"}.get(t, t)
 
 
 def example_yaml() -> str:

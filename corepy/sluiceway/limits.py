@@ -23,6 +23,12 @@ Load shedding, for ``upstream_peer``:
   hands out ``Attempt``s; state changes are logged on ``sluiceway.limits`` and
   kept as ``Transition`` records.
 
+Every class takes ``scope="process"`` (the default: counts in this process)
+or ``scope="server"``: counts in shared memory, one count for all the
+worker processes of a server (make the object before they fork, e.g. at
+import of the application module), lock-free; ``name=`` shares a region
+by name with any process on the machine (``unlink_shared(name)`` removes it).
+
 Refusals raise ``LoadShedError`` subclasses (``ConcurrencyLimitExceeded``,
 ``CircuitOpen``) carrying ``status`` (503) and ``retryable``; the engine turns
 them into responses.  See docs/limits.md.
@@ -50,11 +56,15 @@ ConcurrencyLimiter = _c.ConcurrencyLimiter
 Permit = _c.Permit
 CircuitBreaker = _c.CircuitBreaker
 Attempt = _c.Attempt
+unlink_shared = _c.unlink_shared
+
+from ._limits_redis import RedisBackend, RedisRateLimiter  # noqa: E402
 
 __all__ = [
     "Estimator", "Rate", "Inflight", "InflightGuard", "proportional",
     "RateLimiter", "RateDecision",
     "LoadShedError", "ConcurrencyLimitExceeded", "CircuitOpen",
     "ConcurrencyLimiter", "Permit",
-    "CircuitBreaker", "BreakerState", "Attempt", "Transition",
+    "CircuitBreaker", "BreakerState", "Attempt", "Transition", "unlink_shared",
+    "RedisBackend", "RedisRateLimiter",
 ]

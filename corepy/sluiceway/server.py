@@ -256,6 +256,11 @@ class Server:
     def __init__(self, conf: Optional[ServerConf] = None, *, conf_path: Optional[str] = None) -> None:
         self.configuration = conf or ServerConf()
         self.conf_path = conf_path
+        redis = self.configuration.redis_backend_args()
+        if redis is not None:
+            from ._limits_redis import configure_default
+
+            configure_default(redis)
         self.services: List[ProxyService] = []
         self.background: List[BackgroundService] = []
         self.args = None
@@ -513,8 +518,11 @@ def _worker_main(server: Server, report: bool = True) -> int:
     async def main():
         import gc
 
+        from . import _limits_redis
+
         for bg in server.background:
             await bg.start(loop)
+        _limits_redis.start_backends(loop)  # limits shared through Redis sync on this loop
         for svc in server.services:
             await svc.start(loop)
         if report:
@@ -527,6 +535,7 @@ def _worker_main(server: Server, report: bool = True) -> int:
         grace = server.configuration.grace_period_seconds if how == "term" else 0.0
         await asyncio.gather(*(svc.stop(grace) for svc in server.services))
         await asyncio.gather(*(bg.stop(grace) for bg in server.background), return_exceptions=True)
+        await _limits_redis.stop_backends()
         return 0
 
     try:

@@ -4,61 +4,46 @@
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 
-cdef extern from "sw_cms.h" nogil:
-    enum:
-        SW_CMS_MAX_HASHES
-        SW_CMS_MAX_SLOTS
-        SW_CMS_OK
-        SW_CMS_EINVAL
-        SW_CMS_ENOMEM
-
-    ctypedef struct sw_cms:
-        uint32_t hashes
-        uint32_t slots
-        uint64_t seeds[32]
-
-    uint64_t sw_cms_keyhash(uint64_t seed, const void *key, size_t len)
-    int sw_cms_init(sw_cms *c, uint32_t hashes, uint32_t slots, const uint64_t *seeds)
-    void sw_cms_free(sw_cms *c)
-    int64_t sw_cms_incr(sw_cms *c, const void *key, size_t len, int64_t n)
-    int64_t sw_cms_get(const sw_cms *c, const void *key, size_t len)
-    void sw_cms_reset(sw_cms *c)
+from sluiceway._cms cimport *
+from sluiceway._rate cimport *
+from sluiceway._clock cimport *
+from sluiceway._shm cimport *
+from sluiceway._scount cimport *
+from sluiceway._sbrk cimport *
 
 
-cdef extern from "sw_rate.h" nogil:
-    ctypedef struct sw_rate:
-        sw_cms est[2]
-        int64_t interval_ns
-
-    int sw_rate_init(sw_rate *r, uint32_t hashes, uint32_t slots, const uint64_t *seeds,
-                     int64_t interval_ns, int64_t now_ns)
-    void sw_rate_free(sw_rate *r)
-    int64_t sw_rate_advance(sw_rate *r, int64_t now_ns)
-    int64_t sw_rate_observe(sw_rate *r, int64_t now_ns, const void *key, size_t len, int64_t n)
-    void sw_rate_sample(sw_rate *r, int64_t now_ns, const void *key, size_t len,
-                        int64_t *prev, int64_t *curr, int64_t *elapsed_ns)
-    void sw_rate_sample_add(sw_rate *r, int64_t now_ns, const void *key, size_t len, int64_t n,
-                            int64_t *prev, int64_t *curr, int64_t *elapsed_ns)
-    void sw_rate_reset(sw_rate *r, int64_t now_ns)
-
-
-cdef extern from "sw_clock.h" nogil:
-    int64_t sw_clock_monotonic_ns()
+cdef class _Region:
+    cdef sw_shm m
+    cdef readonly object name      # None: anonymous (shared with forked workers)
+    cdef readonly object path      # the file of a named region, else None
+    cdef readonly bint created     # this process made it (and filled its header)
+    cdef sw_shm_hdr *hdr(self) noexcept
+    cdef void *payload(self) noexcept
 
 
 cdef class Estimator:
     cdef sw_cms c
+    cdef bint shared
+    cdef _Region region
 
 
 cdef class Rate:
-    cdef sw_rate r
+    cdef sw_rate r            # per process; r.interval_ns is set in both scopes
+    cdef sw_srate s           # shared (scope="server")
+    cdef bint shared
+    cdef _Region region
     cdef object clock
     cdef double interval_s
     cdef int64_t now_ns(self) except? -1
+    cdef void counts(self, int64_t now, const char *buf, Py_ssize_t size, int64_t n,
+                     int64_t *prev, int64_t *curr, int64_t *elapsed) noexcept
+    cdef const sw_cms *shape(self) noexcept
 
 
 cdef class Inflight:
     cdef sw_cms c
+    cdef bint shared
+    cdef _Region region
 
 
 cdef class InflightGuard:
@@ -144,7 +129,18 @@ cdef class CircuitBreaker:
     cdef readonly object transitions
     cdef dict circuits
     cdef double start
+    # scope="server": circuits in a shared table (csrc/sw_sbrk.h)
+    cdef bint shared
+    cdef _Region region
+    cdef sw_sbrk sb
+    cdef uint64_t key_seed
+    cdef readonly int64_t untracked
     cdef double now(self) except? -1.0
+    cdef sw_sbrk_entry *entry(self, key, bint claim) except? NULL
+    cdef shared_admit(self, key)
+    cdef int shared_record(self, key, bint ok, int64_t gen, bint probe) except -1
+    cdef announce_event(self, int event, key, double now, int64_t detail, double total,
+                        double failed, int frm)
     cdef Attempt attempt(self, key, bint probe, int64_t gen)
     cdef int record(self, key, bint ok, int64_t gen, bint probe) except -1
     cdef double roll(self, _Circuit c, double now)

@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Limits through real proxies under wrk: the full-length runs behind the
+figures in docs/limits.md and docs/performance.md.
+
+Everything runs on 127.0.0.1 and is started here (the harness origin in this
+process, redis-server in a temporary folder, the proxies with
+``sluiceway run``) and stopped by PID.  The app, the wrk script (20 API keys
+in turn) and the tally come from ``tests/limits_load.py``.
+
+    python bench/limits_proxy_load.py workers [--threads 4] [--limit 100] [--duration 5]
+        One server with 4 workers, a limit per key per minute made at import,
+        once with scope="process" and once with scope="server": what each key
+        got through.
+
+    python bench/limits_proxy_load.py share [--instances 2] [--threads 2]
+            [--limit 1000] [--window 60] [--duration 65]
+        Instances sharing one Redis (RedisRateLimiter), wrk on each for
+        --duration seconds starting 2.5 s before a wall-clock window: what
+        each key got through per window, all instances together.
+
+    python bench/limits_proxy_load.py latency [--rate 5000] [--rounds 5] [--duration 10]
+        Two single-worker proxies in front of the same origin, one with a
+        per-process RateLimiter and one with a RedisRateLimiter (limits never
+        reached, so every request is proxied), loaded in turn (process, redis,
+        process, ...) at a fixed mean rate: wrk with 100 connections, each
+        waiting a random 0.5x..1.5x of a mean delay between requests (100/rate
+        seconds less the mean answer time seen in a warm-up).
+        Latency percentiles per round and the p99 the Redis backing adds.
+        The origin is nginx (/small, 5 bytes; --origin python for the
+        harness origin); --pin puts the proxies on CPU 0 and the rest on CPU 1;
+        --sync-interval sets the Redis-backed proxy's sync_interval_seconds.
+
+Run from the repository root after ``make build`` (PYTHONPATH=corepy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+from limits_load import Instance, finish_wrk, run_wrk, start_wrk, write_wrk_script  # noqa: E402
+from proxy_harness import OriginThread  # noqa: E402
+from redis_harness import RedisServer  # noqa: E402
+
+
+def cpu_seconds(pid, which=(11, 12)):
+    """utime + stime of a process (or only utime: which=(11,)), seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(fields[i]) for i in which) / os.sysconf("SC_CLK_TCK")
+
+
+def cmd_workers(ns, folder):
+    script = write_wrk_script(folder)
+    with OriginThread(1) as origin:
+        for scope in ("process", "server"):
+            inst = Instance(os.path.join(folder, scope), origin.ports[0], scope, ns.limit, 60.0,
+                            threads=ns.threads).start()
+            try:
+                tally = run_wrk(inst.url + "/", script, ns.duration, 200, threads=2, keys=20)
+            finally:
+                inst.stop()
+            admitted = sorted(tally.by("key", status=200).values())
+            print(f"scope={scope:8s} threads={ns.threads} limit={ns.limit}/min: admitted per key "
+                  f"{admitted[0]}..{admitted[-1]} over 20 keys, {tally.rps:,.0f} requests/s, "
+                  f"answers {dict(sorted(tally.statuses().items()))}", flush=True)
+
+
+def cmd_share(ns, folder):
+    script = write_wrk_script(folder)
+    redis = RedisServer().start()
+    insts = []
+    try:
+        with OriginThread(1) as origin:
+            conf = {"url": redis.url, "key_prefix": "'bench:'"}
+            insts = [Instance(os.path.join(folder, f"i{i}"), origin.ports[0], "redis", ns.limit,
+                              ns.window, threads=ns.threads, redis=conf).start()
+                     for i in range(ns.instances)]
+            wait = (ns.window - 2.5 - time.time() % ns.window) % ns.window
+            print(f"waiting {wait:.1f} s to start 2.5 s before a window", flush=True)
+            time.sleep(wait)
+            procs = [start_wrk(i.url + "/", script, ns.duration, 50, threads=1, keys=20)
+                     for i in insts]
+            tallies = [finish_wrk(p, timeout=ns.duration + 60) for p in procs]
+            alive = all(i.alive() for i in insts)
+    finally:
+        for i in insts:
+            i.stop()
+        redis.close()
+    tally = tallies[0]
+    for t in tallies[1:]:
+        tally = tally.merged(t)
+    admitted = tally.by("window", "key", status=200)
+    print(f"{ns.instances} instances x {ns.threads} workers, limit {ns.limit} per key per "
+          f"{ns.window:g} s window, {ns.duration} s of wrk (50 connections each), "
+          f"{tally.rps:,.0f} requests/s in all, answers {dict(sorted(tally.statuses().items()))}, "
+          f"socket errors {tally.socket_errors}, all alive: {alive}")
+    down = tally.by("down").get(("1",), 0)
+    print(f"answers decided while Redis was seen down: {down}")
+    for w in sorted({w for w, _ in admitted}):
+        got = sorted(n for (ww, _), n in admitted.items() if ww == w)
+        print(f"window {w}: admitted per key {got[0]}..{got[-1]} "
+              f"({got[-1] / ns.limit:.3f} x the limit at most), "
+              f"seen {sum(n for (ww, _), n in tally.by('window', 'key').items() if ww == w):,}")
+
+
+def cmd_latency(ns, folder):
+    if ns.pin:
+        os.sched_setaffinity(0, {1})          # the origin, wrk and Redis
+    script = write_wrk_script(folder)
+    redis = RedisServer().start()
+    mean_delay = 100 * 1000.0 / ns.rate       # ms, for 100 connections
+    cpu = 0 if ns.pin else None
+    insts = {}
+    rows = {"process": [], "redis": []}
+    nginx = None
+    try:
+        with OriginThread(1) as origin:
+            port = origin.ports[0]
+            if ns.origin == "nginx":                 # cheaper than the Python origin
+                from nginx_compare import ORIGIN_HTTP, free_port, start_nginx
+
+                port = free_port()
+                os.makedirs(os.path.join(folder, "www"), exist_ok=True)
+                nginx = start_nginx(folder, "origin", ORIGIN_HTTP.format(port=port, dir=folder),
+                                    1 if ns.pin else "0,1")
+                time.sleep(0.5)
+            conf = {"url": redis.url, "key_prefix": "'lat:'",
+                    "sync_interval_seconds": ns.sync_interval}
+            insts["process"] = Instance(os.path.join(folder, "p"), port, "process",
+                                        10**9, 60.0, threads=1, cpu=cpu).start()
+            insts["redis"] = Instance(os.path.join(folder, "r"), port, "redis",
+                                      10**9, 60.0, threads=1, redis=conf, cpu=cpu).start()
+            for name, inst in insts.items():        # warm up
+                t = run_wrk(inst.url + "/small", script, 3, 100, threads=1,
+                            mean_delay_ms=mean_delay, cpu=1 if ns.pin else None, tally=False)
+                if name == "process":
+                    # A connection sends its next request a delay after the
+                    # answer: take the answer time seen here off the delay.
+                    mean_delay = max(1.0, 100 * 1000.0 / ns.rate - t.lat["mean"] / 1000)
+            print(f"mean delay between a connection's requests: {mean_delay:.2f} ms", flush=True)
+            for rnd in range(ns.rounds):
+                for name in ("process", "redis") if rnd % 2 == 0 else ("redis", "process"):
+                    pids = (insts[name].proc.pid, redis.proc.pid)   # threads: 1, the master works
+                    before = [cpu_seconds(p) for p in pids]
+                    user0 = cpu_seconds(pids[0], (11,))
+                    t = run_wrk(insts[name].url + "/small", script, ns.duration, 100, threads=1,
+                                mean_delay_ms=mean_delay, cpu=1 if ns.pin else None, tally=False)
+                    used = [(cpu_seconds(p) - b) / t.summary["requests"] * 1e6
+                            for p, b in zip(pids, before)]
+                    user = (cpu_seconds(pids[0], (11,)) - user0) / t.summary["requests"] * 1e6
+                    lat = dict(t.lat, proxy_us=used[0], redis_us=used[1])
+                    rows[name].append(lat)
+                    print(f"round {rnd} {name:8s} {t.rps:7,.0f} req/s  p50 {lat['p50'] / 1000:.3f}"
+                          f"  p90 {lat['p90'] / 1000:.3f}  p99 {lat['p99'] / 1000:.3f}"
+                          f"  p99.9 {lat['p999'] / 1000:.3f}  max {lat['max'] / 1000:.1f} ms"
+                          f"  CPU us/req: proxy {used[0]:.1f} ({user:.1f} user)"
+                          f" redis-server {used[1]:.1f}"
+                          f"  errors {t.socket_errors + t.summary['status']}", flush=True)
+            down = insts["redis"].error_log().count("failed (")
+    finally:
+        for inst in insts.values():
+            inst.stop()
+        if nginx is not None:
+            nginx.stop()
+        redis.close()
+    diffs = [(r["p99"] - p["p99"]) / 1000 for p, r in zip(rows["process"], rows["redis"])]
+    for name in rows:
+        p99 = [r["p99"] / 1000 for r in rows[name]]
+        p50 = [r["p50"] / 1000 for r in rows[name]]
+        cpu = [r["proxy_us"] for r in rows[name]]
+        print(f"{name:8s} p50 {min(p50):.3f}..{max(p50):.3f} ms (median {statistics.median(p50):.3f})"
+              f"  p99 {min(p99):.3f}..{max(p99):.3f} ms (median {statistics.median(p99):.3f})"
+              f"  proxy CPU {min(cpu):.1f}..{max(cpu):.1f} us/req")
+    print(f"p99 added by Redis, per round: {', '.join(f'{d:+.3f}' for d in diffs)} ms "
+          f"(median {statistics.median(diffs):+.3f})")
+    print(f"Redis failures logged by the redis-backed proxy: {down}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("workers")
+    w.add_argument("--threads", type=int, default=4)
+    w.add_argument("--limit", type=int, default=100)
+    w.add_argument("--duration", type=int, default=5)
+    s = sub.add_parser("share")
+    s.add_argument("--instances", type=int, default=2)
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--limit", type=int, default=1000)
+    s.add_argument("--window", type=float, default=60.0)
+    s.add_argument("--duration", type=int, default=65)
+    lat = sub.add_parser("latency")
+    lat.add_argument("--rate", type=float, default=5000)
+    lat.add_argument("--rounds", type=int, default=5)
+    lat.add_argument("--duration", type=int, default=10)
+    lat.add_argument("--pin", action="store_true")
+    lat.add_argument("--origin", choices=("nginx", "python"), default="nginx")
+    lat.add_argument("--sync-interval", type=float, default=0.005,
+                     help="the Redis-backed proxy's sync_interval_seconds")
+    ns = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sluiceway-bench-") as folder:
+        {"workers": cmd_workers, "share": cmd_share, "latency": cmd_latency}[ns.cmd](ns, folder)
+
+
+if __name__ == "__main__":
+    main()

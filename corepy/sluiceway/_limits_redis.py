@@ -1,0 +1,621 @@
+"""Rate limits shared by several machines through Redis.
+
+Theory of operation
+-------------------
+A request never waits on Redis.  ``RedisRateLimiter.check`` decides from two
+compiled ``Rate`` sketches kept in this process: ``mine`` (every event this
+process counted) and ``others`` (what the other processes had counted, as
+Redis last said).  The key's total in the window is ``mine + others``.
+
+A sync task per event loop (``RedisBackend``; started by the server on each
+worker's loop, or by the first ``check`` made on a running loop) wakes every
+``sync_interval`` seconds, or sooner once ``sync_events`` checks wait, and
+sends ``mine`` for every key touched since the last sync in one Lua script:
+``HSET prefix:name:window:key <process> <count>`` (one field per process, the
+key expiring two windows later).  Redis answers each key's total, the sum of
+the fields; the difference with ``mine`` becomes the key's ``others``.  A
+process sets its count rather than adding to it, so sending a sync again
+(its answer was lost or late) never counts anything twice.
+
+Windows sit on the wall clock (window w covers ``[w * interval, (w + 1) *
+interval)`` of ``time.time()``), so every machine counts the same window in
+the same Redis key; clocks that differ by d seconds move a machine's window
+edges by d.
+
+Error bound: a process sees the others' events at most one sync period late
+(``sync_interval`` plus Redis's answer time), so with P processes each
+admitting at most r requests per second for a key, the key's total admitted
+in a window is at most ``limit + (P - 1) * r * (sync_interval + rtt)`` (and
+also at most ``limit + (P - 1) * sync_events``).  Counts are never lost: a
+failed sync is sent again, and after Redis restarts (a new ``run_id``) every
+process sends its count of every key of the current window again.
+
+Timeouts and a busy loop.  The sync shares its loop with the proxy; a worker
+that is busy for longer than ``timeout`` between two turns of its loop runs
+the timeout's timer before it reads an answer that may be waiting in the
+socket (timers run before I/O in a loop turn).  So a sync fails on timeout
+only when the timer fired on time (at most 2 ms late, so the loop had been
+free to read the answer); a late timer waits one more ``timeout``, up to
+``max(1 s, 20 * timeout)`` in all.  Redis refusing or
+closing the connection fails at once.
+
+While Redis is unreachable (refused, timed out, restarted), ``on_failure``
+decides: ``"open"`` (default) keeps deciding from the local counts and the
+last totals Redis gave, counted in ``failed_open``; ``"closed"`` refuses
+every request (``failed_closed``).  The first failure is logged as a
+WARNING on ``sluiceway.limits``, the recovery as INFO; the task reconnects
+with a backoff from ``reconnect_delay`` up to ``max_reconnect_delay``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import operator
+import os
+import socket
+import time
+import weakref
+
+from . import _compiled
+from ._limits_common import check_limit, positive
+from ._limits_py import RateDecision
+
+__all__ = ["RedisBackend", "RedisRateLimiter", "configure_default", "default_backend"]
+
+log = logging.getLogger("sluiceway.limits")
+_c = _compiled.load("_limits")
+
+# KEYS: the window keys, hashes of one count per process; ARGV[1]: expiry in
+# ms; ARGV[2]: this process's field; ARGV[i + 2]: its count for KEYS[i].
+# Setting a count (not adding a delta) makes a sync safe to send again: one
+# whose answer was lost, or that is sent once more after a timeout, changes
+# nothing.  A key's expiry is set when a process adds its field (two
+# windows on: a window's key is written during it and the next one only).
+# Returns each key's total over every process.
+_SCRIPT = """
+local ttl = tonumber(ARGV[1])
+local me = ARGV[2]
+local out = {}
+for i = 1, #KEYS do
+  if redis.call('HSET', KEYS[i], me, ARGV[i + 2]) == 1 then
+    redis.call('PEXPIRE', KEYS[i], ttl)   -- once per process and key
+  end
+  local total = 0
+  for _, v in ipairs(redis.call('HVALS', KEYS[i])) do
+    total = total + tonumber(v)
+  end
+  out[i] = total
+end
+return out
+"""
+
+POLICIES = ("open", "closed")
+_BACKENDS = weakref.WeakSet()
+_LATE = 0.002   # a timeout timer later than this ran on a busy loop: wait once more
+_wall = time.time   # the wall clock windows sit on (tests replace it)
+
+
+def _set(fut):
+    if fut is not None and not fut.done():
+        fut.set_result(None)
+
+
+def _pack_py(args):
+    """One Redis command in RESP (bytes, str and int arguments)."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        if not isinstance(a, bytes):
+            a = str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+try:                                      # hiredis >= 2.1 packs in C
+    from hiredis import pack_command as _pack_c
+except ImportError:                       # pragma: no cover
+    _pack_c = None
+
+
+def _pack(args):
+    return _pack_c(tuple(args)) if _pack_c is not None else _pack_py(args)
+
+
+def _process_field():
+    """This process's field in the count hashes: readable, and unique even
+    for a process that restarts with the same PID."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+def _after_fork():
+    # A forked worker inherits the parent's objects but not its event loop:
+    # each backend starts its own task and connection there.
+    for b in list(_BACKENDS):
+        b._task = b._client = b._loop = None
+        b._wake = None
+        b.process = _process_field()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def start_backends(loop):
+    """Start the sync task of every backend that has limiters, on ``loop``."""
+    for b in list(_BACKENDS):
+        if len(b.limiters):
+            b.start(loop)
+
+
+async def stop_backends():
+    """Stop every running sync task (sending what is pending first)."""
+    await asyncio.gather(*(b.stop() for b in list(_BACKENDS) if b._task is not None),
+                         return_exceptions=True)
+
+
+class RedisBackend:
+    """A Redis server that rate limiters share, and the task that syncs them.
+
+    Args:
+        url: ``redis://[user:password@]host:port/db`` or ``rediss://...``
+            (TLS); overrides host, port, db, username, password and tls.
+        host, port, db: where Redis listens (default 127.0.0.1:6379, db 0).
+        username, password: an ACL user and its password, or just a password
+            (``requirepass``); None for none.
+        tls: connect with TLS; ``tls_ca_file`` verifies the server against
+            that CA bundle (default: the system's).
+        key_prefix: put before every key (default ``"sluiceway:"``).
+        sync_interval: seconds between syncs (default 0.005).
+        sync_events: checks that trigger a sync before the interval ends
+            (default 64).
+        timeout: seconds one sync may take before it counts as a failure
+            (default 0.05; also the connect timeout).
+        on_failure: ``"open"`` (default: keep deciding from local counts) or
+            ``"closed"`` (refuse every request) while Redis is unreachable.
+        reconnect_delay, max_reconnect_delay: the reconnect backoff, seconds
+            (default 0.1 doubling up to 2.0).
+
+    Raises:
+        ValueError, TypeError: an argument is invalid.
+    """
+
+    def __init__(self, url=None, *, host="127.0.0.1", port=6379, db=0, username=None,
+                 password=None, tls=False, tls_ca_file=None, key_prefix="sluiceway:",
+                 sync_interval=0.005, sync_events=64, timeout=0.05, on_failure="open",
+                 reconnect_delay=0.1, max_reconnect_delay=2.0):
+        owner = "RedisBackend"
+        if on_failure not in POLICIES:
+            raise ValueError(f"{owner}: on_failure must be 'open' or 'closed', got {on_failure!r}")
+        positive(owner, "sync_interval", sync_interval)
+        positive(owner, "sync_events", sync_events, integer=True)
+        positive(owner, "timeout", timeout)
+        positive(owner, "reconnect_delay", reconnect_delay)
+        positive(owner, "max_reconnect_delay", max_reconnect_delay)
+        if not isinstance(key_prefix, str):
+            raise TypeError(f"{owner}: key_prefix must be a str, got {type(key_prefix).__name__}")
+        self.url = url
+        self.host, self.port, self.db = host, port, db
+        self.username, self.password = username, password
+        self.tls, self.tls_ca_file = tls, tls_ca_file
+        self.key_prefix = key_prefix
+        self.sync_interval = float(sync_interval)
+        self.sync_events = sync_events
+        self.timeout = float(timeout)
+        self.on_failure = on_failure
+        self.reconnect_delay = float(reconnect_delay)
+        self.max_reconnect_delay = float(max_reconnect_delay)
+        self.limiters = weakref.WeakSet()
+        self.down = False          # Redis unreachable (the policy applies)
+        self.syncs = 0             # successful syncs
+        self.failures = 0          # failed syncs and connects
+        self.failed_open = 0       # checks decided locally while down (policy "open")
+        self.failed_closed = 0     # checks refused while down (policy "closed")
+        self.restarts = 0          # Redis restarts noticed (counts sent again)
+        self.late_answers = 0      # answers read after the timeout, the loop being busy
+        self.process = _process_field()   # this process's field in Redis
+        self._loop = None
+        self._task = None
+        self._client = None
+        self._sha = None
+        self._run_id = None
+        self._wake = None
+        self._waiting = 0
+        _BACKENDS.add(self)
+
+    # -- lifecycle (a background service: start(loop), async stop()) ---------
+    def start(self, loop=None):
+        """Start the sync task on ``loop`` (the running loop by default)."""
+        loop = loop or asyncio.get_running_loop()
+        if self._task is not None and not self._task.done():
+            return
+        self._loop = loop
+        self._client = None
+        self._wake = None
+        self._task = loop.create_task(self._run(), name="sluiceway-redis-sync")
+
+    async def stop(self):
+        """Send what is pending once more, then stop the task and disconnect."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):
+            pass
+        try:
+            await self._answer(self._sync())
+        except Exception:
+            pass
+        await self._close()
+
+    def _ensure_started(self):
+        """Called by check(): start on the running loop if no task runs here."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self.start(loop)
+
+    def _nudge(self):
+        self._waiting += 1
+        if self._waiting >= self.sync_events:
+            self._waiting = 0
+            _set(self._wake)
+
+    # -- the sync task ---------------------------------------------------------
+    async def _connect(self):
+        import redis.asyncio as aioredis
+
+        # No timeouts inside redis-py: they would fire on a busy loop before
+        # the answer is read.  _answer() times the connection and every sync.
+        kw = dict(socket_timeout=None, socket_connect_timeout=None,
+                  retry_on_timeout=False, retry=None, health_check_interval=0,
+                  single_connection_client=True)
+        if self.url:
+            client = aioredis.from_url(self.url, ssl_ca_certs=self.tls_ca_file, **kw) \
+                if self.url.startswith("rediss:") else aioredis.from_url(self.url, **kw)
+        else:
+            if self.tls:
+                kw.update(ssl=True, ssl_ca_certs=self.tls_ca_file)
+            client = aioredis.Redis(host=self.host, port=self.port, db=self.db,
+                                    username=self.username, password=self.password, **kw)
+        try:
+            info = await self._answer(client.info("server"))
+            run_id = info.get("run_id")
+            if self._run_id is not None and run_id != self._run_id:
+                self.restarts += 1
+                for lim in list(self.limiters):
+                    lim._forget_pushed()
+            self._run_id = run_id
+            self._sha = await self._answer(client.script_load(_SCRIPT))
+        except BaseException:
+            await client.aclose()
+            raise
+        self._client = client
+
+    async def _close(self):
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.aclose()
+            except Exception:
+                pass
+
+    async def _run(self):
+        loop = asyncio.get_running_loop()
+        delay = self.reconnect_delay
+        while True:
+            try:
+                if self._client is None:
+                    await self._connect()
+                if any(lim._touched for lim in self.limiters):
+                    await self._answer(self._sync())
+                if self.down:
+                    log.info("Redis at %s is reachable again; rate limits are shared again",
+                             self._where())
+                self.down = False
+                delay = self.reconnect_delay
+                # Nap for sync_interval, or until sync_events checks wait
+                # (_nudge); a future and a timer cost less than wait_for.
+                wake = self._wake = loop.create_future()
+                timer = loop.call_later(self.sync_interval, _set, wake)
+                try:
+                    await wake
+                finally:
+                    timer.cancel()
+                    self._wake = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failures += 1
+                if not self.down:
+                    log.warning("Redis at %s failed (%s: %s); rate limits decide %s until it "
+                                "is back", self._where(), type(exc).__name__, exc,
+                                "from local counts" if self.on_failure == "open"
+                                else "to refuse every request")
+                self.down = True
+                await self._close()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_reconnect_delay)
+
+    async def _answer(self, coro):
+        """Await ``coro`` (one exchange with Redis) in the calling task, under
+        a timer that cancels it (no task of its own: this runs every sync).
+
+        Raises:
+            TimeoutError: no answer within ``timeout`` while the loop was free
+                to read it (see "Timeouts and a busy loop" above).
+        """
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        give_up = loop.time() + max(1.0, 20 * self.timeout)
+        state = {"late": False, "expired": False}
+
+        def expire(due):
+            now = loop.time()
+            if now - due > _LATE and now < give_up:
+                state["late"] = True          # a busy loop: the answer may be waiting
+                state["timer"] = loop.call_at(now + self.timeout, expire, now + self.timeout)
+            else:
+                state["expired"] = True
+                task.cancel()
+
+        due = loop.time() + self.timeout
+        state["timer"] = loop.call_at(due, expire, due)
+        try:
+            result = await coro
+        except asyncio.CancelledError:
+            uncancel = getattr(task, "uncancel", None)       # Python 3.11+
+            if state["expired"] and (uncancel is None or uncancel() == 0):
+                raise TimeoutError(f"no answer within {self.timeout:g} s") from None
+            raise
+        finally:
+            state["timer"].cancel()
+        self.late_answers += state["late"]
+        return result
+
+    async def _sync(self):
+        if self._client is None:
+            return
+        batch = []
+        for lim in list(self.limiters):
+            batch.extend(lim._pending())
+        if not batch:
+            return
+        cmd = [b"EVALSHA", self._sha, len(batch)]
+        cmd += [b[0] for b in batch]
+        cmd.append(max(b[1].interval_ms for b in batch) * 2)
+        cmd.append(self.process)
+        cmd += [b[3] for b in batch]
+        try:
+            # One packed command straight on the client's only connection:
+            # redis-py's command path (locks, retries, an encode per
+            # argument) cost more than the rest of a sync.
+            conn = self._client.connection
+            if conn is None:
+                raise ConnectionError("not connected")
+            await conn.send_packed_command(_pack(cmd), check_health=False)
+            totals = await conn.read_response()     # raises Redis's errors
+        except BaseException:
+            for _, lim, wk, _ in batch:  # not sent (or no answer): send them next time
+                lim._touched[wk] = None
+            raise
+        self.syncs += 1
+        window = {}
+        for (_, lim, wkey, mine), total in zip(batch, totals):
+            w = window.get(lim)
+            if w is None:
+                w = window[lim] = lim._window()
+            lim._synced(wkey, mine, total, w)
+
+    def _where(self):
+        """Where Redis is, for log lines: never the password."""
+        if self.url:
+            scheme, sep, rest = self.url.partition("://")
+            return scheme + sep + rest.rpartition("@")[2]
+        return f"{self.host}:{self.port}"
+
+    def __repr__(self):
+        return f"<RedisBackend {self._where()} prefix={self.key_prefix!r} on_failure={self.on_failure}>"
+
+
+_default = {"backend": None, "conf": None}
+
+
+def configure_default(conf):
+    """Set the backend used by limiters made with ``backend=None``, from a
+    mapping of RedisBackend's arguments (the YAML ``redis:`` section)."""
+    _default["conf"] = dict(conf) if conf else None
+    _default["backend"] = RedisBackend(**conf) if conf else None
+
+
+def default_backend():
+    """The backend configured by ``configure_default`` (the YAML), or None."""
+    return _default["backend"]
+
+
+class RedisRateLimiter:
+    """At most ``limit`` requests per key per window, counted across machines.
+
+    The same ``check``/``peek`` and ``RateDecision`` as ``RateLimiter`` (fixed
+    windows), but the count of a key is the sum over every process that uses
+    the same ``name`` on the same Redis.  Decisions never wait for Redis (see
+    this module's docstring for the sync and the error bound).
+
+    Args:
+        limit: requests allowed per key per window (int in [1, 2**62]).
+        interval: window length in seconds (default 60).
+        name: what the limiter is called in Redis (keys are
+            ``<key_prefix><name>:<window>:<key>``); limiters with one name
+            share counts.  Letters, digits, ``.``, ``_``, ``-``.
+        backend: a ``RedisBackend``, or None for the server's (the YAML
+            ``redis:`` section); resolved at the first check.
+        hashes, slots: shape of the local sketches (see ``Estimator``).
+        max_keys: keys per window whose counts are sent to Redis; keys
+            beyond it are counted locally only (counted in ``untracked``).
+
+    Raises:
+        TypeError, ValueError: an argument is invalid.
+    """
+
+    def __init__(self, limit, interval=60.0, *, name, backend=None, hashes=4, slots=1024,
+                 max_keys=100_000):
+        from ._limits_common import check_scope, interval_ns
+
+        owner = "RedisRateLimiter"
+        self.limit = check_limit(owner, limit)
+        self.interval = interval_ns(owner, interval) / 1e9
+        check_scope(owner, "server", name)
+        if name is None:
+            raise ValueError(f"{owner}: name= is required (it names the counts in Redis)")
+        if backend is not None and not isinstance(backend, RedisBackend):
+            raise TypeError(f"{owner}: backend must be a RedisBackend or None")
+        self.name = name
+        self.interval_ms = max(1, int(self.interval * 1000))
+        self.max_keys = positive(owner, "max_keys", max_keys, integer=True)
+        # Both Rates read one clock that _tick() sets: every reading in a
+        # check (or a sync's batch) is the same instant, so the window index
+        # this object uses is always the window the Rates count in.  Their
+        # first reading (now) is the start of the current wall-clock window,
+        # so their windows sit on multiples of interval of time.time() on
+        # every machine.  A partial of getitem is C: no Python frame per read.
+        self._interval_ns = interval_ns(owner, self.interval)   # as the Rates compute it
+        self._w0 = self._w = math.floor(_wall() / self.interval)
+        self._now = [self._w0 * self.interval]
+        self._start_ns = int(self._now[0] * 1e9)
+        clock = functools.partial(operator.getitem, self._now, 0)
+        self.mine = _c.Rate(self.interval, hashes=hashes, slots=slots, clock=clock)
+        self.others = _c.Rate(self.interval, hashes=hashes, slots=slots, clock=clock)
+        self.untracked = 0
+        self._attached = False
+        self._backend = backend
+        self._touched = {}      # (window, key) -> None, since the last sync
+        self._pushed = {}       # (window, key) -> my count Redis has
+        self._seen = {}         # (window, key) -> others' count as last known
+        self._names = {}        # (window, key) -> its name in Redis (bytes)
+        self._pruned = None     # the window when _names was last pruned
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            self._backend = default_backend()
+            if self._backend is None:
+                raise RuntimeError(
+                    f"RedisRateLimiter {self.name!r}: no backend= and no redis: section in "
+                    f"the configuration")
+        return self._backend
+
+    def _attach(self):
+        b = self._backend
+        if b is None or not self._attached:
+            b = self.backend
+            b.limiters.add(self)
+            self._attached = True
+        if b._task is None:
+            b._ensure_started()
+        return b
+
+    def _window(self):
+        """Read the wall clock once: the Rates' next readings return it, and
+        the result is the index of the window they will count in (the Rates'
+        own arithmetic; it never goes back, as theirs does not)."""
+        t = _wall()
+        self._now[0] = t
+        elapsed = int(t * 1e9) - self._start_ns
+        if elapsed > 0:
+            w = self._w0 + elapsed // self._interval_ns
+            if w > self._w:
+                self._w = w
+        return self._w
+
+    def _decide(self, key, cost, counted):
+        if not isinstance(cost, int) or isinstance(cost, bool):
+            raise TypeError(f"n must be an int, got {type(cost).__name__}")
+        if cost < 0:
+            raise ValueError(f"RedisRateLimiter: cost must be >= 0, got {cost}")
+        b = self._attach()
+        w = self._window()
+        mine = self.mine.observe(key, cost if counted else 0)
+        others = self.others.sample(key)[1]
+        count = mine + others
+        if counted:
+            wk = (w, key)
+            if wk in self._touched or len(self._pushed) < self.max_keys or wk in self._pushed:
+                self._touched[wk] = None
+                b._nudge()
+            else:
+                self.untracked += 1
+        reset_after = self.mine.until_next_window()
+        allowed = count <= self.limit if counted else count + cost <= self.limit
+        if b.down:
+            if b.on_failure == "closed":
+                allowed = False
+                b.failed_closed += 1
+            else:
+                b.failed_open += 1
+        remaining = self.limit - count if count < self.limit else 0
+        return RateDecision._make(allowed, self.limit, remaining, count, reset_after)
+
+    def check(self, key, cost=1):
+        """Count one request (or ``cost``) for ``key`` and decide; a ``RateDecision``."""
+        return self._decide(key, cost, True)
+
+    def peek(self, key, cost=1):
+        """What ``check(key, cost)`` would decide now, without counting."""
+        return self._decide(key, cost, False)
+
+    # -- for the backend's sync --------------------------------------------------
+    def _pending(self):
+        """[(redis key, self, (window, key), my count)] for the touched keys."""
+        w = self._window()
+        out = []
+        touched, self._touched = self._touched, {}
+        names = self._names
+        sample = self.mine.sample
+        prefix = f"{self.backend.key_prefix}{self.name}:".encode()
+        for wk in touched:
+            kw, key = wk
+            if kw < w - 1:
+                continue  # a window that is over: nobody reads it any more
+            name = names.get(wk)
+            if name is None:
+                # bytes, as the key's bytes: a str key counts as its UTF-8
+                name = names[wk] = b"%s%d:%s" % (
+                    prefix, kw, key.encode() if isinstance(key, str) else key)
+            prev, curr, _ = sample(key)
+            out.append((name, self, wk, curr if kw == w else prev))
+        if w != self._pruned:
+            self._pruned = w
+            for stale in [wk for wk in names if wk[0] < w - 1]:
+                del names[stale]
+                self._pushed.pop(stale, None)
+                self._seen.pop(stale, None)
+        return out
+
+    def _synced(self, wk, mine, total, window):
+        sent = mine != self._pushed.get(wk, 0)
+        self._pushed[wk] = mine
+        if wk[0] != window:
+            return
+        others = total - mine
+        grow = others - self._seen.get(wk, 0)
+        if grow > 0:
+            self.others.observe(wk[1], grow)
+            self._seen[wk] = others
+        if sent or grow:
+            # Read the key once more at the next sync, until nothing moves: a
+            # key that stops being checked still ends with everyone's count,
+            # and after a Redis restart (grow < 0: the others have not sent
+            # their counts again yet) it catches up.
+            self._touched[wk] = None
+
+    def _forget_pushed(self):
+        """Redis restarted empty: send the whole counts of the current window again."""
+        for wk in self._pushed:
+            self._touched[wk] = None
+        self._pushed.clear()
+
+    def __repr__(self):
+        return f"<RedisRateLimiter {self.name!r} limit={self.limit} interval={self.interval:g}s>"

@@ -1,0 +1,263 @@
+"""Rate limits shared through a real Redis (started here on a free port):
+counts add up across instances within the stated bound, and Redis going away
+and coming back follows the failure policy without failing a request."""
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from redis_harness import RedisServer, redis_server_path
+from sluiceway import limits
+from sluiceway._limits_redis import RedisBackend, RedisRateLimiter
+
+pytestmark = pytest.mark.skipif(redis_server_path() is None,
+                                reason="redis-server is not installed (ci/install-deps.sh)")
+
+
+@pytest.fixture
+def redis():
+    server = RedisServer(password="s3cret").start()
+    yield server
+    server.close()
+
+
+def two_instances(redis, limit, interval, **kw):
+    """Two limiters with their own backend each: two sluiceway instances."""
+    out = []
+    for _ in range(2):
+        backend = RedisBackend(redis.url, key_prefix="test:", **kw)
+        out.append(RedisRateLimiter(limit, interval, name="api", backend=backend))
+    return out
+
+
+async def hammer(limiters, keys, per_key, spacing):
+    allowed = {k: 0 for k in keys}
+    for i in range(per_key):
+        for k in keys:
+            d = limiters[i % len(limiters)].check(k)
+            allowed[k] += d.allowed
+        await asyncio.sleep(spacing)
+    return allowed
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_two_instances_share_one_count(redis):
+    async def main():
+        lims = two_instances(redis, 100, 3600.0)
+        window = int(time.time() // 3600)
+        allowed = await hammer(lims, ["a", "b"], 300, 0.001)
+        await asyncio.sleep(0.05)
+        totals = [lims[0].peek(k).count for k in ("a", "b")]
+        for lim in lims:
+            await lim.backend.stop()
+        return window, allowed, totals, lims
+
+    window, allowed, totals, lims = run(main())
+    if window != int(time.time() // 3600):
+        pytest.skip("the hour turned during the test")
+    for k in ("a", "b"):
+        # Each instance checks a key about every 2 ms (r = 500/s) and syncs
+        # every 5 ms: the bound limit + (P - 1) * r * (sync + rtt) is about 103.
+        assert 100 <= allowed[k] <= 105, allowed
+    assert totals == [300, 300]        # every check reached Redis once
+    assert all(lim.backend.syncs > 0 and not lim.backend.down for lim in lims)
+
+
+@pytest.mark.parametrize("policy", ["open", "closed"])
+def test_redis_killed_and_restarted(redis, policy, caplog):
+    caplog.set_level(logging.INFO, "sluiceway.limits")
+    async def main():
+        lims = two_instances(redis, 1000, 3600.0, on_failure=policy, timeout=0.05,
+                             reconnect_delay=0.05, max_reconnect_delay=0.2)
+        await hammer(lims, ["k"], 100, 0.001)
+        await asyncio.sleep(0.05)
+        before = lims[0].peek("k").count
+        redis.stop()                                       # a crash
+        down = await hammer(lims, ["k"], 100, 0.002)      # no check raises
+        await asyncio.sleep(0.3)
+        states = [lim.backend.down for lim in lims]
+        redis.start()                                      # empty: counts were lost
+        await asyncio.sleep(1.0)
+        after = [lim.peek("k").count for lim in lims]
+        back = [not lim.backend.down for lim in lims]
+        for lim in lims:
+            await lim.backend.stop()
+        return before, down, states, after, back, lims
+
+    before, down, states, after, back, lims = run(main())
+    assert before == 100
+    assert states == [True, True] and back == [True, True]
+    if policy == "open":
+        assert down["k"] == 100                            # decided locally
+        assert sum(lim.backend.failed_open for lim in lims) > 0
+    else:
+        assert down["k"] < 100                             # refused while Redis was down
+        assert sum(lim.backend.failed_closed for lim in lims) > 0
+    assert after == [200, 200]                             # every instance sent its count again
+    assert sum(lim.backend.restarts for lim in lims) == 2
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("failed" in m and "s3cret" not in m for m in logged)   # never the password
+    assert any("reachable again" in m for m in logged)
+
+
+def stored(redis, key):
+    """The count hashes hold: the sum of every process's field."""
+    import redis as redis_py
+
+    r = redis_py.Redis.from_url(redis.url, decode_responses=True)
+    try:
+        return sum(int(v) for v in r.hvals(key))
+    finally:
+        r.close()
+
+
+def test_a_sync_sent_again_counts_once(redis):
+    """A process sets its count in Redis (a field of its own) instead of
+    adding to it: a sync whose answer was lost, sent again, changes nothing."""
+    async def main():
+        backend = RedisBackend(redis.url, key_prefix="t:")
+        lim = RedisRateLimiter(1000, 3600.0, name="again", backend=backend)
+        for _ in range(10):
+            lim.check("k")
+        await asyncio.sleep(0.1)
+        lim._forget_pushed()                 # as after an answer that never came
+        await backend._sync()
+        await backend._sync()
+        count = lim.peek("k").count
+        await backend.stop()
+        return count, lim._window(), backend.process
+
+    count, window, field = run(main())
+    assert count == 10 and stored(redis, f"t:again:{window}:k") == 10
+    import redis as redis_py
+    with redis_py.Redis.from_url(redis.url) as r:
+        assert 0 < r.pttl(f"t:again:{window}:k") <= 2 * 3600 * 1000   # expires two windows on
+    assert field.split(":")[1].isdigit()     # host:pid:random
+
+
+def test_bytes_keys_are_named_by_their_bytes(redis):
+    """A str key counts as its UTF-8 bytes, and bytes that are not UTF-8
+    name a Redis key of those very bytes."""
+    async def main():
+        backend = RedisBackend(redis.url, key_prefix="t:")
+        lim = RedisRateLimiter(1000, 3600.0, name="b", backend=backend)
+        for key in ("caf\u00e9", "caf\u00e9".encode(), b"\xff\xfe"):
+            lim.check(key)
+        while backend.syncs == 0:
+            await asyncio.sleep(0.01)
+        await backend.stop()
+        return lim._window(), backend
+
+    window, backend = run(main())
+    assert backend.failures == 0
+    assert stored(redis, f"t:b:{window}:caf\u00e9".encode()) == 2
+    assert stored(redis, b"t:b:%d:\xff\xfe" % window) == 1
+
+
+def test_busy_loop_is_not_taken_for_redis_down(redis):
+    """The worker is busy for two timeouts right after a sync went out: when
+    the loop turns again the timeout is overdue and the answer waits in the
+    socket.  The sync succeeds (one late answer), nothing fails."""
+    async def main():
+        backend = RedisBackend(redis.url, key_prefix="t:", timeout=0.05)
+        lim = RedisRateLimiter(1000, 3600.0, name="busy", backend=backend)
+        lim.check("k")
+        while backend.syncs == 0:            # connected, first sync done
+            await asyncio.sleep(0.01)
+        backend._task.cancel()               # the syncs below are the only ones
+        outcomes = []
+        for _ in range(5):
+            lim.check("k")
+            sync = asyncio.ensure_future(backend._answer(backend._sync()))
+            await asyncio.sleep(0)           # the command is written
+            time.sleep(0.1)                  # the loop is busy elsewhere
+            try:
+                await sync
+                outcomes.append("ok")
+            except Exception as exc:
+                outcomes.append(repr(exc))
+        count = lim.peek("k").count
+        await backend.stop()
+        return outcomes, count, backend
+
+    outcomes, count, backend = run(main())
+    assert outcomes == ["ok"] * 5
+    assert backend.late_answers == 5 and backend.failures == 0
+    assert count == 6
+
+
+def test_command_packing_matches_hiredis():
+    from sluiceway._limits_redis import _pack, _pack_py
+
+    args = [b"EVALSHA", "ab12", 2, b"t:x:1:\xff", "t:x:1:caf\u00e9", 7200000, "host:1:ab", 0, 12345]
+    assert _pack_py(args) == _pack(args)
+    assert _pack_py(["PING"]) == b"*1\r\n$4\r\nPING\r\n"
+
+
+@pytest.mark.parametrize("step", range(1, 8))
+def test_a_window_turning_during_checks_and_a_sync_batch(monkeypatch, step):
+    """The clock moves 20 us between any two readings and a window ends at
+    180 s; wherever the turn falls (step), each check counts in one window
+    and the batch sends, for each window, exactly the checks made in it."""
+    from collections import Counter
+
+    from sluiceway import _limits_redis
+
+    now = [180.0 - step * 0.00002]
+
+    def wall():
+        now[0] += 0.00002
+        return now[0]
+
+    monkeypatch.setattr(_limits_redis, "_wall", wall)
+    lim = RedisRateLimiter(1000, 60.0, name="t", backend=RedisBackend())   # never started
+    windows, counts = [], []
+    for _ in range(4):
+        counts.append(lim.check("k").count)
+        windows.append(lim._w)                 # the window that check counted in
+    sent = {wk: mine for _, _, wk, mine in lim._pending()}
+    assert sent == {(w, "k"): n for w, n in Counter(windows).items()}, (step, sent, windows)
+    assert counts == [windows[:i + 1].count(w) for i, w in enumerate(windows)], (counts, windows)
+
+
+def test_backend_arguments():
+    with pytest.raises(ValueError, match="on_failure must be 'open' or 'closed'"):
+        RedisBackend(on_failure="maybe")
+    with pytest.raises(ValueError, match="name= is required"):
+        RedisRateLimiter(10, 60.0, name=None, backend=RedisBackend())
+    lim = RedisRateLimiter(10, 60.0, name="x", backend=RedisBackend())
+    assert "x" in repr(lim) and lim.limit == 10
+    assert limits.RedisBackend is RedisBackend and limits.RedisRateLimiter is RedisRateLimiter
+
+
+def test_yaml_redis_section(tmp_path, redis):
+    from sluiceway import _limits_redis
+    from sluiceway.config import ConfigError, load_config
+    from sluiceway.server import Server
+
+    path = tmp_path / "conf.yaml"
+    path.write_text("version: 1\nredis:\n  url: %s\n  key_prefix: 'yaml:'\n"
+                    "  on_failure: closed\n  timeout_seconds: 0.2\n" % redis.url)
+    conf = load_config(str(path))
+    Server(conf)                                      # sets the default backend
+    backend = _limits_redis.default_backend()
+    assert (backend.key_prefix, backend.on_failure, backend.timeout) == ("yaml:", "closed", 0.2)
+
+    async def main():
+        lim = RedisRateLimiter(2, 3600.0, name="yaml")   # backend=None: the YAML's
+        got = [lim.check("k").allowed for _ in range(3)]
+        await asyncio.sleep(0.05)
+        await backend.stop()
+        return got, backend.syncs
+
+    got, syncs = run(main())
+    assert got == [True, True, False] and syncs > 0
+    _limits_redis.configure_default(None)
+    path.write_text("redis:\n  passwrd: x\n")
+    with pytest.raises(ConfigError, match=r"conf.yaml:1: unknown key redis.passwrd \(did you mean password\?\)"):
+        load_config(str(path))
