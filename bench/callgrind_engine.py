@@ -98,6 +98,8 @@ def main(argv=None):
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--body", choices=["small", "16k"], default="small")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=DIR")
+    ap.add_argument("--keep", metavar="DIR", help="copy the callgrind outputs to DIR "
+                    "(for callgrind_annotate)")
     ns = ap.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="sw-cg-")
     os.chmod(tmp, 0o755)
@@ -117,6 +119,10 @@ def main(argv=None):
             per = count(os.path.abspath(tree), tmp, o_port, "/" + ns.body, ns.requests)
             print(f"{name:10} {ns.body:6} {per:10.0f} instructions per request in _on_ready",
                   flush=True)
+            if ns.keep:
+                os.makedirs(ns.keep, exist_ok=True)
+                for f in glob.glob(os.path.join(tmp, "cg.*")):
+                    shutil.copy(f, os.path.join(ns.keep, name + "." + os.path.basename(f)))
     finally:
         origin.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -49,8 +49,9 @@ def test_defaults():
     c = ServerConf()
     assert c.downstream_body_timeout_seconds == 60.0
     assert c.downstream_body_min_rate == 100.0
-    s = c.engine_settings()
-    assert s["body_timeout"] == 60.0 and s["body_min_rate"] == 100.0
+    from sluiceway._engine import Settings
+    s = Settings.from_conf(c)
+    assert s.downstream_body_timeout_seconds == 60.0 and s.downstream_body_min_rate == 100.0
 
 
 def test_stalled_body_is_408_and_blames_the_client(caplog):

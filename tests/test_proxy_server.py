@@ -39,9 +39,15 @@ def origin():
 
 
 def test_config_defaults_and_engine_settings():
+    from sluiceway._engine import Settings
     c = ServerConf()
     assert c.threads == 1 and c.max_retries == 1
-    assert c.engine_settings()["pool_size"] == 128
+    s = Settings.from_conf(c)
+    # one name per setting: the engine's is the ServerConf key
+    assert s.upstream_keepalive_pool_size == 128
+    assert s.downstream_header_timeout_seconds == c.downstream_header_timeout_seconds
+    with pytest.raises(TypeError, match="did you mean downstream_header_timeout_seconds"):
+        Settings(downstream_header_timeout=3)
 
 
 def test_config_unknown_key_names_line(tmp_path):

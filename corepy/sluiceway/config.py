@@ -289,31 +289,6 @@ class ServerConf:
                 raise ConfigError(f"{where}redis: {arg} must be positive, got {out[arg]}")
         return out
 
-    def engine_settings(self) -> dict:
-        """Keyword arguments for the compiled engine."""
-        return dict(
-            head_timeout=self.downstream_header_timeout_seconds,
-            keepalive_timeout=self.downstream_keepalive_timeout_seconds,
-            request_timeout=self.request_timeout_seconds,
-            connect_timeout=self.upstream_connect_timeout_seconds,
-            read_timeout=self.upstream_read_timeout_seconds,
-            write_timeout=self.upstream_write_timeout_seconds,
-            downstream_write_timeout=self.downstream_write_timeout_seconds,
-            body_timeout=self.downstream_body_timeout_seconds,
-            body_min_rate=self.downstream_body_min_rate,
-            linger_time=self.lingering_time_seconds,
-            linger_timeout=self.lingering_timeout_seconds,
-            max_connections=self.max_connections,
-            pause_accept=self.max_connections_mode == "pause",
-            max_retries=self.max_retries,
-            max_body_size=self.max_request_body_bytes,
-            forwarded=self.forwarded_headers,
-            access_log=self.access_log,
-            pool_size=self.upstream_keepalive_pool_size,
-            pool_idle_timeout=self.upstream_idle_timeout_seconds,
-            max_head_size=self.max_request_header_bytes,
-        )
-
 
 def _line_numbers(text: str) -> dict:
     """Map each top-level key to its line (1-based) using PyYAML's node marks."""

@@ -148,7 +148,8 @@ class ProxyService:
         loop = loop or asyncio.get_running_loop()
         if not self._socks:
             self._bind(reuse_port=False)
-        self.engine = _engine.make_engine(self.app, ProxyHttp, loop, **self.conf.engine_settings())
+        self.engine = _engine.make_engine(self.app, ProxyHttp, loop,
+                                          _engine.Settings.from_conf(self.conf))
         for s in self._socks:
             self._servers.append(self.engine.serve(s))
         return self.addresses

@@ -4,6 +4,7 @@
 from libc.stdint cimport uint32_t, uint64_t
 from posix.uio cimport iovec
 from cpython.ref cimport PyObject
+from cpython.tuple cimport PyTuple_GET_ITEM
 
 from sluiceway._clock cimport sw_clock_now
 from sluiceway._io cimport *
@@ -13,22 +14,31 @@ from sluiceway._span cimport (SW_EV_BODY, SW_EV_END, SW_EV_ERROR, SW_EV_HEAD, SW
 from sluiceway._view cimport SW_VIEW_API_VERSION, sw_msg_t, sw_parser_api_t
 
 include "engine/consts.pxd"
+include "engine/clock.pxd"
 
+cdef class _Side
 cdef class _IoLoop
 cdef class _Conn
+cdef class _LoopState
 cdef class _Engine
+cdef class _Reader
 cdef class _Downstream
 cdef class _Upstream
+cdef class _Leg
 cdef class Session
 
+include "engine/settings.pxd"
 include "engine/headers.pxd"
 include "engine/peer.pxd"
 include "engine/reader.pxd"
+include "engine/side.pxd"
 include "engine/io.pxd"
+include "engine/loopstate.pxd"
 include "engine/pool.pxd"
 include "engine/loggate.pxd"
 include "engine/engine.pxd"
 include "engine/listener.pxd"
 include "engine/downstream.pxd"
 include "engine/upstream.pxd"
+include "engine/legs.pxd"
 include "engine/session.pxd"

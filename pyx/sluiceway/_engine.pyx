@@ -95,14 +95,23 @@ error_log = logging.getLogger("sluiceway.error")
 
 # One file per concern, in the order of the layers (docs/architecture.md):
 include "engine/util.pyx"          # the clock, scratch buffers, small helpers
+include "engine/settings.pyx"      # Settings (one name per setting), the hook table
 include "engine/headers.pyx"       # HeaderMap, RequestHeader, ResponseHeader
-include "engine/peer.pyx"          # HttpPeer, connecting
+include "engine/peer.pyx"          # HttpPeer
 include "engine/reader.pyx"        # a parser and the bytes it parses; trailers
-include "engine/io.pyx"            # epoll set, _Conn (write queue, closing)
+include "engine/side.pyx"          # _Side: what carries one end of a request
+include "engine/io.pyx"            # epoll set, _Conn (write queue, closing, deadlines)
+include "engine/loopstate.pyx"     # what the services on one loop share
 include "engine/pool.pyx"          # idle upstream connections
 include "engine/loggate.pyx"       # rate-limited log lines
-include "engine/engine.pyx"        # a service on a loop: timer, accepting, stopping
+include "engine/engine.pyx"        # a service on a loop: the sweep, accepting, stopping
 include "engine/listener.pyx"      # accepting connections
-include "engine/downstream.pyx"    # the HTTP/1 client connection
-include "engine/upstream.pyx"      # the HTTP/1 upstream connection
-include "engine/session.pyx"       # a request: phases, hooks, failures
+include "engine/downstream.pyx"    # the HTTP/1 client connection (a client's end)
+include "engine/upstream.pyx"      # the HTTP/1 upstream connection (an origin's end)
+include "engine/hooks.pyx"         # calling the app's hooks
+include "engine/session.pyx"       # a request, and what its two ends tell it
+include "engine/stages.pyx"        # the stages a request walks through
+include "engine/connect.pyx"       # getting a request its upstream connection
+include "engine/forward.pyx"       # the heads that go on; held-back bytes
+include "engine/legs.pyx"          # the two bodies of a request
+include "engine/ending.pyx"        # failures, retries, logging, the end

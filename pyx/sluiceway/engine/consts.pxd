@@ -37,9 +37,35 @@ cdef enum:
     # Log lines of one kind written per second before they are counted.
     LOG_BURST = 5
 
+    # A response head may be this large and have this many fields (or the
+    # request limits, when larger).
+    MAX_RESPONSE_HEAD = 65536
+    MAX_RESPONSE_FIELDS = 256
+
+    # Free client parsers an engine keeps.
+    MAX_FREE_READERS = 256
+
     # llhttp's method numbers the engine looks at.
     HTTP_HEAD = 2
     HTTP_CONNECT = 5
+
+
+# The hooks, as indices into _Engine.hooks (names: HOOK_NAMES, settings.pyx).
+cdef enum:
+    H_NEW_CTX = 0
+    H_EARLY = 1
+    H_REQ_FILTER = 2
+    H_REQ_BODY = 3
+    H_PEER = 4
+    H_CONNECTED = 5
+    H_UP_REQ = 6
+    H_UP_RESP = 7
+    H_RESP = 8
+    H_RESP_BODY = 9
+    H_LOGGING = 10
+    H_FAIL_CONNECT = 11
+    H_ERR_PROXY = 12
+    H_FAIL_PROXY = 13
 
 
 # Why reading is paused (bit flags).

@@ -5,99 +5,42 @@
 # is then answered (with `Connection: close`) instead of racing the close.
 cdef double DRAIN_IDLE = 0.5
 
-# ----------------------------------------------------------------- engine --
 
 @cython.final
 cdef class _Engine:
-    """Per-loop state of one proxy service: the app's hooks, the settings,
-    the live connections and the timer that enforces deadlines."""
+    """One proxy service on one event loop: the app's hooks (``hooks``, in
+    HOOK_NAMES order, None where the app keeps the default), the settings
+    (``cfg``), its client connections and upstream connections, its pool,
+    and the sweep that enforces their deadlines."""
 
-    def __cinit__(self, object app, object base_class, object loop=None, *,
-                  double head_timeout=10.0, double keepalive_timeout=60.0,
-                  double request_timeout=0.0, double connect_timeout=5.0,
-                  double read_timeout=60.0, double write_timeout=60.0,
-                  double downstream_write_timeout=60.0,
-                  double body_timeout=60.0, double body_min_rate=100.0,
-                  double linger_time=30.0, double linger_timeout=5.0,
-                  int max_connections=0, bint pause_accept=False, int max_retries=1,
-                  long long max_body_size=0,
-                  bint forwarded=False, bint access_log=False,
-                  int pool_size=128, double pool_idle_timeout=60.0,
-                  int max_head_size=32768, int max_url_size=8192, int max_headers=128):
+    def __cinit__(self, object app, object base_class, object loop, Settings cfg):
         self.loop = loop if loop is not None else asyncio.get_event_loop()
         self.app = app
+        self.cfg = cfg
+        self.hooks = _hook_table(app, base_class)
         self.conns = set()
-        self.wires = []
-        self.head_timeout = head_timeout
-        self.keepalive_timeout = keepalive_timeout
-        self.request_timeout = request_timeout
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.write_timeout = write_timeout
-        self.ds_write_timeout = downstream_write_timeout
-        self.body_timeout = body_timeout
-        self.body_min_rate = body_min_rate
-        self.linger_time = linger_time
-        self.linger_timeout = linger_timeout
-        self.max_connections = max_connections
-        self.pause_accept = pause_accept
+        self.ups = set()
+        self.readers = []
         self.listeners = []
-        self.max_retries = max_retries
-        self.max_body_size = max_body_size
-        self.forwarded = forwarded
-        self.access_log = access_log
-        if max_head_size <= 0 or max_url_size <= 0 or max_headers <= 0:
-            raise ValueError("max_head_size, max_url_size and max_headers must be positive")
-        self.max_head = max_head_size
-        self.max_url = max_url_size
-        self.max_headers = max_headers
-        self.pool = _pool_for(self.loop, pool_size, pool_idle_timeout)
-        self.io = _io_for(self.loop)
-        self.log = logging.getLogger("sluiceway.error")
-        self.alog = logging.getLogger("sluiceway.access")  # (the access_log argument is a bool)
-        self.gate = _LogGate(self.log)
         self.due = []
+        self.log = logging.getLogger("sluiceway.error")
+        self.alog = logging.getLogger("sluiceway.access")
+        self.gate = _LogGate(self.log)
+        self.state = _loop_state(self.loop)
+        self.io = self.state.io
+        self.pool = _Pool(cfg.upstream_keepalive_pool_size, cfg.upstream_idle_timeout_seconds)
+        self.state.pools.append(self.pool)
+        self.tick = cfg.tick
+        self._schedule(self.tick)
 
-        def hook(name):
-            fn = getattr(type(app), name, None)
-            if fn is None or fn is getattr(base_class, name, None):
-                return None
-            return getattr(app, name)
-
-        self.h_new_ctx = hook("new_ctx")
-        self.h_early = hook("early_request_filter")
-        self.h_req_filter = hook("request_filter")
-        self.h_req_body = hook("request_body_filter")
-        self.h_peer = getattr(app, "upstream_peer", None)
-        if self.h_peer is None or hook("upstream_peer") is None:
-            raise TypeError(f"{type(app).__name__} must override upstream_peer(session, ctx) "
-                            "to say where each request goes (return an HttpPeer)")
-        self.h_connected = hook("connected_to_upstream")
-        self.h_up_req = hook("upstream_request_filter")
-        self.h_up_resp = hook("upstream_response_filter")
-        self.h_resp = hook("response_filter")
-        self.h_resp_body = hook("response_body_filter")
-        self.h_logging = hook("logging")
-        self.h_fail_connect = hook("fail_to_connect")
-        self.h_err_proxy = hook("error_while_proxy")
-        self.h_fail_proxy = hook("fail_to_proxy")
-        ts = [t for t in (head_timeout, keepalive_timeout, request_timeout, read_timeout,
-                          write_timeout, downstream_write_timeout, pool_idle_timeout,
-                          body_timeout, linger_timeout) if t > 0]
-        self.tick = min(1.0, max(0.02, min(ts) / 4.0)) if ts else 1.0
-        self._schedule()
+    @property
+    def settings(self):
+        return self.cfg
 
     @property
     def overridden_hooks(self):
         """Names of the hooks the app overrides (the others cost nothing)."""
-        names = ["new_ctx", "early_request_filter", "request_filter", "request_body_filter",
-                 "upstream_peer", "connected_to_upstream", "upstream_request_filter",
-                 "upstream_response_filter", "response_filter", "response_body_filter",
-                 "logging", "fail_to_connect", "error_while_proxy", "fail_to_proxy"]
-        vals = [self.h_new_ctx, self.h_early, self.h_req_filter, self.h_req_body, self.h_peer,
-                self.h_connected, self.h_up_req, self.h_up_resp, self.h_resp, self.h_resp_body,
-                self.h_logging, self.h_fail_connect, self.h_err_proxy, self.h_fail_proxy]
-        return [n for n, v in zip(names, vals) if v is not None]
+        return [n for n, h in zip(HOOK_NAMES, self.hooks) if h is not None]
 
     @property
     def pool_stats(self):
@@ -120,8 +63,20 @@ cdef class _Engine:
         return {"requests": self.requests, "active": self.inflight,
                 "connections": len(self.conns), "replayed": self.replayed}
 
-    cdef int _schedule(self) except -1:
-        self.timer = self.loop.call_later(self.tick, self._on_tick)
+    # --- the deadline sweep -------------------------------------------------------
+
+    cdef int _schedule(self, double delay) except -1:
+        self.timer = self.loop.call_later(delay, self._on_tick)
+        self.next_tick = _now() + delay
+        return 0
+
+    cdef int wake_by(self, double when) except -1:
+        """A deadline sooner than the sweep's next run (a per-peer timeout
+        shorter than the service's): run the sweep then."""
+        if self.timer is not None and when < self.next_tick:
+            self.timer.cancel()
+            self._schedule(max(when - _now(), 0.0) + 0.001)
+        return 0
 
     def _on_tick(self):
         """The periodic sweep: finds the connections whose deadline has
@@ -133,28 +88,24 @@ cdef class _Engine:
         cdef _Upstream u
         cdef Py_ssize_t n
         cdef list due = self.due
+        self.timer = None
         try:
             for d in self.conns:
-                if (d.wdeadline and now >= d.wdeadline) or (d.deadline and now >= d.deadline):
+                if d.due(now):
                     due.append(d)
-                elif d.cur is not None:
-                    if d._body_due(now):
-                        due.append(d)
-                elif d.dl_kind == DL_IDLE and d.w is not None and d.w.unread() == 0 and \
-                        not d.w.carrying and not d.discard_body and not d.closed:
-                    # Idle since the last tick: its parser goes back to the
+                elif d.dl_kind == DL_IDLE and d.reader is not None and d.reader.unread() == 0 and \
+                        not d.reader.carrying and not d.discard_body and not d.closed:
+                    # Idle since the last sweep: its parser goes back to the
                     # free list (an idle keep-alive connection holds none).
-                    self._give_wire(d.w)
-                    d.w = None
-                if d.cur is not None and d.cur.us is not None:
-                    u = d.cur.us
-                    if u.deadline and now >= u.deadline:
-                        due.append(u)
+                    self._give_reader(d.reader, True)
+                    d.reader = None
+            for u in self.ups:
+                if u.deadline and now >= u.deadline:
+                    due.append(u)
             if due and not self.expiring:
                 self._expire()
             if self.closing:
                 self._close_idle(now)
-            self.pool.sweep(now)
             self.gate.flush(now)
             n = len(self.conns)
             if n > self.peak_conns:
@@ -166,8 +117,8 @@ cdef class _Engine:
                 self.peak_conns = n
         except BaseException:
             self.log.exception("sluiceway: error in the timeout sweep (this is a bug)")
-        if self.timer is not None:
-            self._schedule()
+        if not self.stopped:
+            self._schedule(self.tick)
 
     cdef int _expire(self) except -1:
         """Act on up to TICK_SLICE connections found due by the sweep (each
@@ -177,24 +128,12 @@ cdef class _Engine:
         cdef Py_ssize_t k = len(due)
         cdef Py_ssize_t i, stop = k - TICK_SLICE if k > TICK_SLICE else 0
         cdef double now = _now()
-        cdef _Downstream d
-        cdef _Upstream u
-        cdef object c
+        cdef _Conn c
         for i in range(k - 1, stop - 1, -1):
-            c = due[i]
+            c = <_Conn>due[i]
             try:
-                if type(c) is _Downstream:
-                    d = <_Downstream>c
-                    if d.wdeadline and now >= d.wdeadline:
-                        d._write_timeout()
-                    if d.deadline and now >= d.deadline:
-                        d._timeout(now)
-                    elif d.cur is not None and d._body_due(now):
-                        d._body_timeout(now)
-                else:
-                    u = <_Upstream>c
-                    if u.deadline and now >= u.deadline:
-                        u._timeout(now)
+                if c.due(now):
+                    c.on_timeout(now)
             except BaseException:
                 self.log.exception("sluiceway: error in a timeout (this is a bug)")
         del due[stop:]
@@ -206,24 +145,30 @@ cdef class _Engine:
     def _expire_more(self):
         self._expire()
 
-    cdef _Wire _take_wire(self):
-        if self.wires:
-            return <_Wire>self.wires.pop()
-        return _Wire(True, self.max_head, self.max_url, self.max_headers)
+    # --- client parsers -----------------------------------------------------------
 
-    cdef int _give_wire(self, _Wire w, bint reset=True) except -1:
+    cdef _Reader _take_reader(self):
+        if self.readers:
+            return <_Reader>self.readers.pop()
+        return _Reader(True, self.cfg.max_request_header_bytes, self.cfg.max_request_target_bytes,
+                       self.cfg.max_request_fields)
+
+    cdef int _give_reader(self, _Reader r, bint reset) except -1:
         """Put a client parser on the free list. ``reset`` may be False only
         when it stopped right after a complete keep-alive message (llhttp is
         then back in its start state, as after a reset)."""
-        if len(self.wires) < 256:
+        if len(self.readers) < MAX_FREE_READERS:
             if reset:
-                API.reset(w.p)
-            w.data = None
-            w.head_buf = None
-            w.dptr = b""
-            w.dlen = w.pos = 0
-            w.need = True
-            self.wires.append(w)
+                API.reset(r.p)
+            r.data = None
+            r.head_buf = None
+            r.dptr = b""
+            r.dlen = r.pos = 0
+            r.need = True
+            self.readers.append(r)
+        return 0
+
+    # --- accepting ------------------------------------------------------------------
 
     def protocol_factory(self):
         """Return a new downstream protocol, for serving through asyncio
@@ -242,7 +187,8 @@ cdef class _Engine:
         """At max_connections in "pause" mode: accepting stops (every
         listener) until a connection closes (``_conn_closed``)."""
         cdef _Listener l
-        if self.pause_accept and self.max_connections and len(self.conns) >= self.max_connections:
+        if self.cfg.pause_accept and self.cfg.max_connections and \
+                len(self.conns) >= self.cfg.max_connections:
             if not self.accept_paused:
                 self.accept_paused = True
                 for l in self.listeners:
@@ -255,7 +201,7 @@ cdef class _Engine:
 
     cdef int _conn_closed(self) except -1:
         cdef _Listener l
-        if self.accept_paused and len(self.conns) < self.max_connections:
+        if self.accept_paused and len(self.conns) < self.cfg.max_connections:
             self.accept_paused = False
             for l in self.listeners:
                 l._start()
@@ -271,8 +217,11 @@ cdef class _Engine:
         d._made()
         return 0
 
+    # --- stopping ---------------------------------------------------------------------
+
     def stop(self):
-        """Stop the deadline timer."""
+        """Stop the deadline sweep."""
+        self.stopped = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -287,16 +236,17 @@ cdef class _Engine:
             return
         self.closing = True
         self._close_idle(_now())
-        if self.timer is not None and self.tick > 0.1:
-            self.timer.cancel()
+        if self.tick > 0.1:
             self.tick = 0.1
-            self._schedule()
+            if self.timer is not None:
+                self.timer.cancel()
+                self._schedule(self.tick)
 
     cdef int _close_idle(self, double now) except -1:
         cdef _Downstream d
         for d in list(self.conns):
             if d._idle() and now - d.idle_since >= DRAIN_IDLE:
-                d._close()
+                d._close(False)
         return 0
 
     def close_all(self):
@@ -305,17 +255,23 @@ cdef class _Engine:
         cdef _Downstream d
         cdef Session s
         for d in list(self.conns):
-            s = d.cur
+            s = d.session
             if s is not None and not s.finished and not d.closed and \
                     self.log.isEnabledFor(logging.WARNING):
                 self.gate.emit(logging.WARNING, "cut at shutdown",
                                "sluiceway: %s %s from %s cut at shutdown (still in progress "
                                "at the end of the grace period)",
-                               (s.req_header._method, s.req_header.uri, _fmt_addr(d._addr())))
-            d._close()
+                               (s.req_header._method, s.req_header.uri, _fmt_addr(d.address())))
+            d._close(False)
         self.pool.close_idle()
 
 
-def make_engine(app, base_class, loop=None, **settings):
-    """Build the engine for ``app`` (a ProxyHttp instance) on ``loop``."""
-    return _Engine(app, base_class, loop, **settings)
+def make_engine(app, base_class, loop=None, settings=None, **values):
+    """Build the engine for ``app`` (a ProxyHttp instance) on ``loop``, with
+    ``settings`` (a Settings; by default made from ``values``, keyword
+    arguments named as the ServerConf keys)."""
+    if settings is None:
+        settings = Settings(**values)
+    elif values:
+        raise TypeError("make_engine takes settings or keyword values, not both")
+    return _Engine(app, base_class, loop, settings)

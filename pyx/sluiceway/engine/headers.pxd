@@ -41,3 +41,7 @@ cdef class ResponseHeader:
     cdef object _reason         # bytes
     cdef int _major
     cdef int _minor
+
+
+cdef HeaderMap _new_map(object buf, const char *base, const sw_header_t *h, uint32_t n)
+cdef RequestHeader _request_header(_Reader r)

@@ -1,7 +1,5 @@
 # Included by _engine.pyx: request and response heads as hooks see them.
 
-# ---------------------------------------------------------------- headers --
-
 @cython.final
 @cython.freelist(64)
 @cython.no_gc  # holds only bytes/str/lists of bytes: never in a cycle
@@ -338,3 +336,30 @@ cdef class ResponseHeader:
 
     def __repr__(self):
         return f"<ResponseHeader {self.status} {self.reason}>"
+
+
+cdef RequestHeader _request_header(_Reader r):
+    """The request head the parser ``r`` just read, for the hooks: its
+    fields stay spans over the received bytes until a hook changes one."""
+    cdef RequestHeader rq = RequestHeader.__new__(RequestHeader)
+    cdef sw_msg_t *m = &r.m
+    cdef int mi = m.method
+    name = _METHODS[mi]
+    if name is None:
+        name = _METHODS[mi] = (<bytes>API.method_name(r.p)).decode("ascii")
+    rq._method = name
+    rq._buf = r.head_buf
+    rq._target = m.url
+    rq._head.off = m.msg_start
+    rq._head.len = m.head_len
+    rq._major = m.major
+    rq._minor = m.minor
+    rq.keep_alive = m.keep_alive
+    rq.chunked = m.chunked
+    rq.has_cl = m.has_content_length
+    rq.content_length = m.content_length
+    rq.upgrade = m.upgrade
+    rq.headers = _new_map(r.head_buf, r.head_base, m.headers, m.nheaders)
+    if m.target_authority.len:
+        rq._take_authority(m.target_authority)
+    return rq

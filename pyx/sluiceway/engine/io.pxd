@@ -15,10 +15,13 @@ cdef class _IoLoop:
     cdef int unregister(self, _Conn c) except -1
 
 
-cdef class _Conn:
+cdef class _Conn(_Side):
     """I/O of one connection (base of _Downstream and _Upstream): on our own
     epoll set (``io`` is not None, ``fd`` >= 0 while open) or through an
     asyncio transport (TLS upstreams)."""
+    cdef _Engine eng            # the service it serves (None: a test probe)
+    cdef double deadline        # when the current wait ends (0: no wait)
+    cdef int dl_kind            # what it waits for (DL_*)
     cdef object transport       # the asyncio transport (TLS), else None
     cdef _IoLoop io             # our own I/O, else None
     cdef int fd                 # -1 once closed
@@ -34,6 +37,31 @@ cdef class _Conn:
     cdef Py_ssize_t wq_size     # bytes waiting in all
     cdef double flush_timeout   # after t_close, how long the peer may take to read the rest
 
+    # The one place deadlines are set (inline: they are on every request's
+    # path). arm: ``seconds`` from now (the batch's clock; <= 0: no
+    # deadline); arm_at: at ``when``. The engine's sweep calls on_timeout
+    # once it passes; one sooner than the sweep's next run brings it forward.
+    cdef inline int arm(self, int kind, double seconds) except -1:
+        if seconds > 0:
+            return self.arm_at(kind, _now() + seconds)
+        self.deadline = 0.0
+        self.dl_kind = kind
+        return 0
+
+    cdef inline int arm_at(self, int kind, double when) except -1:
+        self.deadline = when
+        self.dl_kind = kind
+        if when < self.eng.next_tick:
+            self.eng.wake_by(when)
+        return 0
+
+    cdef inline int disarm(self) except -1:
+        self.deadline = 0.0
+        self.dl_kind = DL_NONE
+        return 0
+
+    cdef bint due(self, double now)
+    cdef int on_timeout(self, double now) except -1
     cdef int t_write(self, object data) except -1
     cdef int t_writev(self, tuple parts) except -1
     cdef int t_send(self, object head, object owner, Py_ssize_t off, Py_ssize_t n) except -1
@@ -59,4 +87,3 @@ cdef class _Conn:
     cdef int on_closing(self) except -1
 
 
-cdef _IoLoop _io_for(object loop)

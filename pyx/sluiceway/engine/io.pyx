@@ -131,15 +131,6 @@ cdef class _IoLoop:
             self.epfd = -1
 
 
-cdef dict _IOS = {}
-
-cdef _IoLoop _io_for(object loop):
-    cdef _IoLoop io = _IOS.get(loop)
-    if io is None or io.epfd < 0:
-        io = _IOS[loop] = _IoLoop(loop)
-    return io
-
-
 cdef class _Conn:
     """The I/O of one connection, shared by both sides of the proxy.
 
@@ -154,6 +145,15 @@ cdef class _Conn:
     def __cinit__(self, *args, **kwargs):
         self.fd = -1
         self.flush_timeout = 60.0
+
+    cdef bint due(self, double now):
+        """Whether the sweep should call ``on_timeout`` now."""
+        return self.deadline and now >= self.deadline
+
+    cdef int on_timeout(self, double now) except -1:
+        """The deadline passed (called by the engine's sweep)."""
+        self.disarm()
+        return 0
 
     # --- used by the proxy -------------------------------------------------
 

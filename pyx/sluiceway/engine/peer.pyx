@@ -1,7 +1,5 @@
 # Included by _engine.pyx: HttpPeer and connecting to it.
 
-# ------------------------------------------------------------------- peer --
-
 # Plain (no TLS, default SNI) peers by the address they were given:
 # (host, port, path, reuse_key). See HttpPeer.__init__.
 cdef dict _PLAIN_PEERS = {}
@@ -114,57 +112,3 @@ cdef object _ssl_context(bint verify, object ca_file):
             ctx.verify_mode = ssl.CERT_NONE
         _SSL_CONTEXTS[key] = ctx
     return ctx
-
-
-# ------------------------------------------------------- upstream connect --
-
-cdef object _numeric_addr(str host, int port):
-    """(family, address) when ``host`` is a numeric IP address, else None."""
-    for fam in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(fam, host)
-        except OSError:
-            continue
-        return fam, (host, port)
-    return None
-
-
-async def _connect_plain(_Engine eng, _Upstream u, HttpPeer peer):
-    """Connect ``u`` to a plain TCP or Unix socket peer on the engine's own
-    I/O (the loop's sock_connect does the waiting; names are resolved with
-    the loop's getaddrinfo and tried in order)."""
-    loop = eng.loop
-    if peer.path is not None:
-        targets = [(socket.AF_UNIX, peer.path)]
-    else:
-        t = _numeric_addr(peer.host, peer.port)
-        if t is not None:
-            targets = [t]
-        else:
-            infos = await loop.getaddrinfo(peer.host, peer.port, type=socket.SOCK_STREAM)
-            if not infos:
-                raise OSError(f"{peer.host} resolved to no address")
-            targets = [(fam, addr) for fam, _, _, _, addr in infos]
-    last = None
-    for fam, addr in targets:
-        sock = socket.socket(fam, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            if fam != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await loop.sock_connect(sock, addr)
-        except BaseException as exc:
-            sock.close()
-            if not isinstance(exc, OSError):
-                raise
-            last = exc
-            continue
-        fd = sock.detach()
-        try:
-            eng.io.register(u, fd)
-        except BaseException:
-            sw_io_close(fd)
-            raise
-        u._made()
-        return
-    raise last

@@ -12,4 +12,3 @@ cdef class _Pool:
     cdef _Upstream take(self, object key)
     cdef int put(self, _Upstream c) except -1
     cdef int drop(self, _Upstream c) except -1
-    cdef int sweep(self, double now) except -1

@@ -1,6 +1,6 @@
 # Included by _engine.pxd: see engine/reader.pyx.
 
-cdef class _Wire:
+cdef class _Reader:
     cdef void *p
     cdef sw_msg_t m
     cdef object data

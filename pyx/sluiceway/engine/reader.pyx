@@ -4,7 +4,7 @@
 
 @cython.final
 @cython.no_gc  # holds only bytes/str/lists of bytes: never in a cycle
-cdef class _Wire:
+cdef class _Reader:
     """A parser and the bytes it parses (see the module docstring)."""
 
     def __cinit__(self, bint is_request, uint32_t max_head, uint32_t max_url, uint32_t max_headers):
@@ -128,7 +128,7 @@ cdef bytes _connection_options(HeaderMap hm):
     return b",".join(parts)
 
 
-cdef bytes _last_chunk(_Wire w, HeaderMap head, bint *keep):
+cdef bytes _last_chunk(_Reader w, HeaderMap head, bint *keep):
     """The last chunk of the chunked body w's parser just ended, followed by
     its trailer fields minus those a proxy does not forward (sw_trailer_mark;
     the Connection options come from `head`, or from w's head spans when it

@@ -1,6 +1,8 @@
-# Included by _engine.pxd: see engine/session.pyx.
+# Included by _engine.pxd: see engine/session.pyx (and stages.pyx, ending.pyx,
+# legs.pyx, forward.pyx, hooks.pyx, connect.pyx, which act on a Session).
 
 cdef class Session:
+    # seen by hooks
     cdef readonly RequestHeader req_header
     cdef object _client_addr
     cdef readonly object ctx
@@ -11,97 +13,132 @@ cdef class Session:
     cdef readonly int status
     cdef readonly long long request_body_bytes
     cdef readonly long long response_body_bytes
+    # its two ends, and what it forwards
     cdef _Engine eng
-    cdef _Downstream ds
-    cdef _Upstream us
-    cdef ResponseHeader resp
+    cdef _Side client           # the client's end (kept until the request is done)
+    cdef _Side origin           # the origin's end, while it has one
+    cdef _Leg req_leg           # the request body's way (made when needed)
+    cdef _Leg resp_leg          # the response body's way (made when needed)
+    cdef ResponseHeader resp    # the response head the hooks see (when they exist)
+    cdef _Reader resp_r         # the parser holding the response head
+    cdef int resp_mode          # how the response body goes to the client (M_*)
+    cdef object held_data       # response bytes held back to go out in one write
+    cdef object held_prefix     # ... after this rebuilt head
+    cdef size_t held_off
+    cdef size_t held_len
+    # a hook that suspended
     cdef object hook_task
     cdef object hook_fn         # the hook hook_task finishes (for its errors)
-    cdef int hook_next
-    cdef object pending_chunk
-    cdef bint pending_end
-    cdef bint resp_started
-    cdef bint resp_done
+    cdef int hook_next          # the stage it resumes
+    # the request
     cdef bint req_has_body
-    cdef bint req_body_done
-    cdef bint req_up_chunked
+    cdef bint req_end_seen      # its end was parsed
+    cdef bint req_body_done     # all of it went upstream
     cdef bint up_head_sent
-    cdef bint client_keep
-    cdef bint finished
-    cdef bint ds_gone
+    cdef bint head_request
     cdef bint expect_100
     cdef bint sent_100
-    cdef bint head_request
-    cdef bint retried_reused
-    cdef int n_informational    # 1xx responses received
-    cdef bint reuse_failed      # self.error: a pooled connection died before answering
-    cdef bint can_replay        # ... and the request can be sent again as it was
-    cdef bint counted_out
     cdef bint want_upgrade      # the client asked to switch protocols
-    cdef bint upgrading         # the upstream answered 101
-    cdef bint tunneling
-    cdef bint req_end_seen      # the request's end was parsed
-    cdef bint replaying         # resending on a new connection after a dead pooled one
-    cdef list replay            # body sent on a pooled connection, until a response byte
-    cdef long long replay_bytes
-    cdef list prefetched        # body chunks read by a hook before forwarding
+    cdef list prefetched        # body chunks read by a hook before the head went upstream
     cdef bint prefetch_end
     cdef object body_waiter
     cdef bint body_held         # a chunk came with no reader waiting (it was cancelled)
     cdef object body_held_chunk
-    cdef bint body_filter_up
+    # the response
     cdef bint resp_hooks
-    cdef int resp_mode
-    cdef object pend_data       # upstream bytes held back to write in one go
-    cdef object pend_prefix     # a rebuilt head to write before them
-    cdef size_t pend_off
-    cdef size_t pend_len
-    cdef bytes req_tail         # last chunk + trailers for the upstream (None: none)
-    cdef bytes resp_tail        # last chunk + the upstream's trailers (None: none)
+    cdef bint resp_started
+    cdef bint resp_done
+    cdef bint upgrading         # the upstream answered 101
+    cdef bint tunneling
+    cdef int n_informational    # 1xx responses received
+    # the client connection, retries, the end
+    cdef bint client_keep
+    cdef bint client_gone
+    cdef bint finished
+    cdef bint counted_out
+    cdef bint retried_reused
+    cdef bint replaying         # resending on a new connection after a dead pooled one
+    cdef bint reuse_failed      # self.error: a pooled connection died before answering
+    cdef bint can_replay        # ... and the request can be sent again as it was
+    cdef list replay            # body sent on a pooled connection, until a response byte
+    cdef long long replay_bytes
     cdef double t_start
     cdef double t_connected
     cdef double t_resp
     cdef double t_end
 
     @staticmethod
-    cdef Session _new(_Downstream ds, _Wire w)
+    cdef Session _new(_Engine eng, _Side client, _Reader r)
+    cdef int start(self) except -1
+    # from the client's end
+    cdef int on_request_body(self, object chunk) except -1
+    cdef int on_request_end(self, _Reader r) except -1
+    cdef int on_request_upgrade(self) except -1
+    cdef int client_full(self) except -1
+    cdef int client_drained(self) except -1
+    cdef int client_failed(self, object err) except -1
+    cdef int client_lost(self, object exc) except -1
+    cdef int count_up(self, Py_ssize_t n) except -1
+    cdef bint awaits_request_body(self)
+    # from the origin's end
+    cdef int on_informational(self, _Reader r) except -1
+    cdef int on_response_head(self, _Reader r) except -1
+    cdef int on_response_body(self, _Reader r) except -1
+    cdef bint on_response_end(self, _Reader r) except -1
+    cdef int on_response_upgrade(self) except -1
+    cdef int parsed(self) except -1
+    cdef int origin_full(self) except -1
+    cdef int origin_drained(self) except -1
+    cdef int origin_failed(self, object err) except -1
+    cdef int origin_lost(self, object exc) except -1
+    cdef int count_down(self, Py_ssize_t n) except -1
+    cdef bint request_sent(self)
+    # inside
     cdef int _bind(self, _Upstream u) except -1
-    cdef bytes _extra_fields(self, unsigned flags, bint reframe)
-    cdef bytes _head_from_items(self, unsigned extra, bint reframe)
-    cdef int _arm_read(self) except -1
-    cdef bytes _resp_head_from_items(self, ResponseHeader rs, bint keep)
+    cdef _Leg _req_leg(self)
+    cdef _Leg _resp_leg(self)
+    cdef bint _body_allows_keep(self)
+    cdef int _wake_reader(self, object chunk) except -1
+    cdef int _keep_for_replay(self, object chunk) except -1
+    cdef int _to_client(self, object data) except -1
+    cdef int _request_body_sent(self) except -1
+    cdef int _response_body_sent(self) except -1
+    cdef int _release_origin(self, bint reuse) except -1
     cdef int _advance(self, int stage, object value) except -1
-    cdef object _call(self, object fn, tuple args, int next_stage)
-    cdef object _call2(self, object fn, int next_stage)
-    cdef int _send_upstream_head(self) except -1
-    cdef int _on_req_body(self, object chunk) except -1
-    cdef int _req_body_out(self, object chunk) except -1
-    cdef int _on_req_end(self) except -1
-    cdef int _keep_req_trailers(self, _Wire w) except -1
-    cdef int _keep_resp_trailers(self, _Wire w) except -1
-    cdef int _req_end_done(self) except -1
-    cdef int _resp_end_done(self) except -1
-    cdef int _on_informational(self, _Wire w) except -1
-    cdef int _on_resp_head(self, _Wire w) except -1
-    cdef int _send_resp_head(self) except -1
-    cdef int _on_resp_body(self, object chunk) except -1
-    cdef int _resp_body_out(self, object chunk) except -1
-    cdef int _on_resp_end(self) except -1
     cdef int _fail(self, object err) except -1
     cdef int _finish(self) except -1
     cdef int _final(self) except -1
-    cdef int _access_line(self) except -1
-    cdef int _release_upstream(self, bint reuse) except -1
-    cdef int _ds_lost(self, object exc) except -1
-    cdef int _log_failure(self, object err) except -1
-    cdef int _replay(self) except -1
     cdef object _bad_return(self, str hook, object value, str expected)
-    cdef int _us_lost(self, object exc) except -1
-    cdef int _connect(self, bint force_new) except -1
-    cdef int _write_ds(self, object data) except -1
-    cdef bint _body_allows_keep(self)
-    cdef int _wake_reader(self, object chunk) except -1
-    cdef int _flush_pending(self) except -1
-    cdef int _start_tunnel(self) except -1
-    cdef int _replay_body(self) except -1
-    cdef int _head_out(self, bytes head, _Wire w) except -1
+
+
+# stages.pyx
+cdef int _run_stages(Session s, int stage, object value) except -1
+cdef int _send_request(Session s) except -1
+cdef int _replay_body(Session s) except -1
+cdef int _answer_failure(Session s, object value) except -1
+# ending.pyx
+cdef int _fail_request(Session s, object err) except -1
+cdef int _origin_lost(Session s, object exc) except -1
+cdef int _replay(Session s) except -1
+cdef int _log_failure(Session s, object err) except -1
+cdef object _bad_hook_return(Session s, str hook, object value, str expected)
+cdef int _finish_request(Session s) except -1
+cdef int _final_request(Session s) except -1
+cdef int _access_line(Session s) except -1
+# forward.pyx
+cdef bytes _request_head(Session s, bint reframe)
+cdef bytes _extra_fields(Session s, unsigned flags, bint reframe)
+cdef bytes _request_head_from_items(Session s, bint reframe)
+cdef int _send_response_head(Session s) except -1
+cdef bytes _response_head_from_items(Session s, ResponseHeader rs, bint keep)
+cdef int _head_out(Session s, bytes head, _Reader r) except -1
+cdef bytes _informational_head(_Reader r)
+cdef bint _hold_more(Session s, _Reader r)
+cdef int _flush_held(Session s) except -1
+# hooks.pyx
+cdef object _hook_call_std(Session s, object fn, int next_stage)
+cdef object _hook_call(Session s, object fn, tuple args, int next_stage)
+cdef int _hook_finished(Session s, object task) except -1
+cdef int _hook_failed(Session s, object exc, object name, int stage) except -1
+# connect.pyx
+cdef int _connect(Session s, bint force_new) except -1

@@ -1,20 +1,25 @@
 # Included by _engine.pyx: the HTTP/1 protocol of an upstream connection.
 
-# --------------------------------------------------------------- upstream --
-
 @cython.final
 cdef class _Upstream(_Conn):
-    """The protocol of one upstream connection (pooled between requests)."""
+    """One upstream connection: writes a request, parses the response and
+    is the origin's end (``_Side``) of the Session it is bound to; between
+    requests it waits in the engine's pool."""
 
     def __cinit__(self, _Engine eng, HttpPeer peer):
         self.eng = eng
         self.peer = peer
         self.key = peer.reuse_key
         self.reusable = True
-        self.w = _Wire(False, max(eng.max_head, 65536), eng.max_url, max(eng.max_headers, 256))
-        self.read_timeout = peer.read_timeout if peer.read_timeout is not None else eng.read_timeout
-        self.write_timeout = peer.write_timeout if peer.write_timeout is not None else eng.write_timeout
+        self.reader = _Reader(False, max(eng.cfg.max_request_header_bytes, MAX_RESPONSE_HEAD),
+                              eng.cfg.max_request_target_bytes,
+                              max(eng.cfg.max_request_fields, MAX_RESPONSE_FIELDS))
+        self.read_timeout = peer.read_timeout if peer.read_timeout is not None \
+            else eng.cfg.upstream_read_timeout_seconds
+        self.write_timeout = peer.write_timeout if peer.write_timeout is not None \
+            else eng.cfg.upstream_write_timeout_seconds
         self.flush_timeout = self.write_timeout
+        eng.ups.add(self)
 
     def connection_made(self, transport):
         self.transport = transport
@@ -24,16 +29,30 @@ cdef class _Upstream(_Conn):
     cdef int _made(self) except -1:
         """Connected (on our own I/O, or connection_made of a TLS transport)."""
         self.eng.pool.created += 1
+        return 0
+
+    cdef int bind(self, Session s, bint head_request) except -1:
+        """Carry ``s``'s request (a new connection, or one from the pool)."""
+        self.session = s
+        self.idle = False
+        self.got_bytes = False
+        self.blocked = False
+        self.in_1xx = False
+        self.disarm()
+        API.set_skip_body(self.reader.p, head_request)
+        return 0
+
+    # --- events from the I/O --------------------------------------------------
 
     cdef int on_data(self, object data) except -1:
         if self.closed:
             return 0
-        if self.tunnel:
-            if self.s is not None and self.s.ds is not None and not self.s.ds.closed:
-                self.s.response_body_bytes += len(data)
-                self.s.ds.t_write(data)
+        if self.pipe is not None:
+            if self.session is not None:
+                self.session.count_down(PyBytes_GET_SIZE(data))
+            self.pipe.send(data)
             return 0
-        if self.s is None:
+        if self.session is None:
             # Bytes on an idle connection: the peer is confused; never reuse.
             self.reusable = False
             self.eng.pool.drop(self)
@@ -41,57 +60,114 @@ cdef class _Upstream(_Conn):
             return 0
         self.got_bytes = True
         if self.dl_kind == DL_READ:
-            self.deadline = _now() + self.read_timeout if self.read_timeout > 0 else 0.0
-        self.w.feed(data)
+            self.arm(DL_READ, self.read_timeout)
+        self.reader.feed(data)
         self._process()
+        return 0
 
     cdef int on_eof(self) except -1:
         cdef int ev
         self.reusable = False
-        if self.tunnel:
+        if self.pipe is not None:
             return 0
-        if self.s is not None and not self.closed:
+        if self.session is not None and not self.closed:
             self._process()
-            if self.s is not None and not self.blocked:
-                ev = self.w.finish()
-                if ev == SW_EV_END and self.s is not None:
-                    self.s._on_resp_end()
-                elif ev == SW_EV_ERROR and self.s is not None:
-                    self.s._us_lost(None)
+            if self.session is not None and not self.blocked:
+                ev = self.reader.finish()
+                if ev == SW_EV_END and self.session is not None:
+                    self.session.on_response_end(self.reader)
+                elif ev == SW_EV_ERROR and self.session is not None:
+                    self.session.origin_lost(None)
         return 0
 
     cdef int on_lost(self, object exc) except -1:
-        cdef Session s
+        cdef Session s = self.session
         self.closed = True
         self.reusable = False
         self.eng.pool.closed += 1
+        self.eng.ups.discard(self)
         if self.idle:
             self.eng.pool.drop(self)
-        if self.s is not None:
-            s = self.s
-            s._us_lost(exc)
+        if s is not None:
+            s.origin_lost(exc)
+        return 0
 
     cdef int on_pause_writing(self) except -1:
-        self.write_paused = True
-        if self.s is not None:
-            if self.write_timeout > 0:
-                self.deadline = _now() + self.write_timeout
-                self.dl_kind = DL_WRITE
-            if self.s.ds is not None:
-                self.s.ds._pause_read(R_PEER_FULL)
+        if self.session is not None:
+            self.arm(DL_WRITE, self.write_timeout)
+            self.session.origin_full()
+        return 0
 
     cdef int on_resume_writing(self) except -1:
-        self.write_paused = False
-        if self.s is not None:
+        if self.session is not None:
             if self.dl_kind == DL_WRITE:
-                self.deadline = 0.0
-                self.dl_kind = DL_NONE
-                if self.s.req_body_done and self.read_timeout > 0:
-                    self.deadline = _now() + self.read_timeout
-                    self.dl_kind = DL_READ
-            if self.s.ds is not None:
-                self.s.ds._resume_read(R_PEER_FULL)
-                self.s.ds._process()
+                self.disarm()
+                if self.session.request_sent():
+                    self.arm(DL_READ, self.read_timeout)
+            self.session.origin_drained()
+        return 0
+
+    # --- parsing ----------------------------------------------------------------
+
+    cdef int _process(self) except -1:
+        cdef int ev, st
+        cdef Session s
+        cdef _Reader r = self.reader
+        if self.in_process or self.closed or self.pipe is not None:
+            return 0
+        self.in_process = True
+        try:
+            while not self.blocked and self.session is not None and not self.closed:
+                if self.read_pause & R_PEER_FULL:
+                    break
+                s = self.session
+                ev = r.next()
+                if ev == SW_EV_NEED_DATA:
+                    break
+                if ev == SW_EV_HEAD:
+                    st = r.m.status_code
+                    if 100 <= st < 200 and st != 101:
+                        self.in_1xx = True
+                        s.on_informational(r)
+                        continue
+                    if st == 101:
+                        self.reusable = False
+                    s.on_response_head(r)
+                elif ev == SW_EV_BODY:
+                    s.on_response_body(r)
+                elif ev == SW_EV_END:
+                    if self.in_1xx:
+                        self.in_1xx = False
+                        continue
+                    if r.unread() > 0:
+                        self.reusable = False  # bytes after the response
+                    if s.on_response_end(r):
+                        break
+                elif ev == SW_EV_UPGRADE:
+                    self.reusable = False
+                    s.on_response_upgrade()
+                    break
+                else:
+                    self.reusable = False
+                    reason = (<bytes>r.m.err_reason).decode("utf-8", "replace") \
+                        if r.m.err_reason != NULL else "malformed response"
+                    s.origin_failed(Error(f"upstream {self.peer} sent an invalid response: {reason}",
+                                          status=502, source=UPSTREAM))
+                    break
+        except BaseException:
+            self.eng.log.exception("sluiceway: internal error on an upstream connection (this is a bug)")
+            self.reusable = False
+            if self.session is not None:
+                self.session.origin_failed(Error("internal error while reading the upstream "
+                                                 "response", status=500, source=INTERNAL))
+            self._close()
+        finally:
+            self.in_process = False
+            if self.session is not None:
+                self.session.parsed()
+        if self.blocked and not self.closed and r.unread() > HIGH_WATER:
+            self._pause_read(R_BUFFERED)
+        return 0
 
     cdef int _pause_read(self, int why) except -1:
         if self.read_pause == 0 and not self.closed:
@@ -100,101 +176,37 @@ cdef class _Upstream(_Conn):
                 # The client is slow, not the upstream: no read deadline now.
                 self.deadline = 0.0
         self.read_pause |= why
+        return 0
 
     cdef int _resume_read(self, int why) except -1:
         if self.read_pause & why:
             self.read_pause &= ~why
             if self.read_pause == 0 and not self.closed:
                 self.t_resume_reading()
-                if self.dl_kind == DL_READ and self.read_timeout > 0:
-                    self.deadline = _now() + self.read_timeout
-
-    cdef int _process(self) except -1:
-        cdef int ev
-        cdef Session s
-        if self.in_process or self.closed or self.tunnel:
-            return 0
-        self.in_process = True
-        try:
-            while not self.blocked and self.s is not None and not self.closed:
-                if self.read_pause & R_PEER_FULL:
-                    break
-                s = self.s
-                ev = self.w.next()
-                if ev == SW_EV_NEED_DATA:
-                    break
-                if ev == SW_EV_HEAD:
-                    if 100 <= self.w.m.status_code < 200 and self.w.m.status_code != 101:
-                        self.in_1xx = True
-                        s._on_informational(self.w)
-                        continue
-                    if self.w.m.status_code == 101:
-                        self.reusable = False
-                        if not s.want_upgrade:
-                            s._fail(Error(f"upstream {self.peer} switched protocols (101) for a "
-                                          "request that did not ask to upgrade", status=502, source=UPSTREAM))
-                            break
-                        s.upgrading = True
-                    s._on_resp_head(self.w)
-                elif ev == SW_EV_BODY:
-                    if s.pend_data is not None and s.pend_data is self.w.data and \
-                            self.w.body_at == self.w.dptr + s.pend_off + s.pend_len:
-                        s.pend_len += self.w.body_len
-                        s.response_body_bytes += self.w.body_len
-                        continue
-                    s._flush_pending()
-                    s._on_resp_body(self.w.body_bytes())
-                elif ev == SW_EV_END:
-                    if self.in_1xx:
-                        self.in_1xx = False
-                        continue
-                    if s.upgrading:
-                        continue  # the UPGRADE event follows
-                    if self.w.unread() > 0:
-                        self.reusable = False  # bytes after the response
-                    s._keep_resp_trailers(self.w)
-                    s._on_resp_end()
-                    break
-                elif ev == SW_EV_UPGRADE:
-                    self.reusable = False
-                    if s.upgrading and s.resp_started:
-                        s._start_tunnel()
-                    else:
-                        s._fail(Error(f"upstream {self.peer} switched protocols (status "
-                                      f"{self.w.m.status_code}) unasked", status=502, source=UPSTREAM))
-                    break
-                else:
-                    self.reusable = False
-                    reason = (<bytes>self.w.m.err_reason).decode("utf-8", "replace") \
-                        if self.w.m.err_reason != NULL else "malformed response"
-                    s._fail(Error(f"upstream {self.peer} sent an invalid response: {reason}",
-                                  status=502, source=UPSTREAM))
-                    break
-        except BaseException:
-            self.eng.log.exception("sluiceway: internal error on an upstream connection (this is a bug)")
-            self.reusable = False
-            if self.s is not None:
-                self.s._fail(Error("internal error while reading the upstream response",
-                                   status=500, source=INTERNAL))
-            self._close()
-        finally:
-            self.in_process = False
-            if self.s is not None:
-                self.s._flush_pending()
-        if self.blocked and not self.closed and self.w.unread() > HIGH_WATER:
-            self._pause_read(R_BUFFERED)
+                if self.dl_kind == DL_READ:
+                    self.arm(DL_READ, self.read_timeout)
+        return 0
 
     cdef int _close(self) except -1:
         self.reusable = False
         if not self.closed:
             self.closed = True
             self.t_close()
+        return 0
 
-    cdef int _timeout(self, double now) except -1:
+    cdef int on_timeout(self, double now) except -1:
         cdef int kind = self.dl_kind
-        self.deadline = 0.0
-        self.dl_kind = DL_NONE
-        if self.s is None or self.closed:
+        self.disarm()
+        if self.closed:
+            return 0
+        if kind == DL_POOL:
+            # Idle in the pool for too long.
+            if self.idle:
+                self.eng.pool.drop(self)
+                self.eng.pool.evicted += 1
+                self._close()
+            return 0
+        if self.session is None:
             return 0
         if kind == DL_READ:
             what = f"no response data within {self.read_timeout:.3g}s (read_timeout)"
@@ -203,4 +215,79 @@ cdef class _Upstream(_Conn):
         else:
             return 0
         self.reusable = False
-        self.s._fail(Error(f"upstream {self.peer} timed out: {what}", status=504, source=UPSTREAM))
+        self.session.origin_failed(Error(f"upstream {self.peer} timed out: {what}", status=504,
+                                         source=UPSTREAM))
+        return 0
+
+    # --- the origin's end of a Session (_Side) -----------------------------------
+
+    cdef int hold(self) except -1:
+        self.blocked = True
+        return 0
+
+    cdef int go_on(self) except -1:
+        if self.closed:
+            return 0
+        self.blocked = False
+        self._resume_read(R_BUFFERED)
+        self._process()
+        return 0
+
+    cdef int send(self, object data) except -1:
+        if not self.closed:
+            self.t_write(data)
+        return 0
+
+    cdef int send_parts(self, tuple parts) except -1:
+        if not self.closed:
+            self.t_writev(parts)
+        return 0
+
+    cdef int send_slice(self, object head, object owner, Py_ssize_t off, Py_ssize_t n) except -1:
+        if not self.closed:
+            self.t_send(head, owner, off, n)
+        return 0
+
+    cdef int peer_full(self) except -1:
+        return self._pause_read(R_PEER_FULL)
+
+    cdef int peer_drained(self) except -1:
+        self._resume_read(R_PEER_FULL)
+        self._process()
+        return 0
+
+    cdef bint is_open(self):
+        return not self.closed
+
+    cdef int tunnel(self, _Side other) except -1:
+        cdef _Reader r = self.reader
+        self.pipe = other
+        self.reusable = False
+        self.disarm()
+        if r.data is not None and r.pos < r.dlen:
+            other.send(r.data[r.pos:])
+            r.pos = r.dlen
+        return 0
+
+    cdef int expect_response(self) except -1:
+        if self.dl_kind != DL_WRITE:
+            self.arm(DL_READ, self.read_timeout)
+        return 0
+
+    cdef int spoil(self) except -1:
+        self.reusable = False
+        return 0
+
+    cdef int release(self, bint reuse) except -1:
+        self.session = None
+        if self.read_pause & (R_PEER_FULL | R_BUFFERED):
+            self._resume_read(R_PEER_FULL | R_BUFFERED)
+        self.blocked = False
+        if reuse and self.reusable and not self.closed and self.reader.unread() == 0:
+            self.eng.pool.put(self)
+        else:
+            self._close()
+        return 0
+
+    cdef bint answered(self):
+        return self.got_bytes

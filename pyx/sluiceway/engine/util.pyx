@@ -1,17 +1,5 @@
-# Included by _engine.pyx: the clock, scratch buffers and small helpers.
-
-# The time, read once per batch of ready descriptors (as nginx caches it
-# per event-loop iteration): deadlines and request timings taken while a
-# batch is handled share one clock reading. Outside a batch (timers, hook
-# tasks) the clock is read each time.
-cdef double _batch_now = 0.0
-cdef bint _in_batch = False
-
-cdef inline double _now() noexcept:
-    if _in_batch:
-        return _batch_now
-    return sw_clock_now()
-
+# Included by _engine.pyx: scratch buffers and small helpers (the clock is in
+# engine/clock.pxd).
 
 cdef object _PENDING = object()
 cdef object _FAILED = object()
@@ -133,10 +121,6 @@ cdef bytes _simple_response(int status, bytes body, bint keep, list headers=None
     parts.append(body)
     return b"".join(parts)
 
-
-# -------------------------------------------------------- hooks and tasks --
-
-include "hook_task.pxi"
 
 
 cdef object _wrap_hook_error(object exc, str hook):

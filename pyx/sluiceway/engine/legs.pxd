@@ -1,0 +1,21 @@
+# Included by _engine.pxd: see engine/legs.pyx.
+
+cdef class _Leg:
+    cdef bint up                # the request's body (client -> origin); else the response's
+    cdef object hook            # its body filter, or None
+    cdef bint chunked           # sent chunked (else as received)
+    cdef bint mute              # nothing is sent (HEAD, 204, 304)
+    cdef bytes tail             # last chunk + the trailers to forward (None: a bare last chunk)
+    cdef object pending         # the chunk a suspended filter holds
+    cdef bint pending_end       # ... or the end
+
+    cdef int chunk(self, Session s, object data) except -1
+    cdef int end(self, Session s) except -1
+    cdef int resumed(self, Session s, object value) except -1
+    cdef int out(self, Session s, object data) except -1
+    cdef int send_end(self, Session s) except -1
+    cdef int _ended(self, Session s) except -1
+    cdef _Side _source(self, Session s)
+
+
+cdef _Leg _new_leg(bint up, object hook, bint chunked, bint mute)

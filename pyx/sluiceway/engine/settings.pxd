@@ -1,0 +1,28 @@
+# Included by _engine.pxd: see engine/settings.pyx.
+
+cdef class Settings:
+    # every field is a ServerConf key of the same name (docs/configuration.md)
+    cdef readonly double downstream_header_timeout_seconds
+    cdef readonly double downstream_keepalive_timeout_seconds
+    cdef readonly double downstream_write_timeout_seconds
+    cdef readonly double downstream_body_timeout_seconds
+    cdef readonly double downstream_body_min_rate
+    cdef readonly double request_timeout_seconds
+    cdef readonly double upstream_connect_timeout_seconds
+    cdef readonly double upstream_read_timeout_seconds
+    cdef readonly double upstream_write_timeout_seconds
+    cdef readonly double upstream_idle_timeout_seconds
+    cdef readonly double lingering_time_seconds
+    cdef readonly double lingering_timeout_seconds
+    cdef readonly int upstream_keepalive_pool_size
+    cdef readonly int max_connections
+    cdef readonly str max_connections_mode
+    cdef readonly int max_retries
+    cdef readonly long long max_request_body_bytes
+    cdef readonly uint32_t max_request_header_bytes
+    cdef readonly uint32_t max_request_target_bytes
+    cdef readonly uint32_t max_request_fields
+    cdef readonly bint forwarded_headers
+    cdef readonly bint access_log
+    cdef bint pause_accept      # max_connections_mode == "pause"
+    cdef double tick            # the deadline sweep's period (from the timeouts)
