@@ -3,7 +3,6 @@ plain connections; an untrusted certificate is a 502."""
 
 import asyncio
 import logging
-import os
 import shutil
 import ssl
 import subprocess

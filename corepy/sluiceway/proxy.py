@@ -28,7 +28,7 @@ A request goes through the phases in this order (see docs/proxy.md)::
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from . import _compiled
 from .errors import Error
@@ -223,5 +223,3 @@ class ProxyHttp:
         """
         return error.status
 
-
-Address = Union[tuple, str]

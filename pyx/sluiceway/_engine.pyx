@@ -67,7 +67,7 @@ import os
 import socket
 
 from sluiceway import _http as _httpmod
-from sluiceway.errors import DOWNSTREAM, INTERNAL, UPSTREAM, Error, ParseError
+from sluiceway._base.errors import DOWNSTREAM, INTERNAL, UPSTREAM, Error, ParseError
 
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 

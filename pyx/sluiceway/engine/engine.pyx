@@ -84,6 +84,7 @@ cdef class _Engine:
         acts on TICK_SLICE of them per loop iteration, so that thousands of
         slow clients timing out together do not stall everyone else."""
         cdef double now = _now()
+        cdef double soonest = now + self.tick
         cdef _Downstream d
         cdef _Upstream u
         cdef Py_ssize_t n
@@ -93,15 +94,23 @@ cdef class _Engine:
             for d in self.conns:
                 if d.due(now):
                     due.append(d)
-                elif d.dl_kind == DL_IDLE and d.reader is not None and d.reader.unread() == 0 and \
+                    continue
+                if d.deadline and d.deadline < soonest:
+                    soonest = d.deadline
+                if d.wdeadline and d.wdeadline < soonest:
+                    soonest = d.wdeadline
+                if d.dl_kind == DL_IDLE and d.reader is not None and d.reader.unread() == 0 and \
                         not d.reader.carrying and not d.discard_body and not d.closed:
                     # Idle since the last sweep: its parser goes back to the
                     # free list (an idle keep-alive connection holds none).
                     self._give_reader(d.reader, True)
                     d.reader = None
             for u in self.ups:
-                if u.deadline and now >= u.deadline:
-                    due.append(u)
+                if u.deadline:
+                    if now >= u.deadline:
+                        due.append(u)
+                    elif u.deadline < soonest:
+                        soonest = u.deadline
             if due and not self.expiring:
                 self._expire()
             if self.closing:
@@ -118,7 +127,10 @@ cdef class _Engine:
         except BaseException:
             self.log.exception("sluiceway: error in the timeout sweep (this is a bug)")
         if not self.stopped:
-            self._schedule(self.tick)
+            # The next run: a tick from now, or the soonest deadline seen
+            # when that comes first (a per-peer timeout shorter than the
+            # service's fires on time, not up to a tick late).
+            self._schedule(max(soonest - _now(), 0.0) + 0.001)
 
     cdef int _expire(self) except -1:
         """Act on up to TICK_SLICE connections found due by the sweep (each

@@ -36,15 +36,6 @@ cdef unsigned char *_need_drop(uint32_t n) except NULL:
     return _drop
 
 
-cdef bytes _concat(bytes a, const char *b, size_t n):
-    cdef Py_ssize_t na = PyBytes_GET_SIZE(a)
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, na + <Py_ssize_t>n)
-    cdef char *o = PyBytes_AS_STRING(out)
-    memcpy(o, PyBytes_AS_STRING(a), na)
-    memcpy(o + na, b, n)
-    return out
-
-
 cdef inline object _steal(PyObject *o):
     """A new reference from the C API as an object (no extra reference)."""
     cdef object r = <object>o
