@@ -51,14 +51,14 @@ async def _open_connection(Session s, HttpPeer peer):
         raise
     except (asyncio.TimeoutError, TimeoutError):
         err = Error(f"connecting to upstream {peer} timed out after {timeout:.3g}s "
-                    "(connect_timeout)", status=504, source=UPSTREAM)
+                    "(connect_timeout)", status=504, source=UPSTREAM, retryable=True)
     except OSError as exc:
         err = Error(f"connecting to upstream {peer} failed: {exc.strerror or exc}",
-                    status=502, source=UPSTREAM)
+                    status=502, source=UPSTREAM, retryable=True)
         err.__cause__ = exc
     except Exception as exc:
         err = Error(f"connecting to upstream {peer} failed: {type(exc).__name__}: {exc}",
-                    status=502, source=UPSTREAM)
+                    status=502, source=UPSTREAM, retryable=True)
         err.__cause__ = exc
     if err is not None:
         eng.ups.discard(u)

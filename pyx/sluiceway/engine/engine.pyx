@@ -58,10 +58,13 @@ cdef class _Engine:
     def stats(self):
         """Counters of this service on this loop, as a dict: ``requests``
         (heads received), ``active`` (in progress), ``connections`` (client
-        connections open), ``replayed`` (requests sent again after a pooled
-        upstream connection died before answering)."""
+        connections open), ``replayed`` (requests sent again on a new
+        connection after a pooled upstream connection died before
+        answering), ``retried`` (requests sent to ``upstream_peer`` again
+        after a retryable failure)."""
         return {"requests": self.requests, "active": self.inflight,
-                "connections": len(self.conns), "replayed": self.replayed}
+                "connections": len(self.conns), "replayed": self.replayed,
+                "retried": self.retried}
 
     # --- the deadline sweep -------------------------------------------------------
 

@@ -14,5 +14,7 @@ cdef class HttpPeer:
     cdef public object idle_timeout
     cdef readonly bint verify_cert
     cdef readonly object ca_file
+    cdef readonly object backend    # the LoadBalancer's Backend it was made for, or None
+    cdef readonly object balancer   # told each attempt's outcome: balancer.report(backend, ok)
     cdef bytes _host_header
     cdef bytes _host_hdr(self)

@@ -17,6 +17,12 @@ cdef class HttpPeer:
         ca_file: PEM file of the CAs to trust instead of the system store.
         connect_timeout, read_timeout, write_timeout, idle_timeout: seconds;
             None uses the service's configured value.
+        backend, balancer: the ``Backend`` this peer stands for and the
+            object told how each attempt on it went: after a failed connect,
+            or a connection that broke or timed out before any response
+            byte, ``balancer.report(backend, False)``; when a response head
+            arrives, ``balancer.report(backend, True)``. ``LoadBalancer.peer``
+            sets both (passive health checks); by default None.
 
     Connections are pooled by ``reuse_key`` (address, TLS, SNI and the
     certificate options).
@@ -24,7 +30,7 @@ cdef class HttpPeer:
 
     def __init__(self, address, tls=False, sni=None, *, connect_timeout=None,
                  read_timeout=None, write_timeout=None, idle_timeout=None,
-                 verify_cert=True, ca_file=None):
+                 verify_cert=True, ca_file=None, backend=None, balancer=None):
         cdef str host
         cdef tuple known = None
         cdef bint plain = not tls and sni is None and (
@@ -35,6 +41,10 @@ cdef class HttpPeer:
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
+        if balancer is not None and not callable(getattr(balancer, "report", None)):
+            raise TypeError(f"HttpPeer balancer must have report(backend, ok), got {balancer!r:.60}")
+        self.backend = backend
+        self.balancer = balancer
         if plain:
             # A plain peer seen before: its checked fields and the one
             # reuse_key object for it (the pool's lookups then match by

@@ -9,6 +9,7 @@ cdef class Session:
     cdef readonly object peer
     cdef readonly object error
     cdef readonly int retries
+    cdef list tried             # the peers of earlier attempts that failed (retries)
     cdef readonly bint upstream_reused
     cdef readonly int status
     cdef readonly long long request_body_bytes
@@ -59,8 +60,10 @@ cdef class Session:
     cdef bint retried_reused
     cdef bint replaying         # resending on a new connection after a dead pooled one
     cdef bint reuse_failed      # self.error: a pooled connection died before answering
+    cdef bint lost_early        # self.error: the upstream connection broke or timed out
+                                # before any response byte (not a dead pooled one)
     cdef bint can_replay        # ... and the request can be sent again as it was
-    cdef list replay            # body sent on a pooled connection, until a response byte
+    cdef list replay            # body sent upstream, kept until a response byte (retries)
     cdef long long replay_bytes
     cdef double t_start
     cdef double t_connected
@@ -120,6 +123,9 @@ cdef int _answer_failure(Session s, object value) except -1
 cdef int _fail_request(Session s, object err) except -1
 cdef int _origin_lost(Session s, object exc) except -1
 cdef int _replay(Session s) except -1
+cdef int _lost_early(Session s, object err) except -1
+cdef int _retry(Session s) except -1
+cdef int _peer_result(Session s, bint ok) except -1
 cdef int _log_failure(Session s, object err) except -1
 cdef object _bad_hook_return(Session s, str hook, object value, str expected)
 cdef int _finish_request(Session s) except -1
