@@ -6,6 +6,7 @@ run beside a running server; user/group. Load versions of these are in
 test_ops_load.py (slow)."""
 
 import os
+import re
 import signal
 import socket
 import time
@@ -162,6 +163,33 @@ def test_sighup_reloads_the_app_and_configuration(tmp_path):
         assert p.versions() == {"v2"}          # every new connection: the new code
         wait_for(lambda: not any(alive(w) for w in old), 5)   # the old ones drained
         assert len(p.workers()) == 3
+    finally:
+        assert p.stop() == 0
+
+
+def _catches(pid, sig):
+    """Whether process ``pid`` has a handler for ``sig`` (/proc's SigCgt)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            mask = int(re.search(r"SigCgt:\s*([0-9a-f]+)", f.read()).group(1), 16)
+    except OSError:
+        return False
+    return bool(mask >> (sig - 1) & 1)
+
+
+def test_sighup_while_starting_is_done_once_the_workers_accept(tmp_path):
+    """A SIGHUP that comes before the first workers accept (a reload right
+    after a start) neither kills the master nor is lost: it is done as soon
+    as the server serves."""
+    p = Proxy(tmp_path)
+    try:
+        wait_for(lambda: _catches(p.proc.pid, signal.SIGHUP), 10, 0.001)
+        p.write_app("v2")
+        p.proc.send_signal(signal.SIGHUP)
+        p.start()
+        wait_for(lambda: "sluiceway: reloaded" in p.log_text())
+        assert p.versions() == {"v2"}
+        assert p.proc.poll() is None
     finally:
         assert p.stop() == 0
 

@@ -16,12 +16,15 @@ handover, the connection to the new process.
 A *generation* is the set of workers started from one configuration and one
 import of the app. A reload (SIGHUP) reads the configuration and imports the
 app again in the master, binds any new address, forks a new generation and
-waits until each of its workers says it accepts (a line on its ready pipe);
-only then are the old workers told to stop (SIGTERM: they stop accepting,
-answer what they have with ``Connection: close`` and exit within
-``grace_period_seconds``). A mistake (YAML, import, a worker that does not
-start) is logged with its file and line and leaves the old generation
-serving: nothing is half-applied.
+waits until each of its workers says it accepts (``ok`` on its pipe to the
+master); only then are the old workers told to stop (SIGTERM: they take what
+waits in the queues, stop accepting and say so (``stopped``), answer what
+they have with ``Connection: close`` and exit within
+``grace_period_seconds``). "reloaded" is logged once every old worker
+stopped accepting: from then on every new connection reaches the new code.
+A mistake (YAML, import, a worker that does not start) is logged with its
+file and line and leaves the old generation serving: nothing is
+half-applied.
 
 A worker of the current generation that dies is replaced at once and its
 death logged (exit status or signal); a slot whose workers keep dying within
@@ -69,7 +72,7 @@ _MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
 
 class _Worker:
     __slots__ = ("pid", "slot", "gen", "ready_r", "started", "ready", "kill_at", "error",
-                 "replaces")
+                 "replaces", "stopped", "buf")
 
     def __init__(self, pid: int, slot: int, gen: int, ready_r: int, replaces: int = 0) -> None:
         self.pid = pid
@@ -79,8 +82,10 @@ class _Worker:
         self.started = time.monotonic()
         self.ready = False
         self.kill_at = 0.0       # SIGKILL after this (set when told to stop)
-        self.error = ""          # what it wrote on its ready pipe instead of "ok"
+        self.error = ""          # what it wrote on its pipe instead of "ok"
         self.replaces = replaces
+        self.stopped = False     # it no longer accepts (said "stopped", or exited)
+        self.buf = b""
 
 
 class _Pending:
@@ -214,7 +219,10 @@ class Master:
         self.sender: Optional[_handover.Sender] = None
         self.stopping: Optional[str] = None
         self.successors: List[int] = []
+        # What to log once the workers in it no longer accept: (pids, line).
+        self.stop_notes: List[tuple] = []
         self.started = False
+        self.deferred = set()    # signals that came while starting, handled once serving
         self.failure = ""        # why the first workers did not start
         self.code = 0
         self.wake_r = self.wake_w = -1
@@ -225,9 +233,10 @@ class Master:
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
+        # The wake-up fd first: a signal caught by a handler is never lost.
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         for sig in _MASTER_SIGNALS:
             signal.signal(sig, _noop)
-        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         try:
             for slot in range(self.server.configuration.threads):
                 self._spawn(slot, self.server, self.gen)
@@ -370,19 +379,41 @@ class Master:
             os.close(self.server._ready_fd)
 
     def _read_ready(self, w: _Worker) -> None:
+        """A line from a worker: ``ok`` (it accepts), ``error: ...`` (it
+        could not start), ``stopped`` (it no longer accepts); or EOF."""
         try:
             data = os.read(w.ready_r, 4096)
         except OSError:
             data = b""
-        if data.startswith(b"ok"):
-            w.ready = True
-        elif data:
-            w.error += data.decode(errors="replace")
+        if not data:
+            os.close(w.ready_r)
+            w.ready_r = -1
             return
-        os.close(w.ready_r)
-        w.ready_r = -1
-        if w.ready:
-            self._worker_ready(w)
+        w.buf += data
+        while b"\n" in w.buf:
+            line, w.buf = w.buf.split(b"\n", 1)
+            if line == b"ok":
+                w.ready = True
+                self._worker_ready(w)
+            elif line == b"stopped":
+                w.stopped = True
+                self._check_stop_notes()
+            else:
+                w.error += line.decode(errors="replace") + "\n"
+
+    def _note_when_stopped(self, pids: List[int], line: str) -> None:
+        """Log ``line`` once none of ``pids`` accepts any more."""
+        self.stop_notes.append((set(pids), line))
+        self._check_stop_notes()
+
+    def _check_stop_notes(self) -> None:
+        left = []
+        for pids, line in self.stop_notes:
+            if all(pid not in self.workers or self.workers[pid].stopped for pid in pids):
+                log.info("%s", line)
+            else:
+                left.append((pids, line))
+        self.stop_notes = left
 
     def _worker_ready(self, w: _Worker) -> None:
         if w.replaces:
@@ -410,6 +441,9 @@ class Master:
         if server.configuration.daemon and server.configuration.pid_file:
             _startup.write_pid_file(server.configuration.pid_file)
         server._started()
+        for sig in sorted(self.deferred, key=lambda s: s != signal.SIGHUP):
+            self._on_signal(sig)   # a reload first, then a handover
+        self.deferred.clear()
 
     def _reap(self) -> None:
         while True:
@@ -430,6 +464,7 @@ class Master:
                     os.close(w.ready_r)
                     w.ready_r = -1
             self._exited(w, status)
+            self._check_stop_notes()
 
     def _exited(self, w: _Worker, status: int) -> None:
         why = describe_exit(status)
@@ -496,7 +531,7 @@ class Master:
                         "stopping" if self.stopping else "handing its sockets over")
             return
         if not self.started:
-            log.warning("sluiceway: SIGHUP ignored: the server is still starting")
+            self.deferred.add(signal.SIGHUP)   # done once the workers accept
             return
         if self.pending is not None:
             self.reload_again = True
@@ -547,11 +582,13 @@ class Master:
         for key in list(self.socks):
             if key not in used:
                 self.socks.pop(key).close()   # an address the new configuration dropped
-        log.info("sluiceway: reloaded: %d new worker%s (%s) serve%s; %d old one%s drain%s",
-                 len(self._gen_pids(p.gen)), "s" if len(self._gen_pids(p.gen)) != 1 else "",
-                 ", ".join(map(str, self._gen_pids(p.gen))),
-                 "" if len(self._gen_pids(p.gen)) != 1 else "s", len(old),
-                 "s" if len(old) != 1 else "", "" if len(old) != 1 else "s")
+        pids = self._gen_pids(p.gen)
+        self._note_when_stopped(
+            [w.pid for w in old],
+            f"sluiceway: reloaded: {len(pids)} new worker{'s' if len(pids) != 1 else ''} "
+            f"({', '.join(map(str, pids))}) serve{'' if len(pids) != 1 else 's'}; "
+            f"{len(old)} old one{'s' if len(old) != 1 else ''} no longer accept{'' if len(old) != 1 else 's'} "
+            f"and drain{'' if len(old) != 1 else 's'}")
         if self.reload_again:
             self.reload_again = False
             self._reload()
@@ -589,7 +626,7 @@ class Master:
                         "stopping" if self.stopping else "already handing its sockets over")
             return
         if not self.started:
-            log.warning("sluiceway: SIGQUIT ignored: the server is still starting")
+            self.deferred.add(signal.SIGUSR2 if start_successor else signal.SIGQUIT)
             return
         if self.pending is not None:
             self.quit_after_reload = True
@@ -628,6 +665,8 @@ class Master:
             log.info("sluiceway: upgrade: pid %d serves the listening sockets now; stopping "
                      "gracefully", new_pid)
             self._stop("term")
+            self._note_when_stopped(list(self.workers), f"sluiceway: upgrade: pid {self.pid} no "
+                                    f"longer accepts (pid {new_pid} does) and drains")
         elif state == "failed":
             why = self.sender.error
             self.sender = None

@@ -569,8 +569,9 @@ class Server:
 
 def _worker_main(server: Server, ready_fd: int = -1) -> int:
     """A worker: run the services on a new uvloop loop until SIGTERM
-    (graceful) or SIGINT (at once). Writes ``ok`` on ``ready_fd`` once every
-    service accepts (the master waits for it), or why it could not start."""
+    (graceful) or SIGINT (at once). Writes a line on ``ready_fd`` (its pipe
+    to the master): ``ok`` once every service accepts, or why it could not
+    start; ``stopped`` once it accepts no more."""
     import uvloop
 
     loop = uvloop.new_event_loop()
@@ -615,12 +616,16 @@ def _worker_main(server: Server, ready_fd: int = -1) -> int:
             raise
         if ready_fd >= 0:
             _write_all(ready_fd, b"ok\n")
-            os.close(ready_fd)
         # Everything made at start-up lives as long as the worker: keep it
         # out of the cyclic collector's scans (shorter pauses under load).
         gc.collect()
         gc.freeze()
         how = await stop
+        for svc in server.services:
+            svc.stop_accepting()   # what waits in the queues is taken first
+        if ready_fd >= 0:
+            _write_all(ready_fd, b"stopped\n")   # the master may say a reload is done
+            os.close(ready_fd)
         grace = server.configuration.grace_period_seconds if how == "term" else 0.0
         await asyncio.gather(*(svc.stop(grace) for svc in server.services))
         await asyncio.gather(*(bg.stop(grace) for bg in server.background), return_exceptions=True)
