@@ -17,15 +17,18 @@ import pytest
 from proxy_harness import free_port, spawn, stop_proc, wait_port
 
 APP = """
+import asyncio
 import os
 from sluiceway.proxy import HttpPeer, ProxyHttp
 
 VERSION = "{version}"
 
 class App(ProxyHttp):
-    def request_filter(self, session, ctx):
+    async def request_filter(self, session, ctx):
         if session.req_header.path == "/crash":
             os._exit(3)
+        if session.req_header.path == "/slow":
+            await asyncio.sleep(1.5)
         session.respond(200, {{"x-version": VERSION, "x-pid": str(os.getpid())}}, "hi\\n")
         return True
 
@@ -135,6 +138,29 @@ def test_workers_that_keep_dying_are_restarted_with_growing_delays(tmp_path):
         assert "exited with status 3; starting another" in text
         assert "its workers keep dying, the next one starts in 0.5s" in text
         assert p.get().status_code == 200
+    finally:
+        assert p.stop() == 0
+
+
+def test_during_a_graceful_stop_new_connections_are_refused_not_left_waiting(tmp_path):
+    """SIGTERM with a request in flight: that request is answered, and a new
+    connection is refused at once (no listening socket is left open with
+    nobody accepting), so a client or balancer tries elsewhere at once."""
+    p = Proxy(tmp_path).start()
+    try:
+        s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+        s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)
+        p.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", p.port), timeout=3).close()
+        assert time.monotonic() - t0 < 0.5
+        assert p.proc.poll() is None            # still draining the slow request
+        head = s.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower()
+        s.close()
     finally:
         assert p.stop() == 0
 

@@ -434,12 +434,14 @@ class Master:
         """The first generation accepts: say so."""
         self.started = True
         server = self.server
+        # The pid file first: once the old master hears "ok" it may exit,
+        # and whoever reads the file then (systemd) must find this one.
+        if server.configuration.daemon and server.configuration.pid_file:
+            _startup.write_pid_file(server.configuration.pid_file)
         if self.receiver is not None:
             server._took_over = self.receiver.old_pid
             self.receiver.ack(True)
             self.receiver = None
-        if server.configuration.daemon and server.configuration.pid_file:
-            _startup.write_pid_file(server.configuration.pid_file)
         server._started()
         for sig in sorted(self.deferred, key=lambda s: s != signal.SIGHUP):
             self._on_signal(sig)   # a reload first, then a handover
