@@ -342,7 +342,9 @@ def test_a_plain_start_refuses_when_the_pid_file_names_a_running_server(tmp_path
         wait_for(lambda: not pid_file.exists())
 
 
-def test_sigusr1_reopens_the_log_files(tmp_path):
+@pytest.mark.parametrize("sig, said", [(signal.SIGUSR1, "log files reopened"),
+                                       (signal.SIGHUP, "sluiceway: reloaded")])
+def test_sigusr1_and_sighup_reopen_the_log_files(tmp_path, sig, said):
     acc = tmp_path / "access.log"
     p = Proxy(tmp_path, f"access_log: true\naccess_log_file: {acc}\n").start()
     try:
@@ -350,8 +352,8 @@ def test_sigusr1_reopens_the_log_files(tmp_path):
         wait_for(lambda: acc.exists() and "/before" in acc.read_text())
         os.rename(acc, tmp_path / "access.log.1")      # what logrotate does
         os.rename(p.log, tmp_path / "error.log.1")
-        p.proc.send_signal(signal.SIGUSR1)
-        wait_for(lambda: p.log.exists() and "log files reopened" in p.log_text())
+        p.proc.send_signal(sig)
+        wait_for(lambda: p.log.exists() and said in p.log_text())
         time.sleep(0.2)
         for _ in range(4):
             p.get("/after")
