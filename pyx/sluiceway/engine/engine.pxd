@@ -4,6 +4,8 @@ cdef class _Engine:
     cdef object loop
     cdef object app
     cdef readonly Settings cfg
+    cdef object compression     # the CompressionPolicy (sluiceway.compression), or None
+    cdef bint compress_default  # ... and it compresses by default
     cdef tuple hooks            # the app's hooks by H_* index, None where not overridden
     cdef _LoopState state
     cdef _IoLoop io

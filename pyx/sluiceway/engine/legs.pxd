@@ -8,11 +8,14 @@ cdef class _Leg:
     cdef bytes tail             # last chunk + the trailers to forward (None: a bare last chunk)
     cdef object pending         # the chunk a suspended filter holds
     cdef bint pending_end       # ... or the end
+    cdef object decoder         # undoes the upstream's content coding (response; None: none)
+    cdef object encoder         # applies the client's content coding (response; None: none)
 
     cdef int chunk(self, Session s, object data) except -1
     cdef int end(self, Session s) except -1
     cdef int resumed(self, Session s, object value) except -1
     cdef int out(self, Session s, object data) except -1
+    cdef int _framed(self, Session s, _Side dst, object data) except -1
     cdef int send_end(self, Session s) except -1
     cdef int _ended(self, Session s) except -1
     cdef _Side _source(self, Session s)

@@ -18,6 +18,15 @@ cdef class _Leg:
     cdef int chunk(self, Session s, object data) except -1:
         """A body chunk from the source end."""
         cdef object r
+        if self.decoder is not None:
+            try:
+                data = self.decoder.decompress(data)
+            except Exception as exc:
+                return s._fail(Error(f"upstream {s.peer} sent a body that does not decode "
+                                     f"as its Content-Encoding says: {exc}", status=502,
+                                     source=UPSTREAM))
+            if not data:
+                return 0
         if self.hook is not None:
             self.pending = data
             self.pending_end = False
@@ -71,8 +80,6 @@ cdef class _Leg:
 
     cdef int out(self, Session s, object data) except -1:
         """Send a (filtered) chunk in the leg's framing."""
-        cdef char hdr[24]
-        cdef size_t k
         cdef _Side dst = s.origin if self.up else s.client
         if data is None or self.mute or dst is None or not dst.is_open():
             return 0
@@ -88,7 +95,17 @@ cdef class _Leg:
             return 0
         if self.up:
             s._keep_for_replay(data)
-        else:
+        elif self.encoder is not None:
+            data = self.encoder.compress(data)
+            if not data:
+                return 0  # (the encoder keeps it for now)
+        return self._framed(s, dst, data)
+
+    cdef int _framed(self, Session s, _Side dst, object data) except -1:
+        """Write bytes in the leg's framing."""
+        cdef char hdr[24]
+        cdef size_t k
+        if not self.up:
             s.response_body_bytes += len(data)
         if self.chunked:
             k = sw_chunk_header(hdr, len(data))
@@ -98,10 +115,26 @@ cdef class _Leg:
         return 0
 
     cdef int send_end(self, Session s) except -1:
-        """The last chunk (with the trailers, when there are some to
-        forward), for a chunked body."""
+        """What the encoder still holds, then the last chunk (with the
+        trailers, when there are some to forward) for a chunked body."""
         cdef _Side dst = s.origin if self.up else s.client
-        if self.chunked and not self.mute and dst is not None and dst.is_open():
+        cdef object rest
+        if self.mute or dst is None or not dst.is_open():
+            return 0
+        if self.decoder is not None:
+            try:
+                rest = self.decoder.flush()
+            except Exception:
+                rest = b""
+            self.decoder = None
+            if rest:
+                self.out(s, rest)
+        if self.encoder is not None:
+            rest = self.encoder.flush()
+            self.encoder = None
+            if rest:
+                self._framed(s, dst, rest)
+        if self.chunked:
             dst.send(self.tail if self.tail is not None else _LAST_CHUNK)
         return 0
 

@@ -51,6 +51,10 @@ cdef class Session:
     cdef bint upgrading         # the upstream answered 101
     cdef bint tunneling
     cdef int n_informational    # 1xx responses received
+    cdef bint coding_asked      # a hook asked for (de)compression of this response
+    cdef object compress_choice # ... compress (True/False; None: the configured default)
+    cdef object compress_level  # ... at this level (None: the configured one)
+    cdef bint decompress_wanted # ... hand the body filters the upstream's body decoded
     # the client connection, retries, the end
     cdef bint client_keep
     cdef bint client_gone
@@ -98,6 +102,8 @@ cdef class Session:
     cdef _Leg _req_leg(self)
     cdef _Leg _resp_leg(self)
     cdef bint _body_allows_keep(self)
+    cdef ResponseHeader _response_header(self, _Reader r)
+    cdef int _plan_coding(self, _Reader r) except -1
     cdef int _wake_reader(self, object chunk) except -1
     cdef int _keep_for_replay(self, object chunk) except -1
     cdef int _to_client(self, object data) except -1

@@ -71,6 +71,29 @@ cdef class Session:
         self.response_body_bytes += len(body)
         self._to_client(data)
 
+    def compress_response(self, enabled=True, level=None):
+        """Compress this response for the client (``enabled=False``: do
+        not), whatever the configured default; ``level`` overrides the
+        configured level of the coding chosen. The same rules apply as by
+        default (see docs/compression.md): the client must accept a coding,
+        the type must be allowed, a response already encoded is left alone
+        (unless ``decompress_response`` was asked). Call it before the
+        response head goes out (``request_filter`` ...
+        ``upstream_response_filter``)."""
+        if level is not None and not isinstance(level, int):
+            raise TypeError(f"level must be an int or None, got {level!r}")
+        self.coding_asked = True
+        self.compress_choice = bool(enabled)
+        self.compress_level = level
+
+    def decompress_response(self, enabled=True):
+        """Undo the upstream's content coding (gzip, deflate, br, zstd) so
+        that ``response_body_filter`` sees the plain body; the client then
+        gets it compressed again when it accepts a coding and compression is
+        on, else plain. Call it before the response head goes out."""
+        self.coding_asked = True
+        self.decompress_wanted = bool(enabled)
+
     def respond_error(self, int status):
         """Write a small error response with the standard reason phrase."""
         self.respond(status, [("content-type", "text/plain")],
@@ -291,16 +314,14 @@ cdef class Session:
             self.resp_mode = M_CLOSE
         if not m.keep_alive:
             self.origin.spoil()
+        if (self.eng.compress_default or self.coding_asked) and self.resp_mode != M_NONE and \
+                st >= 200 and not self.upgrading:
+            self._plan_coding(r)
         if self.resp_mode == M_CLOSE or self.req_header.upgrade:
             self.client_keep = False
         if self.resp_hooks:
-            rs = ResponseHeader.__new__(ResponseHeader)
-            rs.status = st
-            rs._reason = PyBytes_FromStringAndSize(r.head_base + m.reason.off, m.reason.len)
-            rs._major = m.major
-            rs._minor = m.minor
-            rs.headers = _new_map(r.head_buf, r.head_base, m.headers, m.nheaders)
-            self.resp = rs
+            if self.resp is None:
+                self.resp = self._response_header(r)
             self.origin.hold()
             return _run_stages(self, S_UP_RESP, None)
         return _send_response_head(self)
@@ -397,6 +418,45 @@ cdef class Session:
             self.resp_leg = _new_leg(False, _hook(self.eng, H_RESP_BODY),
                                      self.resp_mode == M_CHUNKED, self.resp_mode == M_NONE)
         return self.resp_leg
+
+    cdef ResponseHeader _response_header(self, _Reader r):
+        """The response head as hooks see it (its fields stay spans until
+        one is changed)."""
+        cdef sw_msg_t *m = &r.m
+        cdef ResponseHeader rs = ResponseHeader.__new__(ResponseHeader)
+        rs.status = m.status_code
+        rs._reason = PyBytes_FromStringAndSize(r.head_base + m.reason.off, m.reason.len)
+        rs._major = m.major
+        rs._minor = m.minor
+        rs.headers = _new_map(r.head_buf, r.head_base, m.headers, m.nheaders)
+        return rs
+
+    cdef int _plan_coding(self, _Reader r) except -1:
+        """Compression or decompression of this response (the policy of
+        sluiceway.compression decides); when there is some, the head's
+        fields are changed, the length becomes unknown and the response's
+        leg gets the coders."""
+        cdef object policy = self.eng.compression
+        cdef ResponseHeader rs
+        cdef _Leg leg
+        from sluiceway.compression import CompressionPolicy, edit_headers
+        if policy is None:
+            policy = self.eng.compression = CompressionPolicy(enabled=False)
+        rs = self.resp if self.resp is not None else self._response_header(r)
+        plan = policy.plan(self.req_header.headers._get("accept-encoding", None), rs.status,
+                           rs.headers, True, self.compress_choice, self.compress_level,
+                           self.decompress_wanted)
+        if plan is None:
+            return 0
+        decoder, encoder, coding = plan
+        edit_headers(rs.headers, decoder is not None, coding)
+        self.resp = rs
+        if self.resp_mode == M_RAW:
+            self.resp_mode = M_CHUNKED if self.req_header._minor == 1 else M_CLOSE
+        leg = self._resp_leg()
+        leg.decoder = decoder
+        leg.encoder = encoder
+        return 0
 
     cdef bint _body_allows_keep(self):
         """Whether the client connection can be kept after a response
