@@ -69,10 +69,9 @@ async def _open_connection(Session s, HttpPeer peer):
             s._finish()
         return
     if err is not None:
-        if eng.log.isEnabledFor(logging.WARNING):
-            eng.gate.emit(logging.WARNING, "connect", "sluiceway: %s (for %s %s from %s)",
-                          (err.message, s.req_header._method, s.req_header.uri,
-                           _fmt_addr(s.client_addr)))
+        if eng.log.isEnabledFor(logging.WARNING) and not _suppressed(s, err):
+            eng.gate.emit(logging.WARNING, "connect", "sluiceway: %s (for %s)",
+                          (err.message, _request_summary(s)))
         s.error = err
         h = _hook(s.eng, H_FAIL_CONNECT)
         if h is not None:

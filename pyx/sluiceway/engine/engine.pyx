@@ -21,6 +21,9 @@ cdef class _Engine:
         self.compression = compression
         self.compress_default = compression is not None and compression.enabled
         self.hooks = _hook_table(app, base_class)
+        self.req_filters = tuple(h for h in (self.hooks[H_REQ_BODY],) if h is not None) or None
+        self.resp_filters = tuple(h for h in (self.hooks[H_UP_RESP_BODY], self.hooks[H_RESP_BODY])
+                                  if h is not None) or None
         self.conns = set()
         self.ups = set()
         self.readers = []

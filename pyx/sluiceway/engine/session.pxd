@@ -66,6 +66,10 @@ cdef class Session:
     cdef bint can_replay        # ... and the request can be sent again as it was
     cdef list replay            # body sent on a pooled connection, until a response byte
     cdef long long replay_bytes
+    cdef double rate_limit      # limit_rate(): response body bytes per second (0: none)
+    cdef long long rate_after   # ... after this many
+    cdef double rate_start      # when the limited body began
+    cdef object rate_timer      # the call that reads on again
     cdef double t_start
     cdef double t_connected
     cdef double t_resp
@@ -110,6 +114,7 @@ cdef class Session:
     cdef int _request_body_sent(self) except -1
     cdef int _response_body_sent(self) except -1
     cdef int _release_origin(self, bint reuse) except -1
+    cdef int _pace(self) except -1
     cdef int _advance(self, int stage, object value) except -1
     cdef int _fail(self, object err) except -1
     cdef int _finish(self) except -1
@@ -127,6 +132,8 @@ cdef int _fail_request(Session s, object err) except -1
 cdef int _origin_lost(Session s, object exc) except -1
 cdef int _replay(Session s) except -1
 cdef int _log_failure(Session s, object err) except -1
+cdef bint _suppressed(Session s, object err) except -1
+cdef str _request_summary(Session s)
 cdef object _bad_hook_return(Session s, str hook, object value, str expected)
 cdef int _finish_request(Session s) except -1
 cdef int _final_request(Session s) except -1

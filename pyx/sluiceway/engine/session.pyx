@@ -94,6 +94,17 @@ cdef class Session:
         self.coding_asked = True
         self.decompress_wanted = bool(enabled)
 
+    def limit_rate(self, bytes_per_second, after=0):
+        """Send the response body to the client no faster than
+        ``bytes_per_second`` (nginx's ``limit_rate``), after the first
+        ``after`` bytes (``limit_rate_after``); 0 lifts the limit. The
+        proxy then reads the upstream only as fast (the upstream is not
+        blamed for the wait). Callable from any hook of the request."""
+        if bytes_per_second < 0 or after < 0:
+            raise ValueError("limit_rate needs a rate and an 'after' of 0 or more")
+        self.rate_limit = float(bytes_per_second)
+        self.rate_after = int(after)
+
     def respond_error(self, int status):
         """Write a small error response with the standard reason phrase."""
         self.respond(status, [("content-type", "text/plain")],
@@ -306,7 +317,7 @@ cdef class Session:
                                     source=INTERNAL))
         if self.head_request or st == 204 or st == 304 or st < 200:
             self.resp_mode = M_NONE
-        elif m.has_content_length and not _has(self.eng, H_RESP_BODY):
+        elif m.has_content_length and self.eng.resp_filters is None:
             self.resp_mode = M_RAW
         elif self.req_header._minor == 1:
             self.resp_mode = M_CHUNKED
@@ -348,7 +359,7 @@ cdef class Session:
                 self.origin.spoil()  # the parser takes nothing after it
         if self.finished or self.resp_done:
             return True
-        if self.resp_leg is not None or _has(self.eng, H_RESP_BODY):
+        if self.resp_leg is not None or self.eng.resp_filters is not None:
             self._resp_leg().end(self)
         else:
             self._response_body_sent()
@@ -404,18 +415,17 @@ cdef class Session:
         return 0
 
     cdef _Leg _req_leg(self):
-        cdef object hook
         if self.req_leg is None:
             # A chunked request goes upstream chunked; so does any body
             # when a filter may change its length.
-            hook = _hook(self.eng, H_REQ_BODY)
-            self.req_leg = _new_leg(True, hook, self.req_header.chunked or
-                                    (hook is not None and self.req_has_body), False)
+            self.req_leg = _new_leg(True, self.eng.req_filters, self.req_header.chunked or
+                                    (self.eng.req_filters is not None and self.req_has_body),
+                                    False)
         return self.req_leg
 
     cdef _Leg _resp_leg(self):
         if self.resp_leg is None:
-            self.resp_leg = _new_leg(False, _hook(self.eng, H_RESP_BODY),
+            self.resp_leg = _new_leg(False, self.eng.resp_filters,
                                      self.resp_mode == M_CHUNKED, self.resp_mode == M_NONE)
         return self.resp_leg
 
@@ -530,6 +540,26 @@ cdef class Session:
             self.origin.spoil()
         self._release_origin(True)
         return self._finish()
+
+    cdef int _pace(self) except -1:
+        """After a response body chunk went out under a rate limit: when
+        ahead of the rate, stop reading the origin until the body is back
+        on it."""
+        cdef double now = _now()
+        cdef double allowed, ahead
+        if self.rate_start == 0.0:
+            self.rate_start = now
+        allowed = self.rate_after + self.rate_limit * (now - self.rate_start)
+        ahead = self.response_body_bytes - allowed
+        if ahead > 0 and self.origin is not None and self.rate_timer is None:
+            self.origin.throttle(True)
+            self.rate_timer = self.eng.loop.call_later(ahead / self.rate_limit, self._paced)
+        return 0
+
+    def _paced(self):
+        self.rate_timer = None
+        if self.origin is not None and not self.finished:
+            self.origin.throttle(False)
 
     cdef int _release_origin(self, bint reuse) except -1:
         cdef _Side o = self.origin

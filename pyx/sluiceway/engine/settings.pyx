@@ -101,7 +101,8 @@ cdef class Settings:
 HOOK_NAMES = ("new_ctx", "early_request_filter", "request_filter", "request_body_filter",
               "upstream_peer", "connected_to_upstream", "upstream_request_filter",
               "upstream_response_filter", "response_filter", "response_body_filter",
-              "logging", "fail_to_connect", "error_while_proxy", "fail_to_proxy")
+              "logging", "fail_to_connect", "error_while_proxy", "fail_to_proxy",
+              "upstream_response_body_filter", "suppress_error_log", "request_summary")
 
 
 cdef tuple _hook_table(object app, object base_class):

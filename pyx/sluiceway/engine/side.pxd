@@ -18,6 +18,7 @@ cdef class _Side:
     cdef int served(self)
     # --- the origin's end --------------------------------------------------
     cdef int expect_response(self) except -1
+    cdef int throttle(self, bint on) except -1
     cdef int spoil(self) except -1
     cdef int release(self, bint reuse) except -1
     cdef bint answered(self)

@@ -85,6 +85,11 @@ cdef class _Side:
         """The whole request went out: the response's time starts."""
         raise NotImplementedError
 
+    cdef int throttle(self, bint on) except -1:
+        """Stop (``on``) or go on reading and handing over the response,
+        for a rate limit (``Session.limit_rate``)."""
+        raise NotImplementedError
+
     cdef int spoil(self) except -1:
         """This end must not carry another request."""
         raise NotImplementedError
