@@ -183,6 +183,16 @@ class ServerConf:
         None, "File for the access log. Unset: standard output (the error log "
         "goes to standard error), so the two never mix.", group="sluiceway",
         hint="/var/log/sluiceway/access.log")
+    proxy_protocol: bool = _key(
+        False, "Every connection starts with a PROXY protocol header (version 1 or 2, "
+        "told apart by its first bytes) from a load balancer in `proxy_protocol_from`; "
+        "the client it names becomes `session.client_addr`. Connections from other "
+        "peers are refused, and one without a valid header is closed "
+        "(docs/client-addresses.md).", group="sluiceway")
+    proxy_protocol_from: List[str] = _key(
+        [], "The load balancers allowed to send the PROXY protocol: addresses or "
+        "CIDRs (`10.0.0.0/8`, `2001:db8::/32`). Required when `proxy_protocol` is on.",
+        group="sluiceway", example=["10.0.0.0/8"])
     compression: bool = _key(
         False, "Compress responses for clients that accept it (gzip, brotli, zstd "
         "chosen by the request's Accept-Encoding q-values), with the settings below; a "
@@ -267,6 +277,17 @@ class ServerConf:
             except ConfigError as exc:
                 raise ConfigError(f"{where('listen')}{exc}") from None
         self.redis_backend_args(where("redis"))
+        import ipaddress
+        for cidr in self.proxy_protocol_from:
+            try:
+                ipaddress.ip_network(cidr.strip(), strict=False)
+            except ValueError:
+                raise ConfigError(f"{where('proxy_protocol_from')}{cidr!r} is not an IP address "
+                                  "or network; write e.g. '10.0.0.5' or '10.0.0.0/8'") from None
+        if self.proxy_protocol and not self.proxy_protocol_from:
+            raise ConfigError(f"{where('proxy_protocol')}proxy_protocol is on but "
+                              "proxy_protocol_from is empty: list the load balancers that "
+                              "send the header (e.g. proxy_protocol_from: ['10.0.0.0/8'])")
         from .compression import CompressionPolicy
         try:
             CompressionPolicy.from_conf(self)

@@ -1,4 +1,4 @@
-# distutils: sources = csrc/sw_proxy.c csrc/sw_span.c csrc/sw_io.c csrc/sw_clock.c
+# distutils: sources = csrc/sw_proxy.c csrc/sw_span.c csrc/sw_io.c csrc/sw_clock.c csrc/sw_pp.c
 """The compiled proxy engine: downstream and upstream protocols, the
 connection pool and the per-request state machine that runs the hooks.
 
@@ -106,6 +106,7 @@ include "engine/pool.pyx"          # idle upstream connections
 include "engine/loggate.pyx"       # rate-limited log lines
 include "engine/engine.pyx"        # a service on a loop: the sweep, accepting, stopping
 include "engine/listener.pyx"      # accepting connections
+include "engine/proxyproto.pyx"    # PROXY protocol headers: reading, trusting, writing
 include "engine/downstream.pyx"    # the HTTP/1 client connection (a client's end)
 include "engine/upstream.pyx"      # the HTTP/1 upstream connection (an origin's end)
 include "engine/hooks.pyx"         # calling the app's hooks

@@ -9,6 +9,7 @@ cdef class Session:
         req_header: the request head (:class:`RequestHeader`); hooks may
             change it before ``upstream_request_filter`` sends it on.
         client_addr: the client's address (``(host, port)``).
+        server_addr: the address the client connected to.
         ctx: the per-request context ``new_ctx()`` returned.
         peer: the HttpPeer chosen by ``upstream_peer`` (None before).
         error: the Error that ended the request, or None.
@@ -151,10 +152,20 @@ cdef class Session:
 
     @property
     def client_addr(self):
-        """The client's address: ``(host, port)`` for TCP."""
+        """The client's address: ``(host, port)`` for IPv4, ``(host, port,
+        flowinfo, scope_id)`` for IPv6, the socket path (often ``""``) on a
+        Unix socket. Behind a load balancer that sends the PROXY protocol
+        (``proxy_protocol``), the client its header names."""
         if self._client_addr is None and self.client is not None:
             self._client_addr = self.client.address()
         return self._client_addr
+
+    @property
+    def server_addr(self):
+        """The address the client connected to (the listening socket's, or
+        the destination a PROXY protocol header named), in the form of
+        ``client_addr``; None once the client's connection is gone."""
+        return self.client.local_address() if self.client is not None else None
 
     @property
     def request_trailers(self):

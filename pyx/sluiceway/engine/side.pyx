@@ -75,6 +75,10 @@ cdef class _Side:
         """The client's address, or None."""
         raise NotImplementedError
 
+    cdef object local_address(self):
+        """The address the client connected to, or None."""
+        raise NotImplementedError
+
     cdef int served(self):
         """How many requests this end carried, this one included."""
         raise NotImplementedError
