@@ -139,8 +139,6 @@ cdef int _send_response_head(Session s) except -1:
         return 0
     m = &r.m
     mode = s.resp_mode
-    if mode == M_CHUNKED or mode == M_CLOSE:
-        extra |= SW_DROP_CONTENT_LENGTH
     keep = s.client_keep and not s.eng.closing and s._body_allows_keep()
     if rs is not None:
         status = rs.status
@@ -160,6 +158,8 @@ cdef int _send_response_head(Session s) except -1:
         rlen = m.reason.len
     s.client_keep = keep
     s.resp_started = True
+    if mode == M_CHUNKED or mode == M_CLOSE:
+        extra |= SW_DROP_CONTENT_LENGTH
     drop = _need_drop(n)
     flags = sw_hop_mark(f, n, drop, extra)
     if not (flags & SW_F_DROPPED) and m.major == 1 and m.minor == 1 and keep and \
