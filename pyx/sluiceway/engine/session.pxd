@@ -139,11 +139,10 @@ cdef int _finish_request(Session s) except -1
 cdef int _final_request(Session s) except -1
 cdef int _access_line(Session s) except -1
 # forward.pyx
+cdef sw_field_t *_fields_of(HeaderMap hm, uint32_t *n, size_t *size) except NULL
 cdef bytes _request_head(Session s, bint reframe)
 cdef bytes _extra_fields(Session s, unsigned flags, bint reframe)
-cdef bytes _request_head_from_items(Session s, bint reframe)
 cdef int _send_response_head(Session s) except -1
-cdef bytes _response_head_from_items(Session s, ResponseHeader rs, bint keep)
 cdef int _head_out(Session s, bytes head, _Reader r) except -1
 cdef bytes _informational_head(_Reader r)
 cdef bint _hold_more(Session s, _Reader r)
