@@ -62,12 +62,16 @@ cdef enum:
     H_FAIL_CONNECT = 11
     H_ERR_PROXY = 12
     H_FAIL_PROXY = 13
+    H_UP_RESP_BODY = 14
+    H_SUPPRESS_ERROR_LOG = 15
+    H_REQUEST_SUMMARY = 16
 
 
 # Why reading is paused (bit flags).
 cdef enum:
     R_BUFFERED = 1      # our own buffer is over the high-water mark
     R_PEER_FULL = 2     # the other side's write buffer is full
+    R_THROTTLE = 4      # the response is sent no faster than its rate limit
 
 
 # Deadline kinds (``_Conn.dl_kind``).
@@ -112,3 +116,15 @@ cdef enum:
     M_RAW = 1           # as received, Content-Length kept
     M_CHUNKED = 2       # re-chunked
     M_CLOSE = 3         # delimited by closing the connection
+
+
+# real_ip_header kinds (as sluiceway._realip_py)
+cdef enum:
+    RIP_XFF = 0
+    RIP_X_REAL_IP = 1
+    RIP_FORWARDED = 2
+
+# forwarded_header_style bits: which forwarding fields the proxy writes
+cdef enum:
+    FWD_X = 1                   # X-Forwarded-For, -Proto, -Host
+    FWD_RFC = 2                 # Forwarded (RFC 7239)

@@ -16,11 +16,17 @@ cdef class _Engine:
     (``cfg``), its client connections and upstream connections, its pool,
     and the sweep that enforces their deadlines."""
 
-    def __cinit__(self, object app, object base_class, object loop, Settings cfg):
+    def __cinit__(self, object app, object base_class, object loop, Settings cfg,
+                  object compression=None):
         self.loop = loop if loop is not None else asyncio.get_event_loop()
         self.app = app
         self.cfg = cfg
+        self.compression = compression
+        self.compress_default = compression is not None and compression.enabled
         self.hooks = _hook_table(app, base_class)
+        self.req_filters = tuple(h for h in (self.hooks[H_REQ_BODY],) if h is not None) or None
+        self.resp_filters = tuple(h for h in (self.hooks[H_UP_RESP_BODY], self.hooks[H_RESP_BODY])
+                                  if h is not None) or None
         self.conns = set()
         self.ups = set()
         self.readers = []
@@ -284,12 +290,14 @@ cdef class _Engine:
         self.pool.close_idle()
 
 
-def make_engine(app, base_class, loop=None, settings=None, **values):
+def make_engine(app, base_class, loop=None, settings=None, compression=None, **values):
     """Build the engine for ``app`` (a ProxyHttp instance) on ``loop``, with
     ``settings`` (a Settings; by default made from ``values``, keyword
-    arguments named as the ServerConf keys)."""
+    arguments named as the ServerConf keys) and ``compression`` (a
+    sluiceway.compression.CompressionPolicy, or None: hooks can still ask
+    for it per request, with the default policy)."""
     if settings is None:
         settings = Settings(**values)
     elif values:
         raise TypeError("make_engine takes settings or keyword values, not both")
-    return _Engine(app, base_class, loop, settings)
+    return _Engine(app, base_class, loop, settings, compression)

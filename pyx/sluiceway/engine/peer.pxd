@@ -16,5 +16,6 @@ cdef class HttpPeer:
     cdef readonly object ca_file
     cdef readonly object backend    # the LoadBalancer's Backend it was made for, or None
     cdef readonly object balancer   # told each attempt's outcome: balancer.report(backend, ok)
+    cdef readonly int proxy_protocol    # 0, or the PROXY header version sent first
     cdef bytes _host_header
     cdef bytes _host_hdr(self)
