@@ -84,7 +84,12 @@ def count(tree, tmp, o_port, path, n):
     finally:
         p.send_signal(signal.SIGINT)
         p.wait(120)
-    dumps = sorted(glob.glob(f"{out}.{worker}*"), key=os.path.getmtime)
+    # The dump callgrind_control -d asked for: OUT.PID.N when the process
+    # also writes one as it exits (a tree from before the master process,
+    # whose OUT.PID then holds the shutdown only); a worker that ends with
+    # os._exit writes only that dump, as OUT.PID.
+    dumps = (sorted(glob.glob(f"{out}.{worker}.*"), key=os.path.getmtime)
+             or sorted(glob.glob(f"{out}.{worker}"), key=os.path.getmtime))
     total = 0
     with open(dumps[-1]) as f:
         for line in f:
