@@ -48,10 +48,14 @@ cdef class HttpPeer:
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
-        if balancer is not None and not callable(getattr(balancer, "report", None)):
-            raise TypeError(f"HttpPeer balancer must have report(backend, ok), got {balancer!r:.60}")
-        self.backend = backend
-        self.balancer = balancer
+        # Both are None unless given (set only then: most peers have neither).
+        if balancer is not None:
+            if not callable(getattr(balancer, "report", None)):
+                raise TypeError(f"HttpPeer balancer must have report(backend, ok), got "
+                                f"{balancer!r:.60}")
+            self.balancer = balancer
+        if backend is not None:
+            self.backend = backend
         if plain:
             # A plain peer seen before: its checked fields and the one
             # reuse_key object for it (the pool's lookups then match by
