@@ -168,7 +168,9 @@ def test_error_log_file_names_upstream_and_cause(appdir, tmp_path):
     assert f"127.0.0.1:{dead}" in text and "failed" in text and "GET /x" in text
 
 
-def test_graceful_stop_closes_idle_keepalive_connections_at_once(origin):
+def test_graceful_stop_closes_idle_keepalive_connections_before_the_grace_period(origin):
+    """A keep-alive connection idle at the stop is closed once it has been
+    idle for DRAIN_IDLE (3 s), not at the end of grace_period_seconds."""
     import asyncio
     from proxy_harness import Harness, SimpleApp
     app = SimpleApp(origin.ports[0])
@@ -181,6 +183,6 @@ def test_graceful_stop_closes_idle_keepalive_connections_at_once(origin):
         t0 = time.monotonic()
         fut = asyncio.run_coroutine_threadsafe(h.svc.stop(), h.loop)
         assert s.recv(65536) == b""      # closed without waiting for the grace period
-        assert time.monotonic() - t0 < 1
+        assert time.monotonic() - t0 < 4.5
         fut.result(10)
         s.close()
