@@ -549,9 +549,10 @@ cdef class Consistent(Algorithm):
 cdef class BackendLoad:
     """One backend's requests in flight, as the proxy counts them.
 
-    ``LoadBalancer.load(backend)`` returns it, and ``LoadBalancer.peer``
-    lends it to the HttpPeer it makes: the proxy adds 1 when a request
-    starts on that peer and takes it away when the request is over.
+    ``LoadBalancer.load(backend)`` returns it; lent to an HttpPeer
+    (``HttpPeer(backend.addr, load=lb.load(backend))``), it counts the
+    requests the proxy sends there: 1 more when ``upstream_peer`` returns
+    that peer, 1 less when the request is over or a retry moves it.
     ``LeastConnections`` and ``PowerOfTwoChoices`` read it.  It lives as long
     as the backend is in the set or anything holds it, so a backend that
     leaves and comes back while requests are still in flight keeps its
