@@ -434,21 +434,24 @@ int sw_lc_walk_next(sw_lc_walk *w, uint32_t *out)
 }
 
 void sw_p2c_walk_init(sw_p2c_walk *w, const sw_loadview *v, const sw_wtable *t,
-                      uint64_t *state)
+                      uint64_t *state, int stop_unusable)
 {
     uint64_t r1 = sw_splitmix64(state);
     uint64_t r2 = sw_splitmix64(state);
-    uint64_t r3 = sw_splitmix64(state);
     uint32_t x;
 
     w->v = *v;
+    w->seed = sw_splitmix64(state);
     w->c1 = t->slots[r1 % t->nslots];
-    sw_walk_init(&w->walk, w->c1, v->n, r3);
+    sw_walk_init(&w->walk, w->c1, v->n, w->seed);
     w->c2 = t->slots[r2 % t->nslots];
     if (w->c2 == w->c1 && sw_walk_next(&w->walk, &x))
         w->c2 = x;
     w->taken = 0;
     w->has_held = 0;
+    w->stop_unusable = stop_unusable;
+    w->phase = 0;
+    w->skipped = NULL;
 }
 
 /* The next backend of the sequence c1, c2, rest of the walk. */
@@ -477,27 +480,59 @@ static int p2c_take(sw_p2c_walk *w, uint32_t *out)
     return 0;
 }
 
+/* Phase 0: the next usable backend of the sequence, noting the unusable
+ * ones passed over. */
+static int p2c_take_usable(sw_p2c_walk *w, uint32_t *out)
+{
+    uint32_t x;
+    while (p2c_take(w, &x)) {
+        if (usable(&w->v, x)) {
+            *out = x;
+            return 1;
+        }
+        if (w->skipped != NULL)
+            w->skipped[x / 64] |= UINT64_C(1) << (x % 64);
+    }
+    return 0;
+}
+
 int sw_p2c_walk_next(sw_p2c_walk *w, uint32_t *out)
 {
-    uint32_t a, b;
+    uint32_t a, b, x;
     if (w->has_held) {
         w->has_held = 0;
         *out = w->held;
         return 1;
     }
-    if (!p2c_take(w, &a))
-        return 0;
-    if (!p2c_take(w, &b)) {
-        *out = a;
-        return 1;
+    if (w->phase == 0) {
+        if (p2c_take_usable(w, &a)) {
+            if (!p2c_take_usable(w, &b)) {
+                *out = a;
+                return 1;
+            }
+            if (less_loaded(load_of(&w->v, b), w->v.weights[b],
+                            load_of(&w->v, a), w->v.weights[a])) {
+                *out = b;
+                w->held = a;
+            } else {
+                *out = a;
+                w->held = b;
+            }
+            w->has_held = 1;
+            return 1;
+        }
+        if (w->stop_unusable || w->skipped == NULL)
+            return 0;
+        /* Phase 1: the sequence again, for the backends passed over. */
+        w->phase = 1;
+        w->taken = 0;
+        sw_walk_init(&w->walk, w->c1, w->v.n, w->seed);   /* p2c_take skips c2 in it */
     }
-    if (sw_load_better(&w->v, b, a)) {
-        *out = b;
-        w->held = a;
-    } else {
-        *out = a;
-        w->held = b;
+    while (p2c_take(w, &x)) {
+        if (w->skipped[x / 64] & (UINT64_C(1) << (x % 64))) {
+            *out = x;
+            return 1;
+        }
     }
-    w->has_held = 1;
-    return 1;
+    return 0;
 }

@@ -74,14 +74,20 @@
  *      - three splitmix64 outputs r1, r2, r3 from the caller's state;
  *        c1 = slots[r1 % T] of the weighted table, c2 = slots[r2 % T], or,
  *        when that is c1 again, the first backend of the fallback walk
- *        (sw_walk) from c1 with seed r3; the sequence is c1, c2 (n >= 2),
+ *        (sw_walk) from c1 with seed r3; the SEQUENCE is c1, c2 (n >= 2),
  *        then the rest of that walk without c2.
- *      - the sequence is offered two at a time: of each pair the better
- *        first (on a tie the earlier), then the other; a last odd backend
- *        alone.  Each step is O(1).
- *      So the first choice is the better of two random backends (each
- *        drawn in proportion to its weight), and when both of a pair are
- *        unusable the next pair is compared.
+ *      - phase 0: the usable backends of the sequence, in its order, are
+ *        offered two at a time: of each pair the less loaded first (on a
+ *        tie the earlier), then the other; a last odd one alone.  A usable
+ *        flag is read when the sequence reaches the backend; the unusable
+ *        ones passed over are noted in the caller's bitmap.
+ *      - phase 1 (not with stop_unusable): the sequence once more, yielding
+ *        the backends noted in phase 0, in its order.
+ *      So the first choice is the less loaded of the first two usable
+ *        backends of a random weighted sequence: an unusable backend drawn
+ *        is replaced by the next usable one rather than handing its partner
+ *        the request unweighed.  With every backend usable each step is
+ *        O(1); each unusable backend costs one more step.
  */
 #ifndef SW_LB_H
 #define SW_LB_H
@@ -240,16 +246,27 @@ int sw_lc_walk_next(sw_lc_walk *w, uint32_t *out);
 typedef struct {
     sw_loadview v;
     sw_walk walk;         /* the backends after c1 and c2 */
+    uint64_t seed;        /* the walk's seed r3 (phase 1 walks again) */
+    uint64_t *skipped;    /* caller's zeroed bitmap; see sw_p2c_walk_wants_skipped */
     uint32_t c1, c2;
     uint32_t taken;       /* backends of the sequence taken so far */
     uint32_t held;        /* the other of the current pair, offered next */
     int has_held;
+    int stop_unusable;    /* end after phase 0 */
+    int phase;
 } sw_p2c_walk;
 
 /* Start a power-of-two-choices walk over v with the weighted table t of the
  * same n >= 1 backends, drawing from *state. */
 void sw_p2c_walk_init(sw_p2c_walk *w, const sw_loadview *v, const sw_wtable *t,
-                      uint64_t *state);
+                      uint64_t *state, int stop_unusable);
+
+/* Whether w->skipped must be set (to sw_bitmap_words(n) zeroed words)
+ * before the first sw_p2c_walk_next: only without stop_unusable. */
+static inline int sw_p2c_walk_wants_skipped(const sw_p2c_walk *w)
+{
+    return !w->stop_unusable && w->skipped == NULL;
+}
 /* Store the next backend in *out and return 1, or return 0 when done. */
 int sw_p2c_walk_next(sw_p2c_walk *w, uint32_t *out);
 

@@ -328,36 +328,47 @@ class PowerOfTwoChoices(Random):
         self._w = [b.weight for b in backends]
 
     def iter(self, key=None, loads=None, ok=None, stop_unusable=False):
-        """The better of two weighted random backends, then the rest in
-        pairs (each pair better first)."""
+        """The less loaded of the first two usable backends of a weighted
+        random sequence, then the rest of its usable ones in pairs (each
+        pair less loaded first), then the unusable ones."""
         _key_bytes(key)
         if not self._n:
             return iter(())
         r1, r2, r3 = self._next64(), self._next64(), self._next64()
         t = self._table
         c1 = t[r1 % len(t)]
-        walk = fallback_walk(c1, self._n, r3)
         c2 = t[r2 % len(t)]
         if c2 == c1:
-            c2 = next(walk, c1)
-        seq = [c1] if self._n < 2 else [c1, c2]
-        rest = (x for x in walk if x != c2)
-        return self._pairs(_LoadView(loads, ok, self._w), seq, rest)
+            c2 = next(fallback_walk(c1, self._n, r3), c1)
+        head = [c1] if self._n < 2 else [c1, c2]
+        seq = head + [x for x in fallback_walk(c1, self._n, r3) if x not in head]
+        return self._pairs(_LoadView(loads, ok, self._w), seq, stop_unusable)
 
     @staticmethod
-    def _pairs(v, seq, rest):
-        it = itertools.chain(seq, rest)
-        for a in it:
-            b = next(it, None)
-            if b is None:
-                yield a
-                return
-            if v.better(b, a):
-                yield b
+    def _pairs(v, seq, stop_unusable):
+        skipped = set()
+        pending = None
+        for x in seq:                       # phase 0: usable ones, in pairs
+            if not v.usable(x):
+                skipped.add(x)
+                continue
+            if pending is None:
+                pending = x
+                continue
+            a, pending = pending, None
+            if v.less_loaded(x, a):
+                yield x
                 yield a
             else:
                 yield a
-                yield b
+                yield x
+        if pending is not None:
+            yield pending
+        if stop_unusable:
+            return
+        for x in seq:                       # phase 1: those passed over
+            if x in skipped:
+                yield x
 
 
 def ketama_server_hash_input(addr):

@@ -69,10 +69,11 @@ cdef extern from "sw_lb.h" nogil:
     int sw_lc_walk_next(sw_lc_walk *w, uint32_t *out)
 
     ctypedef struct sw_p2c_walk:
-        pass
+        uint64_t *skipped
 
     void sw_p2c_walk_init(sw_p2c_walk *w, const sw_loadview *v, const sw_wtable *t,
-                          uint64_t *state)
+                          uint64_t *state, int stop_unusable)
+    bint sw_p2c_walk_wants_skipped(const sw_p2c_walk *w)
     int sw_p2c_walk_next(sw_p2c_walk *w, uint32_t *out)
 
 

@@ -130,6 +130,8 @@ cdef inline int _cursor_next(Cursor *cur, uint32_t *out) except -1:
             return 1
         return sw_walk_next(&cur.walk, out)
     if cur.kind == CUR_P2C:
+        if sw_p2c_walk_wants_skipped(&cur.pwalk):
+            cur.pwalk.skipped = _cursor_bitmap(cur)
         return sw_p2c_walk_next(&cur.pwalk, out)
     if cur.kind == CUR_LEAST:
         if sw_lc_walk_wants_seen(&cur.lwalk):
@@ -374,10 +376,11 @@ cdef class PowerOfTwoChoices(_Weighted):
     weight (splitmix64, as ``Random``); the one with fewer requests in flight
     per unit of weight is the first choice (on a tie, the first drawn).  The
     other one is the first fallback; then the rest in ``Random``'s stride
-    order, compared two at a time the same way.  A usable (healthy and
-    enabled) backend always comes before an unusable one of its pair.  The
-    key is ignored; each selection costs O(1) whatever the number of
-    backends.  The loads are those of the ``LoadBalancer`` it serves (the
+    order, compared two at a time the same way.  An unusable (unhealthy or
+    disabled) backend drawn is passed over for the next usable one, so two
+    usable backends are always compared; the unusable ones come last.  The
+    key is ignored; with every backend usable a selection costs O(1)
+    whatever the number of backends.  The loads are those of the ``LoadBalancer`` it serves (the
     proxy counts them); used on its own it sees every load as 0.
 
     Args:
@@ -404,7 +407,7 @@ cdef class PowerOfTwoChoices(_Weighted):
         v.ok = cur.ok
         v.weights = self.weights
         v.n = self.n
-        sw_p2c_walk_init(&cur.pwalk, &v, &self.table, &self.state)
+        sw_p2c_walk_init(&cur.pwalk, &v, &self.table, &self.state, cur.stop_unusable)
         return 0
 
 

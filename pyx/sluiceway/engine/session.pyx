@@ -41,11 +41,6 @@ cdef class Session:
     cdef int start(self) except -1:
         return _run_stages(self, S_NEW_CTX, None)
 
-    def __dealloc__(self):
-        # Only a request that never ended still holds a count (none should).
-        if self.load_held != NULL:
-            sw_load_down(self.load_held)
-
     # --- requests in flight per peer (HttpPeer(load=...)) ----------------
     # A request is in its peer's count from the moment upstream_peer gives
     # it that peer until _finish_request; a retry that gets another peer
