@@ -14,8 +14,7 @@ Usage:
         [--lb ALGORITHM [--count-load]] [--compare NAME=DIR ...]
 
 ``--lb RoundRobin`` (or another algorithm of sluiceway.lb) makes
-``upstream_peer`` select with a LoadBalancer over two backends (the origin
-under two addresses) and return one cached HttpPeer per backend;
+``upstream_peer`` select with a LoadBalancer over one backend (the origin) and return one cached HttpPeer per backend;
 ``--count-load`` lends each peer the backend's load (``HttpPeer(load=)``),
 which a checkout from before that existed cannot do.
 
@@ -79,7 +78,7 @@ PORT = int(os.environ["BENCH_ORIGIN_PORT"])
 
 class BenchApp(ProxyHttp):
     def __init__(self):
-        self.lb = LoadBalancer.from_iter([f"127.0.0.1:{{PORT}}", f"localhost:{{PORT}}"], {algo})
+        self.lb = LoadBalancer.from_iter([f"127.0.0.1:{{PORT}}"], {algo})
         self.peers = {{}}
 
     def request_filter(self, session, ctx):
