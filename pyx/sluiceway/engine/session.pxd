@@ -4,7 +4,9 @@
 cdef class Session:
     # seen by hooks
     cdef readonly RequestHeader req_header
-    cdef object _client_addr
+    cdef object _client_addr    # the client (behind trusted proxies: the one they name)
+    cdef object _direct_addr    # the address the request came from (socket or PROXY header)
+    cdef object _via            # the trusted proxy it came through last, or None
     cdef readonly object ctx
     cdef readonly object peer
     cdef readonly object error
@@ -82,6 +84,7 @@ cdef class Session:
     cdef int start(self) except -1
     cdef void _load_move(self, HttpPeer peer) noexcept
     cdef void _load_leave(self) noexcept
+    cdef object _direct(self)
     # from the client's end
     cdef int on_request_body(self, object chunk) except -1
     cdef int on_request_end(self, _Reader r) except -1
