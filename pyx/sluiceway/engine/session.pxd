@@ -72,8 +72,8 @@ cdef class Session:
     cdef long long rate_after   # ... after this many
     cdef double rate_start      # when the limited body began
     cdef object rate_timer      # the call that reads on again
-    cdef sw_load *load_held     # the peer's count this request is in (NULL: none)
-    cdef object load_owner      # ... the BackendLoad owning it, kept alive meanwhile
+    cdef sw_load *load_held     # the count of self.peer this request is in (NULL: none);
+                                # the peer's BackendLoad keeps it alive
     cdef double t_start
     cdef double t_connected
     cdef double t_resp
