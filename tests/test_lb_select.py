@@ -106,6 +106,11 @@ def _apply(core, algo, op):
          operations=[("iter", str(k)) for k in range(8)], seed=3)
 @example(backends=[Backend("unix:/run/a.sock"), Backend("[::1]:80", 7)],
          operations=[("select", "\udcff", 2)], seed=0)  # lone surrogate: both must reject
+@example(backends=[Backend(f"10.0.0.{i}:80", w) for i, w in enumerate([1, 2, 3, 2], 1)],
+         operations=[("begin", 2), ("begin", 2), ("begin", 1), ("usable", 0, False),
+                     ("select", None, 4), ("select_with", None, 4, 1), ("end", 2),
+                     ("select", None, 4), ("end", 3), ("end", 3), ("select", None, 1),
+                     ("iter", None)], seed=5)  # loads, a down backend, a negative count
 def test_compiled_matches_reference(name, backends, operations, seed):
     results = {}
     for impl in IMPLS:
