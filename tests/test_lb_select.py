@@ -421,7 +421,8 @@ def test_reference_classes_work_as_load_balancer_selection(name):
 
 # ---------------------------------------------------------------- allocations
 
-@pytest.mark.parametrize("name", ["RoundRobin", "FNVHash", "Random", "Consistent"])
+@pytest.mark.parametrize("name", ["RoundRobin", "FNVHash", "Random", "Consistent",
+                                  "LeastConnections", "PowerOfTwoChoices"])
 @pytest.mark.parametrize("n", [3, 3000])   # 3000 > 2048: the ring walk mallocs its bitmap
 def test_compiled_select_allocates_no_python_objects(name, n):
     import sys
