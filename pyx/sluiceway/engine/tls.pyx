@@ -159,7 +159,7 @@ cdef class _Tls:
         except _SSLERR as exc:
             c.t_abort(exc)
             return 0
-        return self._flush(c)
+        return c._send_raw(self.out.read())   # (a write always makes a record)
 
     cdef int writev(self, _Conn c, tuple parts) except -1:
         """Encrypt several parts in order and send them at once; small ones
@@ -179,7 +179,7 @@ cdef class _Tls:
         except _SSLERR as exc:
             c.t_abort(exc)
             return 0
-        return self._flush(c)
+        return c._send_raw(self.out.read())
 
     cdef int close_notify(self, _Conn c) except -1:
         """Write our close_notify (after what is queued); the peer's is not
