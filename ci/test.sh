@@ -6,7 +6,8 @@
 #   3. the default suite on CPython 3.11, 3.10 and 3.12 (a matrix): each in
 #      a fresh virtual environment under build/ with that Python's wheel and
 #      the test requirements installed; nothing goes into the system Python;
-#   4. the slow suite (load, soak, wheels in clean venvs without a compiler,
+#   4. the in-process proxy suites again on the stdlib event loop (3.11);
+#   5. the slow suite (load, soak, wheels in clean venvs without a compiler,
 #      the README's install command) on 3.11.
 # A Python missing from the machine is reported as skipped; any failure makes
 # the whole run fail after every step ran. SLUICEWAY_TEST_PYTHONS="3.11"
@@ -48,6 +49,15 @@ for v in ${SLUICEWAY_TEST_PYTHONS:-3.11 3.10 3.12}; do
     "$dir/bin/python" -m pytest tests -q -ra || status=1
     echo "CPython $v: $((SECONDS - t0)) s"
 done
+
+step "in-process proxy suites on the stdlib event loop (CPython 3.11)"
+# The engine runs on any asyncio loop; uvloop is the default. The reference
+# loop runs the suites that drive requests end to end in this process.
+t0=$SECONDS
+SLUICEWAY_TEST_LOOP=asyncio build/ci-venv-3.11/bin/python -m pytest -q -ra \
+    tests/test_proxy_core.py tests/test_proxy_hooks.py tests/test_proxy_errors.py \
+    tests/test_proxy_timeouts.py || status=1
+echo "stdlib loop: $((SECONDS - t0)) s"
 
 step "slow suite on CPython 3.11"
 t0=$SECONDS

@@ -128,31 +128,27 @@ int sw_io_soerror(int fd)
     return err;
 }
 
-int sw_io_peername(int fd, char *host, size_t hostlen, int *port,
-                   unsigned *flowinfo, unsigned *scope_id)
+/* The address in `ss` (as sw_io_peername describes). */
+static int addr_out(const struct sockaddr_storage *ss, socklen_t len, char *host,
+                    size_t hostlen, int *port, unsigned *flowinfo, unsigned *scope_id)
 {
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof ss;
-    memset(&ss, 0, sizeof ss);
-    if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0)
-        return -errno;
     host[0] = '\0';
     *port = 0;
     *flowinfo = *scope_id = 0;
-    if (ss.ss_family == AF_INET) {
-        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
         if (!inet_ntop(AF_INET, &a->sin_addr, host, (socklen_t)hostlen))
             return -errno;
         *port = ntohs(a->sin_port);
-    } else if (ss.ss_family == AF_INET6) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
         if (!inet_ntop(AF_INET6, &a->sin6_addr, host, (socklen_t)hostlen))
             return -errno;
         *port = ntohs(a->sin6_port);
         *flowinfo = ntohl(a->sin6_flowinfo);
         *scope_id = a->sin6_scope_id;
-    } else if (ss.ss_family == AF_UNIX) {
-        struct sockaddr_un *a = (struct sockaddr_un *)&ss;
+    } else if (ss->ss_family == AF_UNIX) {
+        const struct sockaddr_un *a = (const struct sockaddr_un *)ss;
         size_t n = len > offsetof(struct sockaddr_un, sun_path)
                    ? len - offsetof(struct sockaddr_un, sun_path) : 0;
         if (n >= hostlen)
@@ -162,7 +158,29 @@ int sw_io_peername(int fd, char *host, size_t hostlen, int *port,
         if (n > 0 && a->sun_path[0] == '\0')
             host[0] = '\0';  /* abstract socket: report no path */
     }
-    return ss.ss_family;
+    return ss->ss_family;
+}
+
+int sw_io_peername(int fd, char *host, size_t hostlen, int *port,
+                   unsigned *flowinfo, unsigned *scope_id)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    memset(&ss, 0, sizeof ss);
+    if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0)
+        return -errno;
+    return addr_out(&ss, len, host, hostlen, port, flowinfo, scope_id);
+}
+
+int sw_io_sockname(int fd, char *host, size_t hostlen, int *port,
+                   unsigned *flowinfo, unsigned *scope_id)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    memset(&ss, 0, sizeof ss);
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+        return -errno;
+    return addr_out(&ss, len, host, hostlen, port, flowinfo, scope_id);
 }
 
 int sw_io_shutdown_wr(int fd)

@@ -63,6 +63,10 @@ int sw_io_soerror(int fd);
 int sw_io_peername(int fd, char *host, size_t hostlen, int *port,
                    unsigned *flowinfo, unsigned *scope_id);
 
+/* The socket's own address, as sw_io_peername writes it. */
+int sw_io_sockname(int fd, char *host, size_t hostlen, int *port,
+                   unsigned *flowinfo, unsigned *scope_id);
+
 /* Half-close: shutdown(SHUT_WR), so the peer reads EOF after what was
  * sent while we go on reading (a lingering close). 0 or -errno. */
 int sw_io_shutdown_wr(int fd);

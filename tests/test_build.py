@@ -1,6 +1,5 @@
 """The package and its build: loud failures, pinned llhttp, the wheel."""
 
-import hashlib
 import os
 import signal
 import subprocess

@@ -4,7 +4,6 @@ its RSS is sampled from /proc while the bytes flow.
 
 The default run moves 128 MiB each way; the slow run moves 1 GiB."""
 
-import os
 import socket
 import threading
 import time

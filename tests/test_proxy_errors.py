@@ -1,4 +1,4 @@
-"""Error statuses, timeouts, limits and misbehaving peers."""
+"""Error statuses, limits and misbehaving peers (timeouts: test_proxy_timeouts.py)."""
 
 import logging
 import socket
@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from proxy_harness import Harness, SimpleApp, count_responses, open_fds, raw
+from proxy_harness import Harness, SimpleApp, open_fds, raw
 from sluiceway.proxy import HttpPeer, ProxyHttp
 
 
@@ -41,48 +41,6 @@ def test_connect_refused_is_502_with_log_line(caplog):
     assert app.errors[0].status == 502 and app.errors[0].source == "upstream"
     assert any(f"127.0.0.1:{port}" in r.getMessage() and "failed" in r.getMessage()
                for r in caplog.records)
-
-
-def test_connect_timeout_is_504():
-    # A listener that never accepts, with a full backlog: SYNs are dropped.
-    ls = socket.socket()
-    ls.bind(("127.0.0.1", 0))
-    ls.listen(0)
-    fillers = []
-    for _ in range(4):
-        c = socket.socket()
-        c.setblocking(False)
-        c.connect_ex(ls.getsockname())
-        fillers.append(c)
-    try:
-        app = FixedPeer(ls.getsockname(), connect_timeout=0.3)
-        with Harness(app) as h:
-            t0 = time.monotonic()
-            r = httpx.get(h.url + "/", timeout=5)
-            assert r.status_code == 504
-            assert time.monotonic() - t0 < 3
-        assert "connect_timeout" in app.errors[0].message
-    finally:
-        for c in fillers:
-            c.close()
-        ls.close()
-
-
-def test_upstream_read_timeout_is_504_and_names_upstream(caplog):
-    app = SimpleApp()
-    with caplog.at_level(logging.WARNING, logger="sluiceway.error"):
-        with Harness(app, upstream_read_timeout_seconds=0.3) as h:
-            t0 = time.monotonic()
-            assert httpx.get(h.url + "/slow?d=3", timeout=5).status_code == 504
-            assert time.monotonic() - t0 < 2
-            assert h.pool_stats()["idle"] == 0  # the timed-out connection is not pooled
-    assert any("timed out" in r.getMessage() and "read_timeout" in r.getMessage()
-               and f"127.0.0.1:{h.origin.port}" in r.getMessage() for r in caplog.records)
-
-
-def test_total_request_timeout_is_504():
-    with Harness(request_timeout_seconds=0.3) as h:
-        assert httpx.get(h.url + "/slow?d=3", timeout=5).status_code == 504
 
 
 @pytest.fixture(scope="module")
@@ -180,35 +138,6 @@ def test_client_disconnect_while_waiting_for_upstream():
         assert h.pool_stats()["idle"] == 0
 
 
-def test_slowloris_head_timeout_closes():
-    with Harness(downstream_header_timeout_seconds=0.3) as h:
-        s = socket.create_connection(("127.0.0.1", h.port), timeout=5)
-        try:
-            s.sendall(b"GET / HTTP/1.1\r\nHo")
-            t0 = time.monotonic()
-            out = s.recv(65536)
-            assert time.monotonic() - t0 < 2
-            assert out.startswith(b"HTTP/1.1 408")
-            assert s.recv(65536) == b""
-        finally:
-            s.close()
-
-
-def test_idle_keepalive_timeout_closes():
-    with Harness(downstream_keepalive_timeout_seconds=0.3) as h:
-        s = socket.create_connection(("127.0.0.1", h.port), timeout=5)
-        try:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            buf = b""
-            while count_responses(buf) < 1:
-                buf += s.recv(65536)
-            t0 = time.monotonic()
-            assert s.recv(65536) == b""
-            assert 0.2 < time.monotonic() - t0 < 2
-        finally:
-            s.close()
-
-
 def test_max_connections_answers_503():
     with Harness(max_connections=2) as h:
         a = socket.create_connection(("127.0.0.1", h.port))
@@ -293,71 +222,3 @@ def test_no_fd_or_pool_leak_after_mixed_requests():
 @pytest.mark.slow
 def test_no_fd_or_pool_leak_after_10000_mixed_requests():
     _no_leaks(10000)
-
-
-def test_upstream_write_timeout_is_504():
-    # An upstream that accepts the connection but never reads the body.
-    ls = socket.socket()
-    ls.bind(("127.0.0.1", 0))
-    ls.listen(4)
-    accepted = []
-    import threading
-
-    def accept():
-        try:
-            c, _ = ls.accept()
-            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            accepted.append(c)
-        except OSError:
-            pass
-    threading.Thread(target=accept, daemon=True).start()
-    app = FixedPeer(ls.getsockname(), write_timeout=0.3)
-    try:
-        with Harness(app) as h:
-            s = socket.create_connection(("127.0.0.1", h.port), timeout=10)
-            size = 64 * 1024 * 1024
-            s.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
-            s.setblocking(False)
-            block = b"w" * 65536
-            got = b""
-            t0 = time.monotonic()
-            while time.monotonic() - t0 < 5 and b"\r\n\r\n" not in got:
-                try:
-                    s.send(block)
-                except (BlockingIOError, ConnectionError):
-                    pass
-                try:
-                    got += s.recv(65536)
-                except BlockingIOError:
-                    time.sleep(0.005)
-                except ConnectionError:
-                    break
-            s.close()
-            assert got.startswith(b"HTTP/1.1 504"), got[:100]
-        assert "write_timeout" in app.errors[0].message
-    finally:
-        ls.close()
-        for c in accepted:
-            c.close()
-
-
-def test_client_that_stops_reading_is_disconnected(caplog):
-    class Log(SimpleApp):
-        errors = []
-
-        def logging(self, session, error, ctx):
-            self.errors.append(error)
-    app = Log()
-    with caplog.at_level(logging.INFO, logger="sluiceway.error"):
-        with Harness(app, downstream_write_timeout_seconds=0.3) as h:
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.connect(("127.0.0.1", h.port))
-            s.sendall(b"GET /big?size=50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
-            deadline = time.monotonic() + 5
-            while not app.errors and time.monotonic() < deadline:
-                time.sleep(0.05)
-            s.close()
-            assert app.errors and "downstream_write_timeout" in app.errors[0].message
-            assert h.pool_stats()["idle"] == 0  # the half-read upstream is not pooled
-    assert any("read nothing" in r.getMessage() for r in caplog.records)

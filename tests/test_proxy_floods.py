@@ -3,7 +3,6 @@ summary line with a count; after a slowloris run the worker gives the
 memory back."""
 
 import logging
-import os
 import resource
 import signal
 import socket

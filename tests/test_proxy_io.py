@@ -2,18 +2,14 @@
 docs/architecture.md): addresses, name resolution, write queues, resets,
 running out of descriptors, and that nothing stays registered."""
 
-import os
 import socket
 import struct
-import sys
 import textwrap
-import threading
 import time
 
 import httpx
-import pytest
 
-from proxy_harness import Harness, OriginThread, SimpleApp, free_port, raw, spawn, stop_proc, wait_port
+from proxy_harness import Harness, OriginThread, SimpleApp, free_port, spawn, stop_proc, wait_port
 from sluiceway import _engine
 from sluiceway.proxy import HttpPeer, ProxyHttp
 

@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 from proxy_harness import OriginThread, free_port, spawn, stop_proc, wait_port
-from sluiceway.config import ConfigError, ServerConf, load_config
 
 APP = """
 import os
@@ -38,42 +37,6 @@ def origin():
         yield o
 
 
-def test_config_defaults_and_engine_settings():
-    from sluiceway._engine import Settings
-    c = ServerConf()
-    assert c.threads == 1 and c.max_retries == 1
-    s = Settings.from_conf(c)
-    # one name per setting: the engine's is the ServerConf key
-    assert s.upstream_keepalive_pool_size == 128
-    assert s.downstream_header_timeout_seconds == c.downstream_header_timeout_seconds
-    with pytest.raises(TypeError, match="did you mean downstream_header_timeout_seconds"):
-        Settings(downstream_header_timeout=3)
-
-
-def test_config_unknown_key_names_line(tmp_path):
-    p = tmp_path / "c.yaml"
-    p.write_text("version: 1\nthreads: 2\nmax_retry: 3\n")
-    with pytest.raises(ConfigError, match=r"c.yaml:3: unknown key 'max_retry' \(did you mean max_retries\?\)"):
-        load_config(str(p))
-
-
-def test_config_bad_type_names_key_and_line(tmp_path):
-    p = tmp_path / "c.yaml"
-    p.write_text("version: 1\n\nthreads: many\n")
-    with pytest.raises(ConfigError, match=r"c.yaml:3: threads must be int"):
-        load_config(str(p))
-    p.write_text("grace_period_seconds: -1\n")
-    with pytest.raises(ConfigError, match=r"c.yaml:1: grace_period_seconds must not be negative"):
-        load_config(str(p))
-
-
-def test_config_invalid_yaml(tmp_path):
-    p = tmp_path / "c.yaml"
-    p.write_text("threads: [1\n")
-    with pytest.raises(ConfigError, match="invalid YAML"):
-        load_config(str(p))
-
-
 def test_cli_check_config(tmp_path, appdir):
     good = tmp_path / "good.yaml"
     good.write_text("version: 1\nthreads: 1\nupstream_keepalive_pool_size: 16\n")
@@ -98,7 +61,6 @@ def _start(appdir, origin, conf_text="", extra=()):
     p.env_pythonpath = str(appdir)
     wait_port(port, p)
     return p, f"http://127.0.0.1:{port}"
-
 
 
 def test_cli_run_and_sigterm_graceful(appdir, origin):

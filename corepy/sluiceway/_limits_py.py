@@ -22,7 +22,7 @@ import asyncio
 import collections
 import math
 
-from ._limits_common import (
+from ._base.limits import (
     TRANSITIONS,
     BreakerState,
     Transition,

@@ -60,7 +60,7 @@ import time
 import weakref
 
 from . import _compiled
-from ._limits_common import check_limit, positive
+from ._base.limits import check_limit, positive
 from ._limits_py import RateDecision
 
 __all__ = ["RedisBackend", "RedisRateLimiter", "configure_default", "default_backend"]
@@ -462,7 +462,7 @@ class RedisRateLimiter:
 
     def __init__(self, limit, interval=60.0, *, name, backend=None, hashes=4, slots=1024,
                  max_keys=100_000):
-        from ._limits_common import check_scope, interval_ns
+        from ._base.limits import check_scope, interval_ns
 
         owner = "RedisRateLimiter"
         self.limit = check_limit(owner, limit)

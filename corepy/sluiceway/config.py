@@ -183,6 +183,39 @@ class ServerConf:
         None, "File for the access log. Unset: standard output (the error log "
         "goes to standard error), so the two never mix.", group="sluiceway",
         hint="/var/log/sluiceway/access.log")
+    proxy_protocol: bool = _key(
+        False, "Every connection starts with a PROXY protocol header (version 1 or 2, "
+        "told apart by its first bytes) from a load balancer in `proxy_protocol_from`; "
+        "the client it names becomes `session.client_addr`. Connections from other "
+        "peers are refused, and one without a valid header is closed "
+        "(docs/client-addresses.md).", group="sluiceway")
+    proxy_protocol_from: List[str] = _key(
+        [], "The load balancers allowed to send the PROXY protocol: addresses or "
+        "CIDRs (`10.0.0.0/8`, `2001:db8::/32`). Required when `proxy_protocol` is on.",
+        group="sluiceway", example=["10.0.0.0/8"])
+    compression: bool = _key(
+        False, "Compress responses for clients that accept it (gzip, brotli, zstd "
+        "chosen by the request's Accept-Encoding q-values), with the settings below; a "
+        "hook can turn it on or off per request (`session.compress_response`). Never "
+        "compresses twice, adds `Vary: Accept-Encoding`, weakens a strong ETag "
+        "(docs/compression.md).", group="sluiceway")
+    compression_algorithms: List[str] = _key(
+        ["zstd", "br", "gzip"], "The codings offered, in the server's order of "
+        "preference (ties in the client's q-values go to the first); br and zstd need "
+        "the brotli and zstandard packages (`sluiceway[compression]`) and are skipped "
+        "without them.", group="sluiceway")
+    compression_min_size: int = _key(
+        256, "A response with a Content-Length below this many bytes is sent as it is "
+        "(one of unknown length is compressed).", group="sluiceway")
+    compression_types: List[str] = _key(
+        ["text/*", "application/json", "application/javascript", "application/xml",
+         "application/xhtml+xml", "application/rss+xml", "application/atom+xml",
+         "application/ld+json", "application/manifest+json", "application/wasm",
+         "image/svg+xml", "font/ttf", "font/otf"],
+        "Media types that are compressed (`text/*`: every `text/` type).", group="sluiceway")
+    compression_gzip_level: int = _key(6, "gzip level, 1 to 9.", group="sluiceway")
+    compression_brotli_level: int = _key(4, "brotli quality, 0 to 11.", group="sluiceway")
+    compression_zstd_level: int = _key(3, "zstd level, 1 to 22.", group="sluiceway")
     redis: Optional[Dict[str, Any]] = _key(
         None, "The Redis server that `RedisRateLimiter`s made with `backend=None` "
         "share (limits across machines; docs/limits.md), a mapping of: `url` "
@@ -244,6 +277,23 @@ class ServerConf:
             except ConfigError as exc:
                 raise ConfigError(f"{where('listen')}{exc}") from None
         self.redis_backend_args(where("redis"))
+        import ipaddress
+        for cidr in self.proxy_protocol_from:
+            try:
+                ipaddress.ip_network(cidr.strip(), strict=False)
+            except ValueError:
+                raise ConfigError(f"{where('proxy_protocol_from')}{cidr!r} is not an IP address "
+                                  "or network; write e.g. '10.0.0.5' or '10.0.0.0/8'") from None
+        if self.proxy_protocol and not self.proxy_protocol_from:
+            raise ConfigError(f"{where('proxy_protocol')}proxy_protocol is on but "
+                              "proxy_protocol_from is empty: list the load balancers that "
+                              "send the header (e.g. proxy_protocol_from: ['10.0.0.0/8'])")
+        from .compression import CompressionPolicy
+        try:
+            CompressionPolicy.from_conf(self)
+        except ValueError as exc:
+            key = "compression_algorithms" if "algorithm" in str(exc) else "compression"
+            raise ConfigError(f"{where(key)}{exc}") from None
 
     # YAML key under ``redis:`` -> (RedisBackend argument, allowed types)
     _REDIS_KEYS = {
@@ -411,7 +461,7 @@ def _type_name(f) -> str:
     t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     return {"int": "integer", "float": "seconds" if f.name.endswith("_seconds") else "number",
             "bool": "true/false", "str": "string", "Optional[str]": "path or null",
-            "List[str]": "list of addresses", "Optional[Dict[str, Any]]": "mapping or null"}.get(t, t)
+            "List[str]": "list of addresses" if f.name == "listen" else "list of strings", "Optional[Dict[str, Any]]": "mapping or null"}.get(t, t)
 
 
 def example_yaml() -> str:

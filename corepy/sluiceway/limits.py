@@ -35,7 +35,7 @@ them into responses.  See docs/limits.md.
 """
 
 from . import _compiled
-from ._limits_common import (
+from ._base.limits import (
     BreakerState,
     CircuitOpen,
     ConcurrencyLimitExceeded,

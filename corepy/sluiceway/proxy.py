@@ -21,14 +21,16 @@ A request goes through the phases in this order (see docs/proxy.md)::
     request_body_filter       -- per request body chunk
     upstream_response_filter
     response_filter
-    response_body_filter      -- per response body chunk
+    upstream_response_body_filter -- per response body chunk, as received
+    response_body_filter      -- per response body chunk, on its way out
     logging                   -- always last, with the error if any
-    (errors after connecting: error_while_proxy, then fail_to_proxy)
+    (errors after connecting: error_while_proxy, then fail_to_proxy;
+     an error line asks suppress_error_log and request_summary)
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from . import _compiled
 from .errors import Error
@@ -173,6 +175,47 @@ class ProxyHttp:
         """
         return None
 
+    def upstream_response_body_filter(self, session: Session, body: bytes,
+                                      end_of_stream: bool, ctx: Any) -> Body:
+        """Runs for every chunk of the upstream's response body as it
+        arrives (decoded when ``session.decompress_response()`` was asked),
+        before ``response_body_filter``, and once more with ``b""`` and
+        ``end_of_stream=True`` (Pingora runs it before its cache; here it is
+        the first of the two response body filters).
+
+        Returns:
+            None to pass ``body`` on unchanged, or the bytes to pass on
+            instead (``b""`` drops the chunk; at the end, bytes to add).
+            As with ``response_body_filter``, the response then goes chunked.
+
+        Default: passes every chunk on unchanged.
+        """
+        return None
+
+    def suppress_error_log(self, session: Session, ctx: Any, error: Error) -> bool:
+        """Runs when a request failed, before its error line is written on
+        ``sluiceway.error`` (also for a connect failure that is retried).
+
+        Returns:
+            True to leave this error out of the log (expected failures: a
+            health probe, a client known to hang up). ``logging`` still runs.
+
+        Default: False (every failure is logged).
+        """
+        return False
+
+    def request_summary(self, session: Session, ctx: Any) -> str:
+        """Runs when an error line is written for the request: how to name
+        the request in it.
+
+        Returns:
+            A short text (keep secrets out of it).
+
+        Default: the method, target and client address, e.g.
+        ``GET /api/items from 10.0.0.7:51234``.
+        """
+        return f"{session.req_header.method} {session.req_header.uri} from {session.client_addr}"
+
     def logging(self, session: Session, error: Optional[Error], ctx: Any) -> None:
         """Runs last for every request, answered or failed; ``error`` is the
         :class:`Error` that ended it, or None. The return value is ignored.
@@ -223,5 +266,3 @@ class ProxyHttp:
         """
         return error.status
 
-
-Address = Union[tuple, str]

@@ -148,8 +148,11 @@ class ProxyService:
         loop = loop or asyncio.get_running_loop()
         if not self._socks:
             self._bind(reuse_port=False)
+        from .compression import CompressionPolicy
+
         self.engine = _engine.make_engine(self.app, ProxyHttp, loop,
-                                          _engine.Settings.from_conf(self.conf))
+                                          _engine.Settings.from_conf(self.conf),
+                                          CompressionPolicy.from_conf(self.conf))
         for s in self._socks:
             self._servers.append(self.engine.serve(s))
         return self.addresses

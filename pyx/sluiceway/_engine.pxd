@@ -9,6 +9,7 @@ from cpython.tuple cimport PyTuple_GET_ITEM
 from sluiceway._clock cimport sw_clock_now
 from sluiceway._io cimport *
 from sluiceway._proxy cimport *
+from sluiceway._pp cimport *
 from sluiceway._span cimport (SW_EV_BODY, SW_EV_END, SW_EV_ERROR, SW_EV_HEAD, SW_EV_NEED_DATA,
                               SW_EV_UPGRADE, sw_find, sw_header_t, sw_ieq, sw_span_t)
 from sluiceway._view cimport SW_VIEW_API_VERSION, sw_msg_t, sw_parser_api_t
@@ -17,6 +18,7 @@ include "engine/consts.pxd"
 include "engine/clock.pxd"
 
 cdef class _Side
+cdef class _Nets
 cdef class _IoLoop
 cdef class _Conn
 cdef class _Tls
@@ -28,6 +30,7 @@ cdef class _Upstream
 cdef class _Leg
 cdef class Session
 
+include "engine/proxyproto.pxd"
 include "engine/settings.pxd"
 include "engine/headers.pxd"
 include "engine/peer.pxd"

@@ -1,4 +1,4 @@
-# distutils: sources = csrc/sw_proxy.c csrc/sw_span.c csrc/sw_io.c csrc/sw_clock.c
+# distutils: sources = csrc/sw_proxy.c csrc/sw_span.c csrc/sw_io.c csrc/sw_clock.c csrc/sw_pp.c
 """The compiled proxy engine: downstream and upstream protocols, the
 connection pool and the per-request state machine that runs the hooks.
 
@@ -12,8 +12,10 @@ A worker runs one uvloop loop. Every accepted connection gets a
 Both feed received ``bytes`` to a ``_Wire``: the compiled HTTP/1.x parser of
 ``sluiceway._http`` (reached through the C function table in its capsule, see
 csrc/sw_view.h) plus the buffer the parser's spans point into. No Python
-object is created per header: heads are forwarded from their spans by C
-(csrc/sw_proxy.c), which drops the hop-by-hop fields.
+object is created per header: a head goes on as received when it can, and
+otherwise is filtered and written by C (csrc/sw_proxy.c: sw_hop_mark,
+sw_write_fields), whether its fields are spans over the received bytes or
+the bytes objects of a head a hook edited (engine/forward.pyx).
 
 A request is a ``Session`` that walks through stages (``_advance``):
 
@@ -67,7 +69,7 @@ import os
 import socket
 
 from sluiceway import _http as _httpmod
-from sluiceway.errors import DOWNSTREAM, INTERNAL, UPSTREAM, Error, ParseError
+from sluiceway._base.errors import DOWNSTREAM, INTERNAL, UPSTREAM, Error, ParseError
 
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 
@@ -107,6 +109,7 @@ include "engine/pool.pyx"          # idle upstream connections
 include "engine/loggate.pyx"       # rate-limited log lines
 include "engine/engine.pyx"        # a service on a loop: the sweep, accepting, stopping
 include "engine/listener.pyx"      # accepting connections
+include "engine/proxyproto.pyx"    # PROXY protocol headers: reading, trusting, writing
 include "engine/downstream.pyx"    # the HTTP/1 client connection (a client's end)
 include "engine/upstream.pyx"      # the HTTP/1 upstream connection (an origin's end)
 include "engine/hooks.pyx"         # calling the app's hooks

@@ -27,7 +27,7 @@ from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.stdint cimport uint32_t
 from libc.string cimport memchr, memcpy
 
-from sluiceway.errors import ParseError, DOWNSTREAM, UPSTREAM
+from sluiceway._base.errors import ParseError, DOWNSTREAM, UPSTREAM
 
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL

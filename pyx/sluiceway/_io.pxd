@@ -23,6 +23,8 @@ cdef extern from "sw_io.h" nogil:
     int sw_io_soerror(int fd)
     int sw_io_peername(int fd, char *host, size_t hostlen, int *port,
                        unsigned *flowinfo, unsigned *scope_id)
+    int sw_io_sockname(int fd, char *host, size_t hostlen, int *port,
+                       unsigned *flowinfo, unsigned *scope_id)
     int sw_io_shutdown_wr(int fd)
     int sw_io_close(int fd)
     void sw_mem_trim()

@@ -49,7 +49,7 @@ from libc.string cimport memcpy
 import asyncio
 import collections
 
-from sluiceway._limits_common import (
+from sluiceway._base.limits import (
     MAX_CLOCK_SECONDS as _MAX_CLOCK_SECONDS,
     TRANSITIONS,
     BreakerState,

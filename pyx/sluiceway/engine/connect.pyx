@@ -6,7 +6,7 @@ cdef int _connect(Session s, bint force_new) except -1:
     only for new connections)."""
     cdef _Upstream u = None
     cdef HttpPeer peer = s.peer
-    if not force_new:
+    if not force_new and not peer.proxy_protocol:
         u = s.eng.pool.take(peer.reuse_key)
     if u is not None:
         s.upstream_reused = True
@@ -71,10 +71,9 @@ async def _open_connection(Session s, HttpPeer peer):
             s._finish()
         return
     if err is not None:
-        if eng.log.isEnabledFor(logging.WARNING):
-            eng.gate.emit(logging.WARNING, "connect", "sluiceway: %s (for %s %s from %s)",
-                          (err.message, s.req_header._method, s.req_header.uri,
-                           _fmt_addr(s.client_addr)))
+        if eng.log.isEnabledFor(logging.WARNING) and not _suppressed(s, err):
+            eng.gate.emit(logging.WARNING, "connect", "sluiceway: %s (for %s)",
+                          (err.message, _request_summary(s)))
         s.error = err
         h = _hook(s.eng, H_FAIL_CONNECT)
         if h is not None:
@@ -90,6 +89,10 @@ async def _open_connection(Session s, HttpPeer peer):
                       + (f" ({_exc_text(u.lost_exc)})" if u.lost_exc is not None else ""),
                       status=502, source=UPSTREAM))
         return
+    if peer.proxy_protocol:
+        # The header names this client: the connection is its alone.
+        u.reusable = False
+        u.t_write(_pp_header_for(s, peer.proxy_protocol))
     s._bind(u)
     s._advance(S_CONNECTED, None)
 

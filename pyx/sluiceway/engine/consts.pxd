@@ -66,12 +66,16 @@ cdef enum:
     H_FAIL_CONNECT = 11
     H_ERR_PROXY = 12
     H_FAIL_PROXY = 13
+    H_UP_RESP_BODY = 14
+    H_SUPPRESS_ERROR_LOG = 15
+    H_REQUEST_SUMMARY = 16
 
 
 # Why reading is paused (bit flags).
 cdef enum:
     R_BUFFERED = 1      # our own buffer is over the high-water mark
     R_PEER_FULL = 2     # the other side's write buffer is full
+    R_THROTTLE = 4      # the response is sent no faster than its rate limit
 
 
 # Deadline kinds (``_Conn.dl_kind``).

@@ -32,7 +32,57 @@ cdef class _Downstream(_Conn):
         # and given back while the connection idles (see request_done).
         self.reader = None
         self.arm(DL_HEAD, eng.cfg.downstream_header_timeout_seconds)
+        if eng.cfg.pp_from is not None:
+            self._pp_begin()
         return 0
+
+    cdef int _pp_begin(self) except -1:
+        """PROXY protocol is on: a peer in proxy_protocol_from must start
+        with the header (read by _pp_feed before any HTTP); any other peer
+        is refused. (A peer on a Unix socket is a local process: trusted.)"""
+        peer = self.t_peername()
+        if type(peer) is tuple and not self.eng.cfg.pp_from.has(peer[0]):
+            self.eng.gate.emit(logging.WARNING, "proxy_protocol",
+                               "sluiceway: refused a connection from %s: PROXY protocol is "
+                               "on and it is not in proxy_protocol_from", (_fmt_addr(peer),))
+            self.client_addr = peer
+            self._close(False)
+            return 0
+        self.pp_wait = True
+        return 0
+
+    cdef object _pp_feed(self, object data):
+        """Bytes while the PROXY header is awaited: None while it is
+        incomplete (or was bad: the connection is then closing), else the
+        bytes after it (None when there are none). The header's addresses
+        become the client's and the local address."""
+        cdef sw_pp_t h
+        cdef bytes buf = self.pp_buf + data if self.pp_buf is not None else data
+        cdef long n = sw_pp_parse(<const unsigned char *>PyBytes_AS_STRING(buf),
+                                  <size_t>PyBytes_GET_SIZE(buf), &h)
+        if n == SW_PP_NEED:
+            self.pp_buf = buf
+            return None
+        self.pp_buf = None
+        if n == SW_PP_BAD:
+            self.eng.gate.emit(logging.WARNING, "proxy_protocol",
+                               "sluiceway: closing connection from %s: %s",
+                               (_fmt_addr(self.address()), h.reason.decode("ascii")))
+            self._close(False)
+            return None
+        self.pp_wait = False
+        if not h.local:
+            src = h.src.decode("ascii")
+            dst = h.dst.decode("ascii")
+            if h.family == 6:
+                self.client_addr = (src, h.src_port, 0, 0)
+                self.local_addr = (dst, h.dst_port, 0, 0)
+            else:
+                self.client_addr = (src, h.src_port)
+                self.local_addr = (dst, h.dst_port)
+        if n == PyBytes_GET_SIZE(buf):
+            return None
+        return buf[n:]
 
     # --- events from the I/O --------------------------------------------------
 
@@ -45,6 +95,10 @@ cdef class _Downstream(_Conn):
         if self.rejected:
             self._close(False)
             return 0
+        if self.pp_wait:
+            data = self._pp_feed(data)
+            if data is None:
+                return 0
         if self.pipe is not None:
             # A protocol switch: bytes go to the other end as they are.
             if self.session is not None:
@@ -322,6 +376,26 @@ cdef class _Downstream(_Conn):
             self.client_addr = self.t_peername()
         return self.client_addr
 
+    cdef object local_address(self):
+        """The address the client connected to: the socket's own, or the
+        destination its PROXY header named."""
+        cdef char host[256]
+        cdef int port = 0, fam
+        cdef unsigned flow = 0, scope = 0
+        if self.local_addr is None:
+            if self.io is None:
+                self.local_addr = self.transport.get_extra_info("sockname") \
+                    if self.transport is not None else None
+            elif self.fd >= 0:
+                fam = sw_io_sockname(self.fd, host, sizeof(host), &port, &flow, &scope)
+                if fam == AF_INET:
+                    self.local_addr = (host.decode("ascii"), port)
+                elif fam == AF_INET6:
+                    self.local_addr = (host.decode("ascii"), port, flow, scope)
+                elif fam == AF_UNIX:
+                    self.local_addr = host.decode("utf-8", "surrogateescape")
+        return self.local_addr
+
     cdef int served(self):
         return self.nreq
 
@@ -347,7 +421,7 @@ cdef class _Downstream(_Conn):
     cdef bint _idle(self):
         """Between requests, with nothing of the next one received."""
         return self.session is None and not self.closed and not self.rejected and \
-            self.pipe is None and (self.reader is None or (
+            self.pipe is None and self.pp_buf is None and (self.reader is None or (
                 self.reader.unread() == 0 and not self.reader.carrying and not self.discard_body))
 
     # --- time -----------------------------------------------------------------------
@@ -427,9 +501,10 @@ cdef class _Downstream(_Conn):
         elif kind == DL_HEAD:
             if self.eng.log.isEnabledFor(logging.INFO):
                 self.eng.gate.emit(logging.INFO, "head_timeout",
-                                   "sluiceway: closing client %s: no complete request head within "
+                                   "sluiceway: closing client %s: no complete %s within "
                                    "%.3gs (head_timeout)",
                                    (_fmt_addr(self.address()),
+                                    "PROXY protocol header" if self.pp_wait else "request head",
                                     self.eng.cfg.downstream_header_timeout_seconds))
             if self.reader is not None and self.reader.unread() > 0:
                 self.t_write(_R408)

@@ -88,10 +88,33 @@ cdef int _replay(Session s) except -1:
 
 
 cdef int _log_failure(Session s, object err) except -1:
-    s.eng.gate.emit(logging.WARNING, "failed request", "sluiceway: %d for %s %s from %s: %s",
-                    (err.status, s.req_header._method, s.req_header.uri,
-                     _fmt_addr(s.client_addr), err.message))
+    if not _suppressed(s, err):
+        s.eng.gate.emit(logging.WARNING, "failed request", "sluiceway: %d for %s: %s",
+                        (err.status, _request_summary(s), err.message))
     return 0
+
+
+cdef bint _suppressed(Session s, object err) except -1:
+    """Whether the app's ``suppress_error_log`` hook says not to log this
+    request's error (a hook that raises does not suppress)."""
+    if not _has(s.eng, H_SUPPRESS_ERROR_LOG):
+        return False
+    try:
+        return bool(_hook(s.eng, H_SUPPRESS_ERROR_LOG)(s, s.ctx, err))
+    except Exception:
+        s.eng.log.exception("sluiceway: hook suppress_error_log failed")
+        return False
+
+
+cdef str _request_summary(Session s):
+    """How error lines name the request: the app's ``request_summary``, or
+    its method, target and client."""
+    if _has(s.eng, H_REQUEST_SUMMARY):
+        try:
+            return str(_hook(s.eng, H_REQUEST_SUMMARY)(s, s.ctx))
+        except Exception:
+            s.eng.log.exception("sluiceway: hook request_summary failed")
+    return f"{s.req_header._method} {s.req_header.uri} from {_fmt_addr(s.client_addr)}"
 
 
 cdef object _bad_hook_return(Session s, str hook, object value, str expected):
@@ -113,6 +136,9 @@ cdef int _finish_request(Session s) except -1:
     if s.finished:
         return 0
     s.finished = True
+    if s.rate_timer is not None:
+        s.rate_timer.cancel()
+        s.rate_timer = None
     # The clock itself, not the batch's reading: an answer written by the
     # proxy within the batch that brought the request would otherwise last
     # 0 ms.

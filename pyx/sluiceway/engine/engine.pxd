@@ -4,7 +4,11 @@ cdef class _Engine:
     cdef object loop
     cdef object app
     cdef readonly Settings cfg
+    cdef object compression     # the CompressionPolicy (sluiceway.compression), or None
+    cdef bint compress_default  # ... and it compresses by default
     cdef tuple hooks            # the app's hooks by H_* index, None where not overridden
+    cdef tuple req_filters      # the request body's filters, in order (None: none)
+    cdef tuple resp_filters     # the response body's filters, in order (None: none)
     cdef _LoopState state
     cdef _IoLoop io
     cdef _Pool pool

@@ -13,11 +13,17 @@ cdef class _Engine:
     (``cfg``), its client connections and upstream connections, its pool,
     and the sweep that enforces their deadlines."""
 
-    def __cinit__(self, object app, object base_class, object loop, Settings cfg):
+    def __cinit__(self, object app, object base_class, object loop, Settings cfg,
+                  object compression=None):
         self.loop = loop if loop is not None else asyncio.get_event_loop()
         self.app = app
         self.cfg = cfg
+        self.compression = compression
+        self.compress_default = compression is not None and compression.enabled
         self.hooks = _hook_table(app, base_class)
+        self.req_filters = tuple(h for h in (self.hooks[H_REQ_BODY],) if h is not None) or None
+        self.resp_filters = tuple(h for h in (self.hooks[H_UP_RESP_BODY], self.hooks[H_RESP_BODY])
+                                  if h is not None) or None
         self.conns = set()
         self.ups = set()
         self.readers = []
@@ -84,6 +90,7 @@ cdef class _Engine:
         acts on TICK_SLICE of them per loop iteration, so that thousands of
         slow clients timing out together do not stall everyone else."""
         cdef double now = _now()
+        cdef double soonest = now + self.tick
         cdef _Downstream d
         cdef _Upstream u
         cdef Py_ssize_t n
@@ -93,15 +100,23 @@ cdef class _Engine:
             for d in self.conns:
                 if d.due(now):
                     due.append(d)
-                elif d.dl_kind == DL_IDLE and d.reader is not None and d.reader.unread() == 0 and \
+                    continue
+                if d.deadline and d.deadline < soonest:
+                    soonest = d.deadline
+                if d.wdeadline and d.wdeadline < soonest:
+                    soonest = d.wdeadline
+                if d.dl_kind == DL_IDLE and d.reader is not None and d.reader.unread() == 0 and \
                         not d.reader.carrying and not d.discard_body and not d.closed:
                     # Idle since the last sweep: its parser goes back to the
                     # free list (an idle keep-alive connection holds none).
                     self._give_reader(d.reader, True)
                     d.reader = None
             for u in self.ups:
-                if u.deadline and now >= u.deadline:
-                    due.append(u)
+                if u.deadline:
+                    if now >= u.deadline:
+                        due.append(u)
+                    elif u.deadline < soonest:
+                        soonest = u.deadline
             if due and not self.expiring:
                 self._expire()
             if self.closing:
@@ -118,7 +133,10 @@ cdef class _Engine:
         except BaseException:
             self.log.exception("sluiceway: error in the timeout sweep (this is a bug)")
         if not self.stopped:
-            self._schedule(self.tick)
+            # The next run: a tick from now, or the soonest deadline seen
+            # when that comes first (a per-peer timeout shorter than the
+            # service's fires on time, not up to a tick late).
+            self._schedule(max(soonest - _now(), 0.0) + 0.001)
 
     cdef int _expire(self) except -1:
         """Act on up to TICK_SLICE connections found due by the sweep (each
@@ -261,12 +279,14 @@ cdef class _Engine:
         self.pool.close_idle()
 
 
-def make_engine(app, base_class, loop=None, settings=None, **values):
+def make_engine(app, base_class, loop=None, settings=None, compression=None, **values):
     """Build the engine for ``app`` (a ProxyHttp instance) on ``loop``, with
     ``settings`` (a Settings; by default made from ``values``, keyword
-    arguments named as the ServerConf keys)."""
+    arguments named as the ServerConf keys) and ``compression`` (a
+    sluiceway.compression.CompressionPolicy, or None: hooks can still ask
+    for it per request, with the default policy)."""
     if settings is None:
         settings = Settings(**values)
     elif values:
         raise TypeError("make_engine takes settings or keyword values, not both")
-    return _Engine(app, base_class, loop, settings)
+    return _Engine(app, base_class, loop, settings, compression)

@@ -14,5 +14,6 @@ cdef class HttpPeer:
     cdef public object idle_timeout
     cdef readonly bint verify_cert
     cdef readonly object ca_file
+    cdef readonly int proxy_protocol    # 0, or the PROXY header version sent first
     cdef bytes _host_header
     cdef bytes _host_hdr(self)

@@ -17,6 +17,12 @@ cdef class HttpPeer:
         ca_file: PEM file of the CAs to trust instead of the system store.
         connect_timeout, read_timeout, write_timeout, idle_timeout: seconds;
             None uses the service's configured value.
+        proxy_protocol: 1 or 2 to start each connection with a PROXY
+            protocol header of that version naming the client (for an
+            upstream behind which the client's address matters: HAProxy,
+            nginx's ``proxy_protocol`` listeners, another sluiceway). Such
+            a connection carries one client's requests only, so it is not
+            pooled. Plain TCP and Unix socket peers only.
 
     Connections are pooled by ``reuse_key`` (address, TLS, SNI and the
     certificate options).
@@ -24,10 +30,10 @@ cdef class HttpPeer:
 
     def __init__(self, address, tls=False, sni=None, *, connect_timeout=None,
                  read_timeout=None, write_timeout=None, idle_timeout=None,
-                 verify_cert=True, ca_file=None):
+                 verify_cert=True, ca_file=None, proxy_protocol=0):
         cdef str host
         cdef tuple known = None
-        cdef bint plain = not tls and sni is None and (
+        cdef bint plain = not tls and sni is None and not proxy_protocol and (
             type(address) is str or (type(address) is tuple and len(address) == 2 and
                                      type(address[0]) is str and type(address[1]) is int))
         self.address = address
@@ -64,6 +70,13 @@ cdef class HttpPeer:
             raise ValueError(f"HttpPeer address must be (host, port), 'host:port' or "
                              f"'unix:/path', got {address!r}")
         self.tls = bool(tls)
+        if proxy_protocol not in (0, 1, 2) or isinstance(proxy_protocol, bool):
+            raise ValueError(f"HttpPeer proxy_protocol must be 1 or 2 (the PROXY protocol "
+                             f"version), or 0 for none; got {proxy_protocol!r}")
+        if proxy_protocol and self.tls:
+            raise ValueError("HttpPeer: proxy_protocol with tls=True is not supported (the "
+                             "header would have to precede the TLS handshake)")
+        self.proxy_protocol = proxy_protocol
         self.sni = sni if sni is not None else (self.host or "")
         if self.path is not None:
             self.reuse_key = ("unix", self.path)
@@ -74,6 +87,8 @@ cdef class HttpPeer:
                 self.reuse_key = (self.host, self.port, True, self.sni, self.verify_cert, ca_file)
             else:
                 self.reuse_key = (self.host, self.port, False, self.sni)
+        if self.proxy_protocol:
+            self.reuse_key = (self.reuse_key, "proxy_protocol", self.proxy_protocol)
         if plain:
             if len(_PLAIN_PEERS) >= 4096:
                 _PLAIN_PEERS.clear()  # many distinct addresses: start over
@@ -91,7 +106,8 @@ cdef class HttpPeer:
 
     def __repr__(self):
         where = f"unix:{self.path}" if self.path is not None else f"{self.host}:{self.port}"
-        return f"HttpPeer({where}{', tls' if self.tls else ''})"
+        return (f"HttpPeer({where}{', tls' if self.tls else ''}"
+                f"{f', proxy_protocol={self.proxy_protocol}' if self.proxy_protocol else ''})")
 
     def __str__(self):
         return f"unix:{self.path}" if self.path is not None else f"{self.host}:{self.port}"

@@ -51,6 +51,10 @@ cdef class Session:
     cdef bint upgrading         # the upstream answered 101
     cdef bint tunneling
     cdef int n_informational    # 1xx responses received
+    cdef bint coding_asked      # a hook asked for (de)compression of this response
+    cdef object compress_choice # ... compress (True/False; None: the configured default)
+    cdef object compress_level  # ... at this level (None: the configured one)
+    cdef bint decompress_wanted # ... hand the body filters the upstream's body decoded
     # the client connection, retries, the end
     cdef bint client_keep
     cdef bint client_gone
@@ -62,6 +66,10 @@ cdef class Session:
     cdef bint can_replay        # ... and the request can be sent again as it was
     cdef list replay            # body sent on a pooled connection, until a response byte
     cdef long long replay_bytes
+    cdef double rate_limit      # limit_rate(): response body bytes per second (0: none)
+    cdef long long rate_after   # ... after this many
+    cdef double rate_start      # when the limited body began
+    cdef object rate_timer      # the call that reads on again
     cdef double t_start
     cdef double t_connected
     cdef double t_resp
@@ -98,12 +106,15 @@ cdef class Session:
     cdef _Leg _req_leg(self)
     cdef _Leg _resp_leg(self)
     cdef bint _body_allows_keep(self)
+    cdef ResponseHeader _response_header(self, _Reader r)
+    cdef int _plan_coding(self, _Reader r) except -1
     cdef int _wake_reader(self, object chunk) except -1
     cdef int _keep_for_replay(self, object chunk) except -1
     cdef int _to_client(self, object data) except -1
     cdef int _request_body_sent(self) except -1
     cdef int _response_body_sent(self) except -1
     cdef int _release_origin(self, bint reuse) except -1
+    cdef int _pace(self) except -1
     cdef int _advance(self, int stage, object value) except -1
     cdef int _fail(self, object err) except -1
     cdef int _finish(self) except -1
@@ -121,16 +132,17 @@ cdef int _fail_request(Session s, object err) except -1
 cdef int _origin_lost(Session s, object exc) except -1
 cdef int _replay(Session s) except -1
 cdef int _log_failure(Session s, object err) except -1
+cdef bint _suppressed(Session s, object err) except -1
+cdef str _request_summary(Session s)
 cdef object _bad_hook_return(Session s, str hook, object value, str expected)
 cdef int _finish_request(Session s) except -1
 cdef int _final_request(Session s) except -1
 cdef int _access_line(Session s) except -1
 # forward.pyx
+cdef sw_field_t *_fields_of(HeaderMap hm, uint32_t *n, size_t *size) except NULL
 cdef bytes _request_head(Session s, bint reframe)
 cdef bytes _extra_fields(Session s, unsigned flags, bint reframe)
-cdef bytes _request_head_from_items(Session s, bint reframe)
 cdef int _send_response_head(Session s) except -1
-cdef bytes _response_head_from_items(Session s, ResponseHeader rs, bint keep)
 cdef int _head_out(Session s, bytes head, _Reader r) except -1
 cdef bytes _informational_head(_Reader r)
 cdef bint _hold_more(Session s, _Reader r)

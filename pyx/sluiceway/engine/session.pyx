@@ -9,6 +9,7 @@ cdef class Session:
         req_header: the request head (:class:`RequestHeader`); hooks may
             change it before ``upstream_request_filter`` sends it on.
         client_addr: the client's address (``(host, port)``).
+        server_addr: the address the client connected to.
         ctx: the per-request context ``new_ctx()`` returned.
         peer: the HttpPeer chosen by ``upstream_peer`` (None before).
         error: the Error that ended the request, or None.
@@ -71,6 +72,40 @@ cdef class Session:
         self.response_body_bytes += len(body)
         self._to_client(data)
 
+    def compress_response(self, enabled=True, level=None):
+        """Compress this response for the client (``enabled=False``: do
+        not), whatever the configured default; ``level`` overrides the
+        configured level of the coding chosen. The same rules apply as by
+        default (see docs/compression.md): the client must accept a coding,
+        the type must be allowed, a response already encoded is left alone
+        (unless ``decompress_response`` was asked). Call it before the
+        response head goes out (``request_filter`` ...
+        ``upstream_response_filter``)."""
+        if level is not None and not isinstance(level, int):
+            raise TypeError(f"level must be an int or None, got {level!r}")
+        self.coding_asked = True
+        self.compress_choice = bool(enabled)
+        self.compress_level = level
+
+    def decompress_response(self, enabled=True):
+        """Undo the upstream's content coding (gzip, deflate, br, zstd) so
+        that ``response_body_filter`` sees the plain body; the client then
+        gets it compressed again when it accepts a coding and compression is
+        on, else plain. Call it before the response head goes out."""
+        self.coding_asked = True
+        self.decompress_wanted = bool(enabled)
+
+    def limit_rate(self, bytes_per_second, after=0):
+        """Send the response body to the client no faster than
+        ``bytes_per_second`` (nginx's ``limit_rate``), after the first
+        ``after`` bytes (``limit_rate_after``); 0 lifts the limit. The
+        proxy then reads the upstream only as fast (the upstream is not
+        blamed for the wait). Callable from any hook of the request."""
+        if bytes_per_second < 0 or after < 0:
+            raise ValueError("limit_rate needs a rate and an 'after' of 0 or more")
+        self.rate_limit = float(bytes_per_second)
+        self.rate_after = int(after)
+
     def respond_error(self, int status):
         """Write a small error response with the standard reason phrase."""
         self.respond(status, [("content-type", "text/plain")],
@@ -117,10 +152,20 @@ cdef class Session:
 
     @property
     def client_addr(self):
-        """The client's address: ``(host, port)`` for TCP."""
+        """The client's address: ``(host, port)`` for IPv4, ``(host, port,
+        flowinfo, scope_id)`` for IPv6, the socket path (often ``""``) on a
+        Unix socket. Behind a load balancer that sends the PROXY protocol
+        (``proxy_protocol``), the client its header names."""
         if self._client_addr is None and self.client is not None:
             self._client_addr = self.client.address()
         return self._client_addr
+
+    @property
+    def server_addr(self):
+        """The address the client connected to (the listening socket's, or
+        the destination a PROXY protocol header named), in the form of
+        ``client_addr``; None once the client's connection is gone."""
+        return self.client.local_address() if self.client is not None else None
 
     @property
     def request_trailers(self):
@@ -283,7 +328,7 @@ cdef class Session:
                                     source=INTERNAL))
         if self.head_request or st == 204 or st == 304 or st < 200:
             self.resp_mode = M_NONE
-        elif m.has_content_length and not _has(self.eng, H_RESP_BODY):
+        elif m.has_content_length and self.eng.resp_filters is None:
             self.resp_mode = M_RAW
         elif self.req_header._minor == 1:
             self.resp_mode = M_CHUNKED
@@ -291,16 +336,14 @@ cdef class Session:
             self.resp_mode = M_CLOSE
         if not m.keep_alive:
             self.origin.spoil()
+        if (self.eng.compress_default or self.coding_asked) and self.resp_mode != M_NONE and \
+                st >= 200 and not self.upgrading:
+            self._plan_coding(r)
         if self.resp_mode == M_CLOSE or self.req_header.upgrade:
             self.client_keep = False
         if self.resp_hooks:
-            rs = ResponseHeader.__new__(ResponseHeader)
-            rs.status = st
-            rs._reason = PyBytes_FromStringAndSize(r.head_base + m.reason.off, m.reason.len)
-            rs._major = m.major
-            rs._minor = m.minor
-            rs.headers = _new_map(r.head_buf, r.head_base, m.headers, m.nheaders)
-            self.resp = rs
+            if self.resp is None:
+                self.resp = self._response_header(r)
             self.origin.hold()
             return _run_stages(self, S_UP_RESP, None)
         return _send_response_head(self)
@@ -327,7 +370,7 @@ cdef class Session:
                 self.origin.spoil()  # the parser takes nothing after it
         if self.finished or self.resp_done:
             return True
-        if self.resp_leg is not None or _has(self.eng, H_RESP_BODY):
+        if self.resp_leg is not None or self.eng.resp_filters is not None:
             self._resp_leg().end(self)
         else:
             self._response_body_sent()
@@ -383,20 +426,58 @@ cdef class Session:
         return 0
 
     cdef _Leg _req_leg(self):
-        cdef object hook
         if self.req_leg is None:
             # A chunked request goes upstream chunked; so does any body
             # when a filter may change its length.
-            hook = _hook(self.eng, H_REQ_BODY)
-            self.req_leg = _new_leg(True, hook, self.req_header.chunked or
-                                    (hook is not None and self.req_has_body), False)
+            self.req_leg = _new_leg(True, self.eng.req_filters, self.req_header.chunked or
+                                    (self.eng.req_filters is not None and self.req_has_body),
+                                    False)
         return self.req_leg
 
     cdef _Leg _resp_leg(self):
         if self.resp_leg is None:
-            self.resp_leg = _new_leg(False, _hook(self.eng, H_RESP_BODY),
+            self.resp_leg = _new_leg(False, self.eng.resp_filters,
                                      self.resp_mode == M_CHUNKED, self.resp_mode == M_NONE)
         return self.resp_leg
+
+    cdef ResponseHeader _response_header(self, _Reader r):
+        """The response head as hooks see it (its fields stay spans until
+        one is changed)."""
+        cdef sw_msg_t *m = &r.m
+        cdef ResponseHeader rs = ResponseHeader.__new__(ResponseHeader)
+        rs.status = m.status_code
+        rs._reason = PyBytes_FromStringAndSize(r.head_base + m.reason.off, m.reason.len)
+        rs._major = m.major
+        rs._minor = m.minor
+        rs.headers = _new_map(r.head_buf, r.head_base, m.headers, m.nheaders)
+        return rs
+
+    cdef int _plan_coding(self, _Reader r) except -1:
+        """Compression or decompression of this response (the policy of
+        sluiceway.compression decides); when there is some, the head's
+        fields are changed, the length becomes unknown and the response's
+        leg gets the coders."""
+        cdef object policy = self.eng.compression
+        cdef ResponseHeader rs
+        cdef _Leg leg
+        from sluiceway.compression import CompressionPolicy, edit_headers
+        if policy is None:
+            policy = self.eng.compression = CompressionPolicy(enabled=False)
+        rs = self.resp if self.resp is not None else self._response_header(r)
+        plan = policy.plan(self.req_header.headers._get("accept-encoding", None), rs.status,
+                           rs.headers, True, self.compress_choice, self.compress_level,
+                           self.decompress_wanted)
+        if plan is None:
+            return 0
+        decoder, encoder, coding = plan
+        edit_headers(rs.headers, decoder is not None, coding)
+        self.resp = rs
+        if self.resp_mode == M_RAW:
+            self.resp_mode = M_CHUNKED if self.req_header._minor == 1 else M_CLOSE
+        leg = self._resp_leg()
+        leg.decoder = decoder
+        leg.encoder = encoder
+        return 0
 
     cdef bint _body_allows_keep(self):
         """Whether the client connection can be kept after a response
@@ -470,6 +551,26 @@ cdef class Session:
             self.origin.spoil()
         self._release_origin(True)
         return self._finish()
+
+    cdef int _pace(self) except -1:
+        """After a response body chunk went out under a rate limit: when
+        ahead of the rate, stop reading the origin until the body is back
+        on it."""
+        cdef double now = _now()
+        cdef double allowed, ahead
+        if self.rate_start == 0.0:
+            self.rate_start = now
+        allowed = self.rate_after + self.rate_limit * (now - self.rate_start)
+        ahead = self.response_body_bytes - allowed
+        if ahead > 0 and self.origin is not None and self.rate_timer is None:
+            self.origin.throttle(True)
+            self.rate_timer = self.eng.loop.call_later(ahead / self.rate_limit, self._paced)
+        return 0
+
+    def _paced(self):
+        self.rate_timer = None
+        if self.origin is not None and not self.finished:
+            self.origin.throttle(False)
 
     cdef int _release_origin(self, bint reuse) except -1:
         cdef _Side o = self.origin

@@ -24,5 +24,8 @@ cdef class Settings:
     cdef readonly uint32_t max_request_fields
     cdef readonly bint forwarded_headers
     cdef readonly bint access_log
+    cdef readonly bint proxy_protocol
+    cdef readonly tuple proxy_protocol_from
+    cdef _Nets pp_from          # proxy_protocol_from parsed; None when proxy_protocol is off
     cdef bint pause_accept      # max_connections_mode == "pause"
     cdef double tick            # the deadline sweep's period (from the timeouts)

@@ -25,6 +25,8 @@ _SETTINGS = (
     ("max_request_fields", 128),
     ("forwarded_headers", False),
     ("access_log", False),
+    ("proxy_protocol", False),
+    ("proxy_protocol_from", ()),
 )
 
 
@@ -66,6 +68,15 @@ cdef class Settings:
         self.max_request_fields = known["max_request_fields"]
         self.forwarded_headers = known["forwarded_headers"]
         self.access_log = known["access_log"]
+        self.proxy_protocol = known["proxy_protocol"]
+        self.pp_from = _Nets(known["proxy_protocol_from"] or ())
+        self.proxy_protocol_from = self.pp_from.cidrs
+        if not self.proxy_protocol:
+            self.pp_from = None
+        elif not self.proxy_protocol_from:
+            raise ValueError("proxy_protocol is on but proxy_protocol_from is empty: list the "
+                             "addresses of the load balancers that send the header (CIDRs, "
+                             "e.g. ['10.0.0.0/8']); connections from any other peer are refused")
         if self.max_connections_mode not in ("reject", "pause"):
             raise ValueError(f"max_connections_mode must be 'reject' or 'pause', got "
                              f"{self.max_connections_mode!r}")
@@ -101,7 +112,8 @@ cdef class Settings:
 HOOK_NAMES = ("new_ctx", "early_request_filter", "request_filter", "request_body_filter",
               "upstream_peer", "connected_to_upstream", "upstream_request_filter",
               "upstream_response_filter", "response_filter", "response_body_filter",
-              "logging", "fail_to_connect", "error_while_proxy", "fail_to_proxy")
+              "logging", "fail_to_connect", "error_while_proxy", "fail_to_proxy",
+              "upstream_response_body_filter", "suppress_error_log", "request_summary")
 
 
 cdef tuple _hook_table(object app, object base_class):

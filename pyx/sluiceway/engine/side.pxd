@@ -15,9 +15,11 @@ cdef class _Side:
     cdef int request_done(self, bint keep, bint linger, bint discard) except -1
     cdef int close(self, bint linger) except -1
     cdef object address(self)
+    cdef object local_address(self)
     cdef int served(self)
     # --- the origin's end --------------------------------------------------
     cdef int expect_response(self) except -1
+    cdef int throttle(self, bint on) except -1
     cdef int spoil(self) except -1
     cdef int release(self, bint reuse) except -1
     cdef bint answered(self)

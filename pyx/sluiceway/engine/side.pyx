@@ -75,6 +75,10 @@ cdef class _Side:
         """The client's address, or None."""
         raise NotImplementedError
 
+    cdef object local_address(self):
+        """The address the client connected to, or None."""
+        raise NotImplementedError
+
     cdef int served(self):
         """How many requests this end carried, this one included."""
         raise NotImplementedError
@@ -83,6 +87,11 @@ cdef class _Side:
 
     cdef int expect_response(self) except -1:
         """The whole request went out: the response's time starts."""
+        raise NotImplementedError
+
+    cdef int throttle(self, bint on) except -1:
+        """Stop (``on``) or go on reading and handing over the response,
+        for a rate limit (``Session.limit_rate``)."""
         raise NotImplementedError
 
     cdef int spoil(self) except -1:

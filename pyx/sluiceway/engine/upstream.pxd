@@ -43,6 +43,7 @@ cdef class _Upstream(_Conn):
     cdef bint is_open(self)
     cdef int tunnel(self, _Side other) except -1
     cdef int expect_response(self) except -1
+    cdef int throttle(self, bint on) except -1
     cdef int spoil(self) except -1
     cdef int release(self, bint reuse) except -1
     cdef bint answered(self)

@@ -126,7 +126,7 @@ cdef class _Upstream(_Conn):
         self.in_process = True
         try:
             while not self.blocked and self.session is not None and not self.closed:
-                if self.read_pause & R_PEER_FULL:
+                if self.read_pause & (R_PEER_FULL | R_THROTTLE):
                     break
                 s = self.session
                 ev = r.next()
@@ -282,14 +282,21 @@ cdef class _Upstream(_Conn):
             self.arm(DL_READ, self.read_timeout)
         return 0
 
+    cdef int throttle(self, bint on) except -1:
+        if on:
+            return self._pause_read(R_THROTTLE)
+        self._resume_read(R_THROTTLE)
+        self._process()
+        return 0
+
     cdef int spoil(self) except -1:
         self.reusable = False
         return 0
 
     cdef int release(self, bint reuse) except -1:
         self.session = None
-        if self.read_pause & (R_PEER_FULL | R_BUFFERED):
-            self._resume_read(R_PEER_FULL | R_BUFFERED)
+        if self.read_pause & (R_PEER_FULL | R_BUFFERED | R_THROTTLE):
+            self._resume_read(R_PEER_FULL | R_BUFFERED | R_THROTTLE)
         self.blocked = False
         if reuse and self.reusable and not self.closed and self.reader.unread() == 0:
             self.eng.pool.put(self)

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""CPU per MiB compressed: sluiceway's gzip against nginx's gzip module at the
+same level, as reverse proxies in front of the same nginx origin.
+
+Layout as bench/nginx_compare.py: origin nginx (CPU 1) serving an HTML file
+(1 MiB of varied text, or --size); nginx proxy with `gzip on;
+gzip_comp_level L; gzip_types text/html; gzip_proxied any;` and sluiceway
+with `compression: true`, `compression_algorithms: [gzip]` and
+`compression_gzip_level: L` (both on CPU 0); wrk (CPU 1) sends
+`Accept-Encoding: gzip`, 8 connections, interleaved rounds. Reported per
+proxy: requests/s, the proxy's CPU seconds per MiB of uncompressed body
+it compressed, and sluiceway's ratio to nginx (below 1: cheaper).
+
+Usage:
+    python bench/compression_compare.py [--level 6] [--size 1048576]
+        [--duration 10] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import nginx_compare as nc  # noqa: E402
+
+PROXY_GZIP = """
+    upstream origin {{
+        server 127.0.0.1:{origin};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        gzip on;
+        gzip_comp_level {level};
+        gzip_types text/html;
+        gzip_proxied any;
+        gzip_min_length 256;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+"""
+
+ORIGIN = """
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {dir}/www;
+        location = /page.html {{ default_type text/html; }}
+    }}
+"""
+
+
+def _html(size: int) -> bytes:
+    rnd = random.Random(7)
+    words = [bytes(rnd.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(2, 9)))
+             for _ in range(4000)]
+    out = bytearray(b"<!doctype html><html><body>\n")
+    while len(out) < size:
+        out += b"<p class=\"c%d\">" % rnd.randint(0, 40) + b" ".join(
+            rnd.choice(words) for _ in range(rnd.randint(5, 30))) + b"</p>\n"
+    return bytes(out[:size])
+
+
+def run_wrk(port, duration, conns):
+    script = os.path.join(tempfile.gettempdir(), "sw-gzip-wrk.lua")
+    with open(script, "w") as f:
+        f.write('wrk.headers["Accept-Encoding"] = "gzip"\n')
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "-s", script,
+           f"http://127.0.0.1:{port}/page.html"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
+    import re
+    return int(re.search(r"(\d+) requests in", out).group(1)), \
+        float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--level", type=int, default=6)
+    ap.add_argument("--size", type=int, default=1 << 20)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=8)
+    ns = ap.parse_args(argv)
+    tmp = tempfile.mkdtemp(prefix="sw-gzip-")
+    os.chmod(tmp, 0o755)
+    os.makedirs(os.path.join(tmp, "www"))
+    with open(os.path.join(tmp, "www", "page.html"), "wb") as f:
+        f.write(_html(ns.size))
+    with open(os.path.join(tmp, "bench_app.py"), "w") as f:
+        f.write(nc.SLUICEWAY_APP)
+    with open(os.path.join(tmp, "sw.yaml"), "w") as f:
+        f.write(f"version: 1\nthreads: 1\ncompression: true\ncompression_algorithms: [gzip]\n"
+                f"compression_gzip_level: {ns.level}\n")
+    o_port, n_port, s_port = nc.free_port(), nc.free_port(), nc.free_port()
+    procs = []
+    try:
+        procs.append(nc.start_nginx(tmp, "origin", ORIGIN.format(port=o_port, dir=tmp), 1))
+        nproxy = nc.start_nginx(tmp, "proxy", PROXY_GZIP.format(port=n_port, origin=o_port,
+                                                                level=ns.level), 0)
+        procs.append(nproxy)
+        env = dict(os.environ, BENCH_ORIGIN_PORT=str(o_port),
+                   PYTHONPATH=os.path.join(nc.REPO, "corepy") + os.pathsep + tmp)
+        sw = nc.Proc("sluiceway", [sys.executable, "-m", "sluiceway.cli", "run", "bench_app:BenchApp",
+                                   "-c", os.path.join(tmp, "sw.yaml"), "-l", f"127.0.0.1:{s_port}"],
+                     0, env=env, cwd=tmp)
+        procs.append(sw)
+        for p in (o_port, n_port, s_port):
+            nc.wait_port(p)
+        targets = {"nginx": (n_port, nc.worker_pid(nproxy.p.pid)), "sluiceway": (s_port, sw.p.pid)}
+        for port, _ in targets.values():
+            run_wrk(port, 2, ns.connections)
+        mib = ns.size / (1 << 20)
+        per = {name: [] for name in targets}
+        ratios = []
+        for rnd in range(ns.rounds):
+            got = {}
+            for name, (port, pid) in targets.items():
+                c0 = nc.cpu_seconds(pid)
+                n, rps = run_wrk(port, ns.duration, ns.connections)
+                cpu = nc.cpu_seconds(pid) - c0
+                got[name] = cpu / (n * mib)
+                per[name].append(got[name])
+                print(f"round {rnd + 1} {name:9} rps={rps:7.1f} cpu={cpu:5.2f}s "
+                      f"cpu/MiB={got[name] * 1000:6.2f} ms", flush=True)
+            ratios.append(got["sluiceway"] / got["nginx"])
+        print()
+        for name in targets:
+            print(f"{name:9}: {statistics.median(per[name]) * 1000:6.2f} ms of proxy CPU per MiB "
+                  f"compressed (gzip level {ns.level})")
+        print(f"sluiceway / nginx: x{statistics.median(ratios):.2f} (rounds: "
+              + ", ".join(f"{r:.2f}" for r in ratios) + ")")
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
