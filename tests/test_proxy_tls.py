@@ -9,13 +9,15 @@ import hashlib
 import logging
 import socket
 import ssl
+import struct
 import threading
 import time
 
 import httpx
 import pytest
 
-from proxy_harness import Harness, Origin, _OriginProto, free_port, spawn, stop_proc, wait_port
+from proxy_harness import (Harness, Origin, _OriginProto, free_port, open_fds, spawn, stop_proc,
+                           wait_port)
 from sluiceway.proxy import HttpPeer, ProxyHttp
 from tls_certs import HAVE_OPENSSL, make_certs, server_context
 
@@ -255,6 +257,79 @@ def test_slow_handshake_hits_the_connect_timeout(certs, caplog):
            "(connect_timeout)" in msg, msg
     assert after == base
     assert stats["created"] == 0 and stats["closed"] == 0
+
+
+def _hello_then_reset(c):
+    c.recv(65536)   # the client hello; then a reset instead of an answer
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def _hello_then_wait_for_eof(c):
+    c.recv(65536)   # the client hello, never answered
+    c.recv(65536)   # returns when the proxy gives up
+
+
+# Each: (origin handler, origin's TLS context or None, app options, status).
+_FAILURES = {
+    "untrusted-ca": (lambda c: None, "server", {}, 502),
+    "wrong-name": (lambda c: None, "server", {"sni": "other.example", "ca": True}, 502),
+    "plain-http-upstream": (lambda c: c.recv(65536) and c.sendall(
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        None, {"ca": True}, 502),
+    "closed-mid-handshake": (lambda c: c.recv(65536), None, {"ca": True}, 502),
+    "reset-mid-handshake": (_hello_then_reset, None, {"ca": True}, 502),
+    "handshake-timeout": (_hello_then_wait_for_eof, None, {"ca": True, "connect_timeout": 0.2}, 504),
+    "alert-after-handshake": (lambda c: c.recv(65536), "client-cert", {"ca": True}, 502),
+}
+
+
+@pytest.mark.parametrize("kind", list(_FAILURES))
+def test_tls_failures_leave_no_descriptor_or_connection(certs, kind):
+    """A TLS upstream that fails the same way again and again: every
+    request is answered, and afterwards the proxy holds no more descriptors
+    or registered connections than before, the pool holds nothing, and every
+    upstream connection it made was closed."""
+    from sluiceway import _engine
+
+    handler, tls, opts, status = _FAILURES[kind]
+    opts = dict(opts)
+    if opts.pop("ca", False):
+        opts["ca_file"] = str(certs / "ca.pem")
+    sctx = {None: None, "server": server_context(certs),
+            "client-cert": server_context(certs, client_cert=True)}[tls]
+    origin = ThreadOrigin(handler, tls=sctx)
+    app = TlsApp(**opts)
+    app.tls_port = origin.port
+
+    def settle():
+        for t in list(origin.threads):
+            t.join(5)
+
+    def counts(h):
+        return open_fds(), h.run(_engine.io_connections, h.loop)
+
+    try:
+        with Harness(app) as h:
+            with httpx.Client(base_url=h.url, timeout=10) as c:
+                assert c.get("/").status_code == status   # warm up: contexts, freelists
+                settle()
+                fds0, io0 = counts(h)
+                for _ in range(20):
+                    assert c.get("/").status_code == status
+                settle()
+                deadline = time.monotonic() + 3
+                while counts(h) > (fds0, io0) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                fds1, io1 = counts(h)
+                stats = h.pool_stats()
+                active = h.engine().active_requests()
+    finally:
+        origin.close()
+    assert not [t for t in origin.threads if t.is_alive()]
+    assert fds1 <= fds0, (fds0, fds1)
+    assert io1 == io0, (io0, io1)
+    assert active == 0
+    assert stats["idle"] == 0 and stats["created"] == stats["closed"], stats
 
 
 @pytest.mark.parametrize("clean", [False, True], ids=["no-close_notify", "close_notify"])
