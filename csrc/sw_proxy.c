@@ -116,6 +116,9 @@ unsigned sw_hop_mark(const sw_field_t *f, uint32_t n, unsigned char *drop, unsig
         case 7:
             if (NAME_IS("trailer") || NAME_IS("upgrade")) d = 1;
             break;
+        case 9:
+            if ((extra & SW_DROP_XFF) && NAME_IS("forwarded")) d = 1;
+            break;
         case 10:
             if (NAME_IS("keep-alive")) d = 1;
             else if (NAME_IS("connection")) {

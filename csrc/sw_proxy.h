@@ -63,7 +63,7 @@ typedef struct {
 #define SW_DROP_TRANSFER_ENCODING 0x01u
 #define SW_DROP_CONTENT_LENGTH    0x02u
 #define SW_DROP_EXPECT            0x04u
-#define SW_DROP_XFF               0x08u   /* X-Forwarded-For/-Proto/-Host */
+#define SW_DROP_XFF               0x08u   /* X-Forwarded-For/-Proto/-Host, Forwarded */
 
 /* Point f[i] at the bytes of spans h[i] over base, for i < n. Returns what
  * sw_fields_size(f, n) would: the most sw_write_fields() writes for them. */

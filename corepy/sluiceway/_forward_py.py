@@ -64,7 +64,7 @@ DROP_EXPECT = 0x04
 DROP_XFF = 0x08
 
 _CONN_FLAGS = {b"close": F_CONN_CLOSE, b"keep-alive": F_CONN_KA, b"upgrade": F_CONN_UPGRADE}
-_XFF_SET = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+_XFF_SET = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded")
 
 #: Fields never forwarded in a trailer section (docs/proxy.md, "Trailers").
 NO_TRAILER = frozenset([
@@ -161,10 +161,76 @@ def _first(fields: Sequence[Field], name: bytes) -> Optional[bytes]:
     return None
 
 
+def _joined(fields: Sequence[Field], name: bytes) -> Optional[bytes]:
+    """Every value of a field joined by ", " (blank ones left out when
+    there are several); None when absent."""
+    vals = [v.strip(b" \t") for n, v in fields if n.lower() == name]
+    if not vals:
+        return None
+    if len(vals) == 1:
+        return vals[0]
+    return b", ".join(v for v in vals if v)
+
+
+_TCHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _rfc7239_value(v: bytes) -> bytes:
+    if v and all(c in _TCHARS for c in v):
+        return v
+    return b'"' + v.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def forwarding_fields(fields: Sequence[Field], direct: bytes, trusted: bool,
+                      style: str = "x-forwarded") -> bytes:
+    """The forwarding fields the proxy adds with ``forwarded_headers`` on
+    (the received X-Forwarded-For/-Proto/-Host and Forwarded are dropped
+    from the head first).
+
+    Args:
+        fields: the head's fields.
+        direct: the address the request came from (``b"unix"``: a Unix
+            socket peer).
+        trusted: that address is in ``trusted_proxies``: the received
+            chains go on with it appended; otherwise they are replaced.
+        style: ``x-forwarded``, ``rfc7239`` or ``both``.
+    """
+    out = []
+    host = _first(fields, b"host")
+    if style in ("x-forwarded", "both"):
+        prior = _joined(fields, b"x-forwarded-for") if trusted else None
+        out.append(b"X-Forwarded-For: " + (prior + b", " + direct if prior else direct) + CRLF)
+        proto = _joined(fields, b"x-forwarded-proto") if trusted else None
+        out.append(b"X-Forwarded-Proto: " + (proto or b"http") + CRLF)
+        fhost = _joined(fields, b"x-forwarded-host") if trusted else None
+        if fhost or host is not None:
+            out.append(b"X-Forwarded-Host: " + (fhost or host) + CRLF)
+    elif trusted:
+        for name in (b"X-Forwarded-For", b"X-Forwarded-Proto", b"X-Forwarded-Host"):
+            prior = _joined(fields, name.lower())
+            if prior:
+                out.append(name + b": " + prior + CRLF)
+    if style in ("rfc7239", "both"):
+        prior = _joined(fields, b"forwarded") if trusted else None
+        node = (b"unknown" if direct == b"unix" else
+                b'"[' + direct + b']"' if b":" in direct else direct)
+        el = b"for=" + node + b";proto=http"
+        if host is not None:
+            el += b";host=" + _rfc7239_value(host)
+        out.append(b"Forwarded: " + (prior + b", " + el if prior else el) + CRLF)
+    elif trusted:
+        prior = _joined(fields, b"forwarded")
+        if prior:
+            out.append(b"Forwarded: " + prior + CRLF)
+    return b"".join(out)
+
+
 def request_head(method: bytes, target: bytes, fields: Sequence[Field], *,
                  received: Optional[bytes] = None, minor: int = 1, reframe: bool = False,
                  forwarded_for: Optional[bytes] = None, peer_host: bytes = b"",
-                 upgrade: bool = False) -> bytes:
+                 upgrade: bool = False, trusted: bool = False,
+                 style: str = "x-forwarded") -> bytes:
     """The request head the proxy sends upstream.
 
     Args:
@@ -175,7 +241,9 @@ def request_head(method: bytes, target: bytes, fields: Sequence[Field], *,
             (method, target or fields); None otherwise.
         minor: the client's HTTP minor version (the upstream gets 1.1).
         reframe: the body goes upstream re-chunked (a request body filter).
-        forwarded_for: the client's address with ``forwarded_headers`` on.
+        forwarded_for: with ``forwarded_headers`` on, the address the
+            request came from (``b"unix"`` for a Unix socket peer); see
+            ``forwarding_fields`` with ``trusted`` and ``style``.
         peer_host: the ``Host`` sent when the head has none.
         upgrade: the client asks to switch protocols.
     Returns:
@@ -200,12 +268,7 @@ def request_head(method: bytes, target: bytes, fields: Sequence[Field], *,
     if upgrade and up is not None:
         out.append(b"Connection: upgrade\r\nUpgrade: " + up + CRLF)
     if forwarded_for is not None:
-        prior = [v for n, v in fields if n.lower() == b"x-forwarded-for"]
-        out.append(b"X-Forwarded-For: " + b", ".join(prior + [forwarded_for]).strip(b" \t") + CRLF)
-        out.append(b"X-Forwarded-Proto: http\r\n")
-        host = _first(fields, b"host")
-        if host is not None:
-            out.append(b"X-Forwarded-Host: " + host + CRLF)
+        out.append(forwarding_fields(fields, forwarded_for, trusted, style))
     out.append(CRLF)
     return b"".join(out)
 

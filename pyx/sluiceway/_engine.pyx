@@ -109,7 +109,8 @@ include "engine/pool.pyx"          # idle upstream connections
 include "engine/loggate.pyx"       # rate-limited log lines
 include "engine/engine.pyx"        # a service on a loop: the sweep, accepting, stopping
 include "engine/listener.pyx"      # accepting connections
-include "engine/proxyproto.pyx"    # PROXY protocol headers: reading, trusting, writing
+include "engine/realip.pyx"        # trusted networks; the client behind other proxies
+include "engine/proxyproto.pyx"    # PROXY protocol headers: reading and writing
 include "engine/downstream.pyx"    # the HTTP/1 client connection (a client's end)
 include "engine/upstream.pyx"      # the HTTP/1 upstream connection (an origin's end)
 include "engine/hooks.pyx"         # calling the app's hooks

@@ -120,3 +120,15 @@ cdef enum:
     M_RAW = 1           # as received, Content-Length kept
     M_CHUNKED = 2       # re-chunked
     M_CLOSE = 3         # delimited by closing the connection
+
+
+# real_ip_header kinds (as sluiceway._realip_py)
+cdef enum:
+    RIP_XFF = 0
+    RIP_X_REAL_IP = 1
+    RIP_FORWARDED = 2
+
+# forwarded_header_style bits: which forwarding fields the proxy writes
+cdef enum:
+    FWD_X = 1                   # X-Forwarded-For, -Proto, -Host
+    FWD_RFC = 2                 # Forwarded (RFC 7239)

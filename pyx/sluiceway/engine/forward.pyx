@@ -87,7 +87,7 @@ cdef bytes _request_head(Session s, bint reframe):
 cdef bytes _extra_fields(Session s, unsigned flags, bint reframe):
     """Fields the proxy adds to the request: Host (an HTTP/1.0 client may
     send none, or a hook removed it), the new framing, the upgrade, the
-    X-Forwarded-* set."""
+    forwarding fields (realip.pyx)."""
     cdef list parts = []
     cdef HeaderMap hm = s.req_header.headers
     if not (flags & SW_F_HOST):
@@ -99,15 +99,7 @@ cdef bytes _extra_fields(Session s, unsigned flags, bint reframe):
         if i >= 0:
             parts.append(b"Connection: upgrade\r\nUpgrade: " + hm._value_at(i) + _CRLF)
     if s.eng.cfg.forwarded_headers:
-        addr = s.client_addr
-        client = addr[0] if isinstance(addr, tuple) else "unix"
-        prior = hm.getall("x-forwarded-for")
-        xff = ", ".join(prior + [client]) if prior else client
-        parts.append(b"X-Forwarded-For: " + _as_value(xff) + _CRLF)
-        parts.append(b"X-Forwarded-Proto: http\r\n")
-        host = hm.get_bytes("host")
-        if host is not None:
-            parts.append(b"X-Forwarded-Host: " + host + _CRLF)
+        _forwarding_fields(s, parts)
     return b"".join(parts)
 
 

@@ -4,7 +4,9 @@
 cdef class Session:
     # seen by hooks
     cdef readonly RequestHeader req_header
-    cdef object _client_addr
+    cdef object _client_addr    # the client (behind trusted proxies: the one they name)
+    cdef object _direct_addr    # the address the request came from (socket or PROXY header)
+    cdef object _via            # the trusted proxy it came through last, or None
     cdef readonly object ctx
     cdef readonly object peer
     cdef readonly object error
@@ -78,6 +80,7 @@ cdef class Session:
     @staticmethod
     cdef Session _new(_Engine eng, _Side client, _Reader r)
     cdef int start(self) except -1
+    cdef object _direct(self)
     # from the client's end
     cdef int on_request_body(self, object chunk) except -1
     cdef int on_request_end(self, _Reader r) except -1
