@@ -383,10 +383,7 @@ cdef class _Downstream(_Conn):
         cdef int port = 0, fam
         cdef unsigned flow = 0, scope = 0
         if self.local_addr is None:
-            if self.io is None:
-                self.local_addr = self.transport.get_extra_info("sockname") \
-                    if self.transport is not None else None
-            elif self.fd >= 0:
+            if self.fd >= 0:
                 fam = sw_io_sockname(self.fd, host, sizeof(host), &port, &flow, &scope)
                 if fam == AF_INET:
                     self.local_addr = (host.decode("ascii"), port)
