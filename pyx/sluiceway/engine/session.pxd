@@ -72,6 +72,8 @@ cdef class Session:
     cdef long long rate_after   # ... after this many
     cdef double rate_start      # when the limited body began
     cdef object rate_timer      # the call that reads on again
+    cdef sw_load *load_held     # the count of self.peer this request is in (NULL: none);
+                                # the peer's BackendLoad keeps it alive
     cdef double t_start
     cdef double t_connected
     cdef double t_resp
@@ -80,6 +82,8 @@ cdef class Session:
     @staticmethod
     cdef Session _new(_Engine eng, _Side client, _Reader r)
     cdef int start(self) except -1
+    cdef void _load_move(self, HttpPeer peer) noexcept
+    cdef void _load_leave(self) noexcept
     cdef object _direct(self)
     # from the client's end
     cdef int on_request_body(self, object chunk) except -1
