@@ -78,11 +78,12 @@ cdef int _origin_lost(Session s, object exc) except -1:
         s.reuse_failed = True
         s.can_replay = (not s.req_has_body or s.replay is not None) and s.hook_task is None
         return s._fail(Error(f"upstream {s.peer} closed a reused connection without answering"
-                             + (f" ({exc})" if exc is not None else ""), status=502,
+                             + (f" ({_exc_text(exc)})" if exc is not None else ""), status=502,
                              source=UPSTREAM, retryable=s.req_header._method in _IDEMPOTENT))
     if not o.answered() and not s.resp_started:
         err = Error(f"upstream {s.peer} closed the connection without sending a response"
-                    + (f" ({exc})" if exc is not None else ""), status=502, source=UPSTREAM)
+                    + (f" ({_exc_text(exc)})" if exc is not None else ""), status=502,
+                    source=UPSTREAM)
         _lost_early(s, err)
         return s._fail(err)
     if s.resp_started:
@@ -92,7 +93,7 @@ cdef int _origin_lost(Session s, object exc) except -1:
     else:
         what = "closed the connection without sending a response"
     if exc is not None:
-        what += f" ({exc})"
+        what += f" ({_exc_text(exc)})"
     return s._fail(Error(f"upstream {s.peer} {what}", status=502, source=UPSTREAM))
 
 
