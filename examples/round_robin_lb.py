@@ -1,5 +1,8 @@
-"""Round-robin load balancing with TCP health checks every second: Pingora's
-load_balancer example, in Python.
+"""Round-robin load balancing with TCP health checks every second (three
+failures in a row make a backend unhealthy) and passive health checks (a
+backend that fails 3 requests within 10 s is left out for 10 s): Pingora's
+load_balancer example, in Python. A request whose backend fails before
+answering goes to another one (GET, HEAD, PUT, DELETE; see max_retries).
 
 Run:
     UPSTREAMS=127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003 LISTEN=0.0.0.0:8080 \\
@@ -10,22 +13,21 @@ Try:
 
 import os
 
-from sluiceway import (Error, HttpPeer, LoadBalancer, ProxyHttp, RoundRobin, Server,
+from sluiceway import (Error, LoadBalancer, ProxyHttp, RoundRobin, Server,
                        TcpHealthCheck, background_service, http_proxy_service)
 
 
 class LB(ProxyHttp):
     def __init__(self, lb):
         self.lb = lb
-        self.peers = {}                      # one HttpPeer per backend: pooled connections
 
     def upstream_peer(self, session, ctx):
-        backend = self.lb.select(b"", 256)   # round robin ignores the key
-        if backend is None:
-            raise Error("no healthy upstream", status=502, source="upstream")
-        peer = self.peers.get(backend)
+        # One HttpPeer per backend (pooled connections); it tells the
+        # balancer how each request went. A retry avoids the backends that
+        # failed this request.
+        peer = self.lb.select_peer(None, avoid=session.tried_peers)  # round robin: no key
         if peer is None:
-            peer = self.peers[backend] = HttpPeer(backend.addr)
+            raise Error("no healthy upstream", status=502, source="upstream")
         return peer
 
     def upstream_request_filter(self, session, upstream_request, ctx):
@@ -36,8 +38,8 @@ def main():
     server = Server.from_args()
     upstreams = os.environ.get("UPSTREAMS", "127.0.0.1:9001,127.0.0.1:9002").split(",")
     lb = LoadBalancer.from_iter(upstreams, RoundRobin,
-                                health_check=TcpHealthCheck(timeout=1.0),
-                                health_check_frequency=1.0)
+                                health_check=TcpHealthCheck(timeout=1.0, consecutive_failure=3),
+                                health_check_frequency=1.0, max_fails=3, fail_timeout=10)
     server.add_service(background_service("health check", lb))
     svc = http_proxy_service(server.configuration, LB(lb))
     svc.add_tcp(os.environ.get("LISTEN", "0.0.0.0:8080"))

@@ -95,7 +95,9 @@ def test_no_count_leaks_on_failures_timeouts_and_vanished_clients():
                     r = c.get("/cut")
                 assert r is None
             with httpx.Client(base_url=h.url, timeout=5) as c:
-                assert c.get("/slow?d=2").status_code == 504
+                # a read timeout before any response byte is retried (a GET):
+                # the retry ends at the dead backend (502) or times out (504)
+                assert c.get("/slow?d=2").status_code in (502, 504)
                 assert counts(h, lb) == [0, 0, 0]
             # the client goes away while the upstream is still working
             s = socket.create_connection(("127.0.0.1", h.port), timeout=5)

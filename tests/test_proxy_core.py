@@ -196,8 +196,9 @@ def test_idle_pooled_connection_closed_by_peer_is_dropped_at_once():
         assert h.pool_stats()["idle"] == 0
 
 
-def test_reused_connection_failure_is_retried_on_new_connection():
-    with Harness() as h:
+@pytest.mark.parametrize("max_retries", [0, 1])
+def test_reused_connection_failure_is_retried_on_new_connection(max_retries):
+    with Harness(max_retries=max_retries) as h:
         with httpx.Client(base_url=h.url) as c:
             assert c.get("/").status_code == 200
             # Make the pooled connection dead without the pool noticing:
@@ -205,10 +206,12 @@ def test_reused_connection_failure_is_retried_on_new_connection():
             r = c.get("/drop")
             assert r.status_code == 502
             assert c.get("/").status_code == 200
-        # /drop was sent twice: on the pooled connection, then once more on
-        # a new one (never more).
-        assert h.origin.requests == 4
-        assert h.pool_stats()["created"] == 3
+        # /drop was sent on the pooled connection, then once more on a new
+        # one (never more), then max_retries times after asking upstream_peer
+        # again (the new connection broke before answering too).
+        assert h.origin.requests == 4 + max_retries
+        assert h.pool_stats()["created"] == 3 + max_retries
+        assert h.run(lambda: h.svc.stats()["retried"]) == max_retries
 
 
 def test_upgrade_tunnel_websocket_style(h):

@@ -1,5 +1,6 @@
-"""Server, configuration and CLI: YAML validation, -t, -d, workers with
-SO_REUSEPORT, SIGTERM (graceful) and SIGINT, the demo command."""
+"""Server, configuration and CLI: YAML validation, -t, -d, workers sharing
+the master's listening sockets, SIGTERM (graceful) and SIGINT, the demo
+command. The master's other duties: test_ops_process.py."""
 
 import os
 import signal
@@ -99,7 +100,7 @@ def test_two_workers_share_the_port(appdir, origin, tmp_path):
         with httpx.Client(transport=httpx.HTTPTransport(uds=uds)) as c:
             for _ in range(5):
                 assert c.get("http://proxy/").content == b"hello"
-        # each worker has its own SO_REUSEPORT socket on the same port
+        # both workers accept from the master's socket
         pids = set()
         deadline = time.monotonic() + 10
         while len(pids) < 2 and time.monotonic() < deadline:
@@ -167,7 +168,9 @@ def test_error_log_file_names_upstream_and_cause(appdir, tmp_path):
     assert f"127.0.0.1:{dead}" in text and "failed" in text and "GET /x" in text
 
 
-def test_graceful_stop_closes_idle_keepalive_connections_at_once(origin):
+def test_graceful_stop_closes_idle_keepalive_connections_before_the_grace_period(origin):
+    """A keep-alive connection idle at the stop is closed once it has been
+    idle for DRAIN_IDLE (3 s), not at the end of grace_period_seconds."""
     import asyncio
     from proxy_harness import Harness, SimpleApp
     app = SimpleApp(origin.ports[0])
@@ -180,6 +183,6 @@ def test_graceful_stop_closes_idle_keepalive_connections_at_once(origin):
         t0 = time.monotonic()
         fut = asyncio.run_coroutine_threadsafe(h.svc.stop(), h.loop)
         assert s.recv(65536) == b""      # closed without waiting for the grace period
-        assert time.monotonic() - t0 < 1
+        assert time.monotonic() - t0 < 4.5
         fut.result(10)
         s.close()

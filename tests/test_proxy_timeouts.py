@@ -341,8 +341,10 @@ def test_per_peer_read_timeout_fires_on_time():
     t.start()
     try:
         app = FixedPeer(ls.getsockname(), read_timeout=0.2)
+        # max_retries 0: a GET timed out before any response byte is
+        # otherwise sent again (test_proxy_failover.py); one timeout is timed.
         with Harness(app, upstream_read_timeout_seconds=30, downstream_header_timeout_seconds=30,
-                     downstream_keepalive_timeout_seconds=30) as h:
+                     downstream_keepalive_timeout_seconds=30, max_retries=0) as h:
             assert h.engine().settings.upstream_read_timeout_seconds == 30
             late = []
             with httpx.Client(timeout=5) as c:

@@ -19,6 +19,7 @@ def test_new_project_test_passes_and_config_checks(tmp_path):
         assert hook in app
     unit = (proj / "edge_proxy.service").read_text()
     assert "ExecStart=/opt/edge_proxy/venv/bin/sluiceway run edge_proxy:App" in unit
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in unit
     env = subprocess_env(PYTHONPATH=str(proj))
     test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *_plugin_args()],
                           cwd=str(proj), capture_output=True, text=True, timeout=120, env=env)

@@ -82,11 +82,15 @@ After=network-online.target
 Wants=network-online.target
 
 [Service]
+# Upgrades without downtime (--upgrade) need Type=forking with -d and a
+# PIDFile: see "systemd" in sluiceway's docs/operations.md.
 Type=simple
 WorkingDirectory=/opt/{name}
 Environment={env}=127.0.0.1:9000
 ExecStartPre=/opt/{name}/venv/bin/sluiceway run {name}:App -c /opt/{name}/conf.yaml -t
 ExecStart=/opt/{name}/venv/bin/sluiceway run {name}:App -c /opt/{name}/conf.yaml
+# systemctl reload: new configuration and app code; a mistake keeps the old workers
+ExecReload=/bin/kill -HUP $MAINPID
 # SIGTERM: stop accepting, let requests finish within grace_period_seconds
 KillSignal=SIGTERM
 TimeoutStopSec=20

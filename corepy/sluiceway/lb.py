@@ -33,12 +33,24 @@ The background service (``run``/``start``/``stop``) runs on the worker's event
 loop: one task re-runs discovery every ``update_frequency`` seconds, another
 runs a health-check round every ``health_check_frequency`` seconds.  Errors go
 to the ``sluiceway.error`` logger; a failed discovery keeps the previous set.
+
+Passive health.  A peer made by ``peer(backend)`` (or ``select_peer``)
+carries its backend and this balancer, and the proxy reports how each
+attempt on it went (``report``): a failed connect, or a connection that
+broke or timed out before any response byte, is a failure; a response head a
+success.  As nginx's ``max_fails``/``fail_timeout``: after ``max_fails``
+failures within ``fail_timeout`` seconds the backend is left out of
+selection for ``fail_timeout`` seconds; it then comes back on probation (one
+more failure leaves it out again at once, a success ends the probation).  An
+active health check that turns it healthy again ends the exclusion at once.
+The counts are per worker process, as nginx's are without a shared zone.
 """
 
 import asyncio
 import functools
 import logging
 import time
+from typing import Optional
 import weakref
 
 from sluiceway import _compiled
@@ -129,13 +141,19 @@ class BackendState:
         backend: the Backend.
         healthy: the health checks' verdict (True until checks say otherwise).
         enabled: False after ``set_enable(backend, False)``.
-        usable: healthy and enabled: ``select`` may return it.
+        usable: healthy, enabled and not left out by the passive checks:
+            ``select`` may return it.
         last_error: text of the last failed check, or None.
         last_check: ``time.time()`` of the last finished check, or None.
         consecutive: results in a row that disagree with ``healthy`` so far.
+        fails: failed attempts counted by the passive checks in the current
+            ``fail_timeout`` window.
+        left_out: True while the passive checks leave it out (``max_fails``
+            failures within ``fail_timeout``).
     """
 
-    __slots__ = ("backend", "healthy", "enabled", "last_error", "last_check", "consecutive")
+    __slots__ = ("backend", "healthy", "enabled", "last_error", "last_check", "consecutive",
+                 "fails", "first_fail", "left_out_until", "probation", "_timer")
 
     def __init__(self, backend, healthy=True, enabled=True):
         self.backend = backend
@@ -144,19 +162,31 @@ class BackendState:
         self.last_error = None
         self.last_check = None
         self.consecutive = 0
+        self.fails = 0
+        self.first_fail = 0.0
+        self.left_out_until = 0.0   # time.monotonic(); 0: not left out
+        self.probation = False
+        self._timer = None
+
+    @property
+    def left_out(self):
+        return self.left_out_until > 0.0
 
     @property
     def usable(self):
-        return self.healthy and self.enabled
+        return self.healthy and self.enabled and not self.left_out_until
 
     def _copy(self):
         c = BackendState(self.backend, self.healthy, self.enabled)
         c.last_error, c.last_check, c.consecutive = self.last_error, self.last_check, self.consecutive
+        c.fails, c.first_fail = self.fails, self.first_fail
+        c.left_out_until, c.probation = self.left_out_until, self.probation
         return c
 
     def __repr__(self):
         return (f"<BackendState {self.backend.addr} healthy={self.healthy} "
-                f"enabled={self.enabled} last_error={self.last_error!r}>")
+                f"enabled={self.enabled} left_out={self.left_out} fails={self.fails} "
+                f"last_error={self.last_error!r}>")
 
 
 class LoadBalancer(_lb.BalancerCore):
@@ -179,6 +209,14 @@ class LoadBalancer(_lb.BalancerCore):
             after another.
         on_health_change: optional ``callback(backend, healthy)`` called on
             every change of a backend's health (exceptions are logged).
+        max_fails: passive health checks: failed attempts (reported by the
+            proxy for peers made by ``peer``/``select_peer``) within
+            ``fail_timeout`` that leave a backend out of selection; 0 turns
+            them off. Default 1, as nginx's.
+        fail_timeout: seconds: the window in which failures are counted, and
+            how long a backend is then left out. Default 10, as nginx's.
+        peer_options: keyword arguments for the HttpPeer of each backend
+            (``tls``, ``sni``, timeouts, ...).
 
     Raises:
         TypeError, ValueError: bad arguments.
@@ -191,7 +229,8 @@ class LoadBalancer(_lb.BalancerCore):
 
     def __init__(self, discovery, selection=RoundRobin, *, health_check=None,
                  health_check_frequency=None, update_frequency=None,
-                 parallel_health_check=False, on_health_change=None):
+                 parallel_health_check=False, on_health_change=None, max_fails=1,
+                 fail_timeout=10.0, peer_options=None):
         if not isinstance(discovery, ServiceDiscovery):
             raise TypeError(f"discovery must be a ServiceDiscovery (Static, DNS, File, ...), "
                             f"not {discovery!r:.60}")
@@ -214,6 +253,13 @@ class LoadBalancer(_lb.BalancerCore):
         self.update_frequency = _positive(update_frequency, "update_frequency", allow_none=True)
         self.parallel_health_check = bool(parallel_health_check)
         self.on_health_change = on_health_change
+        if isinstance(max_fails, bool) or not isinstance(max_fails, int) or max_fails < 0:
+            raise ValueError(f"max_fails must be an int >= 0 (0: no passive health checks), "
+                             f"not {max_fails!r:.60}")
+        self.max_fails = max_fails
+        self.fail_timeout = _positive(fail_timeout, "fail_timeout")
+        self.peer_options = dict(peer_options or {})
+        self._peers = {}       # Backend -> its HttpPeer
         self._states = {}      # addr -> BackendState
         self._cells = {}       # addr -> BackendLoad of a current backend
         self._gone = weakref.WeakValueDictionary()  # addr -> BackendLoad still held elsewhere
@@ -330,7 +376,15 @@ class LoadBalancer(_lb.BalancerCore):
                 st.healthy, st.enabled = prev.healthy, prev.enabled
                 st.last_error, st.last_check = prev.last_error, prev.last_check
                 st.consecutive = prev.consecutive
+                st.fails, st.first_fail = prev.fails, prev.first_fail
+                st.left_out_until, st.probation = prev.left_out_until, prev.probation
+                st._timer, prev._timer = prev._timer, None
             states[b.addr] = st
+        for addr, prev in self._states.items():
+            if addr not in states and prev._timer is not None:
+                prev._timer.cancel()
+        keep = set(backends)
+        self._peers = {b: p for b, p in self._peers.items() if b in keep and p.backend is b}
         cells = {}
         for b in backends:
             cell = self._cells.get(b.addr) or self._gone.get(b.addr)
@@ -423,6 +477,8 @@ class LoadBalancer(_lb.BalancerCore):
             return
         st.healthy = ok
         st.consecutive = 0
+        if ok and st.left_out_until:
+            self._end_left_out(st)   # it came back: the active check says so
         self._sync_flag(st)
         if ok:
             logger.info("load balancer: backend %s is healthy again", backend.addr)
@@ -434,6 +490,109 @@ class LoadBalancer(_lb.BalancerCore):
             except Exception:
                 logger.exception("load balancer: on_health_change callback failed for %s",
                                  backend.addr)
+
+    # -- passive health --------------------------------------------------------
+
+    def peer(self, backend):
+        """The HttpPeer for ``backend`` (one per backend, made once, with
+        ``peer_options``), wired to this balancer: the proxy reports each
+        attempt on it (``report``), which drives the passive health checks
+        and keeps its pooled connections together.
+
+        Raises:
+            KeyError: ``backend`` is not one of this balancer's.
+        """
+        p = self._peers.get(backend)
+        if p is not None and p.backend is backend:
+            return p
+        st = self._state_of(backend)
+        backend = st.backend
+        from sluiceway.proxy import HttpPeer
+
+        addr = ("unix:" + backend.path) if backend.path is not None else (backend.host, backend.port)
+        p = HttpPeer(addr, backend=backend, balancer=self, **self.peer_options)
+        self._peers[backend] = p
+        return p
+
+    def select_peer(self, key=None, max_iterations=256, avoid=()):
+        """``select`` then ``peer``: the HttpPeer of the first usable backend
+        for ``key``, or None when there is none. Call it from
+        ``upstream_peer`` with ``avoid=session.tried_peers``: a retry then
+        goes to a backend this request has not failed on, while one is
+        usable (else to the first usable one).
+
+        Args:
+            avoid: HttpPeers (or one) whose backends to pass over.
+        """
+        if avoid:
+            skip = {id(getattr(p, "backend", None))
+                    for p in (avoid if isinstance(avoid, (tuple, list, set)) else (avoid,))}
+            b = self.select_with(key, max_iterations,
+                                 lambda c, usable: usable and id(c) not in skip)
+            if b is None:
+                b = self.select(key, max_iterations)
+        else:
+            b = self.select(key, max_iterations)
+        return None if b is None else self.peer(b)
+
+    def report(self, backend, ok: bool, error: Optional[str] = None) -> None:
+        """How an attempt on ``backend`` went (the proxy calls this for peers
+        made by ``peer``; call it yourself for your own idea of a failure,
+        e.g. a 503 from ``logging``). See "Passive health" in the module's
+        documentation."""
+        st = self._states.get(backend.addr)
+        if st is None or st.backend is not backend:
+            return
+        if st.left_out_until and st._timer is None and time.monotonic() >= st.left_out_until:
+            self._left_out_ends(st)   # no loop ran the timer
+        if ok:
+            if st.fails or st.probation:
+                st.fails = 0
+                st.probation = False
+            return
+        if not self.max_fails or st.left_out_until:
+            return
+        now = time.monotonic()
+        if not st.fails or now - st.first_fail > self.fail_timeout:
+            st.fails = 0
+            st.first_fail = now
+        st.fails += 1
+        if st.fails < self.max_fails and not st.probation:
+            return
+        st.left_out_until = now + self.fail_timeout
+        if st.probation:
+            logger.warning("load balancer: backend %s failed again after coming back%s; left "
+                           "out of selection for %gs", backend.addr,
+                           f" ({error})" if error else "", self.fail_timeout)
+        else:
+            logger.warning("load balancer: backend %s failed %d time%s within %gs%s; left out "
+                           "of selection for %gs", backend.addr, st.fails,
+                           "s" if st.fails != 1 else "", self.fail_timeout,
+                           f" ({error})" if error else "", self.fail_timeout)
+        st.probation = True
+        st.fails = 0
+        self._sync_flag(st)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return   # no loop: the next report after the timeout ends it
+        st._timer = loop.call_later(self.fail_timeout, self._left_out_ends, st)
+
+    def _left_out_ends(self, st):
+        st._timer = None
+        if self._states.get(st.backend.addr) is st and st.left_out_until:
+            st.left_out_until = 0.0
+            self._sync_flag(st)
+            logger.info("load balancer: backend %s is back in selection after %gs (one more "
+                        "failure leaves it out again)", st.backend.addr, self.fail_timeout)
+
+    def _end_left_out(self, st):
+        st.left_out_until = 0.0
+        st.fails = 0
+        st.probation = False
+        if st._timer is not None:
+            st._timer.cancel()
+            st._timer = None
 
     async def check_health(self):
         """Run one health-check round over the current backends (no-op without

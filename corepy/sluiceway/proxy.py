@@ -14,7 +14,7 @@ A request goes through the phases in this order (see docs/proxy.md)::
     new_ctx
     early_request_filter
     request_filter            -- True: a response was written; skip to logging
-    upstream_peer             -- required; asked again on a retryable error
+    upstream_peer             -- required; asked again after a retryable failure
       (connect; on failure: fail_to_connect, then retry or fail_to_proxy)
     connected_to_upstream
     upstream_request_filter
@@ -109,7 +109,11 @@ class ProxyHttp:
 
     def upstream_peer(self, session: Session, ctx: Any) -> HttpPeer:
         """Required. Runs after ``request_filter``; again after a retryable
-        connect failure (up to ``max_retries``).
+        failure (a failed connect, or a connection that broke before any
+        response byte; up to ``max_retries`` times), when
+        ``session.tried_peers`` lists the peers that failed so that another
+        can be chosen (``LoadBalancer.select_peer(key,
+        avoid=session.tried_peers)`` does).
 
         Returns:
             The :class:`HttpPeer` to send this request to.
@@ -227,13 +231,15 @@ class ProxyHttp:
 
     def fail_to_connect(self, session: Session, peer: HttpPeer, ctx: Any,
                         error: Error) -> Error:
-        """Runs when connecting to ``peer`` failed. Set ``error.retryable =
-        True`` to ask ``upstream_peer`` again (up to ``max_retries`` times).
+        """Runs when connecting to ``peer`` failed. Nothing was sent, so
+        ``error.retryable`` is True: ``upstream_peer`` is asked again (up to
+        ``max_retries`` times per request). Set it to False to answer with
+        the error instead.
 
         Returns:
             The error to go on with (usually ``error`` itself).
 
-        Default: returns ``error`` unchanged (not retried).
+        Default: returns ``error`` unchanged (retried).
         """
         return error
 
@@ -242,6 +248,15 @@ class ProxyHttp:
         """Runs when an error happens after the request was sent upstream
         (timeout, invalid response, connection closed). ``client_reused`` is
         True when the client connection carried earlier requests.
+
+        When the connection broke, was reset or timed out before any
+        response byte, ``error.retryable`` says whether sending the request
+        again is safe: True for idempotent methods (RFC 9110 9.2.2). Set or
+        clear it (a POST your origin de-duplicates may be retried). When it
+        is True and the request body was kept (``retry_buffer_bytes``),
+        ``upstream_peer`` is asked again (up to ``max_retries``); a pooled
+        connection the peer had closed is first replaced by a new one to
+        the same peer, once.
 
         Returns:
             The error to go on with.

@@ -48,19 +48,20 @@ async def _open_connection(Session s, HttpPeer peer):
             err = Error(f"the TLS handshake with upstream {peer} did not finish within "
                         + (f"{timeout:.3g}s (connect_timeout)" if timeout and timeout > 0 else
                            f"{TLS_HANDSHAKE_TIMEOUT}s (with no connect_timeout)"),
-                        status=504, source=UPSTREAM)
+                        status=504, source=UPSTREAM, retryable=True)
         else:
             err = Error(f"connecting to upstream {peer} timed out after {timeout:.3g}s "
-                        "(connect_timeout)", status=504, source=UPSTREAM)
+                        "(connect_timeout)", status=504, source=UPSTREAM, retryable=True)
     except Exception as exc:
         if u.tls is not None:
-            err = Error(_handshake_failure(peer, exc), status=502, source=UPSTREAM)
+            err = Error(_handshake_failure(peer, exc), status=502, source=UPSTREAM,
+                        retryable=True)
         elif isinstance(exc, OSError):
             err = Error(f"connecting to upstream {peer} failed: {exc.strerror or exc}",
-                        status=502, source=UPSTREAM)
+                        status=502, source=UPSTREAM, retryable=True)
         else:
             err = Error(f"connecting to upstream {peer} failed: {type(exc).__name__}: {exc}",
-                        status=502, source=UPSTREAM)
+                        status=502, source=UPSTREAM, retryable=True)
         err.__cause__ = exc
     if err is not None:
         eng.ups.discard(u)

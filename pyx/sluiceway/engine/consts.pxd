@@ -21,10 +21,6 @@ cdef enum:
     # lingering.
     DISCARD_MAX = 65536
 
-    # The body sent on a pooled connection is kept, up to this, until the
-    # first response byte, to send it again if that connection was dead.
-    REPLAY_MAX = 65536
-
     # Informational (1xx) responses an upstream may send before its final
     # one; each counts as progress for the read timeout, so the total is
     # bounded.

@@ -1,5 +1,26 @@
 # Included by _engine.pyx: how a request ends: failures, retries, logging,
 # and handing the client's end back.
+#
+# Retries. A request whose upstream attempt fails before any response byte
+# can be sent again, by one rule: the Error's ``retryable`` decides (the
+# hooks may change it: fail_to_connect for a failed connect,
+# error_while_proxy once the request went upstream), and the request must
+# still be whole (a body sent is kept up to retry_buffer_bytes, until the
+# first response byte, in ``Session.replay``). The engine sets ``retryable``
+# to what is safe: a failed connect sent nothing (always); a connection
+# that broke, was reset or timed out after the request went on may have been
+# acted on, so only idempotent methods (RFC 9110 9.2.2). Then:
+#   - a pooled connection the peer had closed (the keep-alive race) is
+#     replaced by a new connection to the same peer, once, without asking
+#     upstream_peer (``_replay``);
+#   - any other failure asks upstream_peer again, for at most max_retries
+#     times per request (``_retry``); ``session.tried_peers`` lists the
+#     peers that failed, so it can choose another. The hooks between
+#     upstream_peer and sending (connected_to_upstream,
+#     upstream_request_filter) ran once and do not run again: the request
+#     goes as it went the first time.
+# A peer made by a LoadBalancer (``HttpPeer.balancer``) is told each
+# outcome (``_peer_result``): the passive health checks.
 
 cdef int _fail_request(Session s, object err) except -1:
     """The request failed with ``err`` (an Error): release the upstream,
@@ -11,7 +32,7 @@ cdef int _fail_request(Session s, object err) except -1:
         return 0
     if s.error is None or s.error is not err:
         s.error = err
-    if s.reuse_failed:
+    if s.reuse_failed or s.lost_early:
         pass  # logged once it is decided whether it is sent again
     elif isinstance(err, Error) and eng.log.isEnabledFor(logging.WARNING) and \
             (<object>err).source != INTERNAL:
@@ -59,6 +80,12 @@ cdef int _origin_lost(Session s, object exc) except -1:
         return s._fail(Error(f"upstream {s.peer} closed a reused connection without answering"
                              + (f" ({_exc_text(exc)})" if exc is not None else ""), status=502,
                              source=UPSTREAM, retryable=s.req_header._method in _IDEMPOTENT))
+    if not o.answered() and not s.resp_started:
+        err = Error(f"upstream {s.peer} closed the connection without sending a response"
+                    + (f" ({_exc_text(exc)})" if exc is not None else ""), status=502,
+                    source=UPSTREAM)
+        _lost_early(s, err)
+        return s._fail(err)
     if s.resp_started:
         what = "closed the connection before the response was complete"
     elif o.answered():
@@ -68,6 +95,49 @@ cdef int _origin_lost(Session s, object exc) except -1:
     if exc is not None:
         what += f" ({_exc_text(exc)})"
     return s._fail(Error(f"upstream {s.peer} {what}", status=502, source=UPSTREAM))
+
+
+cdef int _lost_early(Session s, object err) except -1:
+    """The upstream connection of ``s`` broke, was reset or timed out before
+    any response byte (``err``): the request may go to upstream_peer again
+    (S_ERR_PROXY_DONE decides, after error_while_proxy). It is safe when
+    nothing was sent, or the method is idempotent."""
+    s.lost_early = True
+    s.can_replay = (not s.req_has_body or s.replay is not None) and s.hook_task is None
+    err.retryable = not s.up_head_sent or s.req_header._method in _IDEMPOTENT
+    return 0
+
+
+cdef int _retry(Session s) except -1:
+    """Ask upstream_peer again (``session.tried_peers`` ends with the peer
+    that failed), then send the request as it was sent before."""
+    cdef _Engine eng = s.eng
+    s.retries += 1
+    eng.retried += 1
+    if s.tried is None:
+        s.tried = []
+    s.tried.append(s.peer)
+    if eng.log.isEnabledFor(logging.DEBUG):
+        eng.log.debug("sluiceway: %s; asking upstream_peer again (retry %d of %d) for %s %s "
+                      "from %s", s.error.message, s.retries, eng.cfg.max_retries,
+                      s.req_header._method, s.req_header.uri, _fmt_addr(s.client_addr))
+    s.error = None
+    if s.up_head_sent:
+        s.replaying = True   # the request goes again as it went (hooks already ran)
+        s.up_head_sent = False
+    return _run_stages(s, S_PEER, None)
+
+
+cdef int _peer_result(Session s, bint ok) except -1:
+    """Tell a LoadBalancer's peer how the attempt went (passive health)."""
+    cdef HttpPeer p = s.peer if isinstance(s.peer, HttpPeer) else None
+    if p is None or p.balancer is None:
+        return 0
+    try:
+        p.balancer.report(p.backend, ok)
+    except Exception:
+        s.eng.log.exception("sluiceway: %r.report() failed", p.balancer)
+    return 0
 
 
 cdef int _replay(Session s) except -1:

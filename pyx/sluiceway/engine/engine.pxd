@@ -34,6 +34,7 @@ cdef class _Engine:
     cdef public long long requests
     cdef public long long inflight
     cdef public long long replayed  # requests sent again after a pooled connection died
+    cdef public long long retried   # requests upstream_peer was asked again for
 
     cdef int _schedule(self, double delay) except -1
     cdef int wake_by(self, double when) except -1

@@ -14,6 +14,8 @@ cdef class HttpPeer:
     cdef public object idle_timeout
     cdef readonly bint verify_cert
     cdef readonly object ca_file
+    cdef readonly object backend    # the LoadBalancer's Backend it was made for, or None
+    cdef readonly object balancer   # told each attempt's outcome: balancer.report(backend, ok)
     cdef readonly int proxy_protocol    # 0, or the PROXY header version sent first
     cdef readonly object load           # the BackendLoad counting requests on it, or None
     cdef sw_load *load_cell             # ... its count (NULL: not counted)

@@ -17,6 +17,12 @@ cdef class HttpPeer:
         ca_file: PEM file of the CAs to trust instead of the system store.
         connect_timeout, read_timeout, write_timeout, idle_timeout: seconds;
             None uses the service's configured value.
+        backend, balancer: the ``Backend`` this peer stands for and the
+            object told how each attempt on it went: after a failed connect,
+            or a connection that broke or timed out before any response
+            byte, ``balancer.report(backend, False)``; when a response head
+            arrives, ``balancer.report(backend, True)``. ``LoadBalancer.peer``
+            sets both (passive health checks); by default None.
         proxy_protocol: 1 or 2 to start each connection with a PROXY
             protocol header of that version naming the client (for an
             upstream behind which the client's address matters: HAProxy,
@@ -36,7 +42,8 @@ cdef class HttpPeer:
 
     def __init__(self, address, tls=False, sni=None, *, connect_timeout=None,
                  read_timeout=None, write_timeout=None, idle_timeout=None,
-                 verify_cert=True, ca_file=None, proxy_protocol=0, load=None):
+                 verify_cert=True, ca_file=None, proxy_protocol=0, load=None,
+                 backend=None, balancer=None):
         cdef str host
         cdef tuple known = None
         cdef bint plain = not tls and sni is None and not proxy_protocol and (
@@ -47,6 +54,14 @@ cdef class HttpPeer:
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
+        # Both are None unless given (set only then: most peers have neither).
+        if balancer is not None:
+            if not callable(getattr(balancer, "report", None)):
+                raise TypeError(f"HttpPeer balancer must have report(backend, ok), got "
+                                f"{balancer!r:.60}")
+            self.balancer = balancer
+        if backend is not None:
+            self.backend = backend
         if load is not None:
             self._count_in(load)
         if plain:

@@ -11,6 +11,7 @@ cdef class Session:
     cdef readonly object peer
     cdef readonly object error
     cdef readonly int retries
+    cdef list tried             # the peers of earlier attempts that failed (retries)
     cdef readonly bint upstream_reused
     cdef readonly int status
     cdef readonly long long request_body_bytes
@@ -65,8 +66,10 @@ cdef class Session:
     cdef bint retried_reused
     cdef bint replaying         # resending on a new connection after a dead pooled one
     cdef bint reuse_failed      # self.error: a pooled connection died before answering
+    cdef bint lost_early        # self.error: the upstream connection broke or timed out
+                                # before any response byte (not a dead pooled one)
     cdef bint can_replay        # ... and the request can be sent again as it was
-    cdef list replay            # body sent on a pooled connection, until a response byte
+    cdef list replay            # body sent upstream, kept until a response byte (retries)
     cdef long long replay_bytes
     cdef double rate_limit      # limit_rate(): response body bytes per second (0: none)
     cdef long long rate_after   # ... after this many
@@ -138,6 +141,9 @@ cdef int _answer_failure(Session s, object value) except -1
 cdef int _fail_request(Session s, object err) except -1
 cdef int _origin_lost(Session s, object exc) except -1
 cdef int _replay(Session s) except -1
+cdef int _lost_early(Session s, object err) except -1
+cdef int _retry(Session s) except -1
+cdef int _peer_result(Session s, bint ok) except -1
 cdef int _log_failure(Session s, object err) except -1
 cdef bint _suppressed(Session s, object err) except -1
 cdef str _request_summary(Session s)

@@ -15,6 +15,9 @@ cdef class Session:
         peer: the HttpPeer chosen by ``upstream_peer`` (None before).
         error: the Error that ended the request, or None.
         retries: how many times ``upstream_peer`` was asked again.
+        tried_peers: the peers earlier attempts of this request failed on,
+            oldest first (empty until a retry); ``upstream_peer`` can avoid
+            them (``LoadBalancer.select_peer(key, avoid=session.tried_peers)``).
         upstream_reused: whether the upstream connection came from the pool.
         status: the status sent to the client (0 before the response).
         request_body_bytes, response_body_bytes: body bytes proxied.
@@ -227,6 +230,10 @@ cdef class Session:
         return _tail_fields(self.resp_leg.tail if self.resp_leg is not None else None)
 
     @property
+    def tried_peers(self):
+        return tuple(self.tried) if self.tried is not None else ()
+
+    @property
     def response_written(self):
         """True once a response head went to the client."""
         return self.resp_started
@@ -362,6 +369,8 @@ cdef class Session:
             self.upgrading = True
         self.t_resp = _now()
         self.status = st
+        if self.peer is not None and (<HttpPeer>self.peer).balancer is not None:
+            _peer_result(self, True)
         self.resp_r = r
         if self.resp_started:
             # request_filter answered and still proxied? Impossible; guard anyway.
@@ -450,6 +459,9 @@ cdef class Session:
         return 0
 
     cdef int origin_failed(self, object err) except -1:
+        if self.origin is not None and not self.origin.answered() and not self.resp_started \
+                and isinstance(err, Error) and (<object>err).source == UPSTREAM:
+            _lost_early(self, err)   # timed out before any response byte
         return self._fail(err)
 
     cdef int origin_lost(self, object exc) except -1:
@@ -548,11 +560,12 @@ cdef class Session:
         return 0
 
     cdef int _keep_for_replay(self, object chunk) except -1:
-        """The request body sent on a pooled connection is kept (up to
-        REPLAY_MAX) until the first response byte, to send it again if that
-        connection turns out dead."""
+        """The request body sent upstream is kept (up to retry_buffer_bytes)
+        until the first response byte, to send it again if that connection
+        fails before answering (see ending.pyx, "Retries")."""
         if self.replay is not None:
-            if self.replay_bytes + len(chunk) <= REPLAY_MAX and not self.origin.answered():
+            if self.replay_bytes + len(chunk) <= self.eng.cfg.retry_buffer_bytes and \
+                    not self.origin.answered():
                 self.replay.append(chunk)
                 self.replay_bytes += len(chunk)
             else:

@@ -18,6 +18,7 @@ cdef class Settings:
     cdef readonly int max_connections
     cdef readonly str max_connections_mode
     cdef readonly int max_retries
+    cdef readonly long long retry_buffer_bytes
     cdef readonly long long max_request_body_bytes
     cdef readonly uint32_t max_request_header_bytes
     cdef readonly uint32_t max_request_target_bytes

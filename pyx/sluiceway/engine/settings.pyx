@@ -19,6 +19,7 @@ _SETTINGS = (
     ("max_connections", 0),
     ("max_connections_mode", "reject"),
     ("max_retries", 1),
+    ("retry_buffer_bytes", 65536),
     ("max_request_body_bytes", 0),
     ("max_request_header_bytes", 32768),
     ("max_request_target_bytes", 8192),
@@ -72,6 +73,7 @@ cdef class Settings:
         self.max_connections = known["max_connections"]
         self.max_connections_mode = known["max_connections_mode"]
         self.max_retries = known["max_retries"]
+        self.retry_buffer_bytes = known["retry_buffer_bytes"]
         self.max_request_body_bytes = known["max_request_body_bytes"]
         self.max_request_header_bytes = known["max_request_header_bytes"]
         self.max_request_target_bytes = known["max_request_target_bytes"]

@@ -133,11 +133,11 @@ cdef int _run_stages(Session s, int stage, object value) except -1:
             elif _has(eng, H_FAIL_CONNECT):
                 s._bad_return("fail_to_connect", value, "the Error to continue with "
                               "(the one it was given, by default); going on with that one")
-            if isinstance(s.error, Error) and s.error.retryable and s.retries < eng.cfg.max_retries:
-                s.retries += 1
-                s.error = None
-                stage = S_PEER
-                continue
+            _peer_result(s, False)
+            if isinstance(s.error, Error) and s.error.retryable and \
+                    s.retries < eng.cfg.max_retries and not s.client_gone and \
+                    (not s.replaying or s.replay is not None or not s.req_has_body):
+                return _retry(s)
             return s._fail(s.error)
         elif stage == S_ERR_PROXY_DONE:
             if isinstance(value, Error):
@@ -145,11 +145,18 @@ cdef int _run_stages(Session s, int stage, object value) except -1:
             elif _has(eng, H_ERR_PROXY) and s.up_head_sent:
                 s._bad_return("error_while_proxy", value, "the Error to continue with "
                               "(the one it was given, by default); going on with that one")
-            if s.reuse_failed:
-                s.reuse_failed = False
+            if s.reuse_failed or s.lost_early:
+                if s.lost_early:
+                    _peer_result(s, False)   # not for a dead pooled connection: a race
                 if isinstance(s.error, Error) and (<object>s.error).retryable and \
                         s.can_replay and not s.client_gone:
-                    return _replay(s)
+                    if s.reuse_failed:
+                        s.reuse_failed = False
+                        return _replay(s)
+                    if s.retries < eng.cfg.max_retries:
+                        s.lost_early = False
+                        return _retry(s)
+                s.reuse_failed = s.lost_early = False
                 if isinstance(s.error, Error) and eng.log.isEnabledFor(logging.WARNING):
                     _log_failure(s, s.error)
             # then fail_to_proxy decides the answer
@@ -177,9 +184,10 @@ cdef int _send_request(Session s) except -1:
     s.origin.send(_request_head(s, reframe))
     if s.replaying:
         return _replay_body(s)
-    if s.upstream_reused and not s.retried_reused and s.req_has_body:
-        # Keep what is sent (up to REPLAY_MAX) until the first response
-        # byte, to send it again if this pooled connection turns out dead.
+    if s.req_has_body and s.eng.cfg.retry_buffer_bytes > 0 and (
+            (s.upstream_reused and not s.retried_reused) or s.retries < s.eng.cfg.max_retries):
+        # Keep what is sent (up to retry_buffer_bytes) until the first
+        # response byte, to send it again if this connection fails first.
         s.replay = []
         s.replay_bytes = 0
     if not s.req_has_body:
@@ -208,7 +216,9 @@ cdef int _replay_body(Session s) except -1:
     """On the new connection of a retry: the body sent before, and its end
     when it had ended."""
     cdef list chunks = s.replay
-    s.replay = None
+    # Kept again on this connection, for one more retry.
+    s.replay = [] if chunks is not None else None
+    s.replay_bytes = 0
     if chunks:
         for c in chunks:
             s._req_leg().out(s, c)
