@@ -68,7 +68,7 @@ def count(tree, tmp, o_port, path, n):
     out = os.path.join(tmp, f"cg.{os.path.basename(tree.rstrip('/'))}.{path.strip('/')}.out")
     env = dict(os.environ, BENCH_ORIGIN_PORT=str(o_port),
                PYTHONPATH=os.path.join(tree, "corepy") + os.pathsep + tmp)
-    p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+    p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
                           "--toggle-collect=*_IoLoop_*_on_ready*", "--dump-instr=no",
                           sys.executable, "-m", "sluiceway.cli", "run", "bench_app:BenchApp",
                           "-c", os.path.join(tmp, "sw.yaml"), "-l", f"127.0.0.1:{port}"],
@@ -76,14 +76,15 @@ def count(tree, tmp, o_port, path, n):
     try:
         nc.wait_port(port, timeout=120)
         _drive(port, path, 400)              # warm up (pool, free lists)
+        worker = nc.sluiceway_pid(p.pid)     # the master's worker serves
         # Count from here: zero the counters, then the measured requests.
-        subprocess.run(["callgrind_control", "-z", str(p.pid)], capture_output=True, timeout=60)
+        subprocess.run(["callgrind_control", "-z", str(worker)], capture_output=True, timeout=60)
         done = _drive(port, path, n)
-        subprocess.run(["callgrind_control", "-d", str(p.pid)], capture_output=True, timeout=60)
+        subprocess.run(["callgrind_control", "-d", str(worker)], capture_output=True, timeout=60)
     finally:
         p.send_signal(signal.SIGINT)
         p.wait(120)
-    dumps = sorted(glob.glob(out + ".*"), key=os.path.getmtime)
+    dumps = sorted(glob.glob(f"{out}.{worker}*"), key=os.path.getmtime)
     total = 0
     with open(dumps[-1]) as f:
         for line in f:

@@ -148,7 +148,7 @@ def cmd_latency(ns, folder):
             print(f"mean delay between a connection's requests: {mean_delay:.2f} ms", flush=True)
             for rnd in range(ns.rounds):
                 for name in ("process", "redis") if rnd % 2 == 0 else ("redis", "process"):
-                    pids = (insts[name].proc.pid, redis.proc.pid)   # threads: 1, the master works
+                    pids = (insts[name].workers()[0], redis.proc.pid)   # threads: 1: its one worker
                     before = [cpu_seconds(p) for p in pids]
                     user0 = cpu_seconds(pids[0], (11,))
                     t = run_wrk(insts[name].url + "/small", script, ns.duration, 100, threads=1,

@@ -201,6 +201,19 @@ def worker_pid(master_pid: int, timeout=5.0) -> int:
     raise RuntimeError("nginx worker not found")
 
 
+def sluiceway_pid(pid: int, timeout=5.0) -> int:
+    """The process that serves in a sluiceway started as ``pid``: its one
+    worker (a master forks it), or ``pid`` itself for a tree from before
+    the master process."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = children(pid)
+        if kids:
+            return kids[0]
+        time.sleep(0.05)
+    return pid
+
+
 def run_wrk(port, path, duration, conns):
     cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency",
            f"http://127.0.0.1:{port}{path}"]
@@ -334,10 +347,10 @@ def main(argv=None):
         for p in (o_port, n_port, s_port) + tuple(port for port, _ in extra.values()):
             wait_port(p)
         n_pid = worker_pid(nproxy.p.pid)
-        s_pid = sw.p.pid
+        s_pid = sluiceway_pid(sw.p.pid)
         targets = {"nginx": (n_port, n_pid), "sluiceway": (s_port, s_pid)}
         for name, (port, pr) in extra.items():
-            targets[name] = (port, pr.p.pid)
+            targets[name] = (port, sluiceway_pid(pr.p.pid))
 
         if ns.idle_only:
             ns.rounds = 0

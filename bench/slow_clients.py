@@ -139,7 +139,7 @@ def main(argv=None):
             nc.wait_port(p)
         if not ns.sluiceway_only:
             targets["nginx"] = (n_port, nc.worker_pid(nproxy.p.pid))
-        targets["sluiceway"] = (s_port, sw.p.pid)
+        targets["sluiceway"] = (s_port, nc.sluiceway_pid(sw.p.pid))
         for name, (port, pid) in targets.items():
             nc.run_wrk(port, "/small", 2, ns.connections)
         res = {(n, k): [] for n in targets for k in ("quiet", "slow")}

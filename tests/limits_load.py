@@ -261,9 +261,9 @@ class Instance:
         else:
             self.proc = spawn(args, self.env, start_new_session=True)
         wait_port(self.port, self.proc)
-        # Every worker listens on its own SO_REUSEPORT socket: wait for all of them.
+        # The master binds, then forks its workers: wait for all of them.
         deadline = time.monotonic() + 10
-        while len(self.workers()) < (self.threads if self.threads > 1 else 0):
+        while len(self.workers()) < self.threads:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.threads} workers did not start")
             time.sleep(0.05)
@@ -280,8 +280,7 @@ class Instance:
 
     def alive(self):
         """True while the master and all its workers run."""
-        return self.proc.poll() is None and len(self.workers()) == (
-            self.threads if self.threads > 1 else 0)
+        return self.proc.poll() is None and len(self.workers()) == self.threads
 
     def count(self, key):
         """The instance's count for key in the current window (peek, uncounted)."""

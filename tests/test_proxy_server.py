@@ -1,5 +1,6 @@
-"""Server, configuration and CLI: YAML validation, -t, -d, workers with
-SO_REUSEPORT, SIGTERM (graceful) and SIGINT, the demo command."""
+"""Server, configuration and CLI: YAML validation, -t, -d, workers sharing
+the master's listening sockets, SIGTERM (graceful) and SIGINT, the demo
+command. The master's other duties: test_ops_process.py."""
 
 import os
 import signal
@@ -99,7 +100,7 @@ def test_two_workers_share_the_port(appdir, origin, tmp_path):
         with httpx.Client(transport=httpx.HTTPTransport(uds=uds)) as c:
             for _ in range(5):
                 assert c.get("http://proxy/").content == b"hello"
-        # each worker has its own SO_REUSEPORT socket on the same port
+        # both workers accept from the master's socket
         pids = set()
         deadline = time.monotonic() + 10
         while len(pids) < 2 and time.monotonic() < deadline:

@@ -67,6 +67,11 @@ def bind_message(addr: str, exc: OSError) -> str:
     return f"cannot listen on {addr}: {why}"
 
 
+def fmt_key(key) -> str:
+    """A socket key (``_handover.sock_key``) as an address."""
+    return "unix:" + key[1] if key[0] == "unix" else fmt_addr((key[1], key[2]))
+
+
 def fmt_addr(a) -> str:
     if isinstance(a, str):
         return "unix:" + a
@@ -95,20 +100,112 @@ def setup_logging(conf: ServerConf) -> None:
     """
     root = logging.getLogger("sluiceway")
     if not root.handlers:
-        h = _open_log(conf.error_log, "error_log") if conf.error_log else logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter(ERROR_FORMAT))
-        root.addHandler(h)
+        root.addHandler(_handler(conf.error_log, "error_log", ERROR_FORMAT, sys.stderr))
         if root.level == logging.NOTSET:
             root.setLevel(logging.INFO)
     access = logging.getLogger("sluiceway.access")
     if conf.access_log and not access.handlers:
-        h = (_open_log(conf.access_log_file, "access_log_file") if conf.access_log_file
-             else logging.StreamHandler(sys.stdout))
-        h.setFormatter(logging.Formatter(ACCESS_FORMAT))
-        access.addHandler(h)
+        access.addHandler(_handler(conf.access_log_file, "access_log_file", ACCESS_FORMAT,
+                                   sys.stdout))
         access.propagate = False   # not into the error log
         if access.level == logging.NOTSET or access.level > logging.INFO:
             access.setLevel(logging.INFO)
+
+
+def _handler(path: Optional[str], key: str, fmt: str, stream) -> logging.Handler:
+    h = _open_log(path, key) if path else logging.StreamHandler(stream)
+    h.setFormatter(logging.Formatter(fmt))
+    h._sluiceway = True   # ours: reopen_logs replaces it
+    return h
+
+
+def reopen_logs(conf: ServerConf) -> None:
+    """Open the log files again, at the paths ``conf`` names (after
+    logrotate moved them away, or a reload changed them), and close the old
+    ones. Handlers a program added itself are left alone.
+
+    Raises:
+        StartError: a file cannot be opened (the old handler is kept).
+    """
+    setup_logging(conf)   # a log turned on since the start
+    for name, path, key, fmt, stream in (
+            ("sluiceway", conf.error_log, "error_log", ERROR_FORMAT, sys.stderr),
+            ("sluiceway.access", conf.access_log_file, "access_log_file", ACCESS_FORMAT,
+             sys.stdout)):
+        logger = logging.getLogger(name)
+        ours = [h for h in logger.handlers if getattr(h, "_sluiceway", False)]
+        if not ours:
+            continue
+        new = _handler(path, key, fmt, stream)
+        for h in ours:
+            logger.removeHandler(h)
+            h.close()
+        logger.addHandler(new)
+
+
+# ----------------------------------------------------------------- pid file --
+
+def _start_time(pid: int) -> Optional[float]:
+    """When process ``pid`` started (wall clock), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return btime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def running_pid(pid_file: str) -> Optional[int]:
+    """The pid ``pid_file`` names when that process still runs (and is the
+    one that wrote it: a pid reused by a later process does not count)."""
+    try:
+        with open(pid_file) as f:
+            pid = int(f.read().split()[0])
+        written = os.stat(pid_file).st_mtime
+    except (OSError, ValueError, IndexError):
+        return None
+    if pid <= 0 or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    started = _start_time(pid)
+    if started is not None and started > written + 2.0:
+        return None
+    return pid
+
+
+def refuse_if_running(pid_file: str) -> None:
+    """Raise StartError when ``pid_file`` names a running server."""
+    pid = running_pid(pid_file) if pid_file else None
+    if pid is not None:
+        raise StartError(f"a sluiceway already runs (pid {pid}, from pid_file {pid_file}): stop it "
+                         f"first (kill -TERM {pid}), or replace it without downtime: start this "
+                         f"with --upgrade, then kill -QUIT {pid}", 1)
+
+
+def write_pid_file(path: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def remove_pid_file(path: str) -> None:
+    """Remove ``path`` if it names this process (an upgrade's new process
+    wrote its own over it)."""
+    try:
+        with open(path) as f:
+            if int(f.read().split()[0]) != os.getpid():
+                return
+        os.unlink(path)
+    except (OSError, ValueError, IndexError):
+        pass
 
 
 def log_destinations(conf: ServerConf) -> Tuple[str, str]:
@@ -238,8 +335,7 @@ def startup_lines(addresses: List[str], conf: ServerConf, conf_path: Optional[st
     n = conf.threads
     lines = [f"sluiceway {__version__}: listening on {urls or '(no address)'}",
              f"  configuration: {os.path.abspath(conf_path) if conf_path else '(built-in defaults: no -c given)'}",
-             f"  workers: {n} process{'es' if n != 1 else ''} (threads: {n}); "
-             f"{'master ' if n > 1 else ''}pid {pid}",
+             f"  workers: {n} process{'es' if n != 1 else ''} (threads: {n}); master pid {pid}",
              f"  pid file: {conf.pid_file if daemon else '(none: written only with -d)'}",
              f"  error log: {err}; access log: {acc}"]
     return lines

@@ -1,12 +1,15 @@
 """The ``sluiceway`` command.
 
-    sluiceway run module:App [-c conf.yaml] [-t] [-d] [-l host:port ...]
+    sluiceway run module:App [-c conf.yaml] [-t] [-d] [-u] [-l host:port ...]
         Run the ProxyHttp subclass ``App`` from ``module`` (a class, which
         is instantiated without arguments, or an instance). Listens on every
         ``-l`` address, else the configuration's ``listen`` list, else
         127.0.0.1:8080. ``-t`` checks everything a start would (the
         configuration, the app, addresses, log and pid paths) and exits;
-        ``-d`` runs as a daemon writing ``pid_file``.
+        ``-d`` runs as a daemon writing ``pid_file``; ``-u`` (``--upgrade``)
+        takes the listening sockets over from the running server instead of
+        binding them. SIGHUP reads the configuration and imports the app
+        again (docs/operations.md).
 
     sluiceway demo [-p PORT]
         Start a demo proxy with its own embedded demo origin and print the
@@ -83,23 +86,94 @@ def _load_app(spec: str, instantiate: bool = True):
     return obj
 
 
-def _cmd_run(ns) -> int:
-    from .server import Server, http_proxy_service
+class AppLoader:
+    """Imports the app of ``sluiceway run``, and imports it again for a
+    reload (SIGHUP).
 
-    try:
-        conf = load_config(ns.conf) if ns.conf else ServerConf()
-        if ns.listen:
-            conf.listen = list(ns.listen)
-            conf.validate()
-    except ConfigError as exc:
-        print(f"sluiceway: {exc}", file=sys.stderr)
-        return 2
+    The modules the first import brought in that are the user's own (Python
+    source outside the standard library, site-packages and sluiceway) are
+    dropped from ``sys.modules`` before the new import, so an edited module
+    is read again; installed libraries stay as they are. If the new import
+    fails, or the reload is given up later (``undo``), the previous modules
+    are put back: nothing is half-applied.
+    """
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.own: List[str] = []   # names of the user's modules
+
+    def load(self, instantiate: bool = True):
+        before = set(sys.modules)
+        try:
+            return _load_app(self.spec, instantiate)
+        finally:
+            self.own = sorted(n for n in set(sys.modules) - before if _own_module(sys.modules[n]))
+
+    def reload(self):
+        """The app imported again. Returns ``(app, undo)``.
+
+        Raises:
+            AppError: the import failed (the old modules are back).
+        """
+        saved = {n: sys.modules.pop(n) for n in self.own if n in sys.modules}
+        own_before = self.own
+        before = set(sys.modules)
+        importlib.invalidate_caches()
+
+        def undo():
+            for n in set(sys.modules) - before:
+                if n in saved or _own_module(sys.modules[n]):
+                    del sys.modules[n]
+            sys.modules.update(saved)
+            self.own = own_before
+
+        try:
+            app = self.load()
+        except BaseException:
+            undo()
+            raise
+        return app, undo
+
+
+def _own_module(mod) -> bool:
+    """Whether ``mod`` is the user's Python source (not the standard
+    library, an installed package, sluiceway or a compiled extension)."""
+    import sysconfig
+
+    path = getattr(mod, "__file__", None)
+    if not path or not path.endswith((".py", ".pyc")):
+        return False
+    path = os.path.realpath(path)
+    skip = {os.path.realpath(p) for key, p in sysconfig.get_paths().items()
+            if key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    skip.add(os.path.realpath(os.path.dirname(os.path.abspath(__file__))))
+    return not any(path.startswith(p + os.sep) for p in skip)
+
+
+def _read_conf(ns) -> ServerConf:
+    """The configuration ``sluiceway run`` uses: the file, then -l and -d."""
+    conf = load_config(ns.conf) if ns.conf else ServerConf()
+    if ns.listen:
+        conf.listen = list(ns.listen)
+        conf.validate()
     if not conf.listen:
         conf.listen = ["127.0.0.1:8080"]
     if ns.daemon:
         conf.daemon = True
+    return conf
+
+
+def _cmd_run(ns) -> int:
+    from .server import Server, http_proxy_service
+
     try:
-        app = _load_app(ns.app, instantiate=not ns.test)
+        conf = _read_conf(ns)
+    except ConfigError as exc:
+        print(f"sluiceway: {exc}", file=sys.stderr)
+        return 2
+    loader = AppLoader(ns.app)
+    try:
+        app = loader.load(instantiate=not ns.test)
     except AppError as exc:
         print(f"sluiceway: {exc}", file=sys.stderr)
         return 2
@@ -115,6 +189,17 @@ def _cmd_run(ns) -> int:
         if code == 0:
             print(f"sluiceway: app {ns.app} is a ProxyHttp ({type(app).__name__})")
         return code
+
+    def reloader():
+        new_conf = _read_conf(ns)
+        new_app, undo = loader.reload()
+        new = Server(new_conf, conf_path=ns.conf)
+        new._undo = undo
+        new.add_service(http_proxy_service(new_conf, new_app))
+        return new
+
+    server._reloader = reloader
+    server._upgrade = ns.upgrade
     server.add_service(http_proxy_service(conf, app))
     server.run_forever()
     return 0
@@ -207,7 +292,7 @@ async def _demo_main(port: int, ready=None) -> None:
     loop = asyncio.get_running_loop()
     svc = http_proxy_service(conf, _demo_app(0))
     svc.add_tcp(f"127.0.0.1:{port}")
-    svc._bind(reuse_port=False)   # first: a port in use fails before anything starts
+    svc._bind()   # first: a port in use fails before anything starts
     origin = await loop.create_server(_DemoOrigin, "127.0.0.1", 0)
     svc.app.origin_port = origin.sockets[0].getsockname()[1]
     origin_port = svc.app.origin_port
@@ -262,6 +347,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.add_argument("-l", "--listen", action="append", metavar="HOST:PORT",
                      help="address to listen on (repeatable; unix:/path for a Unix socket); "
                           "default: the configuration's listen, else 127.0.0.1:8080")
+    run.add_argument("-u", "--upgrade", action="store_true",
+                     help="take the listening sockets over from the running server (send it "
+                          "SIGQUIT) instead of binding them: a restart without downtime")
     demo = sub.add_parser("demo", help="start a demo proxy with an embedded origin")
     demo.add_argument("-p", "--port", type=int, default=8080, help="proxy port (0: any free port)")
     new = sub.add_parser("new", help="write a starter project (app, config, systemd unit, test)")

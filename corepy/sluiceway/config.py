@@ -94,12 +94,16 @@ class ServerConf:
 
     version: int = _key(1, "Configuration format version. Must be 1.")
     threads: int = _key(
-        1, "Worker processes. Each runs one event loop; they share the listening "
-        "ports with SO_REUSEPORT, so the kernel spreads connections across them. "
-        "(Pingora's name; these are processes, not threads.)")
+        1, "Worker processes. Each runs one event loop; a master process binds the "
+        "listening sockets once, every worker accepts from them, and the master "
+        "restarts a worker that dies (docs/operations.md). (Pingora's name; these "
+        "are processes, not threads.)")
     pid_file: str = _key(
-        "/tmp/sluiceway.pid", "Where the daemon (`-d` or `daemon: true`) writes its pid; "
-        "removed when it exits. Not written in the foreground.", hint="/run/sluiceway.pid")
+        "/tmp/sluiceway.pid", "Where the daemon (`-d` or `daemon: true`) writes the "
+        "master's pid once it serves; removed when it exits (left alone when an "
+        "upgrade's new process wrote its own). Not written in the foreground. A start "
+        "refuses to run beside the live process this file names, unless it is an "
+        "upgrade (`--upgrade`).", hint="/run/sluiceway.pid")
     error_log: Optional[str] = _key(
         None, "File for the error log (`sluiceway.error`: start-up, failures, "
         "warnings). Unset: standard error. A daemon has no standard error, so "
@@ -108,16 +112,37 @@ class ServerConf:
         False, "Run in the background (as `-d`): the command returns once the "
         "server listens, or fails with the reason.")
     grace_period_seconds: float = _key(
-        5.0, "After SIGTERM, how long requests in flight may take before their "
+        5.0, "When workers stop gracefully (SIGTERM, the old workers of a reload or "
+        "an upgrade), how long requests in flight may take before their "
         "connections are closed.")
     graceful_shutdown_timeout_seconds: float = _key(
-        10.0, "How long the master process waits for its workers to exit after "
-        "SIGTERM before killing them.")
+        10.0, "How long the master process waits for stopping workers to exit "
+        "before killing them (SIGKILL).")
+    upgrade_sock: str = _key(
+        "/tmp/sluiceway_upgrade.sock", "The Unix socket over which a running "
+        "sluiceway hands its listening sockets to a new one started with "
+        "`--upgrade` (when it gets SIGQUIT). Give both the same path; the folder "
+        "must be writable by the new one.", hint="/run/sluiceway/upgrade.sock")
+    upgrade_wait_seconds: float = _key(
+        10.0, "How long a process started with `--upgrade` waits for the running "
+        "one's sockets, and how long the running one, after SIGQUIT, keeps trying to "
+        "reach it. Either may be started first.", group="sluiceway")
+    user: Optional[str] = _key(
+        None, "Run the workers as this user once the listening sockets are bound "
+        "(the master keeps its user: it binds new addresses on a reload and "
+        "reopens the logs). Needs root; unset: the workers keep the user that "
+        "started sluiceway.", hint="www-data")
+    group: Optional[str] = _key(
+        None, "Run the workers with this group (default: the `user`'s group).",
+        hint="www-data")
     upstream_keepalive_pool_size: int = _key(
         128, "Idle upstream connections kept per peer for reuse (0 disables pooling).")
     max_retries: int = _key(
-        1, "How many times `upstream_peer` is asked again after a connect failure "
-        "that `fail_to_connect` marked retryable.")
+        1, "How many times one request may go to `upstream_peer` again after a "
+        "retryable failure: a failed connect (retryable unless `fail_to_connect` "
+        "says otherwise), or a connection that broke, was reset or timed out before "
+        "any response byte when the method is idempotent and the request body was "
+        "kept (`retry_buffer_bytes`; `error_while_proxy` decides). 0: never.")
     listen: List[str] = _key(
         [], "Addresses to listen on: `host:port`, `[v6addr]:port` or `unix:/path`. "
         "Used by `sluiceway run` (unless `-l` is given) and by a program's proxy "
@@ -173,6 +198,12 @@ class ServerConf:
         32768, "Request head size limit (431 above it).", group="sluiceway")
     max_request_body_bytes: int = _key(
         0, "Request body size limit (413 above it); 0 = unlimited.", group="sluiceway")
+    retry_buffer_bytes: int = _key(
+        65536, "A request body up to this size is kept until the first response "
+        "byte, so that the request can be sent again (on a new connection, or to "
+        "another peer) when its upstream connection fails before answering; a "
+        "larger body is streamed and such a request is not sent again. 0: requests "
+        "with a body are never sent again.", group="sluiceway")
     forwarded_headers: bool = _key(
         False, "Add X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host to "
         "requests sent upstream.", group="sluiceway")
@@ -269,6 +300,20 @@ class ServerConf:
         if self.max_connections_mode not in ("reject", "pause"):
             raise ConfigError(f"{where('max_connections_mode')}max_connections_mode must be "
                               f"'reject' or 'pause', got {self.max_connections_mode!r}")
+        for name, lookup in (("user", "getpwnam"), ("group", "getgrnam")):
+            value = getattr(self, name)
+            if value is not None:
+                import grp
+                import pwd
+
+                try:
+                    getattr(pwd if name == "user" else grp, lookup)(value)
+                except KeyError:
+                    raise ConfigError(f"{where(name)}{name} {value!r} does not exist on this "
+                                      f"machine") from None
+        if not self.upgrade_sock:
+            raise ConfigError(f"{where('upgrade_sock')}upgrade_sock must be a path, e.g. "
+                              "/run/sluiceway/upgrade.sock")
         if self.version != 1:
             raise ConfigError(f"{where('version')}version must be 1, got {self.version}")
         for addr in self.listen:
@@ -459,6 +504,8 @@ def _plain(doc: str) -> str:
 
 def _type_name(f) -> str:
     t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if f.name in ("user", "group"):
+        return "name or null"
     return {"int": "integer", "float": "seconds" if f.name.endswith("_seconds") else "number",
             "bool": "true/false", "str": "string", "Optional[str]": "path or null",
             "List[str]": "list of addresses" if f.name == "listen" else "list of strings", "Optional[Dict[str, Any]]": "mapping or null"}.get(t, t)

@@ -1,19 +1,22 @@
-"""Server, services and the process model.
+"""Server, services and the worker processes.
 
 A :class:`Server` holds the configuration and the services. ``run_forever``
-runs them: with ``threads: 1`` in this process; with more, in that many
-worker processes forked from this one, each with its own uvloop loop, all
-listening on the same ports with SO_REUSEPORT.
+makes the process a master (``sluiceway._master``) that binds the listening
+sockets once and runs ``threads`` worker processes, each with its own
+uvloop loop, all accepting from those sockets.
 
-Signals: SIGTERM stops accepting, lets in-flight requests finish within
-``grace_period_seconds``, closes idle keep-alive connections and exits 0.
-SIGINT exits at once.
+Signals (docs/operations.md): SIGTERM stops accepting, lets in-flight
+requests finish within ``grace_period_seconds``, closes idle keep-alive
+connections and exits 0; SIGINT exits at once; SIGHUP reloads the
+configuration and the app; SIGQUIT hands the sockets to a process started
+with ``--upgrade``; SIGUSR1 reopens the logs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -83,71 +86,67 @@ class ProxyService:
         start resolves port 0)."""
         return [fmt_addr(a) for a in self._tcp] + ["unix:" + p for p, _ in self._uds]
 
-    def _bind(self, reuse_port: bool, listen: bool = True) -> None:
-        """Create the listening sockets.
+    def _bind(self, pool: Optional[dict] = None) -> None:
+        """Create (or adopt) the listening sockets, one per address.
 
-        With several workers the master first calls this with
-        ``listen=False``: the sockets only reserve the ports (port 0 is
-        resolved once, so every worker uses the same one) and, not
-        listening, never receive connections. Each worker then binds its
-        own SO_REUSEPORT socket (``_rebind_for_worker``), so the kernel
-        spreads connections across the workers.
+        ``pool`` maps what a socket is bound to (``_handover.sock_key``) to
+        a listening socket already open: one the master holds from before a
+        reload, or one an old process handed over in an upgrade. Such a
+        socket is taken instead of binding a new one, so the port is never
+        without a listener and no queued connection is reset. Every worker
+        accepts from the same sockets (no SO_REUSEPORT): a worker that dies
+        takes none with it, and a start beside a running server fails with
+        "address in use".
         """
+        pool = pool if pool is not None else {}
         for host, port in self._tcp:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            s = socket.socket(family, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            try:
-                s.bind((host, port))
-            except OSError as exc:
-                s.close()
-                raise BindError(fmt_addr((host, port)), exc) from None
-            if listen:
-                s.listen(4096)
+            s = pool.pop(("tcp", host, port), None) if port else None
+            if s is None:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                s = socket.socket(family, socket.SOCK_STREAM)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((host, port))
+                    s.listen(4096)
+                except OSError as exc:
+                    s.close()
+                    raise BindError(fmt_addr((host, port)), exc) from None
             s.setblocking(False)
             self._socks.append(s)
             self.addresses.append(s.getsockname()[:2])
-        # Unix sockets are bound once and shared by the workers.
         for path, perm in self._uds:
-            if os.path.exists(path):
-                os.unlink(path)
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.bind(path)
-            except OSError as exc:
-                s.close()
-                raise BindError("unix:" + path, exc) from None
-            if perm is not None:
-                os.chmod(path, perm)
-            s.listen(4096)
+            s = pool.pop(("unix", path), None)
+            if s is None:
+                if os.path.exists(path):
+                    if _unix_listening(path):
+                        raise BindError("unix:" + path, OSError(errno.EADDRINUSE, "in use"))
+                    os.unlink(path)   # a stale socket file: nobody accepts there
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    s.bind(path)
+                    if perm is not None:
+                        os.chmod(path, perm)
+                    s.listen(4096)
+                except OSError as exc:
+                    s.close()
+                    raise BindError("unix:" + path, exc) from None
             s.setblocking(False)
             self._socks.append(s)
             self.addresses.append(path)
 
-    def _rebind_for_worker(self) -> None:
-        """In a worker: replace the master's reservations by this worker's
-        own listening SO_REUSEPORT sockets on the same ports."""
-        n = len(self._tcp)
-        reserved, shared = self._socks[:n], self._socks[n:]
-        tcp_addrs, uds_addrs = self.addresses[:n], self.addresses[n:]
-        self._socks, self.addresses = [], []
-        uds, self._uds = self._uds, []
-        self._tcp = [tuple(a) for a in tcp_addrs]
-        self._bind(reuse_port=True)
-        self._uds = uds
-        self._socks += shared
-        self.addresses += uds_addrs
-        for s in reserved:
-            s.close()
+    def _copy(self, conf: ServerConf, app: Optional[ProxyHttp] = None) -> "ProxyService":
+        """The same service (addresses, name) with another configuration
+        and, optionally, another app: what a reload starts."""
+        svc = ProxyService(conf, app if app is not None else self.app, self.name)
+        svc._tcp, svc._uds = list(self._tcp), list(self._uds)
+        return svc
 
     async def start(self, loop=None) -> list:
         """Start serving on the running loop (binds first if needed).
         Returns the bound addresses."""
         loop = loop or asyncio.get_running_loop()
         if not self._socks:
-            self._bind(reuse_port=False)
+            self._bind()
         from .compression import CompressionPolicy
 
         self.engine = _engine.make_engine(self.app, ProxyHttp, loop,
@@ -202,6 +201,18 @@ class ProxyService:
         if self.engine is None:
             return {"requests": 0, "active": 0, "connections": 0, "replayed": 0}
         return self.engine.stats()
+
+
+def _unix_listening(path: str) -> bool:
+    """Whether something accepts connections on the Unix socket ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
 
 
 def http_proxy_service(conf: ServerConf, app: ProxyHttp, name: str = "proxy") -> ProxyService:
@@ -269,14 +280,18 @@ class Server:
         self.background: List[BackgroundService] = []
         self.args = None
         self._check_only = False
-        self._stopping = False
+        self._upgrade = False
         self._ready_fd = -1
+        self._overrides: dict = {}
+        self._reloader = None    # () -> Server, for SIGHUP (set by `sluiceway run`)
+        self._undo = None        # undoes what building this Server in a reload changed
+        self._took_over = 0      # the pid an upgrade took the sockets from
 
     @staticmethod
     def add_arguments(parser) -> None:
         """Add sluiceway's options to an ``argparse`` parser: ``-c/--conf``,
-        ``-t/--test``, ``-d/--daemon``, ``-l/--listen`` (repeatable) and
-        ``--version``."""
+        ``-t/--test``, ``-d/--daemon``, ``-l/--listen`` (repeatable),
+        ``-u/--upgrade`` and ``--version``."""
         parser.add_argument("-c", "--conf", metavar="FILE", help="YAML configuration file")
         parser.add_argument("-t", "--test", action="store_true",
                             help="check the configuration, addresses, log and pid paths; then exit")
@@ -284,6 +299,9 @@ class Server:
         parser.add_argument("-l", "--listen", action="append", metavar="HOST:PORT",
                             help="address to listen on, instead of the configuration's listen "
                                  "(repeatable; unix:/path for a Unix socket)")
+        parser.add_argument("-u", "--upgrade", action="store_true",
+                            help="take the listening sockets over from the running server (send it "
+                                 "SIGQUIT) instead of binding them: a restart without downtime")
         parser.add_argument("--version", action=_startup.VersionAction)
 
     @classmethod
@@ -315,6 +333,7 @@ class Server:
             server.configuration.daemon = True
         server.args = ns
         server._check_only = bool(ns.test)
+        server._upgrade = bool(getattr(ns, "upgrade", False))
         return server
 
     @classmethod
@@ -333,7 +352,9 @@ class Server:
                 raise ConfigError(f"unknown key {key!r}")
             setattr(conf, key, value)
         conf.validate()
-        return cls(conf, conf_path=path)
+        server = cls(conf, conf_path=path)
+        server._overrides = dict(overrides)
+        return server
 
     def add_service(self, service) -> None:
         """Add a proxy service (:func:`http_proxy_service`) or a background
@@ -411,8 +432,12 @@ class Server:
 
     def _startup_lines(self) -> List[str]:
         addrs = [fmt_addr(a) for svc in self.services for a in svc.addresses]
-        return _startup.startup_lines(addrs, self.configuration, self.conf_path, os.getpid(),
-                                      self.configuration.daemon)
+        lines = _startup.startup_lines(addrs, self.configuration, self.conf_path, os.getpid(),
+                                       self.configuration.daemon)
+        if self._took_over:
+            lines.append(f"  upgrade: took the listening sockets over from pid {self._took_over}, "
+                         "which stops gracefully")
+        return lines
 
     def _started(self) -> None:
         """The services listen: say so (or tell the waiting foreground
@@ -430,14 +455,23 @@ class Server:
     def run_forever(self) -> None:
         """Run every service until SIGTERM (graceful, exit 0) or SIGINT.
 
+        This process becomes the master: it binds the listening sockets (or,
+        with ``--upgrade``, takes them over from the running server), forks
+        ``threads`` workers, restarts any that dies, reloads on SIGHUP and
+        hands its sockets to a new process on SIGQUIT (docs/operations.md).
+
         With ``-t`` (:meth:`from_args`): check and exit instead. A start that
-        fails (a port in use, a log file that cannot be opened) prints why
-        and exits with status 1 (2 for a configuration problem), also as a
-        daemon: the command returns only when the server listens or failed.
+        fails (a port in use, a log file that cannot be opened, a server
+        already running) prints why and exits with status 1 (2 for a
+        configuration problem), also as a daemon: the command returns only
+        when the server listens or failed.
         """
+        from . import _handover, _master
+
         conf = self.configuration
         if self._check_only:
             raise SystemExit(self.check())
+        receiver = None
         try:
             self._apply_listen()
             for svc in self.services:
@@ -448,45 +482,47 @@ class Server:
                 problems = _startup.check_paths(conf, True)
                 if problems:
                     raise StartError("; ".join(problems), 2)
+            _master.check_user(conf)
+            if not self._upgrade:
+                _startup.refuse_if_running(conf.pid_file)
             self.bootstrap()
-            workers = conf.threads
+            _master.give_logs_to(conf)
+            pool = {}
+            if self._upgrade:
+                receiver = _handover.Receiver(conf.upgrade_sock)
+                try:
+                    pool = _handover.match(receiver.receive(conf.upgrade_wait_seconds))
+                except _handover.HandoverError as exc:
+                    raise StartError(f"upgrade failed: {exc}", 1) from None
             for svc in self.services:
-                svc._bind(reuse_port=workers > 1, listen=workers <= 1)
+                svc._bind(pool)
+            for s in pool.values():
+                s.close()   # an address the old process had and this configuration drops
         except (StartError, BindError) as exc:
             for svc in self.services:
                 for s in svc._socks:
                     s.close()
-            print(f"sluiceway: {exc}", file=sys.stderr)
+            if receiver is not None:
+                receiver.ack(False, str(exc))
+            msg = str(exc)
+            if isinstance(exc, BindError) and exc.errno == errno.EADDRINUSE:
+                msg += (" (if a sluiceway serves there, replace it without downtime: start this "
+                        "with --upgrade, then send the running one SIGQUIT)")
+            print(f"sluiceway: {msg}", file=sys.stderr)
             raise SystemExit(getattr(exc, "code", 1) if isinstance(exc, StartError) else 1)
         if conf.daemon:
             if not conf.error_log:
                 print("sluiceway: warning: running as a daemon without error_log: log lines after "
                       "start-up are discarded; set error_log in the configuration", file=sys.stderr)
-            self._ready_fd = _daemonize(conf.pid_file)
+            self._ready_fd = _daemonize()
+        code = 1
+        master = _master.Master(self, receiver)
         try:
-            if workers <= 1:
-                code = _worker_main(self)
-                raise SystemExit(code)
-            pids = []
-            for _ in range(workers):
-                pid = os.fork()
-                if pid == 0:
-                    code = 1
-                    try:
-                        if self._ready_fd >= 0:
-                            os.close(self._ready_fd)   # only the master reports
-                            self._ready_fd = -1
-                        for svc in self.services:
-                            svc._rebind_for_worker()
-                        code = _worker_main(self, report=False)
-                    finally:
-                        os._exit(code)
-                pids.append(pid)
-            for svc in self.services:
-                for s in svc._socks:
-                    s.close()
-            self._started()
-            raise SystemExit(_master_wait(pids, conf))
+            code = master.run()
+            if master.failure and self._ready_fd < 0:
+                print(f"sluiceway: the workers did not start: {master.failure}"
+                      + (f" (more in {conf.error_log})" if conf.error_log else ""),
+                      file=sys.stderr, flush=True)
         except BaseException as exc:
             if self._ready_fd >= 0:   # a daemon that failed before it was ready
                 log.error("sluiceway: start failed", exc_info=not isinstance(exc, SystemExit))
@@ -494,14 +530,50 @@ class Server:
                 self._ready_fd = -1
             raise
         finally:
+            if self._ready_fd >= 0:
+                _report(self._ready_fd, "error", f"the workers did not start: "
+                        f"{master.failure or 'see the error log'}")
+                self._ready_fd = -1
             if conf.daemon and conf.pid_file:
-                try:
-                    os.unlink(conf.pid_file)
-                except OSError:
-                    pass
+                _startup.remove_pid_file(conf.pid_file)
+        raise SystemExit(code)
+
+    def _reload(self) -> "Server":
+        """What SIGHUP starts: the configuration read again and the services
+        built from it (by the ``sluiceway`` command: the app imported again
+        too; a program's own services keep their app objects). The new
+        Server's sockets are not bound yet.
+
+        Raises:
+            ConfigError, and whatever the reloader raises: nothing changed.
+        """
+        if self._reloader is not None:
+            new = self._reloader()
+        else:
+            conf = Server.from_conf(self.conf_path, **self._overrides).configuration \
+                if self.conf_path else dataclasses.replace(self.configuration)
+            new = Server(conf, conf_path=self.conf_path)
+            new.services = [svc._copy(conf) for svc in self.services]
+            new.background = list(self.background)
+            new._overrides = dict(self._overrides)
+        new.args = self.args
+        new._reloader = self._reloader
+        new.configuration.daemon = self.configuration.daemon
+        new._apply_listen()
+        return new
+
+    def _abandon(self) -> None:
+        """A reload that was built but not started: undo what building it
+        changed in this process (the app's modules)."""
+        if self._undo is not None:
+            undo, self._undo = self._undo, None
+            undo()
 
 
-def _worker_main(server: Server, report: bool = True) -> int:
+def _worker_main(server: Server, ready_fd: int = -1) -> int:
+    """A worker: run the services on a new uvloop loop until SIGTERM
+    (graceful) or SIGINT (at once). Writes ``ok`` on ``ready_fd`` once every
+    service accepts (the master waits for it), or why it could not start."""
     import uvloop
 
     loop = uvloop.new_event_loop()
@@ -516,21 +588,37 @@ def _worker_main(server: Server, report: bool = True) -> int:
         if not stop.done():
             stop.set_result("int")
 
+    def on_usr1():
+        try:
+            _startup.reopen_logs(server.configuration)
+        except Exception as exc:
+            log.error("sluiceway: reopening the logs failed: %s", exc)
+
     loop.add_signal_handler(signal.SIGTERM, on_term)
     loop.add_signal_handler(signal.SIGINT, on_int)
+    loop.add_signal_handler(signal.SIGUSR1, on_usr1)
+    for sig in (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)   # the master's business
 
     async def main():
         import gc
 
         from . import _limits_redis
 
-        for bg in server.background:
-            await bg.start(loop)
-        _limits_redis.start_backends(loop)  # limits shared through Redis sync on this loop
-        for svc in server.services:
-            await svc.start(loop)
-        if report:
-            server._started()
+        try:
+            for bg in server.background:
+                await bg.start(loop)
+            _limits_redis.start_backends(loop)  # limits shared through Redis sync on this loop
+            for svc in server.services:
+                await svc.start(loop)
+        except BaseException as exc:
+            if ready_fd >= 0:
+                _write_all(ready_fd, f"error: {type(exc).__name__}: {exc}\n".encode())
+                os.close(ready_fd)
+            raise
+        if ready_fd >= 0:
+            _write_all(ready_fd, b"ok\n")
+            os.close(ready_fd)
         # Everything made at start-up lives as long as the worker: keep it
         # out of the cyclic collector's scans (shorter pauses under load).
         gc.collect()
@@ -548,49 +636,11 @@ def _worker_main(server: Server, report: bool = True) -> int:
         loop.close()
 
 
-def _master_wait(pids: List[int], conf: ServerConf) -> int:
-    state = {"sig": None}
-
-    def forward(signum, frame):
-        state["sig"] = signum
-        for p in pids:
-            try:
-                os.kill(p, signum)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    alive = set(pids)
-    deadline = None
-    code = 0
-    while alive:
-        if state["sig"] is not None and deadline is None:
-            deadline = time.monotonic() + conf.graceful_shutdown_timeout_seconds
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if pid == 0:
-            if deadline is not None and time.monotonic() > deadline:
-                for p in alive:
-                    try:
-                        os.kill(p, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-            time.sleep(0.05)
-            continue
-        alive.discard(pid)
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0:
-            code = os.WEXITSTATUS(status)
-        if state["sig"] is None:
-            log.error("sluiceway: worker %d exited unexpectedly (status %d)", pid, status)
-    if conf.daemon and conf.pid_file:
-        try:
-            os.unlink(conf.pid_file)
-        except OSError:
-            pass
-    return code
+def _write_all(fd: int, data: bytes) -> None:
+    try:
+        os.write(fd, data)
+    except OSError:
+        pass
 
 
 def _report(fd: int, status: str, text: str) -> None:
@@ -601,10 +651,11 @@ def _report(fd: int, status: str, text: str) -> None:
     os.close(fd)
 
 
-def _daemonize(pid_file: str) -> int:
+def _daemonize() -> int:
     """Detach. The foreground process stays until the daemon reports (on a
     pipe) that it listens, prints what it said and exits 0, or 1 when the
-    start failed. Returns the pipe's write end, in the daemon."""
+    start failed. Returns the pipe's write end, in the daemon (the master
+    writes the pid file once its workers accept)."""
     r, w = os.pipe()
     if os.fork() > 0:
         os.close(w)
@@ -631,6 +682,4 @@ def _daemonize(pid_file: str) -> int:
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
-    with open(pid_file, "w") as f:
-        f.write(f"{os.getpid()}\n")
     return w
