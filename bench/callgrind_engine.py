@@ -11,10 +11,11 @@ depend on what else the machine is doing, so two builds compare exactly.
 
 Usage:
     python bench/callgrind_engine.py [--requests 20000] [--body small|16k]
-        [--compare NAME=DIR ...]
+        [--compare NAME=DIR ...] [--conf "key: value" ...]
 
 ``--compare before=/path/to/checkout`` counts that checkout's build (built
-in place) the same way.
+in place) the same way. ``--conf`` adds a line to the configuration of
+every tree counted (e.g. ``--conf "metrics: false"``).
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ def main(argv=None):
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--body", choices=["small", "16k"], default="small")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=DIR")
+    ap.add_argument("--conf", action="append", default=[], metavar="LINE",
+                    help="a YAML line added to the configuration (e.g. 'metrics: false')")
     ap.add_argument("--keep", metavar="DIR", help="copy the callgrind outputs to DIR "
                     "(for callgrind_annotate)")
     ns = ap.parse_args(argv)
@@ -110,7 +113,8 @@ def main(argv=None):
     with open(os.path.join(tmp, "bench_app.py"), "w") as f:
         f.write(nc.SLUICEWAY_APP)
     with open(os.path.join(tmp, "sw.yaml"), "w") as f:
-        f.write("version: 1\nthreads: 1\nupstream_keepalive_pool_size: 64\n")
+        f.write("version: 1\nthreads: 1\nupstream_keepalive_pool_size: 64\n" +
+                "".join(line + "\n" for line in ns.conf))
     o_port = nc.free_port()
     origin = nc.start_nginx(tmp, "origin", nc.ORIGIN_HTTP.format(port=o_port, dir=tmp), 1)
     try:
