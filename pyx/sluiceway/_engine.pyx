@@ -62,9 +62,11 @@ cdef extern from "<sys/socket.h>":
         AF_UNIX
 
 import asyncio
+import json
 import logging
 import os
 import socket
+import time
 
 from sluiceway import _http as _httpmod
 from sluiceway._base.errors import DOWNSTREAM, INTERNAL, UPSTREAM, Error, ParseError
@@ -116,3 +118,4 @@ include "engine/connect.pyx"       # getting a request its upstream connection
 include "engine/forward.pyx"       # the heads that go on; held-back bytes
 include "engine/legs.pyx"          # the two bodies of a request
 include "engine/ending.pyx"        # failures, retries, logging, the end
+include "engine/observe.pyx"       # metrics cells, request ids, access-log records

@@ -27,7 +27,7 @@ cdef bytes _request_head(Session s, bint reframe):
     s.expect_100 = (flags & SW_F_EXPECT_100) != 0 and rq._minor == 1
     if not (flags & SW_F_DROPPED) and rq._minor == 1 and (flags & SW_F_HOST) \
             and not forwarded and not rq._edited_line and not s.expect_100 \
-            and not s.want_upgrade:
+            and not s.want_upgrade and not s.rid_new:
         # Untouched: forward the received head as it is.
         if rq._head.off == 0 and rq._head.len == PyBytes_GET_SIZE(rq._buf):
             return rq._buf
@@ -58,6 +58,8 @@ cdef bytes _extra_fields(Session s, unsigned flags, bint reframe):
         parts.append(b"Host: " + (<HttpPeer>s.peer)._host_hdr() + _CRLF)
     if reframe:
         parts.append(b"Transfer-Encoding: chunked\r\n")
+    if s.rid_new:
+        parts.append(s.eng.cfg.rid_name + b": " + <bytes>s.rid + _CRLF)
     if s.want_upgrade:
         i = hm._find(b"upgrade", 0)
         if i >= 0:
@@ -163,7 +165,8 @@ cdef int _send_response_head(Session s) except -1:
     drop = _need_drop(nh)
     flags = sw_hop_mark(base, hh, nh, drop, extra)
     if not (flags & SW_F_DROPPED) and m.major == 1 and m.minor == 1 and keep and \
-            s.req_header._minor == 1 and rs is None and (mode == M_RAW or mode == M_NONE):
+            s.req_header._minor == 1 and rs is None and (mode == M_RAW or mode == M_NONE) and \
+            (s.rid is None or not s.eng.cfg.request_id):
         # Forward the received head unchanged.
         if r.head_buf is r.data and mode == M_RAW and not _has(s.eng, H_RESP_BODY):
             s.held_data = r.data
@@ -182,11 +185,18 @@ cdef int _send_response_head(Session s) except -1:
         if ui >= 0:
             upgrade_lines = b"Connection: upgrade\r\nUpgrade: " + PyBytes_FromStringAndSize(
                 base + hh[ui].value.off, hh[ui].value.len) + _CRLF
-    need = 64 + len(reason) + sw_fields_size(hh, nh) + 64 + len(upgrade_lines)
+    rid_line = b""
+    if s.rid is not None and s.eng.cfg.request_id and \
+            sw_find(base, hh, nh, PyBytes_AS_STRING(s.eng.cfg.rid_lname),
+                    PyBytes_GET_SIZE(s.eng.cfg.rid_lname), 0) < 0:
+        rid_line = _rid_field(s)
+    need = 64 + len(reason) + sw_fields_size(hh, nh) + 64 + len(upgrade_lines) + len(rid_line)
     out = _need_scratch(need)
     o = out
     o += sw_write_status_line(o, status, PyBytes_AS_STRING(reason), len(reason))
     o += sw_write_fields(o, base, hh, nh, drop)
+    if rid_line:
+        memcpy(o, PyBytes_AS_STRING(rid_line), len(rid_line)); o += len(rid_line)
     if mode == M_CHUNKED:
         memcpy(o, b"Transfer-Encoding: chunked\r\n", 28); o += 28
     if s.upgrading:
@@ -217,6 +227,9 @@ cdef bytes _response_head_from_items(Session s, ResponseHeader rs, bint keep):
         if ln == b"content-length" and (s.resp_mode == M_CHUNKED or s.resp_mode == M_CLOSE):
             continue
         parts.append(n + b": " + v + _CRLF)
+    if s.rid is not None and s.eng.cfg.request_id and \
+            rs.headers._find(s.eng.cfg.rid_lname, 0) < 0:
+        parts.append(_rid_field(s))
     if s.resp_mode == M_CHUNKED:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     if s.upgrading:

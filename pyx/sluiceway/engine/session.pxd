@@ -70,6 +70,11 @@ cdef class Session:
     cdef long long rate_after   # ... after this many
     cdef double rate_start      # when the limited body began
     cdef object rate_timer      # the call that reads on again
+    cdef object rid             # the request id (bytes; None: request ids are off)
+    cdef bint rid_new           # ... made here: it goes upstream as a new field
+    cdef object span            # its OpenTelemetry span (otel: true), or None
+    cdef int up_status          # the upstream's status (0: none)
+    cdef double t_connect       # a new upstream connection was asked for (0: pooled)
     cdef double t_start
     cdef double t_connected
     cdef double t_resp
@@ -138,6 +143,11 @@ cdef object _bad_hook_return(Session s, str hook, object value, str expected)
 cdef int _finish_request(Session s) except -1
 cdef int _final_request(Session s) except -1
 cdef int _access_line(Session s) except -1
+# observe.pyx
+cdef int _observe_start(Session s) except -1
+cdef int _m_request(Session s) except -1
+cdef int _access_record(Session s) except -1
+cdef bytes _rid_field(Session s)
 # forward.pyx
 cdef bytes _request_head(Session s, bint reframe)
 cdef bytes _extra_fields(Session s, unsigned flags, bint reframe)
