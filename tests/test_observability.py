@@ -354,3 +354,83 @@ def test_the_docs_example_runs_and_prints_what_it_says():
     assert access == sorted([["200", "/", "acme", ids[0]], ["200", "/", "acme", ids[1]],
                              ["200", "/", "globex", ids[2]]])
     assert "workers: 2 state: ready" in out
+
+
+class OtlpReceiver:
+    """An OTLP/HTTP trace receiver on 127.0.0.1: keeps the spans posted."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest)
+
+        spans = self.spans = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                req = ExportTraceServiceRequest()
+                req.ParseFromString(body)
+                for rs in req.resource_spans:
+                    res = {a.key: a.value.string_value for a in rs.resource.attributes}
+                    for ss in rs.scope_spans:
+                        for sp in ss.spans:
+                            spans.append((res, sp))
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_otel_spans_are_exported_and_the_trace_goes_upstream(tmp_path, origin):
+    pytest.importorskip("opentelemetry.sdk")
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+    rx = OtlpReceiver()
+    s = None
+    try:
+        s = Server(tmp_path, origin.ports[0],
+                   f"otel: true\notel_endpoint: http://127.0.0.1:{rx.port}/v1/traces\n"
+                   "otel_service_name: edge\nrequest_id: true\n")
+        trace, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+        r = s.get("/headers", headers={"traceparent": f"00-{trace}-{parent}-01",
+                                       "tracestate": "vendor=1"})
+        up = dict((n.lower(), v) for n, v in r.json()["headers"])
+        ver, up_trace, up_span, flags = up["traceparent"].split("-")
+        assert (ver, up_trace, flags) == ("00", trace, "01") and up_span != parent
+        assert up["tracestate"] == "vendor=1"
+        r2 = s.get("/status/503")
+        assert r2.status_code == 503
+        assert s.stop() == 0   # a worker's stop exports what is left
+        s = None
+        by_path = {}
+        for res, sp in rx.spans:
+            attrs = {a.key: a.value for a in sp.attributes}
+            by_path[attrs["url.path"].string_value] = (res, sp, attrs)
+        res, sp, attrs = by_path["/headers"]
+        assert res["service.name"] == "edge" and sp.name == "GET"
+        assert sp.trace_id.hex() == trace and sp.parent_span_id.hex() == parent
+        assert sp.span_id.hex() == up_span
+        assert attrs["http.response.status_code"].int_value == 200
+        assert attrs["http.request.method"].string_value == "GET"
+        assert attrs["sluiceway.request_id"].string_value == r.headers["x-request-id"]
+        _, sp2, attrs2 = by_path["/status/503"]
+        assert attrs2["http.response.status_code"].int_value == 503
+        assert sp2.status.code == 2   # STATUS_CODE_ERROR
+        assert not sp2.parent_span_id   # a trace that starts here
+    finally:
+        if s is not None:
+            s.stop()
+        rx.close()
