@@ -248,10 +248,17 @@ def test_json_access_log_matches_the_requests_and_reopens_on_sigusr1(tmp_path, o
             else:
                 r = s.get(path, headers={"x-tenant": "acme"})
             sent.append((path, r.status_code, len(r.content), r.headers["x-request-id"]))
-        wait_for(lambda: s.alog.exists() and len(records(s.alog)) == 20, 5)
+        # A failed request's record (made by the general path, not the fast one).
+        bad = s.get("/garbage")
+        assert bad.status_code == 502
+        wait_for(lambda: s.alog.exists() and len(records(s.alog)) == 21, 5)
         recs = records(s.alog)
         by_id = {r["request_id"]: r for r in recs}
-        assert len(by_id) == 20   # ids unique across both workers
+        assert len(by_id) == 21   # ids unique across both workers
+        r = by_id[bad.headers["x-request-id"]]
+        assert (r["status"], r["upstream_status"], r["path"]) == (502, None, "/garbage")
+        assert "sent an invalid response" in r["error"] and r["tenant"] == "none"
+        assert list(r) == list(recs[0])   # the same keys in the same order
         for path, status, size, rid in sent:
             r = by_id[rid]
             assert (r["path"], r["status"], r["response_bytes"]) == (path, status, size)
@@ -269,7 +276,7 @@ def test_json_access_log_matches_the_requests_and_reopens_on_sigusr1(tmp_path, o
         for _ in range(4):
             s.get("/")
         wait_for(lambda: len(records(s.alog)) == 4, 5)
-        assert len(records(tmp_path / "access.log.1")) == 20
+        assert len(records(tmp_path / "access.log.1")) == 21
     finally:
         assert s.stop() == 0
 

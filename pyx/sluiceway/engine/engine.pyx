@@ -58,8 +58,11 @@ cdef class _Engine:
 
     def set_access_log(self, writer):
         """Write json or combined access-log records through ``writer``
-        (``add(line)``; see sluiceway._accesslog); None: no records."""
+        (its ``buf``, a bytearray the engine appends to, ``limit`` and
+        ``flush()``; see sluiceway._accesslog); None: no records."""
         self.alog_writer = writer
+        self.alog_buf = writer.buf if writer is not None else None
+        self.alog_limit = writer.limit if writer is not None else 0
 
     def set_tracer(self, tracer):
         """Start and end a span per request through ``tracer``

@@ -59,7 +59,7 @@ cdef bytes _extra_fields(Session s, unsigned flags, bint reframe):
     if reframe:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     if s.rid_new:
-        parts.append(s.eng.cfg.rid_name + b": " + <bytes>s.rid + _CRLF)
+        parts.append(_rid_field(s))
     if s.want_upgrade:
         i = hm._find(b"upgrade", 0)
         if i >= 0:
