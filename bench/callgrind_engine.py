@@ -75,7 +75,7 @@ def count(tree, tmp, o_port, path, n):
                           "-c", os.path.join(tmp, "sw.yaml"), "-l", f"127.0.0.1:{port}"],
                          env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        nc.wait_port(port, timeout=120)
+        nc.wait_port(port, timeout=600)          # valgrind starts slowly on a busy machine
         _drive(port, path, 400)              # warm up (pool, free lists)
         worker = nc.sluiceway_pid(p.pid)     # the master's worker serves
         # Count from here: zero the counters, then the measured requests.

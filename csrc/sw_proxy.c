@@ -3,23 +3,67 @@
 
 #include <string.h>
 
-#define NAME_IS(lit) (nl == sizeof(lit) - 1 && sw_ieq(nm, lit, sizeof(lit) - 1))
+/* The field name nm[0:nl] is lit (lower case, starting with a letter). The
+ * first letter is compared first, without a call: (c | 0x20) equals a
+ * lower-case letter only for that letter and its capital. */
+#define NAME_IS(lit) (nl == sizeof(lit) - 1 && ((unsigned char)nm[0] | 0x20) == (lit)[0] && \
+                      sw_ieq(nm + 1, (lit) + 1, sizeof(lit) - 2))
 
-/* Mark every field called tok[0:tl] (a Connection option). */
-static void mark_named(const char *base, const sw_header_t *h, uint32_t n,
-                       unsigned char *drop, const char *tok, size_t tl)
+size_t sw_fields_from_spans(sw_field_t *f, const char *base, const sw_header_t *h, uint32_t n)
 {
-    int i = sw_find(base, h, n, tok, tl, 0);
-    while (i >= 0) {
-        drop[i] = 1;
-        i = sw_find(base, h, n, tok, tl, (uint32_t)i + 1);
+    size_t total = 0;
+    uint32_t i;
+    for (i = 0; i < n; i++) {
+        f[i].name = base + h[i].name.off;
+        f[i].value = base + h[i].value.off;
+        f[i].name_len = h[i].name.len;
+        f[i].value_len = h[i].value.len;
+        total += (size_t)h[i].name.len + h[i].value.len + 4;
     }
+    return total;
+}
+
+size_t sw_fields_size(const sw_field_t *f, uint32_t n)
+{
+    size_t total = 0;
+    uint32_t i;
+    for (i = 0; i < n; i++)
+        total += (size_t)f[i].name_len + f[i].value_len + 4;
+    return total;
+}
+
+int sw_field_find(const sw_field_t *f, uint32_t n, const char *name, size_t len,
+                  uint32_t start)
+{
+    uint32_t i;
+    for (i = start; i < n; i++) {
+        if (f[i].name_len == len && sw_ieq(f[i].name, name, len))
+            return (int)i;
+    }
+    return -1;
+}
+
+/* Mark every field called tok[0:tl] (a Connection option); 1 if any. */
+static unsigned mark_named(const sw_field_t *f, uint32_t n, unsigned char *drop,
+                           const char *tok, size_t tl)
+{
+    unsigned any = 0;
+    uint32_t i;
+    for (i = 0; i < n; i++) {
+        if (f[i].name_len == tl && sw_ieq(f[i].name, tok, tl)) {
+            drop[i] = 1;
+            any = 1;
+        }
+    }
+    return any;
 }
 
 /* The options of a Connection value v[0:len] (comma-separated): mark every
- * field each one names; return the SW_F_CONN_* flags for the options seen. */
-static unsigned mark_options(const char *v, size_t len, const char *base, const sw_header_t *h,
-                             uint32_t n, unsigned char *drop)
+ * field each one names, under the Connection rule of sw_proxy.h; return the
+ * SW_F_CONN_* flags for the options seen, plus SW_F_DROPPED when a field
+ * was marked. */
+static unsigned mark_options(const char *v, size_t len, const sw_field_t *f, uint32_t n,
+                             unsigned char *drop)
 {
     const char *e = v + len;
     unsigned flags = 0;
@@ -35,78 +79,78 @@ static unsigned mark_options(const char *v, size_t len, const char *base, const 
         if (tl == 5 && sw_ieq(t, "close", 5)) flags |= SW_F_CONN_CLOSE;
         else if (tl == 10 && sw_ieq(t, "keep-alive", 10)) flags |= SW_F_CONN_KA;
         else if (tl == 7 && sw_ieq(t, "upgrade", 7)) flags |= SW_F_CONN_UPGRADE;
-        /* Never let a Connection option remove framing or Host. */
+        /* A Connection option never removes framing or Host. */
         if ((tl == 14 && sw_ieq(t, "content-length", 14)) ||
             (tl == 17 && sw_ieq(t, "transfer-encoding", 17)) ||
             (tl == 4 && sw_ieq(t, "host", 4)))
             continue;
-        mark_named(base, h, n, drop, t, tl);
+        if (mark_named(f, n, drop, t, tl)) flags |= SW_F_DROPPED;
     }
     return flags;
 }
 
-unsigned sw_hop_mark(const char *base, const sw_header_t *h, uint32_t n,
-                     unsigned char *drop, unsigned extra)
+unsigned sw_hop_mark(const sw_field_t *f, uint32_t n, unsigned char *drop, unsigned extra)
 {
-    unsigned flags = 0;
+    unsigned flags = 0, any = 0;
     uint32_t i;
 
     memset(drop, 0, n);
     for (i = 0; i < n; i++) {
-        const char *nm = base + h[i].name.off;
-        size_t nl = h[i].name.len;
+        const char *nm = f[i].name;
+        size_t nl = f[i].name_len;
+        unsigned char d = 0;
         switch (nl) {
         case 2:
-            if (NAME_IS("te")) drop[i] = 1;
+            if (NAME_IS("te")) d = 1;
             break;
         case 4:
             if (NAME_IS("host")) flags |= SW_F_HOST;
             break;
         case 6:
             if (NAME_IS("expect")) {
-                const char *v = base + h[i].value.off;
-                if (h[i].value.len == 12 && sw_ieq(v, "100-continue", 12))
+                if (f[i].value_len == 12 && sw_ieq(f[i].value, "100-continue", 12))
                     flags |= SW_F_EXPECT_100;
-                if (extra & SW_DROP_EXPECT) drop[i] = 1;
+                if (extra & SW_DROP_EXPECT) d = 1;
             }
             break;
         case 7:
-            if (NAME_IS("trailer") || NAME_IS("upgrade")) drop[i] = 1;
+            if (NAME_IS("trailer") || NAME_IS("upgrade")) d = 1;
+            break;
+        case 9:
+            if ((extra & SW_DROP_XFF) && NAME_IS("forwarded")) d = 1;
             break;
         case 10:
-            if (NAME_IS("keep-alive")) drop[i] = 1;
+            if (NAME_IS("keep-alive")) d = 1;
             else if (NAME_IS("connection")) {
-                drop[i] = 1;
-                flags |= mark_options(base + h[i].value.off, h[i].value.len, base, h, n, drop);
+                d = 1;
+                flags |= mark_options(f[i].value, f[i].value_len, f, n, drop);
             }
             break;
         case 14:
-            if (NAME_IS("content-length") && (extra & SW_DROP_CONTENT_LENGTH)) drop[i] = 1;
+            if ((extra & SW_DROP_CONTENT_LENGTH) && NAME_IS("content-length")) d = 1;
             break;
         case 15:
             if (NAME_IS("x-forwarded-for")) {
                 flags |= SW_F_XFF;
-                if (extra & SW_DROP_XFF) drop[i] = 1;
+                if (extra & SW_DROP_XFF) d = 1;
             }
             break;
         case 16:
-            if (NAME_IS("proxy-connection")) drop[i] = 1;
-            else if ((extra & SW_DROP_XFF) && NAME_IS("x-forwarded-host")) drop[i] = 1;
+            if (NAME_IS("proxy-connection")) d = 1;
+            else if ((extra & SW_DROP_XFF) && NAME_IS("x-forwarded-host")) d = 1;
             break;
         case 17:
-            if (NAME_IS("transfer-encoding") && (extra & SW_DROP_TRANSFER_ENCODING)) drop[i] = 1;
-            else if ((extra & SW_DROP_XFF) && NAME_IS("x-forwarded-proto")) drop[i] = 1;
+            if ((extra & SW_DROP_TRANSFER_ENCODING) && NAME_IS("transfer-encoding")) d = 1;
+            else if ((extra & SW_DROP_XFF) && NAME_IS("x-forwarded-proto")) d = 1;
             break;
         default:
             break;
         }
+        /* (a Connection option may already have marked this field) */
+        drop[i] |= d;
+        any |= d;
     }
-    for (i = 0; i < n; i++) {
-        if (drop[i]) {
-            flags |= SW_F_DROPPED;
-            break;
-        }
-    }
+    if (any) flags |= SW_F_DROPPED;
     return flags;
 }
 
@@ -136,16 +180,16 @@ static const struct { const char *name; size_t len; } sw_no_trailer[] = {
 };
 #undef T
 
-uint32_t sw_trailer_mark(const char *base, const sw_header_t *t, uint32_t n,
-                         const char *conn, size_t conn_len, unsigned char *drop)
+uint32_t sw_trailer_mark(const sw_field_t *t, uint32_t n, const char *conn, size_t conn_len,
+                         unsigned char *drop)
 {
     uint32_t i, kept = 0;
     size_t k;
 
     memset(drop, 0, n);
     for (i = 0; i < n; i++) {
-        const char *nm = base + t[i].name.off;
-        size_t nl = t[i].name.len;
+        const char *nm = t[i].name;
+        size_t nl = t[i].name_len;
         for (k = 0; k < sizeof(sw_no_trailer) / sizeof(sw_no_trailer[0]); k++) {
             if (nl == sw_no_trailer[k].len && sw_ieq(nm, sw_no_trailer[k].name, nl)) {
                 drop[i] = 1;
@@ -154,39 +198,29 @@ uint32_t sw_trailer_mark(const char *base, const sw_header_t *t, uint32_t n,
         }
     }
     if (conn != NULL && conn_len > 0)
-        (void)mark_options(conn, conn_len, base, t, n, drop);
+        (void)mark_options(conn, conn_len, t, n, drop);
     /* A Connection field in the trailers is dropped; what it names, too. */
     for (i = 0; i < n; i++) {
-        if (t[i].name.len == 10 && sw_ieq(base + t[i].name.off, "connection", 10))
-            (void)mark_options(base + t[i].value.off, t[i].value.len, base, t, n, drop);
+        if (t[i].name_len == 10 && sw_ieq(t[i].name, "connection", 10))
+            (void)mark_options(t[i].value, t[i].value_len, t, n, drop);
     }
     for (i = 0; i < n; i++)
         kept += !drop[i];
     return kept;
 }
 
-size_t sw_fields_size(const sw_header_t *h, uint32_t n)
-{
-    size_t total = 0;
-    uint32_t i;
-    for (i = 0; i < n; i++)
-        total += (size_t)h[i].name.len + h[i].value.len + 4;
-    return total;
-}
-
-size_t sw_write_fields(char *out, const char *base, const sw_header_t *h, uint32_t n,
-                       const unsigned char *drop)
+size_t sw_write_fields(char *out, const sw_field_t *f, uint32_t n, const unsigned char *drop)
 {
     char *o = out;
     uint32_t i;
     for (i = 0; i < n; i++) {
         if (drop && drop[i]) continue;
-        memcpy(o, base + h[i].name.off, h[i].name.len);
-        o += h[i].name.len;
+        memcpy(o, f[i].name, f[i].name_len);
+        o += f[i].name_len;
         *o++ = ':';
         *o++ = ' ';
-        memcpy(o, base + h[i].value.off, h[i].value.len);
-        o += h[i].value.len;
+        memcpy(o, f[i].value, f[i].value_len);
+        o += f[i].value_len;
         *o++ = '\r';
         *o++ = '\n';
     }

@@ -1,7 +1,7 @@
 """The C contracts of csrc/, driven directly through cffi (no Cython in
 between), with hypothesis: each header's promises checked against a Python
-statement of them (zlib, the pure-Python references _lb_py and _limits_py,
-or a model written here).
+statement of them (zlib, the pure-Python references _lb_py, _limits_py and
+_forward_py, or a model written here).
 
 The C files are compiled once per source change into build/cffi-<hash>/
 (cffi's API mode, so structs are declared only by the fields used).
@@ -24,7 +24,7 @@ cffi = pytest.importorskip("cffi")
 from hypothesis import HealthCheck, assume, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from sluiceway import _lb_py, _limits_py  # noqa: E402
+from sluiceway import _forward_py, _lb_py, _limits_py  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
@@ -98,13 +98,14 @@ int sw_find(const char *base, const sw_header_t *h, uint32_t count, const char *
 #define SW_DROP_CONTENT_LENGTH ...
 #define SW_DROP_EXPECT ...
 #define SW_DROP_XFF ...
-unsigned sw_hop_mark(const char *base, const sw_header_t *h, uint32_t n, unsigned char *drop,
-                     unsigned extra);
-uint32_t sw_trailer_mark(const char *base, const sw_header_t *t, uint32_t n, const char *conn,
-                         size_t conn_len, unsigned char *drop);
-size_t sw_fields_size(const sw_header_t *h, uint32_t n);
-size_t sw_write_fields(char *out, const char *base, const sw_header_t *h, uint32_t n,
-                       const unsigned char *drop);
+typedef struct { const char *name; const char *value; uint32_t name_len; uint32_t value_len; } sw_field_t;
+size_t sw_fields_from_spans(sw_field_t *f, const char *base, const sw_header_t *h, uint32_t n);
+size_t sw_fields_size(const sw_field_t *f, uint32_t n);
+int sw_field_find(const sw_field_t *f, uint32_t n, const char *name, size_t len, uint32_t start);
+unsigned sw_hop_mark(const sw_field_t *f, uint32_t n, unsigned char *drop, unsigned extra);
+uint32_t sw_trailer_mark(const sw_field_t *t, uint32_t n, const char *conn, size_t conn_len,
+                         unsigned char *drop);
+size_t sw_write_fields(char *out, const sw_field_t *f, uint32_t n, const unsigned char *drop);
 size_t sw_write_status_line(char *out, int status, const char *reason, size_t rlen);
 const char *sw_reason(int status);
 size_t sw_chunk_header(char *out, uint64_t n);
@@ -451,12 +452,9 @@ def test_lb_splitmix64_is_the_generator(c, state):
 
 # ------------------------------------------------------------------- sw_proxy --
 
-HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"}
-NEVER_BY_CONNECTION = {"content-length", "transfer-encoding", "host"}
-
-
 def fields(c, pairs):
-    """(base bytes, cdata header array) for [(name, value), ...]."""
+    """(base bytes, cdata header array) for [(name, value), ...]: spans over
+    one buffer, as the parser gives them."""
     ffi, _ = c
     base = b""
     spans = []
@@ -469,71 +467,129 @@ def fields(c, pairs):
     return base, arr
 
 
-def hop_model(pairs, extra, lib):
-    names = [n.decode("latin-1").lower() for n, _ in pairs]
-    drop = [n in HOP for n in names]
-    flags = 0
-    for (n, v), name in zip(pairs, names):
-        if name == "connection":
-            for opt in v.decode("latin-1").split(","):
-                opt = opt.strip(" \t").lower()
-                flags |= {"close": lib.SW_F_CONN_CLOSE, "keep-alive": lib.SW_F_CONN_KA,
-                          "upgrade": lib.SW_F_CONN_UPGRADE}.get(opt, 0)
-                if opt and opt not in NEVER_BY_CONNECTION:
-                    drop = [d or m == opt for d, m in zip(drop, names)]
-        elif name == "host":
-            flags |= lib.SW_F_HOST
-        elif name == "expect":
-            if v.lower() == b"100-continue":
-                flags |= lib.SW_F_EXPECT_100
-        elif name == "x-forwarded-for":
-            flags |= lib.SW_F_XFF
-    for i, name in enumerate(names):
-        if (name == "expect" and extra & lib.SW_DROP_EXPECT) or \
-                (name == "content-length" and extra & lib.SW_DROP_CONTENT_LENGTH) or \
-                (name == "transfer-encoding" and extra & lib.SW_DROP_TRANSFER_ENCODING) or \
-                (name in ("x-forwarded-for", "x-forwarded-host", "x-forwarded-proto")
-                 and extra & lib.SW_DROP_XFF):
-            drop[i] = True
-    if any(drop):
-        flags |= lib.SW_F_DROPPED
-    return drop, flags
+def field_array(c, pairs, from_spans):
+    """A sw_field_t array for [(name, value), ...] and what keeps its bytes
+    alive: converted from spans over one buffer by sw_fields_from_spans (a
+    received head), or pointing at one separate buffer per name and value
+    (an edited head, whose fields are separate bytes objects)."""
+    ffi, lib = c
+    f = ffi.new("sw_field_t[]", max(1, len(pairs)))
+    if from_spans:
+        base, arr = fields(c, pairs)
+        cbase = ffi.from_buffer(base)
+        size = lib.sw_fields_from_spans(f, cbase, arr, len(pairs))
+        assert size == lib.sw_fields_size(f, len(pairs))
+        return f, (cbase, arr)
+    keep = []
+    for i, (n, v) in enumerate(pairs):
+        cn, cv = ffi.new("char[]", n), ffi.new("char[]", v)
+        keep += [cn, cv]
+        f[i].name, f[i].name_len, f[i].value, f[i].value_len = cn, len(n), cv, len(v)
+    return f, keep
 
 
-names_st = st.sampled_from([b"Host", b"Connection", b"keep-alive", b"TE", b"Trailer", b"Upgrade",
-                            b"Proxy-Connection", b"X-Custom", b"x-custom", b"Expect", b"Content-Length",
-                            b"Transfer-Encoding", b"X-Forwarded-For", b"X-Forwarded-Host",
-                            b"X-Forwarded-Proto", b"Accept", b"X-Api-Key"])
-values_st = st.one_of(st.sampled_from([b"close", b"keep-alive", b"Upgrade", b"x-custom, accept",
-                                       b" , X-Api-Key ,host,content-length", b"100-continue", b"1"]),
-                      st.binary(max_size=8).map(lambda b: bytes(x for x in b if 33 <= x < 127)))
+def hop_mark(c, pairs, extra, from_spans):
+    """(drop list, flags, written bytes) of sw_hop_mark + sw_write_fields."""
+    ffi, lib = c
+    f, keep = field_array(c, pairs, from_spans)
+    drop = ffi.new("unsigned char[]", max(1, len(pairs)))
+    flags = lib.sw_hop_mark(f, len(pairs), drop, extra)
+    out = ffi.new("char[]", lib.sw_fields_size(f, len(pairs)) + 1)
+    n = lib.sw_write_fields(out, f, len(pairs), drop)
+    return [bool(drop[i]) for i in range(len(pairs))], flags, ffi.buffer(out, n)[:]
+
+
+def test_proxy_reference_flags_are_the_headers(c):
+    _, lib = c
+    for name in ("F_DROPPED", "F_HOST", "F_EXPECT_100", "F_CONN_CLOSE", "F_CONN_KA",
+                 "F_CONN_UPGRADE", "F_XFF", "DROP_TRANSFER_ENCODING", "DROP_CONTENT_LENGTH",
+                 "DROP_EXPECT", "DROP_XFF"):
+        assert getattr(_forward_py, name) == getattr(lib, "SW_" + name), name
+
+
+def _cases(n):
+    """A field name in upper, lower or mixed case."""
+    return st.sampled_from([n, n.upper(), n.title()])
+
+
+FIELD_NAMES = [b"host", b"connection", b"keep-alive", b"te", b"trailer", b"upgrade",
+               b"proxy-connection", b"x-custom", b"expect", b"content-length",
+               b"transfer-encoding", b"x-forwarded-for", b"x-forwarded-host",
+               b"x-forwarded-proto", b"accept", b"x-api-key", b"cookie", b"set-cookie", b"date"]
+name_st = st.one_of(st.sampled_from(FIELD_NAMES).flatmap(_cases),
+                    # other tokens, and bytes where only ASCII case may fold (0xC0 is not 0xE0)
+                    st.binary(min_size=1, max_size=6).map(
+                        lambda b: bytes(x for x in b if x not in b" :\r\n") or b"x"))
+option_st = st.one_of(st.sampled_from(FIELD_NAMES + [b"close"]).flatmap(_cases),
+                      st.binary(max_size=5).map(lambda b: bytes(x for x in b if x not in b",\r\n")))
+blank_st = st.sampled_from([b"", b" ", b"\t", b" \t "])
+conn_value_st = st.lists(st.tuples(blank_st, option_st, blank_st), max_size=4).map(
+    lambda opts: b",".join(a + o + z for a, o, z in opts))
+value_st = st.one_of(st.sampled_from([b"close", b"keep-alive", b"Upgrade", b"100-continue",
+                                      b"100-Continue", b"1", b""]),
+                     st.binary(max_size=8).map(lambda b: bytes(x for x in b if x not in b"\r\n")))
+pair_st = st.one_of(st.tuples(name_st, value_st),
+                    st.tuples(st.sampled_from(FIELD_NAMES[1:2]).flatmap(_cases), conn_value_st))
 
 
 @FAST
-@given(pairs=st.lists(st.tuples(names_st, values_st), max_size=10), extra=st.integers(0, 15))
-def test_proxy_hop_mark_drops_hop_by_hop_and_connection_named_fields(c, pairs, extra):
-    ffi, lib = c
-    base, arr = fields(c, pairs)
-    drop = ffi.new("unsigned char[]", max(1, len(pairs)))
-    flags = lib.sw_hop_mark(base, arr, len(pairs), drop, extra)
-    want_drop, want_flags = hop_model(pairs, extra, lib)
-    assert [bool(drop[i]) for i in range(len(pairs))] == want_drop
+@given(pairs=st.lists(pair_st, max_size=10), extra=st.integers(0, 15), from_spans=st.booleans())
+# the Connection rule: framing and Host are never removed by an option, in
+# any case and with blanks around it; what it names goes, repeats included
+@example(pairs=[(b"Connection", b" Content-Length ,\tHOST, transfer-encoding"),
+                (b"Content-Length", b"0"), (b"Host", b"h"), (b"Transfer-Encoding", b"chunked")],
+         extra=0, from_spans=False)
+@example(pairs=[(b"X-Named", b"1"), (b"connection", b"x-named"), (b"x-named", b"2")],
+         extra=0, from_spans=True)
+@example(pairs=[(b"\xc0", b"1"), (b"Connection", b"\xe0")], extra=0, from_spans=False)
+def test_proxy_hop_mark_and_write_fields_follow_the_reference(c, pairs, extra, from_spans):
+    drop, flags, written = hop_mark(c, pairs, extra, from_spans)
+    want_drop, want_flags = _forward_py.mark(pairs, extra)
+    assert drop == want_drop
     assert flags == want_flags
-    # the kept fields are written as "name: value\r\n", in order
-    out = ffi.new("char[]", lib.sw_fields_size(arr, len(pairs)) + 1)
-    n = lib.sw_write_fields(out, base, arr, len(pairs), drop)
-    assert ffi.buffer(out, n)[:] == b"".join(k + b": " + v + b"\r\n"
-                                             for (k, v), d in zip(pairs, want_drop) if not d)
+    assert written == _forward_py.write_fields(pairs, want_drop)
+
+
+@FAST
+@given(pairs=st.lists(pair_st, max_size=8), extra=st.integers(0, 15))
+def test_proxy_spans_and_separate_fields_are_treated_alike(c, pairs, extra):
+    assert hop_mark(c, pairs, extra, True) == hop_mark(c, pairs, extra, False)
+
+
+@FAST
+@given(pairs=st.lists(pair_st, max_size=8), name=name_st, start=st.integers(0, 9))
+def test_proxy_field_find_is_the_first_match_from_start(c, pairs, name, start):
+    ffi, lib = c
+    f, keep = field_array(c, pairs, False)
+    want = next((i for i in range(start, len(pairs)) if pairs[i][0].lower() == name.lower()), -1)
+    assert lib.sw_field_find(f, len(pairs), name, len(name), start) == want
+
+
+trailer_name_st = st.one_of(name_st, st.sampled_from(sorted(_forward_py.NO_TRAILER)).flatmap(_cases))
+
+
+@FAST
+@given(pairs=st.lists(st.one_of(st.tuples(trailer_name_st, value_st), pair_st), max_size=8),
+       conn=st.one_of(st.none(), conn_value_st), from_spans=st.booleans())
+def test_proxy_trailer_mark_follows_the_reference(c, pairs, conn, from_spans):
+    ffi, lib = c
+    f, keep = field_array(c, pairs, from_spans)
+    drop = ffi.new("unsigned char[]", max(1, len(pairs)))
+    kept = lib.sw_trailer_mark(f, len(pairs), conn if conn is not None else ffi.NULL,
+                               len(conn or b""), drop)
+    want = _forward_py.trailer_mark(pairs, conn)
+    assert [bool(drop[i]) for i in range(len(pairs))] == want
+    assert kept == want.count(False)
 
 
 def test_proxy_trailer_mark_drops_what_cannot_follow_the_body(c):
     ffi, lib = c
     pairs = [(b"X-Checksum", b"abc"), (b"Content-Length", b"3"), (b"Authorization", b"x"),
              (b"X-Named", b"1"), (b"Set-Cookie", b"a=b"), (b"X-Other", b"2")]
-    base, arr = fields(c, pairs)
+    f, keep = field_array(c, pairs, True)
     drop = ffi.new("unsigned char[]", len(pairs))
     conn = b"x-named"
-    kept = lib.sw_trailer_mark(base, arr, len(pairs), conn, len(conn), drop)
+    kept = lib.sw_trailer_mark(f, len(pairs), conn, len(conn), drop)
     assert [drop[i] for i in range(len(pairs))] == [0, 1, 1, 1, 1, 0] and kept == 2
 
 
@@ -557,6 +613,9 @@ def test_proxy_status_line_and_reasons(c):
         k = lib.sw_write_status_line(out, status, reason, len(reason))
         assert ffi.buffer(out, k)[:] == b"HTTP/1.1 %d %s\r\n" % (status, reason)
     assert ffi.string(lib.sw_reason(799)) == b""
+    for status in (0, 99, 1000, -5):   # out of range: 500, as the reference says
+        k = lib.sw_write_status_line(out, status, b"R", 1)
+        assert ffi.buffer(out, k)[:] == _forward_py.status_line(status, b"R") == b"HTTP/1.1 500 R\r\n"
 
 
 @FAST

@@ -449,7 +449,7 @@ def test_the_docs_example_runs():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "docs", "client-addresses.md"), encoding="utf-8") as f:
         blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
-    example = next(b for b in blocks if "asyncio.run(main())" in b)
+    example = next(b for b in blocks if "asyncio.run(main())" in b and "PROXY TCP4" in b)
     proc = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True,
                           timeout=60, env=subprocess_env(), cwd=root)
     assert proc.returncode == 0, proc.stderr

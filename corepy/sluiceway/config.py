@@ -205,8 +205,24 @@ class ServerConf:
         "larger body is streamed and such a request is not sent again. 0: requests "
         "with a body are never sent again.", group="sluiceway")
     forwarded_headers: bool = _key(
-        False, "Add X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host to "
-        "requests sent upstream.", group="sluiceway")
+        False, "Write the forwarding fields on requests sent upstream "
+        "(`forwarded_header_style`): the client's chain with this hop's peer appended "
+        "when the peer is in `trusted_proxies`, else replaced, so a client cannot plant "
+        "addresses (docs/client-addresses.md).", group="sluiceway")
+    forwarded_header_style: str = _key(
+        "x-forwarded", "Which forwarding fields `forwarded_headers` writes: `x-forwarded` "
+        "(X-Forwarded-For, -Proto, -Host), `rfc7239` (Forwarded: for=...;proto=...;host=...) "
+        "or `both`.", group="sluiceway")
+    trusted_proxies: List[str] = _key(
+        [], "Proxies in front of this one whose forwarding header is believed: addresses "
+        "or CIDRs (`unix:` for Unix socket peers). A request from one of them gets "
+        "`session.client_addr` from `real_ip_header`, walking right to left past trusted "
+        "addresses as nginx's realip module with `real_ip_recursive on`.",
+        group="sluiceway", hint='["10.0.0.0/8"]')
+    real_ip_header: str = _key(
+        "X-Forwarded-For", "The header that names the client behind `trusted_proxies`: "
+        "`X-Forwarded-For`, `X-Real-IP` or `Forwarded` (RFC 7239, its `for=` nodes).",
+        group="sluiceway")
     access_log: bool = _key(
         False, "Write a line per request on `sluiceway.access` (format in "
         "docs/configuration.md).", group="sluiceway", example=True)
@@ -395,12 +411,21 @@ class ServerConf:
                 raise ConfigError(f"{where('listen')}{exc}") from None
         self.redis_backend_args(where("redis"))
         import ipaddress
-        for cidr in self.proxy_protocol_from:
-            try:
-                ipaddress.ip_network(cidr.strip(), strict=False)
-            except ValueError:
-                raise ConfigError(f"{where('proxy_protocol_from')}{cidr!r} is not an IP address "
-                                  "or network; write e.g. '10.0.0.5' or '10.0.0.0/8'") from None
+        for key in ("proxy_protocol_from", "trusted_proxies"):
+            for cidr in getattr(self, key):
+                if key == "trusted_proxies" and cidr.strip() == "unix:":
+                    continue
+                try:
+                    ipaddress.ip_network(cidr.strip(), strict=False)
+                except ValueError:
+                    raise ConfigError(f"{where(key)}{cidr!r} is not an IP address or network; "
+                                      "write e.g. '10.0.0.5' or '10.0.0.0/8'") from None
+        if self.real_ip_header.lower() not in ("x-forwarded-for", "x-real-ip", "forwarded"):
+            raise ConfigError(f"{where('real_ip_header')}real_ip_header must be X-Forwarded-For, "
+                              f"X-Real-IP or Forwarded, got {self.real_ip_header!r}")
+        if self.forwarded_header_style.lower() not in ("x-forwarded", "rfc7239", "both"):
+            raise ConfigError(f"{where('forwarded_header_style')}forwarded_header_style must be "
+                              f"x-forwarded, rfc7239 or both, got {self.forwarded_header_style!r}")
         if self.proxy_protocol and not self.proxy_protocol_from:
             raise ConfigError(f"{where('proxy_protocol')}proxy_protocol is on but "
                               "proxy_protocol_from is empty: list the load balancers that "

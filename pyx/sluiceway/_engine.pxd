@@ -30,7 +30,7 @@ cdef class _Upstream
 cdef class _Leg
 cdef class Session
 
-include "engine/proxyproto.pxd"
+include "engine/realip.pxd"
 include "engine/settings.pxd"
 include "engine/headers.pxd"
 include "engine/peer.pxd"

@@ -12,8 +12,10 @@ upstreams, which use an asyncio transport with the same object as protocol.
 Both feed received ``bytes`` to a ``_Wire``: the compiled HTTP/1.x parser of
 ``sluiceway._http`` (reached through the C function table in its capsule, see
 csrc/sw_view.h) plus the buffer the parser's spans point into. No Python
-object is created per header: heads are forwarded from their spans by C
-(csrc/sw_proxy.c), which drops the hop-by-hop fields.
+object is created per header: a head goes on as received when it can, and
+otherwise is filtered and written by C (csrc/sw_proxy.c: sw_hop_mark,
+sw_write_fields), whether its fields are spans over the received bytes or
+the bytes objects of a head a hook edited (engine/forward.pyx).
 
 A request is a ``Session`` that walks through stages (``_advance``):
 
@@ -108,7 +110,8 @@ include "engine/pool.pyx"          # idle upstream connections
 include "engine/loggate.pyx"       # rate-limited log lines
 include "engine/engine.pyx"        # a service on a loop: the sweep, accepting, stopping
 include "engine/listener.pyx"      # accepting connections
-include "engine/proxyproto.pyx"    # PROXY protocol headers: reading, trusting, writing
+include "engine/realip.pyx"        # trusted networks; the client behind other proxies
+include "engine/proxyproto.pyx"    # PROXY protocol headers: reading and writing
 include "engine/downstream.pyx"    # the HTTP/1 client connection (a client's end)
 include "engine/upstream.pyx"      # the HTTP/1 upstream connection (an origin's end)
 include "engine/hooks.pyx"         # calling the app's hooks

@@ -161,3 +161,14 @@ cdef enum:
     AL_TEXT = 0         # a line on the sluiceway.access logger
     AL_JSON = 1         # one JSON object per line, through the buffered writer
     AL_COMBINED = 2     # nginx's "combined", through the buffered writer
+
+# real_ip_header kinds (as sluiceway._realip_py)
+cdef enum:
+    RIP_XFF = 0
+    RIP_X_REAL_IP = 1
+    RIP_FORWARDED = 2
+
+# forwarded_header_style bits: which forwarding fields the proxy writes
+cdef enum:
+    FWD_X = 1                   # X-Forwarded-For, -Proto, -Host
+    FWD_RFC = 2                 # Forwarded (RFC 7239)

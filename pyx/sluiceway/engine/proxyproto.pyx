@@ -1,58 +1,6 @@
-# Included by _engine.pyx: PROXY protocol headers (csrc/sw_pp.h), and the
-# address lists that say whom to trust.
+# Included by _engine.pyx: PROXY protocol headers (csrc/sw_pp.h).
 
 from sluiceway._proxyproto_py import ProxyHeader
-
-
-@cython.final
-cdef class _Nets:
-    """A set of IP networks (CIDRs) to test addresses against, parsed once.
-    An IPv4-mapped IPv6 address (``::ffff:10.0.0.1``, from a dual-stack
-    socket) matches the IPv4 networks."""
-    def __init__(self, cidrs):
-        import ipaddress
-        self.v4 = []
-        self.v6 = []
-        out = []
-        for c in cidrs:
-            try:
-                net = ipaddress.ip_network(str(c).strip(), strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{c!r} is not an IP network (write an address such as "
-                                 f"'10.0.0.5' or a CIDR such as '10.0.0.0/8'): {exc}") from None
-            (self.v4 if net.version == 4 else self.v6).append(
-                (int(net.network_address), int(net.netmask)))
-            out.append(str(net))
-        self.cidrs = tuple(out)
-
-    cdef bint has(self, object host):
-        """Whether the numeric address ``host`` (str) is in one of the
-        networks (False for anything that is not an IP address)."""
-        cdef bytes b
-        if type(host) is not str:
-            return False
-        try:
-            b = socket.inet_pton(socket.AF_INET, host)
-        except OSError:
-            try:
-                b = socket.inet_pton(socket.AF_INET6, host)
-            except (OSError, ValueError):
-                return False
-            if b[:12] == b"\0" * 10 + b"\xff\xff":
-                b = b[12:]
-        except ValueError:
-            return False
-        a = int.from_bytes(b, "big")
-        for net, mask in (self.v4 if len(b) == 4 else self.v6):
-            if a & mask == net:
-                return True
-        return False
-
-    def __contains__(self, host):
-        return self.has(host)
-
-    def __repr__(self):
-        return f"_Nets({list(self.cidrs)!r})"
 
 
 cdef tuple _pp_result(long n, sw_pp_t *h):

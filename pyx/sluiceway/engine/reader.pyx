@@ -141,6 +141,7 @@ cdef bytes _last_chunk(_Reader w, HeaderMap head, bint *keep):
     cdef bytes conn
     cdef const char *cp = NULL
     cdef size_t clen = 0
+    cdef sw_field_t *f
     cdef unsigned char *drop
     cdef char *out
     cdef size_t k
@@ -154,12 +155,14 @@ cdef bytes _last_chunk(_Reader w, HeaderMap head, bint *keep):
     if conn is not None:
         cp = PyBytes_AS_STRING(conn)
         clen = <size_t>PyBytes_GET_SIZE(conn)
+    f = _need_fields(n)
+    k = sw_fields_from_spans(f, tb, tf, n)
     drop = _need_drop(n)
-    if sw_trailer_mark(tb, tf, n, cp, clen, drop) == 0:
+    if sw_trailer_mark(f, n, cp, clen, drop) == 0:
         return None
-    out = _need_scratch(3 + sw_fields_size(tf, n) + 2)
+    out = _need_scratch(3 + k + 2)
     memcpy(out, b"0\r\n", 3)
-    k = 3 + sw_write_fields(out + 3, tb, tf, n, drop)
+    k = 3 + sw_write_fields(out + 3, f, n, drop)
     out[k] = b'\r'
     out[k + 1] = b'\n'
     return PyBytes_FromStringAndSize(out, k + 2)

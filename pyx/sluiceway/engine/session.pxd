@@ -4,7 +4,9 @@
 cdef class Session:
     # seen by hooks
     cdef readonly RequestHeader req_header
-    cdef object _client_addr
+    cdef object _client_addr    # the client (behind trusted proxies: the one they name)
+    cdef object _direct_addr    # the address the request came from (socket or PROXY header)
+    cdef object _via            # the trusted proxy it came through last, or None
     cdef readonly object ctx
     cdef readonly object peer
     cdef readonly object error
@@ -83,6 +85,7 @@ cdef class Session:
     @staticmethod
     cdef Session _new(_Engine eng, _Side client, _Reader r)
     cdef int start(self) except -1
+    cdef object _direct(self)
     # from the client's end
     cdef int on_request_body(self, object chunk) except -1
     cdef int on_request_end(self, _Reader r) except -1
@@ -149,11 +152,10 @@ cdef int _m_request(Session s) except -1
 cdef int _access_record(Session s) except -1
 cdef bytes _rid_field(Session s)
 # forward.pyx
+cdef sw_field_t *_fields_of(HeaderMap hm, uint32_t *n, size_t *size) except NULL
 cdef bytes _request_head(Session s, bint reframe)
 cdef bytes _extra_fields(Session s, unsigned flags, bint reframe)
-cdef bytes _request_head_from_items(Session s, bint reframe)
 cdef int _send_response_head(Session s) except -1
-cdef bytes _response_head_from_items(Session s, ResponseHeader rs, bint keep)
 cdef int _head_out(Session s, bytes head, _Reader r) except -1
 cdef bytes _informational_head(_Reader r)
 cdef bint _hold_more(Session s, _Reader r)

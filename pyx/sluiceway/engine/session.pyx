@@ -9,6 +9,7 @@ cdef class Session:
         req_header: the request head (:class:`RequestHeader`); hooks may
             change it before ``upstream_request_filter`` sends it on.
         client_addr: the client's address (``(host, port)``).
+        forwarded_by: the trusted proxy that named the client, or None.
         server_addr: the address the client connected to.
         ctx: the per-request context ``new_ctx()`` returned.
         peer: the HttpPeer chosen by ``upstream_peer`` (None before).
@@ -160,15 +161,37 @@ cdef class Session:
             if self.body_waiter is fut:
                 self.body_waiter = None  # cancelled (a timeout): the next call may wait again
 
+    cdef object _direct(self):
+        """The address the request came from: the connection's peer, or the
+        client a PROXY protocol header named (before trusted_proxies)."""
+        if self._direct_addr is None and self.client is not None:
+            self._direct_addr = self.client.address()
+        return self._direct_addr
+
     @property
     def client_addr(self):
         """The client's address: ``(host, port)`` for IPv4, ``(host, port,
         flowinfo, scope_id)`` for IPv6, the socket path (often ``""``) on a
         Unix socket. Behind a load balancer that sends the PROXY protocol
-        (``proxy_protocol``), the client its header names."""
-        if self._client_addr is None and self.client is not None:
-            self._client_addr = self.client.address()
+        (``proxy_protocol``), the client its header names; from a proxy in
+        ``trusted_proxies``, the client its forwarding header
+        (``real_ip_header``) names, as ``(host, port)`` with port 0 when
+        the header gave none."""
+        if self._client_addr is None:
+            direct = self._direct()
+            if direct is not None and self.eng.cfg.trusted is not None:
+                self._client_addr, self._via = _session_real_client(self, direct)
+            else:
+                self._client_addr = direct
         return self._client_addr
+
+    @property
+    def forwarded_by(self):
+        """The trusted proxy (``trusted_proxies``) the request came through
+        last, whose forwarding header named ``client_addr``; None when the
+        client connected directly (or through a PROXY protocol balancer)."""
+        self.client_addr
+        return self._via
 
     @property
     def server_addr(self):

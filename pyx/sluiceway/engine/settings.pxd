@@ -35,5 +35,12 @@ cdef class Settings:
     cdef bytes rid_name         # request_id_header, as sent
     cdef bytes rid_lname        # ... lower case, as looked up
     cdef _Nets pp_from          # proxy_protocol_from parsed; None when proxy_protocol is off
+    cdef readonly tuple trusted_proxies
+    cdef readonly str real_ip_header
+    cdef readonly str forwarded_header_style
+    cdef _Nets trusted          # trusted_proxies parsed; None when there are none
+    cdef int rip_kind           # real_ip_header as RIP_*
+    cdef bytes rip_name         # ... its field name, lower case
+    cdef int fwd_style          # forwarded_header_style as FWD_* bits
     cdef bint pause_accept      # max_connections_mode == "pause"
     cdef double tick            # the deadline sweep's period (from the timeouts)

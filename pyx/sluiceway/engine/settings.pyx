@@ -32,7 +32,17 @@ _SETTINGS = (
     ("access_log_ctx_fields", ()),
     ("request_id", False),
     ("request_id_header", "X-Request-ID"),
+    ("trusted_proxies", ()),
+    ("real_ip_header", "X-Forwarded-For"),
+    ("forwarded_header_style", "x-forwarded"),
 )
+
+# real_ip_header values -> (kind, the field's name in lower case)
+_REAL_IP_HEADERS = {"x-forwarded-for": (RIP_XFF, b"x-forwarded-for"),
+                    "x-real-ip": (RIP_X_REAL_IP, b"x-real-ip"),
+                    "forwarded": (RIP_FORWARDED, b"forwarded")}
+# forwarded_header_style values -> FWD_* bits
+_FWD_STYLES = {"x-forwarded": FWD_X, "rfc7239": FWD_RFC, "both": FWD_X | FWD_RFC}
 
 
 @cython.final
@@ -99,6 +109,22 @@ cdef class Settings:
             raise ValueError("proxy_protocol is on but proxy_protocol_from is empty: list the "
                              "addresses of the load balancers that send the header (CIDRs, "
                              "e.g. ['10.0.0.0/8']); connections from any other peer are refused")
+        self.trusted = _Nets(known["trusted_proxies"] or ())
+        self.trusted_proxies = self.trusted.cidrs
+        if not self.trusted_proxies:
+            self.trusted = None
+        self.real_ip_header = known["real_ip_header"]
+        rip = _REAL_IP_HEADERS.get(str(self.real_ip_header).lower())
+        if rip is None:
+            raise ValueError(f"real_ip_header must be X-Forwarded-For, X-Real-IP or Forwarded, "
+                             f"got {self.real_ip_header!r}")
+        self.rip_kind, self.rip_name = rip
+        self.forwarded_header_style = known["forwarded_header_style"]
+        style = _FWD_STYLES.get(str(self.forwarded_header_style).lower())
+        if style is None:
+            raise ValueError(f"forwarded_header_style must be x-forwarded, rfc7239 or both, got "
+                             f"{self.forwarded_header_style!r}")
+        self.fwd_style = style
         if self.max_connections_mode not in ("reject", "pause"):
             raise ValueError(f"max_connections_mode must be 'reject' or 'pause', got "
                              f"{self.max_connections_mode!r}")

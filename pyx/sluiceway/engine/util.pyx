@@ -10,6 +10,8 @@ cdef char *_scratch = NULL
 cdef size_t _scratch_cap = 0
 cdef unsigned char *_drop = NULL
 cdef uint32_t _drop_cap = 0
+cdef sw_field_t *_fields = NULL
+cdef uint32_t _fields_cap = 0
 
 cdef char *_need_scratch(size_t n) except NULL:
     global _scratch, _scratch_cap
@@ -35,6 +37,22 @@ cdef unsigned char *_need_drop(uint32_t n) except NULL:
         _drop_cap = n
     return _drop
 
+cdef sw_field_t *_need_fields(uint32_t n) except NULL:
+    """Room for n fields as the C writer reads them (sw_field_t)."""
+    global _fields, _fields_cap
+    cdef sw_field_t *nb
+    if n == 0:
+        n = 1
+    if n > _fields_cap:
+        if n < 32:
+            n = 32
+        nb = <sw_field_t *>realloc(_fields, n * sizeof(sw_field_t))
+        if nb == NULL:
+            raise MemoryError()
+        _fields = nb
+        _fields_cap = n
+    return _fields
+
 
 cdef inline object _steal(PyObject *o):
     """A new reference from the C API as an object (no extra reference)."""
@@ -57,8 +75,6 @@ cdef bytes _LAST_CHUNK = b"0\r\n\r\n"
 cdef bytes _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 cdef bytes _R408 = (b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 20\r\nConnection: close\r\n\r\n"
                    b"408 Request Timeout\n")
-cdef frozenset _HOP = frozenset([b"connection", b"keep-alive", b"proxy-connection", b"te",
-                                 b"trailer", b"upgrade", b"transfer-encoding"])
 
 
 cdef inline bytes _as_name(object name):
