@@ -16,12 +16,19 @@ def _headers(out):
 
 
 def test_forwarded_headers_when_configured():
+    req = (b"GET /headers HTTP/1.1\r\nHost: example.com\r\n"
+           b"X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n")
     with Harness(forwarded_headers=True) as h:
-        out = raw(h.port, b"GET /headers HTTP/1.1\r\nHost: example.com\r\n"
-                          b"X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n")
-        got = _headers(out)
-        assert got["x-forwarded-for"] == "10.0.0.1, 127.0.0.1"
+        got = _headers(raw(h.port, req))
+        # from a client nobody trusts, what it claimed is replaced
+        assert got["x-forwarded-for"] == "127.0.0.1"
         assert got["x-forwarded-proto"] == "http"
+        assert got["x-forwarded-host"] == "example.com"
+    with Harness(forwarded_headers=True, trusted_proxies=["127.0.0.1"]) as h:
+        got = _headers(raw(h.port, req))
+        # from a trusted proxy, its chain goes on
+        assert got["x-forwarded-for"] == "10.0.0.1, 127.0.0.1"
+        assert got["x-forwarded-proto"] == "https"
         assert got["x-forwarded-host"] == "example.com"
 
 

@@ -351,7 +351,9 @@ def test_per_peer_read_timeout_fires_on_time():
                     r = c.get(h.url + "/")
                     late.append(time.monotonic() - t0 - 0.2)
                     assert r.status_code == 504
-            assert max(late) < 0.05, late
+            # the median within 50 ms; none near a sweep period late (a busy
+            # machine can delay one wake-up by tens of milliseconds)
+            assert sorted(late)[2] < 0.05 and max(late) < 0.5, late
     finally:
         stop.set()
         t.join(2)
