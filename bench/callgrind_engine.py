@@ -11,7 +11,12 @@ depend on what else the machine is doing, so two builds compare exactly.
 
 Usage:
     python bench/callgrind_engine.py [--requests 20000] [--body small|16k]
-        [--compare NAME=DIR ...] [--conf "key: value" ...]
+        [--lb ALGORITHM [--count-load]] [--compare NAME=DIR ...] [--conf "key: value" ...]
+
+``--lb RoundRobin`` (or another algorithm of sluiceway.lb) makes
+``upstream_peer`` select with a LoadBalancer over one backend (the origin) and return one cached HttpPeer per backend;
+``--count-load`` lends each peer the backend's load (``HttpPeer(load=)``),
+which a checkout from before that existed cannot do.
 
 ``--compare before=/path/to/checkout`` counts that checkout's build (built
 in place) the same way. ``--conf`` adds a line to the configuration of
@@ -64,6 +69,32 @@ def _drive(port, path, n, conns=4):
     return per * conns
 
 
+LB_APP = '''
+import os
+from sluiceway.lb import LoadBalancer, {algo}
+from sluiceway.proxy import HttpPeer, ProxyHttp
+
+PORT = int(os.environ["BENCH_ORIGIN_PORT"])
+
+
+class BenchApp(ProxyHttp):
+    def __init__(self):
+        self.lb = LoadBalancer.from_iter([f"127.0.0.1:{{PORT}}"], {algo})
+        self.peers = {{}}
+
+    def request_filter(self, session, ctx):
+        session.req_header.get("x-api-key")   # read one header
+        return False
+
+    def upstream_peer(self, session, ctx):
+        backend = self.lb.select(b"", 16)
+        peer = self.peers.get(backend)
+        if peer is None:
+            peer = self.peers[backend] = HttpPeer(backend.addr{load})
+        return peer
+'''
+
+
 def count(tree, tmp, o_port, path, n):
     port = nc.free_port()
     out = os.path.join(tmp, f"cg.{os.path.basename(tree.rstrip('/'))}.{path.strip('/')}.out")
@@ -102,6 +133,10 @@ def main(argv=None):
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=DIR")
     ap.add_argument("--conf", action="append", default=[], metavar="LINE",
                     help="a YAML line added to the configuration (e.g. 'metrics: false')")
+    ap.add_argument("--lb", metavar="ALGORITHM", help="select with a LoadBalancer "
+                    "(e.g. RoundRobin, LeastConnections)")
+    ap.add_argument("--count-load", action="store_true",
+                    help="with --lb: lend each HttpPeer its backend's load")
     ap.add_argument("--keep", metavar="DIR", help="copy the callgrind outputs to DIR "
                     "(for callgrind_annotate)")
     ns = ap.parse_args(argv)
@@ -111,7 +146,11 @@ def main(argv=None):
     with open(os.path.join(tmp, "www", "16k"), "wb") as f:
         f.write(b"b" * 16384)
     with open(os.path.join(tmp, "bench_app.py"), "w") as f:
-        f.write(nc.SLUICEWAY_APP)
+        if ns.lb:
+            f.write(LB_APP.format(algo=ns.lb, load=", load=self.lb.load(backend)"
+                                  if ns.count_load else ""))
+        else:
+            f.write(nc.SLUICEWAY_APP)
     with open(os.path.join(tmp, "sw.yaml"), "w") as f:
         f.write("version: 1\nthreads: 1\nupstream_keepalive_pool_size: 64\n" +
                 "".join(line + "\n" for line in ns.conf))

@@ -311,3 +311,228 @@ uint64_t sw_splitmix64(uint64_t *state)
     *state += UINT64_C(0x9e3779b97f4a7c15);
     return sw_mix64(*state);
 }
+
+/* ---- selection by load ------------------------------------------------- */
+
+static inline int64_t load_of(const sw_loadview *v, uint32_t i)
+{
+    int64_t c;
+    if (v->loads == NULL)
+        return 0;
+    c = v->loads[i]->inflight;
+    if (c < 0)
+        return 0;
+    return c > SW_LOAD_CLAMP ? SW_LOAD_CLAMP : c;
+}
+
+static inline int usable(const sw_loadview *v, uint32_t i)
+{
+    return v->ok == NULL || v->ok[i];
+}
+
+/* c_i/w_i < c_j/w_j, exactly. */
+static inline int less_loaded(int64_t ci, uint32_t wi, int64_t cj, uint32_t wj)
+{
+    return ci * (int64_t)wj < cj * (int64_t)wi;
+}
+
+int sw_load_better(const sw_loadview *v, uint32_t i, uint32_t j)
+{
+    int ui = usable(v, i), uj = usable(v, j);
+    if (ui != uj)
+        return ui;
+    return less_loaded(load_of(v, i), v->weights[i], load_of(v, j), v->weights[j]);
+}
+
+uint32_t sw_lc_first(const sw_loadview *v, int64_t *cw)
+{
+    const uint32_t *w = v->weights;
+    uint32_t n = v->n, best = n, i;
+    int64_t cb = 0;
+    int many = 0;
+
+    for (i = 0; i < n; i++) {
+        if (!usable(v, i))
+            continue;
+        int64_t c = load_of(v, i);
+        if (best == n || less_loaded(c, w[i], cb, w[best])) {
+            best = i;
+            cb = c;
+            many = 0;
+        } else if (!less_loaded(cb, w[best], c, w[i])) {
+            many = 1;   /* as loaded as the best so far */
+        }
+    }
+    if (!many)
+        return best;
+    /* Smooth weighted round robin among the backends tied with best (all of
+     * them come at or after best in index order). */
+    uint32_t first = best, win = best;
+    int64_t total = 0, cfirst = cb;
+    uint32_t wfirst = w[first];
+    for (i = first; i < n; i++) {
+        if (!usable(v, i))
+            continue;
+        int64_t c = load_of(v, i);
+        if (c * (int64_t)wfirst != cfirst * (int64_t)w[i])
+            continue;
+        cw[i] += w[i];
+        total += w[i];
+        if (cw[i] > cw[win])
+            win = i;
+    }
+    cw[win] -= total;
+    return win;
+}
+
+void sw_lc_walk_init(sw_lc_walk *w, const sw_loadview *v, int64_t *cw, int stop_unusable)
+{
+    w->v = *v;
+    w->seen = NULL;
+    w->first = sw_lc_first(v, cw);
+    w->yielded = 0;
+    w->stop_unusable = stop_unusable;
+    w->done = 0;
+}
+
+int sw_lc_walk_next(sw_lc_walk *w, uint32_t *out)
+{
+    const sw_loadview *v = &w->v;
+    uint32_t n = v->n;
+
+    if (w->done)
+        return 0;
+    if (w->yielded == 0 && w->first < n) {
+        w->yielded = 1;
+        *out = w->first;
+        return 1;
+    }
+    if (w->yielded == 1 && w->first < n)
+        w->seen[w->first / 64] |= UINT64_C(1) << (w->first % 64);
+    if (w->yielded == n) {
+        w->done = 1;
+        return 0;
+    }
+    /* The best backend not yielded yet; ties go to the nearest after the
+     * first choice (scanning in that order, only a strictly better one
+     * replaces the best so far). */
+    uint32_t origin = w->first < n ? w->first : 0, best = n, i = origin;
+    for (uint32_t k = 0; k < n; k++, i = (i + 1 == n) ? 0 : i + 1) {
+        if (w->seen[i / 64] & (UINT64_C(1) << (i % 64)))
+            continue;
+        if (best == n || sw_load_better(v, i, best))
+            best = i;
+    }
+    if (w->stop_unusable && !usable(v, best)) {
+        w->done = 1;
+        return 0;
+    }
+    w->seen[best / 64] |= UINT64_C(1) << (best % 64);
+    w->yielded++;
+    *out = best;
+    return 1;
+}
+
+void sw_p2c_walk_init(sw_p2c_walk *w, const sw_loadview *v, const sw_wtable *t,
+                      uint64_t *state, int stop_unusable)
+{
+    uint64_t r1 = sw_splitmix64(state);
+    uint64_t r2 = sw_splitmix64(state);
+    uint32_t x;
+
+    w->v = *v;
+    w->seed = sw_splitmix64(state);
+    w->c1 = t->slots[r1 % t->nslots];
+    sw_walk_init(&w->walk, w->c1, v->n, w->seed);
+    w->c2 = t->slots[r2 % t->nslots];
+    if (w->c2 == w->c1 && sw_walk_next(&w->walk, &x))
+        w->c2 = x;
+    w->taken = 0;
+    w->has_held = 0;
+    w->stop_unusable = stop_unusable;
+    w->phase = 0;
+    w->skipped = NULL;
+}
+
+/* The next backend of the sequence c1, c2, rest of the walk. */
+static int p2c_take(sw_p2c_walk *w, uint32_t *out)
+{
+    uint32_t x;
+    if (w->taken == 0) {
+        w->taken = 1;
+        *out = w->c1;
+        return 1;
+    }
+    if (w->v.n < 2)
+        return 0;
+    if (w->taken == 1) {
+        w->taken = 2;
+        *out = w->c2;
+        return 1;
+    }
+    while (sw_walk_next(&w->walk, &x)) {
+        if (x != w->c2) {
+            w->taken++;
+            *out = x;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Phase 0: the next usable backend of the sequence, noting the unusable
+ * ones passed over. */
+static int p2c_take_usable(sw_p2c_walk *w, uint32_t *out)
+{
+    uint32_t x;
+    while (p2c_take(w, &x)) {
+        if (usable(&w->v, x)) {
+            *out = x;
+            return 1;
+        }
+        if (w->skipped != NULL)
+            w->skipped[x / 64] |= UINT64_C(1) << (x % 64);
+    }
+    return 0;
+}
+
+int sw_p2c_walk_next(sw_p2c_walk *w, uint32_t *out)
+{
+    uint32_t a, b, x;
+    if (w->has_held) {
+        w->has_held = 0;
+        *out = w->held;
+        return 1;
+    }
+    if (w->phase == 0) {
+        if (p2c_take_usable(w, &a)) {
+            if (!p2c_take_usable(w, &b)) {
+                *out = a;
+                return 1;
+            }
+            if (less_loaded(load_of(&w->v, b), w->v.weights[b],
+                            load_of(&w->v, a), w->v.weights[a])) {
+                *out = b;
+                w->held = a;
+            } else {
+                *out = a;
+                w->held = b;
+            }
+            w->has_held = 1;
+            return 1;
+        }
+        if (w->stop_unusable || w->skipped == NULL)
+            return 0;
+        /* Phase 1: the sequence again, for the backends passed over. */
+        w->phase = 1;
+        w->taken = 0;
+        sw_walk_init(&w->walk, w->c1, w->v.n, w->seed);   /* p2c_take skips c2 in it */
+    }
+    while (p2c_take(w, &x)) {
+        if (w->skipped[x / 64] & (UINT64_C(1) << (x % 64))) {
+            *out = x;
+            return 1;
+        }
+    }
+    return 0;
+}

@@ -45,12 +45,57 @@
  *
  * 4. sw_splitmix64(): the splitmix64 generator (state += golden gamma, output
  *    sw_mix64(state)), used by random selection.
+ *
+ * 5. Selection by load (sw_lc_*, sw_p2c_*).  A view (sw_loadview) gives, for
+ *    each backend i of n, its load cell loads[i] (sw_load.h: requests in
+ *    flight; a NULL array means every load is 0), whether it is usable ok[i]
+ *    (healthy and enabled; a NULL array means all are) and its weight w_i.
+ *    Backend i is LESS LOADED than j when c_i/w_i < c_j/w_j, compared
+ *    exactly as c_i*w_j < c_j*w_i, where c is the count clamped to
+ *    0..SW_LOAD_CLAMP (so the products fit in 64 bits).  A usable backend
+ *    is always BETTER than an unusable one; otherwise the less loaded one is.
+ *
+ *    Least connections, as nginx's least_conn:
+ *      - first choice: among the usable backends, the least loaded; when
+ *        several tie, smooth weighted round robin among them on the
+ *        caller's cw[0..n-1] (zeroed at first): each tied i gets
+ *        cw[i] += w_i, the largest cw wins (the lowest index among equal
+ *        ones) and the winner's cw loses the sum of the tied weights.  A
+ *        single least loaded backend wins alone and cw is untouched; with
+ *        no usable backend there is no first choice (cw untouched).
+ *      - then every backend not yielded yet, best first: usable before
+ *        unusable, then less loaded, then by distance (i - f) mod n from
+ *        the first choice f (f = 0 when there was none).  Each of these
+ *        steps scans the n backends.  With stop_unusable the walk ends
+ *        where it would yield an unusable backend: as they all come after
+ *        the usable ones, a caller that wants a usable backend stops there.
+ *
+ *    Power of two choices:
+ *      - three splitmix64 outputs r1, r2, r3 from the caller's state;
+ *        c1 = slots[r1 % T] of the weighted table, c2 = slots[r2 % T], or,
+ *        when that is c1 again, the first backend of the fallback walk
+ *        (sw_walk) from c1 with seed r3; the SEQUENCE is c1, c2 (n >= 2),
+ *        then the rest of that walk without c2.
+ *      - phase 0: the usable backends of the sequence, in its order, are
+ *        offered two at a time: of each pair the less loaded first (on a
+ *        tie the earlier), then the other; a last odd one alone.  A usable
+ *        flag is read when the sequence reaches the backend; the unusable
+ *        ones passed over are noted in the caller's bitmap.
+ *      - phase 1 (not with stop_unusable): the sequence once more, yielding
+ *        the backends noted in phase 0, in its order.
+ *      So the first choice is the less loaded of the first two usable
+ *        backends of a random weighted sequence: an unusable backend drawn
+ *        is replaced by the next usable one rather than handing its partner
+ *        the request unweighed.  With every backend usable each step is
+ *        O(1); each unusable backend costs one more step.
  */
 #ifndef SW_LB_H
 #define SW_LB_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "sw_load.h"
 
 #define SW_LB_ENOMEM (-1)    /* out of memory */
 #define SW_LB_ETOOBIG (-2)   /* table or ring would exceed SW_LB_MAX_SLOTS */
@@ -156,5 +201,73 @@ int sw_ring_walk_next(sw_ring_walk *w, uint32_t *out);
 /* ---- random ------------------------------------------------------------ */
 /* splitmix64: advance *state and return the next 64-bit output. */
 uint64_t sw_splitmix64(uint64_t *state);
+
+/* ---- selection by load ------------------------------------------------- */
+#define SW_LOAD_CLAMP (INT64_C(1) << 46)   /* counts compare as at most this */
+
+typedef struct {
+    sw_load *const *loads;        /* n cells, or NULL: every load is 0 */
+    const unsigned char *ok;      /* n usable flags, or NULL: all usable */
+    const uint32_t *weights;      /* n weights, 1..SW_LB_MAX_WEIGHT */
+    uint32_t n;
+} sw_loadview;
+
+/* Whether backend i is better than backend j (see 5. above). */
+int sw_load_better(const sw_loadview *v, uint32_t i, uint32_t j);
+
+/* Least connections' first choice for v (n >= 1), advancing cw; n when no
+ * backend is usable. */
+uint32_t sw_lc_first(const sw_loadview *v, int64_t *cw);
+
+typedef struct {
+    sw_loadview v;
+    uint64_t *seen;       /* caller's zeroed bitmap; see sw_lc_walk_wants_seen */
+    uint32_t first;       /* the first choice, or v.n when there was none */
+    uint32_t yielded;     /* backends yielded so far */
+    int stop_unusable;    /* end the walk instead of yielding an unusable backend */
+    int done;
+} sw_lc_walk;
+
+/* Start a least-connections walk over v (n >= 1); computes the first choice
+ * (sw_lc_first, which advances cw). */
+void sw_lc_walk_init(sw_lc_walk *w, const sw_loadview *v, int64_t *cw, int stop_unusable);
+
+/* Whether the next sw_lc_walk_next needs w->seen set (to
+ * sw_bitmap_words(n) zeroed words): every call but the one that yields the
+ * first choice does. */
+static inline int sw_lc_walk_wants_seen(const sw_lc_walk *w)
+{
+    return w->seen == NULL && !(w->yielded == 0 && w->first < w->v.n);
+}
+
+/* Store the next backend in *out and return 1, or return 0 when done. */
+int sw_lc_walk_next(sw_lc_walk *w, uint32_t *out);
+
+typedef struct {
+    sw_loadview v;
+    sw_walk walk;         /* the backends after c1 and c2 */
+    uint64_t seed;        /* the walk's seed r3 (phase 1 walks again) */
+    uint64_t *skipped;    /* caller's zeroed bitmap; see sw_p2c_walk_wants_skipped */
+    uint32_t c1, c2;
+    uint32_t taken;       /* backends of the sequence taken so far */
+    uint32_t held;        /* the other of the current pair, offered next */
+    int has_held;
+    int stop_unusable;    /* end after phase 0 */
+    int phase;
+} sw_p2c_walk;
+
+/* Start a power-of-two-choices walk over v with the weighted table t of the
+ * same n >= 1 backends, drawing from *state. */
+void sw_p2c_walk_init(sw_p2c_walk *w, const sw_loadview *v, const sw_wtable *t,
+                      uint64_t *state, int stop_unusable);
+
+/* Whether w->skipped must be set (to sw_bitmap_words(n) zeroed words)
+ * before the first sw_p2c_walk_next: only without stop_unusable. */
+static inline int sw_p2c_walk_wants_skipped(const sw_p2c_walk *w)
+{
+    return !w->stop_unusable && w->skipped == NULL;
+}
+/* Store the next backend in *out and return 1, or return 0 when done. */
+int sw_p2c_walk_next(sw_p2c_walk *w, uint32_t *out);
 
 #endif /* SW_LB_H */

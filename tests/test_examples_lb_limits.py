@@ -49,6 +49,32 @@ def test_round_robin_health_check_skips_a_dead_upstream(origins):
         assert stop_proc(proc) == 0
 
 
+@pytest.mark.parametrize("selection", ["least_conn", "p2c"])
+def test_least_conn_keeps_requests_off_a_slow_upstream(selection):
+    dead = free_port()
+    with OriginThread(3) as o:
+        o.origins[0].route("/work", delay=0.2, body="slow")
+        for fast in o.origins[1:]:
+            fast.route("/work", delay=0.005, body="fast")
+        upstreams = [f"127.0.0.1:{p}" for p in o.ports] + [f"127.0.0.1:{dead}"]
+        proc, url = run_example("least_conn_lb.py", {"UPSTREAMS": ",".join(upstreams),
+                                                     "SELECTION": selection})
+        try:
+            async def load():
+                async with httpx.AsyncClient(base_url=url, timeout=10) as c:
+                    async def worker():
+                        return [(await c.get("/work")) for _ in range(20)]
+                    return [r for rs in await asyncio.gather(*(worker() for _ in range(6)))
+                            for r in rs]
+            rs = asyncio.run(load())
+            # the dead upstream refuses: the request is retried elsewhere
+            assert all(r.status_code == 200 for r in rs)
+            slow = sum(r.text == "slow" for r in rs)
+            assert slow < len(rs) / 8, (slow, len(rs))      # round robin: a third
+        finally:
+            assert stop_proc(proc) == 0
+
+
 def test_rate_limit_answers_429_with_headers(origins):
     proc, url = run_example("rate_limit.py", {"RATE_LIMIT": "5", "UPSTREAM": f"127.0.0.1:{origins.ports[0]}"})
     try:

@@ -24,3 +24,11 @@ def test_doc_example_runs():
     assert len(set(down)) == 2 and set(down) < set(up)
     assert "Connection refused" in out["last error"]
     assert "is now DOWN" in proc.stdout and "is now up" in proc.stdout
+
+
+def test_doc_quotes_the_least_conn_example_as_it_is():
+    with open(os.path.join(ROOT, "docs", "load-balancing.md")) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    quoted = next(b for b in blocks if "load=self.lb.load(backend)" in b)
+    with open(os.path.join(ROOT, "examples", "least_conn_lb.py")) as f:
+        assert quoted in f.read()

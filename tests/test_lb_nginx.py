@@ -1,4 +1,5 @@
-"""Consistent hashing places keys exactly where nginx's `hash $key consistent` does.
+"""Consistent hashing places keys exactly where nginx's `hash $key consistent` does,
+and least connections shares idle backends in nginx's `least_conn` order.
 
 One nginx process (Debian's package, run from a temp prefix) serves as both
 the balancer and the upstreams: several `server` blocks on 127.0.0.1, [::1]
@@ -6,7 +7,9 @@ and a Unix socket answer with their own `server` text, and an `upstream` with
 `hash $arg_k consistent` proxies to them.  We ask nginx for 1,000 keys and
 require sluiceway's ring to pick the same upstream for each, with weights,
 and also when one upstream is marked `down` (nginx walks the ring to the next
-server, as sluiceway's fallbacks do).
+server, as sluiceway's fallbacks do).  With `least_conn` and one request at a
+time (every backend idle, all tied) nginx shares requests by smooth weighted
+round robin, and so must LeastConnections.
 """
 
 import http.client
@@ -22,7 +25,7 @@ import time
 import pytest
 
 from sluiceway import _lb_py
-from sluiceway.lb import Backend, Consistent, LoadBalancer
+from sluiceway.lb import Backend, Consistent, LeastConnections, LoadBalancer
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -86,8 +89,18 @@ http {{
         hash $arg_k consistent;
 {servers_down}
     }}
+    upstream lc {{
+        least_conn;
+{servers}
+    }}
+    upstream lc_down {{
+        least_conn;
+{servers_down}
+    }}
     server {{
         listen 127.0.0.1:{front};
+        location /lc-down {{ proxy_pass http://lc_down; }}
+        location /lc {{ proxy_pass http://lc; }}
         location /down {{ proxy_pass http://chash_down; }}
         location / {{ proxy_pass http://chash; }}
     }}
@@ -192,3 +205,24 @@ def test_failover_matches_nginx_when_a_server_is_down(nginx):
                   if lb.select(k).addr != via_nginx[k]]
     assert not mismatched, f"{len(mismatched)} of {len(keys)} keys differ: {mismatched[:5]}"
     assert down not in via_nginx.values()
+
+
+@pytest.mark.parametrize("path", ["/lc", "/lc-down"])
+def test_least_conn_shares_idle_backends_like_nginx(nginx, path):
+    port, ups, down = nginx
+    n = 60
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    theirs = []
+    try:
+        for _ in range(n):
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            theirs.append(resp.read().decode())
+            assert resp.status == 200
+    finally:
+        conn.close()
+    for impl in (LeastConnections, _lb_py.LeastConnections):
+        lb = LoadBalancer.from_iter([Backend(a, w) for a, w in ups], impl)
+        if path == "/lc-down":
+            lb.set_enable(down, False)
+        assert [lb.select().addr for _ in range(n)] == theirs, impl

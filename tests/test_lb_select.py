@@ -19,7 +19,9 @@ from sluiceway.lb import (Backend, Consistent, FNVHash, LoadBalancer, Random, Ro
                           SelectionAlgorithm)
 
 IMPLS = {"c": _lb, "py": _lb_py}
-ALGOS = ["RoundRobin", "FNVHash", "Consistent", "Random"]
+ALGOS = ["RoundRobin", "FNVHash", "Consistent", "Random", "LeastConnections",
+         "PowerOfTwoChoices"]
+SEEDED = ("Random", "PowerOfTwoChoices")
 
 
 def B(i, w=1):
@@ -28,7 +30,7 @@ def B(i, w=1):
 
 def build(impl, name, backends, seed=1):
     cls = getattr(IMPLS[impl], name)
-    return cls(backends, seed=seed) if name == "Random" else cls(backends)
+    return cls(backends, seed=seed) if name in SEEDED else cls(backends)
 
 
 # ---------------------------------------------------------------- strategies
@@ -50,6 +52,9 @@ ops = st.lists(st.one_of(
     st.tuples(st.just("usable"), st.integers(0, 1000), st.booleans()),
     st.tuples(st.just("iter"), keys),
     st.tuples(st.just("next"), keys),
+    # a request starts / ends on backend i (what the proxy counts)
+    st.tuples(st.just("begin"), st.integers(0, 1000)),
+    st.tuples(st.just("end"), st.integers(0, 1000)),
 ), max_size=40)
 
 
@@ -71,6 +76,12 @@ def _apply(core, algo, op):
         n = len(core._selection[1])
         if n:
             core._set_usable(op[1] % n, op[2])
+        return None
+    if kind in ("begin", "end"):
+        loads = core._loads
+        if loads:
+            cell = loads[op[1] % len(loads)]
+            cell._acquire() if kind == "begin" else cell._release()
         return None
     if kind == "iter":
         return list(algo.iter(op[1]))
@@ -95,6 +106,11 @@ def _apply(core, algo, op):
          operations=[("iter", str(k)) for k in range(8)], seed=3)
 @example(backends=[Backend("unix:/run/a.sock"), Backend("[::1]:80", 7)],
          operations=[("select", "\udcff", 2)], seed=0)  # lone surrogate: both must reject
+@example(backends=[Backend(f"10.0.0.{i}:80", w) for i, w in enumerate([1, 2, 3, 2], 1)],
+         operations=[("begin", 2), ("begin", 2), ("begin", 1), ("usable", 0, False),
+                     ("select", None, 4), ("select_with", None, 4, 1), ("end", 2),
+                     ("select", None, 4), ("end", 3), ("end", 3), ("select", None, 1),
+                     ("iter", None)], seed=5)  # loads, a down backend, a negative count
 def test_compiled_matches_reference(name, backends, operations, seed):
     results = {}
     for impl in IMPLS:
@@ -405,7 +421,8 @@ def test_reference_classes_work_as_load_balancer_selection(name):
 
 # ---------------------------------------------------------------- allocations
 
-@pytest.mark.parametrize("name", ["RoundRobin", "FNVHash", "Random", "Consistent"])
+@pytest.mark.parametrize("name", ["RoundRobin", "FNVHash", "Random", "Consistent",
+                                  "LeastConnections", "PowerOfTwoChoices"])
 @pytest.mark.parametrize("n", [3, 3000])   # 3000 > 2048: the ring walk mallocs its bitmap
 def test_compiled_select_allocates_no_python_objects(name, n):
     import sys

@@ -26,9 +26,10 @@ END_OF_MESSAGE = _http.END_OF_MESSAGE
 UPGRADED = _http.UPGRADED
 CONNECTION_CLOSED = _http.CONNECTION_CLOSED
 
-from .lb import (DNS, Backend, BackendState, Consistent, File, FNVHash, HealthCheck,
-                 HttpHealthCheck, LoadBalancer, Random, RoundRobin, SelectionAlgorithm,
-                 ServiceDiscovery, Static, TcpHealthCheck)
+from .lb import (DNS, Backend, BackendLoad, BackendState, Consistent, File, FNVHash,
+                 HealthCheck, HttpHealthCheck, LeastConnections, LoadBalancer,
+                 PowerOfTwoChoices, Random, RoundRobin, SelectionAlgorithm, ServiceDiscovery,
+                 Static, TcpHealthCheck)
 
 from .limits import (Attempt, BreakerState, CircuitBreaker, CircuitOpen, ConcurrencyLimiter,
                      ConcurrencyLimitExceeded, Estimator, Inflight, InflightGuard, LoadShedError,
@@ -49,6 +50,7 @@ __all__ = [
     "Server", "ProxyService", "BackgroundService", "http_proxy_service", "background_service",
     # load balancing
     "LoadBalancer", "Backend", "BackendState", "RoundRobin", "Random", "FNVHash", "Consistent",
+    "LeastConnections", "PowerOfTwoChoices", "BackendLoad",
     "SelectionAlgorithm", "Static", "DNS", "File", "ServiceDiscovery", "HealthCheck",
     "TcpHealthCheck", "HttpHealthCheck",
     # limits and load shedding

@@ -66,11 +66,13 @@ class HttpPeer:
     verify_cert: bool
     ca_file: Optional[str]
     proxy_protocol: int
+    load: Any
     def __init__(self, address: Union[Tuple[str, int], str], tls: bool = False,
                  sni: Optional[str] = None, *, connect_timeout: Optional[float] = None,
                  read_timeout: Optional[float] = None, write_timeout: Optional[float] = None,
                  idle_timeout: Optional[float] = None, verify_cert: bool = True,
-                 ca_file: Optional[str] = None, proxy_protocol: int = 0) -> None: ...
+                 ca_file: Optional[str] = None, proxy_protocol: int = 0,
+                 load: Any = None) -> None: ...
 
 class Session:
     @property

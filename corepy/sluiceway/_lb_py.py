@@ -10,6 +10,7 @@ one of these classes as ``selection``.
 
 import bisect
 import heapq
+import itertools
 import os
 import zlib
 from fractions import Fraction
@@ -19,6 +20,7 @@ MAX_WEIGHT = 65535
 MAX_SLOTS = 1 << 24
 MAX_BACKENDS = 1 << 20
 KETAMA_POINTS = 160
+LOAD_CLAMP = 1 << 46      # counts compare as at most this (csrc/sw_lb.h)
 
 _M64 = (1 << 64) - 1
 _FNV_BASIS = 0xCBF29CE484222325
@@ -169,16 +171,20 @@ class FNVHash(_Weighted):
         return h, mix64(h)
 
 
+def _seed_state(seed):
+    if seed is None:
+        return int.from_bytes(os.urandom(8), "little")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int or None, not {seed!r:.60}")
+    return seed & _M64
+
+
 class Random(_Weighted):
     """Reference of ``sluiceway._lb.Random`` (same splitmix64 sequence per seed)."""
 
     def __init__(self, backends, seed=None):
         super().__init__(backends)
-        if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little")
-        elif isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int or None, not {seed!r:.60}")
-        self._state = seed & _M64
+        self._state = _seed_state(seed)
 
     def _next64(self):
         self._state = (self._state + 0x9E3779B97F4A7C15) & _M64
@@ -187,6 +193,182 @@ class Random(_Weighted):
     def _draw(self, key):
         h = self._next64()
         return h, self._next64()
+
+
+# ---- selection by load (csrc/sw_lb.h, part 5) ------------------------------
+
+class BackendLoad:
+    """Reference of ``sluiceway._lb.BackendLoad``: one backend's requests in flight."""
+
+    __slots__ = ("inflight",)
+
+    def __init__(self):
+        self.inflight = 0
+
+    def _acquire(self):
+        self.inflight += 1
+
+    def _release(self):
+        self.inflight -= 1
+
+    def __repr__(self):
+        return f"<BackendLoad inflight={self.inflight}>"
+
+
+class _LoadView:
+    """What a load-aware algorithm reads: live load cells, live usable flags
+    and the weights (None loads: every load is 0; None ok: all usable)."""
+
+    def __init__(self, loads, ok, weights):
+        self.loads, self.ok, self.w = loads, ok, weights
+
+    def load(self, i):
+        if self.loads is None:
+            return 0
+        return min(max(self.loads[i].inflight, 0), LOAD_CLAMP)
+
+    def usable(self, i):
+        return self.ok is None or bool(self.ok[i])
+
+    def less_loaded(self, i, j):
+        return self.load(i) * self.w[j] < self.load(j) * self.w[i]
+
+    def better(self, i, j):
+        ui, uj = self.usable(i), self.usable(j)
+        if ui != uj:
+            return ui
+        return self.less_loaded(i, j)
+
+
+class LeastConnections:
+    """Reference of ``sluiceway._lb.LeastConnections`` (nginx's least_conn)."""
+
+    _reads_load = True
+
+    def __init__(self, backends):
+        backends = list(backends)
+        if len(backends) > MAX_BACKENDS:
+            raise ValueError(f"{len(backends)} backends is more than the "
+                             f"{MAX_BACKENDS} supported")
+        self._w = [_checked_weight(b, i) for i, b in enumerate(backends)]
+        self._n = len(self._w)
+        self._cw = [0] * self._n
+
+    def __len__(self):
+        return self._n
+
+    def _first(self, v):
+        """The least loaded usable backend (smooth WRR among ties), or None."""
+        w, n = self._w, self._n
+        best, many = None, False
+        for i in range(n):
+            if not v.usable(i):
+                continue
+            if best is None or v.less_loaded(i, best):
+                best, many = i, False
+            elif not v.less_loaded(best, i):
+                many = True
+        if best is None or not many:
+            return best
+        tied = [i for i in range(best, n)
+                if v.usable(i) and v.load(i) * w[best] == v.load(best) * w[i]]
+        win, total = best, 0
+        for i in tied:
+            self._cw[i] += w[i]
+            total += w[i]
+            if self._cw[i] > self._cw[win]:
+                win = i
+        self._cw[win] -= total
+        return win
+
+    def iter(self, key=None, loads=None, ok=None, stop_unusable=False):
+        """The first choice (computed now), then the rest best first."""
+        _key_bytes(key)
+        if not self._n:
+            return iter(())
+        v = _LoadView(loads, ok, self._w)
+        return self._gen(v, self._first(v), stop_unusable)
+
+    def _gen(self, v, first, stop_unusable):
+        n = self._n
+        seen = set()
+        if first is not None:
+            seen.add(first)
+            yield first
+        origin = 0 if first is None else first
+        while len(seen) < n:
+            best = None
+            for k in range(n):
+                i = (origin + k) % n
+                if i not in seen and (best is None or v.better(i, best)):
+                    best = i
+            if stop_unusable and not v.usable(best):
+                return
+            seen.add(best)
+            yield best
+
+    def next(self, key=None):
+        """Return the index of the first choice (every load 0)."""
+        for i in self.iter(key):
+            return i
+        raise LookupError("LeastConnections has no backends to choose from")
+
+    def __repr__(self):
+        return f"<{type(self).__module__}.LeastConnections over {self._n} backends>"
+
+
+class PowerOfTwoChoices(Random):
+    """Reference of ``sluiceway._lb.PowerOfTwoChoices``."""
+
+    _reads_load = True
+
+    def __init__(self, backends, seed=None):
+        backends = list(backends)
+        super().__init__(backends, seed)
+        self._w = [b.weight for b in backends]
+
+    def iter(self, key=None, loads=None, ok=None, stop_unusable=False):
+        """The less loaded of the first two usable backends of a weighted
+        random sequence, then the rest of its usable ones in pairs (each
+        pair less loaded first), then the unusable ones."""
+        _key_bytes(key)
+        if not self._n:
+            return iter(())
+        r1, r2, r3 = self._next64(), self._next64(), self._next64()
+        t = self._table
+        c1 = t[r1 % len(t)]
+        c2 = t[r2 % len(t)]
+        if c2 == c1:
+            c2 = next(fallback_walk(c1, self._n, r3), c1)
+        head = [c1] if self._n < 2 else [c1, c2]
+        seq = head + [x for x in fallback_walk(c1, self._n, r3) if x not in head]
+        return self._pairs(_LoadView(loads, ok, self._w), seq, stop_unusable)
+
+    @staticmethod
+    def _pairs(v, seq, stop_unusable):
+        skipped = set()
+        pending = None
+        for x in seq:                       # phase 0: usable ones, in pairs
+            if not v.usable(x):
+                skipped.add(x)
+                continue
+            if pending is None:
+                pending = x
+                continue
+            a, pending = pending, None
+            if v.less_loaded(x, a):
+                yield x
+                yield a
+            else:
+                yield a
+                yield x
+        if pending is not None:
+            yield pending
+        if stop_unusable:
+            return
+        for x in seq:                       # phase 1: those passed over
+            if x in skipped:
+                yield x
 
 
 def ketama_server_hash_input(addr):
@@ -284,8 +466,9 @@ class BalancerCore:
 
     def __init__(self):
         self._snap = (None, (), [])
+        self._cells = ()
 
-    def _install(self, algo, backends, usable):
+    def _install(self, algo, backends, usable, loads=None):
         backends = tuple(backends)
         if len(usable) != len(backends):
             raise ValueError(f"got {len(usable)} usable flags for {len(backends)} backends")
@@ -294,7 +477,11 @@ class BalancerCore:
         if len(algo) != len(backends):
             raise ValueError(f"selection algorithm {algo!r:.80} was built for "
                              f"{len(algo)} backends, not {len(backends)}")
+        cells = tuple(BackendLoad() for _ in backends) if loads is None else tuple(loads)
+        if len(cells) != len(backends):
+            raise ValueError(f"got {len(cells)} loads for {len(backends)} backends")
         self._snap = (algo, backends, [bool(u) for u in usable])
+        self._cells = cells
 
     def _set_usable(self, index, usable):
         ok = self._snap[2]
@@ -305,6 +492,10 @@ class BalancerCore:
     @property
     def _selection(self):
         return self._snap[0], self._snap[1]
+
+    @property
+    def _loads(self):
+        return self._cells
 
     def select(self, key=None, max_iterations=256):
         """See ``sluiceway._lb.BalancerCore.select``."""
@@ -323,7 +514,11 @@ class BalancerCore:
         _key_bytes(key)
         if algo is None or max_iterations == 0:
             return None
-        for it, raw in enumerate(algo.iter(key)):
+        if getattr(algo, "_reads_load", False):
+            order = algo.iter(key, loads=self._cells, ok=ok, stop_unusable=accept is None)
+        else:
+            order = algo.iter(key)
+        for it, raw in enumerate(order):
             if it >= max_iterations:
                 break
             idx = raw.__index__()

@@ -11,15 +11,20 @@ A :class:`LoadBalancer` owns a set of :class:`Backend` objects, found by a
 
 Selection is compiled (``sluiceway._lb``): ``select`` hashes the key in place
 and returns a backend without creating Python objects.  The algorithms are
-:class:`RoundRobin`, :class:`Random`, :class:`FNVHash` and :class:`Consistent`
-(nginx-compatible Ketama); any Python class with ``__len__`` and
+:class:`RoundRobin`, :class:`Random`, :class:`FNVHash`, :class:`Consistent`
+(nginx-compatible Ketama), and, on the requests in flight per backend,
+:class:`LeastConnections` (nginx's ``least_conn``) and
+:class:`PowerOfTwoChoices`; any Python class with ``__len__`` and
 ``iter(key)`` (see :class:`SelectionAlgorithm`) can replace them.
 
 Theory of operation
 -------------------
 The balancer keeps per-backend state (healthy, enabled, last error, last
 check) keyed by address, and a compiled *snapshot* of (algorithm, backends,
-usable flags).  A health change or ``set_enable`` flips one flag in place.  A
+usable flags, load cells).  A backend's load cell (:meth:`LoadBalancer.load`)
+follows its address from snapshot to snapshot, and is found again when the
+backend comes back while something still holds it; the proxy counts in it
+through the HttpPeers it is lent to (``HttpPeer(addr, load=...)``).  A health change or ``set_enable`` flips one flag in place.  A
 discovery result that differs from the current set builds a new algorithm and
 swaps the snapshot in one step; backends that stay keep their ``Backend``
 object (so connection pools keyed by it survive) and their health state.
@@ -34,6 +39,7 @@ import asyncio
 import functools
 import logging
 import time
+import weakref
 
 from sluiceway import _compiled, _observe
 from sluiceway._lb_backend import MAX_WEIGHT, Backend, _parse_addr, _positive, _same_set
@@ -47,6 +53,9 @@ RoundRobin = _lb.RoundRobin
 Random = _lb.Random
 FNVHash = _lb.FNVHash
 Consistent = _lb.Consistent
+LeastConnections = _lb.LeastConnections
+PowerOfTwoChoices = _lb.PowerOfTwoChoices
+BackendLoad = _lb.BackendLoad
 
 logger = logging.getLogger("sluiceway.error")
 
@@ -62,7 +71,8 @@ del _cls
 
 __all__ = [
     "Backend", "BackendState", "LoadBalancer", "SelectionAlgorithm",
-    "RoundRobin", "Random", "FNVHash", "Consistent",
+    "RoundRobin", "Random", "FNVHash", "Consistent", "LeastConnections", "PowerOfTwoChoices",
+    "BackendLoad",
     "ServiceDiscovery", "Static", "DNS", "File", "DiscoveryError",
     "HealthCheck", "TcpHealthCheck", "HttpHealthCheck", "HealthCheckError",
     "MAX_WEIGHT",
@@ -155,8 +165,9 @@ class LoadBalancer(_lb.BalancerCore):
     Args:
         discovery: a ServiceDiscovery (Static, DNS, File or your own).
         selection: a callable building the algorithm from the backend list:
-            RoundRobin (default), Random, FNVHash, Consistent, a
-            SelectionAlgorithm subclass, or e.g.
+            RoundRobin (default), Random, FNVHash, Consistent,
+            LeastConnections, PowerOfTwoChoices, a SelectionAlgorithm
+            subclass, or e.g.
             ``functools.partial(Random, seed=7)``.
         health_check: an optional HealthCheck.
         health_check_frequency: seconds between health-check rounds
@@ -204,6 +215,8 @@ class LoadBalancer(_lb.BalancerCore):
         self.parallel_health_check = bool(parallel_health_check)
         self.on_health_change = on_health_change
         self._states = {}      # addr -> BackendState
+        self._cells = {}       # addr -> BackendLoad of a current backend
+        self._gone = weakref.WeakValueDictionary()  # addr -> BackendLoad still held elsewhere
         self._index = {}       # addr -> index in the current snapshot
         self._backends = ()
         self._task = None
@@ -249,6 +262,19 @@ class LoadBalancer(_lb.BalancerCore):
     def states(self):
         """BackendState snapshots of every current backend, in discovery order."""
         return [self._states[b.addr]._copy() for b in self._backends]
+
+    def load(self, backend):
+        """Return the BackendLoad of ``backend`` (a Backend or address): its
+        requests in flight, as the proxy counts them when it is lent to the
+        backend's HttpPeer (``HttpPeer(backend.addr, load=lb.load(backend))``).
+
+        LeastConnections and PowerOfTwoChoices read these counts; the other
+        algorithms ignore them.  Counts are per process (per worker).
+
+        Raises:
+            KeyError: the backend is not in the current set.
+        """
+        return self._cells[self._state_of(backend).backend.addr]
 
     def set_enable(self, backend, enabled):
         """Enable or disable (drain) a backend by hand.
@@ -305,8 +331,17 @@ class LoadBalancer(_lb.BalancerCore):
                 st.last_error, st.last_check = prev.last_error, prev.last_check
                 st.consecutive = prev.consecutive
             states[b.addr] = st
-        self._install(algo, backends, [states[b.addr].usable for b in backends])
+        cells = {}
+        for b in backends:
+            cell = self._cells.get(b.addr) or self._gone.get(b.addr)
+            cells[b.addr] = cell if cell is not None else _lb.BackendLoad()
+        self._install(algo, backends, [states[b.addr].usable for b in backends],
+                      [cells[b.addr] for b in backends])
+        for addr, cell in self._cells.items():
+            if addr not in cells:
+                self._gone[addr] = cell   # requests may still be in flight there
         self._states = states
+        self._cells = cells
         self._backends = tuple(backends)
         self._index = {b.addr: i for i, b in enumerate(backends)}
 

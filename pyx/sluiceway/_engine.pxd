@@ -7,6 +7,7 @@ from cpython.ref cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM
 
 from sluiceway._clock cimport sw_clock_now
+from sluiceway._load cimport SW_LOAD_CAPSULE, sw_load, sw_load_down, sw_load_up
 from sluiceway._io cimport *
 from sluiceway._proxy cimport *
 from sluiceway._pp cimport *

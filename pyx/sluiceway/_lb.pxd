@@ -1,7 +1,9 @@
 # Declarations for sluiceway._lb: the C selection algorithms (csrc/sw_lb.h,
 # csrc/sw_hash.h) and the attributes of the compiled classes.  Only what
 # _lb.pyx uses is declared.
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+
+from sluiceway._load cimport SW_LOAD_CAPSULE, sw_load, sw_load_down, sw_load_up
 
 
 cdef extern from "sw_hash.h" nogil:
@@ -53,21 +55,52 @@ cdef extern from "sw_lb.h" nogil:
 
     uint64_t sw_splitmix64(uint64_t *state)
 
+    ctypedef struct sw_loadview:
+        sw_load **loads
+        const unsigned char *ok
+        const uint32_t *weights
+        uint32_t n
+
+    ctypedef struct sw_lc_walk:
+        uint64_t *seen
+
+    void sw_lc_walk_init(sw_lc_walk *w, const sw_loadview *v, int64_t *cw, int stop_unusable)
+    bint sw_lc_walk_wants_seen(const sw_lc_walk *w)
+    int sw_lc_walk_next(sw_lc_walk *w, uint32_t *out)
+
+    ctypedef struct sw_p2c_walk:
+        uint64_t *skipped
+
+    void sw_p2c_walk_init(sw_p2c_walk *w, const sw_loadview *v, const sw_wtable *t,
+                          uint64_t *state, int stop_unusable)
+    bint sw_p2c_walk_wants_skipped(const sw_p2c_walk *w)
+    int sw_p2c_walk_next(sw_p2c_walk *w, uint32_t *out)
+
 
 # Iteration state of one selection: first choice, then fallbacks.
 cdef enum:
     CUR_EMPTY = 0
     CUR_WEIGHTED = 1
     CUR_RING = 2
-    SMALL_BITMAP_WORDS = 32      # rings of up to 2048 backends walk without malloc
+    CUR_LEAST = 3
+    CUR_P2C = 4
+    SMALL_BITMAP_WORDS = 32      # walks over up to 2048 backends need no malloc
 
 ctypedef struct Cursor:
+    # set by the caller before Algorithm._start: what the load-aware
+    # algorithms read (NULL: every load 0, every backend usable)
+    sw_load **loads
+    const unsigned char *ok
+    int stop_unusable            # the caller wants usable backends only
+    # set by _start
     int kind
     int started
     uint32_t first
     uint32_t nbackends
     sw_walk walk
     sw_ring_walk rwalk
+    sw_lc_walk lwalk
+    sw_p2c_walk pwalk
     uint64_t *big
     uint64_t small[SMALL_BITMAP_WORDS]
 
@@ -79,6 +112,7 @@ cdef class Algorithm:
 
 cdef class _Weighted(Algorithm):
     cdef sw_wtable table
+    cdef uint32_t *weights        # as given (PowerOfTwoChoices compares loads by them)
     cdef int _build(self, backends) except -1
     cdef void _begin(self, Cursor *cur, uint64_t h, uint64_t seed) noexcept
 
@@ -95,8 +129,23 @@ cdef class Random(_Weighted):
     cdef uint64_t state
 
 
+cdef class PowerOfTwoChoices(_Weighted):
+    cdef uint64_t state
+
+
+cdef class LeastConnections(Algorithm):
+    cdef uint32_t *weights
+    cdef int64_t *cw              # smooth weighted round robin among ties
+
+
 cdef class Consistent(Algorithm):
     cdef sw_ring ring
+
+
+cdef class BackendLoad:
+    cdef sw_load c
+    cdef readonly object _capsule  # SW_LOAD_CAPSULE: how the engine reaches c
+    cdef object __weakref__
 
 
 cdef class _IndexIter:
@@ -109,6 +158,8 @@ cdef class _Snapshot:
     cdef Algorithm calgo          # algo when compiled, else None
     cdef tuple backends
     cdef unsigned char *ok
+    cdef tuple cells              # a BackendLoad per backend
+    cdef sw_load **loads          # ... their counts
     cdef Py_ssize_t n
 
 

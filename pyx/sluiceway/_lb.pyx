@@ -3,20 +3,26 @@
 
 Theory of operation
 -------------------
-An *algorithm* (``RoundRobin``, ``Random``, ``FNVHash``, ``Consistent``) is
-built from a sequence of backends (objects with an ``addr`` str and an integer
-``weight``) and speaks only in backend indexes: ``next(key)`` is the first
-choice and ``iter(key)`` yields the first choice and then fallbacks, each
-backend at most once.  The C side lives in ``csrc/sw_lb.c``; this module only
-converts keys and drives a ``Cursor`` (the iteration state) without creating
-Python objects.
+An *algorithm* (``RoundRobin``, ``Random``, ``FNVHash``, ``Consistent``,
+``LeastConnections``, ``PowerOfTwoChoices``) is built from a sequence of
+backends (objects with an ``addr`` str and an integer ``weight``) and speaks
+only in backend indexes: ``next(key)`` is the first choice and ``iter(key)``
+yields the first choice and then fallbacks, each backend at most once.  The C
+side lives in ``csrc/sw_lb.c``; this module only converts keys and drives a
+``Cursor`` (the iteration state) without creating Python objects.
 
 A ``BalancerCore`` holds one immutable *snapshot*: the algorithm, the tuple of
-backends it was built for and a byte per backend saying whether it may take
-traffic (healthy and enabled).  ``select`` walks the cursor and returns the
-first usable backend.  Replacing the snapshot (when discovery changes the set)
-is one reference swap, so a selection that is running (``select_with`` calls
-back into Python) keeps the snapshot it started with.
+backends it was built for, a byte per backend saying whether it may take
+traffic (healthy and enabled) and a ``BackendLoad`` per backend (its requests
+in flight, csrc/sw_load.h).  ``select`` points the cursor at the flags and
+the loads (which only ``LeastConnections`` and ``PowerOfTwoChoices`` read),
+walks it and returns the first usable backend.  Replacing the snapshot (when
+discovery changes the set) is one reference swap, so a selection that is
+running (``select_with`` calls back into Python) keeps the snapshot it started
+with.  The loads are not part of what is replaced: the caller hands the same
+``BackendLoad`` to every snapshot that has the backend, and the proxy engine
+counts in it through the HttpPeers it was lent to.  Used on its own (``next``,
+``iter``), an algorithm sees every load as 0 and every backend as usable.
 
 Keys are ``str`` (hashed as UTF-8, read in place through
 ``PyUnicode_AsUTF8AndSize``), ``bytes`` (read in place) or ``None`` (the empty
@@ -26,9 +32,10 @@ choices.
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
+from cpython.pycapsule cimport PyCapsule_New
 from cpython.unicode cimport PyUnicode_Check
-from cpython.mem cimport PyMem_Malloc, PyMem_Free
-from libc.stdint cimport uint32_t, uint64_t
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
@@ -93,6 +100,25 @@ cdef inline void _cursor_release(Cursor *cur) noexcept:
         cur.big = NULL
 
 
+cdef uint64_t *_cursor_bitmap(Cursor *cur) except NULL:
+    """A zeroed bitmap of the cursor's backends (on its stack for up to 2,048)."""
+    if cur.nbackends <= SMALL_BITMAP_WORDS * 64:
+        memset(cur.small, 0, sizeof(cur.small))
+        return cur.small
+    cur.big = <uint64_t *>calloc(sw_bitmap_words(cur.nbackends), sizeof(uint64_t))
+    if cur.big == NULL:
+        raise MemoryError(f"out of memory walking {cur.nbackends} backends")
+    return cur.big
+
+
+cdef inline void _cursor_clear(Cursor *cur) noexcept:
+    """What an algorithm used on its own sees: no loads, all usable."""
+    cur.loads = NULL
+    cur.ok = NULL
+    cur.stop_unusable = 0
+    cur.big = NULL
+
+
 cdef inline int _cursor_next(Cursor *cur, uint32_t *out) except -1:
     """Store the next backend index in out[0]; return 1, or 0 when done."""
     if cur.kind == CUR_EMPTY:
@@ -103,16 +129,17 @@ cdef inline int _cursor_next(Cursor *cur, uint32_t *out) except -1:
             out[0] = cur.first
             return 1
         return sw_walk_next(&cur.walk, out)
+    if cur.kind == CUR_P2C:
+        if sw_p2c_walk_wants_skipped(&cur.pwalk):
+            cur.pwalk.skipped = _cursor_bitmap(cur)
+        return sw_p2c_walk_next(&cur.pwalk, out)
+    if cur.kind == CUR_LEAST:
+        if sw_lc_walk_wants_seen(&cur.lwalk):
+            cur.lwalk.seen = _cursor_bitmap(cur)
+        return sw_lc_walk_next(&cur.lwalk, out)
     # CUR_RING
     if cur.rwalk.yielded == 1 and cur.rwalk.seen == NULL:
-        if cur.nbackends <= SMALL_BITMAP_WORDS * 64:
-            memset(cur.small, 0, sizeof(cur.small))
-            cur.rwalk.seen = cur.small
-        else:
-            cur.big = <uint64_t *>calloc(sw_bitmap_words(cur.nbackends), sizeof(uint64_t))
-            if cur.big == NULL:
-                raise MemoryError("out of memory walking the consistent-hash ring")
-            cur.rwalk.seen = cur.big
+        cur.rwalk.seen = _cursor_bitmap(cur)
     return sw_ring_walk_next(&cur.rwalk, out)
 
 
@@ -127,7 +154,8 @@ cdef class Algorithm:
 
     def __init__(self, *args, **kwargs):
         if type(self) is Algorithm or type(self) is _Weighted:
-            raise TypeError("use RoundRobin, Random, FNVHash or Consistent")
+            raise TypeError("use RoundRobin, Random, FNVHash, Consistent, LeastConnections "
+                            "or PowerOfTwoChoices")
 
     cdef int _start(self, const char *key, Py_ssize_t klen, Cursor *cur) except -1:
         raise NotImplementedError
@@ -151,10 +179,13 @@ cdef class Algorithm:
         cdef Cursor cur
         cdef uint32_t i
         _key_view(key, &p, &ln)
-        cur.big = NULL
+        _cursor_clear(&cur)
         self._start(p, ln, &cur)
-        if not _cursor_next(&cur, &i):
-            raise LookupError(f"{type(self).__name__} has no backends to choose from")
+        try:
+            if not _cursor_next(&cur, &i):
+                raise LookupError(f"{type(self).__name__} has no backends to choose from")
+        finally:
+            _cursor_release(&cur)
         return i
 
     def iter(self, key=None):
@@ -173,6 +204,7 @@ cdef class Algorithm:
         cdef _IndexIter it = _IndexIter.__new__(_IndexIter)
         _key_view(key, &p, &ln)
         it.algo = self
+        _cursor_clear(&it.cur)
         self._start(p, ln, &it.cur)
         return it
 
@@ -203,36 +235,49 @@ cdef class _IndexIter:
         raise StopIteration
 
 
+cdef uint32_t *_read_weights(object backends, Py_ssize_t n) except NULL:
+    """The backends' checked weights in a new PyMem array (the caller frees it)."""
+    cdef Py_ssize_t i
+    cdef uint32_t *weights
+    if n > SW_LB_MAX_BACKENDS:
+        raise ValueError(f"{n} backends is more than the {SW_LB_MAX_BACKENDS} supported")
+    weights = <uint32_t *>PyMem_Malloc(max(n, 1) * sizeof(uint32_t))
+    if weights == NULL:
+        raise MemoryError()
+    try:
+        for i, b in enumerate(backends):
+            weights[i] = _checked_weight(b, i)
+    except BaseException:
+        PyMem_Free(weights)
+        raise
+    return weights
+
+
 cdef class _Weighted(Algorithm):
     def __cinit__(self, *args, **kwargs):
         self.table.slots = NULL
         self.table.nslots = 0
+        self.weights = NULL
         self.n = 0
 
     def __dealloc__(self):
         sw_wtable_free(&self.table)
+        PyMem_Free(self.weights)
 
     cdef int _build(self, backends) except -1:
-        cdef Py_ssize_t n = len(backends), i
+        cdef Py_ssize_t n = len(backends)
         cdef uint32_t *weights
         cdef int rc
-        if self.table.slots != NULL:
+        if self.weights != NULL:
             raise TypeError(f"{type(self).__name__} is already initialised; build a new one")
-        if n > SW_LB_MAX_BACKENDS:
-            raise ValueError(f"{n} backends is more than the {SW_LB_MAX_BACKENDS} supported")
-        weights = <uint32_t *>PyMem_Malloc(max(n, 1) * sizeof(uint32_t))
-        if weights == NULL:
-            raise MemoryError()
-        try:
-            for i, b in enumerate(backends):
-                weights[i] = _checked_weight(b, i)
-            with nogil:
-                rc = sw_wtable_build(&self.table, weights, <uint32_t>n)
-            if rc:
-                _raise_build_error(rc, f"{type(self).__name__} table")
-            self.n = <uint32_t>n
-        finally:
+        weights = _read_weights(backends, n)
+        with nogil:
+            rc = sw_wtable_build(&self.table, weights, <uint32_t>n)
+        if rc:
             PyMem_Free(weights)
+            _raise_build_error(rc, f"{type(self).__name__} table")
+        self.weights = weights
+        self.n = <uint32_t>n
         return 0
 
     cdef void _begin(self, Cursor *cur, uint64_t h, uint64_t seed) noexcept:
@@ -307,16 +352,116 @@ cdef class Random(_Weighted):
 
     def __init__(self, backends, seed=None):
         self._build(backends)
-        if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little")
-        elif isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int or None, not {seed!r:.60}")
-        self.state = <uint64_t>(seed & 0xFFFFFFFFFFFFFFFF)
+        self.state = <uint64_t>_seed_state(seed)
 
     cdef int _start(self, const char *key, Py_ssize_t klen, Cursor *cur) except -1:
         cdef uint64_t h = sw_splitmix64(&self.state)
         cdef uint64_t s = sw_splitmix64(&self.state)
         self._begin(cur, h, s)
+        return 0
+
+
+cdef object _seed_state(object seed):
+    if seed is None:
+        return int.from_bytes(os.urandom(8), "little")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int or None, not {seed!r:.60}")
+    return seed & 0xFFFFFFFFFFFFFFFF
+
+
+cdef class PowerOfTwoChoices(_Weighted):
+    """Power of two choices: the less loaded of two random backends.
+
+    Two distinct backends are drawn at random, each in proportion to its
+    weight (splitmix64, as ``Random``); the one with fewer requests in flight
+    per unit of weight is the first choice (on a tie, the first drawn).  The
+    other one is the first fallback; then the rest in ``Random``'s stride
+    order, compared two at a time the same way.  An unusable (unhealthy or
+    disabled) backend drawn is passed over for the next usable one, so two
+    usable backends are always compared; the unusable ones come last.  The
+    key is ignored; with every backend usable a selection costs O(1)
+    whatever the number of backends.  The loads are those of the ``LoadBalancer`` it serves (the
+    proxy counts them); used on its own it sees every load as 0.
+
+    Args:
+        backends: a sequence of backends (objects with an int ``weight``).
+        seed: an int for a reproducible sequence (the pure-Python twin with the
+            same seed makes the same choices); None seeds from os.urandom.
+    Raises:
+        TypeError, ValueError: a weight is not an int in 1..65535, or seed is
+            not an int.
+    """
+
+    def __init__(self, backends, seed=None):
+        self._build(backends)
+        self.state = <uint64_t>_seed_state(seed)
+
+    cdef int _start(self, const char *key, Py_ssize_t klen, Cursor *cur) except -1:
+        cdef sw_loadview v
+        cur.nbackends = self.n
+        if self.n == 0:
+            cur.kind = CUR_EMPTY
+            return 0
+        cur.kind = CUR_P2C
+        v.loads = cur.loads
+        v.ok = cur.ok
+        v.weights = self.weights
+        v.n = self.n
+        sw_p2c_walk_init(&cur.pwalk, &v, &self.table, &self.state, cur.stop_unusable)
+        return 0
+
+
+cdef class LeastConnections(Algorithm):
+    """Least connections, as nginx's ``least_conn``: the usable backend with
+    the fewest requests in flight per unit of weight.
+
+    When several are equally loaded, smooth weighted round robin chooses
+    among them (nginx's method), so an idle set is shared by weight.  Then
+    the other backends, usable ones first, in increasing load (ties: in index
+    order after the first choice).  The key is ignored.  The first choice
+    looks at every backend, and so does each fallback: O(n).  The loads are
+    those of the ``LoadBalancer`` it serves (the proxy counts them); used on
+    its own it sees every load as 0 and is a weighted round robin.
+
+    Args:
+        backends: a sequence of backends (objects with an int ``weight``).
+    Raises:
+        TypeError, ValueError: a weight is not an int in 1..65535.
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        self.weights = NULL
+        self.cw = NULL
+        self.n = 0
+
+    def __dealloc__(self):
+        PyMem_Free(self.weights)
+        PyMem_Free(self.cw)
+
+    def __init__(self, backends):
+        cdef Py_ssize_t n = len(backends)
+        if self.weights != NULL:
+            raise TypeError("LeastConnections is already initialised; build a new one")
+        weights = _read_weights(backends, n)
+        self.cw = <int64_t *>PyMem_Calloc(max(n, 1), sizeof(int64_t))
+        if self.cw == NULL:
+            PyMem_Free(weights)
+            raise MemoryError()
+        self.weights = weights
+        self.n = <uint32_t>n
+
+    cdef int _start(self, const char *key, Py_ssize_t klen, Cursor *cur) except -1:
+        cdef sw_loadview v
+        cur.nbackends = self.n
+        if self.n == 0:
+            cur.kind = CUR_EMPTY
+            return 0
+        cur.kind = CUR_LEAST
+        v.loads = cur.loads
+        v.ok = cur.ok
+        v.weights = self.weights
+        v.n = self.n
+        sw_lc_walk_init(&cur.lwalk, &v, self.cw, cur.stop_unusable)
         return 0
 
 
@@ -404,9 +549,46 @@ cdef class Consistent(Algorithm):
 
 
 @cython.final
+cdef class BackendLoad:
+    """One backend's requests in flight, as the proxy counts them.
+
+    ``LoadBalancer.load(backend)`` returns it; lent to an HttpPeer
+    (``HttpPeer(backend.addr, load=lb.load(backend))``), it counts the
+    requests the proxy sends there: 1 more when ``upstream_peer`` returns
+    that peer, 1 less when the request is over or a retry moves it.
+    ``LeastConnections`` and ``PowerOfTwoChoices`` read it.  It lives as long
+    as the backend is in the set or anything holds it, so a backend that
+    leaves and comes back while requests are still in flight keeps its
+    count.
+    """
+
+    def __cinit__(self):
+        self.c.inflight = 0
+        self._capsule = PyCapsule_New(&self.c, SW_LOAD_CAPSULE, NULL)
+
+    @property
+    def inflight(self):
+        """Requests in flight on the backend (in this process)."""
+        return self.c.inflight
+
+    def _acquire(self):
+        """Count one request more (what the proxy does; for tests and for
+        code that sends requests by other means)."""
+        sw_load_up(&self.c)
+
+    def _release(self):
+        """Count one request less."""
+        sw_load_down(&self.c)
+
+    def __repr__(self):
+        return f"<BackendLoad inflight={self.c.inflight}>"
+
+
+@cython.final
 cdef class _Snapshot:
     def __cinit__(self):
         self.ok = NULL
+        self.loads = NULL
         self.n = 0
 
     def __init__(self):
@@ -414,6 +596,7 @@ cdef class _Snapshot:
 
     def __dealloc__(self):
         PyMem_Free(self.ok)
+        PyMem_Free(self.loads)
 
 
 cdef inline object _checked_index(object algo, object i, Py_ssize_t n):
@@ -438,19 +621,22 @@ cdef class BalancerCore:
     def __cinit__(self, *args, **kwargs):
         self._snap = _Snapshot.__new__(_Snapshot)
         self._snap.backends = ()
+        self._snap.cells = ()
         self._snap.algo = None
         self._snap.calgo = None
 
-    def _install(self, algo, backends, usable):
-        """Replace the snapshot: ``algo`` built for ``backends`` (a tuple), and
-        ``usable`` (a sequence of bools, one per backend).
+    def _install(self, algo, backends, usable, loads=None):
+        """Replace the snapshot: ``algo`` built for ``backends`` (a tuple),
+        ``usable`` (a sequence of bools, one per backend) and ``loads`` (a
+        BackendLoad per backend; None makes new ones).
 
         Raises:
             ValueError: lengths disagree.
-            TypeError: algo lacks ``iter``.
+            TypeError: algo lacks ``iter``, or a load is not a BackendLoad.
         """
         cdef _Snapshot s = _Snapshot.__new__(_Snapshot)
         cdef Py_ssize_t i, n
+        cdef BackendLoad cell
         backends = tuple(backends)
         n = len(backends)
         if len(usable) != n:
@@ -460,13 +646,22 @@ cdef class BalancerCore:
         if len(algo) != n:
             raise ValueError(f"selection algorithm {algo!r:.80} was built for "
                              f"{len(algo)} backends, not {n}")
+        cells = tuple(BackendLoad() for _ in range(n)) if loads is None else tuple(loads)
+        if len(cells) != n:
+            raise ValueError(f"got {len(cells)} loads for {n} backends")
         s.ok = <unsigned char *>PyMem_Malloc(max(n, 1))
-        if s.ok == NULL:
+        s.loads = <sw_load **>PyMem_Malloc(max(n, 1) * sizeof(sw_load *))
+        if s.ok == NULL or s.loads == NULL:
             raise MemoryError()
         for i in range(n):
             s.ok[i] = 1 if usable[i] else 0
+            if not isinstance(cells[i], BackendLoad):
+                raise TypeError(f"load #{i} is {cells[i]!r:.60}, not a BackendLoad")
+            cell = <BackendLoad>cells[i]
+            s.loads[i] = &cell.c
         s.n = n
         s.backends = backends
+        s.cells = cells
         s.algo = algo
         s.calgo = algo if isinstance(algo, Algorithm) else None
         self._snap = s
@@ -482,6 +677,11 @@ cdef class BalancerCore:
     def _selection(self):
         """(algorithm, backends tuple) of the current snapshot."""
         return self._snap.algo, self._snap.backends
+
+    @property
+    def _loads(self):
+        """The BackendLoad of each backend of the current snapshot (a tuple)."""
+        return self._snap.cells
 
     def select(self, key=None, Py_ssize_t max_iterations=256):
         """Return the first usable (healthy and enabled) backend for ``key``.
@@ -511,6 +711,10 @@ cdef class BalancerCore:
             return None     # select nothing, and do not advance round robin
         if s.calgo is None:
             return _select_py(s, key, max_iterations, None)
+        cur.loads = s.loads
+        cur.ok = s.ok
+        cur.stop_unusable = 1
+        cur.big = NULL
         s.calgo._start(p, ln, &cur)
         try:
             while it < max_iterations and _cursor_next(&cur, &i):
@@ -550,6 +754,10 @@ cdef class BalancerCore:
             return None
         if s.calgo is None:
             return _select_py(s, key, max_iterations, accept)
+        cur.loads = s.loads
+        cur.ok = s.ok
+        cur.stop_unusable = 0
+        cur.big = NULL
         s.calgo._start(p, ln, &cur)
         try:
             while it < max_iterations and _cursor_next(&cur, &i):
@@ -567,7 +775,14 @@ cdef object _select_py(_Snapshot s, object key, Py_ssize_t max_iterations, objec
     cdef Py_ssize_t it = 0, idx
     if s.algo is None or max_iterations == 0:
         return None
-    for raw in s.algo.iter(key):
+    if getattr(s.algo, "_reads_load", False):
+        # a load-aware algorithm in Python (the reference classes): lend it
+        # the loads and a copy of the flags
+        order = s.algo.iter(key, loads=s.cells, ok=[s.ok[i] != 0 for i in range(s.n)],
+                            stop_unusable=accept is None)
+    else:
+        order = s.algo.iter(key)
+    for raw in order:
         if it >= max_iterations:
             break
         it += 1

@@ -145,6 +145,8 @@ cdef int _finish_request(Session s) except -1:
     s.t_end = sw_clock_now()
     if s.origin is not None:
         s._release_origin(s.resp_done and s.req_body_done)
+    if s.load_held != NULL:
+        s._load_leave()
     if _has(s.eng, H_LOGGING):
         r = _hook_call(s, _hook(s.eng, H_LOGGING), (s, s.error, s.ctx), S_LOG_DONE)
         if r is _PENDING or r is _FAILED:

@@ -15,5 +15,8 @@ cdef class HttpPeer:
     cdef readonly bint verify_cert
     cdef readonly object ca_file
     cdef readonly int proxy_protocol    # 0, or the PROXY header version sent first
+    cdef readonly object load           # the BackendLoad counting requests on it, or None
+    cdef sw_load *load_cell             # ... its count (NULL: not counted)
     cdef bytes _host_header
     cdef bytes _host_hdr(self)
+    cdef int _count_in(self, object load) except -1

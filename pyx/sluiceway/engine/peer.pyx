@@ -23,6 +23,12 @@ cdef class HttpPeer:
             nginx's ``proxy_protocol`` listeners, another sluiceway). Such
             a connection carries one client's requests only, so it is not
             pooled. Plain TCP and Unix socket peers only.
+        load: a ``BackendLoad`` (``LoadBalancer.load(backend)``) in which
+            the proxy counts the requests in flight on this peer: 1 more
+            when a request is given this peer, 1 less when it is over
+            (answered, failed, timed out, its client gone) or a retry moves
+            it to another peer. What ``LeastConnections`` and
+            ``PowerOfTwoChoices`` read; None counts nothing.
 
     Connections are pooled by ``reuse_key`` (address, TLS, SNI and the
     certificate options).
@@ -30,7 +36,7 @@ cdef class HttpPeer:
 
     def __init__(self, address, tls=False, sni=None, *, connect_timeout=None,
                  read_timeout=None, write_timeout=None, idle_timeout=None,
-                 verify_cert=True, ca_file=None, proxy_protocol=0):
+                 verify_cert=True, ca_file=None, proxy_protocol=0, load=None):
         cdef str host
         cdef tuple known = None
         cdef bint plain = not tls and sni is None and not proxy_protocol and (
@@ -41,6 +47,8 @@ cdef class HttpPeer:
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
+        if load is not None:
+            self._count_in(load)
         if plain:
             # A plain peer seen before: its checked fields and the one
             # reuse_key object for it (the pool's lookups then match by
@@ -93,6 +101,15 @@ cdef class HttpPeer:
             if len(_PLAIN_PEERS) >= 4096:
                 _PLAIN_PEERS.clear()  # many distinct addresses: start over
             _PLAIN_PEERS[address] = (self.host, self.port, self.path, self.reuse_key)
+
+    cdef int _count_in(self, object load) except -1:
+        cap = getattr(load, "_capsule", None)
+        if cap is None:
+            raise TypeError(f"HttpPeer load must be a BackendLoad (from LoadBalancer.load(backend)), "
+                            f"not {load!r:.60}")
+        self.load_cell = <sw_load *>PyCapsule_GetPointer(cap, SW_LOAD_CAPSULE)
+        self.load = load
+        return 0
 
     cdef bytes _host_hdr(self):
         """The Host value for requests that came without one."""

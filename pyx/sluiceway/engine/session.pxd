@@ -77,6 +77,8 @@ cdef class Session:
     cdef object span            # its OpenTelemetry span (otel: true), or None
     cdef int up_status          # the upstream's status (0: none)
     cdef double t_connect       # a new upstream connection was asked for (0: pooled)
+    cdef sw_load *load_held     # the count of self.peer this request is in (NULL: none);
+                                # the peer's BackendLoad keeps it alive
     cdef double t_start
     cdef double t_connected
     cdef double t_resp
@@ -85,6 +87,8 @@ cdef class Session:
     @staticmethod
     cdef Session _new(_Engine eng, _Side client, _Reader r)
     cdef int start(self) except -1
+    cdef void _load_move(self, HttpPeer peer) noexcept
+    cdef void _load_leave(self) noexcept
     cdef object _direct(self)
     # from the client's end
     cdef int on_request_body(self, object chunk) except -1

@@ -49,6 +49,24 @@ cdef class Session:
     cdef int start(self) except -1:
         return _run_stages(self, S_NEW_CTX, None)
 
+    # --- requests in flight per peer (HttpPeer(load=...)) ----------------
+    # A request is in its peer's count from the moment upstream_peer gives
+    # it that peer until _finish_request; a retry that gets another peer
+    # moves it. Only requests whose peer has a load pay anything. The count
+    # belongs to self.peer's BackendLoad (HttpPeer.load cannot change), so
+    # _load_move runs before self.peer is replaced.
+
+    cdef void _load_move(self, HttpPeer peer) noexcept:
+        self._load_leave()
+        if peer.load_cell != NULL:
+            sw_load_up(peer.load_cell)
+            self.load_held = peer.load_cell
+
+    cdef void _load_leave(self) noexcept:
+        if self.load_held != NULL:
+            sw_load_down(self.load_held)
+            self.load_held = NULL
+
     # --- public API for hooks ---------------------------------------------
 
     def respond(self, int status, headers=None, body=b""):

@@ -68,6 +68,8 @@ cdef int _run_stages(Session s, int stage, object value) except -1:
             if not isinstance(value, HttpPeer):
                 return s._fail(s._bad_return("upstream_peer", value,
                                              'an HttpPeer, e.g. HttpPeer(("127.0.0.1", 8000))'))
+            if s.load_held != NULL or (<HttpPeer>value).load_cell != NULL:
+                s._load_move(<HttpPeer>value)   # before the old peer may go
             s.peer = value
             return _connect(s, False)
         elif stage == S_CONNECTED:
