@@ -5,7 +5,8 @@ Run:  PYTHONPATH=corepy python -m pytest bench/bench_hooks.py -s \
           --benchmark-columns=min,median,rounds
 
 No sockets: a batch of REQUESTS pipelined ``GET``s is fed to one client
-connection (``_Downstream`` over a transport that drops what is written).
+connection that has no socket (``_io_probe.detached_client``: what is
+written to it is dropped).
 ``new_ctx``, ``early_request_filter``, ``request_filter`` (answers with
 ``session.respond`` and returns True) and ``logging`` run for each request;
 nothing goes upstream. The difference between the sync and the inline-async
@@ -17,38 +18,11 @@ import asyncio
 
 import pytest
 
+from sluiceway import _io_probe
 from sluiceway.proxy import ProxyHttp, _engine
 
 REQUESTS = 50
 REQ = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
-
-
-class _Sink:
-    """A transport that drops what is written."""
-
-    def write(self, data):
-        pass
-
-    def writelines(self, parts):
-        pass
-
-    def set_write_buffer_limits(self, high=None, low=None):
-        pass
-
-    def get_extra_info(self, name, default=None):
-        return ("127.0.0.1", 1) if name == "peername" else default
-
-    def pause_reading(self):
-        pass
-
-    def resume_reading(self):
-        pass
-
-    def is_closing(self):
-        return False
-
-    def close(self):
-        pass
 
 
 class Sync(ProxyHttp):
@@ -100,13 +74,12 @@ def test_hooks_per_request(benchmark, app):
     asyncio.events._set_running_loop(loop)  # hooks run as if in a loop callback
     try:
         eng = _engine.make_engine(app(), ProxyHttp, loop)
-        conn = eng.protocol_factory()
-        conn.connection_made(_Sink())
+        conn = _io_probe.detached_client(eng)
         data = REQ * REQUESTS
         before = eng.requests
-        conn.data_received(data)
+        _io_probe.feed(conn, data)
         assert eng.requests - before == REQUESTS
-        benchmark(conn.data_received, data)
+        benchmark(_io_probe.feed, conn, data)
         eng.stop()
     finally:
         asyncio.events._set_running_loop(None)

@@ -11,7 +11,8 @@ depend on what else the machine is doing, so two builds compare exactly.
 
 Usage:
     python bench/callgrind_engine.py [--requests 20000] [--body small|16k]
-        [--lb ALGORITHM [--count-load]] [--compare NAME=DIR ...] [--conf "key: value" ...]
+        [--tls | --lb ALGORITHM [--count-load]] [--compare NAME=DIR ...]
+        [--conf "key: value" ...]
 
 ``--lb RoundRobin`` (or another algorithm of sluiceway.lb) makes
 ``upstream_peer`` select with a LoadBalancer over one backend (the origin) and return one cached HttpPeer per backend;
@@ -21,6 +22,12 @@ which a checkout from before that existed cannot do.
 ``--compare before=/path/to/checkout`` counts that checkout's build (built
 in place) the same way. ``--conf`` adds a line to the configuration of
 every tree counted (e.g. ``--conf "metrics: false"``).
+
+``--tls``: the origin speaks TLS (nginx, a certificate from a CA made for
+the run) and the proxy's peer is ``HttpPeer(..., tls=True, ca_file=...)``
+(bench/tls_upstream.py's app). Then the whole process is counted, not only
+``_on_ready``: a build whose TLS upstreams ran on asyncio transports did that
+work outside it, so only the whole process compares across such builds.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nginx_compare as nc  # noqa: E402
+import tls_upstream as tu  # noqa: E402
 
 
 def _drive(port, path, n, conns=4):
@@ -95,13 +103,14 @@ class BenchApp(ProxyHttp):
 '''
 
 
-def count(tree, tmp, o_port, path, n):
+def count(tree, tmp, o_port, path, n, whole=False):
     port = nc.free_port()
     out = os.path.join(tmp, f"cg.{os.path.basename(tree.rstrip('/'))}.{path.strip('/')}.out")
-    env = dict(os.environ, BENCH_ORIGIN_PORT=str(o_port),
+    env = dict(os.environ, BENCH_ORIGIN_PORT=str(o_port), BENCH_CA=os.path.join(tmp, "ca.pem"),
                PYTHONPATH=os.path.join(tree, "corepy") + os.pathsep + tmp)
+    collect = [] if whole else ["--toggle-collect=*_IoLoop_*_on_ready*"]
     p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
-                          "--toggle-collect=*_IoLoop_*_on_ready*", "--dump-instr=no",
+                          *collect, "--dump-instr=no",
                           sys.executable, "-m", "sluiceway.cli", "run", "bench_app:BenchApp",
                           "-c", os.path.join(tmp, "sw.yaml"), "-l", f"127.0.0.1:{port}"],
                          env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -130,6 +139,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--body", choices=["small", "16k"], default="small")
+    ap.add_argument("--tls", action="store_true", help="a TLS origin; count the whole process")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=DIR")
     ap.add_argument("--conf", action="append", default=[], metavar="LINE",
                     help="a YAML line added to the configuration (e.g. 'metrics: false')")
@@ -140,13 +150,17 @@ def main(argv=None):
     ap.add_argument("--keep", metavar="DIR", help="copy the callgrind outputs to DIR "
                     "(for callgrind_annotate)")
     ns = ap.parse_args(argv)
+    if ns.tls and ns.lb:
+        ap.error("--tls and --lb do not combine")
     tmp = tempfile.mkdtemp(prefix="sw-cg-")
     os.chmod(tmp, 0o755)
     os.makedirs(os.path.join(tmp, "www"))
     with open(os.path.join(tmp, "www", "16k"), "wb") as f:
         f.write(b"b" * 16384)
     with open(os.path.join(tmp, "bench_app.py"), "w") as f:
-        if ns.lb:
+        if ns.tls:
+            f.write(tu.APP)
+        elif ns.lb:
             f.write(LB_APP.format(algo=ns.lb, load=", load=self.lb.load(backend)"
                                   if ns.count_load else ""))
         else:
@@ -155,13 +169,20 @@ def main(argv=None):
         f.write("version: 1\nthreads: 1\nupstream_keepalive_pool_size: 64\n" +
                 "".join(line + "\n" for line in ns.conf))
     o_port = nc.free_port()
-    origin = nc.start_nginx(tmp, "origin", nc.ORIGIN_HTTP.format(port=o_port, dir=tmp), 1)
+    if ns.tls:
+        tu.make_certs(tmp)
+        for name in ("srv.key", "srv.pem", "ca.pem"):
+            os.chmod(os.path.join(tmp, name), 0o644)
+        origin = nc.start_nginx(tmp, "origin", tu.ORIGIN_TLS.format(port=o_port, dir=tmp), 1)
+    else:
+        origin = nc.start_nginx(tmp, "origin", nc.ORIGIN_HTTP.format(port=o_port, dir=tmp), 1)
     try:
         nc.wait_port(o_port)
         trees = [("this", nc.REPO)] + [tuple(s.split("=", 1)) for s in ns.compare]
         for name, tree in trees:
-            per = count(os.path.abspath(tree), tmp, o_port, "/" + ns.body, ns.requests)
-            print(f"{name:10} {ns.body:6} {per:10.0f} instructions per request in _on_ready",
+            per = count(os.path.abspath(tree), tmp, o_port, "/" + ns.body, ns.requests, ns.tls)
+            where = "in the whole process (TLS upstream)" if ns.tls else "in _on_ready"
+            print(f"{name:10} {ns.body:6} {per:10.0f} instructions per request {where}",
                   flush=True)
             if ns.keep:
                 os.makedirs(ns.keep, exist_ok=True)

@@ -322,6 +322,10 @@ def test_request_head_is_the_references(fields, host, length, minor, absolute, o
 # decides (a 304 may say how long the body would have been).
 @example(fields=[], at=0, chunked=True, origin_minor=1, client="1.1", interim=None,
          ops=[("add", b"Content-Length", b"7")], status=304, reason=None, proxy="hooked")
+# A hook turns a chunked 200 into a 304 for an HTTP/1.0 keep-alive client:
+# with no body left to delimit by closing, the connection is kept.
+@example(fields=[], at=0, chunked=True, origin_minor=1, client="1.0 keep-alive", interim=None,
+         ops=[("del", b"X-A", b"")], status=304, reason=None, proxy="hooked")
 def test_response_head_is_the_references(fields, at, chunked, origin_minor, client, interim, ops,
                                          status, reason, proxy):
     assume(_no_upgrade(fields))

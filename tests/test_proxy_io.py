@@ -249,3 +249,39 @@ def test_write_timeout_drops_a_client_that_stopped_reading_with_bytes_queued():
         finally:
             s.close()
         assert h.pool_stats()["idle"] == 0
+
+
+def test_a_client_connection_without_a_socket_has_no_addresses():
+    """A client connection that no socket carries (the engine fed directly,
+    as bench/bench_hooks.py does) answers ``session.server_addr`` and
+    ``client_addr`` with None rather than failing: there is no transport to
+    ask any more."""
+    import asyncio
+
+    import uvloop
+
+    from sluiceway import _engine, _io_probe
+    from sluiceway.proxy import ProxyHttp
+
+    seen = []
+
+    class App(ProxyHttp):
+        def upstream_peer(self, session, ctx):
+            raise AssertionError("not reached")
+
+        def request_filter(self, session, ctx):
+            seen.append((session.client_addr, session.server_addr))
+            session.respond(200, None, b"ok")
+            return True
+
+    loop = uvloop.new_event_loop()
+    asyncio.events._set_running_loop(loop)  # hooks run as if in a loop callback
+    try:
+        eng = _engine.make_engine(App(), ProxyHttp, loop)
+        conn = _io_probe.detached_client(eng)
+        _io_probe.feed(conn, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        eng.stop()
+    finally:
+        asyncio.events._set_running_loop(None)
+        loop.close()
+    assert seen == [(None, None)]

@@ -23,6 +23,7 @@ cdef class _Side
 cdef class _Nets
 cdef class _IoLoop
 cdef class _Conn
+cdef class _Tls
 cdef class _LoopState
 cdef class _Engine
 cdef class _Reader
@@ -38,6 +39,7 @@ include "engine/peer.pxd"
 include "engine/reader.pxd"
 include "engine/side.pxd"
 include "engine/io.pxd"
+include "engine/tls.pxd"
 include "engine/loopstate.pxd"
 include "engine/pool.pxd"
 include "engine/loggate.pxd"

@@ -7,8 +7,8 @@ Theory of operation
 A worker runs one uvloop loop. Every accepted connection gets a
 ``_Downstream`` object; every upstream connection an ``_Upstream``. Both are
 ``_Conn``s: they do their own socket I/O on one epoll set per loop
-(``_IoLoop``, watched by the loop with a single add_reader), except TLS
-upstreams, which use an asyncio transport with the same object as protocol.
+(``_IoLoop``, watched by the loop with a single add_reader); TLS is a layer
+(``_Tls``) between a connection's reads and writes and its protocol.
 Both feed received ``bytes`` to a ``_Wire``: the compiled HTTP/1.x parser of
 ``sluiceway._http`` (reached through the C function table in its capsule, see
 csrc/sw_view.h) plus the buffer the parser's spans point into. No Python
@@ -105,6 +105,7 @@ include "engine/peer.pyx"          # HttpPeer
 include "engine/reader.pyx"        # a parser and the bytes it parses; trailers
 include "engine/side.pyx"          # _Side: what carries one end of a request
 include "engine/io.pyx"            # epoll set, _Conn (write queue, closing, deadlines)
+include "engine/tls.pyx"           # TLS as a layer between a _Conn's I/O and its protocol
 include "engine/loopstate.pyx"     # what the services on one loop share
 include "engine/pool.pyx"          # idle upstream connections
 include "engine/loggate.pyx"       # rate-limited log lines

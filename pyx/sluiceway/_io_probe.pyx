@@ -3,12 +3,15 @@
 engine's own I/O with no protocol on it, so that tests can drive the write
 path (``_Conn``'s queue, partial writes, closing) directly and compare it with
 its pure-Python reference, ``sluiceway._io_py.WriteQueue``
-(tests/test_io_queue.py). It lives apart from ``sluiceway._engine`` so that
+(tests/test_io_queue.py), and drive the TLS layer as a client or as a server
+(tests/test_tls_layer.py); and ``detached_client``/``feed``, a client
+connection with no socket for benchmarks of the per-request path
+(bench/bench_hooks.py). It lives apart from ``sluiceway._engine`` so that
 the engine module carries no test code."""
 
 cimport cython
 
-from sluiceway._engine cimport _Conn, _io_for
+from sluiceway._engine cimport _Conn, _Downstream, _Engine, _io_for
 
 
 @cython.final
@@ -16,8 +19,9 @@ cdef class IoProbe(_Conn):
     """A connection with no protocol, for tests of the write path: the
     ``t_*`` methods as Python methods, and a list of what the I/O called
     (``("data", bytes)``, ``("eof",)``, ``("pause", queued)``,
-    ``("resume", queued)``, ``("lost", exc)``). See _io_py.WriteQueue, its
-    pure-Python reference."""
+    ``("resume", queued)``, ``("lost", exc)``, and with TLS
+    ``("handshake", exc)``). See _io_py.WriteQueue, its pure-Python
+    reference."""
     cdef public list events
 
     def __cinit__(self, *args, **kwargs):
@@ -26,6 +30,17 @@ cdef class IoProbe(_Conn):
     def attach(self, loop, int fd):
         """Take over the connected socket ``fd`` (non-blocking) on ``loop``."""
         _io_for(loop).register(self, fd)
+
+    def start_tls(self, ctx, server_side=False, server_hostname=None):
+        """Start TLS on the attached connection (``ctx``: an
+        ``ssl.SSLContext``); its end is recorded as ``("handshake", exc)``."""
+        self.t_start_tls(ctx, server_side, server_hostname)
+
+    @property
+    def tls_info(self):
+        """The TLS handshake's result (a dict), or None on a plain
+        connection."""
+        return self.tls.info() if self.tls is not None else None
 
     def write(self, data):
         self.t_write(data)
@@ -82,3 +97,20 @@ cdef class IoProbe(_Conn):
     cdef int on_resume_writing(self) except -1:
         self.events.append(("resume", self.wq_size))
         return 0
+
+    cdef int on_handshake(self, object exc) except -1:
+        self.events.append(("handshake", exc))
+        return 0
+
+
+def detached_client(_Engine eng):
+    """A client connection of ``eng`` with no socket: what the engine writes
+    to it is dropped; ``feed`` hands it bytes as if they were received."""
+    cdef _Downstream d = _Downstream(eng)
+    d._made()
+    return d
+
+
+def feed(_Downstream d, bytes data):
+    """Hand ``data`` to a detached client connection, as a read would."""
+    d.on_data(data)

@@ -28,22 +28,16 @@ async def _open(Session s, HttpPeer peer):
 
 
 async def _open_connection(Session s, HttpPeer peer):
-    """Connect to ``peer`` for ``s`` (plain: on the engine's own I/O; TLS:
-    an asyncio transport), within the connect timeout; on failure,
-    ``fail_to_connect`` decides about a retry."""
+    """Connect to ``peer`` for ``s`` on the engine's own I/O (and, for a TLS
+    peer, do the handshake on the TLS layer), within the connect timeout; on
+    failure, ``fail_to_connect`` decides about a retry."""
     cdef _Engine eng = s.eng
     cdef _Upstream u = _Upstream(eng, peer)
     timeout = peer.connect_timeout if peer.connect_timeout is not None \
         else eng.cfg.upstream_connect_timeout_seconds
-    loop = eng.loop
     err = None
     try:
-        if peer.tls:
-            coro = loop.create_connection(lambda: u, peer.host, peer.port,
-                                          ssl=_ssl_context(peer.verify_cert, peer.ca_file),
-                                          server_hostname=peer.sni or peer.host)
-        else:
-            coro = _connect_plain(eng, u, peer)
+        coro = _connect_upstream(eng, u, peer)
         if timeout and timeout > 0:
             await asyncio.wait_for(coro, timeout)
         else:
@@ -51,15 +45,23 @@ async def _open_connection(Session s, HttpPeer peer):
     except asyncio.CancelledError:
         raise
     except (asyncio.TimeoutError, TimeoutError):
-        err = Error(f"connecting to upstream {peer} timed out after {timeout:.3g}s "
-                    "(connect_timeout)", status=504, source=UPSTREAM)
-    except OSError as exc:
-        err = Error(f"connecting to upstream {peer} failed: {exc.strerror or exc}",
-                    status=502, source=UPSTREAM)
-        err.__cause__ = exc
+        if u.tls is not None:
+            err = Error(f"the TLS handshake with upstream {peer} did not finish within "
+                        + (f"{timeout:.3g}s (connect_timeout)" if timeout and timeout > 0 else
+                           f"{TLS_HANDSHAKE_TIMEOUT}s (with no connect_timeout)"),
+                        status=504, source=UPSTREAM)
+        else:
+            err = Error(f"connecting to upstream {peer} timed out after {timeout:.3g}s "
+                        "(connect_timeout)", status=504, source=UPSTREAM)
     except Exception as exc:
-        err = Error(f"connecting to upstream {peer} failed: {type(exc).__name__}: {exc}",
-                    status=502, source=UPSTREAM)
+        if u.tls is not None:
+            err = Error(_handshake_failure(peer, exc), status=502, source=UPSTREAM)
+        elif isinstance(exc, OSError):
+            err = Error(f"connecting to upstream {peer} failed: {exc.strerror or exc}",
+                        status=502, source=UPSTREAM)
+        else:
+            err = Error(f"connecting to upstream {peer} failed: {type(exc).__name__}: {exc}",
+                        status=502, source=UPSTREAM)
         err.__cause__ = exc
     if err is not None:
         err.kind = "connect"   # counted as such (sluiceway_errors_total)
@@ -85,8 +87,9 @@ async def _open_connection(Session s, HttpPeer peer):
             s._advance(S_FAIL_CONNECT_DONE, err)
         return
     if u.closed:
-        s._fail(Error(f"upstream {peer} closed the connection at once", status=502,
-                      source=UPSTREAM))
+        s._fail(Error(f"upstream {peer} closed the connection at once"
+                      + (f" ({_exc_text(u.lost_exc)})" if u.lost_exc is not None else ""),
+                      status=502, source=UPSTREAM))
         return
     if peer.proxy_protocol:
         # The header names this client: the connection is its alone.
@@ -94,6 +97,72 @@ async def _open_connection(Session s, HttpPeer peer):
         u.t_write(_pp_header_for(s, peer.proxy_protocol))
     s._bind(u)
     s._advance(S_CONNECTED, None)
+
+
+async def _connect_upstream(_Engine eng, _Upstream u, HttpPeer peer):
+    """Connect ``u`` to ``peer``: the socket, then for a TLS peer the
+    handshake; ``u`` is open (``_made``) when this returns. On failure or
+    cancellation nothing is left open."""
+    await _connect_socket(eng, u, peer)
+    if peer.tls:
+        try:
+            await _handshake(eng, u, peer)
+        except BaseException:
+            u.waiter = None
+            u.t_abandon()
+            raise
+    u._made()
+
+
+async def _handshake(_Engine eng, _Upstream u, HttpPeer peer):
+    """The TLS handshake on ``u``'s TLS layer (its end sets ``u.waiter``).
+    The connect timeout bounds it; with no connect timeout,
+    TLS_HANDSHAKE_TIMEOUT does (as asyncio's default)."""
+    fut = eng.loop.create_future()
+    u.waiter = fut
+    u.t_start_tls(_ssl_context(peer.verify_cert, peer.ca_file), False, peer.sni or peer.host)
+    timeout = peer.connect_timeout if peer.connect_timeout is not None \
+        else eng.cfg.upstream_connect_timeout_seconds
+    if timeout and timeout > 0:
+        await fut
+    else:
+        await asyncio.wait_for(fut, TLS_HANDSHAKE_TIMEOUT)
+
+
+# Why an upstream's TLS handshake failed, by OpenSSL's reason: what to change.
+cdef dict _TLS_HINTS = {
+    "WRONG_VERSION_NUMBER": "does the upstream speak TLS on this port? (plain HTTP: tls=False)",
+    "RECORD_LAYER_FAILURE": "does the upstream speak TLS on this port? (plain HTTP: tls=False)",
+    "UNSUPPORTED_PROTOCOL": "the upstream and this proxy have no TLS version in common",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "the upstream and this proxy have no TLS version in common",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the upstream refused the handshake (no cipher in common, "
+                                     "or it wants a client certificate)",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the upstream wants a client certificate",
+    "TLSV1_ALERT_UNRECOGNIZED_NAME": "the upstream has no certificate for that name: check sni",
+}
+
+# ... and for a certificate that was not accepted, by OpenSSL's verify code.
+cdef dict _VERIFY_HINTS = {
+    10: "the certificate has expired",
+    18: "pass the CA that issued it as ca_file, or verify_cert=False to skip the check",
+    19: "pass the CA that issued it as ca_file, or verify_cert=False to skip the check",
+    20: "pass the CA that issued it as ca_file, or verify_cert=False to skip the check",
+    21: "pass the CA that issued it as ca_file, or verify_cert=False to skip the check",
+    62: "set sni to a name the certificate holds",
+}
+
+
+cdef str _handshake_failure(HttpPeer peer, object exc):
+    """The message of a failed TLS handshake with ``peer``: what failed and,
+    when known, what to change."""
+    hint = None
+    if _ssl is not None and isinstance(exc, _ssl.SSLCertVerificationError):
+        hint = _VERIFY_HINTS.get(exc.verify_code,
+                                 "check ca_file and sni, or verify_cert=False to skip the check")
+    elif _ssl is not None and isinstance(exc, _ssl.SSLError):
+        hint = _TLS_HINTS.get(getattr(exc, "reason", None))
+    msg = f"TLS handshake with upstream {peer} (sni {peer.sni or peer.host!r}) failed: {_tls_reason(exc)}"
+    return f"{msg}; {hint}" if hint else msg
 
 
 cdef object _numeric_addr(str host, int port):
@@ -107,10 +176,10 @@ cdef object _numeric_addr(str host, int port):
     return None
 
 
-async def _connect_plain(_Engine eng, _Upstream u, HttpPeer peer):
-    """Connect ``u`` to a plain TCP or Unix socket peer on the engine's own
-    I/O (the loop's sock_connect does the waiting; names are resolved with
-    the loop's getaddrinfo and tried in order)."""
+async def _connect_socket(_Engine eng, _Upstream u, HttpPeer peer):
+    """Connect ``u``'s socket to ``peer`` (TCP or Unix) and register it on
+    the engine's own I/O (the loop's sock_connect does the waiting; names
+    are resolved with the loop's getaddrinfo and tried in order)."""
     loop = eng.loop
     if peer.path is not None:
         targets = [(socket.AF_UNIX, peer.path)]
@@ -143,6 +212,5 @@ async def _connect_plain(_Engine eng, _Upstream u, HttpPeer peer):
         except BaseException:
             sw_io_close(fd)
             raise
-        u._made()
         return
     raise last

@@ -11,14 +11,8 @@ cdef class _Downstream(_Conn):
         self.eng = eng
         self.flush_timeout = eng.cfg.downstream_write_timeout_seconds
 
-    def connection_made(self, transport):
-        self.transport = transport
-        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
-        self._made()
-
     cdef int _made(self) except -1:
-        """The connection is open (accepted on our own I/O, or
-        connection_made from a transport)."""
+        """The connection is open (accepted and registered)."""
         cdef _Engine eng = self.eng
         if eng.cfg.max_connections and len(eng.conns) >= eng.cfg.max_connections:
             # Over the limit: answer politely, and close once the client's
@@ -391,10 +385,7 @@ cdef class _Downstream(_Conn):
         cdef int port = 0, fam
         cdef unsigned flow = 0, scope = 0
         if self.local_addr is None:
-            if self.io is None:
-                self.local_addr = self.transport.get_extra_info("sockname") \
-                    if self.transport is not None else None
-            elif self.fd >= 0:
+            if self.fd >= 0:
                 fam = sw_io_sockname(self.fd, host, sizeof(host), &port, &flow, &scope)
                 if fam == AF_INET:
                     self.local_addr = (host.decode("ascii"), port)
@@ -418,7 +409,7 @@ cdef class _Downstream(_Conn):
         if self.closed:
             return 0
         self.closed = True
-        if linger and self.eng.cfg.lingering_time_seconds > 0 and self.io is not None:
+        if linger and self.eng.cfg.lingering_time_seconds > 0 and self.fd >= 0:
             self.linger_until = _now() + self.eng.cfg.lingering_time_seconds
             self._arm_linger(DL_LINGER)
             self.t_close_linger()

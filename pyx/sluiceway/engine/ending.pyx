@@ -57,7 +57,7 @@ cdef int _origin_lost(Session s, object exc) except -1:
         s.reuse_failed = True
         s.can_replay = (not s.req_has_body or s.replay is not None) and s.hook_task is None
         return s._fail(Error(f"upstream {s.peer} closed a reused connection without answering"
-                             + (f" ({exc})" if exc is not None else ""), status=502,
+                             + (f" ({_exc_text(exc)})" if exc is not None else ""), status=502,
                              source=UPSTREAM, retryable=s.req_header._method in _IDEMPOTENT))
     if s.resp_started:
         what = "closed the connection before the response was complete"
@@ -66,7 +66,7 @@ cdef int _origin_lost(Session s, object exc) except -1:
     else:
         what = "closed the connection without sending a response"
     if exc is not None:
-        what += f" ({exc})"
+        what += f" ({_exc_text(exc)})"
     return s._fail(Error(f"upstream {s.peer} {what}", status=502, source=UPSTREAM))
 
 

@@ -241,11 +241,6 @@ cdef class _Engine:
 
     # --- accepting ------------------------------------------------------------------
 
-    def protocol_factory(self):
-        """Return a new downstream protocol, for serving through asyncio
-        transports (``loop.create_server``); ``serve`` is the fast way."""
-        return _Downstream(self)
-
     def serve(self, sock):
         """Accept connections from the listening socket ``sock`` (TCP or
         Unix, non-blocking) on the engine's own I/O. Returns the listener

@@ -133,7 +133,6 @@ cdef int _send_response_head(Session s) except -1:
         return 0
     m = &r.m
     mode = s.resp_mode
-    keep = s.client_keep and not s.eng.closing and s._body_allows_keep()
     if rs is not None:
         status = rs.status
         if status != m.status_code:
@@ -150,6 +149,7 @@ cdef int _send_response_head(Session s) except -1:
         fsize = sw_fields_from_spans(f, r.head_base, m.headers, n)
         reason = r.head_base + m.reason.off
         rlen = m.reason.len
+    keep = s.client_keep and not s.eng.closing and mode != M_CLOSE and s._body_allows_keep()
     s.client_keep = keep
     s.resp_started = True
     if mode == M_CHUNKED or mode == M_CLOSE:

@@ -9,21 +9,25 @@ cdef class _IoLoop:
     cdef sw_ready_t *ready
     cdef PyObject *rbig         # the bytes the next read goes into (owned)
 
+    # The readiness-and-syscall interface (docs/architecture.md,
+    # "Connection I/O"): register/modify/unregister interest, the ready
+    # batch (_on_ready), and recv; writes, shutdown and close are the
+    # sw_io_* calls of csrc/sw_io.h.
     cdef object recv(self, int fd)
-
     cdef int register(self, _Conn c, int fd) except -1
+    cdef int modify(self, _Conn c, unsigned mask) except -1
     cdef int unregister(self, _Conn c) except -1
 
 
 cdef class _Conn(_Side):
-    """I/O of one connection (base of _Downstream and _Upstream): on our own
-    epoll set (``io`` is not None, ``fd`` >= 0 while open) or through an
-    asyncio transport (TLS upstreams)."""
+    """I/O of one connection (base of _Downstream and _Upstream) on the
+    epoll set of its loop (``fd`` >= 0 while open), plain or with TLS as a
+    layer between its reads and writes and the protocol (``tls``)."""
     cdef _Engine eng            # the service it serves (None: a test probe)
     cdef double deadline        # when the current wait ends (0: no wait)
     cdef int dl_kind            # what it waits for (DL_*)
-    cdef object transport       # the asyncio transport (TLS), else None
-    cdef _IoLoop io             # our own I/O, else None
+    cdef _Tls tls               # the TLS layer, or None (plain)
+    cdef _IoLoop io             # the epoll set it is registered on (None: never registered)
     cdef int fd                 # -1 once closed
     cdef unsigned evmask        # the epoll bits asked for
     cdef bint rd_paused
@@ -72,7 +76,12 @@ cdef class _Conn(_Side):
     cdef int _linger(self) except -1
     cdef int t_abort(self, object exc) except -1
     cdef object t_peername(self)
+    cdef int t_start_tls(self, object ctx, bint server_side, object server_hostname) except -1
+    cdef int t_abandon(self) except -1
     cdef Py_ssize_t _sent(self, Py_ssize_t r) except -2
+    cdef int _send_raw(self, bytes data) except -1
+    cdef int _eof(self) except -1
+    cdef int _tls_failed(self, object exc) except -1
     cdef int _queue(self, object data, Py_ssize_t off) except -1
     cdef int _set_mask(self, unsigned mask) except -1
     cdef int _io_event(self, unsigned events) except -1
@@ -85,5 +94,6 @@ cdef class _Conn(_Side):
     cdef int on_pause_writing(self) except -1
     cdef int on_resume_writing(self) except -1
     cdef int on_closing(self) except -1
+    cdef int on_handshake(self, object exc) except -1
 
 

@@ -7,8 +7,16 @@
 # ``_IoLoop._on_ready`` takes every ready descriptor from it and calls the
 # connection's C-level ``_io_event`` (no Python call, transport object or
 # libuv handle per connection or per read). An idle connection is one
-# ``_Downstream`` object and its descriptor. TLS upstreams use an asyncio
-# transport instead; ``_Conn``'s ``t_*`` methods serve both.
+# ``_Downstream`` object and its descriptor. TLS is a layer on top of this
+# (engine/tls.pyx): ciphertext comes from the same reads and goes out
+# through the same write queue.
+#
+# The readiness-and-syscall part is small and kept behind ``_IoLoop``
+# (register, modify, unregister, the ready batch, recv) and csrc/sw_io.h
+# (send, writev, shutdown, close): the sessions and the TLS layer see only
+# ``_Conn``'s protocol methods (on_data, on_eof, on_lost, on_pause_writing,
+# on_resume_writing) and its ``t_*`` methods, so another backend could
+# replace epoll without touching them (docs/architecture.md).
 
 
 
@@ -73,6 +81,8 @@ cdef class _IoLoop:
         raise _os_error(r)
 
     cdef int register(self, _Conn c, int fd) except -1:
+        """Watch ``fd`` (connected, non-blocking; now owned by ``c``) for
+        input; its events go to ``c._io_event``."""
         cdef int r = sw_io_add(self.epfd, fd, SW_IO_IN, <void *>c)
         if r < 0:
             raise _os_error(r)
@@ -82,7 +92,13 @@ cdef class _IoLoop:
         c.evmask = SW_IO_IN
         return 0
 
+    cdef int modify(self, _Conn c, unsigned mask) except -1:
+        """Watch ``c``'s descriptor for ``mask`` (SW_IO_IN, SW_IO_OUT) now."""
+        sw_io_mod(self.epfd, c.fd, mask, <void *>c)
+        return 0
+
     cdef int unregister(self, _Conn c) except -1:
+        """Stop watching ``c`` (before its descriptor is closed)."""
         sw_io_del(self.epfd, c.fd)
         if self.dispatching:
             # Events for it may still be in this batch: keep it alive.
@@ -140,6 +156,10 @@ cdef class _Conn:
     at LOW_WATER ``on_resume_writing``, as asyncio transports do.
     ``t_close`` flushes the queue, then closes; ``on_lost`` follows on the
     next loop iteration (as ``connection_lost`` does with asyncio).
+
+    With TLS (``t_start_tls``), the ``t_*`` write methods take plaintext
+    and the layer queues ciphertext (``_send_raw``); the queue, its
+    high-water mark and closing work on the ciphertext.
     """
 
     def __cinit__(self, *args, **kwargs):
@@ -160,12 +180,10 @@ cdef class _Conn:
     cdef int t_write(self, object data) except -1:
         cdef Py_ssize_t n, r
         cdef Py_buffer view
-        if self.io is None:
-            if self.transport is not None:
-                self.transport.write(data)
-            return 0
         if self.fd < 0 or self.io_closing:
             return 0
+        if self.tls is not None:
+            return self.tls.write(self, data)
         if self.wq is not None:
             self._queue(data, 0)
             return 0
@@ -191,12 +209,10 @@ cdef class _Conn:
         cdef int k = 0, nv = 0, i
         cdef Py_ssize_t total = 0, r, left
         cdef object p
-        if self.io is None:
-            if self.transport is not None:
-                self.transport.writelines(parts)
-            return 0
         if self.fd < 0 or self.io_closing:
             return 0
+        if self.tls is not None:
+            return self.tls.writev(self, parts)
         if self.wq is not None or len(parts) > 8:
             for p in parts:
                 self.t_write(p)
@@ -238,7 +254,12 @@ cdef class _Conn:
         cdef iovec iov[2]
         cdef int k = 0
         cdef Py_ssize_t r, hl = 0
-        if self.io is None or self.wq is not None or self.fd < 0 or self.io_closing:
+        cdef object part
+        if self.tls is not None and self.fd >= 0 and not self.io_closing:
+            part = owner if off == 0 and n == PyBytes_GET_SIZE(owner) else \
+                memoryview(owner)[off:off + n]
+            return self.tls.writev(self, (head, part) if head is not None else (part,))
+        if self.wq is not None or self.fd < 0 or self.io_closing:
             if head is not None:
                 self.t_write(head)
             if n > 0:
@@ -272,29 +293,19 @@ cdef class _Conn:
         return 0
 
     cdef int t_pause_reading(self) except -1:
-        if self.io is None:
-            if self.transport is not None:
-                self.transport.pause_reading()
-            return 0
         self.rd_paused = True
         self._set_mask(self.evmask & ~SW_IO_IN)
 
     cdef int t_resume_reading(self) except -1:
-        if self.io is None:
-            if self.transport is not None:
-                self.transport.resume_reading()
-            return 0
         self.rd_paused = False
         if not self.io_closing:
             self._set_mask(self.evmask | SW_IO_IN)
 
     cdef int t_close(self) except -1:
-        if self.io is None:
-            if self.transport is not None:
-                self.transport.close()
-            return 0
         if self.fd < 0 or self.io_closing:
             return 0
+        if self.tls is not None:
+            self.tls.close_notify(self)
         self.io_closing = True
         if self.wq is None:
             self._finalize(None)
@@ -312,13 +323,13 @@ cdef class _Conn:
         Closing a socket with unread input makes the kernel answer with a
         reset, and a reset can destroy the response in the peer's buffers
         before the peer reads it (a client still sending a request body
-        when we answer early). The owner bounds the reading (``t_abort``)."""
-        if self.io is None:
-            if self.transport is not None:
-                self.transport.close()
-            return 0
+        when we answer early). The owner bounds the reading (``t_abort``).
+        With TLS, a close_notify goes before the shutdown, and what comes
+        meanwhile is still decrypted (and dropped by the protocol)."""
         if self.fd < 0 or self.io_closing:
             return 0
+        if self.tls is not None:
+            self.tls.close_notify(self)
         self.io_closing = True
         self.linger = True
         if self.wq is None:
@@ -344,10 +355,6 @@ cdef class _Conn:
 
     cdef int t_abort(self, object exc) except -1:
         """Close at once, dropping anything queued; ``exc`` goes to on_lost."""
-        if self.io is None:
-            if self.transport is not None:
-                self.transport.abort()
-            return 0
         if self.fd >= 0:
             self.wq = None
             self.wq_size = 0
@@ -357,10 +364,6 @@ cdef class _Conn:
         cdef char host[256]
         cdef int port = 0, fam
         cdef unsigned flow = 0, scope = 0
-        if self.io is None:
-            if self.transport is None:
-                return None
-            return self.transport.get_extra_info("peername")
         if self.fd < 0:
             return None
         fam = sw_io_peername(self.fd, host, sizeof(host), &port, &flow, &scope)
@@ -371,6 +374,24 @@ cdef class _Conn:
         if fam == AF_UNIX:
             return host.decode("utf-8", "surrogateescape")
         return None
+
+    cdef int t_start_tls(self, object ctx, bint server_side, object server_hostname) except -1:
+        """Put TLS over this open connection (nothing plain was exchanged
+        yet) with ``ctx`` (an ``ssl.SSLContext``), as the server or as a
+        client naming ``server_hostname``, and start the handshake. Its end
+        is ``on_handshake``; the connection's deadlines and closing go on as
+        before (the caller bounds the handshake's time)."""
+        if self.fd < 0 or self.io_closing or self.tls is not None:
+            raise RuntimeError("TLS starts on an open plain connection")
+        self.tls = _new_tls(ctx, server_side, server_hostname)
+        self.tls.start(self)
+        return 0
+
+    cdef int t_abandon(self) except -1:
+        """Abort a connection its protocol was never told is open (a connect
+        or a handshake given up): no ``on_lost``."""
+        self.lost_sent = True
+        return self.t_abort(None)
 
     # --- inside --------------------------------------------------------------
 
@@ -384,6 +405,20 @@ cdef class _Conn:
             return 0
         self.t_abort(_os_error(r))
         return -1
+
+    cdef int _send_raw(self, bytes data) except -1:
+        """Bytes as they go on the wire (the TLS layer's ciphertext): sent
+        now, or queued after what waits; also while closing (a
+        close_notify)."""
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), r
+        if self.fd < 0 or n == 0:
+            return 0
+        if self.wq is not None:
+            return self._queue(data, 0)
+        r = self._sent(sw_io_send(self.fd, PyBytes_AS_STRING(data), n))
+        if 0 <= r < n:
+            self._queue(data, r)
+        return 0
 
     cdef int _queue(self, object data, Py_ssize_t off) except -1:
         cdef Py_ssize_t n
@@ -409,7 +444,7 @@ cdef class _Conn:
     cdef int _set_mask(self, unsigned mask) except -1:
         if mask != self.evmask and self.fd >= 0:
             self.evmask = mask
-            sw_io_mod(self.io.epfd, self.fd, mask, <void *>self)
+            self.io.modify(self, mask)
 
     cdef int _io_event(self, unsigned events) except -1:
         cdef int err
@@ -421,18 +456,15 @@ cdef class _Conn:
                 return 0
             if data is not None:
                 if PyBytes_GET_SIZE(data):
-                    self.on_data(data)
+                    if self.tls is None:
+                        self.on_data(data)
+                    else:
+                        self.tls.received(self, data)
+                elif self.tls is None or self.io_closing:
+                    self._eof()
+                    return 0
                 else:
-                    self.rd_eof = True
-                    self._set_mask(self.evmask & ~SW_IO_IN)
-                    if self.io_closing:
-                        # Closing already: a lingering close is over once
-                        # the queue is written.
-                        if self.wq is None:
-                            self._finalize(None)
-                        return 0
-                    self.on_eof()
-                    self.t_close()
+                    self.tls.peer_eof(self)
                     return 0
         elif events & (SW_IO_ERR | SW_IO_HUP) and self.wq is None:
             # Reset or hung up while we neither read nor write.
@@ -487,8 +519,31 @@ cdef class _Conn:
             self.wr_paused = False
             self.on_resume_writing()
 
+    cdef int _eof(self) except -1:
+        """The peer ended its side: a TCP EOF, or a TLS close_notify."""
+        self.rd_eof = True
+        self._set_mask(self.evmask & ~SW_IO_IN)
+        if self.io_closing:
+            # Closing already: a lingering close is over once the queue is
+            # written.
+            if self.wq is None:
+                self._finalize(None)
+            return 0
+        self.on_eof()
+        self.t_close()
+        return 0
+
+    cdef int _tls_failed(self, object exc) except -1:
+        """The TLS handshake failed: the protocol hears ``on_handshake(exc)``
+        and, as it was never told the connection opened, no ``on_lost``
+        (the layer then writes its alert and closes)."""
+        self.lost_sent = True
+        self.on_handshake(exc)
+        return 0
+
     cdef int _finalize(self, object exc) except -1:
         cdef int fd = self.fd
+        cdef _Tls tls = self.tls
         if fd < 0:
             return 0
         self.on_closing()
@@ -497,6 +552,11 @@ cdef class _Conn:
         self.wq = None
         self.wq_size = 0
         sw_io_close(fd)
+        if tls is not None and tls.closed():
+            # Closed during the handshake: the protocol was never told the
+            # connection opened; it hears why the handshake ended instead.
+            self._tls_failed(exc if exc is not None else ConnectionAbortedError(
+                "the connection was closed during the TLS handshake"))
         if not self.lost_sent:
             self.lost_sent = True
             self.io.loop.call_soon(self._lost, exc)
@@ -524,20 +584,8 @@ cdef class _Conn:
     cdef int on_closing(self) except -1:
         pass
 
-    # --- the asyncio protocol, for a transport (TLS) -----------------------------
-
-    def data_received(self, data):
-        self.on_data(data)
-
-    def eof_received(self):
-        self.on_eof()
-        return False
-
-    def connection_lost(self, exc):
-        self.on_lost(exc)
-
-    def pause_writing(self):
-        self.on_pause_writing()
-
-    def resume_writing(self):
-        self.on_resume_writing()
+    cdef int on_handshake(self, object exc) except -1:
+        """The TLS handshake is done (``exc`` None; the handshake's result
+        is in ``tls``), or failed with ``exc`` (then nothing else follows:
+        no ``on_lost``)."""
+        pass

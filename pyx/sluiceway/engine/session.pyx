@@ -402,8 +402,11 @@ cdef class Session:
         if (self.eng.compress_default or self.coding_asked) and self.resp_mode != M_NONE and \
                 st >= 200 and not self.upgrading:
             self._plan_coding(r)
-        if self.resp_mode == M_CLOSE or self.req_header.upgrade:
+        if self.req_header.upgrade:
             self.client_keep = False
+        # a body delimited by closing (M_CLOSE) ends the connection too; that
+        # is decided with the head (_send_response_head), as a hook may still
+        # change the status to one without a body
         if self.resp_hooks:
             if self.resp is None:
                 self.resp = self._response_header(r)

@@ -5,6 +5,8 @@ cdef class _Upstream(_Conn):
     cdef Session session        # the request it carries, or None (pooled)
     cdef object key             # the peer's reuse_key (the pool's index)
     cdef HttpPeer peer
+    cdef object waiter          # while connecting with TLS: the future the handshake's end sets
+    cdef object lost_exc        # why it closed while no request was bound to it (or None)
     cdef _Side pipe             # after a protocol switch: where received bytes go
     cdef bint closed
     cdef bint idle              # in the pool
@@ -18,6 +20,7 @@ cdef class _Upstream(_Conn):
     cdef double write_timeout
 
     cdef int _made(self) except -1
+    cdef int on_handshake(self, object exc) except -1
     cdef int bind(self, Session s, bint head_request) except -1
     cdef int on_data(self, object data) except -1
     cdef int on_eof(self) except -1

@@ -21,14 +21,20 @@ cdef class _Upstream(_Conn):
         self.flush_timeout = self.write_timeout
         eng.ups.add(self)
 
-    def connection_made(self, transport):
-        self.transport = transport
-        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
-        self._made()
-
     cdef int _made(self) except -1:
-        """Connected (on our own I/O, or connection_made of a TLS transport)."""
+        """Connected (and, with TLS, the handshake done)."""
         self.eng.pool.created += 1
+        return 0
+
+    cdef int on_handshake(self, object exc) except -1:
+        # The connect waits for this (connect.pyx, _handshake).
+        w = self.waiter
+        self.waiter = None
+        if w is not None and not w.done():
+            if exc is None:
+                w.set_result(None)
+            else:
+                w.set_exception(exc)
         return 0
 
     cdef int bind(self, Session s, bint head_request) except -1:
@@ -90,6 +96,8 @@ cdef class _Upstream(_Conn):
             self.eng.pool.drop(self)
         if s is not None:
             s.origin_lost(exc)
+        else:
+            self.lost_exc = exc
         return 0
 
     cdef int on_pause_writing(self) except -1:

@@ -1,0 +1,44 @@
+# Included by _engine.pxd: see engine/tls.pyx.
+
+cdef enum:
+    # _Tls.state
+    TLS_HANDSHAKE = 0   # the handshake is under way
+    TLS_OPEN = 1        # done: application data flows
+    TLS_FAILED = 2      # the handshake failed (the connection is closing)
+
+    # Plaintext parts written together up to this size are joined first,
+    # so that they go out as one TLS record (a head and a small body).
+    TLS_JOIN_MAX = 16384
+
+    # Seconds an upstream's handshake may take when no connect timeout is
+    # set (asyncio's default for its TLS transports).
+    TLS_HANDSHAKE_TIMEOUT = 60
+
+
+cdef class _Tls:
+    cdef object obj             # ssl.SSLObject (None once the connection closed)
+    cdef object raw             # what obj wraps (ssl's C object), for read/write/pending; else obj
+    cdef object inc             # ssl.MemoryBIO: ciphertext received, for obj to read
+    cdef object out             # ssl.MemoryBIO: ciphertext obj made, to send
+    cdef int state              # TLS_*
+    cdef bint server_side
+    cdef bint sent_close        # our close_notify is written
+    cdef bint got_close         # the peer's close_notify came
+    cdef list pending           # plaintext written before the handshake was done
+    # The handshake's result (kept for the connection's life and after).
+    cdef readonly str version       # "TLSv1.3", ...
+    cdef readonly str cipher        # "TLS_AES_256_GCM_SHA384", ...
+    cdef readonly str alpn          # the protocol agreed on by ALPN, or None
+    cdef readonly object peer_cert  # the peer's certificate as ssl decodes it ({} if not verified, None if none)
+    cdef readonly bytes peer_cert_der
+
+    cdef int start(self, _Conn c) except -1
+    cdef int received(self, _Conn c, object data) except -1
+    cdef int peer_eof(self, _Conn c) except -1
+    cdef int write(self, _Conn c, object data) except -1
+    cdef int writev(self, _Conn c, tuple parts) except -1
+    cdef int close_notify(self, _Conn c) except -1
+    cdef bint closed(self) except -1
+    cdef bint _handshake(self, _Conn c) except -1
+    cdef int _read(self, _Conn c) except -1
+    cdef int _flush(self, _Conn c) except -1
