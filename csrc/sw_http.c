@@ -369,7 +369,8 @@ static inline int sw_hostport_ok(const char *s, size_t n)
  * only authority, and an empty one says there is none). For an absolute-form
  * target, the target's authority is the request's (3.2.2): it must be a
  * valid host[:port] without userinfo (RFC 9110 4.2.4), and is recorded in
- * target_authority for the caller to put in place of the Host. */
+ * target_authority for the caller to put in place of the Host. A CONNECT
+ * target must be authority-form, host:port. */
 static int sw_check_host(sw_http_t *p, int host, int nhost, int second)
 {
     const char *b = p->base;
@@ -379,25 +380,32 @@ static int sw_check_host(sw_http_t *p, int host, int nhost, int second)
 
     if (nhost > 1)
         return sw_fail_at(p, 400, "more than one Host header", p->headers[second].name.off);
-    if (tn > 0 && t[0] != '/' && t[0] != '*') {
-        has_authority = 1; /* absolute-form, or authority-form (CONNECT) */
-        if (p->ll.method != HTTP_CONNECT) {
-            /* llhttp accepts absolute-form only as scheme "://" ... */
-            const char *a = memchr(t, ':', tn);
-            uint32_t s, e;
-            if (a == NULL || (uint32_t)(a - t) + 3 > tn || a[1] != '/' || a[2] != '/')
-                return sw_fail_at(p, 400, "request target is not origin-form or absolute-form", p->url.off);
-            s = (uint32_t)(a - t) + 3;
-            for (e = s; e < tn && t[e] != '/' && t[e] != '?' && t[e] != '#'; e++) {
-                if (t[e] == '@')
-                    return sw_fail_at(p, 400, "userinfo (user@) in the request target", p->url.off + e);
-            }
-            if (!sw_hostport_ok(t + s, e - s))
-                return sw_fail_at(p, 400, "invalid authority in the request target (expected host[:port])",
-                                  p->url.off + s);
-            p->target_authority.off = p->url.off + s;
-            p->target_authority.len = e - s;
+    if (p->ll.method == HTTP_CONNECT) {
+        /* CONNECT takes the authority-form only: host ":" port (RFC 9112
+         * 3.2.3); no scheme, no userinfo, no path. */
+        const char *h_end = tn > 0 && t[0] == '[' ? memchr(t, ']', tn) : t;
+        if (tn == 0 || h_end == NULL || memchr(h_end, ':', tn - (uint32_t)(h_end - t)) == NULL ||
+            t[tn - 1] < '0' || t[tn - 1] > '9' || !sw_hostport_ok(t, tn))
+            return sw_fail_at(p, 400, "CONNECT request target is not host:port (authority-form)",
+                              p->url.off);
+        has_authority = 1;
+    } else if (tn > 0 && t[0] != '/' && t[0] != '*') {
+        /* absolute-form: llhttp accepts it only as scheme "://" ... */
+        const char *a = memchr(t, ':', tn);
+        uint32_t s, e;
+        has_authority = 1;
+        if (a == NULL || (uint32_t)(a - t) + 3 > tn || a[1] != '/' || a[2] != '/')
+            return sw_fail_at(p, 400, "request target is not origin-form or absolute-form", p->url.off);
+        s = (uint32_t)(a - t) + 3;
+        for (e = s; e < tn && t[e] != '/' && t[e] != '?' && t[e] != '#'; e++) {
+            if (t[e] == '@')
+                return sw_fail_at(p, 400, "userinfo (user@) in the request target", p->url.off + e);
         }
+        if (!sw_hostport_ok(t + s, e - s))
+            return sw_fail_at(p, 400, "invalid authority in the request target (expected host[:port])",
+                              p->url.off + s);
+        p->target_authority.off = p->url.off + s;
+        p->target_authority.len = e - s;
     }
     if (nhost == 0) {
         if (p->ll.http_minor == 1)

@@ -58,6 +58,7 @@ def ours(data, step):
 @example(data=b"GET /a HTTP/1.0\r\nHost: a\tb\r\n\r\n", step=100000)
 @example(data=b"PUT https://[::1/ HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", step=1)
 @example(data=b"GET http://u:p@a.example?x=1 HTTP/1.1\r\nHost: a.example\r\n\r\n", step=1)
+@example(data=b"CONNECT http://u:p@a.e.example?x=1 HTTP/1.1\r\nHost: a.e.example\r\n\r\n", step=1)
 @example(data=b"GET http://127.0.0.1/a HTTP/1.0\r\nConnection: keep-alive\r\nHost: a\r\n"
               b"Connection: close, close\r\n\r\nDELETE /b HTTP/1.0\r\nHost: a\r\n\r\n", step=1)
 # The fuzzer's own regression: Upgrade without "Connection: upgrade" is no

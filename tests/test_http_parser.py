@@ -656,6 +656,21 @@ def test_reject_invalid_authority_in_the_target(target):
     assert err.status == 400 and "invalid authority in the request target" in err.reason
 
 
+@pytest.mark.parametrize("target", [b"http://u:p@a.example?x=1", b"http://a.example:443", b"a.example",
+                                    b"a.example:", b"u@a.example:443", b"[::1]", b"a.example:443/x",
+                                    b"/x"])
+def test_reject_connect_target_that_is_not_authority_form(target):
+    err = req_error_every_way(b"CONNECT " + target + b" HTTP/1.1\r\nHost: a.example\r\n\r\n")
+    assert err.status == 400 and err.reason == "CONNECT request target is not host:port (authority-form)"
+
+
+@pytest.mark.parametrize("target", [b"a.example:443", b"[::1]:443", b"127.0.0.1:8080"])
+def test_accept_connect_authority_form(target):
+    p = RequestParser()
+    p.feed(b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n\r\n")
+    assert p.next_event().raw_target == target
+
+
 @pytest.mark.parametrize("value", [b"", b" ", b"\t  "])
 def test_reject_empty_transfer_encoding(value):
     data = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:" + value + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n"

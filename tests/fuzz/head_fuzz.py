@@ -364,7 +364,12 @@ def _rule(r: SeenReq):
         if b"content-length" in names:
             return "cl_te"
     auth = target_authority(r.target)
-    if auth is not None and (b"@" in auth or not valid_host(auth, False)):
+    if r.method == b"CONNECT":
+        # authority-form only: host ":" port (RFC 9112 3.2.3)
+        m = re.fullmatch(rb"(\[[^\]]*\]|[^:\[\]]*):[0-9]+", r.target)
+        if m is None or not valid_host(r.target, False):
+            return "bad_connect_target"
+    elif auth is not None and (b"@" in auth or not valid_host(auth, False)):
         return "bad_target_authority"
     hosts = [v for n, v in r.headers if n == b"host"]
     if hosts and not valid_host(hosts[0], auth is None and r.method != b"CONNECT"):
