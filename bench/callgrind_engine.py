@@ -12,6 +12,7 @@ depend on what else the machine is doing, so two builds compare exactly.
 Usage:
     python bench/callgrind_engine.py [--requests 20000] [--body small|16k]
         [--tls | --lb ALGORITHM [--count-load]] [--compare NAME=DIR ...]
+        [--conf "key: value" ...]
 
 ``--lb RoundRobin`` (or another algorithm of sluiceway.lb) makes
 ``upstream_peer`` select with a LoadBalancer over one backend (the origin) and return one cached HttpPeer per backend;
@@ -19,7 +20,8 @@ Usage:
 which a checkout from before that existed cannot do.
 
 ``--compare before=/path/to/checkout`` counts that checkout's build (built
-in place) the same way.
+in place) the same way. ``--conf`` adds a line to the configuration of
+every tree counted (e.g. ``--conf "metrics: false"``).
 
 ``--tls``: the origin speaks TLS (nginx, a certificate from a CA made for
 the run) and the proxy's peer is ``HttpPeer(..., tls=True, ca_file=...)``
@@ -147,6 +149,8 @@ def main(argv=None):
     ap.add_argument("--body", choices=["small", "16k"], default="small")
     ap.add_argument("--tls", action="store_true", help="a TLS origin; count the whole process")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=DIR")
+    ap.add_argument("--conf", action="append", default=[], metavar="LINE",
+                    help="a YAML line added to the configuration (e.g. 'metrics: false')")
     ap.add_argument("--lb", metavar="ALGORITHM", help="select with a LoadBalancer "
                     "(e.g. RoundRobin, LeastConnections)")
     ap.add_argument("--count-load", action="store_true",
@@ -170,7 +174,8 @@ def main(argv=None):
         else:
             f.write(nc.SLUICEWAY_APP)
     with open(os.path.join(tmp, "sw.yaml"), "w") as f:
-        f.write("version: 1\nthreads: 1\nupstream_keepalive_pool_size: 64\n")
+        f.write("version: 1\nthreads: 1\nupstream_keepalive_pool_size: 64\n" +
+                "".join(line + "\n" for line in ns.conf))
     o_port = nc.free_port()
     if ns.tls:
         tu.make_certs(tmp)

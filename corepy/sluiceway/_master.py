@@ -51,7 +51,7 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from . import _handover, _startup
+from . import _handover, _observe, _startup
 from ._startup import StartError
 
 log = logging.getLogger("sluiceway.error")
@@ -201,8 +201,15 @@ class Master:
         receiver: for an upgrade, the handover to acknowledge once serving.
     """
 
-    def __init__(self, server, receiver: Optional[_handover.Receiver] = None) -> None:
+    def __init__(self, server, receiver: Optional[_handover.Receiver] = None,
+                 admin_sock=None) -> None:
         self.server = server
+        self.admin = None
+        if admin_sock is not None:
+            from ._admin import AdminServer
+
+            self.admin = AdminServer(admin_sock, self)
+        self.born = time.time()
         self.pid = os.getpid()
         self.socks: Dict[tuple, object] = {}
         for svc in server.services:
@@ -246,6 +253,8 @@ class Master:
             signal.set_wakeup_fd(-1)
             for fd in (self.wake_r, self.wake_w):
                 os.close(fd)
+            if self.admin is not None:
+                self.admin.close()
             for s in self.socks.values():
                 s.close()
             if self.receiver is not None:
@@ -256,10 +265,14 @@ class Master:
         fds = [self.wake_r] + [w.ready_r for w in self.workers.values() if w.ready_r >= 0]
         if self.sender is not None and self.sender.fileno() >= 0:
             fds.append(self.sender.fileno())
+        wfds = []
+        if self.admin is not None:
+            fds += self.admin.rfds()
+            wfds = self.admin.wfds()
         try:
-            ready, _, _ = select.select(fds, [], [], self._timeout())
+            ready, writable, _ = select.select(fds, wfds, [], self._timeout())
         except InterruptedError:
-            ready = []
+            ready, writable = [], []
         for sig in self._signals():
             self._on_signal(sig)
         for w in list(self.workers.values()):
@@ -267,6 +280,8 @@ class Master:
                 self._read_ready(w)
         self._reap()
         self._tick()
+        if self.admin is not None:
+            self.admin.handle(ready, writable)
 
     def _timeout(self) -> float:
         now = time.monotonic()
@@ -280,6 +295,8 @@ class Master:
                 t = min(t, w.kill_at - now)
         if self.pending is not None:
             t = min(t, self.pending.deadline - now)
+        if self.admin is not None:
+            t = min(t, self.admin.timeout())
         return max(t, 0.0)
 
     def _signals(self) -> List[int]:
@@ -313,6 +330,9 @@ class Master:
 
     def _tick(self) -> None:
         now = time.monotonic()
+        fam = _observe._master_families()
+        fam["workers"].set(sum(1 for w in self.workers.values() if w.ready and not w.kill_at))
+        fam["generation"].set(self.gen)
         if self.sender is not None:
             self._step_handover()
         for slot, (when, replaces) in list(self.respawn.items()):
@@ -327,6 +347,43 @@ class Master:
                 log.warning("sluiceway: worker %d did not stop within "
                             "graceful_shutdown_timeout_seconds; killing it", w.pid)
                 _kill(w.pid, signal.SIGKILL)
+
+    # -- what the admin listener says ------------------------------------------
+
+    def readiness(self):
+        """(ready, what the server is doing) for ``/readyz``."""
+        if self.stopping:
+            return False, "stopping"
+        if self.sender is not None:
+            return False, "upgrading: handing the sockets to a new process"
+        if not self.started:
+            return False, "starting"
+        if not any(w.ready and w.gen == self.gen and not w.kill_at
+                   for w in self.workers.values()):
+            return False, "no worker accepts"
+        return True, "ready"
+
+    def status(self) -> dict:
+        """What ``/status`` shows."""
+        from . import _admin, metrics
+
+        now = time.monotonic()
+        ready, state = self.readiness()
+        if ready and self.pending is not None:
+            state = "reloading"
+        workers = []
+        for w in sorted(self.workers.values(), key=lambda w: (w.gen, w.slot)):
+            d = {"pid": w.pid, "slot": w.slot, "generation": w.gen, "ready": w.ready,
+                 "draining": bool(w.kill_at), "uptime_seconds": round(now - w.started, 3)}
+            d.update(_admin.worker_figures(w.pid))
+            workers.append(d)
+        st = metrics.store()
+        return {"pid": self.pid, "ready": ready, "state": state, "generation": self.gen,
+                "uptime_seconds": round(time.time() - self.born, 3),
+                "threads": self.server.configuration.threads,
+                "config": self.server.conf_path, "workers": workers,
+                "services": _admin.services_status(), "backends": _observe.status_backends(),
+                "metrics_store": st.usage() if st is not None else None}
 
     # -- workers ---------------------------------------------------------------
 
@@ -364,6 +421,8 @@ class Master:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _MASTER_SIGNALS)
         os.close(self.wake_r)
         os.close(self.wake_w)
+        if self.admin is not None:
+            self.admin.close_in_child()
         for w in self.workers.values():
             if w.ready_r >= 0:
                 os.close(w.ready_r)
@@ -456,6 +515,8 @@ class Master:
             if pid == 0:
                 return
             w = self.workers.pop(pid, None)
+            if w is not None:
+                _observe.worker_ended(pid)   # its counts join the totals
             if w is None:
                 if pid in self.successors:
                     self.successors.remove(pid)
@@ -499,6 +560,7 @@ class Master:
         else:
             log.error("sluiceway: worker %d %s; starting another", w.pid, why)
         self.respawn[w.slot] = (now + delay, w.pid)
+        _observe._master_families()["restarts"].inc()
 
     # -- stopping --------------------------------------------------------------
 
@@ -561,6 +623,7 @@ class Master:
             if new is not None:
                 new._abandon()
             log.error("sluiceway: reload failed, the old workers keep serving: %s", exc)
+            _observe._master_families()["reloads"].labels("failed").inc()
             return
         self.gen += 1
         self.pending = _Pending(self.gen, new, added)
@@ -571,6 +634,7 @@ class Master:
 
     def _commit_reload(self) -> None:
         p, self.pending = self.pending, None
+        _observe._master_families()["reloads"].labels("ok").inc()
         new = p.server
         timeout = new.configuration.graceful_shutdown_timeout_seconds
         old = [w for w in self.workers.values() if w.gen < p.gen]
@@ -603,6 +667,7 @@ class Master:
 
     def _reload_failed(self, why: str) -> None:
         p, self.pending = self.pending, None
+        _observe._master_families()["reloads"].labels("failed").inc()
         timeout = p.server.configuration.graceful_shutdown_timeout_seconds
         for w in self.workers.values():
             if w.gen == p.gen:
@@ -720,4 +785,5 @@ def _worker_process(server, ready_w: int, master_pid: int) -> int:
 
     drop_privileges(server.configuration)
     die_with_parent(master_pid)   # after setuid, which clears it
+    _observe.worker_setup()
     return _worker_main(server, ready_w)

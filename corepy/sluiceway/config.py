@@ -230,6 +230,57 @@ class ServerConf:
         None, "File for the access log. Unset: standard output (the error log "
         "goes to standard error), so the two never mix.", group="sluiceway",
         hint="/var/log/sluiceway/access.log")
+    access_log_format: str = _key(
+        "text", "`text`: the line on the `sluiceway.access` logger described in "
+        "docs/configuration.md; `json`: one JSON object per request; `combined`: nginx's "
+        "combined format. `json` and `combined` are buffered and written without going "
+        "through Python's logging (docs/observability.md).", group="sluiceway",
+        hint="json")
+    access_log_sample: float = _key(
+        1.0, "Fraction of requests written to a `json` or `combined` access log (0 to 1); "
+        "requests that failed or were answered 5xx are always written.", group="sluiceway")
+    access_log_ctx_fields: List[str] = _key(
+        [], "Keys of the request's `ctx` (when `new_ctx` returns a dict) that are added to "
+        "each `json` access-log record, e.g. `[tenant, route]`.", group="sluiceway")
+    access_log_buffer_bytes: int = _key(
+        65536, "A `json` or `combined` access log is written when this many bytes are "
+        "buffered (one write system call), or after `access_log_flush_seconds`.",
+        group="sluiceway")
+    access_log_flush_seconds: float = _key(
+        1.0, "Longest time a buffered access-log record waits before it is written.",
+        group="sluiceway")
+    request_id: bool = _key(
+        False, "Give every request an id: the client's `X-Request-ID` (see "
+        "`request_id_header`) when it is valid, else a new one unique across workers and "
+        "restarts; it goes upstream, back to the client, and into the `json` access log as "
+        "`request_id` (`session.request_id`).", group="sluiceway")
+    request_id_header: str = _key(
+        "X-Request-ID", "The header that carries the request id.", group="sluiceway")
+    metrics: bool = _key(
+        True, "Count requests, connections, the pool and errors in shared memory for "
+        "`/metrics` on `admin_listen` (docs/observability.md); false: the engine counts "
+        "nothing.", group="sluiceway")
+    metrics_max_series: int = _key(
+        8192, "Most metric series (a metric with one set of label values) the server "
+        "holds; the engine's take about 40 per service, the rest are for your own metrics.",
+        group="sluiceway")
+    admin_listen: Optional[str] = _key(
+        None, "Address of the admin listener (`host:port` or `unix:/path`), served by the "
+        "master process: `/metrics` (Prometheus text, or OpenMetrics when asked), "
+        "`/healthz`, `/readyz` and `/status`. Never on the proxy's own address; keep it on "
+        "127.0.0.1, a private network or a Unix socket.", group="sluiceway",
+        hint="127.0.0.1:9901")
+    otel: bool = _key(
+        False, "Make every request an OpenTelemetry span exported over OTLP/HTTP (needs "
+        "the `sluiceway[otel]` extra); its traceparent goes upstream.", group="sluiceway")
+    otel_endpoint: str = _key(
+        "http://127.0.0.1:4318/v1/traces", "Where spans are exported (OTLP over HTTP, "
+        "protobuf).", group="sluiceway")
+    otel_sample_ratio: float = _key(
+        1.0, "Fraction of traces recorded when the client sent no sampled traceparent "
+        "(0 to 1); a parent's decision is followed.", group="sluiceway")
+    otel_service_name: str = _key(
+        "sluiceway", "`service.name` of the exported spans.", group="sluiceway")
     proxy_protocol: bool = _key(
         False, "Every connection starts with a PROXY protocol header (version 1 or 2, "
         "told apart by its first bytes) from a load balancer in `proxy_protocol_from`; "
@@ -327,6 +378,27 @@ class ServerConf:
                 except KeyError:
                     raise ConfigError(f"{where(name)}{name} {value!r} does not exist on this "
                                       f"machine") from None
+        if self.access_log_format not in ("text", "json", "combined"):
+            raise ConfigError(f"{where('access_log_format')}access_log_format must be 'text', "
+                              f"'json' or 'combined', got {self.access_log_format!r}")
+        for name in ("access_log_sample", "otel_sample_ratio"):
+            if getattr(self, name) > 1:
+                raise ConfigError(f"{where(name)}{name} must be between 0 and 1, got "
+                                  f"{getattr(self, name)}")
+        if self.metrics_max_series < 64:
+            raise ConfigError(f"{where('metrics_max_series')}metrics_max_series must be at "
+                              f"least 64, got {self.metrics_max_series}")
+        if self.admin_listen is not None:
+            try:
+                parse_listen(self.admin_listen)
+            except ConfigError as exc:
+                raise ConfigError(f"{where('admin_listen')}admin_listen: {exc}") from None
+            if self.admin_listen in self.listen:
+                raise ConfigError(f"{where('admin_listen')}admin_listen {self.admin_listen} is "
+                                  "also in listen: give the admin listener its own address")
+        if not self.request_id_header or any(c in self.request_id_header for c in " :\r\n\t"):
+            raise ConfigError(f"{where('request_id_header')}request_id_header must be a header "
+                              f"name, got {self.request_id_header!r}")
         if not self.upgrade_sock:
             raise ConfigError(f"{where('upgrade_sock')}upgrade_sock must be a path, e.g. "
                               "/run/sluiceway/upgrade.sock")

@@ -53,7 +53,7 @@ import time
 from typing import Optional
 import weakref
 
-from sluiceway import _compiled
+from sluiceway import _compiled, _observe
 from sluiceway._lb_backend import MAX_WEIGHT, Backend, _parse_addr, _positive, _same_set
 from sluiceway._lb_discovery import DNS, DiscoveryError, File, ServiceDiscovery, Static
 from sluiceway._lb_health import (HealthCheck, HealthCheckError, HttpHealthCheck,
@@ -471,6 +471,7 @@ class LoadBalancer(_lb.BalancerCore):
             st.last_error = err
         if ok == st.healthy:
             st.consecutive = 0
+            _observe.backend_health(backend.addr, ok, False)
             return
         st.consecutive += 1
         if st.consecutive < self.health_check.threshold(ok):
@@ -480,6 +481,7 @@ class LoadBalancer(_lb.BalancerCore):
         if ok and st.left_out_until:
             self._end_left_out(st)   # it came back: the active check says so
         self._sync_flag(st)
+        _observe.backend_health(backend.addr, ok, True)
         if ok:
             logger.info("load balancer: backend %s is healthy again", backend.addr)
         else:

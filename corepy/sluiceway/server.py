@@ -25,7 +25,7 @@ import sys
 import time
 from typing import List, Optional
 
-from . import _startup
+from . import _observe, _startup
 from ._startup import BindError, StartError, fmt_addr
 from .config import ConfigError, ServerConf, load_config, parse_listen
 from .proxy import ProxyHttp, _engine
@@ -152,6 +152,7 @@ class ProxyService:
         self.engine = _engine.make_engine(self.app, ProxyHttp, loop,
                                           _engine.Settings.from_conf(self.conf),
                                           CompressionPolicy.from_conf(self.conf))
+        _observe.attach(self.engine, self.conf, self.name, loop)
         for s in self._socks:
             self._servers.append(self.engine.serve(s))
         return self.addresses
@@ -472,6 +473,7 @@ class Server:
         if self._check_only:
             raise SystemExit(self.check())
         receiver = None
+        admin_sock = None
         try:
             self._apply_listen()
             for svc in self.services:
@@ -498,10 +500,17 @@ class Server:
                 svc._bind(pool)
             for s in pool.values():
                 s.close()   # an address the old process had and this configuration drops
+            _observe.master_setup(conf)
+            if conf.admin_listen:
+                from . import _admin
+
+                admin_sock = _admin.bind(conf.admin_listen)
         except (StartError, BindError) as exc:
             for svc in self.services:
                 for s in svc._socks:
                     s.close()
+            if admin_sock is not None:
+                admin_sock.close()
             if receiver is not None:
                 receiver.ack(False, str(exc))
             msg = str(exc)
@@ -516,7 +525,7 @@ class Server:
                       "start-up are discarded; set error_log in the configuration", file=sys.stderr)
             self._ready_fd = _daemonize()
         code = 1
-        master = _master.Master(self, receiver)
+        master = _master.Master(self, receiver, admin_sock)
         try:
             code = master.run()
             if master.failure and self._ready_fd < 0:
@@ -594,6 +603,7 @@ def _worker_main(server: Server, ready_fd: int = -1) -> int:
             _startup.reopen_logs(server.configuration)
         except Exception as exc:
             log.error("sluiceway: reopening the logs failed: %s", exc)
+        _observe.reopen()
 
     loop.add_signal_handler(signal.SIGTERM, on_term)
     loop.add_signal_handler(signal.SIGINT, on_int)
@@ -631,6 +641,7 @@ def _worker_main(server: Server, ready_fd: int = -1) -> int:
             os.close(ready_fd)
         grace = server.configuration.grace_period_seconds if how == "term" else 0.0
         await asyncio.gather(*(svc.stop(grace) for svc in server.services))
+        _observe.worker_stopped()
         await asyncio.gather(*(bg.stop(grace) for bg in server.background), return_exceptions=True)
         await _limits_redis.stop_backends()
         return 0

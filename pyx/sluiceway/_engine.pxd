@@ -14,6 +14,7 @@ from sluiceway._pp cimport *
 from sluiceway._span cimport (SW_EV_BODY, SW_EV_END, SW_EV_ERROR, SW_EV_HEAD, SW_EV_NEED_DATA,
                               SW_EV_UPGRADE, sw_find, sw_header_t, sw_ieq, sw_span_t)
 from sluiceway._view cimport SW_VIEW_API_VERSION, sw_msg_t, sw_parser_api_t
+from sluiceway._mstore cimport sw_ms_add, sw_ms_handle, sw_ms_observe, sw_ms_set
 
 include "engine/consts.pxd"
 include "engine/clock.pxd"

@@ -46,7 +46,7 @@ until the current response is complete, so responses go out in order.
 """
 
 cimport cython
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from cpython.unicode cimport PyUnicode_DecodeLatin1
@@ -64,9 +64,11 @@ cdef extern from "<sys/socket.h>":
         AF_UNIX
 
 import asyncio
+import json
 import logging
 import os
 import socket
+import time
 
 from sluiceway import _http as _httpmod
 from sluiceway._base.errors import DOWNSTREAM, INTERNAL, UPSTREAM, Error, ParseError
@@ -120,3 +122,4 @@ include "engine/connect.pyx"       # getting a request its upstream connection
 include "engine/forward.pyx"       # the heads that go on; held-back bytes
 include "engine/legs.pyx"          # the two bodies of a request
 include "engine/ending.pyx"        # failures, retries, logging, the end
+include "engine/observe.pyx"       # metrics cells, request ids, access-log records

@@ -26,7 +26,14 @@ class Error(Exception):
             peer's) or ``"internal"`` (ours or the user's hook).
         retryable: True when the same request may succeed on a new connection
             or another peer.
+
+    Attributes:
+        kind: ``"connect"`` for a failure to connect to the upstream,
+            ``"invalid_response"`` for an upstream response that does not
+            parse, else ``""`` (the metrics count errors by kind).
     """
+
+    kind = ""
 
     def __init__(self, message: str, *, status: int = 500, source: str = INTERNAL,
                  retryable: bool = False) -> None:

@@ -327,6 +327,11 @@ TRANSITIONS = {
 }
 
 
+#: Callables told of every state change, ``observer(transition)`` (the
+#: server's metrics add one); a failing one is logged and ignored.
+observers: list = []
+
+
 def announce(transition, on_change):
     """Record-keeping for a state change: log it, then call ``on_change`` if set.
 
@@ -338,6 +343,11 @@ def announce(transition, on_change):
     if logger.isEnabledFor(level):
         logger.log(level, "circuit for upstream %r: %s -> %s (%s)", transition.key,
                    transition.old.value, transition.new.value, transition.reason)
+    for obs in observers:
+        try:
+            obs(transition)
+        except Exception:
+            logger.exception("circuit breaker state observer %r failed", obs)
     if on_change is not None:
         try:
             on_change(transition)

@@ -13,6 +13,7 @@ cdef int _connect(Session s, bint force_new) except -1:
         s._bind(u)
         return s._advance(S_CONNECTED, None)
     s.upstream_reused = False
+    s.t_connect = _now()
     s.eng.loop.create_task(_open(s, peer)).add_done_callback(_ignore_result)
     return 0
 
@@ -64,6 +65,7 @@ async def _open_connection(Session s, HttpPeer peer):
                         status=502, source=UPSTREAM, retryable=True)
         err.__cause__ = exc
     if err is not None:
+        err.kind = "connect"   # counted as such (sluiceway_errors_total)
         eng.ups.discard(u)
     if s.finished or s.client_gone:
         if err is None:

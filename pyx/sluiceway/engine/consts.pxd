@@ -118,6 +118,46 @@ cdef enum:
     M_CLOSE = 3         # delimited by closing the connection
 
 
+# The engine's metrics cells (_Engine.mc), in the order of
+# sluiceway.metrics.engine_cells.
+cdef enum:
+    MC_REQ = 0          # requests by status class: 1xx..5xx, then none (6 cells)
+    MC_DURATION = 6     # histograms (DURATION_BUCKETS)
+    MC_CONNECT = 7
+    MC_TTFB = 8
+    MC_RX = 9           # request body bytes
+    MC_TX = 10          # response body bytes
+    MC_CONN_OPEN = 11   # gauge, set by the sweep
+    MC_CONN_ACC = 12
+    MC_CONN_REJ = 13
+    MC_POOL_IDLE = 14   # gauges, set by the sweep
+    MC_POOL_BUSY = 15
+    MC_POOL_OPENED = 16 # the pool's counters, set by the sweep
+    MC_POOL_REUSED = 17
+    MC_POOL_FULL = 18   # closed: evicted from a full pool
+    MC_POOL_OTHER = 19  # closed: any other reason
+    MC_ERR = 20         # errors by kind (ERROR_KINDS in sluiceway.metrics, 8 cells)
+    MC_RETRIES = 28
+    MC_N = 29
+    N_DURATION_BUCKETS = 13
+
+# The error kinds, as offsets from MC_ERR.
+cdef enum:
+    EK_CONNECT = 0
+    EK_TIMEOUT = 1
+    EK_INVALID_RESPONSE = 2
+    EK_CLIENT_ABORT = 3
+    EK_CLIENT = 4
+    EK_UPSTREAM = 5
+    EK_LOAD_SHED = 6
+    EK_INTERNAL = 7
+
+# Access-log formats (Settings.access_log_format).
+cdef enum:
+    AL_TEXT = 0         # a line on the sluiceway.access logger
+    AL_JSON = 1         # one JSON object per line, through the buffered writer
+    AL_COMBINED = 2     # nginx's "combined", through the buffered writer
+
 # real_ip_header kinds (as sluiceway._realip_py)
 cdef enum:
     RIP_XFF = 0

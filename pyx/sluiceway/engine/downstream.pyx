@@ -21,6 +21,8 @@ cdef class _Downstream(_Conn):
             self.t_write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
                          b"Connection: close\r\nRetry-After: 1\r\n\r\n")
             self.rejected = True
+            if eng.mslab != NULL:
+                _m_conn(eng, MC_CONN_REJ)
             eng.loop.call_later(1.0, self._reject_close)
             eng.gate.emit(logging.WARNING, "max_connections",
                           "sluiceway: connection refused: %d connections open (max_connections)",

@@ -233,8 +233,19 @@ cdef int _final_request(Session s) except -1:
     if not s.counted_out:
         s.counted_out = True
         s.eng.inflight -= 1
-    if s.eng.cfg.access_log and s.eng.alog.isEnabledFor(logging.INFO):
-        _access_line(s)
+    if s.eng.mslab != NULL:
+        _m_request(s)
+    if s.span is not None:
+        span, s.span = s.span, None
+        try:
+            s.eng.tracer.end(s, span)
+        except Exception:
+            s.eng.log.exception("sluiceway: ending the request's span failed")
+    if s.eng.cfg.access_log:
+        if s.eng.alog_writer is not None:
+            _access_record(s)
+        elif s.eng.alog.isEnabledFor(logging.INFO):
+            _access_line(s)
     keep = s.client_keep and s.resp_done and not s.client_gone
     # The client may still be sending the body: the connection is kept
     # (and the rest dropped) only as the response head announced.

@@ -20,6 +20,16 @@ cdef class _Engine:
     cdef object log
     cdef object alog
     cdef _LogGate gate          # repeated per-connection lines, rate-limited
+    # what operators see (observe.pyx)
+    cdef object mstore          # the metrics Store (kept alive while mslab points into it)
+    cdef double **mslab         # its pointer to this process's slab; NULL: no metrics
+    cdef uint32_t mc[MC_N]      # the first cell of each of this service's series (MC_*)
+    cdef object alog_writer     # the buffered access-log writer (json, combined), or None
+    cdef bytearray alog_buf     # ... its buffer, appended to here
+    cdef Py_ssize_t alog_limit  # ... written out when it holds this much
+    cdef object tracer          # OpenTelemetry (sluiceway._otel._Tracing), or None
+    cdef bytes rid_prefix       # request ids made here: this prefix and a counter
+    cdef unsigned long long rid_next
     # the deadline sweep
     cdef object timer
     cdef double tick
@@ -45,6 +55,7 @@ cdef class _Engine:
     cdef int _conn_closed(self) except -1
     cdef int _accepted(self, int fd) except -1
     cdef int _close_idle(self, double now) except -1
+    cdef int _sync_metrics(self) except -1
 
 
 cdef inline object _hook(_Engine eng, int i):

@@ -42,6 +42,57 @@ cdef class _Engine:
         self.tick = cfg.tick
         self._schedule(self.tick)
 
+    # --- what operators see (observe.pyx) ----------------------------------------
+
+    def enable_metrics(self, handle, store, cells):
+        """Count into a metrics store: ``handle`` its capsule
+        (``Store.handle()``), ``store`` the Store (kept alive), ``cells`` the
+        first cell of each of this service's series in MC_* order
+        (``sluiceway.metrics.engine_cells``)."""
+        cdef sw_ms_handle *h = <sw_ms_handle *>PyCapsule_GetPointer(
+            handle, b"sluiceway._metrics.handle")
+        cdef int i
+        if len(cells) != MC_N:
+            raise ValueError(f"enable_metrics needs {MC_N} cells, got {len(cells)}")
+        for i in range(MC_N):
+            self.mc[i] = cells[i]
+        self.mstore = store
+        self.mslab = h.slab
+
+    def set_access_log(self, writer):
+        """Write json or combined access-log records through ``writer``
+        (its ``buf``, a bytearray the engine appends to, ``limit`` and
+        ``flush()``; see sluiceway._accesslog); None: no records."""
+        self.alog_writer = writer
+        self.alog_buf = writer.buf if writer is not None else None
+        self.alog_limit = writer.limit if writer is not None else 0
+
+    def set_tracer(self, tracer):
+        """Start and end a span per request through ``tracer``
+        (``start(session) -> span``, ``end(session, span)``; see
+        sluiceway._otel); None: no spans."""
+        self.tracer = tracer
+
+    cdef int _sync_metrics(self) except -1:
+        """Set the gauges and the pool's counters in this process's slab
+        (the sweep does, and a stop)."""
+        cdef double *c = self.mslab[0]
+        cdef Py_ssize_t idle = 0
+        for stack in self.pool.idle.values():
+            idle += len(<list>stack)
+        sw_ms_set(c, self.mc[MC_CONN_OPEN], <double>len(self.conns))
+        sw_ms_set(c, self.mc[MC_POOL_IDLE], <double>idle)
+        sw_ms_set(c, self.mc[MC_POOL_BUSY], <double>(len(self.ups) - idle))
+        sw_ms_set(c, self.mc[MC_POOL_OPENED], <double>self.pool.created)
+        sw_ms_set(c, self.mc[MC_POOL_REUSED], <double>self.pool.reused)
+        sw_ms_set(c, self.mc[MC_POOL_FULL], <double>self.pool.evicted)
+        sw_ms_set(c, self.mc[MC_POOL_OTHER], <double>(self.pool.closed - self.pool.evicted))
+        return 0
+
+    def sync_metrics(self):
+        if self.mslab != NULL:
+            self._sync_metrics()
+
     @property
     def settings(self):
         return self.cfg
@@ -128,6 +179,8 @@ cdef class _Engine:
             if self.closing:
                 self._close_idle(now)
             self.gate.flush(now)
+            if self.mslab != NULL:
+                self._sync_metrics()
             n = len(self.conns)
             if n > self.peak_conns:
                 self.peak_conns = n
@@ -234,12 +287,16 @@ cdef class _Engine:
             sw_io_close(fd)
             raise
         d._made()
+        if self.mslab != NULL:
+            _m_conn(self, MC_CONN_ACC)
         return 0
 
     # --- stopping ---------------------------------------------------------------------
 
     def stop(self):
         """Stop the deadline sweep."""
+        if self.mslab != NULL:
+            self._sync_metrics()
         self.stopped = True
         if self.timer is not None:
             self.timer.cancel()

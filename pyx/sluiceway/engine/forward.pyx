@@ -62,7 +62,7 @@ cdef bytes _request_head(Session s, bint reframe):
     s.expect_100 = (flags & SW_F_EXPECT_100) != 0 and rq._minor == 1
     if hm._items is None and not (flags & SW_F_DROPPED) and rq._minor == 1 \
             and (flags & SW_F_HOST) and not forwarded and not rq._edited_line \
-            and not s.expect_100 and not s.want_upgrade:
+            and not s.expect_100 and not s.want_upgrade and not s.rid_new:
         # Untouched: forward the received head as it is.
         if rq._head.off == 0 and rq._head.len == PyBytes_GET_SIZE(rq._buf):
             return rq._buf
@@ -94,6 +94,8 @@ cdef bytes _extra_fields(Session s, unsigned flags, bint reframe):
         parts.append(b"Host: " + (<HttpPeer>s.peer)._host_hdr() + _CRLF)
     if reframe:
         parts.append(b"Transfer-Encoding: chunked\r\n")
+    if s.rid_new:
+        parts.append(_rid_field(s))
     if s.want_upgrade:
         i = hm._find(b"upgrade", 0)
         if i >= 0:
@@ -155,7 +157,8 @@ cdef int _send_response_head(Session s) except -1:
     drop = _need_drop(n)
     flags = sw_hop_mark(f, n, drop, extra)
     if not (flags & SW_F_DROPPED) and m.major == 1 and m.minor == 1 and keep and \
-            s.req_header._minor == 1 and rs is None and (mode == M_RAW or mode == M_NONE):
+            s.req_header._minor == 1 and rs is None and (mode == M_RAW or mode == M_NONE) and \
+            (s.rid is None or not s.eng.cfg.request_id):
         # Forward the received head unchanged.
         if r.head_buf is r.data and mode == M_RAW and not _has(s.eng, H_RESP_BODY):
             s.held_data = r.data
@@ -171,10 +174,19 @@ cdef int _send_response_head(Session s) except -1:
         ui = sw_field_find(f, n, b"upgrade", 7, 0)
         if ui >= 0:
             need += f[ui].value_len
+    rid_line = None
+    if s.rid is not None and s.eng.cfg.request_id and \
+            sw_field_find(f, n, PyBytes_AS_STRING(s.eng.cfg.rid_lname),
+                          PyBytes_GET_SIZE(s.eng.cfg.rid_lname), 0) < 0:
+        rid_line = _rid_field(s)
+        need += PyBytes_GET_SIZE(rid_line)
     out = _need_scratch(need)
     o = out
     o += sw_write_status_line(o, status, reason, rlen)
     o += sw_write_fields(o, f, n, drop)
+    if rid_line is not None:
+        memcpy(o, PyBytes_AS_STRING(rid_line), PyBytes_GET_SIZE(rid_line))
+        o += PyBytes_GET_SIZE(rid_line)
     if mode == M_CHUNKED:
         memcpy(o, b"Transfer-Encoding: chunked\r\n", 28); o += 28
     if s.upgrading:

@@ -75,6 +75,11 @@ cdef class Session:
     cdef long long rate_after   # ... after this many
     cdef double rate_start      # when the limited body began
     cdef object rate_timer      # the call that reads on again
+    cdef object rid             # the request id (bytes; None: request ids are off)
+    cdef bint rid_new           # ... made here: it goes upstream as a new field
+    cdef object span            # its OpenTelemetry span (otel: true), or None
+    cdef int up_status          # the upstream's status (0: none)
+    cdef double t_connect       # a new upstream connection was asked for (0: pooled)
     cdef sw_load *load_held     # the count of self.peer this request is in (NULL: none);
                                 # the peer's BackendLoad keeps it alive
     cdef double t_start
@@ -151,6 +156,11 @@ cdef object _bad_hook_return(Session s, str hook, object value, str expected)
 cdef int _finish_request(Session s) except -1
 cdef int _final_request(Session s) except -1
 cdef int _access_line(Session s) except -1
+# observe.pyx
+cdef int _observe_start(Session s) except -1
+cdef int _m_request(Session s) except -1
+cdef int _access_record(Session s) except -1
+cdef bytes _rid_field(Session s)
 # forward.pyx
 cdef sw_field_t *_fields_of(HeaderMap hm, uint32_t *n, size_t *size) except NULL
 cdef bytes _request_head(Session s, bint reframe)

@@ -40,6 +40,13 @@ cdef class Session:
         s.req_has_body = m.chunked or (m.has_content_length and m.content_length > 0)
         s.head_request = m.method == HTTP_HEAD
         s.resp_hooks = _has(eng, H_UP_RESP) or _has(eng, H_RESP)
+        if eng.cfg.request_id:
+            _observe_start(s)
+        if eng.tracer is not None:
+            try:
+                s.span = eng.tracer.start(s)
+            except Exception:
+                eng.log.exception("sluiceway: starting the request's span failed")
         return s
 
     cdef int start(self) except -1:
@@ -82,6 +89,9 @@ cdef class Session:
             body = body.encode("utf-8")
         if isinstance(headers, dict):
             headers = list(headers.items())
+        if self.rid is not None and self.eng.cfg.request_id:
+            headers = list(headers) if headers else []
+            headers.append((self.eng.cfg.rid_name, self.rid))
         keep = self.client_keep and not self.eng.closing and self._body_allows_keep()
         if not keep:
             self.client_keep = False
@@ -234,6 +244,17 @@ cdef class Session:
         return tuple(self.tried) if self.tried is not None else ()
 
     @property
+    def request_id(self):
+        """This request's id (str): with ``request_id: true``, the client's
+        ``X-Request-ID`` when valid (1 to 200 letters, digits or
+        ``-_.:/+=@``), else one made here, unique across workers and
+        restarts, which goes upstream and back to the client; with request
+        ids off, one made when first asked for (for logs), sent nowhere."""
+        if self.rid is None:
+            self.rid = _new_rid(self.eng)
+        return (<bytes>self.rid).decode("ascii")
+
+    @property
     def response_written(self):
         """True once a response head went to the client."""
         return self.resp_started
@@ -371,6 +392,7 @@ cdef class Session:
         self.status = st
         if self.peer is not None and (<HttpPeer>self.peer).balancer is not None:
             _peer_result(self, True)
+        self.up_status = st
         self.resp_r = r
         if self.resp_started:
             # request_filter answered and still proxied? Impossible; guard anyway.

@@ -27,6 +27,14 @@ cdef class Settings:
     cdef readonly bint access_log
     cdef readonly bint proxy_protocol
     cdef readonly tuple proxy_protocol_from
+    cdef readonly str access_log_format
+    cdef readonly double access_log_sample
+    cdef readonly tuple access_log_ctx_fields
+    cdef readonly bint request_id
+    cdef readonly str request_id_header
+    cdef int al_format          # access_log_format as AL_*
+    cdef bytes rid_name         # request_id_header, as sent
+    cdef bytes rid_lname        # ... lower case, as looked up
     cdef _Nets pp_from          # proxy_protocol_from parsed; None when proxy_protocol is off
     cdef readonly tuple trusted_proxies
     cdef readonly str real_ip_header

@@ -28,6 +28,11 @@ _SETTINGS = (
     ("access_log", False),
     ("proxy_protocol", False),
     ("proxy_protocol_from", ()),
+    ("access_log_format", "text"),
+    ("access_log_sample", 1.0),
+    ("access_log_ctx_fields", ()),
+    ("request_id", False),
+    ("request_id_header", "X-Request-ID"),
     ("trusted_proxies", ()),
     ("real_ip_header", "X-Forwarded-For"),
     ("forwarded_header_style", "x-forwarded"),
@@ -81,6 +86,23 @@ cdef class Settings:
         self.forwarded_headers = known["forwarded_headers"]
         self.access_log = known["access_log"]
         self.proxy_protocol = known["proxy_protocol"]
+        self.access_log_format = known["access_log_format"]
+        self.access_log_sample = known["access_log_sample"]
+        self.access_log_ctx_fields = tuple(str(f) for f in known["access_log_ctx_fields"] or ())
+        self.request_id = known["request_id"]
+        self.request_id_header = known["request_id_header"]
+        if self.access_log_format not in ("text", "json", "combined"):
+            raise ValueError(f"access_log_format must be 'text', 'json' or 'combined', got "
+                             f"{self.access_log_format!r}")
+        self.al_format = ("text", "json", "combined").index(self.access_log_format)
+        if not 0.0 <= self.access_log_sample <= 1.0:
+            raise ValueError(f"access_log_sample must be between 0 and 1, got "
+                             f"{self.access_log_sample!r}")
+        if not self.request_id_header or any(c in self.request_id_header for c in " :\r\n\t"):
+            raise ValueError(f"request_id_header must be a header name, got "
+                             f"{self.request_id_header!r}")
+        self.rid_name = self.request_id_header.encode("latin-1")
+        self.rid_lname = self.rid_name.lower()
         self.pp_from = _Nets(known["proxy_protocol_from"] or ())
         self.proxy_protocol_from = self.pp_from.cidrs
         if not self.proxy_protocol:

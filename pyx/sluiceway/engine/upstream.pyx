@@ -159,8 +159,10 @@ cdef class _Upstream(_Conn):
                     self.reusable = False
                     reason = (<bytes>r.m.err_reason).decode("utf-8", "replace") \
                         if r.m.err_reason != NULL else "malformed response"
-                    s.origin_failed(Error(f"upstream {self.peer} sent an invalid response: {reason}",
-                                          status=502, source=UPSTREAM))
+                    err = Error(f"upstream {self.peer} sent an invalid response: {reason}",
+                                status=502, source=UPSTREAM)
+                    err.kind = "invalid_response"   # counted as such (sluiceway_errors_total)
+                    s.origin_failed(err)
                     break
         except BaseException:
             self.eng.log.exception("sluiceway: internal error on an upstream connection (this is a bug)")
