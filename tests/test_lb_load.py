@@ -76,6 +76,37 @@ def test_counts_follow_requests_in_flight():
             assert wait_counts(h, lb, [0, 0]) == [0, 0]
 
 
+class SelectPeer(ProxyHttp):
+    """upstream_peer is LoadBalancer.select_peer, as the docs show it."""
+
+    def __init__(self, lb):
+        self.lb = lb
+
+    def upstream_peer(self, session, ctx):
+        return self.lb.select_peer(avoid=session.tried_peers)
+
+
+def test_select_peer_peers_are_counted():
+    with OriginThread(2) as origins:
+        lb = LoadBalancer.from_iter([f"127.0.0.1:{p}" for p in origins.ports], LeastConnections)
+        assert all(lb.peer(b).load is lb.load(b) for b in lb.backends())
+        with Harness(app=SelectPeer(lb)) as h:
+            results = []
+
+            def slow():
+                results.append(httpx.get(h.url + "/slow?d=0.6", timeout=5).status_code)
+
+            clients = [threading.Thread(target=slow) for _ in range(4)]
+            for c in clients:
+                c.start()
+                time.sleep(0.05)
+            assert wait_counts(h, lb, [2, 2]) == [2, 2]
+            for c in clients:
+                c.join(5)
+            assert results == [200] * 4
+            assert wait_counts(h, lb, [0, 0]) == [0, 0]
+
+
 def test_no_count_leaks_on_failures_timeouts_and_vanished_clients():
     dead = free_port()
     with OriginThread(2) as origins:

@@ -499,7 +499,9 @@ class LoadBalancer(_lb.BalancerCore):
         """The HttpPeer for ``backend`` (one per backend, made once, with
         ``peer_options``), wired to this balancer: the proxy reports each
         attempt on it (``report``), which drives the passive health checks
-        and keeps its pooled connections together.
+        and keeps its pooled connections together, and counts its requests
+        in flight in ``load(backend)`` (what LeastConnections and
+        PowerOfTwoChoices select on).
 
         Raises:
             KeyError: ``backend`` is not one of this balancer's.
@@ -512,7 +514,9 @@ class LoadBalancer(_lb.BalancerCore):
         from sluiceway.proxy import HttpPeer
 
         addr = ("unix:" + backend.path) if backend.path is not None else (backend.host, backend.port)
-        p = HttpPeer(addr, backend=backend, balancer=self, **self.peer_options)
+        opts = dict(self.peer_options)
+        opts.setdefault("load", self._cells[backend.addr])   # counted for selection by load
+        p = HttpPeer(addr, backend=backend, balancer=self, **opts)
         self._peers[backend] = p
         return p
 
