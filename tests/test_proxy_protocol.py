@@ -290,19 +290,18 @@ def test_configuration_errors_say_what_to_write():
         ServerConf(proxy_protocol=True, proxy_protocol_from=["10.0.0.300/8"])
     with pytest.raises(ValueError, match="1 or 2"):
         HttpPeer(("127.0.0.1", 80), proxy_protocol=3)
-    with pytest.raises(ValueError, match="tls=True"):
-        HttpPeer(("127.0.0.1", 443), tls=True, proxy_protocol=1)
+    assert HttpPeer(("127.0.0.1", 443), tls=True, proxy_protocol=1).proxy_protocol == 1
 
 
 # ------------------------------------------------------- towards upstreams --
 
 class SendsPP(ProxyHttp):
-    def __init__(self, port, version):
-        self.port, self.version = port, version
+    def __init__(self, port, version, **tls):
+        self.port, self.version, self.tls = port, version, tls
         self.reused = []
 
     def upstream_peer(self, session, ctx):
-        return HttpPeer(("127.0.0.1", self.port), proxy_protocol=self.version)
+        return HttpPeer(("127.0.0.1", self.port), proxy_protocol=self.version, **self.tls)
 
     def logging(self, session, error, ctx):
         self.reused.append(session.upstream_reused)
@@ -439,6 +438,35 @@ def test_nginx_reads_the_header_we_send(nginx_proc, version):
             b"\r\n\r\n203.0.113.7:51234 192.0.2.1:443"), data
         data = fetch(h.port, ref.write_v2(6, "2001:db8::42", "2001:db8::1", 3333, 8443))
         assert data.endswith(b"\r\n\r\n2001:db8::42:3333 2001:db8::1:8443"), data
+
+
+HTTPS_PP = HTTP_PP.replace("listen 127.0.0.1:{port} proxy_protocol;",
+                           "listen 127.0.0.1:{port} ssl proxy_protocol;\n"
+                           "        ssl_certificate {certs}/srv.pem;\n"
+                           "        ssl_certificate_key {certs}/srv.key;")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_nginx_reads_the_header_before_our_tls_handshake(nginx_proc, tmp_path, version):
+    """With tls=True the header goes in the clear before the handshake:
+    nginx's `listen ... ssl proxy_protocol` reads it, then speaks TLS."""
+    from tls_certs import HAVE_OPENSSL, make_certs
+    if not HAVE_OPENSSL:
+        pytest.skip("needs the openssl command")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    make_certs(certs)
+    for f in certs.iterdir():
+        os.chmod(f, 0o644)
+    up = nginx_proc(HTTPS_PP, certs=certs)
+    app = SendsPP(up, version, tls=True, sni="localhost", ca_file=str(certs / "ca.pem"))
+    with pp_harness(app=app) as h:
+        for _ in range(2):
+            data = fetch(h.port, ref.write_v1(4, "203.0.113.7", "192.0.2.1", 51234, 443))
+            assert data.startswith(b"HTTP/1.1 200") and data.endswith(
+                b"\r\n\r\n203.0.113.7:51234 192.0.2.1:443"), data
+        assert app.reused == [False, False]   # one connection per client, never pooled
+        assert h.pool_stats()["idle"] == 0
 
 
 def test_the_docs_example_runs():

@@ -37,7 +37,9 @@ async def _open_connection(Session s, HttpPeer peer):
         else eng.cfg.upstream_connect_timeout_seconds
     err = None
     try:
-        coro = _connect_upstream(eng, u, peer)
+        coro = _connect_upstream(eng, u, peer,
+                                 _pp_header_for(s, peer.proxy_protocol)
+                                 if peer.proxy_protocol and peer.tls else None)
         if timeout and timeout > 0:
             await asyncio.wait_for(coro, timeout)
         else:
@@ -95,16 +97,20 @@ async def _open_connection(Session s, HttpPeer peer):
     if peer.proxy_protocol:
         # The header names this client: the connection is its alone.
         u.reusable = False
-        u.t_write(_pp_header_for(s, peer.proxy_protocol))
+        if not peer.tls:                  # (a TLS peer's went before the handshake)
+            u.t_write(_pp_header_for(s, peer.proxy_protocol))
     s._bind(u)
     s._advance(S_CONNECTED, None)
 
 
-async def _connect_upstream(_Engine eng, _Upstream u, HttpPeer peer):
+async def _connect_upstream(_Engine eng, _Upstream u, HttpPeer peer, bytes pp=None):
     """Connect ``u`` to ``peer``: the socket, then for a TLS peer the
-    handshake; ``u`` is open (``_made``) when this returns. On failure or
-    cancellation nothing is left open."""
+    handshake (preceded by ``pp``, a PROXY protocol header, in the clear);
+    ``u`` is open (``_made``) when this returns. On failure or cancellation
+    nothing is left open."""
     await _connect_socket(eng, u, peer)
+    if pp is not None:
+        u.t_write(pp)
     if peer.tls:
         try:
             await _handshake(eng, u, peer)

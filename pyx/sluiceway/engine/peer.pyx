@@ -28,7 +28,8 @@ cdef class HttpPeer:
             upstream behind which the client's address matters: HAProxy,
             nginx's ``proxy_protocol`` listeners, another sluiceway). Such
             a connection carries one client's requests only, so it is not
-            pooled. Plain TCP and Unix socket peers only.
+            pooled. With ``tls=True`` the header goes before the TLS
+            handshake, in the clear, as the protocol wants.
         load: a ``BackendLoad`` (``LoadBalancer.load(backend)``) in which
             the proxy counts the requests in flight on this peer: 1 more
             when a request is given this peer, 1 less when it is over
@@ -96,9 +97,6 @@ cdef class HttpPeer:
         if proxy_protocol not in (0, 1, 2) or isinstance(proxy_protocol, bool):
             raise ValueError(f"HttpPeer proxy_protocol must be 1 or 2 (the PROXY protocol "
                              f"version), or 0 for none; got {proxy_protocol!r}")
-        if proxy_protocol and self.tls:
-            raise ValueError("HttpPeer: proxy_protocol with tls=True is not supported (the "
-                             "header would have to precede the TLS handshake)")
         self.proxy_protocol = proxy_protocol
         self.sni = sni if sni is not None else (self.host or "")
         if self.path is not None:
