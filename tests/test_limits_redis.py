@@ -75,7 +75,10 @@ def test_redis_killed_and_restarted(redis, policy, caplog):
         lims = two_instances(redis, 1000, 3600.0, on_failure=policy, timeout=0.05,
                              reconnect_delay=0.05, max_reconnect_delay=0.2)
         await hammer(lims, ["k"], 100, 0.001)
-        await asyncio.sleep(0.05)
+        for _ in range(100):   # the other instance's last batch syncs (ms; more on a busy machine)
+            await asyncio.sleep(0.02)
+            if lims[0].peek("k").count >= 100:
+                break
         before = lims[0].peek("k").count
         redis.stop()                                       # a crash
         down = await hammer(lims, ["k"], 100, 0.002)      # no check raises
