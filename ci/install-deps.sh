@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages the build and the tests need on a fresh
 # Debian 12 machine, when missing (as root): a C compiler and the Python
-# headers and venv module (to build sluiceway), nginx (and its stream module), redis-server (tests start their own on a
-# free port), wrk, curl and openssl (tests and benchmarks). The Python packages go into virtual environments
+# headers and venv module (to build sluiceway), nginx (and its stream module), redis-server and prometheus
+# (tests start their own on free ports), wrk, curl and openssl (tests and benchmarks). The Python packages go into virtual environments
 # (ci/test.sh), never into the system Python. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,8 @@ command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
+# Prometheus (the server and promtool): the metrics tests scrape with the real one
+{ [ -x /usr/bin/prometheus ] && command -v promtool >/dev/null 2>&1; } || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         export DEBIAN_FRONTEND=noninteractive
