@@ -175,21 +175,29 @@ cdef tuple _addr_tuple(const unsigned char *a, int alen, int port):
     return ((<bytes>text).decode("ascii"), port)
 
 
-cdef tuple _real_client(_Nets nets, int kind, bytes values, list nodes, object direct):
+cdef bint _nets_trust(_Nets nets, object direct):
+    """Whether ``direct`` (an address tuple, a Unix socket path, or None)
+    is in ``nets`` (None: nobody is trusted)."""
+    if nets is None or direct is None:
+        return False
+    if type(direct) is tuple:
+        return nets.has(direct[0])
+    return nets.trust_unix
+
+
+cdef tuple _real_client(_Nets nets, int kind, bytes values, list nodes, object direct,
+                        bint trusted):
     """``(client, via)`` for a request from ``direct`` (an address tuple,
-    or a Unix socket path) whose forwarding header values are ``values``
-    (X-Forwarded-For fields joined by commas, or the X-Real-IP value) or,
-    for Forwarded, ``nodes`` (the for= nodes, left to right). See
-    sluiceway._realip_py.real_client."""
+    or a Unix socket path; ``trusted``: it is in ``nets``) whose forwarding
+    header values are ``values`` (X-Forwarded-For fields joined by commas,
+    or the X-Real-IP value) or, for Forwarded, ``nodes`` (the for= nodes,
+    left to right). See sluiceway._realip_py.real_client."""
     cdef unsigned char a[16]
     cdef const char *p
     cdef Py_ssize_t n, end, i
     cdef int alen, port
     cdef object cur = direct, via = None
-    if type(direct) is tuple:
-        if not nets.has(direct[0]):
-            return direct, None
-    elif direct is None or not nets.trust_unix:
+    if not trusted:
         return direct, None
     if kind == RIP_FORWARDED:
         for i in range(len(nodes) - 1, -1, -1):
@@ -244,12 +252,13 @@ def realip_resolve(int kind, values, direct, _Nets nets):
     """The compiled rule on plain values (``values``: the header fields, a
     list of str): the twin of ``sluiceway._realip_py.real_client`` for
     tests."""
+    cdef bint trusted = _nets_trust(nets, direct)
     if kind == RIP_FORWARDED:
-        return _real_client(nets, kind, b"", _forwarded_for_nodes(values), direct)
+        return _real_client(nets, kind, b"", _forwarded_for_nodes(values), direct, trusted)
     if kind == RIP_X_REAL_IP:
-        return _real_client(nets, kind, values[len(values) - 1].encode("latin-1") if values else b"", None,
-                            direct)
-    return _real_client(nets, kind, ",".join(values).encode("latin-1"), None, direct)
+        return _real_client(nets, kind, values[len(values) - 1].encode("latin-1") if values else b"",
+                            None, direct, trusted)
+    return _real_client(nets, kind, ",".join(values).encode("latin-1"), None, direct, trusted)
 
 
 def make_nets(cidrs):
@@ -303,8 +312,7 @@ cdef int _forwarding_fields(Session s, list parts) except -1:
     cdef HeaderMap hm = s.req_header.headers
     cdef Settings cfg = s.eng.cfg
     cdef object direct = s._direct()
-    cdef bint trusted = cfg.trusted is not None and direct is not None and (
-        cfg.trusted.has(direct[0]) if type(direct) is tuple else cfg.trusted.trust_unix)
+    cdef bint trusted = s._direct_trusted()
     cdef bytes host = hm.get_bytes("host")
     cdef bytes prior, proto, fhost
     node = ((<str>direct[0]).encode("ascii") if type(direct) is tuple else
@@ -346,13 +354,14 @@ cdef tuple _session_real_client(Session s, object direct):
     cdef int i
     if kind == RIP_FORWARDED:
         return _real_client(cfg.trusted, kind, b"", _forwarded_for_nodes(hm.getall("forwarded")),
-                            direct)
+                            direct, s._direct_trusted())
     if kind == RIP_X_REAL_IP:
         values = b""
         i = hm._find(b"x-real-ip", 0)
         while i >= 0:
             values = hm._value_at(i)
             i = hm._find(b"x-real-ip", i + 1)
-        return _real_client(cfg.trusted, kind, values, None, direct)
+        return _real_client(cfg.trusted, kind, values, None, direct, s._direct_trusted())
     values = _joined(hm, b"x-forwarded-for")
-    return _real_client(cfg.trusted, kind, values if values is not None else b"", None, direct)
+    return _real_client(cfg.trusted, kind, values if values is not None else b"", None, direct,
+                        s._direct_trusted())

@@ -7,6 +7,7 @@ cdef class Session:
     cdef object _client_addr    # the client (behind trusted proxies: the one they name)
     cdef object _direct_addr    # the address the request came from (socket or PROXY header)
     cdef object _via            # the trusted proxy it came through last, or None
+    cdef signed char _trust     # whether _direct_addr is in trusted_proxies: 0 not known yet, 1 no, 2 yes
     cdef readonly object ctx
     cdef readonly object peer
     cdef readonly object error
@@ -93,6 +94,7 @@ cdef class Session:
     cdef void _load_move(self, HttpPeer peer) noexcept
     cdef void _load_leave(self) noexcept
     cdef object _direct(self)
+    cdef bint _direct_trusted(self)
     # from the client's end
     cdef int on_request_body(self, object chunk) except -1
     cdef int on_request_end(self, _Reader r) except -1

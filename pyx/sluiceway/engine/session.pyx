@@ -189,6 +189,13 @@ cdef class Session:
             self._direct_addr = self.client.address()
         return self._direct_addr
 
+    cdef bint _direct_trusted(self):
+        """Whether the address the request came from is in trusted_proxies
+        (decided once per request)."""
+        if self._trust == 0:
+            self._trust = 2 if _nets_trust(self.eng.cfg.trusted, self._direct()) else 1
+        return self._trust == 2
+
     @property
     def client_addr(self):
         """The client's address: ``(host, port)`` for IPv4, ``(host, port,
@@ -200,7 +207,7 @@ cdef class Session:
         the header gave none."""
         if self._client_addr is None:
             direct = self._direct()
-            if direct is not None and self.eng.cfg.trusted is not None:
+            if self._direct_trusted():     # (the header is read only then)
                 self._client_addr, self._via = _session_real_client(self, direct)
             else:
                 self._client_addr = direct
