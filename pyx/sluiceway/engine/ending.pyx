@@ -86,12 +86,11 @@ cdef int _origin_lost(Session s, object exc) except -1:
                     source=UPSTREAM)
         _lost_early(s, err)
         return s._fail(err)
+    # (nothing answered and nothing sent to the client went above)
     if s.resp_started:
         what = "closed the connection before the response was complete"
-    elif o.answered():
-        what = "closed the connection in the middle of the response head"
     else:
-        what = "closed the connection without sending a response"
+        what = "closed the connection in the middle of the response head"
     if exc is not None:
         what += f" ({_exc_text(exc)})"
     return s._fail(Error(f"upstream {s.peer} {what}", status=502, source=UPSTREAM))
