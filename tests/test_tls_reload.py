@@ -191,6 +191,7 @@ def test_watch_certs_reloads_when_the_files_change(tmp_path, certs):
 
 def reloads_under_wrk(tmp_path, certs, n):
     p = TlsProxy(tmp_path, certs).start()
+    wrk = None
     try:
         wrk = Wrk(f"https://127.0.0.1:{p.port}/", 8 + 4 * n, 20, threads=1)
         time.sleep(1.0)
@@ -199,8 +200,10 @@ def reloads_under_wrk(tmp_path, certs, n):
             os.kill(p.proc.pid, signal.SIGHUP)
             wait(lambda: p.log_text().count("reloaded") == i + 1, 30)
             assert p.serial() == pem(certs, ("srv2", "srv")[i % 2])
-        r = wrk.stop()
+        r, wrk = wrk.stop(), None
     finally:
+        if wrk is not None:
+            wrk.stop()
         code = p.stop()
     assert code == 0
     assert r["requests"] > 100 and r["errors"] == 0, r["text"]
