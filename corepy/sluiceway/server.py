@@ -325,6 +325,8 @@ class Server:
         ap = parser if parser is not None else argparse.ArgumentParser(description="sluiceway server")
         cls.add_arguments(ap)
         ns = ap.parse_args(argv)
+        if not ns.test:
+            _startup.hold_signals()   # a SIGHUP before run_forever must not end the start
         try:
             server = cls.from_conf(ns.conf, **({"listen": list(ns.listen)} if ns.listen else {}))
         except ConfigError as exc:
