@@ -474,6 +474,7 @@ class Server:
         conf = self.configuration
         if self._check_only:
             raise SystemExit(self.check())
+        _startup.hold_signals()   # until the master's handlers: binding, forking
         receiver = None
         admin_sock = None
         try:
