@@ -183,6 +183,10 @@ cdef class _Downstream(_Conn):
         record starts TLS with them; anything else gets a plaintext 400."""
         cdef unsigned char first = <unsigned char>PyBytes_AS_STRING(data)[0]
         self.tls_wait = False
+        if self.client_addr is None:
+            # Asked now: a handshake cut by a reset could not ask any more,
+            # and its log line names the client.
+            self.client_addr = self.t_peername()
         if first != 0x16:   # a TLS handshake record's content type
             self._tls_error(None, "plain HTTP sent to the TLS port: answered 400"
                             if 65 <= first <= 90 else   # a method's first letter
