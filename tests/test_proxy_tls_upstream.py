@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from proxy_harness import REPO, Harness, free_port, run_example, stop_proc
+from sluiceway import metrics
 from sluiceway.proxy import HttpPeer, ProxyHttp
 from tls_certs import HAVE_OPENSSL, make_ca, make_certs, make_client_cert, server_context
 
@@ -155,9 +156,13 @@ def test_new_connections_resume_the_last_session(certs, nginx, server, version):
         with httpx.Client(base_url=h.url, timeout=10) as c:
             saw = [Saw(c.get("/x").content) for _ in range(6)]
         st = h.pool_stats()
+        h.run(lambda: h.engine().sync_metrics())
+        counted = {labels[1]: v for labels, v in metrics.snapshot().get(
+            "sluiceway_upstream_tls_handshakes", {}).items() if labels[0] == h.svc.name}
     assert [s.protocol for s in saw] == [version] * 6
     assert [s.resumed for s in saw] == [False] + [True] * 5
     assert (st["created"], st["tls_full"], st["tls_resumed"]) == (6, 1, 5), st
+    assert counted == {"false": 1, "true": 5}, counted
     assert app.tls == [{"version": version, "alpn": None, "resumed": r}
                        for r in [False] + [True] * 5]
 
@@ -302,6 +307,7 @@ def test_options_that_cannot_work_are_refused_when_the_peer_is_built(certs):
         with pytest.raises(ValueError if "alpn must" not in says else TypeError) as e:
             HttpPeer(("127.0.0.1", 443), tls=True, **opts)
         assert says.format(d=certs) in str(e.value), (opts, str(e.value))
+    HttpPeer(("127.0.0.1", 443))    # (a plain peer for that address, cached)
     with pytest.raises(ValueError, match="are TLS options: pass tls=True"):
         HttpPeer(("127.0.0.1", 443), client_cert=str(certs / "cli.pem"))
     # a certificate file that holds its key too needs no client_key
@@ -329,3 +335,31 @@ def test_verify_cert_false_warns_once(certs, tmp_path):
     assert lines == ["sluiceway.error WARNING sluiceway: HttpPeer(verify_cert=False) for upstream "
                      "127.0.0.1:443: its certificate is not checked, so anyone on the way can "
                      "pose as it (logged once)"], out
+
+
+def test_docs_mtls_example(certs, nginx):
+    """docs/proxy.md's mutual-TLS example, with the test's files and nginx
+    in place of the origin."""
+    import re
+    with open(os.path.join(REPO, "docs", "proxy.md"), encoding="utf-8") as f:
+        block = next(b for b in re.findall(r"```python\n(.*?)```", f.read(), re.S)
+                     if "client_cert=" in b)
+    for doc, ours in ((
+            '("origin.internal", 8443)', f'("127.0.0.1", {nginx["mtls"]})'),
+            ("/etc/sluiceway/origin-ca.pem", str(certs / "ca.pem")),
+            ("/etc/sluiceway/proxy.pem", str(certs / "cli.pem")),
+            ("/etc/sluiceway/proxy.key", str(certs / "cli.key"))):
+        assert doc in block
+        block = block.replace(doc, ours)
+    ns = {}
+    exec(block, ns)
+    with Harness(ns["App"]()) as h:
+        saw = Saw(httpx.get(h.url + "/", timeout=10).content)
+    assert (saw.client, saw.alpn, saw.sni) == ("CN=sluiceway test client", "http/1.1", "")
+
+
+def test_tls_over_a_unix_socket_has_its_own_reuse_key(certs):
+    plain = HttpPeer("unix:/tmp/sw-x.sock")
+    tls = HttpPeer("unix:/tmp/sw-x.sock", tls=True, sni="localhost", ca_file=str(certs / "ca.pem"))
+    assert plain.reuse_key == ("unix", "/tmp/sw-x.sock") and tls.reuse_key != plain.reuse_key
+    assert tls.reuse_key[0] == plain.reuse_key

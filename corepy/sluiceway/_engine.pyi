@@ -69,6 +69,7 @@ class HttpPeer:
     client_cert: Optional[str]
     client_key: Optional[str]
     alpn: Optional[Tuple[str, ...]]
+    ssl_context: Any
     proxy_protocol: int
     load: Any
     def __init__(self, address: Union[Tuple[str, int], str], tls: bool = False,

@@ -72,7 +72,8 @@ cdef class HttpPeer:
                  backend=None, balancer=None):
         cdef str host
         cdef tuple known = None
-        cdef bint plain = not tls and sni is None and not proxy_protocol and (
+        cdef bint plain = not tls and sni is None and not proxy_protocol and \
+            ca_file is None and client_cert is None and client_key is None and alpn is None and (
             type(address) is str or (type(address) is tuple and len(address) == 2 and
                                      type(address[0]) is str and type(address[1]) is int))
         self.address = address
