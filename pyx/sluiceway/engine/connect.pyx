@@ -130,7 +130,7 @@ async def _handshake(_Engine eng, _Upstream u, HttpPeer peer):
     fut = eng.loop.create_future()
     u.waiter = fut
     # (sni "" sends none: server_hostname None)
-    u.t_start_tls(peer.ssl_context, False, peer.sni or None, eng.pool.sessions.get(peer.reuse_key))
+    u.t_start_tls(peer.tls_opts.context, False, peer.sni or None, eng.pool.sessions.get(peer.reuse_key))
     timeout = peer.connect_timeout if peer.connect_timeout is not None \
         else eng.cfg.upstream_connect_timeout_seconds
     if timeout and timeout > 0:

@@ -12,14 +12,7 @@ cdef class HttpPeer:
     cdef public object read_timeout
     cdef public object write_timeout
     cdef public object idle_timeout
-    cdef readonly bint verify_cert
-    cdef readonly bint verify_hostname
-    cdef readonly object ca_file
-    cdef readonly object client_cert
-    cdef readonly object client_key
-    cdef readonly tuple alpn
-    cdef tuple ctx_key              # TLS: the options that make ssl_context (part of reuse_key)
-    cdef readonly object ssl_context    # TLS: the SSLContext, shared by peers with the same options
+    cdef _PeerTls tls_opts          # TLS: its options and SSLContext (shared); None: plain
     cdef readonly object backend    # the LoadBalancer's Backend it was made for, or None
     cdef readonly object balancer   # told each attempt's outcome: balancer.report(backend, ok)
     cdef readonly int proxy_protocol    # 0, or the PROXY header version sent first
@@ -30,3 +23,14 @@ cdef class HttpPeer:
     cdef int _count_in(self, object load) except -1
     cdef int _tls_options(self, object verify_cert, object verify_hostname, object ca_file,
                           object client_cert, object client_key, object alpn) except -1
+
+
+cdef class _PeerTls:
+    cdef readonly bint verify_cert
+    cdef readonly bint verify_hostname
+    cdef readonly object ca_file
+    cdef readonly object client_cert
+    cdef readonly object client_key
+    cdef readonly tuple alpn
+    cdef readonly tuple key         # all of the above (part of the peers' reuse_key)
+    cdef readonly object context    # the ssl.SSLContext they make

@@ -136,9 +136,9 @@ cdef class HttpPeer:
         if self.path is not None:
             self.reuse_key = ("unix", self.path)
             if self.tls:
-                self.reuse_key = (self.reuse_key, True, self.sni, self.ctx_key)
+                self.reuse_key = (self.reuse_key, True, self.sni, self.tls_opts.key)
         elif self.tls:
-            self.reuse_key = (self.host, self.port, True, self.sni, self.ctx_key)
+            self.reuse_key = (self.host, self.port, True, self.sni, self.tls_opts.key)
         else:
             self.reuse_key = (self.host, self.port, False, self.sni)
         if self.proxy_protocol:
@@ -150,40 +150,56 @@ cdef class HttpPeer:
 
     cdef int _tls_options(self, object verify_cert, object verify_hostname, object ca_file,
                           object client_cert, object client_key, object alpn) except -1:
-        """Check the TLS options and take the SSLContext they make
-        (``ssl_context``, shared by every peer with the same ones:
-        ``_client_context``)."""
-        cdef tuple protos = None
-        if client_key is not None and client_cert is None:
-            raise ValueError("HttpPeer client_key needs client_cert (the certificate that "
-                             "goes with the key)")
-        for name, v in (("ca_file", ca_file), ("client_cert", client_cert),
-                        ("client_key", client_key)):
-            if v is not None and not isinstance(v, (str, os.PathLike)):
-                raise TypeError(f"HttpPeer {name} must be a file path, got {v!r:.60}")
-        if alpn is not None:
-            if isinstance(alpn, (str, bytes)) or not all(isinstance(a, str) for a in alpn):
-                raise TypeError(f"HttpPeer alpn must be a list of protocol names, e.g. "
-                                f"[\"http/1.1\"], got {alpn!r:.60}")
-            protos = tuple(alpn)
-            bad = [a for a in protos if a not in ("http/1.1", "http/1.0")]
-            if bad or not protos:
-                raise ValueError(f"HttpPeer alpn {list(protos)!r}: the proxy speaks HTTP/1 to "
-                                 f"upstreams, so it may offer \"http/1.1\" and \"http/1.0\" only")
-        self.verify_cert = bool(verify_cert)
-        self.verify_hostname = bool(verify_hostname) and self.verify_cert
-        if self.verify_hostname and not self.sni:
+        """Take the _PeerTls of these options (made the first time, then
+        shared by every peer that has them)."""
+        cdef _PeerTls o
+        if alpn is not None and type(alpn) is not tuple:
+            alpn = _alpn_tuple(alpn)
+        given = (verify_cert, verify_hostname, ca_file, client_cert, client_key, alpn)
+        o = _TLS_OPTIONS.get(given)
+        if o is None:
+            o = _new_peer_tls(verify_cert, verify_hostname, ca_file, client_cert, client_key,
+                              alpn, self)
+            if len(_TLS_OPTIONS) >= 256:
+                _TLS_OPTIONS.clear()    # many distinct options (a bug in the app?): start over
+            _TLS_OPTIONS[given] = o
+        if o.verify_hostname and not self.sni:
             raise ValueError("HttpPeer sni=\"\" sends no server name, so there is no name to "
                              "check the upstream's certificate against: pass "
                              "verify_hostname=False (the chain is still checked) or an sni")
-        self.ca_file = os.fspath(ca_file) if ca_file is not None else None
-        self.client_cert = os.fspath(client_cert) if client_cert is not None else None
-        self.client_key = os.fspath(client_key) if client_key is not None else None
-        self.alpn = protos
-        self.ctx_key = (self.verify_cert, self.verify_hostname, self.ca_file, self.client_cert,
-                        self.client_key, protos)
-        self.ssl_context = _client_context(self.ctx_key, self)
+        self.tls_opts = o
         return 0
+
+    # The TLS options, as given (normalized), and what they make.
+    @property
+    def verify_cert(self):
+        return self.tls_opts.verify_cert if self.tls_opts is not None else False
+
+    @property
+    def verify_hostname(self):
+        return self.tls_opts.verify_hostname if self.tls_opts is not None else False
+
+    @property
+    def ca_file(self):
+        return self.tls_opts.ca_file if self.tls_opts is not None else None
+
+    @property
+    def client_cert(self):
+        return self.tls_opts.client_cert if self.tls_opts is not None else None
+
+    @property
+    def client_key(self):
+        return self.tls_opts.client_key if self.tls_opts is not None else None
+
+    @property
+    def alpn(self):
+        return self.tls_opts.alpn if self.tls_opts is not None else None
+
+    @property
+    def ssl_context(self):
+        """The ``ssl.SSLContext`` its TLS connections use (shared by every
+        peer with the same TLS options: do not change it), or None."""
+        return self.tls_opts.context if self.tls_opts is not None else None
 
     cdef int _count_in(self, object load) except -1:
         cap = getattr(load, "_capsule", None)
@@ -213,29 +229,68 @@ cdef class HttpPeer:
         return f"unix:{self.path}" if self.path is not None else f"{self.host}:{self.port}"
 
 
-# Client SSLContexts by the options that make them (HttpPeer.ctx_key):
-# loading a trust store or a certificate costs milliseconds, so it is done
-# once per distinct set of options, never per connection.
-cdef dict _SSL_CONTEXTS = {}
+# The TLS options of peers (_PeerTls, with the client SSLContext they make)
+# by the options as given: loading a trust store or a certificate costs
+# milliseconds, so it is done once per distinct set of options, never per
+# connection (and a TLS peer built per request costs a dict lookup).
+cdef dict _TLS_OPTIONS = {}
 cdef bint _warned_unverified = False
 
 
-cdef object _client_context(tuple key, HttpPeer peer):
-    """The client SSLContext for ``key`` (verify_cert, verify_hostname,
-    ca_file, client_cert, client_key, alpn), made the first time; a file
-    that cannot be used raises ValueError saying what to fix."""
+@cython.final
+cdef class _PeerTls:
+    """TLS options shared by the HttpPeers that have them, checked and
+    normalized, and the client ``ssl.SSLContext`` they make."""
+
+    def __init__(self):
+        raise TypeError("_PeerTls objects are made by HttpPeer")
+
+
+cdef tuple _alpn_tuple(object alpn):
+    if isinstance(alpn, (str, bytes)):
+        raise TypeError(f"HttpPeer alpn must be a list of protocol names, e.g. [\"http/1.1\"], "
+                        f"got {alpn!r:.60}")
+    try:
+        return tuple(alpn)
+    except TypeError:
+        raise TypeError(f"HttpPeer alpn must be a list of protocol names, e.g. [\"http/1.1\"], "
+                        f"got {alpn!r:.60}") from None
+
+
+cdef _PeerTls _new_peer_tls(object verify_cert, object verify_hostname, object ca_file,
+                            object client_cert, object client_key, tuple alpn, HttpPeer peer):
+    """Check the TLS options and make their SSLContext; a file that cannot
+    be used raises ValueError saying what to fix."""
     global _warned_unverified
-    ctx = _SSL_CONTEXTS.get(key)
-    if ctx is not None:
-        return ctx
-    verify, check_name, ca_file, cert, keyfile, alpn = key
+    cdef _PeerTls o = _PeerTls.__new__(_PeerTls)
+    if client_key is not None and client_cert is None:
+        raise ValueError("HttpPeer client_key needs client_cert (the certificate that "
+                         "goes with the key)")
+    for name, v in (("ca_file", ca_file), ("client_cert", client_cert),
+                    ("client_key", client_key)):
+        if v is not None and not isinstance(v, (str, os.PathLike)):
+            raise TypeError(f"HttpPeer {name} must be a file path, got {v!r:.60}")
+    if alpn is not None:
+        if not all(isinstance(a, str) for a in alpn):
+            raise TypeError(f"HttpPeer alpn must be a list of protocol names, e.g. "
+                            f"[\"http/1.1\"], got {list(alpn)!r:.60}")
+        if not alpn or [a for a in alpn if a not in ("http/1.1", "http/1.0")]:
+            raise ValueError(f"HttpPeer alpn {list(alpn)!r}: the proxy speaks HTTP/1 to "
+                             f"upstreams, so it may offer \"http/1.1\" and \"http/1.0\" only")
+    o.verify_cert = bool(verify_cert)
+    o.verify_hostname = bool(verify_hostname) and o.verify_cert
+    o.ca_file = os.fspath(ca_file) if ca_file is not None else None
+    o.client_cert = os.fspath(client_cert) if client_cert is not None else None
+    o.client_key = os.fspath(client_key) if client_key is not None else None
+    o.alpn = alpn
+    o.key = (o.verify_cert, o.verify_hostname, o.ca_file, o.client_cert, o.client_key, alpn)
     _ssl_load()
     try:
-        ctx = _ssl.create_default_context(cafile=ca_file)
+        ctx = _ssl.create_default_context(cafile=o.ca_file)
     except OSError as exc:   # (ssl.SSLError is one)
-        raise ValueError(f"HttpPeer ca_file {ca_file!r}: {_file_problem(exc, 'CA certificates')}") \
-            from exc
-    if not verify:
+        raise ValueError(f"HttpPeer ca_file {o.ca_file!r}: "
+                         f"{_file_problem(exc, 'CA certificates')}") from exc
+    if not o.verify_cert:
         ctx.check_hostname = False
         ctx.verify_mode = _ssl.CERT_NONE
         if not _warned_unverified:
@@ -243,18 +298,16 @@ cdef object _client_context(tuple key, HttpPeer peer):
             logging.getLogger("sluiceway.error").warning(
                 "sluiceway: HttpPeer(verify_cert=False) for upstream %s: its certificate is "
                 "not checked, so anyone on the way can pose as it (logged once)", peer)
-    elif not check_name:
+    elif not o.verify_hostname:
         ctx.check_hostname = False     # (the chain is still checked: CERT_REQUIRED)
-    if cert is not None:
-        _load_client_cert(ctx, cert, keyfile)
+    if o.client_cert is not None:
+        _load_client_cert(ctx, o.client_cert, o.client_key)
     if alpn is not None:
         ctx.set_alpn_protocols(list(alpn))
     if _NO_RENEG:
         ctx.options |= _NO_RENEG
-    if len(_SSL_CONTEXTS) >= 256:
-        _SSL_CONTEXTS.clear()    # many distinct options (a bug in the app?): start over
-    _SSL_CONTEXTS[key] = ctx
-    return ctx
+    o.context = ctx
+    return o
 
 
 cdef str _file_problem(object exc, str what):
