@@ -226,7 +226,8 @@ def test_alert_after_the_handshake_is_a_clear_502(certs, caplog):
     finally:
         origin.close()
     assert status == 502
-    assert "(TLS: tlsv13 alert certificate required (TLSV13_ALERT_CERTIFICATE_REQUIRED))" in msg, msg
+    assert "(TLS: tlsv13 alert certificate required (TLSV13_ALERT_CERTIFICATE_REQUIRED)); " \
+           "the upstream wants a client certificate: pass client_cert and client_key" in msg, msg
 
 
 def test_slow_handshake_hits_the_connect_timeout(certs, caplog):
@@ -556,6 +557,7 @@ def test_client_certificate_refused_says_what_to_change(certs, caplog, case):
                       "cipher in common, or it wants a client certificate: client_cert)",
         "untrusted-tls12": "(TLSV1_ALERT_UNKNOWN_CA); the upstream does not trust the CA that "
                            "issued the client certificate (client_cert)",
-        "untrusted-tls13": "(TLS: tlsv1 alert unknown ca (TLSV1_ALERT_UNKNOWN_CA))",
+        "untrusted-tls13": "(TLS: tlsv1 alert unknown ca (TLSV1_ALERT_UNKNOWN_CA)); the upstream "
+                           "does not trust the CA that issued the client certificate (client_cert)",
     }[case]
     assert want in msg, msg

@@ -93,7 +93,8 @@ async def _open_connection(Session s, HttpPeer peer):
         return
     if u.closed:
         s._fail(Error(f"upstream {peer} closed the connection at once"
-                      + (f" ({_exc_text(u.lost_exc)})" if u.lost_exc is not None else ""),
+                      + (f" ({_exc_text(u.lost_exc)}){_tls_alert_hint(u.lost_exc)}"
+                         if u.lost_exc is not None else ""),
                       status=502, source=UPSTREAM))
         return
     if peer.proxy_protocol:
@@ -168,6 +169,16 @@ cdef dict _VERIFY_HINTS = {
     21: "pass the CA that issued it as ca_file, or verify_cert=False to skip the check",
     62: "set sni to a name the certificate holds",
 }
+
+
+cdef str _tls_alert_hint(object exc):
+    """``"; what to change"`` for a TLS alert that ended an upstream
+    connection after the handshake (TLS 1.3: a refused client certificate
+    is told then), or ``""``."""
+    if _SSLERR is None or not isinstance(exc, _SSLERR):
+        return ""
+    hint = _TLS_HINTS.get(getattr(exc, "reason", None))
+    return f"; {hint}" if hint else ""
 
 
 cdef str _handshake_failure(HttpPeer peer, object exc):

@@ -34,3 +34,9 @@ cdef class _PeerTls:
     cdef readonly tuple alpn
     cdef readonly tuple key         # all of the above (part of the peers' reuse_key)
     cdef readonly object context    # the ssl.SSLContext they make
+    # _LAST_TLS only: the objects the last TLS peer's options were given as
+    cdef _PeerTls canon             # ... and the options they made
+    cdef object given_verify, given_name, given_ca, given_cert, given_key, given_alpn
+
+    cdef _PeerTls given_by(self, object verify_cert, object verify_hostname, object ca_file,
+                           object client_cert, object client_key, object alpn)

@@ -136,9 +136,10 @@ cdef class HttpPeer:
         if self.path is not None:
             self.reuse_key = ("unix", self.path)
             if self.tls:
-                self.reuse_key = (self.reuse_key, True, self.sni, self.tls_opts.key)
+                self.reuse_key = (self.reuse_key, True, self.sni, self.tls_opts)
         elif self.tls:
-            self.reuse_key = (self.host, self.port, True, self.sni, self.tls_opts.key)
+            # (the options object, one per distinct set, hashes by identity)
+            self.reuse_key = (self.host, self.port, True, self.sni, self.tls_opts)
         else:
             self.reuse_key = (self.host, self.port, False, self.sni)
         if self.proxy_protocol:
@@ -152,17 +153,30 @@ cdef class HttpPeer:
                           object client_cert, object client_key, object alpn) except -1:
         """Take the _PeerTls of these options (made the first time, then
         shared by every peer that has them)."""
-        cdef _PeerTls o
-        if alpn is not None and type(alpn) is not tuple:
-            alpn = _alpn_tuple(alpn)
-        given = (verify_cert, verify_hostname, ca_file, client_cert, client_key, alpn)
-        o = _TLS_OPTIONS.get(given)
-        if o is None:
-            o = _new_peer_tls(verify_cert, verify_hostname, ca_file, client_cert, client_key,
-                              alpn, self)
-            if len(_TLS_OPTIONS) >= 256:
-                _TLS_OPTIONS.clear()    # many distinct options (a bug in the app?): start over
-            _TLS_OPTIONS[given] = o
+        global _LAST_TLS
+        cdef _PeerTls o, last = _LAST_TLS
+        cdef tuple given
+        # The same objects as the last TLS peer's (an app that builds its
+        # peers per request from the same constants): no lookup.
+        if last is not None and last.given_alpn is alpn and last.given_ca is ca_file and \
+                last.given_cert is client_cert and last.given_key is client_key and \
+                last.given_verify is verify_cert and last.given_name is verify_hostname:
+            o = last.canon
+        else:
+            if alpn is not None and type(alpn) is not tuple:
+                alpn = _alpn_tuple(alpn)
+            given = (verify_cert, verify_hostname, ca_file, client_cert, client_key, alpn)
+            o = _TLS_OPTIONS.get(given)
+            if o is None:
+                o = _new_peer_tls(verify_cert, verify_hostname, ca_file, client_cert, client_key,
+                                  alpn, self)
+                if len(_TLS_OPTIONS) >= 512:
+                    _TLS_OPTIONS.clear()    # many distinct options (a bug in the app?): start over
+                # one object per distinct set of options, however given
+                o = _TLS_OPTIONS.setdefault(o.key, o)
+                _TLS_OPTIONS[given] = o
+            _LAST_TLS = o.given_by(verify_cert, verify_hostname, ca_file, client_cert,
+                                   client_key, alpn)
         if o.verify_hostname and not self.sni:
             raise ValueError("HttpPeer sni=\"\" sends no server name, so there is no name to "
                              "check the upstream's certificate against: pass "
@@ -234,6 +248,7 @@ cdef class HttpPeer:
 # milliseconds, so it is done once per distinct set of options, never per
 # connection (and a TLS peer built per request costs a dict lookup).
 cdef dict _TLS_OPTIONS = {}
+cdef _PeerTls _LAST_TLS = None     # the last TLS peer's (see HttpPeer._tls_options)
 cdef bint _warned_unverified = False
 
 
@@ -244,6 +259,19 @@ cdef class _PeerTls:
 
     def __init__(self):
         raise TypeError("_PeerTls objects are made by HttpPeer")
+
+    cdef _PeerTls given_by(self, object verify_cert, object verify_hostname, object ca_file,
+                           object client_cert, object client_key, object alpn):
+        """A note of the objects these options were last given as, and of
+        this object (``canon``), for the identity check of the next peer."""
+        cdef _PeerTls c = _PeerTls.__new__(_PeerTls)
+        c.canon = self
+        c.given_verify, c.given_name, c.given_ca = verify_cert, verify_hostname, ca_file
+        c.given_cert, c.given_key, c.given_alpn = client_cert, client_key, alpn
+        return c
+
+    def __repr__(self):
+        return f"<TLS options {self.key!r}>"
 
 
 cdef tuple _alpn_tuple(object alpn):
