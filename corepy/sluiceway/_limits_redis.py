@@ -69,7 +69,9 @@ log = logging.getLogger("sluiceway.limits")
 _c = _compiled.load("_limits")
 
 # KEYS: the window keys, hashes of one count per process; ARGV[1]: expiry in
-# ms; ARGV[2]: this process's field; ARGV[i + 2]: its count for KEYS[i].
+# ms; ARGV[2]: this process's field; ARGV[i + 2]: its count for KEYS[i], or
+# empty to only read the key (a key this process has not counted: peeked,
+# so it asks for the others' total without adding a field of 0).
 # Setting a count (not adding a delta) makes a sync safe to send again: one
 # whose answer was lost, or that is sent once more after a timeout, changes
 # nothing.  A key's expiry is set when a process adds its field (two
@@ -80,7 +82,8 @@ local ttl = tonumber(ARGV[1])
 local me = ARGV[2]
 local out = {}
 for i = 1, #KEYS do
-  if redis.call('HSET', KEYS[i], me, ARGV[i + 2]) == 1 then
+  local n = ARGV[i + 2]
+  if n ~= '' and redis.call('HSET', KEYS[i], me, n) == 1 then
     redis.call('PEXPIRE', KEYS[i], ttl)   -- once per process and key
   end
   local total = 0
@@ -388,7 +391,7 @@ class RedisBackend:
         cmd += [b[0] for b in batch]
         cmd.append(max(b[1].interval_ms for b in batch) * 2)
         cmd.append(self.process)
-        cmd += [b[3] for b in batch]
+        cmd += [b[3] or b"" for b in batch]     # 0: only read the key
         try:
             # One packed command straight on the client's only connection:
             # redis-py's command path (locks, retries, an encode per
@@ -540,13 +543,19 @@ class RedisRateLimiter:
         mine = self.mine.observe(key, cost if counted else 0)
         others = self.others.sample(key)[1]
         count = mine + others
+        wk = (w, key)
         if counted:
-            wk = (w, key)
             if wk in self._touched or len(self._pushed) < self.max_keys or wk in self._pushed:
                 self._touched[wk] = None
                 b._nudge()
             else:
                 self.untracked += 1
+        elif wk not in self._touched and (len(self._pushed) < self.max_keys
+                                          or wk in self._pushed):
+            # A peek asks the next sync for the key's total: a process that
+            # has not counted the key (or not lately) learns the others'
+            # count only so.  That first peek answers from what it knew.
+            self._touched[wk] = None
         reset_after = self.mine.until_next_window()
         allowed = count <= self.limit if counted else count + cost <= self.limit
         if b.down:
