@@ -198,6 +198,7 @@ def _after_fork():
     for b in list(_BACKENDS):
         b._task = b._client = b._line = b._loop = b._head = None
         b._wake = None
+        b._idle = False
         b.process = _process_field()
 
 
@@ -288,6 +289,7 @@ class RedisBackend:
         self._run_id = None
         self._wake = None
         self._waiting = 0
+        self._idle = False         # the task sleeps until a key is marked
         _BACKENDS.add(self)
 
     # -- lifecycle (a background service: start(loop), async stop()) ---------
@@ -299,6 +301,7 @@ class RedisBackend:
         self._loop = loop
         self._client = self._line = None
         self._wake = None
+        self._idle = False
         self._task = loop.create_task(self._run(), name="sluiceway-redis-sync")
 
     async def stop(self):
@@ -388,14 +391,23 @@ class RedisBackend:
                 self.down = False
                 delay = self.reconnect_delay
                 # Nap for sync_interval, or until sync_events checks wait
-                # (counted in _decide); a future and a timer cost less than wait_for.
+                # (counted in _decide); a future and a timer cost less than
+                # wait_for.  With nothing to send, sleep without a timer
+                # until a check or a peek marks a key (an idle worker does
+                # not wake sync_interval after sync_interval).
                 wake = self._wake = loop.create_future()
-                timer = loop.call_later(self.sync_interval, _set, wake)
+                if any(lim._touched for lim in self.limiters):
+                    timer = loop.call_later(self.sync_interval, _set, wake)
+                else:
+                    timer = None
+                    self._idle = True
                 try:
                     await wake
                 finally:
-                    timer.cancel()
+                    if timer is not None:
+                        timer.cancel()
                     self._wake = None
+                    self._idle = False
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -664,6 +676,9 @@ class RedisRateLimiter:
                 # total, so a process that has not counted the key learns
                 # the others' count (the first peek answers from what it knew).
                 touched[wk] = None
+                if b._idle:
+                    b._idle = False
+                    _set(b._wake)
             elif counted:
                 self.untracked += 1
         if counted:
