@@ -266,7 +266,8 @@ def cmd_paced(ns, folder):
                     print(f"round {rnd} {name:10s} {r['rate']:7,.0f}/s  p50 {s['50']:.3f}  "
                           f"p99 {s['99']:.3f}  p99.9 {s['99.9']:.3f} ms  (due-to-done p99 "
                           f"{r['scheduled_ms']['99']:.3f})  CPU us/req: proxy {r['proxy_us']:.1f} "
-                          f"redis-server {r['redis_us']:.1f}  errors {r['errors']}  "
+                          f"redis-server {r['redis_us']:.1f}  errors {r['errors']}  unanswered "
+                          f"{r['unanswered']}  "
                           f"statuses {r['statuses']}", flush=True)
             down = {name: insts[name].error_log().count("failed (") for name in insts
                     if name != "local"}

@@ -17,7 +17,9 @@ for an answer is sent when that answer arrives.  Two latencies per request:
   includes the client's own lateness: compare it only between runs of this
   client on the same machine).
 
-Prints the percentiles (milliseconds), the rate achieved and errors; with
+Prints the percentiles (milliseconds), the rate answered, the requests
+lost with a connection (errors) and those still unanswered 5 s after the
+last was due (the server fell behind the rate); with
 ``--json`` one JSON object instead.  Requests in the warm-up are not
 counted.  Each request carries ``x-api-key: k<i mod keys>``.  Needs
 nothing but the standard library (uvloop when installed).
@@ -108,8 +110,8 @@ class Run:
         self.service = []
         self.scheduled = []
         self.statuses = {}
-        self.errors = 0
-        self.counted = 0
+        self.errors = 0            # requests lost with their connection
+        self.unanswered = 0        # still waiting 5 s after the last was due
 
     def answered(self, due, sent, done, status):
         if due < self.warm_until:
@@ -151,6 +153,10 @@ async def main(ns):
     deadline = time.perf_counter() + 5
     while any(c.busy is not None or c.queue for c in conns) and time.perf_counter() < deadline:
         await asyncio.sleep(0.01)
+    # Still unanswered 5 s after the last was due: the server fell behind.
+    for c in conns:
+        run.unanswered += (c.busy is not None) + len(c.queue)
+        c.busy, c.queue = None, []
     for c in conns:
         if c.transport is not None:
             c.transport.close()
@@ -184,6 +190,7 @@ def cli(argv=None):
     n = len(run.service)
     out = {
         "requests": n, "rate": n / elapsed if elapsed > 0 else 0.0, "errors": run.errors,
+        "unanswered": run.unanswered,
         "statuses": {k.decode(): v for k, v in sorted(run.statuses.items())},
         "service_ms": {str(p): (x * 1e3 if x is not None else None)
                        for p, x in percentiles(run.service).items()},
@@ -196,7 +203,8 @@ def cli(argv=None):
         print(json.dumps(out))
     else:
         s, d = out["service_ms"], out["scheduled_ms"]
-        print(f"{n} requests at {out['rate']:,.0f}/s, errors {run.errors}, statuses {out['statuses']}")
+        print(f"{n} requests at {out['rate']:,.0f}/s, errors {run.errors}, unanswered "
+              f"{run.unanswered}, statuses {out['statuses']}")
         print("service   " + "  ".join(f"p{p} {s[p]:.3f}" for p in s) + " ms")
         print("scheduled " + "  ".join(f"p{p} {d[p]:.3f}" for p in d) + " ms")
     return 0

@@ -7,15 +7,23 @@ compiled ``Rate`` sketches kept in this process: ``mine`` (every event this
 process counted) and ``others`` (what the other processes had counted, as
 Redis last said).  The key's total in the window is ``mine + others``.
 
-A sync task per event loop (``RedisBackend``; started by the server on each
-worker's loop, or by the first ``check`` made on a running loop) wakes every
-``sync_interval`` seconds, or sooner once ``sync_events`` checks wait, and
-sends ``mine`` for every key touched since the last sync in one Lua script:
-``HSET prefix:name:window:key <process> <count>`` (one field per process, the
-key expiring two windows later).  Redis answers each key's total, the sum of
-the fields; the difference with ``mine`` becomes the key's ``others``.  A
-process sets its count rather than adding to it, so sending a sync again
-(its answer was lost or late) never counts anything twice.
+A check costs the two sketches and a mark on the key (a dict entry); the
+rest is the sync's.  A sync task per event loop (``RedisBackend``; started
+by the server on each worker's loop, or by the first ``check`` made on a
+running loop) wakes every ``sync_interval`` seconds while keys are marked,
+or sooner once ``sync_events`` checks wait (with none marked it sleeps
+until one is), and sends ``mine`` for every key marked since the last sync
+in one Lua script: ``HSET prefix:name:window:key <process> <count>`` (one
+field per process, the key expiring two windows later).  Redis answers each
+key's total, the sum of the fields; the difference with ``mine`` becomes the
+key's ``others``.  A process sets its count rather than adding to it, so
+sending a sync again (its answer was lost or late) never counts anything
+twice.  ``peek`` marks its key too: a key this process has not counted is
+sent with an empty count, which the script only reads, so a process learns
+the total of a key it never checked.  redis-py opens the connection (TLS,
+AUTH, SELECT), reads INFO and loads the script; the syncs then go straight
+on that connection's transport (``_SyncLine``), one packed command at a
+time, answers parsed by hiredis.
 
 Windows sit on the wall clock (window w covers ``[w * interval, (w + 1) *
 interval)`` of ``time.time()``), so every machine counts the same window in
