@@ -139,7 +139,9 @@ cdef enum:
     MC_POOL_OTHER = 19  # closed: any other reason
     MC_ERR = 20         # errors by kind (ERROR_KINDS in sluiceway.metrics, 9 cells)
     MC_RETRIES = 29
-    MC_N = 30
+    MC_TLS_FULL = 30    # new TLS upstream connections: full handshakes (set by the sweep)
+    MC_TLS_RESUMED = 31 # ... and resumed sessions
+    MC_N = 32
     N_DURATION_BUCKETS = 13
 
 # The error kinds, as offsets from MC_ERR.
