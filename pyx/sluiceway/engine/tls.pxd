@@ -30,12 +30,11 @@ cdef class _Tls:
     cdef readonly str version       # "TLSv1.3", ...
     cdef readonly str cipher        # "TLS_AES_256_GCM_SHA384", ...
     cdef readonly str alpn          # the protocol agreed on by ALPN, or None
-    cdef readonly bint resumed      # the session offered was resumed (an abbreviated handshake)
+    cdef readonly bint resumed      # the session was resumed (an abbreviated handshake; a client: the one it offered)
     cdef readonly object peer_cert  # the peer's certificate as ssl decodes it ({} if not verified, None if none)
     cdef readonly bytes peer_cert_der
     # The server side's (a TLS listener's connection).
     cdef readonly str sni           # the name the client asked for (set by the context's sni_callback)
-    cdef readonly bint resumed      # the session was resumed
     cdef object view                # sluiceway._base.tls.TlsInfo, made on first use (describe)
     cdef object cert_view           # ... ClientCert, likewise (peer_certificate)
 
