@@ -56,11 +56,14 @@ Usage:
     python bench/tls_compare.py [--duration 10] [--rounds 3]
         [--connections 50] [--procs 4] [--idle 2000] [--skip-idle]
         [--rows ka,full,resumed | ROW NAMES] [--compare NAME=DIR ...]
-        [--nginx-only]
+        [--nginx-only] [--perf DIR]
 
 ``--compare before=/path/to/other/checkout`` runs a second sluiceway from
 that checkout's build in the same rounds. ``--nginx-only`` measures nginx
-alone (to check the harness on a tree without TLS listeners).
+alone (to check the harness on a tree without TLS listeners). ``--perf DIR``
+samples each proxy with ``perf record`` during the last round (the CPU
+seconds then include perf's own interruptions: ratios from such a round are
+rough).
 
 Needs: nginx, wrk, openssl, taskset, a built checkout.
 """
@@ -72,6 +75,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import ssl
 import statistics
@@ -239,9 +243,21 @@ def run_s_time(port, mode, version, duration, procs):
             "note": f"resumed {reused}/{marks}" if mode == "reuse" else ""}
 
 
-def measure(fn, pid):
+def measure(fn, pid, perf_out=None):
+    """Run ``fn`` (a load) and count ``pid``'s CPU seconds meanwhile; with
+    ``perf_out``, ``perf record`` samples ``pid`` (call graphs) into it."""
+    rec = None
+    if perf_out:
+        rec = subprocess.Popen(["perf", "record", "-q", "-F", "2000", "-g", "-p", str(pid),
+                                "-o", perf_out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
     c0 = nc.cpu_seconds(pid)
-    r = fn()
+    try:
+        r = fn()
+    finally:
+        if rec is not None:
+            rec.send_signal(signal.SIGINT)
+            rec.wait(60)
     r["cpu"] = nc.cpu_seconds(pid) - c0
     r["rate"] = r["count"] / r["cpu"] if r["cpu"] > 0 else float("nan")
     return r
@@ -305,6 +321,8 @@ def main(argv=None):
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=DIR",
                     help="also run the sluiceway built in checkout DIR, reported as NAME")
     ap.add_argument("--nginx-only", action="store_true", help="measure nginx alone")
+    ap.add_argument("--perf", metavar="DIR", help="in the last round, sample every proxy with "
+                    "perf record into DIR/<proxy>.<row>.data (for perf report --sort dso,sym)")
     ns = ap.parse_args(argv)
     rows = select_rows(ns.rows)
 
@@ -393,7 +411,11 @@ def main(argv=None):
             for row in rows:
                 got = {}
                 for name in targets:
-                    r = got[name] = measure(job(row, name), pids[name])
+                    perf_out = None
+                    if ns.perf and rnd == ns.rounds - 1:
+                        os.makedirs(ns.perf, exist_ok=True)
+                        perf_out = os.path.join(ns.perf, f"{name}.{row.replace(' ', '_').replace('/', '')}.data")
+                    r = got[name] = measure(job(row, name), pids[name], perf_out)
                     runs.setdefault((row, name), []).append(r)
                     print(f"round {rnd + 1} {row:15} {name:10} n={r['count']:7d} cpu={r['cpu']:5.2f}s "
                           f"per-cpu-s={r['rate']:8.0f} p99={r['p99']:6.2f}ms errors={r['errors']} "
