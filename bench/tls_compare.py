@@ -13,19 +13,18 @@ What runs (all on 127.0.0.1, every process started here and stopped here):
 The proxies are pinned to CPU 0, the clients and the origin to CPU 1. Rounds
 are interleaved (nginx, sluiceway, nginx, ...) so both see the same machine.
 
-TLS settings, the same on both sides. sluiceway's listener context is
-Python's default server context (``ssl.create_default_context(
-Purpose.CLIENT_AUTH)``: TLS 1.2 and 1.3, Python's TLS 1.2 cipher list with
-the server's preference, OpenSSL's default groups, session tickets on and
-OpenSSL's built-in session cache). nginx is configured to be that:
-``ssl_protocols TLSv1.2 TLSv1.3``, ``ssl_ciphers`` the very list Python's
-context holds, ``ssl_prefer_server_ciphers on``, ``ssl_ecdh_curve auto``
-(OpenSSL's default groups), ``ssl_session_tickets on``, ``ssl_session_cache
-builtin``. Both link the same libssl (checked: ``nginx -V`` and
-``ldd _ssl*.so``). Before measuring, ``openssl s_client -brief`` connects
-to every listener with each protocol and the negotiated protocol, cipher
-and key-exchange group are printed for both proxies; a difference is
-reported as a warning.
+TLS settings, the same on both sides, given explicitly to both:
+TLS 1.2 and 1.3; the TLS 1.2 cipher list ``CIPHERS`` (Mozilla's
+"intermediate", sluiceway's default) with the server's preference (Python's
+server contexts set ``OP_CIPHER_SERVER_PREFERENCE``; nginx
+``ssl_prefer_server_ciphers on``); TLS 1.3's suites and the key-exchange
+groups OpenSSL's defaults on both (``ssl_ecdh_curve auto``); session
+tickets on (OpenSSL's own ticket keys on both) and OpenSSL's built-in
+session cache (Python's default; nginx ``ssl_session_cache builtin``). Both
+link the same libssl (``nginx -V``; ``ldd`` of Python's ``_ssl``). Before
+measuring, ``openssl s_client -brief`` connects to every listener with each
+protocol and the negotiated protocol, cipher, group and signature are
+printed for both proxies; a difference is reported as a warning.
 
 Rows (all in requests or handshakes per proxy CPU-second: the proxy's
 utime+stime from /proc/PID/stat over the run):
@@ -54,7 +53,7 @@ utime+stime from /proc/PID/stat over the run):
 
 Usage:
     python bench/tls_compare.py [--duration 10] [--rounds 3]
-        [--connections 50] [--procs 4] [--idle 2000] [--skip-idle]
+        [--connections 50] [--procs 4] [--idle 2000] [--skip-idle] [--warmup 2]
         [--rows ka,full,resumed | ROW NAMES] [--compare NAME=DIR ...]
         [--nginx-only] [--perf DIR]
 
@@ -111,7 +110,7 @@ def main():
     svc = http_proxy_service(server.configuration, BenchApp())
     for spec in os.environ["BENCH_TLS"].split(";"):
         addr, cert, key = spec.split("=")
-        svc.add_tls(addr, cert, key)
+        svc.add_tls(addr, cert, key, ciphers=os.environ["BENCH_CIPHERS"])
     server.add_service(svc)
     server.run_forever()
 
@@ -154,11 +153,11 @@ FULL_ROWS = [(f"full {c} {v}", c, v) for c in CERTS for v in ("1.3", "1.2")]
 RESUMED_ROWS = [(f"resumed {v}", "ecdsa", v) for v in ("1.3", "1.2")]
 
 
-def python_tls12_ciphers() -> str:
-    """The TLS 1.2 cipher list of Python's default server context, in its
-    order, as nginx's ``ssl_ciphers`` wants it."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    return ":".join(c["name"] for c in ctx.get_ciphers() if c["protocol"] != "TLSv1.3")
+# TLS 1.2 suites for both proxies: Mozilla's "intermediate" list.
+CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+           "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+           "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+           "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305")
 
 
 def make_certs(d: str) -> None:
@@ -317,6 +316,7 @@ def main(argv=None):
     ap.add_argument("--procs", type=int, default=4, help="s_time processes at once")
     ap.add_argument("--idle", type=int, default=2000, help="idle TLS connections")
     ap.add_argument("--skip-idle", action="store_true")
+    ap.add_argument("--warmup", type=int, default=2, help="seconds of load per proxy before measuring")
     ap.add_argument("--rows", help="comma-separated rows or kinds (ka, full, resumed)")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=DIR",
                     help="also run the sluiceway built in checkout DIR, reported as NAME")
@@ -361,12 +361,12 @@ def main(argv=None):
         servers = "".join(PROXY_TLS_SERVER.format(port=ports["nginx"][c], dir=tmp, cert=c)
                           for c in CERTS)
         nproxy = nc.start_nginx(tmp, "proxy", PROXY_TLS.format(
-            origin=o_port, ciphers=python_tls12_ciphers(), servers=servers), 0)
+            origin=o_port, ciphers=CIPHERS, servers=servers), 0)
         procs.append(nproxy)
         launched = {}
         for name, tree in trees:
             ports[name] = {c: nc.free_port() for c in CERTS}
-            env = dict(os.environ, BENCH_ORIGIN_PORT=str(o_port),
+            env = dict(os.environ, BENCH_ORIGIN_PORT=str(o_port), BENCH_CIPHERS=CIPHERS,
                        BENCH_TLS=";".join(f"127.0.0.1:{ports[name][c]}={tmp}/{c}.pem={tmp}/{c}.key"
                                           for c in CERTS),
                        PYTHONPATH=os.path.join(tree, "corepy") + os.pathsep + tmp)
@@ -401,9 +401,9 @@ def main(argv=None):
             return lambda: run_s_time(ports[name][cert], mode, version, ns.duration, ns.procs)
 
         # warm up: pools, allocators, the session cache
-        for name in targets:
-            run_wrk_tls(ports[name]["ecdsa"], "/small", 1, ns.connections)
-            run_s_time(ports[name]["ecdsa"], "new", "1.3", 1, 1)
+        for name in targets if ns.warmup > 0 else ():
+            run_wrk_tls(ports[name]["ecdsa"], "/small", ns.warmup, ns.connections)
+            run_s_time(ports[name]["ecdsa"], "new", "1.3", ns.warmup, 1)
 
         runs = result["runs"]
         ratios = result["ratios"]
