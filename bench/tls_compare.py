@@ -47,6 +47,10 @@ utime+stime from /proc/PID/stat over the run):
     one, tickets on both servers), one GET /small each. s_time prints one
     character per connection (``r``: resumed); the share resumed is
     reported beside the rate.
+  * ``plain close``: for reference, what a new connection per request
+    costs without TLS: wrk over plain HTTP with ``Connection: close`` (a
+    third listener on both proxies). What the handshake rows lose beyond
+    this row's ratio is TLS's; the rest is the proxy's per-connection work.
   * idle memory: N TLS 1.3 connections to the ECDSA listener, one
     keep-alive request each, then left idle; the RSS growth of the proxy's
     worker divided by N.
@@ -111,6 +115,7 @@ def main():
     for spec in os.environ["BENCH_TLS"].split(";"):
         addr, cert, key = spec.split("=")
         svc.add_tls(addr, cert, key, ciphers=os.environ["BENCH_CIPHERS"])
+    svc.add_tcp(os.environ["BENCH_PLAIN"])
     server.add_service(svc)
     server.run_forever()
 
@@ -131,6 +136,15 @@ PROXY_TLS = """
     ssl_session_tickets on;
     ssl_session_cache builtin;
 {servers}
+    server {{
+        listen 127.0.0.1:{plain} backlog=4096;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+        }}
+    }}
 """
 
 PROXY_TLS_SERVER = """
@@ -149,6 +163,7 @@ PROXY_TLS_SERVER = """
 
 CERTS = ("ecdsa", "rsa")
 KA_ROWS = [("ka /small", "/small"), ("ka /16k", "/16k")]
+PLAIN_ROWS = ["plain close"]
 FULL_ROWS = [(f"full {c} {v}", c, v) for c in CERTS for v in ("1.3", "1.2")]
 RESUMED_ROWS = [(f"resumed {v}", "ecdsa", v) for v in ("1.3", "1.2")]
 
@@ -190,10 +205,11 @@ def probe(port: int, version: str) -> str:
     return " / ".join(got)
 
 
-def run_wrk_tls(port, path, duration, conns):
-    """nginx_compare.run_wrk over https."""
+def run_wrk_tls(port, path, duration, conns, scheme="https", close=False):
+    """nginx_compare.run_wrk over https (or, ``close``: plain HTTP, a new
+    connection per request)."""
     cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency",
-           f"https://127.0.0.1:{port}{path}"]
+           *(["-H", "Connection: close"] if close else []), f"{scheme}://127.0.0.1:{port}{path}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
     m = re.search(r"(\d+) requests in", out)
     if not m:
@@ -247,7 +263,7 @@ def measure(fn, pid, perf_out=None):
     ``perf_out``, ``perf record`` samples ``pid`` (call graphs) into it."""
     rec = None
     if perf_out:
-        rec = subprocess.Popen(["perf", "record", "-q", "-F", "2000", "-g", "-p", str(pid),
+        rec = subprocess.Popen(["perf", "record", "-q", "-F", "499", "--call-graph", "dwarf,32768", "-p", str(pid),
                                 "-o", perf_out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.3)
     c0 = nc.cpu_seconds(pid)
@@ -294,7 +310,7 @@ def sluiceway_has_tls(tree: str) -> bool:
 
 
 def select_rows(spec):
-    names = [r[0] for r in KA_ROWS + FULL_ROWS + RESUMED_ROWS]
+    names = [r[0] for r in KA_ROWS + FULL_ROWS + RESUMED_ROWS] + PLAIN_ROWS
     if not spec:
         return names
     want = []
@@ -303,7 +319,7 @@ def select_rows(spec):
         hits = [n for n in names if n == part or n.split()[0] == part]
         if not hits:
             raise SystemExit(f"--rows: no row {part!r}; rows are: {', '.join(names)} "
-                             "(or ka, full, resumed)")
+                             "(or ka, full, resumed, plain)")
         want += [h for h in hits if h not in want]
     return want
 
@@ -357,16 +373,17 @@ def main(argv=None):
     result = {"rows": rows, "runs": {}, "ratios": {}, "idle": {}, "probe": {}}
     try:
         procs.append(nc.start_nginx(tmp, "origin", nc.ORIGIN_HTTP.format(port=o_port, dir=tmp), 1))
-        ports = {"nginx": {c: nc.free_port() for c in CERTS}}
+        ports = {"nginx": {c: nc.free_port() for c in CERTS + ("plain",)}}
         servers = "".join(PROXY_TLS_SERVER.format(port=ports["nginx"][c], dir=tmp, cert=c)
                           for c in CERTS)
         nproxy = nc.start_nginx(tmp, "proxy", PROXY_TLS.format(
-            origin=o_port, ciphers=CIPHERS, servers=servers), 0)
+            origin=o_port, ciphers=CIPHERS, servers=servers, plain=ports["nginx"]["plain"]), 0)
         procs.append(nproxy)
         launched = {}
         for name, tree in trees:
-            ports[name] = {c: nc.free_port() for c in CERTS}
+            ports[name] = {c: nc.free_port() for c in CERTS + ("plain",)}
             env = dict(os.environ, BENCH_ORIGIN_PORT=str(o_port), BENCH_CIPHERS=CIPHERS,
+                       BENCH_PLAIN=f"127.0.0.1:{ports[name]['plain']}",
                        BENCH_TLS=";".join(f"127.0.0.1:{ports[name][c]}={tmp}/{c}.pem={tmp}/{c}.key"
                                           for c in CERTS),
                        PYTHONPATH=os.path.join(tree, "corepy") + os.pathsep + tmp)
@@ -393,6 +410,9 @@ def main(argv=None):
                     print(f"WARNING: {c} TLS {v}: the proxies negotiate differently", flush=True)
 
         def job(row, name):
+            if row == "plain close":
+                return lambda: run_wrk_tls(ports[name]["plain"], "/small", ns.duration,
+                                           ns.connections, "http", close=True)
             if row.startswith("ka "):
                 path = dict(KA_ROWS)[row]
                 return lambda: run_wrk_tls(ports[name]["ecdsa"], path, ns.duration, ns.connections)
