@@ -348,6 +348,12 @@ class Master:
                 self._spawn(slot, self.server, self.gen, replaces)
         if self.pending is not None and now > self.pending.deadline:
             self._reload_failed(f"its workers did not start within {RELOAD_WAIT:.0f}s")
+        for w in self.workers.values():
+            if w.kill_at and now > w.kill_at:
+                w.kill_at = 0.0
+                log.warning("sluiceway: worker %d did not stop within "
+                            "graceful_shutdown_timeout_seconds; killing it", w.pid)
+                _kill(w.pid, signal.SIGKILL)
         if now >= self.watch_next:
             self.watch_next = now + WATCH_CERTS_SECONDS
             self._watch_certs()
@@ -368,20 +374,14 @@ class Master:
                 if not lt.options.watch_certs:
                     continue
                 files = lt.options.files()
-                now = file_state(files)
-                if now == lt.state or self.watch_tried.get(files) == now:
+                state = file_state(files)
+                if state == lt.state or self.watch_tried.get(files) == state:
                     continue
-                self.watch_tried[files] = now
+                self.watch_tried[files] = state
                 log.info("sluiceway: the certificate files of a TLS listener changed (%s): "
                          "reloading", ", ".join(files))
                 self._reload()
                 return
-        for w in self.workers.values():
-            if w.kill_at and now > w.kill_at:
-                w.kill_at = 0.0
-                log.warning("sluiceway: worker %d did not stop within "
-                            "graceful_shutdown_timeout_seconds; killing it", w.pid)
-                _kill(w.pid, signal.SIGKILL)
 
     # -- what the admin listener says ------------------------------------------
 

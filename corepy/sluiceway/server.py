@@ -509,7 +509,8 @@ class Server:
         return 0
 
     def _startup_lines(self) -> List[str]:
-        addrs = [fmt_addr(a) for svc in self.services for a in svc.addresses]
+        addrs = [("https://" if lt is not None else "") + fmt_addr(a) for svc in self.services
+                 for a, lt in zip(svc.addresses, svc._sock_tls or [None] * len(svc.addresses))]
         lines = _startup.startup_lines(addrs, self.configuration, self.conf_path, os.getpid(),
                                        self.configuration.daemon)
         if self._took_over:

@@ -213,6 +213,17 @@ class ListenerTls:
         return None
 
 
+# OpenSSL's reasons for refusing a certificate and key, in words.
+_LOAD_REASONS = {
+    "KEY_VALUES_MISMATCH": "the key does not match the certificate",
+    "NO_CERTIFICATE_ASSIGNED": "the key does not match the certificate (another key type)",
+    "PEM_LIB": "the files are not a PEM certificate chain and a PEM private key",
+    "NO_START_LINE": "the files are not a PEM certificate chain and a PEM private key",
+    "EE_KEY_TOO_SMALL": "the key is too small for OpenSSL's security level",
+    "CA_MD_TOO_WEAK": "the certificate is signed with a digest OpenSSL refuses (e.g. SHA-1)",
+}
+
+
 def _context(opts: TlsOptions, pairs: Sequence[Tuple[str, str]]) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _VERSIONS[opts.min_version]
@@ -248,8 +259,8 @@ def _context(opts: TlsOptions, pairs: Sequence[Tuple[str, str]]) -> ssl.SSLConte
             ctx.load_cert_chain(cert, key)
         except OSError as exc:
             if isinstance(exc, ssl.SSLError):
-                why = ("the key does not match the certificate"
-                       if exc.reason == "KEY_VALUES_MISMATCH" else exc.reason or str(exc))
+                reason = exc.reason or ("PEM_LIB" if "PEM lib" in str(exc) else "")
+                why = _LOAD_REASONS.get(reason, reason or str(exc))
                 raise ValueError(f"cannot load certificate {cert} with key {key}: {why}") from None
             raise ValueError(f"cannot read {exc.filename or cert + ' or ' + key}: "
                              f"{exc.strerror or exc}") from None
