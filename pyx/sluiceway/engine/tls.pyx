@@ -46,6 +46,7 @@ cdef object _ZERO = None      # SSLZeroReturnError: the peer's close_notify
 cdef object _SSLERR = None    # SSLError
 cdef object _BIO = None       # MemoryBIO
 cdef long _NO_RENEG = 0       # OP_NO_RENEGOTIATION
+cdef object _RENEG_SEEN = None  # the last context known to refuse renegotiation
 
 
 cdef int _ssl_load() except -1:
@@ -70,8 +71,15 @@ cdef _Tls _new_tls(object ctx, bint server_side, object server_hostname, object 
     _ssl_load()
     if not isinstance(ctx, _ssl.SSLContext):
         raise TypeError(f"a TLS connection needs an ssl.SSLContext, not {type(ctx).__name__}")
-    if _NO_RENEG and not (ctx.options & _NO_RENEG):
-        ctx.options |= _NO_RENEG
+    global _RENEG_SEEN
+    if ctx is not _RENEG_SEEN:
+        # ``ctx.options`` makes an ``ssl.Options`` flag object and the
+        # test runs in Python (~15,000 instructions): done once per
+        # context, not per connection, while connections keep coming over
+        # the same one.
+        if _NO_RENEG and not (ctx.options & _NO_RENEG):
+            ctx.options |= _NO_RENEG
+        _RENEG_SEEN = ctx
     cdef _Tls t = _Tls.__new__(_Tls)
     t.inc = _BIO()
     t.out = _BIO()
@@ -132,8 +140,11 @@ cdef class _Tls:
         raise TypeError("_Tls objects are made by the engine")
 
     cdef int start(self, _Conn c) except -1:
-        """The first handshake step (a client's hello goes out)."""
-        self._handshake(c)
+        """The first handshake step: a client's hello goes out. A server
+        waits for the client's hello (``received``): a step with nothing
+        to read only raises SSLWantReadError, about 7,000 instructions."""
+        if not self.server_side:
+            self._handshake(c)
         return 0
 
     cdef int received(self, _Conn c, object data) except -1:
@@ -197,7 +208,7 @@ cdef class _Tls:
         if self.state == TLS_OPEN and not self.sent_close and self.obj is not None:
             self.sent_close = True
             try:
-                self.obj.unwrap()
+                self.raw.shutdown()
             except _SSLERR:
                 pass  # SSLWantReadError: ours is out, the peer's not in yet
             self._flush(c)
@@ -245,7 +256,7 @@ cdef class _Tls:
         on_handshake(None))."""
         cdef object p
         try:
-            self.obj.do_handshake()
+            self.raw.do_handshake()
         except _AGAIN:
             self._flush(c)
             return False
