@@ -81,22 +81,43 @@ static int utf8_seq(const unsigned char *s, size_t n, unsigned *cp) {
     return len;
 }
 
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+/* Whether any of the 8 bytes in w needs an escape: below 0x20, 0x7f or
+ * above, '"' or '\\' (exact bit tricks: each test has no false positive
+ * when it has no true one). */
+static int word_needs_escape(uint64_t w) {
+    uint64_t lt20 = (w - ONES * 0x20) & ~w;
+    uint64_t ge7f = (w + ONES * (0x80 - 0x7F)) | w;
+    uint64_t q = w ^ (ONES * '"'), bs = w ^ (ONES * '\\');
+    uint64_t eq = ((q - ONES) & ~q) | ((bs - ONES) & ~bs);
+    return ((lt20 | ge7f | eq) & HIGHS) != 0;
+}
+
+static int byte_plain(unsigned c) {
+    return c >= 0x20 && c < 0x7F && c != '"' && c != '\\';
+}
+
 size_t sw_json_str(char *out, const char *s, size_t n) {
     const unsigned char *p = (const unsigned char *)s;
     char *o = out;
-    size_t i = 0, run;
+    size_t i = 0;
+    uint64_t w;
     while (i < n) {
-        /* the run of bytes that need nothing: one copy */
-        run = i;
-        while (run < n && p[run] >= 0x20 && p[run] < 0x7F && p[run] != '"' && p[run] != '\\')
-            run++;
-        if (run > i) {
-            memcpy(o, p + i, run - i);
-            o += run - i;
-            i = run;
-            if (i == n)
+        /* bytes that need nothing go 8 at a time, then one by one */
+        while (n - i >= 8) {
+            memcpy(&w, p + i, 8);
+            if (word_needs_escape(w))
                 break;
+            memcpy(o, &w, 8);
+            o += 8;
+            i += 8;
         }
+        while (i < n && byte_plain(p[i]))
+            *o++ = (char)p[i++];
+        if (i == n)
+            break;
         unsigned c = p[i], cp;
         int len;
         if (c == '"' || c == '\\') {
@@ -144,24 +165,45 @@ static char *put(char *o, const char *s, size_t n) {
 
 #define PUT_LIT(o, lit) put((o), (lit), sizeof(lit) - 1)
 
+static const char PAIRS[] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
 static char *put_u(char *o, uint64_t v) {
-    char tmp[20];
-    int n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        *o++ = tmp[--n];
-    return o;
+    /* the digits are written from the end back, two at a time */
+    int n = 1;
+    uint64_t t = v;
+    char *end;
+    while (t >= 10) {
+        t /= 10;
+        n++;
+    }
+    end = o + n;
+    o = end;
+    while (v >= 100) {
+        o -= 2;
+        memcpy(o, PAIRS + 2 * (v % 100), 2);
+        v /= 100;
+    }
+    if (v >= 10) {
+        o -= 2;
+        memcpy(o, PAIRS + 2 * v, 2);
+    } else {
+        *--o = (char)('0' + v);
+    }
+    return end;
 }
 
 static char *put_dec(char *o, unsigned v, int digits) {    /* zero-padded */
-    int k;
-    for (k = digits - 1; k >= 0; k--) {
-        o[k] = (char)('0' + v % 10);
-        v /= 10;
+    int k = digits;
+    while (k >= 2) {
+        k -= 2;
+        memcpy(o + k, PAIRS + 2 * (v % 100), 2);
+        v /= 100;
     }
+    if (k)
+        o[0] = (char)('0' + v % 10);
     return o + digits;
 }
 
@@ -176,9 +218,9 @@ static char *put_secs(char *o, double t) {
     return put_dec(o, (unsigned)(us % 1000000), 6);
 }
 
-/* YYYY-MM-DDTHH:MM:SS.mmmZ of a Unix time (the proleptic Gregorian
- * calendar, counted in 400-year eras of 146097 days from 0000-03-01). */
-static char *put_time(char *o, int64_t sec, int ms) {
+/* YYYY-MM-DDTHH:MM:SS of a Unix time (the proleptic Gregorian calendar,
+ * counted in 400-year eras of 146097 days from 0000-03-01): 19 bytes. */
+static void civil(char *o, int64_t sec) {
     int64_t days = sec / 86400, rem = sec % 86400;
     int64_t z, era, doe, yoe, doy, mp, y, m, d;
     if (rem < 0) {
@@ -204,7 +246,16 @@ static char *put_time(char *o, int64_t sec, int ms) {
     *o++ = ':';
     o = put_dec(o, (unsigned)(rem / 60 % 60), 2);
     *o++ = ':';
-    o = put_dec(o, (unsigned)(rem % 60), 2);
+    put_dec(o, (unsigned)(rem % 60), 2);
+}
+
+/* ... and ".mmmZ"; the second's text is kept in the buffer while it lasts */
+static char *put_time(sw_buf_t *b, char *o, int64_t sec, int ms) {
+    if (b->t_key != sec + 1) {
+        civil(b->t_text, sec);
+        b->t_key = sec + 1;
+    }
+    o = put(o, b->t_text, 19);
     *o++ = '.';
     o = put_dec(o, (unsigned)ms, 3);
     *o++ = 'Z';
@@ -244,7 +295,7 @@ int sw_alog_json(sw_buf_t *b, const sw_alog_rec_t *r) {
         return -ENOMEM;
     o = b->p + b->len;
     o = PUT_LIT(o, "{\"time\":\"");
-    o = put_time(o, r->time_sec, ms);
+    o = put_time(b, o, r->time_sec, ms);
     o = PUT_LIT(o, "\",\"request_id\":");
     o = put_str(o, r->request_id);
     o = PUT_LIT(o, ",\"client\":");

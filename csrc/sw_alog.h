@@ -6,7 +6,8 @@
  * sw_buf_t is a byte buffer that only grows (its capacity doubles) and is
  * reused: sw_buf_reserve(b, more) makes room for `more` bytes after
  * b->len and returns 0, or -ENOMEM (the buffer is then unchanged). The
- * owner empties it by setting b->len = 0 and frees it with sw_buf_free.
+ * owner zeroes it to start, empties it by setting b->len = 0 and frees it
+ * with sw_buf_free.
  *
  * sw_json_str(out, s, n) writes the bytes s[0..n) as the inside of a JSON
  * string (no quotes) and returns how many bytes it wrote, at most
@@ -39,6 +40,8 @@ typedef struct {
     char *p;
     size_t len;
     size_t cap;
+    int64_t t_key;      /* sw_alog_json's cache: the second (+ 1) whose text is t_text */
+    char t_text[19];
 } sw_buf_t;
 
 int sw_buf_reserve(sw_buf_t *b, size_t more);

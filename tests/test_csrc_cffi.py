@@ -782,7 +782,7 @@ def test_http_close_delimited_response_ends_at_finish(ch):
 # JSON and give back what was logged.
 
 ALOG_CDEF = """
-typedef struct { char *p; size_t len; size_t cap; } sw_buf_t;
+typedef struct { char *p; size_t len; size_t cap; ...; } sw_buf_t;
 int sw_buf_reserve(sw_buf_t *b, size_t more);
 void sw_buf_free(sw_buf_t *b);
 size_t sw_json_str(char *out, const char *s, size_t n);
@@ -892,5 +892,38 @@ def test_alog_buffer_doubles(ca):
         assert lib.sw_buf_reserve(b, 5000) == 0 and b.cap == 16384
         cap = b.cap
         assert lib.sw_buf_reserve(b, 100) == 0 and b.cap == cap    # room: no change
+    finally:
+        lib.sw_buf_free(b)
+
+
+def test_alog_time_text_follows_the_clock(ca):
+    """The buffer keeps the second's text: a later second gets its own."""
+    from sluiceway import _alog_py
+
+    ffi, lib = ca
+    base = {"request_id": b"r", "client": b"c", "client_port": 1, "method": b"GET",
+            "path": b"/", "minor": 1, "status": 200, "request_bytes": 0, "response_bytes": 0,
+            "upstream": None, "upstream_port": -1, "upstream_status": 0, "duration": 0.5,
+            "upstream_connect": -1.0, "upstream_first_byte": -1.0, "upstream_reused": 0,
+            "retries": 0, "error": None, "extra": None}
+    b = ffi.new("sw_buf_t *")
+    keep = []
+    want = b""
+    try:
+        for sec in (0, 0, 1, 86399, 86400, 951782400, 1796637600):
+            rec = dict(base, time_sec=sec, time_ms=sec % 1000)
+            r = ffi.new("sw_alog_rec_t *")
+            for k, v in rec.items():
+                if isinstance(v, bytes) or v is None:
+                    p = ffi.new("char[]", v or b"\0") if v is not None else ffi.NULL
+                    keep.append(p)
+                    setattr(r, k, (p, len(v) if v is not None else 0))
+                else:
+                    setattr(r, k, v)
+            assert lib.sw_alog_json(b, r) == 0
+            want += _alog_py.json_record(rec)
+        assert ffi.buffer(b.p, b.len)[:] == want
+        assert b'"time":"1970-01-01T00:00:00.000Z"' in want
+        assert b'"time":"2000-02-29T00:00:00.400Z"' in want
     finally:
         lib.sw_buf_free(b)
