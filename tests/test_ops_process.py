@@ -40,8 +40,9 @@ class App(ProxyHttp):
 class Proxy:
     """A `sluiceway run` in a folder of its own, with its app and config."""
 
-    def __init__(self, folder, conf="", version="v1", port=None, extra=(), write=True):
+    def __init__(self, folder, conf="", version="v1", port=None, extra=(), write=True, prelude=""):
         self.folder = folder
+        self.prelude = prelude   # source run first when the app module is imported
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.conf = folder / "conf.yaml"
@@ -54,7 +55,7 @@ class Proxy:
                           {"PYTHONPATH": str(folder)}, cwd=str(folder))
 
     def write_app(self, version):
-        (self.folder / "opsapp.py").write_text(APP.format(version=version))
+        (self.folder / "opsapp.py").write_text(self.prelude + APP.format(version=version))
 
     def write_conf(self, extra="", threads=2):
         self.conf.write_text(f"version: 1\nthreads: {threads}\ngrace_period_seconds: 2\n"
@@ -215,6 +216,26 @@ def test_sighup_while_starting_is_done_once_the_workers_accept(tmp_path):
         p.start()
         wait_for(lambda: "sluiceway: reloaded" in p.log_text())
         assert p.versions() == {"v2"}
+        assert p.proc.poll() is None
+    finally:
+        assert p.stop() == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR1], ids=["SIGHUP", "SIGUSR1"])
+def test_a_signal_while_the_app_imports_neither_kills_the_start_nor_is_lost(tmp_path, sig):
+    """Before the master installs its handlers (the configuration read, the
+    app module imported), a SIGHUP or SIGUSR1 is remembered, not fatal: the
+    server starts and then does it (a reload; a log reopen)."""
+    started = tmp_path / "importing"
+    p = Proxy(tmp_path, prelude=f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\n"
+                                "time.sleep(1.0)\n")
+    try:
+        wait_for(started.exists, 10, 0.005)
+        p.proc.send_signal(sig)
+        p.start()
+        said = "sluiceway: reloaded" if sig == signal.SIGHUP else "log files reopened"
+        wait_for(lambda: said in p.log_text())
+        assert p.get().status_code == 200
         assert p.proc.poll() is None
     finally:
         assert p.stop() == 0

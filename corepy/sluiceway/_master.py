@@ -244,6 +244,9 @@ class Master:
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         for sig in _MASTER_SIGNALS:
             signal.signal(sig, _noop)
+        # Caught before these handlers existed (config read, app import):
+        # done once serving, like those that come while the workers start.
+        self.deferred |= _startup.held_signals()
         try:
             for slot in range(self.server.configuration.threads):
                 self._spawn(slot, self.server, self.gen)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import socket
 import sys
 from typing import List, Optional, Tuple
@@ -32,6 +33,32 @@ class StartError(Exception):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
+
+
+#: Signals held while the server starts (configuration read, app imported,
+#: sockets bound), before the master installs its own handlers: without a
+#: handler, SIGHUP, SIGQUIT and the SIGUSRs would end the process.
+HELD_SIGNALS = (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+_held: set = set()
+
+
+def _hold(signum, frame) -> None:
+    _held.add(signum)
+
+
+def hold_signals() -> None:
+    """From now until the master runs, a reload, handover or log-reopen
+    signal is remembered instead of ending the process; the master does
+    each once the first workers accept (:func:`held_signals`)."""
+    for sig in HELD_SIGNALS:
+        signal.signal(sig, _hold)
+
+
+def held_signals() -> set:
+    """The signals :func:`hold_signals` caught so far (and forget them)."""
+    out = set(_held)
+    _held.clear()
+    return out
 
 
 class BindError(OSError):

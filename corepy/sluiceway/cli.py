@@ -166,6 +166,10 @@ def _read_conf(ns) -> ServerConf:
 def _cmd_run(ns) -> int:
     from .server import Server, http_proxy_service
 
+    if not ns.test:
+        from ._startup import hold_signals
+
+        hold_signals()   # a SIGHUP while the app imports must not end the start
     try:
         conf = _read_conf(ns)
     except ConfigError as exc:

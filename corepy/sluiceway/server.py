@@ -325,6 +325,8 @@ class Server:
         ap = parser if parser is not None else argparse.ArgumentParser(description="sluiceway server")
         cls.add_arguments(ap)
         ns = ap.parse_args(argv)
+        if not ns.test:
+            _startup.hold_signals()   # a SIGHUP before run_forever must not end the start
         try:
             server = cls.from_conf(ns.conf, **({"listen": list(ns.listen)} if ns.listen else {}))
         except ConfigError as exc:
@@ -472,6 +474,7 @@ class Server:
         conf = self.configuration
         if self._check_only:
             raise SystemExit(self.check())
+        _startup.hold_signals()   # until the master's handlers: binding, forking
         receiver = None
         admin_sock = None
         try:
