@@ -30,14 +30,33 @@ in turn) and the tally come from ``tests/limits_load.py``.
         harness origin); --pin puts the proxies on CPU 0 and the rest on CPU 1;
         --sync-interval sets the Redis-backed proxy's sync_interval_seconds.
 
+    python bench/limits_proxy_load.py paced [--rate 5000] [--rounds 6] [--duration 10]
+            [--connections 50] [--pin] [--base PATH]
+        The p99 the Redis backing adds, at a fixed rate: single-worker
+        proxies with the same app, one with a shared-memory RateLimiter
+        (scope="server") and one with a RedisRateLimiter (limits never
+        reached), loaded in turn by ``bench/paced_client.py`` (open loop:
+        request i is due at start + i / rate, whatever the answers before
+        it did; one latency per request) at --rate over --connections
+        keep-alive connections, the order alternating each round.  Per
+        round: p50, p99, p99.9 (service time: request written to answer
+        read) and the proxy's CPU per request; at the end the medians and
+        the per-round difference redis - local.  --base PATH adds a third
+        proxy running another checkout's package (e.g. /work/base/corepy, built):
+        the same RedisRateLimiter before a change.  nginx is the origin
+        (/small) when installed, else the harness origin.
+
 Run from the repository root after ``make build`` (PYTHONPATH=corepy).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -184,6 +203,101 @@ def cmd_latency(ns, folder):
     print(f"Redis failures logged by the redis-backed proxy: {down}")
 
 
+def paced(url, ns, cpu=None):
+    """One run of bench/paced_client.py; its JSON."""
+    cmd = [sys.executable, os.path.join(REPO, "bench", "paced_client.py"), url,
+           "--rate", str(ns.rate), "--duration", str(ns.duration), "--warmup", str(ns.warmup),
+           "--connections", str(ns.connections), "--keys", "20", "--json"]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu)] + cmd
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=ns.duration + ns.warmup + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"paced_client failed: {out.stderr}")
+    return json.loads(out.stdout)
+
+
+def cmd_paced(ns, folder):
+    if ns.pin:
+        os.sched_setaffinity(0, {1})          # the origin, the client and Redis
+    redis = RedisServer().start()
+    proxy_cpu, other_cpu = (0, 1) if ns.pin else (None, None)
+    insts = {}
+    rows = {}
+    nginx = None
+    try:
+        with OriginThread(1) as origin:
+            port, path = origin.ports[0], "/"
+            if shutil.which("nginx") and not ns.python_origin:
+                from nginx_compare import ORIGIN_HTTP, free_port, start_nginx
+
+                port, path = free_port(), "/small"
+                os.makedirs(os.path.join(folder, "www"), exist_ok=True)
+                nginx = start_nginx(folder, "origin", ORIGIN_HTTP.format(port=port, dir=folder),
+                                    1 if ns.pin else "0,1")
+                time.sleep(0.5)
+            conf = {"url": redis.url, "key_prefix": "'paced:'"}
+            insts["local"] = Instance(os.path.join(folder, "local"), port, "server", 10**9, 60.0,
+                                      threads=1, cpu=proxy_cpu)
+            insts["redis"] = Instance(os.path.join(folder, "redis"), port, "redis", 10**9, 60.0,
+                                      threads=1, redis=conf, cpu=proxy_cpu)
+            if ns.base:
+                insts["redis-base"] = Instance(os.path.join(folder, "base"), port, "redis", 10**9,
+                                               60.0, threads=1, redis=conf, cpu=proxy_cpu,
+                                               sluiceway_path=os.path.abspath(ns.base))
+            for inst in insts.values():
+                inst.start()
+            rows = {name: [] for name in insts}
+            names = list(insts)
+            print(f"{ns.rate:g} requests/s over {ns.connections} connections, {ns.duration:g} s "
+                  f"counted per round after {ns.warmup:g} s; origin "
+                  f"{'nginx' if nginx else 'harness'}; pinned: {bool(ns.pin)}; load average "
+                  f"{os.getloadavg()[0]:.2f}", flush=True)
+            for rnd in range(ns.rounds):
+                order = names[rnd % len(names):] + names[:rnd % len(names)]
+                for name in order:
+                    pids = (insts[name].workers()[0], redis.proc.pid)
+                    before = [cpu_seconds(p) for p in pids]
+                    r = paced(insts[name].url + path, ns, other_cpu)
+                    n = r["requests"] + ns.rate * ns.warmup
+                    r["proxy_us"], r["redis_us"] = [(cpu_seconds(p) - b) / n * 1e6
+                                                    for p, b in zip(pids, before)]
+                    rows[name].append(r)
+                    s = r["service_ms"]
+                    print(f"round {rnd} {name:10s} {r['rate']:7,.0f}/s  p50 {s['50']:.3f}  "
+                          f"p99 {s['99']:.3f}  p99.9 {s['99.9']:.3f} ms  (due-to-done p99 "
+                          f"{r['scheduled_ms']['99']:.3f})  CPU us/req: proxy {r['proxy_us']:.1f} "
+                          f"redis-server {r['redis_us']:.1f}  errors {r['errors']}  unanswered "
+                          f"{r['unanswered']}  "
+                          f"statuses {r['statuses']}", flush=True)
+            down = {name: insts[name].error_log().count("failed (") for name in insts
+                    if name != "local"}
+    finally:
+        for inst in insts.values():
+            inst.stop()
+        if nginx is not None:
+            nginx.stop()
+        redis.close()
+    med = statistics.median
+    print(f"\nmedians over {ns.rounds} rounds (service time, ms; load average now "
+          f"{os.getloadavg()[0]:.2f}):")
+    for name, rs in rows.items():
+        print(f"  {name:10s} p50 {med(r['service_ms']['50'] for r in rs):.3f}  "
+              f"p99 {med(r['service_ms']['99'] for r in rs):.3f}  "
+              f"p99.9 {med(r['service_ms']['99.9'] for r in rs):.3f}  "
+              f"proxy CPU {med(r['proxy_us'] for r in rs):.1f} us/req")
+    for name in rows:
+        if name == "local":
+            continue
+        for p in ("50", "99", "99.9"):
+            d = [r["service_ms"][p] - l["service_ms"][p] for r, l in zip(rows[name], rows["local"])]
+            print(f"  {name} - local, p{p} per round: {', '.join(f'{x:+.3f}' for x in d)} ms "
+                  f"(median {med(d):+.3f})")
+        d = [r["proxy_us"] - l["proxy_us"] for r, l in zip(rows[name], rows["local"])]
+        print(f"  {name} - local, proxy CPU per request: {', '.join(f'{x:+.1f}' for x in d)} us "
+              f"(median {med(d):+.1f})")
+    print(f"Redis failures logged: {down}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -205,9 +319,21 @@ def main():
     lat.add_argument("--origin", choices=("nginx", "python"), default="nginx")
     lat.add_argument("--sync-interval", type=float, default=0.005,
                      help="the Redis-backed proxy's sync_interval_seconds")
+    pc = sub.add_parser("paced")
+    pc.add_argument("--rate", type=float, default=5000)
+    pc.add_argument("--rounds", type=int, default=6)
+    pc.add_argument("--duration", type=float, default=10)
+    pc.add_argument("--warmup", type=float, default=2)
+    pc.add_argument("--connections", type=int, default=50)
+    pc.add_argument("--pin", action="store_true",
+                    help="proxies on CPU 0; origin, client and Redis on CPU 1")
+    pc.add_argument("--base", metavar="PATH",
+                    help="also run the Redis-backed proxy from this checkout's package folder")
+    pc.add_argument("--python-origin", action="store_true", help="the harness origin, not nginx")
     ns = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sluiceway-bench-") as folder:
-        {"workers": cmd_workers, "share": cmd_share, "latency": cmd_latency}[ns.cmd](ns, folder)
+        {"workers": cmd_workers, "share": cmd_share, "latency": cmd_latency,
+         "paced": cmd_paced}[ns.cmd](ns, folder)
 
 
 if __name__ == "__main__":

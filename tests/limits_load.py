@@ -225,7 +225,7 @@ class Instance:
     process group so that its workers can be found and stopped with it."""
 
     def __init__(self, folder, origin_port, kind, limit, interval, threads=1, redis=None,
-                 cpu=None):
+                 cpu=None, sluiceway_path=None):
         os.makedirs(folder, exist_ok=True)
         self.folder = str(folder)
         with open(os.path.join(self.folder, "limitsapp.py"), "w") as f:
@@ -245,17 +245,21 @@ class Instance:
         self.env = {"ORIGIN_PORT": str(origin_port), "LIMIT_KIND": kind, "LIMIT": str(limit),
                     "LIMIT_INTERVAL": str(interval), "PYTHONPATH": self.folder}
         self.cpu = cpu
+        self.sluiceway_path = sluiceway_path   # another checkout's corepy (benches)
         self.proc = None
 
     def start(self):
         args = ["-m", "sluiceway.cli", "run", "limitsapp:App", "-c", self.conf,
                 "-l", f"127.0.0.1:{self.port}"]
-        if self.cpu is not None:
+        if self.cpu is not None or self.sluiceway_path is not None:
             # taskset execs the interpreter: the PID stays the master's.
             import sys
             from conftest import subprocess_env
-            self.proc = subprocess.Popen(["taskset", "-c", str(self.cpu), sys.executable] + args,
-                                         env=subprocess_env(**self.env), cwd=self.folder,
+            env = subprocess_env(**self.env)
+            if self.sluiceway_path is not None:
+                env["PYTHONPATH"] = os.pathsep.join([self.sluiceway_path, self.folder])
+            pin = ["taskset", "-c", str(self.cpu)] if self.cpu is not None else []
+            self.proc = subprocess.Popen(pin + [sys.executable] + args, env=env, cwd=self.folder,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                          start_new_session=True)
         else:

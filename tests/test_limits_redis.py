@@ -108,6 +108,40 @@ def test_redis_killed_and_restarted(redis, policy, caplog):
     assert any("reachable again" in m for m in logged)
 
 
+def test_a_process_that_never_counted_a_key_learns_its_total(redis):
+    """A process that has never checked a key (a worker the load did not
+    reach) answers peek with everyone's count, before and after Redis
+    restarts empty, and reading adds no field of its own to Redis."""
+    async def main():
+        counter, reader = two_instances(redis, 1000, 3600.0, reconnect_delay=0.05,
+                                        max_reconnect_delay=0.2)
+        window = counter._window()
+
+        async def view(want):
+            for _ in range(100):       # a sync is 5 ms; more on a busy machine
+                if reader.peek("k").count == want:
+                    break
+                await asyncio.sleep(0.02)
+            return reader.peek("k").count
+
+        for _ in range(50):
+            counter.check("k")
+        before = await view(50)
+        redis.restart()                    # empty; both reconnect
+        for _ in range(10):
+            counter.check("k")
+        after = await view(60)
+        for lim in (counter, reader):
+            await lim.backend.stop()
+        return window, before, after
+
+    window, before, after = run(main())
+    assert (before, after) == (50, 60)
+    import redis as redis_py
+    with redis_py.Redis.from_url(redis.url) as r:
+        assert r.hlen(f"test:api:{window}:k") == 1     # the counter's field only
+
+
 def stored(redis, key):
     """The count hashes hold: the sum of every process's field."""
     import redis as redis_py
@@ -176,7 +210,7 @@ def test_busy_loop_is_not_taken_for_redis_down(redis):
         outcomes = []
         for _ in range(5):
             lim.check("k")
-            sync = asyncio.ensure_future(backend._answer(backend._sync()))
+            sync = asyncio.ensure_future(backend._sync())   # timed by itself
             await asyncio.sleep(0)           # the command is written
             time.sleep(0.1)                  # the loop is busy elsewhere
             try:

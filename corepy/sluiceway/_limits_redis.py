@@ -7,15 +7,23 @@ compiled ``Rate`` sketches kept in this process: ``mine`` (every event this
 process counted) and ``others`` (what the other processes had counted, as
 Redis last said).  The key's total in the window is ``mine + others``.
 
-A sync task per event loop (``RedisBackend``; started by the server on each
-worker's loop, or by the first ``check`` made on a running loop) wakes every
-``sync_interval`` seconds, or sooner once ``sync_events`` checks wait, and
-sends ``mine`` for every key touched since the last sync in one Lua script:
-``HSET prefix:name:window:key <process> <count>`` (one field per process, the
-key expiring two windows later).  Redis answers each key's total, the sum of
-the fields; the difference with ``mine`` becomes the key's ``others``.  A
-process sets its count rather than adding to it, so sending a sync again
-(its answer was lost or late) never counts anything twice.
+A check costs the two sketches and a mark on the key (a dict entry); the
+rest is the sync's.  A sync task per event loop (``RedisBackend``; started
+by the server on each worker's loop, or by the first ``check`` made on a
+running loop) wakes every ``sync_interval`` seconds while keys are marked,
+or sooner once ``sync_events`` checks wait (with none marked it sleeps
+until one is), and sends ``mine`` for every key marked since the last sync
+in one Lua script: ``HSET prefix:name:window:key <process> <count>`` (one
+field per process, the key expiring two windows later).  Redis answers each
+key's total, the sum of the fields; the difference with ``mine`` becomes the
+key's ``others``.  A process sets its count rather than adding to it, so
+sending a sync again (its answer was lost or late) never counts anything
+twice.  ``peek`` marks its key too: a key this process has not counted is
+sent with an empty count, which the script only reads, so a process learns
+the total of a key it never checked.  redis-py opens the connection (TLS,
+AUTH, SELECT), reads INFO and loads the script; the syncs then go straight
+on that connection's transport (``_SyncLine``), one packed command at a
+time, answers parsed by hiredis.
 
 Windows sit on the wall clock (window w covers ``[w * interval, (w + 1) *
 interval)`` of ``time.time()``), so every machine counts the same window in
@@ -63,13 +71,17 @@ from . import _compiled
 from ._base.limits import check_limit, positive
 from ._limits_py import RateDecision
 
+_decision = RateDecision._make
+
 __all__ = ["RedisBackend", "RedisRateLimiter", "configure_default", "default_backend"]
 
 log = logging.getLogger("sluiceway.limits")
 _c = _compiled.load("_limits")
 
 # KEYS: the window keys, hashes of one count per process; ARGV[1]: expiry in
-# ms; ARGV[2]: this process's field; ARGV[i + 2]: its count for KEYS[i].
+# ms; ARGV[2]: this process's field; ARGV[i + 2]: its count for KEYS[i], or
+# empty to only read the key (a key this process has not counted: peeked,
+# so it asks for the others' total without adding a field of 0).
 # Setting a count (not adding a delta) makes a sync safe to send again: one
 # whose answer was lost, or that is sent once more after a timeout, changes
 # nothing.  A key's expiry is set when a process adds its field (two
@@ -80,7 +92,8 @@ local ttl = tonumber(ARGV[1])
 local me = ARGV[2]
 local out = {}
 for i = 1, #KEYS do
-  if redis.call('HSET', KEYS[i], me, ARGV[i + 2]) == 1 then
+  local n = ARGV[i + 2]
+  if n ~= '' and redis.call('HSET', KEYS[i], me, n) == 1 then
     redis.call('PEXPIRE', KEYS[i], ttl)   -- once per process and key
   end
   local total = 0
@@ -119,6 +132,64 @@ except ImportError:                       # pragma: no cover
     _pack_c = None
 
 
+def _bulk(b):
+    """One RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+class _SyncLine(asyncio.Protocol):
+    """The sync's end of the connection once redis-py has opened it (TLS,
+    AUTH, SELECT, INFO and SCRIPT LOAD done): the transport is handed to
+    this protocol, which sends one packed command at a time and parses the
+    answer with hiredis as it arrives.  redis-py's command path (a stream
+    reader, its locks and coroutines) cost more than the rest of a sync.
+
+    ``send(data)`` returns a future of the answer: a value, or an exception
+    (Redis's error reply, or the connection lost)."""
+
+    def __init__(self, transport):
+        import hiredis
+
+        self.transport = transport
+        self.inner = transport.get_protocol()   # redis-py's: told of the end, so it can close
+        self.reader = hiredis.Reader()
+        self.waiter = None
+        self.lost = None
+
+    def send(self, data, loop):
+        if self.lost is not None:
+            raise self.lost
+        fut = self.waiter = loop.create_future()
+        self.transport.write(data)
+        return fut
+
+    def data_received(self, data):
+        self.reader.feed(data)
+        reply = self.reader.gets()
+        if reply is False:
+            return                           # more to come
+        fut, self.waiter = self.waiter, None
+        if fut is None or fut.done():
+            return                           # an answer nobody waits for (timed out)
+        if isinstance(reply, Exception):
+            fut.set_exception(reply)
+        else:
+            fut.set_result(reply)
+
+    def connection_lost(self, exc):
+        self.lost = ConnectionError(f"connection to Redis lost ({exc or 'closed by server'})")
+        try:
+            self.inner.connection_lost(exc)
+        except Exception:
+            pass
+        fut, self.waiter = self.waiter, None
+        if fut is not None and not fut.done():
+            fut.set_exception(self.lost)
+
+    def eof_received(self):
+        return False                          # close our end too
+
+
 def _pack(args):
     return _pack_c(tuple(args)) if _pack_c is not None else _pack_py(args)
 
@@ -133,8 +204,9 @@ def _after_fork():
     # A forked worker inherits the parent's objects but not its event loop:
     # each backend starts its own task and connection there.
     for b in list(_BACKENDS):
-        b._task = b._client = b._loop = None
+        b._task = b._client = b._line = b._loop = b._head = None
         b._wake = None
+        b._idle = False
         b.process = _process_field()
 
 
@@ -217,10 +289,15 @@ class RedisBackend:
         self._loop = None
         self._task = None
         self._client = None
+        self._line = None          # the _SyncLine on the client's connection
         self._sha = None
+        self._timer = None         # the running sync's timeout
+        self._late = False         # it fired late once (a busy loop)
+        self._head = None          # the script's sha and this process's field, packed
         self._run_id = None
         self._wake = None
         self._waiting = 0
+        self._idle = False         # the task sleeps until a key is marked
         _BACKENDS.add(self)
 
     # -- lifecycle (a background service: start(loop), async stop()) ---------
@@ -230,8 +307,9 @@ class RedisBackend:
         if self._task is not None and not self._task.done():
             return
         self._loop = loop
-        self._client = None
+        self._client = self._line = None
         self._wake = None
+        self._idle = False
         self._task = loop.create_task(self._run(), name="sluiceway-redis-sync")
 
     async def stop(self):
@@ -245,7 +323,7 @@ class RedisBackend:
         except (asyncio.CancelledError, Exception):
             pass
         try:
-            await self._answer(self._sync())
+            await self._sync()
         except Exception:
             pass
         await self._close()
@@ -257,12 +335,6 @@ class RedisBackend:
         except RuntimeError:
             return
         self.start(loop)
-
-    def _nudge(self):
-        self._waiting += 1
-        if self._waiting >= self.sync_events:
-            self._waiting = 0
-            _set(self._wake)
 
     # -- the sync task ---------------------------------------------------------
     async def _connect(self):
@@ -290,13 +362,23 @@ class RedisBackend:
                     lim._forget_pushed()
             self._run_id = run_id
             self._sha = await self._answer(client.script_load(_SCRIPT))
+            if isinstance(self._sha, str):
+                self._sha = self._sha.encode()
+            # The syncs go straight on the connection's transport from here.
+            transport = client.connection._writer.transport
+            line = _SyncLine(transport)
+            transport.set_protocol(line)
         except BaseException:
             await client.aclose()
             raise
-        self._client = client
+        self._client, self._line = client, line
+        self._head = None
 
     async def _close(self):
         client, self._client = self._client, None
+        line, self._line = self._line, None
+        if line is not None:
+            line.transport.close()
         if client is not None:
             try:
                 await client.aclose()
@@ -310,22 +392,30 @@ class RedisBackend:
             try:
                 if self._client is None:
                     await self._connect()
-                if any(lim._touched for lim in self.limiters):
-                    await self._answer(self._sync())
+                await self._sync()
                 if self.down:
                     log.info("Redis at %s is reachable again; rate limits are shared again",
                              self._where())
                 self.down = False
                 delay = self.reconnect_delay
                 # Nap for sync_interval, or until sync_events checks wait
-                # (_nudge); a future and a timer cost less than wait_for.
+                # (counted in _decide); a future and a timer cost less than
+                # wait_for.  With nothing to send, sleep without a timer
+                # until a check or a peek marks a key (an idle worker does
+                # not wake sync_interval after sync_interval).
                 wake = self._wake = loop.create_future()
-                timer = loop.call_later(self.sync_interval, _set, wake)
+                if any(lim._touched for lim in self.limiters):
+                    timer = loop.call_later(self.sync_interval, _set, wake)
+                else:
+                    timer = None
+                    self._idle = True
                 try:
                     await wake
                 finally:
-                    timer.cancel()
+                    if timer is not None:
+                        timer.cancel()
                     self._wake = None
+                    self._idle = False
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -377,38 +467,78 @@ class RedisBackend:
         return result
 
     async def _sync(self):
-        if self._client is None:
+        """Send the touched keys' counts in one script and apply the totals.
+
+        Raises:
+            TimeoutError: no answer within ``timeout`` while the loop was free
+                to read it (see "Timeouts and a busy loop" above).
+            ConnectionError, redis errors: the connection failed, or Redis
+                answered an error.
+        """
+        line = self._line
+        if line is None:
             return
-        batch = []
-        for lim in list(self.limiters):
-            batch.extend(lim._pending())
+        batch, spans, ttl = [], [], 0
+        for lim in self.limiters:
+            if lim._touched:
+                lo = len(batch)
+                lim._pending(batch)
+                if len(batch) > lo:
+                    spans.append((lim, lo, len(batch)))
+                    ttl = max(ttl, lim.interval_ms * 2)
         if not batch:
             return
-        cmd = [b"EVALSHA", self._sha, len(batch)]
-        cmd += [b[0] for b in batch]
-        cmd.append(max(b[1].interval_ms for b in batch) * 2)
-        cmd.append(self.process)
-        cmd += [b[3] for b in batch]
+        # EVALSHA sha n key... ttl field count...: packed here, each key's
+        # name kept packed between syncs.
+        n = len(batch)
+        head = self._head
+        if head is None:
+            head = self._head = _bulk(self._sha), _bulk(self.process.encode())
+        out = [b"*%d\r\n$7\r\nEVALSHA\r\n%s$%d\r\n%d\r\n"
+               % (2 * n + 5, head[0], len(str(n)), n)]
+        out += [b[0] for b in batch]
+        out.append(_bulk(b"%d" % ttl))
+        out.append(head[1])
+        for b in batch:
+            mine = b[3]
+            if mine:
+                c = b"%d" % mine
+                out.append(b"$%d\r\n%s\r\n" % (len(c), c))
+            else:
+                out.append(b"$0\r\n\r\n")          # only read the key
+        loop = self._loop or asyncio.get_running_loop()
         try:
-            # One packed command straight on the client's only connection:
-            # redis-py's command path (locks, retries, an encode per
-            # argument) cost more than the rest of a sync.
-            conn = self._client.connection
-            if conn is None:
-                raise ConnectionError("not connected")
-            await conn.send_packed_command(_pack(cmd), check_health=False)
-            totals = await conn.read_response()     # raises Redis's errors
+            fut = line.send(b"".join(out), loop)
+            due = loop.time() + self.timeout
+            self._late = False
+            self._timer = loop.call_at(due, self._expire, fut, due,
+                                       loop.time() + max(1.0, 20 * self.timeout))
+            try:
+                totals = await fut
+            finally:
+                self._timer.cancel()
         except BaseException:
             for _, lim, wk, _ in batch:  # not sent (or no answer): send them next time
                 lim._touched[wk] = None
             raise
+        # An answer read after its timeout (the loop was busy meanwhile).
+        self.late_answers += self._late or loop.time() > due
         self.syncs += 1
-        window = {}
-        for (_, lim, wkey, mine), total in zip(batch, totals):
-            w = window.get(lim)
-            if w is None:
-                w = window[lim] = lim._window()
-            lim._synced(wkey, mine, total, w)
+        for lim, lo, hi in spans:
+            lim._synced(batch, totals, lo, hi)
+
+    def _expire(self, fut, due, give_up):
+        """The sync's timeout timer (see "Timeouts and a busy loop")."""
+        if fut.done():
+            return
+        loop = self._loop or asyncio.get_running_loop()
+        now = loop.time()
+        if now - due > _LATE and now < give_up:
+            self._late = True                  # a busy loop: the answer may be waiting
+            self._timer = loop.call_at(now + self.timeout, self._expire, fut,
+                                       now + self.timeout, give_up)
+        else:
+            fut.set_exception(TimeoutError(f"no answer within {self.timeout:g} s"))
 
     def _where(self):
         """Where Redis is, for log lines: never the password."""
@@ -496,6 +626,7 @@ class RedisRateLimiter:
         self._seen = {}         # (window, key) -> others' count as last known
         self._names = {}        # (window, key) -> its name in Redis (bytes)
         self._pruned = None     # the window when _names was last pruned
+        self._prefix = None     # b"<key_prefix><name>:"
 
     @property
     def backend(self):
@@ -531,23 +662,38 @@ class RedisRateLimiter:
         return self._w
 
     def _decide(self, key, cost, counted):
-        if not isinstance(cost, int) or isinstance(cost, bool):
-            raise TypeError(f"n must be an int, got {type(cost).__name__}")
+        # The hot path: the two sketches and a mark on the key for the next
+        # sync; nothing here waits, and nothing costs more per request as
+        # the request rate rises (the sync runs every sync_interval).
+        if type(cost) is not int:
+            if not isinstance(cost, int) or isinstance(cost, bool):
+                raise TypeError(f"n must be an int, got {type(cost).__name__}")
         if cost < 0:
             raise ValueError(f"RedisRateLimiter: cost must be >= 0, got {cost}")
-        b = self._attach()
+        b = self._backend
+        if b is None or b._task is None or not self._attached:
+            b = self._attach()
         w = self._window()
         mine = self.mine.observe(key, cost if counted else 0)
-        others = self.others.sample(key)[1]
-        count = mine + others
-        if counted:
-            wk = (w, key)
-            if wk in self._touched or len(self._pushed) < self.max_keys or wk in self._pushed:
-                self._touched[wk] = None
-                b._nudge()
-            else:
+        count = mine + self.others.sample(key)[1]
+        wk = (w, key)
+        touched = self._touched
+        if wk not in touched:
+            if len(self._pushed) < self.max_keys or wk in self._pushed:
+                # A peek marks the key too: the next sync asks for its
+                # total, so a process that has not counted the key learns
+                # the others' count (the first peek answers from what it knew).
+                touched[wk] = None
+                if b._idle:
+                    b._idle = False
+                    _set(b._wake)
+            elif counted:
                 self.untracked += 1
-        reset_after = self.mine.until_next_window()
+        if counted:
+            b._waiting += 1
+            if b._waiting >= b.sync_events:
+                b._waiting = 0
+                _set(b._wake)
         allowed = count <= self.limit if counted else count + cost <= self.limit
         if b.down:
             if b.on_failure == "closed":
@@ -555,8 +701,8 @@ class RedisRateLimiter:
                 b.failed_closed += 1
             else:
                 b.failed_open += 1
-        remaining = self.limit - count if count < self.limit else 0
-        return RateDecision._make(allowed, self.limit, remaining, count, reset_after)
+        return _decision(allowed, self.limit, self.limit - count if count < self.limit else 0,
+                         count, self.mine.until_next_window())
 
     def check(self, key, cost=1):
         """Count one request (or ``cost``) for ``key`` and decide; a ``RateDecision``."""
@@ -567,14 +713,18 @@ class RedisRateLimiter:
         return self._decide(key, cost, False)
 
     # -- for the backend's sync --------------------------------------------------
-    def _pending(self):
-        """[(redis key, self, (window, key), my count)] for the touched keys."""
+    def _pending(self, out=None):
+        """Add (the Redis key as a packed RESP argument, self, (window, key),
+        my count) to ``out`` for each touched key; returns ``out``."""
         w = self._window()
-        out = []
+        if out is None:
+            out = []
         touched, self._touched = self._touched, {}
         names = self._names
         sample = self.mine.sample
-        prefix = f"{self.backend.key_prefix}{self.name}:".encode()
+        prefix = self._prefix
+        if prefix is None:
+            prefix = self._prefix = f"{self.backend.key_prefix}{self.name}:".encode()
         for wk in touched:
             kw, key = wk
             if kw < w - 1:
@@ -582,8 +732,8 @@ class RedisRateLimiter:
             name = names.get(wk)
             if name is None:
                 # bytes, as the key's bytes: a str key counts as its UTF-8
-                name = names[wk] = b"%s%d:%s" % (
-                    prefix, kw, key.encode() if isinstance(key, str) else key)
+                name = names[wk] = _bulk(b"%s%d:%s" % (
+                    prefix, kw, key.encode() if isinstance(key, str) else key))
             prev, curr, _ = sample(key)
             out.append((name, self, wk, curr if kw == w else prev))
         if w != self._pruned:
@@ -594,22 +744,28 @@ class RedisRateLimiter:
                 self._seen.pop(stale, None)
         return out
 
-    def _synced(self, wk, mine, total, window):
-        sent = mine != self._pushed.get(wk, 0)
-        self._pushed[wk] = mine
-        if wk[0] != window:
-            return
-        others = total - mine
-        grow = others - self._seen.get(wk, 0)
-        if grow > 0:
-            self.others.observe(wk[1], grow)
-            self._seen[wk] = others
-        if sent or grow:
-            # Read the key once more at the next sync, until nothing moves: a
-            # key that stops being checked still ends with everyone's count,
-            # and after a Redis restart (grow < 0: the others have not sent
-            # their counts again yet) it catches up.
-            self._touched[wk] = None
+    def _synced(self, batch, totals, lo, hi):
+        """Apply Redis's totals for ``batch[lo:hi]`` (this limiter's part)."""
+        window = self._window()
+        pushed, seen, touched = self._pushed, self._seen, self._touched
+        observe = self.others.observe
+        for i in range(lo, hi):
+            _, _, wk, mine = batch[i]
+            sent = mine != pushed.get(wk, 0)
+            pushed[wk] = mine
+            if wk[0] != window:
+                continue
+            others = totals[i] - mine
+            grow = others - seen.get(wk, 0)
+            if grow > 0:
+                observe(wk[1], grow)
+                seen[wk] = others
+            if sent or grow:
+                # Read the key once more at the next sync, until nothing
+                # moves: a key that stops being checked still ends with
+                # everyone's count, and after a Redis restart (grow < 0: the
+                # others have not sent their counts again yet) it catches up.
+                touched[wk] = None
 
     def _forget_pushed(self):
         """Redis restarted empty: send the whole counts of the current window again."""
