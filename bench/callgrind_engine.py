@@ -121,6 +121,12 @@ def count(tree, tmp, o_port, path, n, whole=False):
         # Count from here: zero the counters, then the measured requests.
         subprocess.run(["callgrind_control", "-z", str(worker)], capture_output=True, timeout=60)
         done = _drive(port, path, n)
+        # The count is of one worker: if it died (and the master started
+        # another), its dump holds part of the requests, and a number made
+        # from it would look plausible and mean nothing.
+        if nc.sluiceway_pid(p.pid) != worker or not os.path.exists(f"/proc/{worker}"):
+            raise SystemExit(f"callgrind_engine: the worker {worker} of {tree} died while it was "
+                             "counted; no figure (see the proxy's stderr)")
         subprocess.run(["callgrind_control", "-d", str(worker)], capture_output=True, timeout=60)
     finally:
         p.send_signal(signal.SIGINT)

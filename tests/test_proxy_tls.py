@@ -19,7 +19,7 @@ import pytest
 from proxy_harness import (Harness, Origin, _OriginProto, free_port, open_fds, spawn, stop_proc,
                            wait_port)
 from sluiceway.proxy import HttpPeer, ProxyHttp
-from tls_certs import HAVE_OPENSSL, make_certs, server_context
+from tls_certs import HAVE_OPENSSL, make_ca, make_certs, make_client_cert, server_context
 
 pytestmark = pytest.mark.skipif(not HAVE_OPENSSL, reason="openssl not installed")
 
@@ -226,7 +226,8 @@ def test_alert_after_the_handshake_is_a_clear_502(certs, caplog):
     finally:
         origin.close()
     assert status == 502
-    assert "(TLS: tlsv13 alert certificate required (TLSV13_ALERT_CERTIFICATE_REQUIRED))" in msg, msg
+    assert "(TLS: tlsv13 alert certificate required (TLSV13_ALERT_CERTIFICATE_REQUIRED)); " \
+           "the upstream wants a client certificate: pass client_cert and client_key" in msg, msg
 
 
 def test_slow_handshake_hits_the_connect_timeout(certs, caplog):
@@ -280,7 +281,20 @@ _FAILURES = {
     "reset-mid-handshake": (_hello_then_reset, None, {"ca": True}, 502),
     "handshake-timeout": (_hello_then_wait_for_eof, None, {"ca": True, "connect_timeout": 0.2}, 504),
     "alert-after-handshake": (lambda c: c.recv(65536), "client-cert", {"ca": True}, 502),
+    # an origin that wants a client certificate: none given (TLS 1.2: the
+    # handshake fails), or one from a CA it does not trust (TLS 1.3: its
+    # alert comes after the proxy's handshake is done; TLS 1.2: during it)
+    "no-client-cert-tls12": (lambda c: c.recv(65536), "client-cert-tls12", {"ca": True}, 502),
+    "untrusted-client-cert": (lambda c: c.recv(65536), "client-cert",
+                              {"ca": True, "cert": "cli-other"}, 502),
+    "untrusted-client-cert-tls12": (lambda c: c.recv(65536), "client-cert-tls12",
+                                    {"ca": True, "cert": "cli-other"}, 502),
 }
+
+
+def _tls12(ctx):
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 @pytest.mark.parametrize("kind", list(_FAILURES))
@@ -295,8 +309,15 @@ def test_tls_failures_leave_no_descriptor_or_connection(certs, kind):
     opts = dict(opts)
     if opts.pop("ca", False):
         opts["ca_file"] = str(certs / "ca.pem")
+    cert = opts.pop("cert", None)
+    if cert is not None:
+        if not (certs / f"{cert}.pem").exists():
+            make_ca(certs, "ca-other")
+            make_client_cert(certs, cert, "client of another CA", ca="ca-other")
+        opts["client_cert"], opts["client_key"] = str(certs / f"{cert}.pem"), str(certs / f"{cert}.key")
     sctx = {None: None, "server": server_context(certs),
-            "client-cert": server_context(certs, client_cert=True)}[tls]
+            "client-cert": server_context(certs, client_cert=True),
+            "client-cert-tls12": _tls12(server_context(certs, client_cert=True))}[tls]
     origin = ThreadOrigin(handler, tls=sctx)
     app = TlsApp(**opts)
     app.tls_port = origin.port
@@ -509,3 +530,34 @@ def test_large_bodies_both_ways_with_backpressure(certs, tmp_path):
         stop.set()
         stop_proc(p)
         origin.close()
+
+
+@pytest.mark.parametrize("case", ["none-tls12", "untrusted-tls12", "untrusted-tls13"])
+def test_client_certificate_refused_says_what_to_change(certs, caplog, case):
+    """An origin that wants a client certificate and gets none, or one
+    from a CA it does not trust: a 502 whose log line has the origin's
+    alert and, when it came during the handshake, what to change."""
+    sctx = server_context(certs, client_cert=True)
+    if case.endswith("tls12"):
+        _tls12(sctx)
+    opts = {"ca_file": str(certs / "ca.pem")}
+    if case.startswith("untrusted"):
+        if not (certs / "cli-other.pem").exists():
+            make_ca(certs, "ca-other")
+            make_client_cert(certs, "cli-other", "client of another CA", ca="ca-other")
+        opts.update(client_cert=str(certs / "cli-other.pem"), client_key=str(certs / "cli-other.key"))
+    origin = ThreadOrigin(lambda c: c.recv(65536), tls=sctx, hold=0.5)
+    try:
+        status, msg = _fails_with(TlsApp(**opts), origin.port, caplog)
+    finally:
+        origin.close()
+    assert status == 502
+    want = {
+        "none-tls12": "(SSLV3_ALERT_HANDSHAKE_FAILURE); the upstream refused the handshake (no "
+                      "cipher in common, or it wants a client certificate: client_cert)",
+        "untrusted-tls12": "(TLSV1_ALERT_UNKNOWN_CA); the upstream does not trust the CA that "
+                           "issued the client certificate (client_cert)",
+        "untrusted-tls13": "(TLS: tlsv1 alert unknown ca (TLSV1_ALERT_UNKNOWN_CA)); the upstream "
+                           "does not trust the CA that issued the client certificate (client_cert)",
+    }[case]
+    assert want in msg, msg

@@ -25,6 +25,26 @@ def make_certs(d):
     return d
 
 
+def make_ca(d, name):
+    """Write another CA (``name``.pem/.key) into ``d``."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    f"{name}.key", "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}"],
+                   cwd=d, check=True, capture_output=True)
+    return d / f"{name}.pem"
+
+
+def make_client_cert(d, name, cn, ca="ca"):
+    """Write a client certificate ``name``.pem/.key for ``cn`` signed by the
+    CA ``ca`` (``make_certs``'s by default) into ``d``."""
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+        "-subj", f"/CN={cn}")
+    run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+        "-CAcreateserial", "-out", f"{name}.pem", "-days", "2")
+    return d / f"{name}.pem", d / f"{name}.key"
+
+
 def server_context(d, client_cert=False):
     """A server context with the localhost certificate; ``client_cert``:
     require a client certificate signed by the test CA."""

@@ -64,15 +64,22 @@ class HttpPeer:
     write_timeout: Optional[float]
     idle_timeout: Optional[float]
     verify_cert: bool
+    verify_hostname: bool
     ca_file: Optional[str]
+    client_cert: Optional[str]
+    client_key: Optional[str]
+    alpn: Optional[Tuple[str, ...]]
+    ssl_context: Any
     proxy_protocol: int
     load: Any
     def __init__(self, address: Union[Tuple[str, int], str], tls: bool = False,
                  sni: Optional[str] = None, *, connect_timeout: Optional[float] = None,
                  read_timeout: Optional[float] = None, write_timeout: Optional[float] = None,
                  idle_timeout: Optional[float] = None, verify_cert: bool = True,
-                 ca_file: Optional[str] = None, proxy_protocol: int = 0,
-                 load: Any = None) -> None: ...
+                 ca_file: Optional[str] = None, client_cert: Optional[str] = None,
+                 client_key: Optional[str] = None, alpn: Optional[List[str]] = None,
+                 verify_hostname: bool = True, proxy_protocol: int = 0,
+                 load: Any = None, backend: Any = None, balancer: Any = None) -> None: ...
 
 class Session:
     @property
@@ -93,6 +100,8 @@ class Session:
     def retries(self) -> int: ...
     @property
     def upstream_reused(self) -> bool: ...
+    @property
+    def upstream_tls(self) -> Optional[Dict[str, Any]]: ...
     @property
     def status(self) -> int: ...
     @property

@@ -375,6 +375,9 @@ def _engine_families() -> Dict[str, _Family]:
         retries=Counter("sluiceway_upstream_retries_total",
                         "Requests sent to a peer again (upstream_peer asked again, or resent "
                         "after a pooled connection died)", ["service"]),
+        tls_handshakes=Counter("sluiceway_upstream_tls_handshakes_total",
+                               "New TLS upstream connections, by whether they resumed an "
+                               "earlier TLS session", ["service", "resumed"]),
     )
     return _E
 
@@ -390,6 +393,7 @@ def engine_cells(service: str) -> Tuple[int, ...]:
     cells += [f["pool_closed"].labels(service, r).first for r in POOL_CLOSE_REASONS]
     cells += [f["errors"].labels(service, k).first for k in ERROR_KINDS]
     cells.append(f["retries"].labels(service).first)
+    cells += [f["tls_handshakes"].labels(service, r).first for r in ("false", "true")]
     return tuple(cells)
 
 

@@ -69,6 +69,8 @@ async def _open_connection(Session s, HttpPeer peer):
     if err is not None:
         err.kind = "connect"   # counted as such (sluiceway_errors_total)
         eng.ups.discard(u)
+        if u.tls is not None and u.tls.offered:
+            eng.pool.keep_session(peer.reuse_key, None)   # (the next one starts afresh)
     if s.finished or s.client_gone:
         if err is None:
             eng.pool.put(u)  # nobody waits for it any more
@@ -91,7 +93,8 @@ async def _open_connection(Session s, HttpPeer peer):
         return
     if u.closed:
         s._fail(Error(f"upstream {peer} closed the connection at once"
-                      + (f" ({_exc_text(u.lost_exc)})" if u.lost_exc is not None else ""),
+                      + (f" ({_exc_text(u.lost_exc)}){_tls_alert_hint(u.lost_exc)}"
+                         if u.lost_exc is not None else ""),
                       status=502, source=UPSTREAM))
         return
     if peer.proxy_protocol:
@@ -127,7 +130,8 @@ async def _handshake(_Engine eng, _Upstream u, HttpPeer peer):
     TLS_HANDSHAKE_TIMEOUT does (as asyncio's default)."""
     fut = eng.loop.create_future()
     u.waiter = fut
-    u.t_start_tls(_ssl_context(peer.verify_cert, peer.ca_file), False, peer.sni or peer.host)
+    # (sni "" sends none: server_hostname None)
+    u.t_start_tls(peer.tls_opts.context, False, peer.sni or None, eng.pool.sessions.get(peer.reuse_key))
     timeout = peer.connect_timeout if peer.connect_timeout is not None \
         else eng.cfg.upstream_connect_timeout_seconds
     if timeout and timeout > 0:
@@ -143,8 +147,16 @@ cdef dict _TLS_HINTS = {
     "UNSUPPORTED_PROTOCOL": "the upstream and this proxy have no TLS version in common",
     "TLSV1_ALERT_PROTOCOL_VERSION": "the upstream and this proxy have no TLS version in common",
     "SSLV3_ALERT_HANDSHAKE_FAILURE": "the upstream refused the handshake (no cipher in common, "
-                                     "or it wants a client certificate)",
-    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the upstream wants a client certificate",
+                                     "or it wants a client certificate: client_cert)",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the upstream wants a client certificate: pass "
+                                         "client_cert and client_key",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the upstream did not accept the client certificate "
+                                   "(client_cert): is it issued by a CA the upstream trusts?",
+    "TLSV1_ALERT_UNKNOWN_CA": "the upstream does not trust the CA that issued the client "
+                              "certificate (client_cert)",
+    "NO_APPLICATION_PROTOCOL": "the upstream speaks none of the protocols offered (alpn)",
+    "TLSV1_ALERT_NO_APPLICATION_PROTOCOL": "the upstream speaks none of the protocols "
+                                           "offered (alpn)",
     "TLSV1_ALERT_UNRECOGNIZED_NAME": "the upstream has no certificate for that name: check sni",
 }
 
@@ -157,6 +169,16 @@ cdef dict _VERIFY_HINTS = {
     21: "pass the CA that issued it as ca_file, or verify_cert=False to skip the check",
     62: "set sni to a name the certificate holds",
 }
+
+
+cdef str _tls_alert_hint(object exc):
+    """``"; what to change"`` for a TLS alert that ended an upstream
+    connection after the handshake (TLS 1.3: a refused client certificate
+    is told then), or ``""``."""
+    if _SSLERR is None or not isinstance(exc, _SSLERR):
+        return ""
+    hint = _TLS_HINTS.get(getattr(exc, "reason", None))
+    return f"; {hint}" if hint else ""
 
 
 cdef str _handshake_failure(HttpPeer peer, object exc):

@@ -138,7 +138,9 @@ cdef enum:
     MC_POOL_OTHER = 19  # closed: any other reason
     MC_ERR = 20         # errors by kind (ERROR_KINDS in sluiceway.metrics, 8 cells)
     MC_RETRIES = 28
-    MC_N = 29
+    MC_TLS_FULL = 29    # new TLS upstream connections: full handshakes (set by the sweep)
+    MC_TLS_RESUMED = 30 # ... and resumed sessions
+    MC_N = 31
     N_DURATION_BUCKETS = 13
 
 # The error kinds, as offsets from MC_ERR.

@@ -82,8 +82,8 @@ cdef int _origin_lost(Session s, object exc) except -1:
                              source=UPSTREAM, retryable=s.req_header._method in _IDEMPOTENT))
     if not o.answered() and not s.resp_started:
         err = Error(f"upstream {s.peer} closed the connection without sending a response"
-                    + (f" ({_exc_text(exc)})" if exc is not None else ""), status=502,
-                    source=UPSTREAM)
+                    + (f" ({_exc_text(exc)}){_tls_alert_hint(exc)}" if exc is not None else ""),
+                    status=502, source=UPSTREAM)
         _lost_early(s, err)
         return s._fail(err)
     # (nothing answered and nothing sent to the client went above)

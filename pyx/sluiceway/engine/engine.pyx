@@ -104,6 +104,8 @@ cdef class _Engine:
         sw_ms_set(c, self.mc[MC_POOL_REUSED], <double>self.pool.reused)
         sw_ms_set(c, self.mc[MC_POOL_FULL], <double>self.pool.evicted)
         sw_ms_set(c, self.mc[MC_POOL_OTHER], <double>(self.pool.closed - self.pool.evicted))
+        sw_ms_set(c, self.mc[MC_TLS_FULL], <double>self.pool.tls_full)
+        sw_ms_set(c, self.mc[MC_TLS_RESUMED], <double>self.pool.tls_resumed)
         return 0
 
     def sync_metrics(self):

@@ -76,7 +76,8 @@ cdef class _Conn(_Side):
     cdef int _linger(self) except -1
     cdef int t_abort(self, object exc) except -1
     cdef object t_peername(self)
-    cdef int t_start_tls(self, object ctx, bint server_side, object server_hostname) except -1
+    cdef int t_start_tls(self, object ctx, bint server_side, object server_hostname,
+                         object session=*) except -1
     cdef int t_abandon(self) except -1
     cdef Py_ssize_t _sent(self, Py_ssize_t r) except -2
     cdef int _send_raw(self, bytes data) except -1

@@ -375,15 +375,17 @@ cdef class _Conn:
             return host.decode("utf-8", "surrogateescape")
         return None
 
-    cdef int t_start_tls(self, object ctx, bint server_side, object server_hostname) except -1:
+    cdef int t_start_tls(self, object ctx, bint server_side, object server_hostname,
+                         object session=None) except -1:
         """Put TLS over this open connection (nothing plain was exchanged
         yet) with ``ctx`` (an ``ssl.SSLContext``), as the server or as a
-        client naming ``server_hostname``, and start the handshake. Its end
+        client naming ``server_hostname`` (and offering to resume
+        ``session``, an ``ssl.SSLSession``), and start the handshake. Its end
         is ``on_handshake``; the connection's deadlines and closing go on as
         before (the caller bounds the handshake's time)."""
         if self.fd < 0 or self.io_closing or self.tls is not None:
             raise RuntimeError("TLS starts on an open plain connection")
-        self.tls = _new_tls(ctx, server_side, server_hostname)
+        self.tls = _new_tls(ctx, server_side, server_hostname, session)
         self.tls.start(self)
         return 0
 

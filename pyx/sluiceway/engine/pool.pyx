@@ -11,10 +11,17 @@ cdef class _Pool:
     connections), ``reused`` (requests sent on a pooled connection),
     ``closed`` (connections closed for any reason) and ``evicted`` (idle
     connections the pool closed: over ``max_idle`` or idle too long).
+
+    For TLS it also keeps, by reuse key, the last resumable TLS session a
+    connection got (``sessions``): a new connection for that key offers it,
+    so the upstream can skip the full handshake. Counters: ``tls_full``
+    (new TLS connections that made a full handshake) and ``tls_resumed``
+    (those that resumed a session).
     """
 
     def __cinit__(self, int max_idle=128, double idle_timeout=60.0):
         self.idle = {}
+        self.sessions = {}
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
 
@@ -63,11 +70,23 @@ cdef class _Pool:
             if not stack:
                 del self.idle[c.key]
 
+    cdef int keep_session(self, object key, object session) except -1:
+        """Remember ``session`` as the one to offer for ``key`` (None: forget
+        it, after a handshake that failed)."""
+        if session is None:
+            self.sessions.pop(key, None)
+            return 0
+        if len(self.sessions) >= 4096 and key not in self.sessions:
+            self.sessions.clear()   # many distinct peers: start over
+        self.sessions[key] = session
+        return 0
+
     def stats(self):
         """Counters and the number of idle connections, as a dict."""
         return {"created": self.created, "reused": self.reused, "closed": self.closed,
                 "evicted": self.evicted,
-                "idle": sum(len(s) for s in self.idle.values())}
+                "idle": sum(len(s) for s in self.idle.values()),
+                "tls_full": self.tls_full, "tls_resumed": self.tls_resumed}
 
     def close_idle(self):
         """Close every idle connection (at shutdown)."""

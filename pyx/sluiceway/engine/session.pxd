@@ -21,6 +21,7 @@ cdef class Session:
     cdef _Engine eng
     cdef _Side client           # the client's end (kept until the request is done)
     cdef _Side origin           # the origin's end, while it has one
+    cdef _Tls up_tls            # the TLS layer of the upstream connection last bound, or None
     cdef _Leg req_leg           # the request body's way (made when needed)
     cdef _Leg resp_leg          # the response body's way (made when needed)
     cdef ResponseHeader resp    # the response head the hooks see (when they exist)

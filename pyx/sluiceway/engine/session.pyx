@@ -251,6 +251,17 @@ cdef class Session:
         return _tail_fields(self.resp_leg.tail if self.resp_leg is not None else None)
 
     @property
+    def upstream_tls(self):
+        """The TLS connection to the upstream, once connected (from
+        ``upstream_request_filter`` on, ``logging`` included), as a dict:
+        ``version`` ("TLSv1.3"), ``cipher``, ``alpn`` (the protocol the
+        upstream chose, or None), ``resumed`` (the connection resumed an
+        earlier TLS session), ``peer_cert`` (as ``ssl`` decodes it;
+        ``{}`` when not verified) and ``peer_cert_der``. None for a plain
+        upstream, or before a connection."""
+        return self.up_tls.info() if self.up_tls is not None else None
+
+    @property
     def tried_peers(self):
         return tuple(self.tried) if self.tried is not None else ()
 
@@ -511,6 +522,7 @@ cdef class Session:
 
     cdef int _bind(self, _Upstream u) except -1:
         self.origin = u
+        self.up_tls = u.tls
         u.bind(self, self.head_request)
         return 0
 

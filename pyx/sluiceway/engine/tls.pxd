@@ -24,11 +24,13 @@ cdef class _Tls:
     cdef bint server_side
     cdef bint sent_close        # our close_notify is written
     cdef bint got_close         # the peer's close_notify came
+    cdef bint offered           # a client that offered an earlier session to resume
     cdef list pending           # plaintext written before the handshake was done
     # The handshake's result (kept for the connection's life and after).
     cdef readonly str version       # "TLSv1.3", ...
     cdef readonly str cipher        # "TLS_AES_256_GCM_SHA384", ...
     cdef readonly str alpn          # the protocol agreed on by ALPN, or None
+    cdef readonly bint resumed      # the session offered was resumed (an abbreviated handshake)
     cdef readonly object peer_cert  # the peer's certificate as ssl decodes it ({} if not verified, None if none)
     cdef readonly bytes peer_cert_der
 
@@ -39,6 +41,7 @@ cdef class _Tls:
     cdef int writev(self, _Conn c, tuple parts) except -1
     cdef int close_notify(self, _Conn c) except -1
     cdef bint closed(self) except -1
+    cdef object session(self)
     cdef bint _handshake(self, _Conn c) except -1
     cdef int _read(self, _Conn c) except -1
     cdef int _flush(self, _Conn c) except -1

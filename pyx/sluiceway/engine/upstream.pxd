@@ -11,6 +11,7 @@ cdef class _Upstream(_Conn):
     cdef bint closed
     cdef bint idle              # in the pool
     cdef bint reusable
+    cdef bint tls_kept          # its TLS session went to the pool (or there was none to give)
     cdef bint got_bytes         # a byte of the response came
     cdef bint blocked           # hold(): no events for the session until go_on()
     cdef bint in_process
@@ -20,6 +21,7 @@ cdef class _Upstream(_Conn):
     cdef double write_timeout
 
     cdef int _made(self) except -1
+    cdef int _keep_tls_session(self) except -1
     cdef int on_handshake(self, object exc) except -1
     cdef int bind(self, Session s, bint head_request) except -1
     cdef int on_data(self, object data) except -1

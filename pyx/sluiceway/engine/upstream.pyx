@@ -24,6 +24,22 @@ cdef class _Upstream(_Conn):
     cdef int _made(self) except -1:
         """Connected (and, with TLS, the handshake done)."""
         self.eng.pool.created += 1
+        if self.tls is not None:
+            if self.tls.resumed:
+                self.eng.pool.tls_resumed += 1
+            else:
+                self.eng.pool.tls_full += 1
+        return 0
+
+    cdef int _keep_tls_session(self) except -1:
+        """Give the pool this connection's TLS session for the next new
+        connection to the same peer, once per connection: at its first
+        release, when a TLS 1.3 upstream's tickets (sent after the
+        handshake) have come in with the response."""
+        self.tls_kept = True
+        sess = self.tls.session()
+        if sess is not None:
+            self.eng.pool.keep_session(self.key, sess)
         return 0
 
     cdef int on_handshake(self, object exc) except -1:
@@ -297,6 +313,8 @@ cdef class _Upstream(_Conn):
 
     cdef int release(self, bint reuse) except -1:
         self.session = None
+        if self.tls is not None and not self.tls_kept:
+            self._keep_tls_session()
         if self.read_pause & (R_PEER_FULL | R_BUFFERED | R_THROTTLE):
             self._resume_read(R_PEER_FULL | R_BUFFERED | R_THROTTLE)
         self.blocked = False
