@@ -11,7 +11,7 @@ depend on what else the machine is doing, so two builds compare exactly.
 
 Usage:
     python bench/callgrind_engine.py [--requests 20000] [--body small|16k]
-        [--tls | --lb ALGORITHM [--count-load]] [--compare NAME=DIR ...]
+        [--tls | --tls-listen | --lb ALGORITHM [--count-load]] [--compare NAME=DIR ...]
         [--conf "key: value" ...]
 
 ``--lb RoundRobin`` (or another algorithm of sluiceway.lb) makes
@@ -28,6 +28,13 @@ the run) and the proxy's peer is ``HttpPeer(..., tls=True, ca_file=...)``
 (bench/tls_upstream.py's app). Then the whole process is counted, not only
 ``_on_ready``: a build whose TLS upstreams ran on asyncio transports did that
 work outside it, so only the whole process compares across such builds.
+
+``--tls-listen``: the proxy listens for HTTPS (``tls_listen``, a
+certificate from a CA made for the run) and the requests come over TLS on
+keep-alive connections (each connection's handshake is counted too: 4 of
+them in a run). Counted in ``_on_ready``, where the TLS layer runs. A build
+without TLS listeners cannot be counted this way (``--compare`` trees must
+have them).
 """
 
 from __future__ import annotations
@@ -50,12 +57,14 @@ import nginx_compare as nc  # noqa: E402
 import tls_upstream as tu  # noqa: E402
 
 
-def _drive(port, path, n, conns=4):
+def _drive(port, path, n, conns=4, tls=None):
     req = b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     per = n // conns
 
     def one():
         s = socket.create_connection(("127.0.0.1", port))
+        if tls is not None:
+            s = tls.wrap_socket(s, server_hostname="localhost")
         buf = b""
         for _ in range(per):
             s.sendall(req)
@@ -103,8 +112,18 @@ class BenchApp(ProxyHttp):
 '''
 
 
-def count(tree, tmp, o_port, path, n, whole=False):
+def count(tree, tmp, o_port, path, n, whole=False, tls_listen=False):
     port = nc.free_port()
+    conf, listen, client = os.path.join(tmp, "sw.yaml"), ["-l", f"127.0.0.1:{port}"], None
+    if tls_listen:
+        import ssl
+
+        conf = os.path.join(tmp, "sw-tls.yaml")
+        with open(os.path.join(tmp, "sw.yaml")) as f, open(conf, "w") as g:
+            g.write(f.read() + f"tls_listen:\n  - listen: 127.0.0.1:{port}\n"
+                    f"    cert: {tmp}/srv.pem\n    key: {tmp}/srv.key\n")
+        listen = []
+        client = ssl.create_default_context(cafile=os.path.join(tmp, "ca.pem"))
     out = os.path.join(tmp, f"cg.{os.path.basename(tree.rstrip('/'))}.{path.strip('/')}.out")
     env = dict(os.environ, BENCH_ORIGIN_PORT=str(o_port), BENCH_CA=os.path.join(tmp, "ca.pem"),
                PYTHONPATH=os.path.join(tree, "corepy") + os.pathsep + tmp)
@@ -112,15 +131,15 @@ def count(tree, tmp, o_port, path, n, whole=False):
     p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
                           *collect, "--dump-instr=no",
                           sys.executable, "-m", "sluiceway.cli", "run", "bench_app:BenchApp",
-                          "-c", os.path.join(tmp, "sw.yaml"), "-l", f"127.0.0.1:{port}"],
+                          "-c", conf, *listen],
                          env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         nc.wait_port(port, timeout=600)          # valgrind starts slowly on a busy machine
-        warm = _drive(port, path, 400)       # warm up (pool, free lists)
+        warm = _drive(port, path, 400, tls=client)   # warm up (pool, free lists)
         worker = nc.sluiceway_pid(p.pid)     # the master's worker serves
         # Count from here: zero the counters, then the measured requests.
         subprocess.run(["callgrind_control", "-z", str(worker)], capture_output=True, timeout=60)
-        done = _drive(port, path, n)
+        done = _drive(port, path, n, tls=client)
         # The count is of one worker: if it died (and the master started
         # another), its dump holds part of the requests, and a number made
         # from it would look plausible and mean nothing.
@@ -154,6 +173,8 @@ def main(argv=None):
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--body", choices=["small", "16k"], default="small")
     ap.add_argument("--tls", action="store_true", help="a TLS origin; count the whole process")
+    ap.add_argument("--tls-listen", action="store_true",
+                    help="the proxy listens for HTTPS; requests come over TLS")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=DIR")
     ap.add_argument("--conf", action="append", default=[], metavar="LINE",
                     help="a YAML line added to the configuration (e.g. 'metrics: false')")
@@ -164,8 +185,8 @@ def main(argv=None):
     ap.add_argument("--keep", metavar="DIR", help="copy the callgrind outputs to DIR "
                     "(for callgrind_annotate)")
     ns = ap.parse_args(argv)
-    if ns.tls and ns.lb:
-        ap.error("--tls and --lb do not combine")
+    if sum(map(bool, (ns.tls, ns.lb, ns.tls_listen))) > 1:
+        ap.error("--tls, --tls-listen and --lb do not combine")
     tmp = tempfile.mkdtemp(prefix="sw-cg-")
     os.chmod(tmp, 0o755)
     os.makedirs(os.path.join(tmp, "www"))
@@ -183,6 +204,8 @@ def main(argv=None):
         f.write("version: 1\nthreads: 1\nupstream_keepalive_pool_size: 64\n" +
                 "".join(line + "\n" for line in ns.conf))
     o_port = nc.free_port()
+    if ns.tls_listen:
+        tu.make_certs(tmp)
     if ns.tls:
         tu.make_certs(tmp)
         for name in ("srv.key", "srv.pem", "ca.pem"):
@@ -194,8 +217,10 @@ def main(argv=None):
         nc.wait_port(o_port)
         trees = [("this", nc.REPO)] + [tuple(s.split("=", 1)) for s in ns.compare]
         for name, tree in trees:
-            per = count(os.path.abspath(tree), tmp, o_port, "/" + ns.body, ns.requests, ns.tls)
-            where = "in the whole process (TLS upstream)" if ns.tls else "in _on_ready"
+            per = count(os.path.abspath(tree), tmp, o_port, "/" + ns.body, ns.requests, ns.tls,
+                        ns.tls_listen)
+            where = ("in the whole process (TLS upstream)" if ns.tls else
+                     "in _on_ready (HTTPS client)" if ns.tls_listen else "in _on_ready")
             print(f"{name:10} {ns.body:6} {per:10.0f} instructions per request {where}",
                   flush=True)
             if ns.keep:

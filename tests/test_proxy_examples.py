@@ -71,3 +71,38 @@ def test_header_rewrite_example(origins):
         assert any(n == "x-request-id" for n, v in got["headers"])
     finally:
         assert stop_proc(proc) == 0
+
+
+def test_mtls_gate_example(origins, tmp_path):
+    from tls_certs import HAVE_OPENSSL, issue, make_certs
+    if not HAVE_OPENSSL:
+        pytest.skip("openssl not installed")
+    import ssl
+
+    d = make_certs(tmp_path)
+    issue(d, "mallory", "mallory")
+    proc, url = run_example("mtls_gate.py", {
+        "CERT": str(d / "srv.pem"), "KEY": str(d / "srv.key"), "CLIENT_CA": str(d / "ca.pem"),
+        "ALLOWED": "sluiceway test client", "UPSTREAM": f"127.0.0.1:{origins.ports[0]}"})
+    url = url.replace("http://", "https://")
+
+    def client(name=None):
+        ctx = ssl.create_default_context(cafile=str(d / "ca.pem"))
+        if name:
+            ctx.load_cert_chain(str(d / f"{name}.pem"), str(d / f"{name}.key"))
+        return httpx.Client(verify=ctx)
+
+    try:
+        with client("cli") as c:
+            got = c.get(url + "/headers").json()
+        names = {n.lower(): v for n, v in got["headers"]}
+        assert names["x-client-cn"] == "sluiceway test client"
+        assert len(names["x-client-fingerprint"]) == 64
+        with client("mallory") as c:
+            r = c.get(url + "/headers")
+            assert r.status_code == 403 and r.text == "mallory may not call this\n"
+        with pytest.raises(httpx.HTTPError):   # no certificate: no handshake
+            with client() as c:
+                c.get(url + "/headers")
+    finally:
+        assert stop_proc(proc) == 0

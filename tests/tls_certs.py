@@ -63,3 +63,23 @@ def client_context(d, cert=False):
     if cert:
         ctx.load_cert_chain(str(d / "cli.pem"), str(d / "cli.key"))
     return ctx
+
+
+def issue(d, name, cn, sans=("DNS:localhost", "IP:127.0.0.1"), ec=False, days=2, ca="ca"):
+    """Write ``name``.pem and ``name``.key into ``d``: a certificate for
+    ``cn`` with ``sans``, signed by the CA ``ca`` (made by make_certs);
+    ``ec``: an ECDSA P-256 key instead of RSA 2048."""
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"] if ec else \
+        ["-newkey", "rsa:2048"]
+    (d / f"{name}.cnf").write_text("subjectAltName=" + ",".join(sans) + "\n")
+    run("req", *key, "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
+    run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+        "-CAcreateserial", "-out", f"{name}.pem", "-days", str(days), "-extfile", f"{name}.cnf")
+    return d / f"{name}.pem", d / f"{name}.key"
+
+
+def serial_of(pem_path):
+    """The serial number of a PEM certificate, as ssl prints it."""
+    return ssl._ssl._test_decode_cert(str(pem_path))["serialNumber"]

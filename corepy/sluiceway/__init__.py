@@ -36,6 +36,7 @@ from .limits import (Attempt, BreakerState, CircuitBreaker, CircuitOpen, Concurr
                      Permit, Rate, RateDecision, RateLimiter, Transition, proportional)
 
 from .config import ConfigError, ServerConf, load_config
+from ._base.tls import ClientCert, TlsInfo
 from .proxy import (HeaderMap, HttpPeer, ProxyHttp, RequestHeader, ResponseHeader, Session,
                     pool_stats)
 from .server import (BackgroundService, ProxyService, Server, background_service,
@@ -48,6 +49,7 @@ __all__ = [
     "ProxyHttp", "HttpPeer", "Session", "RequestHeader", "ResponseHeader", "HeaderMap", "pool_stats",
     "ServerConf", "ConfigError", "load_config",
     "Server", "ProxyService", "BackgroundService", "http_proxy_service", "background_service",
+    "TlsInfo", "ClientCert",
     # load balancing
     "LoadBalancer", "Backend", "BackendState", "RoundRobin", "Random", "FNVHash", "Consistent",
     "LeastConnections", "PowerOfTwoChoices", "BackendLoad",

@@ -1,6 +1,7 @@
 """Type stubs for the compiled engine (sluiceway._engine)."""
 
 from typing import Any, Awaitable, Dict, Iterator, List, Optional, Tuple, Union
+from ._base.tls import ClientCert, TlsInfo
 
 _Name = Union[str, bytes]
 _Value = Union[str, bytes, int]
@@ -90,6 +91,10 @@ class Session:
     def server_addr(self) -> Any: ...
     @property
     def forwarded_by(self) -> Any: ...
+    @property
+    def tls(self) -> Optional[TlsInfo]: ...
+    @property
+    def client_cert(self) -> Optional[ClientCert]: ...
     @property
     def ctx(self) -> Any: ...
     @property

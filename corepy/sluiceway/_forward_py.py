@@ -183,7 +183,7 @@ def _rfc7239_value(v: bytes) -> bytes:
 
 
 def forwarding_fields(fields: Sequence[Field], direct: bytes, trusted: bool,
-                      style: str = "x-forwarded") -> bytes:
+                      style: str = "x-forwarded", scheme: bytes = b"http") -> bytes:
     """The forwarding fields the proxy adds with ``forwarded_headers`` on
     (the received X-Forwarded-For/-Proto/-Host and Forwarded are dropped
     from the head first).
@@ -195,6 +195,7 @@ def forwarding_fields(fields: Sequence[Field], direct: bytes, trusted: bool,
         trusted: that address is in ``trusted_proxies``: the received
             chains go on with it appended; otherwise they are replaced.
         style: ``x-forwarded``, ``rfc7239`` or ``both``.
+        scheme: ``b"https"`` when the client came over TLS.
     """
     out = []
     host = _first(fields, b"host")
@@ -202,7 +203,7 @@ def forwarding_fields(fields: Sequence[Field], direct: bytes, trusted: bool,
         prior = _joined(fields, b"x-forwarded-for") if trusted else None
         out.append(b"X-Forwarded-For: " + (prior + b", " + direct if prior else direct) + CRLF)
         proto = _joined(fields, b"x-forwarded-proto") if trusted else None
-        out.append(b"X-Forwarded-Proto: " + (proto or b"http") + CRLF)
+        out.append(b"X-Forwarded-Proto: " + (proto or scheme) + CRLF)
         fhost = _joined(fields, b"x-forwarded-host") if trusted else None
         if fhost or host is not None:
             out.append(b"X-Forwarded-Host: " + (fhost or host) + CRLF)
@@ -215,7 +216,7 @@ def forwarding_fields(fields: Sequence[Field], direct: bytes, trusted: bool,
         prior = _joined(fields, b"forwarded") if trusted else None
         node = (b"unknown" if direct == b"unix" else
                 b'"[' + direct + b']"' if b":" in direct else direct)
-        el = b"for=" + node + b";proto=http"
+        el = b"for=" + node + b";proto=" + scheme
         if host is not None:
             el += b";host=" + _rfc7239_value(host)
         out.append(b"Forwarded: " + (prior + b", " + el if prior else el) + CRLF)

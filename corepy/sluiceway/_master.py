@@ -65,6 +65,8 @@ FIRST_DELAY = 0.5
 MAX_DELAY = 30.0
 #: How long a reload's new workers may take to accept before it is given up.
 RELOAD_WAIT = 30.0
+#: How often the files of TLS listeners with ``watch_certs`` are looked at.
+WATCH_CERTS_SECONDS = 1.0
 
 _MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
                    signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD)
@@ -232,6 +234,8 @@ class Master:
         self.deferred = set()    # signals that came while starting, handled once serving
         self.failure = ""        # why the first workers did not start
         self.code = 0
+        self.watch_next = 0.0    # when the watched certificate files are looked at next
+        self.watch_tried: Dict[tuple, tuple] = {}   # files -> their state a reload was tried for
         self.wake_r = self.wake_w = -1
 
     # -- the loop --------------------------------------------------------------
@@ -350,6 +354,34 @@ class Master:
                 log.warning("sluiceway: worker %d did not stop within "
                             "graceful_shutdown_timeout_seconds; killing it", w.pid)
                 _kill(w.pid, signal.SIGKILL)
+        if now >= self.watch_next:
+            self.watch_next = now + WATCH_CERTS_SECONDS
+            self._watch_certs()
+
+    def _watch_certs(self) -> None:
+        """``watch_certs``: when a TLS listener's certificate, key or CA
+        file changed (inode, size or mtime) since its contexts were made,
+        reload, as SIGHUP does: the new workers get contexts from the new
+        files. A reload that fails (a key that does not match, an expired
+        certificate) is logged and leaves the old workers serving; it is
+        tried again only when the files change again."""
+        if not self.started or self.stopping or self.sender is not None or self.pending is not None:
+            return
+        from .tls import file_state
+
+        for svc in self.server.services:
+            for lt in getattr(svc, "tls_listeners", list)():
+                if not lt.options.watch_certs:
+                    continue
+                files = lt.options.files()
+                state = file_state(files)
+                if state == lt.state or self.watch_tried.get(files) == state:
+                    continue
+                self.watch_tried[files] = state
+                log.info("sluiceway: the certificate files of a TLS listener changed (%s): "
+                         "reloading", ", ".join(files))
+                self._reload()
+                return
 
     # -- what the admin listener says ------------------------------------------
 

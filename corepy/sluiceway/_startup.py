@@ -357,7 +357,8 @@ def startup_lines(addresses: List[str], conf: ServerConf, conf_path: Optional[st
     workers, pid file and log destinations."""
     from . import __version__
 
-    urls = ", ".join(("http://" + a) if not a.startswith("unix:") else a for a in addresses)
+    urls = ", ".join(("http://" + a) if not a.startswith("unix:") and "://" not in a else a
+                     for a in addresses)
     err, acc = log_destinations(conf)
     n = conf.threads
     lines = [f"sluiceway {__version__}: listening on {urls or '(no address)'}",

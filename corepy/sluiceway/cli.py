@@ -156,7 +156,7 @@ def _read_conf(ns) -> ServerConf:
     if ns.listen:
         conf.listen = list(ns.listen)
         conf.validate()
-    if not conf.listen:
+    if not conf.listen and not conf.tls_listen:
         conf.listen = ["127.0.0.1:8080"]
     if ns.daemon:
         conf.daemon = True

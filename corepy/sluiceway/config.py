@@ -149,6 +149,21 @@ class ServerConf:
         "service (it replaces the addresses the program gave with `add_tcp`). "
         "`sluiceway run` listens on 127.0.0.1:8080 when there is none.",
         group="sluiceway", example=["127.0.0.1:8080"])
+    tls_listen: List[Dict[str, Any]] = _key(
+        [], "HTTPS addresses (docs/tls.md): a list of mappings, each with `listen` "
+        "(`host:port`), `cert` and `key` (PEM files; the cert file holds the chain), "
+        "and optionally `certificates` (more `{cert, key}` pairs: other names picked by "
+        "SNI, exact or `*.wildcard`, or an ECDSA pair beside an RSA one; the first "
+        "certificate's names are the default), `min_version` and `max_version` "
+        "(`TLSv1.2`, `TLSv1.3`), `ciphers` (TLS 1.2 suites, OpenSSL syntax; Mozilla's "
+        "intermediate profile by default), `ecdh_curve` (one curve; OpenSSL's defaults "
+        "when unset), `alpn` (`[http/1.1]`), `session_tickets` (true), "
+        "`handshake_timeout` (60 seconds, 0: none), `client_auth` (`none`, `optional`, "
+        "`required`) with `client_ca` (PEM CA certificates), `watch_certs` (false; true: "
+        "reload when a certificate, key or CA file changes, checked every second). Like "
+        "`listen`, it replaces the TLS addresses a program gave with `add_tls`.",
+        group="sluiceway",
+        hint='[{listen: "0.0.0.0:8443", cert: /etc/sluiceway/cert.pem, key: /etc/sluiceway/key.pem}]')
     downstream_header_timeout_seconds: float = _key(
         10.0, "A client must send a whole request head within this (slowloris "
         "guard; 408 if some bytes came).", group="sluiceway")
@@ -409,6 +424,7 @@ class ServerConf:
                 parse_listen(addr)
             except ConfigError as exc:
                 raise ConfigError(f"{where('listen')}{exc}") from None
+        self._check_tls_listen(where("tls_listen"))
         self.redis_backend_args(where("redis"))
         import ipaddress
         for key in ("proxy_protocol_from", "trusted_proxies"):
@@ -436,6 +452,28 @@ class ServerConf:
         except ValueError as exc:
             key = "compression_algorithms" if "algorithm" in str(exc) else "compression"
             raise ConfigError(f"{where(key)}{exc}") from None
+
+    def _check_tls_listen(self, where: str) -> None:
+        if not isinstance(self.tls_listen, list):
+            raise ConfigError(f"{where}tls_listen must be a list of mappings "
+                              f"({{listen: ..., cert: ..., key: ...}}), got {self.tls_listen!r}")
+        from .tls import TlsOptions
+
+        for i, entry in enumerate(self.tls_listen):
+            if not isinstance(entry, dict) or "listen" not in entry:
+                raise ConfigError(f"{where}tls_listen entry {i + 1} must be a mapping with "
+                                  f"listen, cert and key, got {entry!r}")
+            e = dict(entry)
+            addr = e.pop("listen")
+            try:
+                if parse_listen(addr)[0] != "tcp":
+                    raise ConfigError(f"listen address {addr!r}: TLS is for TCP addresses")
+                TlsOptions.make(**e)
+            except (ConfigError, ValueError, TypeError) as exc:
+                raise ConfigError(f"{where}tls_listen entry {i + 1} ({addr}): {exc}") from None
+            if addr in self.listen:
+                raise ConfigError(f"{where}tls_listen {addr} is also in listen: an address is "
+                                  "plain or TLS")
 
     # YAML key under ``redis:`` -> (RedisBackend argument, allowed types)
     _REDIS_KEYS = {
@@ -605,7 +643,8 @@ def _type_name(f) -> str:
         return "name or null"
     return {"int": "integer", "float": "seconds" if f.name.endswith("_seconds") else "number",
             "bool": "true/false", "str": "string", "Optional[str]": "path or null",
-            "List[str]": "list of addresses" if f.name == "listen" else "list of strings", "Optional[Dict[str, Any]]": "mapping or null"}.get(t, t)
+            "List[str]": "list of addresses" if f.name == "listen" else "list of strings",
+            "List[Dict[str, Any]]": "list of mappings", "Optional[Dict[str, Any]]": "mapping or null"}.get(t, t)
 
 
 def example_yaml() -> str:

@@ -332,7 +332,7 @@ class Histogram(_Family):
 # (pyx/sluiceway/engine/consts.pxd): (family, labels beyond service).
 _CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
 ERROR_KINDS = ("connect", "timeout", "invalid_response", "client_abort", "client",
-               "upstream", "load_shed", "internal")
+               "upstream", "load_shed", "internal", "tls")
 POOL_CLOSE_REASONS = ("pool_full", "other")
 
 _E: Dict[str, _Family] = {}
@@ -370,7 +370,8 @@ def _engine_families() -> Dict[str, _Family]:
         pool_closed=Counter("sluiceway_upstream_connections_closed_total",
                             "Upstream connections closed, by reason (pool_full: evicted from a "
                             "full pool)", ["service", "reason"]),
-        errors=Counter("sluiceway_errors_total", "Failed requests by kind of error",
+        errors=Counter("sluiceway_errors_total", "Failed requests by kind of error (tls: client "
+                       "connections whose TLS handshake failed, not requests)",
                        ["service", "kind"]),
         retries=Counter("sluiceway_upstream_retries_total",
                         "Requests sent to a peer again (upstream_peer asked again, or resent "

@@ -59,6 +59,8 @@ class ProxyService:
         self.name = name
         self._tcp: List[tuple] = []
         self._uds: List[tuple] = []
+        self._tls: List[tuple] = []        # (host, port, TlsOptions)
+        self._sock_tls: list = []          # per socket in _socks: its ListenerTls, or None
         self._servers: list = []
         self._socks: list = []
         self.engine = None
@@ -68,6 +70,32 @@ class ProxyService:
         """Listen on ``"host:port"`` (port 0 picks a free port; see
         ``addresses`` after start)."""
         self._tcp.append(_parse_tcp(addr))
+
+    def add_tls(self, addr: str, cert_path: Optional[str] = None, key_path: Optional[str] = None,
+                **options) -> None:
+        """Listen for HTTPS on ``"host:port"``: TLS with the certificate
+        ``cert_path`` (PEM, the chain after the leaf) and its key
+        ``key_path``, then HTTP/1.1 as on a plain address.
+
+        Keyword options (docs/tls.md has them all): ``certificates`` (more
+        ``(cert, key)`` pairs: other names chosen by SNI, or an ECDSA pair
+        beside an RSA one), ``min_version``/``max_version`` (``"TLSv1.2"``,
+        ``"TLSv1.3"``), ``ciphers`` (TLS 1.2 suites; Mozilla's intermediate
+        by default), ``ecdh_curve``, ``alpn`` (``["http/1.1"]``),
+        ``session_tickets`` (True), ``handshake_timeout`` (60 s),
+        ``client_auth`` (``"none"``, ``"optional"``, ``"required"``) with
+        ``client_ca`` (a PEM file of CA certificates), ``watch_certs``
+        (reload when the files change).
+
+        Raises:
+            ValueError: a bad address or option. The files are read when
+                the server starts (a missing or bad file stops the start
+                with the reason).
+        """
+        from .tls import TlsOptions
+
+        host, port = _parse_tcp(addr)
+        self._tls.append((host, port, TlsOptions.make(cert_path, key_path, **options)))
 
     def add_uds(self, path: str, permissions: Optional[int] = None) -> None:
         """Listen on a Unix domain socket at ``path``."""
@@ -84,7 +112,25 @@ class ProxyService:
     def listen_addresses(self) -> List[str]:
         """The addresses given so far, as ``listen`` writes them (before a
         start resolves port 0)."""
-        return [fmt_addr(a) for a in self._tcp] + ["unix:" + p for p, _ in self._uds]
+        return [fmt_addr(a) for a in self._tcp] + ["unix:" + p for p, _ in self._uds] + \
+            [fmt_addr((h, p)) for h, p, _ in self._tls]
+
+    def _build_tls(self) -> list:
+        """Each TLS address's ListenerTls (its files read, its contexts
+        made), in ``_tls`` order.
+
+        Raises:
+            StartError: a file cannot be used (the message says which and why).
+        """
+        from .tls import build
+
+        out = []
+        for host, port, opts in self._tls:
+            try:
+                out.append(build(opts))
+            except ValueError as exc:
+                raise StartError(f"TLS listener {fmt_addr((host, port))}: {exc}", 2) from None
+        return out
 
     def _bind(self, pool: Optional[dict] = None) -> None:
         """Create (or adopt) the listening sockets, one per address.
@@ -99,7 +145,8 @@ class ProxyService:
         "address in use".
         """
         pool = pool if pool is not None else {}
-        for host, port in self._tcp:
+        tls = self._build_tls()   # before any socket: a bad file binds nothing
+        for i, (host, port) in enumerate(list(self._tcp) + [(h, p) for h, p, _ in self._tls]):
             s = pool.pop(("tcp", host, port), None) if port else None
             if s is None:
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -113,6 +160,7 @@ class ProxyService:
                     raise BindError(fmt_addr((host, port)), exc) from None
             s.setblocking(False)
             self._socks.append(s)
+            self._sock_tls.append(tls[i - len(self._tcp)] if i >= len(self._tcp) else None)
             self.addresses.append(s.getsockname()[:2])
         for path, perm in self._uds:
             s = pool.pop(("unix", path), None)
@@ -132,13 +180,14 @@ class ProxyService:
                     raise BindError("unix:" + path, exc) from None
             s.setblocking(False)
             self._socks.append(s)
+            self._sock_tls.append(None)
             self.addresses.append(path)
 
     def _copy(self, conf: ServerConf, app: Optional[ProxyHttp] = None) -> "ProxyService":
         """The same service (addresses, name) with another configuration
         and, optionally, another app: what a reload starts."""
         svc = ProxyService(conf, app if app is not None else self.app, self.name)
-        svc._tcp, svc._uds = list(self._tcp), list(self._uds)
+        svc._tcp, svc._uds, svc._tls = list(self._tcp), list(self._uds), list(self._tls)
         return svc
 
     async def start(self, loop=None) -> list:
@@ -153,9 +202,17 @@ class ProxyService:
                                           _engine.Settings.from_conf(self.conf),
                                           CompressionPolicy.from_conf(self.conf))
         _observe.attach(self.engine, self.conf, self.name, loop)
-        for s in self._socks:
-            self._servers.append(self.engine.serve(s))
+        for s, lt in zip(self._socks, self._sock_tls):
+            if lt is None:
+                self._servers.append(self.engine.serve(s))
+            else:
+                self._servers.append(self.engine.serve(s, lt.context, lt.options.handshake_timeout))
         return self.addresses
+
+    def tls_listeners(self) -> list:
+        """The TLS listeners' ``sluiceway.tls.ListenerTls`` (contexts and the
+        state of their files), once bound."""
+        return [lt for lt in self._sock_tls if lt is not None]
 
     def stop_accepting(self) -> None:
         """Stop accepting: connections already waiting in the listen queues
@@ -191,6 +248,7 @@ class ProxyService:
         for s in self._socks:
             s.close()
         self._socks.clear()
+        self._sock_tls.clear()
 
     def pool_stats(self) -> dict:
         """The upstream connection pool's counters (this worker)."""
@@ -380,16 +438,28 @@ class Server:
         """The configuration's ``listen`` (or ``-l``) replaces the addresses
         the program gave its proxy service."""
         listen = self.configuration.listen
-        if not listen:
+        tls_listen = self.configuration.tls_listen
+        if not listen and not tls_listen:
             return
         if len(self.services) != 1:
-            raise StartError(f"the configuration's listen ({', '.join(listen)}) applies to a program "
-                             f"with one proxy service; this one has {len(self.services)}: give each "
-                             "service its addresses with add_tcp()/add_uds() and remove listen", 2)
+            names = ", ".join(listen + [e["listen"] for e in tls_listen])
+            raise StartError(f"the configuration's listen and tls_listen ({names}) apply to a "
+                             f"program with one proxy service; this one has {len(self.services)}: "
+                             "give each service its addresses with add_tcp()/add_tls()/add_uds() "
+                             "and remove them", 2)
         svc = self.services[0]
-        svc._tcp, svc._uds = [], []
-        for addr in listen:
-            svc.add_address(addr)
+        if listen:
+            svc._tcp, svc._uds = [], []
+            for addr in listen:
+                svc.add_address(addr)
+        if tls_listen:
+            from .tls import TlsOptions
+
+            svc._tls = []
+            for entry in tls_listen:
+                e = dict(entry)
+                host, port = _parse_tcp(e.pop("listen"))
+                svc._tls.append((host, port, TlsOptions.make(**e)))
 
     def addresses(self) -> List[str]:
         """Every address the services will listen on."""
@@ -413,6 +483,11 @@ class Server:
             if not svc.listen_addresses():
                 problems.append(f"service {svc.name!r} has no address: add_tcp('127.0.0.1:8080') "
                                 "or listen: in the configuration")
+        for svc in self.services:
+            try:
+                svc._build_tls()
+            except StartError as exc:
+                problems.append(str(exc))
         for addr in self.addresses():
             problem, note = _startup.check_address(addr)
             if problem:
@@ -434,7 +509,8 @@ class Server:
         return 0
 
     def _startup_lines(self) -> List[str]:
-        addrs = [fmt_addr(a) for svc in self.services for a in svc.addresses]
+        addrs = [("https://" if lt is not None else "") + fmt_addr(a) for svc in self.services
+                 for a, lt in zip(svc.addresses, svc._sock_tls or [None] * len(svc.addresses))]
         lines = _startup.startup_lines(addrs, self.configuration, self.conf_path, os.getpid(),
                                        self.configuration.daemon)
         if self._took_over:

@@ -613,13 +613,16 @@ class Harness:
         loop_thread: run on this :class:`LoopThread` (shared with an origin
             started on it) instead of a new one.
         origin: use this started :class:`Origin` instead of a new one.
+        tls: listen for HTTPS instead: ``add_tls``'s arguments as a dict
+            (``{"cert_path": ..., "key_path": ..., **options}``); ``url``
+            is then ``https://``.
 
     Attributes:
         url, port: the proxy's; origin: the Origin; svc: the ProxyService;
         app, conf, loop.
     """
 
-    def __init__(self, app=None, conf=None, *, loop_thread=None, origin=None, **conf_kw):
+    def __init__(self, app=None, conf=None, *, loop_thread=None, origin=None, tls=None, **conf_kw):
         ServerConf = _proxy_types()[0]
         self.app = app if app is not None else _passthrough_class()()
         kw = dict(upstream_read_timeout_seconds=5.0, upstream_connect_timeout_seconds=2.0)
@@ -630,6 +633,7 @@ class Harness:
         self.loop = self._lt.loop
         self.thread = self._lt.thread
         self._given_origin = origin
+        self._tls = tls
         self.svc = None
 
     def call(self, coro, timeout=10):
@@ -650,13 +654,16 @@ class Harness:
             if getattr(self.app, "port", "missing") is None:
                 self.app.port = self.origin.port
             self.svc = _proxy_types()[3](self.conf, self.app)
-            self.svc.add_tcp("127.0.0.1:0")
+            if self._tls is not None:
+                self.svc.add_tls("127.0.0.1:0", **self._tls)
+            else:
+                self.svc.add_tcp("127.0.0.1:0")
             self.call(self.svc.start())
         except BaseException:
             self._close()
             raise
         self.port = self.svc.addresses[0][1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if self._tls is not None else 'http'}://127.0.0.1:{self.port}"
         return self
 
     def __exit__(self, *exc):

@@ -28,6 +28,7 @@ cdef class _Conn
 cdef class _Tls
 cdef class _LoopState
 cdef class _Engine
+cdef class _Listener
 cdef class _Reader
 cdef class _Downstream
 cdef class _Upstream

@@ -85,6 +85,7 @@ cdef enum:
     DL_POOL = 6         # a pooled upstream connection
     DL_DISCARD = 7      # reading and dropping the rest of an answered request's body
     DL_LINGER = 8       # closing: our side shut down, reading and dropping what still comes
+    DL_HANDSHAKE = 9    # a client's TLS handshake (a TLS listener's handshake_timeout)
 
 
 # Stages of a session (Session._advance).
@@ -136,11 +137,11 @@ cdef enum:
     MC_POOL_REUSED = 17
     MC_POOL_FULL = 18   # closed: evicted from a full pool
     MC_POOL_OTHER = 19  # closed: any other reason
-    MC_ERR = 20         # errors by kind (ERROR_KINDS in sluiceway.metrics, 8 cells)
-    MC_RETRIES = 28
-    MC_TLS_FULL = 29    # new TLS upstream connections: full handshakes (set by the sweep)
-    MC_TLS_RESUMED = 30 # ... and resumed sessions
-    MC_N = 31
+    MC_ERR = 20         # errors by kind (ERROR_KINDS in sluiceway.metrics, 9 cells)
+    MC_RETRIES = 29
+    MC_TLS_FULL = 30    # new TLS upstream connections: full handshakes (set by the sweep)
+    MC_TLS_RESUMED = 31 # ... and resumed sessions
+    MC_N = 32
     N_DURATION_BUCKETS = 13
 
 # The error kinds, as offsets from MC_ERR.
@@ -153,6 +154,7 @@ cdef enum:
     EK_UPSTREAM = 5
     EK_LOAD_SHED = 6
     EK_INTERNAL = 7
+    EK_TLS = 8          # a client's TLS handshake failed (not a request: no other series counts it)
 
 # Access-log formats (Settings.access_log_format).
 cdef enum:

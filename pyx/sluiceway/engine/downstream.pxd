@@ -22,6 +22,8 @@ cdef class _Downstream(_Conn):
     cdef bint discard_body      # body bytes of a finished request are dropped
     cdef bint msg_ended         # the current request's end was parsed
     cdef bint rejected          # over max_connections: answered 503, closing
+    cdef _Listener tls_lst      # the TLS listener it came from (None: plain)
+    cdef bint tls_wait          # ... its first bytes, to start TLS with, are awaited
 
     cdef int _made(self) except -1
     cdef int on_data(self, object data) except -1
@@ -61,3 +63,7 @@ cdef class _Downstream(_Conn):
     cdef int _pp_begin(self) except -1
     cdef object _pp_feed(self, object data)
     cdef int served(self)
+    cdef int _tls_begin(self, object data) except -1
+    cdef int on_handshake(self, object exc) except -1
+    cdef int _tls_error(self, object exc, str what) except -1
+    cdef object tls_layer(self)

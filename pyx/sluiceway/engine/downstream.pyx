@@ -5,7 +5,17 @@ cdef class _Downstream(_Conn):
     """One client connection: parses requests, makes a ``Session`` per
     request and is its client's end (``_Side``). Pipelined requests are
     parsed one at a time: the next head waits until the current request is
-    done, so responses go out in order."""
+    done, so responses go out in order.
+
+    From a TLS listener (``tls_lst``) the first bytes (after a PROXY
+    header, if any) must begin a TLS handshake record: anything else is
+    answered with a plaintext 400 and closed, as nginx does for plain HTTP
+    sent to an HTTPS port. Otherwise TLS starts on the connection
+    (``t_start_tls``) with those bytes; ``on_handshake`` ends the handshake
+    wait (DL_HANDSHAKE) and requests are read as on a plain connection. A
+    handshake that fails or is cut is counted (``tls_failed``, the ``tls``
+    kind of ``sluiceway_errors_total``), logged, and the connection is gone:
+    the layer reports it as ``on_handshake(exc)`` instead of ``on_lost``."""
 
     def __cinit__(self, _Engine eng):
         self.eng = eng
@@ -15,6 +25,16 @@ cdef class _Downstream(_Conn):
         """The connection is open (accepted and registered)."""
         cdef _Engine eng = self.eng
         if eng.cfg.max_connections and len(eng.conns) >= eng.cfg.max_connections:
+            if self.tls_lst is not None:
+                # A TLS client could not read a plaintext 503: closed at once.
+                self.rejected = True
+                if eng.mslab != NULL:
+                    _m_conn(eng, MC_CONN_REJ)
+                eng.gate.emit(logging.WARNING, "max_connections",
+                              "sluiceway: connection refused: %d connections open (max_connections)",
+                              (len(eng.conns),))
+                self._close(False)
+                return 0
             # Over the limit: answer politely, and close once the client's
             # first bytes are read (closing with unread input would reset
             # the connection and lose the 503).
@@ -33,7 +53,11 @@ cdef class _Downstream(_Conn):
         # The parser is taken from the engine's free list when bytes arrive
         # and given back while the connection idles (see request_done).
         self.reader = None
-        self.arm(DL_HEAD, eng.cfg.downstream_header_timeout_seconds)
+        if self.tls_lst is None:
+            self.arm(DL_HEAD, eng.cfg.downstream_header_timeout_seconds)
+        else:
+            self.tls_wait = True
+            self.arm(DL_HANDSHAKE, self.tls_lst.hs_timeout)
         if eng.cfg.pp_from is not None:
             self._pp_begin()
         return 0
@@ -101,6 +125,8 @@ cdef class _Downstream(_Conn):
             data = self._pp_feed(data)
             if data is None:
                 return 0
+        if self.tls_wait:
+            return self._tls_begin(data)
         if self.pipe is not None:
             # A protocol switch: bytes go to the other end as they are.
             if self.session is not None:
@@ -128,8 +154,10 @@ cdef class _Downstream(_Conn):
 
     cdef int on_closing(self) except -1:
         # Keep the client's address for the logging of a request in
-        # progress: it cannot be asked once the socket is closed.
-        if self.session is not None and self.client_addr is None:
+        # progress (or of a TLS handshake cut): it cannot be asked once the
+        # socket is closed.
+        if (self.session is not None or (self.tls is not None and self.tls.state == TLS_HANDSHAKE)) \
+                and self.client_addr is None:
             self.client_addr = self.t_peername()
         return 0
 
@@ -147,6 +175,60 @@ cdef class _Downstream(_Conn):
             self.eng._give_reader(self.reader, True)
         self.reader = None
         return 0
+
+    # --- TLS (from a TLS listener) -----------------------------------------------
+
+    cdef int _tls_begin(self, object data) except -1:
+        """The client's first bytes on a TLS listener: a TLS handshake
+        record starts TLS with them; anything else gets a plaintext 400."""
+        cdef unsigned char first = <unsigned char>PyBytes_AS_STRING(data)[0]
+        self.tls_wait = False
+        if self.client_addr is None:
+            # Asked now: a handshake cut by a reset could not ask any more,
+            # and its log line names the client.
+            self.client_addr = self.t_peername()
+        if first != 0x16:   # a TLS handshake record's content type
+            self._tls_error(None, "plain HTTP sent to the TLS port: answered 400"
+                            if 65 <= first <= 90 else   # a method's first letter
+                            f"not a TLS handshake (first byte 0x{first:02x}): answered 400")
+            self.t_write(_R400_HTTPS)
+            self._close(True)   # what else it sends is read and dropped
+            return 0
+        self.t_start_tls(self.tls_lst.tls_ctx, True, None)
+        if self.fd >= 0 and self.tls is not None:
+            self.tls.received(self, data)
+        return 0
+
+    cdef int on_handshake(self, object exc) except -1:
+        if exc is None:
+            self.eng.tls_done += 1
+            if not self.closed:
+                self.arm(DL_HEAD, self.eng.cfg.downstream_header_timeout_seconds)
+            return 0
+        # Failed: the protocol never heard the connection open, and no
+        # on_lost follows. Whoever closed it (a timeout, a stop) reported it.
+        if not self.closed:
+            self._tls_error(exc, None)
+            self.closed = True
+        self.eng.conns.discard(self)
+        if self.eng.accept_paused:
+            self.eng._conn_closed()
+        return 0
+
+    cdef int _tls_error(self, object exc, str what) except -1:
+        """Count and log a TLS connection that failed before any request."""
+        cdef _Engine eng = self.eng
+        eng.tls_failed += 1
+        if eng.mslab != NULL:
+            sw_ms_add(eng.mslab[0], eng.mc[MC_ERR + EK_TLS], 1.0)
+        if eng.log.isEnabledFor(logging.INFO):
+            eng.gate.emit(logging.INFO, "tls", "sluiceway: TLS client %s: %s",
+                          (_fmt_addr(self.address()), what if what is not None else
+                           "handshake failed: " + _exc_text(exc)))
+        return 0
+
+    cdef object tls_layer(self):
+        return self.tls
 
     cdef int on_pause_writing(self) except -1:
         self.wdeadline = _now() + self.eng.cfg.downstream_write_timeout_seconds \
@@ -507,6 +589,11 @@ cdef class _Downstream(_Conn):
                                     self.eng.cfg.downstream_header_timeout_seconds))
             if self.reader is not None and self.reader.unread() > 0:
                 self.t_write(_R408)
+            self._close(False)
+        elif kind == DL_HANDSHAKE:
+            self._tls_error(None, (f"TLS handshake not complete within " if self.tls is not None
+                                   else "no TLS handshake within ") +
+                            f"{self.tls_lst.hs_timeout:.3g}s (handshake_timeout)")
             self._close(False)
         elif kind == DL_TOTAL and self.session is not None:
             self.session.client_failed(Error(

@@ -45,6 +45,8 @@ cdef class _Engine:
     cdef public long long inflight
     cdef public long long replayed  # requests sent again after a pooled connection died
     cdef public long long retried   # requests upstream_peer was asked again for
+    cdef public long long tls_done  # client TLS handshakes done
+    cdef public long long tls_failed  # client connections of a TLS listener that failed before a request
 
     cdef int _schedule(self, double delay) except -1
     cdef int wake_by(self, double when) except -1
@@ -53,7 +55,7 @@ cdef class _Engine:
     cdef int _give_reader(self, _Reader r, bint reset) except -1
     cdef bint _full(self)
     cdef int _conn_closed(self) except -1
-    cdef int _accepted(self, int fd) except -1
+    cdef int _accepted(self, int fd, _Listener l) except -1
     cdef int _close_idle(self, double now) except -1
     cdef int _sync_metrics(self) except -1
 

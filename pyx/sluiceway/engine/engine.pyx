@@ -140,10 +140,14 @@ cdef class _Engine:
         connections open), ``replayed`` (requests sent again on a new
         connection after a pooled upstream connection died before
         answering), ``retried`` (requests sent to ``upstream_peer`` again
-        after a retryable failure)."""
+        after a retryable failure), ``tls_handshakes`` (client TLS
+        handshakes done), ``tls_errors`` (client connections of a TLS
+        listener that failed before a request: handshake failed or timed
+        out, plain HTTP sent)."""
         return {"requests": self.requests, "active": self.inflight,
                 "connections": len(self.conns), "replayed": self.replayed,
-                "retried": self.retried}
+                "retried": self.retried, "tls_handshakes": self.tls_done,
+                "tls_errors": self.tls_failed}
 
     # --- the deadline sweep -------------------------------------------------------
 
@@ -266,11 +270,18 @@ cdef class _Engine:
 
     # --- accepting ------------------------------------------------------------------
 
-    def serve(self, sock):
+    def serve(self, sock, tls=None, double handshake_timeout=60.0):
         """Accept connections from the listening socket ``sock`` (TCP or
-        Unix, non-blocking) on the engine's own I/O. Returns the listener
-        (``close()`` stops accepting; the socket stays the caller's)."""
-        cdef _Listener l = _Listener(self, sock)
+        Unix, non-blocking) on the engine's own I/O; with ``tls`` (an
+        ``ssl.SSLContext`` for the server side) each one is a TLS
+        connection whose handshake must end within ``handshake_timeout``
+        seconds (0: no limit). Returns the listener (``close()`` stops
+        accepting; the socket stays the caller's)."""
+        if tls is not None:
+            _ssl_load()
+            if not isinstance(tls, _ssl.SSLContext):
+                raise TypeError(f"serve(tls=...) needs an ssl.SSLContext, not {type(tls).__name__}")
+        cdef _Listener l = _Listener(self, sock, tls, handshake_timeout)
         self.listeners.append(l)
         return l
 
@@ -298,8 +309,10 @@ cdef class _Engine:
                 l._start()
         return 0
 
-    cdef int _accepted(self, int fd) except -1:
+    cdef int _accepted(self, int fd, _Listener l) except -1:
         cdef _Downstream d = _Downstream(self)
+        if l.tls_ctx is not None:
+            d.tls_lst = l
         try:
             self.io.register(d, fd)
         except BaseException:

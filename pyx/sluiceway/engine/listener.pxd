@@ -7,6 +7,8 @@ cdef class _Listener:
     cdef bint active
     cdef bint closed
     cdef object retry
+    cdef object tls_ctx         # ssl.SSLContext of a TLS listener (None: plain)
+    cdef double hs_timeout      # ... the seconds a client's handshake may take (0: no limit)
 
     cdef int _start(self) except -1
     cdef int _stop(self) except -1

@@ -2,12 +2,16 @@
 
 @cython.final
 cdef class _Listener:
-    """Accepts connections from one listening socket for an engine."""
+    """Accepts connections from one listening socket for an engine; with
+    ``tls_ctx`` (an ``ssl.SSLContext``) every connection starts with a TLS
+    handshake that must end within ``hs_timeout`` seconds (0: no limit)."""
 
-    def __cinit__(self, _Engine eng, object sock):
+    def __cinit__(self, _Engine eng, object sock, object tls_ctx=None, double hs_timeout=60.0):
         self.eng = eng
         self.sock = sock
         self.fd = sock.fileno()
+        self.tls_ctx = tls_ctx
+        self.hs_timeout = hs_timeout
         self._start()
 
     cdef int _start(self) except -1:
@@ -38,7 +42,7 @@ cdef class _Listener:
                 return 0
             fd = sw_io_accept(self.fd)
             if fd >= 0:
-                self.eng._accepted(fd)
+                self.eng._accepted(fd, self)
                 continue
             if fd == -EAGAIN:
                 return 0

@@ -315,13 +315,15 @@ cdef int _forwarding_fields(Session s, list parts) except -1:
     cdef bint trusted = s._direct_trusted()
     cdef bytes host = hm.get_bytes("host")
     cdef bytes prior, proto, fhost
+    cdef bytes scheme = b"https" if s.client is not None and s.client.tls_layer() is not None \
+        else b"http"
     node = ((<str>direct[0]).encode("ascii") if type(direct) is tuple else
             b"unix" if direct is not None else b"unknown")
     if cfg.fwd_style & FWD_X:
         prior = _joined(hm, b"x-forwarded-for") if trusted else None
         parts.append(b"X-Forwarded-For: " + (prior + b", " + node if prior else node) + _CRLF)
         proto = _joined(hm, b"x-forwarded-proto") if trusted else None
-        parts.append(b"X-Forwarded-Proto: " + (proto if proto else b"http") + _CRLF)
+        parts.append(b"X-Forwarded-Proto: " + (proto if proto else scheme) + _CRLF)
         fhost = _joined(hm, b"x-forwarded-host") if trusted else None
         if fhost or host is not None:
             parts.append(b"X-Forwarded-Host: " + (fhost if fhost else host) + _CRLF)
@@ -334,7 +336,7 @@ cdef int _forwarding_fields(Session s, list parts) except -1:
                 parts.append(name + b": " + prior + _CRLF)
     if cfg.fwd_style & FWD_RFC:
         prior = _joined(hm, b"forwarded") if trusted else None
-        el = b"for=" + _rfc7239_node(direct) + b";proto=http"
+        el = b"for=" + _rfc7239_node(direct) + b";proto=" + scheme
         if host is not None:
             el += b";host=" + _rfc7239_value(host)
         parts.append(b"Forwarded: " + (prior + b", " + el if prior else el) + _CRLF)

@@ -233,6 +233,48 @@ cdef class Session:
         return self.client.local_address() if self.client is not None else None
 
     @property
+    def tls(self):
+        """The client connection's TLS, or None when it is plain HTTP.
+
+        Returns:
+            a ``sluiceway.TlsInfo`` named tuple: ``version`` (``"TLSv1.3"``,
+            ``"TLSv1.2"``), ``cipher`` (OpenSSL's name), ``sni`` (the server
+            name the client asked for, lower-case, or None), ``alpn``
+            (``"http/1.1"`` or None), ``resumed`` (True when the session was
+            resumed). The same object for every request on the connection;
+            made the first time a hook asks, so requests that do not ask pay
+            nothing. Also valid in ``logging``.
+        """
+        cdef _Tls t
+        if self.client is None:
+            return None
+        t = self.client.tls_layer()
+        return t.describe() if t is not None and t.state == TLS_OPEN else None
+
+    @property
+    def client_cert(self):
+        """The certificate the client presented, or None (a plain
+        connection, a TLS listener with ``client_auth: none``, or
+        ``optional`` and the client sent none). With ``client_auth:
+        optional`` or ``required`` the handshake verified it against the
+        listener's ``client_ca`` before any hook runs.
+
+        Returns:
+            a ``sluiceway.ClientCert`` named tuple: ``subject`` and
+            ``issuer`` (RFC 4514 strings, ``"CN=alice,O=Example"``),
+            ``sans`` (``(type, value)`` pairs such as ``("DNS",
+            "alice.example")``), ``serial`` (hex), ``fingerprint_sha256``
+            (lower-case hex of the DER), ``not_before``, ``not_after``
+            (OpenSSL's text), ``der`` (bytes). Made once per connection,
+            when a hook first asks.
+        """
+        cdef _Tls t
+        if self.client is None:
+            return None
+        t = self.client.tls_layer()
+        return t.peer_certificate() if t is not None and t.state == TLS_OPEN else None
+
+    @property
     def request_trailers(self):
         """The request's trailer fields that go upstream: a list of
         ``(name, value)`` bytes pairs, or None when it had none to forward.

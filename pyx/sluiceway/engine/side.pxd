@@ -17,6 +17,7 @@ cdef class _Side:
     cdef object address(self)
     cdef object local_address(self)
     cdef int served(self)
+    cdef object tls_layer(self)
     # --- the origin's end --------------------------------------------------
     cdef int expect_response(self) except -1
     cdef int throttle(self, bint on) except -1

@@ -83,6 +83,11 @@ cdef class _Side:
         """How many requests this end carried, this one included."""
         raise NotImplementedError
 
+    cdef object tls_layer(self):
+        """The client's TLS layer (a ``_Tls`` whose handshake is done), or
+        None on a plain connection."""
+        return None
+
     # --- the origin's end --------------------------------------------------
 
     cdef int expect_response(self) except -1:

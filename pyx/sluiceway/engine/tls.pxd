@@ -30,9 +30,13 @@ cdef class _Tls:
     cdef readonly str version       # "TLSv1.3", ...
     cdef readonly str cipher        # "TLS_AES_256_GCM_SHA384", ...
     cdef readonly str alpn          # the protocol agreed on by ALPN, or None
-    cdef readonly bint resumed      # the session offered was resumed (an abbreviated handshake)
+    cdef readonly bint resumed      # the session was resumed (an abbreviated handshake; a client: the one it offered)
     cdef readonly object peer_cert  # the peer's certificate as ssl decodes it ({} if not verified, None if none)
     cdef readonly bytes peer_cert_der
+    # The server side's (a TLS listener's connection).
+    cdef readonly str sni           # the name the client asked for (set by the context's sni_callback)
+    cdef object view                # sluiceway._base.tls.TlsInfo, made on first use (describe)
+    cdef object cert_view           # ... ClientCert, likewise (peer_certificate)
 
     cdef int start(self, _Conn c) except -1
     cdef int received(self, _Conn c, object data) except -1
@@ -45,3 +49,5 @@ cdef class _Tls:
     cdef bint _handshake(self, _Conn c) except -1
     cdef int _read(self, _Conn c) except -1
     cdef int _flush(self, _Conn c) except -1
+    cdef object describe(self)
+    cdef object peer_certificate(self)

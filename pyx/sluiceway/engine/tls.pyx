@@ -265,6 +265,10 @@ cdef class _Tls:
             self.resumed = o.session_reused
         self.peer_cert_der = o.getpeercert(True)
         self.peer_cert = o.getpeercert() if self.peer_cert_der is not None else None
+        if self.server_side:
+            self.resumed = self.raw.session_reused
+            # sluiceway.tls's sni_callback notes the name on the SSLObject.
+            self.sni = getattr(o, "_sw_sni", None)
         self._flush(c)
         if self.pending is not None:
             p, self.pending = self.pending, None
@@ -330,3 +334,23 @@ cdef class _Tls:
         if self.out is not None and self.out.pending:
             c._send_raw(self.out.read())
         return 0
+
+    # --- what hooks see (Session.tls, Session.client_cert) ---------------------
+
+    cdef object describe(self):
+        """The handshake's result as a ``TlsInfo`` (made once per
+        connection, when a hook first asks)."""
+        if self.view is None:
+            from sluiceway._base.tls import TlsInfo
+            self.view = TlsInfo(self.version, self.cipher, self.sni, self.alpn, self.resumed)
+        return self.view
+
+    cdef object peer_certificate(self):
+        """The peer's verified certificate as a ``ClientCert`` (made once),
+        or None when it sent none."""
+        if self.peer_cert_der is None:
+            return None
+        if self.cert_view is None:
+            from sluiceway._base.tls import client_cert
+            self.cert_view = client_cert(self.peer_cert, self.peer_cert_der)
+        return self.cert_view

@@ -73,6 +73,10 @@ cdef frozenset _IDEMPOTENT = frozenset(["GET", "HEAD", "OPTIONS", "TRACE", "PUT"
 cdef bytes _CRLF = b"\r\n"
 cdef bytes _LAST_CHUNK = b"0\r\n\r\n"
 cdef bytes _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# nginx's answer to plain HTTP on a TLS port (sent in plaintext).
+cdef bytes _R400_HTTPS = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                          b"Content-Length: 63\r\nConnection: close\r\n\r\n"
+                          b"400 Bad Request: The plain HTTP request was sent to HTTPS port\n")
 cdef bytes _R408 = (b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 20\r\nConnection: close\r\n\r\n"
                    b"408 Request Timeout\n")
 
