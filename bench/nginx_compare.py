@@ -18,8 +18,17 @@ round. Then RSS per idle keep-alive connection with 5,000 idle connections.
 
 Usage:
     python bench/nginx_compare.py [--duration 10] [--rounds 3]
-        [--connections 50] [--idle 5000] [--skip-idle]
+        [--connections 50] [--idle 5000] [--skip-idle] [--access-log]
         [--compare NAME=DIR ...]
+
+``--access-log`` turns the access logs on, both sides alike: nginx writes a
+JSON line per request (``log_format ... escape=json`` with the fields of
+sluiceway's record, ``$request_id``, ``access_log FILE buffer=64k
+flush=1s``) and sends ``$request_id`` upstream and back as X-Request-ID;
+sluiceway (and every ``--compare`` tree) runs with ``request_id: true`` and
+the JSON access log to a file (``access_log_buffer_bytes: 65536``,
+``access_log_flush_seconds: 1``). The log files are emptied after every
+run so the disk does not fill.
 
 ``--compare before=/path/to/other/checkout`` runs a second sluiceway, built
 in place in that checkout (its ``corepy`` is put first on PYTHONPATH), in
@@ -165,6 +174,38 @@ PROXY_HTTP = """
     }}
 """
 
+# --access-log: nginx's record with the fields of sluiceway's JSON record
+# (docs/observability.md), escaped as JSON, buffered as sluiceway's is.
+NGINX_ALOG_FORMAT = """
+    log_format swjson escape=json '{"time":"$time_iso8601","request_id":"$request_id",'
+        '"client":"$remote_addr:$remote_port","method":"$request_method",'
+        '"path":"$request_uri","protocol":"$server_protocol","status":$status,'
+        '"request_bytes":$request_length,"response_bytes":$body_bytes_sent,'
+        '"upstream":"$upstream_addr","upstream_status":"$upstream_status",'
+        '"duration":$request_time,"upstream_connect":"$upstream_connect_time",'
+        '"upstream_first_byte":"$upstream_header_time","upstream_reused":null,'
+        '"retries":0,"error":null}';
+"""
+NGINX_ALOG = "        access_log {log} swjson buffer=64k flush=1s;\n"
+NGINX_RID = ("            proxy_set_header X-Request-ID $request_id;\n"
+             "            add_header X-Request-ID $request_id always;\n")
+
+
+def proxy_http(port, origin, access_log=None):
+    """PROXY_HTTP for these ports; with ``access_log`` (a path), nginx's
+    JSON access log there and X-Request-ID both ways."""
+    conf = PROXY_HTTP.format(port=port, origin=origin)
+    if access_log:
+        conf = conf.replace("    server {", NGINX_ALOG_FORMAT + "    server {", 1)
+        conf = conf.replace("        location / {",
+                            NGINX_ALOG.format(log=access_log) + "        location / {", 1)
+        conf = conf.replace("            proxy_buffering on;\n",
+                            "            proxy_buffering on;\n" + NGINX_RID, 1)
+    return conf
+SLUICEWAY_ALOG = ("request_id: true\naccess_log: true\naccess_log_format: json\n"
+                  "access_log_file: {log}\naccess_log_buffer_bytes: 65536\n"
+                  "access_log_flush_seconds: 1\n")
+
 
 class Proc:
     def __init__(self, name, args, cpu, env=None, cwd=None):
@@ -271,6 +312,15 @@ def _read_response(s):
         buf += chunk
 
 
+def _empty(paths):
+    """Truncate the access logs (their writers append: they go on at 0)."""
+    for path in paths:
+        try:
+            os.truncate(path, 0)
+        except OSError:
+            pass
+
+
 def _table(results, ratios, targets):
     print(f"{'body':6} {'proxy':9} {'rps':>9} {'p50 ms':>7} {'p99 ms':>7} {'cpu s':>6} "
           f"{'req/cpu-s':>10} {'us cpu/req':>10}")
@@ -300,6 +350,9 @@ def main(argv=None):
     ap.add_argument("--idle-only", action="store_true", help="only the idle-connection RSS part")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=DIR",
                     help="also run the sluiceway built in checkout DIR, reported as NAME")
+    ap.add_argument("--access-log", action="store_true",
+                    help="access logs on: nginx's buffered JSON log with $request_id, "
+                    "sluiceway's JSON log with request_id: true")
     ns = ap.parse_args(argv)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -318,13 +371,18 @@ def main(argv=None):
     with open(os.path.join(tmp, "sw.yaml"), "w") as f:
         f.write("version: 1\nthreads: 1\nupstream_keepalive_pool_size: 64\n"
                 "downstream_keepalive_timeout_seconds: 120\n")
+        if ns.access_log:
+            f.write(SLUICEWAY_ALOG.format(log=os.path.join(tmp, "sw-access.log")))
+    logs = [os.path.join(tmp, "nginx-access.log"), os.path.join(tmp, "sw-access.log")] \
+        if ns.access_log else []
 
     o_port, n_port, s_port = free_port(), free_port(), free_port()
     procs = []
     try:
         origin = start_nginx(tmp, "origin", ORIGIN_HTTP.format(port=o_port, dir=tmp), 1)
         procs.append(origin)
-        nproxy = start_nginx(tmp, "proxy", PROXY_HTTP.format(port=n_port, origin=o_port), 0)
+        nproxy = start_nginx(tmp, "proxy",
+                             proxy_http(n_port, o_port, logs[0] if logs else None), 0)
         procs.append(nproxy)
         env = dict(os.environ, BENCH_ORIGIN_PORT=str(o_port),
                    PYTHONPATH=os.path.join(REPO, "corepy") + os.pathsep + tmp)
@@ -357,6 +415,13 @@ def main(argv=None):
         # warm up
         for name, (port, pid) in targets.items():
             run_wrk(port, "/small", 2, ns.connections)
+        if logs:
+            time.sleep(1.5)   # a flush of each log happened: show it works
+            for path in logs:
+                with open(path, "rb") as f:
+                    first = f.readline()
+                print(f"access log {os.path.basename(path)}: {first[:160]!r}...", flush=True)
+            _empty(logs)
 
         results = {(path, name): [] for path in ("/small", "/16k") for name in targets}
         others = [n for n in targets if n != "nginx"]
@@ -367,6 +432,7 @@ def main(argv=None):
                 got = {}
                 for name, (port, pid) in targets.items():
                     got[name] = measure(port, path, ns.duration, ns.connections, pid)
+                    _empty(logs)
                     results[(path, name)].append(got[name])
                     r = got[name]
                     print(f"round {rnd + 1} {path:6} {name:9} rps={r['rps']:9.0f} p50={r['p50']:6.2f}ms "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import math
 import os
 import sys
@@ -773,3 +774,156 @@ def test_http_close_delimited_response_ends_at_finish(ch):
     assert evs[1] == ("body", b"some body") and evs[-1][1] == ch[1].SW_EV_END
     cut = parse(ch, [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"], is_request=False, finish=True)
     assert cut[-1][1] == ch[1].SW_EV_ERROR
+
+
+# -------------------------------------------------------------------- sw_alog --
+# The access log's JSON record against its pure-Python reference (_alog_py),
+# and the string escape against json.dumps itself: every line must load as
+# JSON and give back what was logged.
+
+ALOG_CDEF = """
+typedef struct { char *p; size_t len; size_t cap; ...; } sw_buf_t;
+int sw_buf_reserve(sw_buf_t *b, size_t more);
+void sw_buf_free(sw_buf_t *b);
+size_t sw_json_str(char *out, const char *s, size_t n);
+typedef struct { const char *s; size_t n; } sw_str_t;
+typedef struct {
+    int64_t time_sec; int time_ms; sw_str_t request_id; sw_str_t client; int client_port;
+    sw_str_t method; sw_str_t path; int minor; int status; uint64_t request_bytes;
+    uint64_t response_bytes; sw_str_t upstream; int upstream_port; int upstream_status;
+    double duration; double upstream_connect; double upstream_first_byte; int upstream_reused;
+    uint64_t retries; sw_str_t error; sw_str_t extra;
+} sw_alog_rec_t;
+int sw_alog_json(sw_buf_t *b, const sw_alog_rec_t *r);
+"""
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return _compile("_sw_alog_contract", ALOG_CDEF, ["sw_alog.h"],
+                    [os.path.join(CSRC, "sw_alog.c")], [CSRC])
+
+
+def c_json_str(ca, b):
+    ffi, lib = ca
+    out = ffi.new("char[]", max(6 * len(b), 1))
+    n = lib.sw_json_str(out, b, len(b))
+    assert n <= 6 * len(b)
+    return ffi.buffer(out, n)[:]
+
+
+@FAST
+@given(st.binary(max_size=80) | st.text(max_size=40).map(lambda s: s.encode("utf-8", "surrogatepass")))
+@example(b'"\\\x00\x1f\x7f\b\f\n\r\t')
+@example("é€😀".encode())
+@example(b"\xed\xa0\x80\xe0\x80\x80\xf4\x90\x80\x80\xf0\x9f\x98A\xc0\xaf\xff")
+def test_alog_json_str_is_json_dumps(ca, b):
+    from sluiceway import _alog_py
+
+    got = c_json_str(ca, b)
+    assert got == _alog_py.json_str(b)
+    assert json.loads(b'"' + got + b'"') == b.decode("utf-8", "backslashreplace")
+
+
+texts = st.binary(max_size=40)
+secs_ = st.floats(min_value=-1.0, max_value=1e6, allow_nan=False)
+
+
+@FAST
+@given(st.fixed_dictionaries({
+    "time_sec": st.integers(0, 253402300799), "time_ms": st.integers(-5, 1005),
+    "request_id": texts, "client": texts, "client_port": st.integers(-1, 65535),
+    "method": texts, "path": st.binary(max_size=300), "minor": st.integers(0, 1),
+    "status": st.integers(0, 999), "request_bytes": st.integers(0, M64),
+    "response_bytes": st.integers(0, M64), "upstream": st.none() | texts,
+    "upstream_port": st.integers(-1, 65535), "upstream_status": st.integers(0, 999),
+    "duration": secs_, "upstream_connect": secs_, "upstream_first_byte": secs_,
+    "upstream_reused": st.booleans(), "retries": st.integers(0, 1000),
+    "error": st.none() | texts,
+    "extra": st.none() | st.sampled_from([b',"tenant":"acme"', b',"n":1,"x":null']),
+}))
+@example({"time_sec": 1796637600, "time_ms": 123, "request_id": b"4f1c", "client": b"10.0.0.7",
+          "client_port": 51234, "method": b"GET", "path": b"/api?q=1", "minor": 1,
+          "status": 200, "request_bytes": 0, "response_bytes": 512, "upstream": b"10.0.1.5",
+          "upstream_port": 8080, "upstream_status": 200, "duration": 0.0031215,
+          "upstream_connect": -1.0, "upstream_first_byte": 0.0023, "upstream_reused": False,
+          "retries": 0, "error": None, "extra": None})
+def test_alog_json_record_matches_reference(ca, rec):
+    from sluiceway import _alog_py
+
+    ffi, lib = ca
+    keep = []
+
+    def s(v):
+        if v is None:
+            return (ffi.NULL, 0)
+        p = ffi.new("char[]", v or b"\0")
+        keep.append(p)
+        return (p, len(v))
+
+    r = ffi.new("sw_alog_rec_t *")
+    for k, v in rec.items():
+        if k in ("request_id", "client", "method", "path", "upstream", "error", "extra"):
+            r.__setattr__(k, s(v))
+        else:
+            r.__setattr__(k, v)
+    b = ffi.new("sw_buf_t *")
+    try:
+        # two records into one buffer: the second appends (and may grow it)
+        assert lib.sw_alog_json(b, r) == 0
+        assert lib.sw_alog_json(b, r) == 0
+        got = ffi.buffer(b.p, b.len)[:]
+        assert b.cap >= b.len
+    finally:
+        lib.sw_buf_free(b)
+    want = _alog_py.json_record(rec)
+    assert got == want + want
+    doc = json.loads(got.split(b"\n")[0])
+    assert doc["path"] == rec["path"].decode("utf-8", "backslashreplace")
+    assert doc["status"] == rec["status"] and doc["retries"] == rec["retries"]
+
+
+def test_alog_buffer_doubles(ca):
+    ffi, lib = ca
+    b = ffi.new("sw_buf_t *")
+    try:
+        assert lib.sw_buf_reserve(b, 10) == 0 and b.cap == 4096
+        b.len = 4000
+        assert lib.sw_buf_reserve(b, 5000) == 0 and b.cap == 16384
+        cap = b.cap
+        assert lib.sw_buf_reserve(b, 100) == 0 and b.cap == cap    # room: no change
+    finally:
+        lib.sw_buf_free(b)
+
+
+def test_alog_time_text_follows_the_clock(ca):
+    """The buffer keeps the second's text: a later second gets its own."""
+    from sluiceway import _alog_py
+
+    ffi, lib = ca
+    base = {"request_id": b"r", "client": b"c", "client_port": 1, "method": b"GET",
+            "path": b"/", "minor": 1, "status": 200, "request_bytes": 0, "response_bytes": 0,
+            "upstream": None, "upstream_port": -1, "upstream_status": 0, "duration": 0.5,
+            "upstream_connect": -1.0, "upstream_first_byte": -1.0, "upstream_reused": 0,
+            "retries": 0, "error": None, "extra": None}
+    b = ffi.new("sw_buf_t *")
+    keep = []
+    want = b""
+    try:
+        for sec in (0, 0, 1, 86399, 86400, 951782400, 1796637600):
+            rec = dict(base, time_sec=sec, time_ms=sec % 1000)
+            r = ffi.new("sw_alog_rec_t *")
+            for k, v in rec.items():
+                if isinstance(v, bytes) or v is None:
+                    p = ffi.new("char[]", v or b"\0") if v is not None else ffi.NULL
+                    keep.append(p)
+                    setattr(r, k, (p, len(v) if v is not None else 0))
+                else:
+                    setattr(r, k, v)
+            assert lib.sw_alog_json(b, r) == 0
+            want += _alog_py.json_record(rec)
+        assert ffi.buffer(b.p, b.len)[:] == want
+        assert b'"time":"1970-01-01T00:00:00.000Z"' in want
+        assert b'"time":"2000-02-29T00:00:00.400Z"' in want
+    finally:
+        lib.sw_buf_free(b)

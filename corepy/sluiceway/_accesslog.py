@@ -1,9 +1,12 @@
 """The buffered access-log writer (``access_log_format: json`` or
 ``combined``).
 
-The engine builds each request's record (pyx/sluiceway/engine/observe.pyx)
-and hands it to :meth:`AccessLogWriter.add`, which only appends it to a
-buffer. The buffer goes out in one ``write`` system call when it holds
+The engine formats each request's record (pyx/sluiceway/engine/observe.pyx,
+csrc/sw_alog.c) into a C buffer of its own and hands the batch over when
+it is full or the writer flushes (the writer calls each of its ``sources``
+first): written straight from that buffer with :meth:`AccessLogWriter.write`
+when nothing waits here, what the descriptor did not take copied into this
+writer's buffer. Python code hands records to :meth:`AccessLogWriter.add`. The buffer goes out in one ``write`` system call when it holds
 ``access_log_buffer_bytes``, and on a timer every
 ``access_log_flush_seconds``; a stop writes what is left. The file is opened
 with ``O_APPEND`` (lines of several workers never interleave within a
@@ -40,6 +43,7 @@ class AccessLogWriter:
         self.limit = max(int(buffer_bytes), 1)
         self.flush_seconds = flush_seconds
         self.buf = bytearray()
+        self.sources: list = []     # called by flush() first: they append to buf
         self.dropped = 0
         self.writes = 0
         self.fd = -1
@@ -66,25 +70,36 @@ class AccessLogWriter:
         if len(self.buf) >= self.limit:
             self.flush()
 
+    def write(self, data) -> int:
+        """One ``write`` of ``data`` (bytes-like) to the descriptor; how many
+        bytes are done with: those written (0 when it would block), or all
+        of them when the write failed (logged and counted as dropped).
+        Sources call it with their batch when nothing is buffered here."""
+        if self.fd < 0:
+            return 0
+        try:
+            n = os.write(self.fd, data)
+            self.writes += 1
+            return n
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            if exc.errno == errno.EINTR:
+                return 0
+            log.error("sluiceway: writing the access log failed: %s; %d bytes dropped",
+                      exc.strerror or exc, len(data))
+            self.dropped += len(data)
+            return len(data)
+
     def flush(self) -> None:
         """One write of what is buffered (what the descriptor does not take
-        stays for the next)."""
+        stays for the next); the sources first hand over what they hold."""
+        for source in self.sources:
+            source()
         buf = self.buf
         if not buf or self.fd < 0:
             return
-        try:
-            n = os.write(self.fd, buf)
-            self.writes += 1
-        except BlockingIOError:
-            n = 0
-        except OSError as exc:
-            if exc.errno == errno.EINTR:
-                return
-            log.error("sluiceway: writing the access log failed: %s; %d bytes dropped",
-                      exc.strerror or exc, len(buf))
-            self.dropped += len(buf)
-            del buf[:]
-            return
+        n = self.write(buf)
         del buf[:n]
         if len(buf) > 16 * self.limit:
             log.error("sluiceway: the access log's reader does not keep up: %d bytes dropped",

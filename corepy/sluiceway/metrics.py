@@ -170,6 +170,8 @@ class _Family:
         self._default = None
         if not labelnames:
             self._default = self._child(())
+        # labels(...) of a set already made: found in C (see _metrics.Labels)
+        self.labels = _metrics.Labels(self._children, self._labels)  # type: ignore[method-assign]
 
     @property
     def _ncells(self) -> int:
@@ -217,6 +219,9 @@ class _Family:
         """The series for these label values (positional, in ``labelnames``
         order, or by name): an object with ``inc``/``dec``/``set``/
         ``observe``. Keep it to skip the lookup."""
+        return self._labels(*values, **kw)
+
+    def _labels(self, *values, **kw) -> _metrics.Cell:
         c = self._children.get(values)
         if c is not None:
             return c
@@ -265,6 +270,8 @@ class Counter(_Family):
         if name.endswith("_total"):
             name = name[:-6]
         super().__init__(name, documentation, labelnames, max_label_sets)
+        if self._default is not None:   # no labels: straight to the one series
+            self.inc = self._default.inc  # type: ignore[method-assign]
 
     def inc(self, amount: float = 1.0) -> None:
         """Add ``amount`` (no labels)."""
@@ -284,6 +291,10 @@ class Gauge(_Family):
             raise ValueError(f"Gauge mode must be 'sum' or 'max', got {mode!r}")
         self.kind = _metrics.GAUGE if mode == "sum" else _metrics.GAUGE_MAX
         super().__init__(name, documentation, labelnames, max_label_sets, _mode=mode)
+        if self._default is not None:   # no labels: straight to the one series
+            self.inc = self._default.add  # type: ignore[method-assign]
+            self.dec = self._default.dec  # type: ignore[method-assign]
+            self.set = self._default.set  # type: ignore[method-assign]
 
     def inc(self, amount: float = 1.0) -> None:
         self._no_labels().add(amount)
@@ -308,6 +319,8 @@ class Histogram(_Family):
         if not b or any(x >= y for x, y in zip(b, b[1:])) or any(math.isnan(x) for x in b):
             raise ValueError(f"{name}: buckets must be ascending numbers, got {list(buckets)}")
         super().__init__(name, documentation, labelnames, max_label_sets, _buckets=b)
+        if self._default is not None:   # no labels: straight to the one series
+            self.observe = self._default.observe  # type: ignore[method-assign]
 
     def observe(self, value: float) -> None:
         self._no_labels().observe(value)

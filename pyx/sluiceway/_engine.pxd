@@ -15,6 +15,8 @@ from sluiceway._span cimport (SW_EV_BODY, SW_EV_END, SW_EV_ERROR, SW_EV_HEAD, SW
                               SW_EV_UPGRADE, sw_find, sw_header_t, sw_ieq, sw_span_t)
 from sluiceway._view cimport SW_VIEW_API_VERSION, sw_msg_t, sw_parser_api_t
 from sluiceway._mstore cimport sw_ms_add, sw_ms_handle, sw_ms_observe, sw_ms_set
+from sluiceway._alog cimport (sw_alog_json, sw_alog_rec_t, sw_buf_free, sw_buf_reserve, sw_buf_t,
+                             sw_str_t)
 
 include "engine/consts.pxd"
 include "engine/clock.pxd"

@@ -1,4 +1,4 @@
-# distutils: sources = csrc/sw_proxy.c csrc/sw_span.c csrc/sw_io.c csrc/sw_clock.c csrc/sw_pp.c
+# distutils: sources = csrc/sw_proxy.c csrc/sw_span.c csrc/sw_io.c csrc/sw_clock.c csrc/sw_pp.c csrc/sw_alog.c
 """The compiled proxy engine: downstream and upstream protocols, the
 connection pool and the per-request state machine that runs the hooks.
 
@@ -50,11 +50,12 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyBy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from cpython.unicode cimport PyUnicode_DecodeLatin1
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_READ, PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.memoryview cimport PyMemoryView_FromMemory
 from libc.errno cimport (EAGAIN, ECONNABORTED, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM,
                          EPERM, EPROTO)
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 from posix.uio cimport iovec
 
 cdef extern from "<sys/socket.h>":

@@ -19,7 +19,9 @@ drive both with the same operations.
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
 from cpython.pycapsule cimport PyCapsule_New
+from cpython.ref cimport PyObject
 from libc.stdint cimport int32_t, uint32_t
 from libc.stdlib cimport free, malloc
 
@@ -238,7 +240,7 @@ cdef class Cell:
         """Subtract ``amount`` (a gauge)."""
         sw_ms_add(self.store.mine, self.i, -amount)
 
-    def add(self, double amount):
+    def add(self, double amount=1.0):
         """Add ``amount`` (a gauge; negative is allowed)."""
         sw_ms_add(self.store.mine, self.i, amount)
 
@@ -262,6 +264,34 @@ cdef class Cell:
         """Point at the same series in another store."""
         self.store = store
         self.i = first
+
+
+@cython.final
+cdef class Labels:
+    """A family's ``labels(...)`` as called from hooks: a label set already
+    made is one dict lookup in C (no Python frame); anything else (values
+    by name, a new set, values to convert) goes to ``slow``, the family's
+    own method, with the same arguments.
+
+    Args:
+        children: the family's dict of label-value tuples to Cells.
+        slow: the family's full ``labels`` implementation.
+    """
+
+    cdef dict children
+    cdef object slow
+
+    def __init__(self, dict children, slow):
+        self.children = children
+        self.slow = slow
+
+    def __call__(self, *values, **kw):
+        cdef PyObject *c
+        if not kw:
+            c = PyDict_GetItem(self.children, values)
+            if c != NULL:
+                return <object>c
+        return self.slow(*values, **kw)
 
 
 def make_cell(Store store, uint32_t first, bounds=None):

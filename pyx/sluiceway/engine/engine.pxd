@@ -25,8 +25,8 @@ cdef class _Engine:
     cdef double **mslab         # its pointer to this process's slab; NULL: no metrics
     cdef uint32_t mc[MC_N]      # the first cell of each of this service's series (MC_*)
     cdef object alog_writer     # the buffered access-log writer (json, combined), or None
-    cdef bytearray alog_buf     # ... its buffer, appended to here
-    cdef Py_ssize_t alog_limit  # ... written out when it holds this much
+    cdef sw_buf_t alog_cb       # records not yet handed to it (sw_alog.h; freed by dealloc)
+    cdef Py_ssize_t alog_limit  # ... handed over and written out when it holds this much
     cdef object tracer          # OpenTelemetry (sluiceway._otel._Tracing), or None
     cdef bytes rid_prefix       # request ids made here: this prefix and a counter
     cdef unsigned long long rid_next

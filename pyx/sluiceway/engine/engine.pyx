@@ -61,11 +61,28 @@ cdef class _Engine:
 
     def set_access_log(self, writer):
         """Write json or combined access-log records through ``writer``
-        (its ``buf``, a bytearray the engine appends to, ``limit`` and
-        ``flush()``; see sluiceway._accesslog); None: no records."""
+        (see sluiceway._accesslog): records go into a C buffer of the
+        engine's own, moved into ``writer.buf`` when it holds
+        ``writer.limit`` bytes (then ``flush()``) and whenever the writer
+        flushes (it calls every function in ``writer.sources`` first);
+        None: no records."""
+        if self.alog_writer is not None:
+            self._alog_move()
+            try:
+                self.alog_writer.sources.remove(self._alog_move)
+            except ValueError:
+                pass
         self.alog_writer = writer
-        self.alog_buf = writer.buf if writer is not None else None
         self.alog_limit = writer.limit if writer is not None else 0
+        if writer is not None:
+            writer.sources.append(self._alog_move)
+
+    def _alog_move(self):
+        """Hand the records this engine holds to its writer (its source)."""
+        _alog_move(self)
+
+    def __dealloc__(self):
+        sw_buf_free(&self.alog_cb)
 
     def set_tracer(self, tracer):
         """Start and end a span per request through ``tracer``

@@ -62,11 +62,18 @@ cdef bytes _request_head(Session s, bint reframe):
     s.expect_100 = (flags & SW_F_EXPECT_100) != 0 and rq._minor == 1
     if hm._items is None and not (flags & SW_F_DROPPED) and rq._minor == 1 \
             and (flags & SW_F_HOST) and not forwarded and not rq._edited_line \
-            and not s.expect_100 and not s.want_upgrade and not s.rid_new:
-        # Untouched: forward the received head as it is.
-        if rq._head.off == 0 and rq._head.len == PyBytes_GET_SIZE(rq._buf):
+            and not s.expect_100 and not s.want_upgrade:
+        # Untouched: forward the received head as it is (with a request id
+        # made here, that field line added last).
+        if s.rid_new:
+            head = _head_with_rid(s, PyBytes_AS_STRING(rq._buf) + rq._head.off, rq._head.len)
+            if head is not None:
+                return head
+        elif rq._head.off == 0 and rq._head.len == PyBytes_GET_SIZE(rq._buf):
             return rq._buf
-        return PyBytes_FromStringAndSize(PyBytes_AS_STRING(rq._buf) + rq._head.off, rq._head.len)
+        else:
+            return PyBytes_FromStringAndSize(PyBytes_AS_STRING(rq._buf) + rq._head.off,
+                                             rq._head.len)
     uri = rq.raw_uri
     meth = rq._method.encode("ascii")
     # (reads hm, changes nothing: f and drop stay valid)
@@ -128,7 +135,7 @@ cdef int _send_response_head(Session s) except -1:
     cdef char *o
     cdef size_t need
     cdef int status, mode, ui = -1
-    cdef bint keep
+    cdef bint keep, add_rid
     if s.finished or r is None:
         return 0
     m = &r.m
@@ -157,36 +164,33 @@ cdef int _send_response_head(Session s) except -1:
     drop = _need_drop(n)
     flags = sw_hop_mark(f, n, drop, extra)
     if not (flags & SW_F_DROPPED) and m.major == 1 and m.minor == 1 and keep and \
-            s.req_header._minor == 1 and rs is None and (mode == M_RAW or mode == M_NONE) and \
-            (s.rid is None or not s.eng.cfg.request_id):
-        # Forward the received head unchanged.
-        if r.head_buf is r.data and mode == M_RAW and not _has(s.eng, H_RESP_BODY):
-            s.held_data = r.data
-            s.held_off = m.msg_start
-            s.held_len = m.head_len
-        elif m.msg_start == 0 and m.head_len == PyBytes_GET_SIZE(r.head_buf):
-            s._to_client(r.head_buf)
+            s.req_header._minor == 1 and rs is None and (mode == M_RAW or mode == M_NONE):
+        if s.rid is not None and s.eng.cfg.request_id and \
+                sw_field_find(f, n, PyBytes_AS_STRING(s.eng.cfg.rid_lname),
+                              PyBytes_GET_SIZE(s.eng.cfg.rid_lname), 0) < 0:
+            # Unchanged but for the request id, added last.
+            head = _head_with_rid(s, r.head_base + m.msg_start, m.head_len)
+            if head is not None:
+                return _head_out(s, head, r)
         else:
-            s._to_client(PyBytes_FromStringAndSize(r.head_base + m.msg_start, m.head_len))
-        return 0
+            # Forward the received head unchanged.
+            return _forward_head(s, r, mode)
     need = 64 + rlen + fsize + 64
     if s.upgrading:
         ui = sw_field_find(f, n, b"upgrade", 7, 0)
         if ui >= 0:
             need += f[ui].value_len
-    rid_line = None
-    if s.rid is not None and s.eng.cfg.request_id and \
-            sw_field_find(f, n, PyBytes_AS_STRING(s.eng.cfg.rid_lname),
-                          PyBytes_GET_SIZE(s.eng.cfg.rid_lname), 0) < 0:
-        rid_line = _rid_field(s)
-        need += PyBytes_GET_SIZE(rid_line)
+    add_rid = s.rid is not None and s.eng.cfg.request_id and \
+        sw_field_find(f, n, PyBytes_AS_STRING(s.eng.cfg.rid_lname),
+                      PyBytes_GET_SIZE(s.eng.cfg.rid_lname), 0) < 0
+    if add_rid:
+        need += PyBytes_GET_SIZE(s.eng.cfg.rid_name) + PyBytes_GET_SIZE(<bytes>s.rid) + 4
     out = _need_scratch(need)
     o = out
     o += sw_write_status_line(o, status, reason, rlen)
     o += sw_write_fields(o, f, n, drop)
-    if rid_line is not None:
-        memcpy(o, PyBytes_AS_STRING(rid_line), PyBytes_GET_SIZE(rid_line))
-        o += PyBytes_GET_SIZE(rid_line)
+    if add_rid:
+        o = _put_rid_field(s, o)
     if mode == M_CHUNKED:
         memcpy(o, b"Transfer-Encoding: chunked\r\n", 28); o += 28
     if s.upgrading:
@@ -200,6 +204,21 @@ cdef int _send_response_head(Session s) except -1:
         memcpy(o, b"Connection: keep-alive\r\n", 24); o += 24
     o[0] = b'\r'; o[1] = b'\n'; o += 2
     return _head_out(s, PyBytes_FromStringAndSize(out, o - out), r)
+
+
+cdef int _forward_head(Session s, _Reader r, int mode) except -1:
+    """Send the received response head unchanged: held back when body bytes
+    follow it in the same buffer, so both go out in one write."""
+    cdef sw_msg_t *m = &r.m
+    if r.head_buf is r.data and mode == M_RAW and not _has(s.eng, H_RESP_BODY):
+        s.held_data = r.data
+        s.held_off = m.msg_start
+        s.held_len = m.head_len
+    elif m.msg_start == 0 and m.head_len == PyBytes_GET_SIZE(r.head_buf):
+        s._to_client(r.head_buf)
+    else:
+        s._to_client(PyBytes_FromStringAndSize(r.head_base + m.msg_start, m.head_len))
+    return 0
 
 
 cdef int _head_out(Session s, bytes head, _Reader r) except -1:

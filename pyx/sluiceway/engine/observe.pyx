@@ -2,7 +2,8 @@
 # cells (csrc/sw_metrics.h, reached through sluiceway._metrics' capsule;
 # the series are registered by sluiceway.metrics), request ids, and the
 # access-log records written through the buffered writer
-# (sluiceway._accesslog). Nothing here runs when it is off: the callers test
+# (sluiceway._accesslog; JSON records are formatted by csrc/sw_alog.c into
+# the engine's own buffer). Nothing here runs when it is off: the callers test
 # a pointer (mslab), a flag (cfg.request_id) or the writer first.
 
 # Upper bounds of the engine's duration histograms (seconds); the same as
@@ -123,12 +124,36 @@ cdef int _observe_start(Session s) except -1:
 cdef bytes _rid_field(Session s):
     """The request-id field line for a head going to the client."""
     cdef bytes name = s.eng.cfg.rid_name, rid = <bytes>s.rid
-    cdef Py_ssize_t nn = PyBytes_GET_SIZE(name), nr = PyBytes_GET_SIZE(rid)
-    cdef bytes b = PyBytes_FromStringAndSize(NULL, nn + nr + 4)
-    cdef char *o = PyBytes_AS_STRING(b)
-    o = _put(o, PyBytes_AS_STRING(name), nn)
+    cdef bytes b = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(name) +
+                                             PyBytes_GET_SIZE(rid) + 4)
+    _put_rid_field(s, PyBytes_AS_STRING(b))
+    return b
+
+
+cdef char *_put_rid_field(Session s, char *o) noexcept:
+    """Write the request-id field line at o (room for the name, the id and
+    4 bytes); the end."""
+    cdef bytes name = s.eng.cfg.rid_name, rid = <bytes>s.rid
+    o = _put(o, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
     o = _put(o, b": ", 2)
-    o = _put(o, PyBytes_AS_STRING(rid), nr)
+    o = _put(o, PyBytes_AS_STRING(rid), PyBytes_GET_SIZE(rid))
+    return _put(o, b"\r\n", 2)
+
+
+cdef bytes _head_with_rid(Session s, const char *head, Py_ssize_t n):
+    """A received head with the request-id field line added last, without
+    rebuilding it: its bytes up to the final CRLF, the field line, CRLF.
+    None when the head does not end in CRLF CRLF (then the caller rebuilds)."""
+    cdef bytes name = s.eng.cfg.rid_name, rid = <bytes>s.rid
+    cdef Py_ssize_t nn = PyBytes_GET_SIZE(name), nr = PyBytes_GET_SIZE(rid)
+    cdef bytes b
+    cdef char *o
+    if n < 4 or memcmp(head + n - 4, b"\r\n\r\n", 4) != 0:
+        return None
+    b = PyBytes_FromStringAndSize(NULL, n + nn + nr + 4)
+    o = PyBytes_AS_STRING(b)
+    o = _put(o, head, n - 2)
+    o = _put_rid_field(s, o)
     _put(o, b"\r\n", 2)
     return b
 
@@ -147,83 +172,25 @@ cdef extern from "<time.h>" nogil:
 from libc.stdlib cimport rand, RAND_MAX
 
 cdef time_t _t_sec = -1
-cdef bytes _t_iso = b""     # 2026-12-07T10:00:00 (UTC), for this second
 cdef bytes _t_clf = b""     # 07/Dec/2026:10:00:00 +0000 (nginx's $time_local, in UTC)
 
 
 cdef int _wall(long *ms) except -1:
-    """Read the wall clock; refresh the second's strings when it turned."""
-    global _t_sec, _t_iso, _t_clf
+    """Read the wall clock; refresh the second's string when it turned."""
+    global _t_sec, _t_clf
     cdef timespec ts
     clock_gettime(CLOCK_REALTIME, &ts)
     if ts.tv_sec != _t_sec:
         tm = time.gmtime(ts.tv_sec)
-        _t_iso = time.strftime("%Y-%m-%dT%H:%M:%S", tm).encode()
         _t_clf = time.strftime("%d/%b/%Y:%H:%M:%S +0000", tm).encode()
         _t_sec = ts.tv_sec
     ms[0] = ts.tv_nsec // 1000000
     return 0
 
 
-cdef bytes _js(object v):
-    """``v`` (bytes or str) as the inside of a JSON string: as it is when it
-    needs no escape (the common case), else escaped by json (bytes that are
-    not UTF-8 shown as \\xNN)."""
-    cdef bytes b = v if isinstance(v, bytes) else (<str>v).encode("utf-8", "surrogateescape")
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(b), i
-    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(b)
-    for i in range(n):
-        if p[i] < 0x20 or p[i] >= 0x7f or p[i] == b'"' or p[i] == b'\\':
-            d = json.dumps(b.decode("utf-8", "backslashreplace"))
-            return (<str>d)[1:len(d) - 1].encode()
-    return b
-
-
-cdef bytes _secs(double t):
-    return b"%.6f" % t
-
-
-cdef bytes _json_line(Session s):
-    cdef RequestHeader rq = s.req_header
-    cdef long ms = 0
-    cdef object a = s.client_addr
-    _wall(&ms)
-    if isinstance(a, tuple):
-        client = (b"%s:%d" % ((<str>a[0]).encode(), a[1]))
-    else:
-        client = _js(a or "-")
-    rid = s.rid if s.rid is not None else s.request_id.encode()
-    parts = [b'{"time":"', _t_iso, b".%03dZ" % ms, b'","request_id":"', rid,
-             b'","client":"', client, b'","method":"', _js(rq._method),
-             b'","path":"', _js(rq.raw_uri), b'","protocol":"HTTP/1.', b"1" if rq._minor else b"0",
-             b'","status":%d,"request_bytes":%d,"response_bytes":%d' %
-             (s.status if s.resp_started else 0, s.request_body_bytes, s.response_body_bytes)]
-    if s.peer is not None:
-        parts.append(b',"upstream":"' + _js(str(s.peer)) + b'"')
-    else:
-        parts.append(b',"upstream":null')
-    parts.append(b',"upstream_status":%d' % s.up_status if s.up_status else
-                 b',"upstream_status":null')
-    parts.append(b',"duration":' + _secs(s.t_end - s.t_start))
-    parts.append(b',"upstream_connect":' + (_secs(s.t_connected - s.t_connect)
-                                            if s.t_connect > 0.0 and s.t_connected >= s.t_connect
-                                            else b"null"))
-    parts.append(b',"upstream_first_byte":' + (_secs(s.t_resp - s.t_connected)
-                                               if s.t_resp > 0.0 and s.t_connected > 0.0
-                                               else b"null"))
-    parts.append(b',"upstream_reused":' + (b"true" if s.upstream_reused else b"false"))
-    parts.append(b',"retries":%d' % (s.retries + s.retried_reused))
-    if s.error is not None:
-        msg = s.error.message if isinstance(s.error, Error) else str(s.error)
-        parts.append(b',"error":"' + _js(msg) + b'"')
-    else:
-        parts.append(b',"error":null')
-    parts.append(_ctx_fields(s))
-    return b"".join(parts)
-
-
 cdef bytes _ctx_fields(Session s):
-    """The record's end: the access_log_ctx_fields found in ctx, and '}'."""
+    """The access_log_ctx_fields found in ctx, as ',"key":value' pairs
+    (None: none)."""
     fields = s.eng.cfg.access_log_ctx_fields
     parts = []
     if fields and isinstance(s.ctx, dict):
@@ -231,8 +198,7 @@ cdef bytes _ctx_fields(Session s):
             if f in s.ctx:
                 parts.append(b',' + json.dumps(f).encode() + b':' +
                              json.dumps(s.ctx[f], default=str).encode())
-    parts.append(b"}\n")
-    return b"".join(parts)
+    return b"".join(parts) if parts else None
 
 
 cdef bytes _clf_esc(object v):
@@ -263,61 +229,9 @@ cdef bytes _combined_line(Session s):
         _clf_esc(ref) if ref is not None else b"-", _clf_esc(ua) if ua is not None else b"-")
 
 
-# The JSON record of a plain request (no error, every value printable ASCII
-# without quote or backslash: nearly all) is written here byte by byte, then
-# copied once into the writer's buffer; anything else goes through
-# _json_line, which makes the same record with Python objects.
-cdef enum:
-    AL_SCRATCH = 4096
-cdef char _al[AL_SCRATCH]
-
-
-cdef inline bint _plain(const char *p, Py_ssize_t n) noexcept:
-    cdef Py_ssize_t i
-    cdef unsigned char c
-    for i in range(n):
-        c = <unsigned char>p[i]
-        if c < 0x20 or c >= 0x7f or c == 34 or c == 92:   # '"', '\\'
-            return False
-    return True
-
-
 cdef inline char *_put(char *o, const char *p, Py_ssize_t n) noexcept:
     memcpy(o, p, n)
     return o + n
-
-
-cdef char *_put_u(char *o, unsigned long long v) noexcept:
-    cdef char tmp[24]
-    cdef int n = 0
-    if v == 0:
-        o[0] = 48
-        return o + 1
-    while v:
-        tmp[n] = <char>(48 + v % 10)
-        v //= 10
-        n += 1
-    while n:
-        n -= 1
-        o[0] = tmp[n]
-        o += 1
-    return o
-
-
-cdef char *_put_secs(char *o, double t) noexcept:
-    """``t`` seconds with 6 decimals (as _secs)."""
-    cdef unsigned long long us
-    cdef int k
-    if not t > 0.0:
-        t = 0.0
-    us = <unsigned long long>(t * 1e6 + 0.5)
-    o = _put_u(o, us // 1000000)
-    o[0] = 46   # '.'
-    us %= 1000000
-    for k in range(6, 0, -1):
-        o[k] = <char>(48 + us % 10)
-        us //= 10
-    return o + 7
 
 
 cdef char *_put_hex16(char *o, unsigned long long v) noexcept:
@@ -328,149 +242,159 @@ cdef char *_put_hex16(char *o, unsigned long long v) noexcept:
     return o + 16
 
 
-cdef Py_ssize_t _json_fast(Session s) except -2:
-    """Write the record into _al; its length, or -1 when this request needs
-    _json_line (an error, a value to escape, a unix client or peer)."""
+cdef bytes _utf8(object v):
+    """A str (or bytes) value of a record as bytes."""
+    if isinstance(v, bytes):
+        return <bytes>v
+    v = str(v)
+    try:
+        return (<str>v).encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return (<str>v).encode("utf-8", "backslashreplace")
+
+
+cdef inline sw_str_t _sv(bytes b) noexcept:
+    cdef sw_str_t v
+    v.s = PyBytes_AS_STRING(b)
+    v.n = <size_t>PyBytes_GET_SIZE(b)
+    return v
+
+
+cdef int _json_record(Session s) except -1:
+    """Format this request's JSON record (csrc/sw_alog.c) into the engine's
+    buffer: no Python object for a plain request; the bytes objects below
+    (a Unix address, an error, ctx fields) only when there is one."""
     cdef _Engine eng = s.eng
     cdef RequestHeader rq = s.req_header
-    cdef object a = s.client_addr
-    cdef HttpPeer peer = <HttpPeer>s.peer if s.peer is not None else None
-    cdef const char *rid
-    cdef const char *host
-    cdef const char *meth
-    cdef const char *uri
-    cdef const char *phost = NULL
-    cdef Py_ssize_t nrid, nhost, nmeth, nuri, nphost = 0
-    cdef long ms = 0
-    cdef char *o = _al
-    if s.error is not None or type(a) is not tuple or (peer is not None and peer.path is not None):
-        return -1
+    cdef sw_alog_rec_t r
+    cdef timespec ts
+    cdef char rid[32]
+    cdef Py_ssize_t n
+    cdef object a = s._client()
+    cdef HttpPeer peer
+    cdef bytes keep_client = None, keep_up = None, keep_err = None, extra = None
+    clock_gettime(CLOCK_REALTIME, &ts)
+    r.time_sec = ts.tv_sec
+    r.time_ms = <int>(ts.tv_nsec // 1000000)
     if s.rid is not None:
-        rid = PyBytes_AS_STRING(<bytes>s.rid)
-        nrid = PyBytes_GET_SIZE(<bytes>s.rid)
-    else:
-        if eng.rid_prefix is None:
-            eng.rid_prefix = os.urandom(8).hex().encode()
-        rid = NULL
-        nrid = 32
-    host = PyUnicode_AsUTF8AndSize(<str>(<tuple>a)[0], &nhost)
-    meth = PyUnicode_AsUTF8AndSize(rq._method, &nmeth)
-    if rq._uri is not None:
-        uri = PyBytes_AS_STRING(rq._uri)
-        nuri = PyBytes_GET_SIZE(rq._uri)
-    else:
-        uri = PyBytes_AS_STRING(<bytes>rq._buf) + rq._target.off
-        nuri = rq._target.len
-    if peer is not None:
-        phost = PyUnicode_AsUTF8AndSize(peer.host, &nphost)
-    if nrid + nhost + nmeth + nuri + nphost > AL_SCRATCH - 600 or \
-            not _plain(host, nhost) or not _plain(meth, nmeth) or not _plain(uri, nuri) or \
-            not _plain(phost, nphost) or (rid != NULL and not _plain(rid, nrid)):
-        return -1
-    _wall(&ms)
-    o = _put(o, b'{"time":"', 9)
-    o = _put(o, PyBytes_AS_STRING(_t_iso), PyBytes_GET_SIZE(_t_iso))
-    o[0] = 46
-    o[1] = <char>(48 + ms // 100)
-    o[2] = <char>(48 + ms // 10 % 10)
-    o[3] = <char>(48 + ms % 10)
-    o = _put(o + 4, b'Z","request_id":"', 17)
-    if rid != NULL:
-        o = _put(o, rid, nrid)
+        r.request_id = _sv(<bytes>s.rid)
     else:
         # made as _new_rid makes it, but without an object: nobody asked
+        if eng.rid_prefix is None:
+            eng.rid_prefix = os.urandom(8).hex().encode()
         eng.rid_next += 1
-        o = _put(o, PyBytes_AS_STRING(eng.rid_prefix), 16)
-        o = _put_hex16(o, eng.rid_next)
-    o = _put(o, b'","client":"', 12)
-    o = _put(o, host, nhost)
-    o[0] = 58   # ':'
-    o = _put_u(o + 1, <unsigned long long>(<tuple>a)[1])
-    o = _put(o, b'","method":"', 12)
-    o = _put(o, meth, nmeth)
-    o = _put(o, b'","path":"', 10)
-    o = _put(o, uri, nuri)
-    o = _put(o, b'","protocol":"HTTP/1.', 21)
-    o[0] = 49 if rq._minor else 48
-    o = _put(o + 1, b'","status":', 11)
-    o = _put_u(o, <unsigned long long>(s.status if s.resp_started else 0))
-    o = _put(o, b',"request_bytes":', 17)
-    o = _put_u(o, <unsigned long long>s.request_body_bytes)
-    o = _put(o, b',"response_bytes":', 18)
-    o = _put_u(o, <unsigned long long>s.response_body_bytes)
-    if peer is not None:
-        o = _put(o, b',"upstream":"', 13)
-        o = _put(o, phost, nphost)
-        o[0] = 58
-        o = _put_u(o + 1, <unsigned long long>peer.port)
-        o[0] = 34
-        o += 1
+        memcpy(rid, PyBytes_AS_STRING(eng.rid_prefix), 16)
+        _put_hex16(rid + 16, eng.rid_next)
+        r.request_id.s = rid
+        r.request_id.n = 32
+    if type(a) is tuple and type((<tuple>a)[0]) is str:
+        r.client.s = PyUnicode_AsUTF8AndSize(<str>(<tuple>a)[0], &n)
+        r.client.n = <size_t>n
+        r.client_port = <int>(<tuple>a)[1]
     else:
-        o = _put(o, b',"upstream":null', 16)
-    if s.up_status:
-        o = _put(o, b',"upstream_status":', 19)
-        o = _put_u(o, <unsigned long long>s.up_status)
+        keep_client = _utf8(a or "-")
+        r.client = _sv(keep_client)
+        r.client_port = -1
+    r.method.s = PyUnicode_AsUTF8AndSize(rq._method, &n)
+    r.method.n = <size_t>n
+    if rq._uri is not None:
+        r.path = _sv(rq._uri)
     else:
-        o = _put(o, b',"upstream_status":null', 23)
-    o = _put(o, b',"duration":', 12)
-    o = _put_secs(o, s.t_end - s.t_start)
-    o = _put(o, b',"upstream_connect":', 20)
+        r.path.s = PyBytes_AS_STRING(<bytes>rq._buf) + rq._target.off
+        r.path.n = rq._target.len
+    r.minor = rq._minor
+    r.status = s.status if s.resp_started else 0
+    r.request_bytes = <uint64_t>s.request_body_bytes
+    r.response_bytes = <uint64_t>s.response_body_bytes
+    r.upstream.s = NULL
+    r.upstream.n = 0
+    r.upstream_port = -1
+    if s.peer is not None:
+        peer = <HttpPeer>s.peer
+        if peer.path is None:
+            r.upstream.s = PyUnicode_AsUTF8AndSize(peer.host, &n)
+            r.upstream.n = <size_t>n
+            r.upstream_port = peer.port
+        else:
+            keep_up = _utf8(str(peer))
+            r.upstream = _sv(keep_up)
+    r.upstream_status = s.up_status
+    r.duration = s.t_end - s.t_start
+    r.upstream_connect = -1.0
     if s.t_connect > 0.0 and s.t_connected >= s.t_connect:
-        o = _put_secs(o, s.t_connected - s.t_connect)
-    else:
-        o = _put(o, b"null", 4)
-    o = _put(o, b',"upstream_first_byte":', 23)
+        r.upstream_connect = s.t_connected - s.t_connect
+    r.upstream_first_byte = -1.0
     if s.t_resp > 0.0 and s.t_connected > 0.0:
-        o = _put_secs(o, s.t_resp - s.t_connected)
-    else:
-        o = _put(o, b"null", 4)
-    if s.upstream_reused:
-        o = _put(o, b',"upstream_reused":true', 23)
-    else:
-        o = _put(o, b',"upstream_reused":false', 24)
-    o = _put(o, b',"retries":', 11)
-    o = _put_u(o, <unsigned long long>(s.retries + s.retried_reused))
-    o = _put(o, b',"error":null', 13)
-    return o - _al
+        r.upstream_first_byte = max(s.t_resp - s.t_connected, 0.0)
+    r.upstream_reused = s.upstream_reused
+    r.retries = <uint64_t>(s.retries + s.retried_reused)
+    r.error.s = NULL
+    r.error.n = 0
+    if s.error is not None:
+        keep_err = _utf8(s.error.message if isinstance(s.error, Error) else str(s.error))
+        r.error = _sv(keep_err)
+    r.extra.s = NULL
+    r.extra.n = 0
+    if eng.cfg.access_log_ctx_fields:
+        extra = _ctx_fields(s)
+        if extra is not None:
+            r.extra = _sv(extra)
+    if sw_alog_json(&eng.alog_cb, &r) < 0:
+        raise MemoryError()
+    return 0
 
 
-cdef int _buf_append(_Engine eng, const char *p, Py_ssize_t n) except -1:
-    """Append to the writer's buffer; write it out when full."""
-    cdef bytearray buf = eng.alog_buf
-    cdef Py_ssize_t n0 = PyByteArray_GET_SIZE(buf)
-    PyByteArray_Resize(buf, n0 + n)
-    memcpy(PyByteArray_AS_STRING(buf) + n0, p, n)
-    if n0 + n >= eng.alog_limit:
-        eng.alog_writer.flush()
+cdef int _alog_put(_Engine eng, bytes line) except -1:
+    """Append a record made in Python (combined) to the engine's buffer."""
+    cdef size_t n = <size_t>PyBytes_GET_SIZE(line)
+    if sw_buf_reserve(&eng.alog_cb, n) < 0:
+        raise MemoryError()
+    memcpy(eng.alog_cb.p + eng.alog_cb.len, PyBytes_AS_STRING(line), n)
+    eng.alog_cb.len += n
+    return 0
+
+
+cdef int _alog_move(_Engine eng) except -1:
+    """Hand the batch in the engine's buffer to the writer: written straight
+    from it when the writer holds nothing (the lines stay in order), and
+    what the descriptor did not take copied into the writer's buffer. The
+    engine's buffer is empty after."""
+    cdef Py_ssize_t n = <Py_ssize_t>eng.alog_cb.len, done = 0, n0
+    cdef object w = eng.alog_writer
+    if n == 0 or w is None:
+        return 0
+    buf = <bytearray>w.buf
+    if PyByteArray_GET_SIZE(buf) == 0:
+        done = w.write(PyMemoryView_FromMemory(eng.alog_cb.p, n, PyBUF_READ))
+        if done < 0 or done > n:
+            done = n
+    if done < n:
+        n0 = PyByteArray_GET_SIZE(buf)
+        PyByteArray_Resize(buf, n0 + n - done)
+        memcpy(PyByteArray_AS_STRING(buf) + n0, eng.alog_cb.p + done, n - done)
+    eng.alog_cb.len = 0
     return 0
 
 
 cdef int _access_record(Session s) except -1:
     """Write this request's line into the access log's buffer (sampled:
     failed requests and 5xx always, others with access_log_sample's odds);
-    the writer flushes by size here and by time from its timer."""
+    the batch moves to the writer, which writes it out, when the buffer
+    holds access_log_buffer_bytes; the writer's timer takes it too."""
     cdef _Engine eng = s.eng
     cdef double sample = eng.cfg.access_log_sample
-    cdef Py_ssize_t n
     if sample < 1.0 and s.error is None and s.status < 500 and \
             <double>rand() >= sample * (<double>RAND_MAX + 1.0):
         return 0
     try:
         if eng.cfg.al_format == AL_JSON:
-            n = _json_fast(s)
-            if n >= 0:
-                if eng.cfg.access_log_ctx_fields:
-                    line = PyBytes_FromStringAndSize(_al, n) + _ctx_fields(s)
-                    _buf_append(eng, PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line))
-                else:
-                    _al[n] = 125       # '}'
-                    _al[n + 1] = 10    # '\n'
-                    _buf_append(eng, _al, n + 2)
-                return 0
-            line = _json_line(s)
+            _json_record(s)
         else:
-            line = _combined_line(s)
-        _buf_append(eng, PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line))
+            _alog_put(eng, _combined_line(s))
+        if <Py_ssize_t>eng.alog_cb.len >= eng.alog_limit:
+            _alog_move(eng)
+            if PyByteArray_GET_SIZE(<bytearray>eng.alog_writer.buf):
+                eng.alog_writer.flush()   # (it keeps what it cannot write yet)
     except Exception:
         eng.log.exception("sluiceway: could not write the access log line")
     return 0

@@ -96,6 +96,7 @@ cdef class Session:
     cdef void _load_leave(self) noexcept
     cdef object _direct(self)
     cdef bint _direct_trusted(self)
+    cdef object _client(self)
     # from the client's end
     cdef int on_request_body(self, object chunk) except -1
     cdef int on_request_end(self, _Reader r) except -1
@@ -164,11 +165,14 @@ cdef int _observe_start(Session s) except -1
 cdef int _m_request(Session s) except -1
 cdef int _access_record(Session s) except -1
 cdef bytes _rid_field(Session s)
+cdef char *_put_rid_field(Session s, char *o) noexcept
+cdef bytes _head_with_rid(Session s, const char *head, Py_ssize_t n)
 # forward.pyx
 cdef sw_field_t *_fields_of(HeaderMap hm, uint32_t *n, size_t *size) except NULL
 cdef bytes _request_head(Session s, bint reframe)
 cdef bytes _extra_fields(Session s, unsigned flags, bint reframe)
 cdef int _send_response_head(Session s) except -1
+cdef int _forward_head(Session s, _Reader r, int mode) except -1
 cdef int _head_out(Session s, bytes head, _Reader r) except -1
 cdef bytes _informational_head(_Reader r)
 cdef bint _hold_more(Session s, _Reader r)

@@ -205,6 +205,10 @@ cdef class Session:
         ``trusted_proxies``, the client its forwarding header
         (``real_ip_header``) names, as ``(host, port)`` with port 0 when
         the header gave none."""
+        return self._client()
+
+    cdef object _client(self):
+        """client_addr (decided once per request)."""
         if self._client_addr is None:
             direct = self._direct()
             if self._direct_trusted():     # (the header is read only then)

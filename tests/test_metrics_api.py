@@ -1,0 +1,74 @@
+"""sluiceway.metrics as a hook uses it, outside a server (the process's own
+store): the fast paths (a no-label family calling its series directly, a
+known label set found in C) give what the full paths give."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from sluiceway import metrics
+
+_n = itertools.count()
+
+
+def name(prefix):
+    return f"api_{prefix}_{next(_n)}"
+
+
+def samples(metric_name):
+    text = metrics.exposition()[0].decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(metric_name) and not line.startswith("#")}
+
+
+def test_no_label_families_update_their_one_series():
+    c = metrics.Counter(name("c") + "_total", "h")
+    g = metrics.Gauge(name("g"), "h")
+    h = metrics.Histogram(name("h"), "h", buckets=[1, 2])
+    c.inc()
+    c.inc(2)
+    c.inc(amount=0.5)
+    with pytest.raises(ValueError, match="only goes up"):
+        c.inc(-1)
+    g.inc()
+    g.inc(3)
+    g.dec()
+    g.dec(0.5)
+    h.observe(1.5)
+    h.observe(value=3)
+    assert samples(c.name) == {c.name + "_total": 3.5}
+    assert samples(g.name) == {g.name: 2.5}
+    g.set(7)
+    assert samples(g.name) == {g.name: 7.0}
+    got = samples(h.name)
+    assert got[h.name + '_bucket{le="2.0"}'] == 1.0 and got[h.name + "_count"] == 2.0
+    assert got[h.name + "_sum"] == 4.5
+
+
+def test_labels_fast_and_full_paths_agree():
+    c = metrics.Counter(name("l") + "_total", "h", ["tenant", "code"], max_label_sets=3)
+    a = c.labels("acme", "200")                  # new: the full path
+    assert c.labels("acme", "200") is a          # known: found in C
+    assert c.labels(tenant="acme", code="200") is a   # by name: the full path
+    assert c.labels(code="200", tenant="acme") is a
+    assert c.labels("acme", 200) is a            # values are made str
+    with pytest.raises(ValueError, match="by position or by name"):
+        c.labels("acme", code="200")
+    with pytest.raises(ValueError, match="has labels"):
+        c.labels("acme")
+    with pytest.raises(ValueError, match="missing"):
+        c.labels(tenant="acme", nope="1")
+    a.inc()
+    c.labels("globex", "500").inc(2)
+    c.labels("initech", "404").inc()
+    c.labels("umbrella", "200").inc(5)           # past max_label_sets: "_other"
+    got = samples(c.name)
+    assert got[f'{c.name}_total{{code="200",tenant="acme"}}'] == 1.0
+    assert got[f'{c.name}_total{{code="500",tenant="globex"}}'] == 2.0
+    assert got[f'{c.name}_total{{code="_other",tenant="_other"}}'] == 5.0
+    with pytest.raises(ValueError, match="use .labels"):
+        c.inc()
+    assert "Keep it to skip the lookup" in metrics.Counter.labels.__doc__
