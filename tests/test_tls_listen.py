@@ -370,10 +370,10 @@ def _rss():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def half_open(certs, n, timeout, waves=2):
+def half_open(certs, n, timeout, waves=3):
     """``n`` clients that send half a ClientHello and wait: all closed by the
-    handshake timeout, counted, nothing left open or leaked; a second wave
-    does not grow the process (memory is flat)."""
+    handshake timeout, counted, nothing left open or leaked; the waves after
+    the first do not grow the process (memory is flat)."""
     hello = _client_hello(certs)
     with Harness(Seen(), tls=tls_args(certs, handshake_timeout=timeout)) as h:
         base_fds = open_fds()
@@ -400,7 +400,10 @@ def half_open(certs, n, timeout, waves=2):
             assert stats(h)["connections"] == 0
             assert wait_until(lambda: open_fds() <= base_fds, 5)
             rss.append(_rss())
-        assert rss[-1] - rss[0] < 8 << 20, rss
+        # A leak grows the process with every wave; the first wave may
+        # raise the allocator's high-water mark once (the loop thread's
+        # arena keeps freed memory it cannot trim, at random).
+        assert rss[-1] - rss[1] < 8 << 20, rss
         with httpx.Client(verify=verified(certs)) as c:
             assert c.get(h.url + "/hello").status_code == 200
 

@@ -140,11 +140,9 @@ cdef class _Tls:
         raise TypeError("_Tls objects are made by the engine")
 
     cdef int start(self, _Conn c) except -1:
-        """The first handshake step: a client's hello goes out. A server
-        waits for the client's hello (``received``): a step with nothing
-        to read only raises SSLWantReadError, about 7,000 instructions."""
-        if not self.server_side:
-            self._handshake(c)
+        """The first handshake step (a client's hello goes out; a server's
+        first step only sets OpenSSL up to read the client's)."""
+        self._handshake(c)
         return 0
 
     cdef int received(self, _Conn c, object data) except -1:
