@@ -75,6 +75,7 @@ Needs: nginx, wrk, openssl, taskset, a built checkout.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import re
 import resource
@@ -304,11 +305,31 @@ def idle_rss_tls(port, pid, n):
             s.close()
 
 
+def corepy(tree: str) -> str:
+    """The package folder of checkout ``tree`` when it is built in place
+    (``make build``); "" for this repository when it is not, so that the
+    sluiceway this Python imports (an installed wheel, as in CI) runs."""
+    path = os.path.join(tree, "corepy")
+    if glob.glob(os.path.join(path, "sluiceway", "_engine*.so")):
+        return path
+    if os.path.abspath(tree) == os.path.abspath(nc.REPO):
+        return ""
+    raise SystemExit(f"{tree} is not built in place: run `make build` there")
+
+
+def _env_path(tree: str, *more: str) -> dict:
+    parts = [p for p in (corepy(tree), *more) if p]
+    env = dict(os.environ)
+    if parts:
+        env["PYTHONPATH"] = os.pathsep.join(parts)
+    return env
+
+
 def sluiceway_has_tls(tree: str) -> bool:
     """Whether the checkout ``tree`` has TLS listeners (``add_tls``)."""
     code = "import sluiceway.server as s; print(hasattr(s.ProxyService, 'add_tls'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=os.path.join(tree, "corepy")))
+                         env=_env_path(tree))
     return out.stdout.strip() == "True"
 
 
@@ -385,11 +406,10 @@ def main(argv=None):
         launched = {}
         for name, tree in trees:
             ports[name] = {c: nc.free_port() for c in CERTS + ("plain",)}
-            env = dict(os.environ, BENCH_ORIGIN_PORT=str(o_port), BENCH_CIPHERS=CIPHERS,
+            env = dict(_env_path(tree, tmp), BENCH_ORIGIN_PORT=str(o_port), BENCH_CIPHERS=CIPHERS,
                        BENCH_PLAIN=f"127.0.0.1:{ports[name]['plain']}",
                        BENCH_TLS=";".join(f"127.0.0.1:{ports[name][c]}={tmp}/{c}.pem={tmp}/{c}.key"
-                                          for c in CERTS),
-                       PYTHONPATH=os.path.join(tree, "corepy") + os.pathsep + tmp)
+                                          for c in CERTS))
             launched[name] = nc.Proc(name, [sys.executable, os.path.join(tmp, "launch.py"),
                                             "-c", os.path.join(tmp, "sw.yaml")], 0, env=env, cwd=tmp)
             procs.append(launched[name])
