@@ -19,7 +19,7 @@ round. Then RSS per idle keep-alive connection with 5,000 idle connections.
 Usage:
     python bench/nginx_compare.py [--duration 10] [--rounds 3]
         [--connections 50] [--idle 5000] [--skip-idle] [--access-log]
-        [--compare NAME=DIR ...]
+        [--compare NAME=DIR ...] [--variant NAME="key: value; ..." ...]
 
 ``--access-log`` turns the access logs on, both sides alike: nginx writes a
 JSON line per request (``log_format ... escape=json`` with the fields of
@@ -34,6 +34,18 @@ run so the disk does not fill.
 in place in that checkout (its ``corepy`` is put first on PYTHONPATH), in
 the same interleaved rounds: a before/after comparison from one run. It is
 pinned like the first and reported with its ratio to nginx.
+
+``--variant off="metrics: false"`` runs this checkout's sluiceway once more
+with those YAML keys added to the base configuration (not the
+``--access-log`` keys), reported as NAME with its ratio to nginx and to
+``sluiceway`` from the same rounds: the same build with options on and off,
+side by side. ``{log}`` in the keys becomes a log file of its own, emptied
+after every run like the others. For example, the cost of metrics and the
+JSON access log against both off::
+
+    python bench/nginx_compare.py --skip-idle --variant off="metrics: false" \
+        --variant jsonlog="access_log: true; access_log_format: json; \
+    access_log_file: {log}; access_log_buffer_bytes: 65536; access_log_flush_seconds: 1"
 
 Needs: nginx (/usr/sbin/nginx), wrk, taskset, a built checkout (run from the
 repository root after `make build`).
@@ -338,6 +350,11 @@ def _table(results, ratios, targets):
                   f"p99 x{statistics.median(ratios[(path, name, 'p99')]):.2f}  ({name} / nginx, "
                   f"median of per-round ratios; per round: "
                   + ", ".join(f"{r:.2f}" for r in ratios[(path, name, 'rpcpu')]) + ")")
+            if (path, name, "vs_sw") in ratios:
+                vs = ratios[(path, name, "vs_sw")]
+                print(f"{path:6} {'ratio':9} req/cpu-s x{statistics.median(vs):.2f}  ({name} / "
+                      "sluiceway, median of per-round ratios; per round: "
+                      + ", ".join(f"{r:.2f}" for r in vs) + ")")
 
 
 def main(argv=None):
@@ -353,6 +370,9 @@ def main(argv=None):
     ap.add_argument("--access-log", action="store_true",
                     help="access logs on: nginx's buffered JSON log with $request_id, "
                     "sluiceway's JSON log with request_id: true")
+    ap.add_argument("--variant", action="append", default=[], metavar='NAME="k: v; ..."',
+                    help="also run this checkout with these YAML keys added (';' between "
+                    "keys, {log} a log file of its own), reported as NAME")
     ns = ap.parse_args(argv)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -368,13 +388,26 @@ def main(argv=None):
         f.write(b"b" * 16384)
     with open(os.path.join(tmp, "bench_app.py"), "w") as f:
         f.write(SLUICEWAY_APP)
+    base_yaml = ("version: 1\nthreads: 1\nupstream_keepalive_pool_size: 64\n"
+                 "downstream_keepalive_timeout_seconds: 120\n")
     with open(os.path.join(tmp, "sw.yaml"), "w") as f:
-        f.write("version: 1\nthreads: 1\nupstream_keepalive_pool_size: 64\n"
-                "downstream_keepalive_timeout_seconds: 120\n")
+        f.write(base_yaml)
         if ns.access_log:
             f.write(SLUICEWAY_ALOG.format(log=os.path.join(tmp, "sw-access.log")))
     logs = [os.path.join(tmp, "nginx-access.log"), os.path.join(tmp, "sw-access.log")] \
         if ns.access_log else []
+    variants = {}
+    for spec in ns.variant:
+        name, _, keys = spec.partition("=")
+        if not name or not keys or name in ("nginx", "sluiceway"):
+            ap.error(f"--variant wants NAME=\"key: value; ...\" with a new NAME, got {spec!r}")
+        vlog = os.path.join(tmp, f"{name}-access.log")
+        ypath = os.path.join(tmp, f"{name}.yaml")
+        with open(ypath, "w") as f:
+            f.write(base_yaml + "".join(k.strip().replace("{log}", vlog) + "\n"
+                                        for k in keys.split(";") if k.strip()))
+        variants[name] = ypath
+        logs.append(vlog)
 
     o_port, n_port, s_port = free_port(), free_port(), free_port()
     procs = []
@@ -382,7 +415,7 @@ def main(argv=None):
         origin = start_nginx(tmp, "origin", ORIGIN_HTTP.format(port=o_port, dir=tmp), 1)
         procs.append(origin)
         nproxy = start_nginx(tmp, "proxy",
-                             proxy_http(n_port, o_port, logs[0] if logs else None), 0)
+                             proxy_http(n_port, o_port, logs[0] if ns.access_log else None), 0)
         procs.append(nproxy)
         env = dict(os.environ, BENCH_ORIGIN_PORT=str(o_port),
                    PYTHONPATH=os.path.join(REPO, "corepy") + os.pathsep + tmp)
@@ -402,6 +435,14 @@ def main(argv=None):
                       0, env=env_c, cwd=tmp)
             procs.append(pr)
             extra[name] = (port, pr)
+        for name, ypath in variants.items():
+            if name in extra:
+                ap.error(f"--variant {name} has the name of a --compare")
+            port = free_port()
+            pr = Proc(name, [sys.executable, "-m", "sluiceway.cli", "run", "bench_app:BenchApp",
+                             "-c", ypath, "-l", f"127.0.0.1:{port}"], 0, env=env, cwd=tmp)
+            procs.append(pr)
+            extra[name] = (port, pr)
         for p in (o_port, n_port, s_port) + tuple(port for port, _ in extra.values()):
             wait_port(p)
         n_pid = worker_pid(nproxy.p.pid)
@@ -418,6 +459,8 @@ def main(argv=None):
         if logs:
             time.sleep(1.5)   # a flush of each log happened: show it works
             for path in logs:
+                if not os.path.exists(path):
+                    continue
                 with open(path, "rb") as f:
                     first = f.readline()
                 print(f"access log {os.path.basename(path)}: {first[:160]!r}...", flush=True)
@@ -427,6 +470,9 @@ def main(argv=None):
         others = [n for n in targets if n != "nginx"]
         ratios = {(path, name, k): [] for path in ("/small", "/16k") for name in others
                   for k in ("rps", "rpcpu", "p99")}
+        for path in ("/small", "/16k"):
+            for name in variants:
+                ratios[(path, name, "vs_sw")] = []
         for rnd in range(ns.rounds):
             for path in ("/small", "/16k"):
                 got = {}
@@ -441,6 +487,8 @@ def main(argv=None):
                 for name in others:
                     for k in ("rps", "rpcpu", "p99"):
                         ratios[(path, name, k)].append(got[name][k] / got["nginx"][k])
+                for name in variants:
+                    ratios[(path, name, "vs_sw")].append(got[name]["rpcpu"] / got["sluiceway"]["rpcpu"])
 
         if ns.rounds == 0:
             results = {}
