@@ -72,3 +72,58 @@ def test_labels_fast_and_full_paths_agree():
     with pytest.raises(ValueError, match="use .labels"):
         c.inc()
     assert "Keep it to skip the lookup" in metrics.Counter.labels.__doc__
+
+
+def test_one_label_fast_path_remembers_only_what_the_full_path_gives():
+    import sys
+    c = metrics.Counter(name("one") + "_total", "h", ["tenant"], max_label_sets=2)
+    a = c.labels("acme")                         # new: the full path, then remembered
+    assert c.labels("acme") is a and c.labels(tenant="acme") is a
+    n = c.labels(7)                              # an int is made "7": not remembered by 7
+    assert c.labels("7") is n and c.labels(7) is n
+    other = c.labels("globex")                   # past max_label_sets: "_other" ...
+    assert c.labels("initech") is other          # ... and never remembered by value
+    assert c.labels("_other") is other
+    with pytest.raises(TypeError, match="unhashable"):
+        c.labels(["acme"])
+    with pytest.raises(ValueError, match="has labels"):
+        c.labels()
+    # a call with a tuple and a dict (PyObject_Call) gives the same
+    assert type(c.labels).__call__(c.labels, "acme") is a
+    assert type(c.labels).__call__(c.labels, tenant="acme") is a
+    before = sys.getrefcount(a), sys.getrefcount(other)
+    for _ in range(1000):
+        c.labels("acme")
+        c.labels("initech")
+        c.labels(tenant="acme")
+    assert (sys.getrefcount(a), sys.getrefcount(other)) == before
+    a.inc()
+    c.labels("acme").inc(2)
+    c.labels("nobody").inc()
+    got = samples(c.name)
+    assert got[f'{c.name}_total{{tenant="acme"}}'] == 3.0
+    assert got[f'{c.name}_total{{tenant="_other"}}'] == 1.0
+
+
+def test_values_by_name_found_in_c_match_the_full_path():
+    import sys
+    c = metrics.Counter(name("kw") + "_total", "h", ["tenant", "code"])
+    a = c.labels("acme", "200")
+    assert c.labels(tenant="acme", code="200") is a
+    assert c.labels(code="200", tenant="acme") is a
+    assert c.labels(code=200, tenant="acme") is a        # made str by the full path
+    with pytest.raises(ValueError, match="missing"):
+        c.labels(tenant="acme", cod="200")
+    with pytest.raises(ValueError, match="has labels"):
+        c.labels(tenant="acme", code="200", extra="1")
+    with pytest.raises(ValueError, match="missing 'code'"):
+        c.labels(tenant="acme")
+    before = sys.getrefcount(a)
+    for _ in range(1000):
+        c.labels(code="200", tenant="acme")
+        c.labels("acme", "200")
+        try:
+            c.labels(tenant="acme", cod="200")
+        except ValueError:
+            pass
+    assert sys.getrefcount(a) == before

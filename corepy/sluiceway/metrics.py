@@ -171,7 +171,7 @@ class _Family:
         if not labelnames:
             self._default = self._child(())
         # labels(...) of a set already made: found in C (see _metrics.Labels)
-        self.labels = _metrics.Labels(self._children, self._labels)  # type: ignore[method-assign]
+        self.labels = _metrics.Labels(self._children, self._labels, tuple(labelnames))  # type: ignore[method-assign]
 
     @property
     def _ncells(self) -> int:

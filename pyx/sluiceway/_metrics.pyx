@@ -22,6 +22,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
 from cpython.pycapsule cimport PyCapsule_New
 from cpython.ref cimport PyObject
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.stdint cimport int32_t, uint32_t
 from libc.stdlib cimport free, malloc
 
@@ -266,32 +267,124 @@ cdef class Cell:
         self.i = first
 
 
+cdef extern from "Python.h":
+    ctypedef PyObject *(*_vectorcallfunc "vectorcallfunc")(
+        PyObject *, PyObject *const *, size_t, PyObject *) except NULL
+    ctypedef struct _TypeVC "PyTypeObject":
+        unsigned long tp_flags
+        Py_ssize_t tp_vectorcall_offset
+    unsigned long _HAVE_VECTORCALL "Py_TPFLAGS_HAVE_VECTORCALL"
+    Py_ssize_t _VC_NARGS "PyVectorcall_NARGS"(size_t nargsf)
+    object _vectorcall "PyObject_Vectorcall"(object callable, PyObject *const *args,
+                                             size_t nargsf, PyObject *kwnames)
+    PyObject *_dict_get_raw "PyDict_GetItem"(PyObject *d, PyObject *key)
+    void _incref_raw "Py_INCREF"(PyObject *o)
+
+
 @cython.final
 cdef class Labels:
     """A family's ``labels(...)`` as called from hooks: a label set already
-    made is one dict lookup in C (no Python frame); anything else (values
-    by name, a new set, values to convert) goes to ``slow``, the family's
-    own method, with the same arguments.
+    made is one dict lookup in C, through the vectorcall protocol (no
+    Python frame, no keyword dict, and for one label no argument tuple);
+    anything else (values by name, a new set, values to convert) goes to
+    ``slow``, the family's own method, with the same arguments.
 
     Args:
-        children: the family's dict of label-value tuples to Cells.
+        children: the family's dict of label-value tuples to Cells (it only
+            grows: a Cell is rebound in place, never removed).
         slow: the family's full ``labels`` implementation.
+        names: the family's label names, in order (for values by name).
     """
 
+    cdef _vectorcallfunc vc     # this instance's vectorcall entry
     cdef dict children
+    cdef dict one               # one label given as a str -> its Cell
     cdef object slow
+    cdef tuple names
 
-    def __init__(self, dict children, slow):
+    def __init__(self, dict children, slow, tuple names=()):
+        self.vc = _labels_vectorcall
         self.children = children
+        self.one = {}
         self.slow = slow
+        self.names = names
 
     def __call__(self, *values, **kw):
+        # what a call with a tuple and a dict (PyObject_Call) reaches;
+        # calls from Python code take _labels_vectorcall
         cdef PyObject *c
         if not kw:
             c = PyDict_GetItem(self.children, values)
             if c != NULL:
                 return <object>c
         return self.slow(*values, **kw)
+
+
+cdef PyObject *_labels_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                  PyObject *kwnames) except NULL:
+    """Labels(...) from Python: the label set in its dict, else the slow
+    path, whose answer for one str value is remembered by that value."""
+    cdef Labels me = <Labels>callable
+    cdef Py_ssize_t n = _VC_NARGS(nargsf), i
+    cdef PyObject *c
+    cdef tuple key
+    if kwnames != NULL and n == 0:
+        key = _by_name(me.names, args, <tuple>kwnames)
+        if key is not None:
+            c = _dict_get_raw(<PyObject *>me.children, <PyObject *>key)
+            if c != NULL:
+                _incref_raw(c)
+                return c
+    elif kwnames == NULL:
+        if n == 1:
+            c = _dict_get_raw(<PyObject *>me.one, args[0])
+        else:
+            key = PyTuple_New(n)
+            for i in range(n):
+                _incref_raw(args[i])     # (SET_ITEM steals it)
+                PyTuple_SET_ITEM(key, i, <object>args[i])
+            c = _dict_get_raw(<PyObject *>me.children, <PyObject *>key)
+        if c != NULL:
+            _incref_raw(c)
+            return c
+    cell = _vectorcall(me.slow, args, nargsf, kwnames)
+    if kwnames == NULL and n == 1 and type(<object>args[0]) is str and \
+            me.children.get((<object>args[0],)) is cell:
+        me.one[<object>args[0]] = cell
+    _incref_raw(<PyObject *>cell)
+    return <PyObject *>cell
+
+
+cdef tuple _by_name(tuple names, PyObject *const *args, tuple kwnames):
+    """The values given by name, in ``names`` order; None unless they are
+    exactly the family's names (the slow path says what is wrong)."""
+    cdef Py_ssize_t m = len(names), i, j
+    cdef tuple key
+    if len(kwnames) != m or m == 0:
+        return None
+    key = PyTuple_New(m)
+    for i in range(m):
+        for j in range(m):
+            # a call site's names are interned constants: mostly the same object
+            if kwnames[j] is names[i] or kwnames[j] == names[i]:
+                break
+        else:
+            return None   # (key's unset items are NULL: a tuple frees those fine)
+        _incref_raw(args[j])
+        PyTuple_SET_ITEM(key, i, <object>args[j])
+    return key
+
+
+cdef _enable_vectorcall():
+    """Let calls of a Labels take _labels_vectorcall: the type says where
+    an instance keeps its entry (the ``vc`` field)."""
+    cdef Labels probe = Labels.__new__(Labels)
+    cdef _TypeVC *t = <_TypeVC *><PyObject *>Labels
+    t.tp_vectorcall_offset = <Py_ssize_t>(<char *>&probe.vc - <char *><PyObject *>probe)
+    t.tp_flags |= _HAVE_VECTORCALL
+
+
+_enable_vectorcall()
 
 
 def make_cell(Store store, uint32_t first, bounds=None):
