@@ -140,9 +140,11 @@ cdef class _Tls:
         raise TypeError("_Tls objects are made by the engine")
 
     cdef int start(self, _Conn c) except -1:
-        """The first handshake step (a client's hello goes out; a server's
-        first step only sets OpenSSL up to read the client's)."""
-        self._handshake(c)
+        """The first handshake step: a client's hello goes out. A server
+        waits for the client's hello (``received``): a step with nothing
+        to read only raises SSLWantReadError, about 7,000 instructions."""
+        if not self.server_side:
+            self._handshake(c)
         return 0
 
     cdef int received(self, _Conn c, object data) except -1:
@@ -266,16 +268,16 @@ cdef class _Tls:
             return False
         self.state = TLS_OPEN
         o = self.obj
-        self.version = o.version()
-        ciph = o.cipher()
+        r = self.raw       # (the C object: no Python frame per question)
+        self.version = r.version()
+        ciph = r.cipher()
         self.cipher = ciph[0] if ciph else None
-        self.alpn = o.selected_alpn_protocol()
-        if self.offered:
-            self.resumed = o.session_reused
-        self.peer_cert_der = o.getpeercert(True)
-        self.peer_cert = o.getpeercert() if self.peer_cert_der is not None else None
+        self.alpn = r.selected_alpn_protocol()
+        if self.offered or self.server_side:
+            self.resumed = r.session_reused
+        self.peer_cert_der = r.getpeercert(True)
+        self.peer_cert = r.getpeercert() if self.peer_cert_der is not None else None
         if self.server_side:
-            self.resumed = self.raw.session_reused
             # sluiceway.tls's sni_callback notes the name on the SSLObject.
             self.sni = getattr(o, "_sw_sni", None)
         self._flush(c)
