@@ -29,25 +29,15 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nginx_compare as nc  # noqa: E402
 
-PROXY_GZIP = """
-    upstream origin {{
-        server 127.0.0.1:{origin};
-        keepalive 64;
-    }}
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        gzip on;
-        gzip_comp_level {level};
-        gzip_types text/html;
-        gzip_proxied any;
-        gzip_min_length 256;
-        location / {{
-            proxy_pass http://origin;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-"""
+# nginx_compare's proxy with gzip on (and proxy_buffering left at its default)
+PROXY_GZIP = nc.PROXY_HTTP.replace("            proxy_buffering on;\n", "").replace(
+    "backlog=4096;\n",
+    "backlog=4096;\n"
+    "        gzip on;\n"
+    "        gzip_comp_level {level};\n"
+    "        gzip_types text/html;\n"
+    "        gzip_proxied any;\n"
+    "        gzip_min_length 256;\n")
 
 ORIGIN = """
     server {{
