@@ -20,6 +20,7 @@ import subprocess
 import threading
 import time
 
+from sluiceway.proxy import HttpPeer, ProxyHttp
 from sluiceway.testing import (  # noqa: F401  (re-exported for the suites)
     Harness, LoopThread, Origin, OriginThread, Received, Reply, _OriginProto, assert_response,
     count_responses, free_port, new_loop, open_fds, raw, wait_port,
@@ -27,6 +28,22 @@ from sluiceway.testing import (  # noqa: F401  (re-exported for the suites)
 from sluiceway.testing import PassThrough as SimpleApp  # noqa: F401
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class FixedPeer(ProxyHttp):
+    """Every request to ``addr`` (an HttpPeer with options ``kw``); the
+    error of each request, None for a good one, in ``errors``."""
+
+    def __init__(self, addr, **kw):
+        self.addr = addr
+        self.kw = kw
+        self.errors = []
+
+    def upstream_peer(self, session, ctx):
+        return HttpPeer(self.addr, **self.kw)
+
+    def logging(self, session, error, ctx):
+        self.errors.append(error)
 
 
 def spawn(args, env=None, **kw):
