@@ -74,6 +74,15 @@ def stop_proc(proc, sig=None, timeout=10):
         raise
 
 
+def rss_bytes(pid):
+    """The resident set of process ``pid`` in bytes (0 when /proc does not say)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def run_example(script, env):
     """Start examples/<script> listening on a free port; return (process, base URL)."""
     import signal as _signal

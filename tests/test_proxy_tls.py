@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from proxy_harness import (Harness, Origin, ThreadOrigin, _OriginProto, free_port, open_fds,
-                           recv_head, spawn, stop_proc, wait_port)
+                           recv_head, rss_bytes, spawn, stop_proc, wait_port)
 from sluiceway.proxy import HttpPeer, ProxyHttp
 from tls_certs import HAVE_OPENSSL, make_ca, make_certs, make_client_cert, server_context
 
@@ -374,14 +374,6 @@ def _pattern(n):
     return block * (n // len(block)) + block[:n % len(block)]
 
 
-def _rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 APP = """
 import os
 from sluiceway.proxy import HttpPeer, ProxyHttp
@@ -427,11 +419,11 @@ def test_large_bodies_both_ways_with_backpressure(certs, tmp_path):
 
     def sample():
         while not stop.is_set():
-            samples.append(_rss(p.pid))
+            samples.append(rss_bytes(p.pid))
             time.sleep(0.02)
     try:
         wait_port(port, p)
-        base = _rss(p.pid)
+        base = rss_bytes(p.pid)
         th = threading.Thread(target=sample, daemon=True)
         th.start()
         body = _pattern(BIG)
