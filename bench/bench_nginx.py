@@ -34,8 +34,6 @@ import os
 import resource
 import shutil
 import statistics
-import sys
-import tempfile
 
 import pytest
 
@@ -56,16 +54,8 @@ def proxies(request):
     idle = request.config.getoption("--bench-idle")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * idle + 1000)), hard))
-    tmp = tempfile.mkdtemp(prefix="sw-bench-")
-    os.chmod(tmp, 0o755)
-    os.makedirs(os.path.join(tmp, "www"))
-    with open(os.path.join(tmp, "www", "16k"), "wb") as f:
-        f.write(b"b" * 16384)
-    with open(os.path.join(tmp, "bench_app.py"), "w") as f:
-        f.write(nc.SLUICEWAY_APP)
-    with open(os.path.join(tmp, "sw.yaml"), "w") as f:
-        f.write("version: 1\nthreads: 1\nupstream_keepalive_pool_size: 64\n"
-                "downstream_keepalive_timeout_seconds: 120\n")
+    tmp = nc.bench_dir("sw-bench-", {"bench_app.py": nc.SLUICEWAY_APP, "sw.yaml": nc.SW_YAML},
+                       {"16k": b"b" * 16384})
     o_port, n_port, s_port = nc.free_port(), nc.free_port(), nc.free_port()
     procs = []
     try:
@@ -75,9 +65,7 @@ def proxies(request):
         # the sluiceway this pytest imported: the build being measured
         path = os.path.dirname(os.path.dirname(os.path.abspath(sluiceway.__file__)))
         env = dict(os.environ, BENCH_ORIGIN_PORT=str(o_port), PYTHONPATH=path + os.pathsep + tmp)
-        sw = nc.Proc("sluiceway", [sys.executable, "-m", "sluiceway", "run", "bench_app:BenchApp",
-                                   "-c", os.path.join(tmp, "sw.yaml"), "-l", f"127.0.0.1:{s_port}"],
-                     0, env=env, cwd=tmp)
+        sw = nc.start_sluiceway("sluiceway", tmp, s_port, env, module="sluiceway")
         procs.append(sw)
         for p in (o_port, n_port, s_port):
             nc.wait_port(p)
@@ -87,9 +75,7 @@ def proxies(request):
             nc.run_wrk(port, "/small", 2, conns)
         yield targets
     finally:
-        for p in reversed(procs):
-            p.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        nc.stop_all(procs, tmp)
 
 
 class _CpuPerRequest:

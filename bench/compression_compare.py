@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -30,25 +29,15 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nginx_compare as nc  # noqa: E402
 
-PROXY_GZIP = """
-    upstream origin {{
-        server 127.0.0.1:{origin};
-        keepalive 64;
-    }}
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        gzip on;
-        gzip_comp_level {level};
-        gzip_types text/html;
-        gzip_proxied any;
-        gzip_min_length 256;
-        location / {{
-            proxy_pass http://origin;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-"""
+# nginx_compare's proxy with gzip on (and proxy_buffering left at its default)
+PROXY_GZIP = nc.PROXY_HTTP.replace("            proxy_buffering on;\n", "").replace(
+    "backlog=4096;\n",
+    "backlog=4096;\n"
+    "        gzip on;\n"
+    "        gzip_comp_level {level};\n"
+    "        gzip_types text/html;\n"
+    "        gzip_proxied any;\n"
+    "        gzip_min_length 256;\n")
 
 ORIGIN = """
     server {{
@@ -90,16 +79,10 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=8)
     ns = ap.parse_args(argv)
-    tmp = tempfile.mkdtemp(prefix="sw-gzip-")
-    os.chmod(tmp, 0o755)
-    os.makedirs(os.path.join(tmp, "www"))
-    with open(os.path.join(tmp, "www", "page.html"), "wb") as f:
-        f.write(_html(ns.size))
-    with open(os.path.join(tmp, "bench_app.py"), "w") as f:
-        f.write(nc.SLUICEWAY_APP)
-    with open(os.path.join(tmp, "sw.yaml"), "w") as f:
-        f.write(f"version: 1\nthreads: 1\ncompression: true\ncompression_algorithms: [gzip]\n"
-                f"compression_gzip_level: {ns.level}\n")
+    tmp = nc.bench_dir("sw-gzip-", {
+        "bench_app.py": nc.SLUICEWAY_APP,
+        "sw.yaml": f"version: 1\nthreads: 1\ncompression: true\ncompression_algorithms: [gzip]\n"
+                   f"compression_gzip_level: {ns.level}\n"}, {"page.html": _html(ns.size)})
     o_port, n_port, s_port = nc.free_port(), nc.free_port(), nc.free_port()
     procs = []
     try:
@@ -109,9 +92,7 @@ def main(argv=None):
         procs.append(nproxy)
         env = dict(os.environ, BENCH_ORIGIN_PORT=str(o_port),
                    PYTHONPATH=os.path.join(nc.REPO, "corepy") + os.pathsep + tmp)
-        sw = nc.Proc("sluiceway", [sys.executable, "-m", "sluiceway.cli", "run", "bench_app:BenchApp",
-                                   "-c", os.path.join(tmp, "sw.yaml"), "-l", f"127.0.0.1:{s_port}"],
-                     0, env=env, cwd=tmp)
+        sw = nc.start_sluiceway("sluiceway", tmp, s_port, env)
         procs.append(sw)
         for p in (o_port, n_port, s_port):
             nc.wait_port(p)
@@ -139,9 +120,7 @@ def main(argv=None):
         print(f"sluiceway / nginx: x{statistics.median(ratios):.2f} (rounds: "
               + ", ".join(f"{r:.2f}" for r in ratios) + ")")
     finally:
-        for p in reversed(procs):
-            p.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        nc.stop_all(procs, tmp)
 
 
 if __name__ == "__main__":

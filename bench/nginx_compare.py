@@ -235,6 +235,43 @@ class Proc:
                 self.p.wait()
 
 
+# sw.yaml of every proxy run here: one worker, a pool as nginx's keepalive 64
+SW_YAML = ("version: 1\nthreads: 1\nupstream_keepalive_pool_size: 64\n"
+           "downstream_keepalive_timeout_seconds: 120\n")
+
+
+def bench_dir(prefix, files=(), www=()):
+    """A new temp folder for one run, readable by nginx's workers (they run
+    as an unprivileged user), with ``files`` ({name: text}) in it and
+    ``www`` ({name: bytes}) in its www/ folder (the origin's root)."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(tmp, 0o755)
+    os.makedirs(os.path.join(tmp, "www"))
+    for name, data in dict(www).items():
+        with open(os.path.join(tmp, "www", name), "wb") as f:
+            f.write(data)
+    for name, text in dict(files).items():
+        with open(os.path.join(tmp, name), "w") as f:
+            f.write(text)
+    return tmp
+
+
+def start_sluiceway(name, tmp, port, env, yaml="sw.yaml", module="sluiceway.cli"):
+    """``sluiceway run bench_app:BenchApp`` (tmp/bench_app.py) with the
+    configuration ``yaml`` in ``tmp``, listening on ``port``, pinned to
+    CPU 0; ``env`` says which sluiceway (PYTHONPATH)."""
+    return Proc(name, [sys.executable, "-m", module, "run", "bench_app:BenchApp",
+                       "-c", os.path.join(tmp, yaml), "-l", f"127.0.0.1:{port}"],
+                0, env=env, cwd=tmp)
+
+
+def stop_all(procs, tmp):
+    """Stop the processes started here (the last first) and remove ``tmp``."""
+    for p in reversed(procs):
+        p.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def start_nginx(tmp, name, body, cpu):
     conf = os.path.join(tmp, f"{name}.conf")
     with open(conf, "w") as f:
@@ -381,17 +418,9 @@ def main(argv=None):
     if os.cpu_count() < 2:
         print("note: fewer than 2 CPUs; pinning is approximate", file=sys.stderr)
 
-    tmp = tempfile.mkdtemp(prefix="sw-bench-")
-    os.chmod(tmp, 0o755)   # nginx workers run as an unprivileged user
-    os.makedirs(os.path.join(tmp, "www"))
-    with open(os.path.join(tmp, "www", "16k"), "wb") as f:
-        f.write(b"b" * 16384)
-    with open(os.path.join(tmp, "bench_app.py"), "w") as f:
-        f.write(SLUICEWAY_APP)
-    base_yaml = ("version: 1\nthreads: 1\nupstream_keepalive_pool_size: 64\n"
-                 "downstream_keepalive_timeout_seconds: 120\n")
+    tmp = bench_dir("sw-bench-", {"bench_app.py": SLUICEWAY_APP}, {"16k": b"b" * 16384})
     with open(os.path.join(tmp, "sw.yaml"), "w") as f:
-        f.write(base_yaml)
+        f.write(SW_YAML)
         if ns.access_log:
             f.write(SLUICEWAY_ALOG.format(log=os.path.join(tmp, "sw-access.log")))
     logs = [os.path.join(tmp, "nginx-access.log"), os.path.join(tmp, "sw-access.log")] \
@@ -404,7 +433,7 @@ def main(argv=None):
         vlog = os.path.join(tmp, f"{name}-access.log")
         ypath = os.path.join(tmp, f"{name}.yaml")
         with open(ypath, "w") as f:
-            f.write(base_yaml + "".join(k.strip().replace("{log}", vlog) + "\n"
+            f.write(SW_YAML + "".join(k.strip().replace("{log}", vlog) + "\n"
                                         for k in keys.split(";") if k.strip()))
         variants[name] = ypath
         logs.append(vlog)
@@ -419,9 +448,7 @@ def main(argv=None):
         procs.append(nproxy)
         env = dict(os.environ, BENCH_ORIGIN_PORT=str(o_port),
                    PYTHONPATH=os.path.join(REPO, "corepy") + os.pathsep + tmp)
-        sw = Proc("sluiceway", [sys.executable, "-m", "sluiceway.cli", "run", "bench_app:BenchApp",
-                                "-c", os.path.join(tmp, "sw.yaml"), "-l", f"127.0.0.1:{s_port}"],
-                  0, env=env, cwd=tmp)
+        sw = start_sluiceway("sluiceway", tmp, s_port, env)
         procs.append(sw)
         extra = {}
         for spec in ns.compare:
@@ -430,17 +457,14 @@ def main(argv=None):
                 ap.error(f"--compare wants NAME=DIR with a new NAME, got {spec!r}")
             port = free_port()
             env_c = dict(env, PYTHONPATH=os.path.join(os.path.abspath(where), "corepy") + os.pathsep + tmp)
-            pr = Proc(name, [sys.executable, "-m", "sluiceway.cli", "run", "bench_app:BenchApp",
-                             "-c", os.path.join(tmp, "sw.yaml"), "-l", f"127.0.0.1:{port}"],
-                      0, env=env_c, cwd=tmp)
+            pr = start_sluiceway(name, tmp, port, env_c)
             procs.append(pr)
             extra[name] = (port, pr)
         for name, ypath in variants.items():
             if name in extra:
                 ap.error(f"--variant {name} has the name of a --compare")
             port = free_port()
-            pr = Proc(name, [sys.executable, "-m", "sluiceway.cli", "run", "bench_app:BenchApp",
-                             "-c", ypath, "-l", f"127.0.0.1:{port}"], 0, env=env, cwd=tmp)
+            pr = start_sluiceway(name, tmp, port, env, yaml=ypath)
             procs.append(pr)
             extra[name] = (port, pr)
         for p in (o_port, n_port, s_port) + tuple(port for port, _ in extra.values()):
@@ -503,9 +527,7 @@ def main(argv=None):
                 print(f"idle keep-alive RSS {name:9}: {per:7.0f} bytes per connection "
                       f"({ns.idle} connections)", flush=True)
     finally:
-        for p in reversed(procs):
-            p.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs, tmp)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,9 @@ import argparse
 import asyncio
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -111,16 +109,8 @@ def main(argv=None):
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    tmp = tempfile.mkdtemp(prefix="sw-slow-")
-    os.chmod(tmp, 0o755)
-    os.makedirs(os.path.join(tmp, "www"))
-    with open(os.path.join(tmp, "bench_app.py"), "w") as f:
-        f.write(nc.SLUICEWAY_APP)
-    with open(os.path.join(tmp, "slow.py"), "w") as f:
-        f.write(SLOW)
-    with open(os.path.join(tmp, "sw.yaml"), "w") as f:
-        f.write("version: 1\nthreads: 1\nupstream_keepalive_pool_size: 64\n"
-                "downstream_keepalive_timeout_seconds: 120\n")
+    tmp = nc.bench_dir("sw-slow-", {"bench_app.py": nc.SLUICEWAY_APP, "slow.py": SLOW,
+                                    "sw.yaml": nc.SW_YAML})
     o_port, n_port, s_port = nc.free_port(), nc.free_port(), nc.free_port()
     procs = []
     try:
@@ -131,9 +121,7 @@ def main(argv=None):
             procs.append(nproxy)
         env = dict(os.environ, BENCH_ORIGIN_PORT=str(o_port),
                    PYTHONPATH=os.path.join(nc.REPO, "corepy") + os.pathsep + tmp)
-        sw = nc.Proc("sluiceway", [sys.executable, "-m", "sluiceway.cli", "run", "bench_app:BenchApp",
-                                   "-c", os.path.join(tmp, "sw.yaml"), "-l", f"127.0.0.1:{s_port}"],
-                     0, env=env, cwd=tmp)
+        sw = nc.start_sluiceway("sluiceway", tmp, s_port, env)
         procs.append(sw)
         for p in (o_port, s_port) + (() if ns.sluiceway_only else (n_port,)):
             nc.wait_port(p)
@@ -174,9 +162,7 @@ def main(argv=None):
                   f"{med(s, 'p99'):.2f} ms (x{med(s, 'p99') / med(q, 'p99'):.2f}), req/cpu-s "
                   f"{med(q, 'rpcpu'):.0f} -> {med(s, 'rpcpu'):.0f}")
     finally:
-        for p in reversed(procs):
-            p.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        nc.stop_all(procs, tmp)
 
 
 if __name__ == "__main__":

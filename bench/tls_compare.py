@@ -79,14 +79,12 @@ import glob
 import os
 import re
 import resource
-import shutil
 import signal
 import socket
 import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -94,21 +92,8 @@ import nginx_compare as nc  # noqa: E402
 
 # The proxy under test: nginx_compare's app, with TLS listeners given by
 # BENCH_TLS ("addr=cert=key;..."). Run as a script so that it can add them.
-LAUNCHER = '''
-import os
-from sluiceway.proxy import HttpPeer, ProxyHttp
+LAUNCHER = nc.SLUICEWAY_APP + '''
 from sluiceway.server import Server, http_proxy_service
-
-ORIGIN = ("127.0.0.1", int(os.environ["BENCH_ORIGIN_PORT"]))
-
-
-class BenchApp(ProxyHttp):
-    def request_filter(self, session, ctx):
-        session.req_header.get("x-api-key")   # read one header
-        return False
-
-    def upstream_peer(self, session, ctx):
-        return HttpPeer(ORIGIN)
 
 
 def main():
@@ -380,16 +365,8 @@ def main(argv=None):
             raise SystemExit(f"{name} ({tree}) has no TLS listeners (ProxyService.add_tls); "
                              "use --nginx-only to check the harness")
 
-    tmp = tempfile.mkdtemp(prefix="sw-tls-cmp-")
-    os.chmod(tmp, 0o755)
-    os.makedirs(os.path.join(tmp, "www"))
-    with open(os.path.join(tmp, "www", "16k"), "wb") as f:
-        f.write(b"b" * 16384)
-    with open(os.path.join(tmp, "launch.py"), "w") as f:
-        f.write(LAUNCHER)
-    with open(os.path.join(tmp, "sw.yaml"), "w") as f:
-        f.write("version: 1\nthreads: 1\nupstream_keepalive_pool_size: 64\n"
-                "downstream_keepalive_timeout_seconds: 120\n")
+    tmp = nc.bench_dir("sw-tls-cmp-", {"launch.py": LAUNCHER, "sw.yaml": nc.SW_YAML},
+                       {"16k": b"b" * 16384})
     make_certs(tmp)
 
     o_port = nc.free_port()
@@ -488,9 +465,7 @@ def main(argv=None):
                 print(f"idle TLS keep-alive RSS {name:10}: {per:7.0f} bytes per connection "
                       f"({ns.idle} connections)", flush=True)
     finally:
-        for p in reversed(procs):
-            p.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        nc.stop_all(procs, tmp)
     return result
 
 

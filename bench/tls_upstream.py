@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nginx_compare as nc  # noqa: E402
@@ -46,36 +44,20 @@ class BenchApp(ProxyHttp):
         return HttpPeer(ORIGIN, tls=True, sni="localhost", ca_file=CA)
 '''
 
-ORIGIN_TLS = """
-    server {{
-        listen 127.0.0.1:{port} ssl backlog=4096;
-        ssl_certificate {dir}/srv.pem;
-        ssl_certificate_key {dir}/srv.key;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        root {dir}/www;
-        location = /small {{ default_type text/plain; return 200 "hello"; }}
-        location = /16k {{ default_type application/octet-stream; }}
-    }}
-"""
+# nginx_compare's origin and proxy, with TLS between them
+ORIGIN_TLS = nc.ORIGIN_HTTP.replace(
+    "listen 127.0.0.1:{port} backlog=4096;",
+    "listen 127.0.0.1:{port} ssl backlog=4096;\n"
+    "        ssl_certificate {dir}/srv.pem;\n"
+    "        ssl_certificate_key {dir}/srv.key;\n"
+    "        ssl_protocols TLSv1.2 TLSv1.3;")
 
-PROXY_TLS = """
-    upstream origin {{
-        server 127.0.0.1:{origin};
-        keepalive 64;
-    }}
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location / {{
-            proxy_pass https://origin;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_ssl_trusted_certificate {dir}/ca.pem;
-            proxy_ssl_verify on;
-            proxy_ssl_name localhost;
-            proxy_ssl_session_reuse on;
-        }}
-    }}
-"""
+PROXY_TLS = nc.PROXY_HTTP.replace("proxy_pass http://", "proxy_pass https://").replace(
+    "proxy_buffering on;",
+    "proxy_ssl_trusted_certificate {dir}/ca.pem;\n"
+    "            proxy_ssl_verify on;\n"
+    "            proxy_ssl_name localhost;\n"
+    "            proxy_ssl_session_reuse on;")
 
 
 def make_certs(d):
@@ -100,16 +82,8 @@ def main(argv=None):
     ap.add_argument("--no-nginx", action="store_true", help="leave out nginx as a proxy")
     ns = ap.parse_args(argv)
 
-    tmp = tempfile.mkdtemp(prefix="sw-tls-bench-")
-    os.chmod(tmp, 0o755)
-    os.makedirs(os.path.join(tmp, "www"))
-    with open(os.path.join(tmp, "www", "16k"), "wb") as f:
-        f.write(b"b" * 16384)
-    with open(os.path.join(tmp, "bench_app.py"), "w") as f:
-        f.write(APP)
-    with open(os.path.join(tmp, "sw.yaml"), "w") as f:
-        f.write("version: 1\nthreads: 1\nupstream_keepalive_pool_size: 64\n"
-                "downstream_keepalive_timeout_seconds: 120\n")
+    tmp = nc.bench_dir("sw-tls-bench-", {"bench_app.py": APP, "sw.yaml": nc.SW_YAML},
+                       {"16k": b"b" * 16384})
     make_certs(tmp)
     for name in ("srv.key", "srv.pem", "ca.pem"):
         os.chmod(os.path.join(tmp, name), 0o644)   # nginx workers read them
@@ -129,9 +103,7 @@ def main(argv=None):
             port = nc.free_port()
             env = dict(os.environ, BENCH_ORIGIN_PORT=str(o_port), BENCH_CA=os.path.join(tmp, "ca.pem"),
                        PYTHONPATH=os.path.join(os.path.abspath(tree), "corepy") + os.pathsep + tmp)
-            pr = nc.Proc(name, [sys.executable, "-m", "sluiceway.cli", "run", "bench_app:BenchApp",
-                                "-c", os.path.join(tmp, "sw.yaml"), "-l", f"127.0.0.1:{port}"],
-                         0, env=env, cwd=tmp)
+            pr = nc.start_sluiceway(name, tmp, port, env)
             procs.append(pr)
             targets[name] = (port, pr, False)
         nc.wait_port(o_port)
@@ -162,9 +134,7 @@ def main(argv=None):
                 print(f"{path:6} {name:9} {med('rps'):8.0f} {med('p99'):7.2f} {med('cpu'):6.2f} "
                       f"{med('rpcpu'):10.0f} {ratio:9.2f}")
     finally:
-        for p in reversed(procs):
-            p.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        nc.stop_all(procs, tmp)
 
 
 if __name__ == "__main__":

@@ -13,23 +13,17 @@ round robin, and so must LeastConnections.
 """
 
 import http.client
-import os
 import random
-import shutil
-import signal
 import socket
 import string
-import subprocess
-import time
 
 import pytest
 
+from proxy_harness import HAVE_NGINX, run_nginx
 from sluiceway import _lb_py
 from sluiceway.lb import Backend, Consistent, LeastConnections, LoadBalancer
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
-pytestmark = pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed")
+pytestmark = pytest.mark.skipif(not HAVE_NGINX, reason="nginx is not installed")
 
 
 def _free_port(family=socket.AF_INET, host="127.0.0.1"):
@@ -66,21 +60,7 @@ def nginx(tmp_path_factory):
     echo = "\n".join(
         f"    server {{ listen {addr}; location / {{ return 200 '{addr}'; }} }}"
         for addr, _ in ups)
-    conf = f"""
-daemon off;
-master_process on;
-worker_processes 1;
-user root;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
+    http = f"""
     upstream chash {{
         hash $arg_k consistent;
 {servers}
@@ -105,51 +85,18 @@ http {{
         location / {{ proxy_pass http://chash; }}
     }}
 {echo}
-}}
 """
-    (prefix / "nginx.conf").write_text(conf)
-    proc = subprocess.Popen(
-        [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"nginx exited: {proc.stderr.read().decode()[-2000:]}"
-                            f" {(prefix / 'error.log').read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", front), timeout=0.2).close()
-                if all(_reachable(a) for a, _ in ups):
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("nginx did not start listening within 10 s")
-            time.sleep(0.05)
+    wait = [front] + [_where(a) for a, _ in ups]
+    with run_nginx(prefix, http, wait=wait, user="root"):
         yield front, ups, down
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        proc.stderr.close()
 
 
-def _reachable(addr):
-    try:
-        if addr.startswith("unix:"):
-            s = socket.socket(socket.AF_UNIX)
-            s.settimeout(0.2)
-            s.connect(addr[5:])
-        else:
-            host, port = addr.rsplit(":", 1)
-            s = socket.create_connection((host.strip("[]"), int(port)), timeout=0.2)
-        s.close()
-        return True
-    except OSError:
-        return False
+def _where(addr):
+    """An upstream's server text as an address run_nginx waits for."""
+    if addr.startswith("unix:"):
+        return addr[5:]
+    host, port = addr.rsplit(":", 1)
+    return host.strip("[]"), int(port)
 
 
 def _keys(n, seed=20261127):

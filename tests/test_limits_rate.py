@@ -9,20 +9,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import sluiceway._limits_py as PY
+from limits_oracle import FakeClock, decision_fields, rate_limiter_ops, rate_ops, replay_pair
 from sluiceway import limits
 
 C = limits._c
 IMPLS = pytest.mark.parametrize("impl", [C, PY], ids=["compiled", "reference"])
-
-
-class FakeClock:
-    """Seconds that move only when a test says so."""
-
-    def __init__(self, t=1000.0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
 
 
 def make(impl, interval=1.0, **kw):
@@ -157,52 +148,22 @@ def test_default_clock_is_monotonic(impl):
     assert r.until_next_window() < left
 
 
-rate_ops = st.lists(st.one_of(
-    st.tuples(st.just("observe"), st.sampled_from(["a", "b", b"c", "é", ""]), st.integers(-3, 9)),
-    st.tuples(st.just("rate"), st.sampled_from(["a", "b", b"c"])),
-    st.tuples(st.just("proportional"), st.sampled_from(["a", b"c"])),
-    st.tuples(st.just("sample"), st.sampled_from(["a", "b", b"c"])),
-    st.tuples(st.just("until_next_window")),
-    st.tuples(st.just("reset")),
-    st.tuples(st.just("tick"), st.floats(-0.5, 3.5, allow_nan=False)),
-    st.tuples(st.just("tick"), st.sampled_from([1.0, 2.0, 0.999999999, 1.000000001])),
-), max_size=50)
-
-
 @settings(max_examples=300, deadline=None)
 @given(interval=st.sampled_from([1.0, 0.3, 7, 1e-6, 86400.0]), t0=st.floats(0, 1e6),
-       slots=st.integers(1, 8), ops=rate_ops)
+       slots=st.integers(1, 8), ops=rate_ops(proportional=True))
 @example(interval=1.0, t0=0.0, slots=1, ops=[("observe", "a", 1), ("tick", 1.0), ("rate", "a")])
 def test_compiled_matches_reference_exactly(interval, t0, slots, ops):
     clock = FakeClock(t0)
     seeds = [5, 6, 7, 8]
     c = C.Rate(interval, slots=slots, seeds=seeds, clock=clock)
     p = PY.Rate(interval, slots=slots, seeds=seeds, clock=clock)
-    for op, *args in ops:
-        if op == "tick":
-            clock.t += args[0] * interval
-            continue
-        if op == "proportional":
-            got = c.rate_with(args[0], C.proportional), p.rate_with(args[0], PY.proportional)
-        else:
-            got = getattr(c, op)(*args), getattr(p, op)(*args)
-        assert got[0] == got[1], (op, args)
-
-
-limiter_ops = st.lists(st.one_of(
-    st.tuples(st.just("check"), st.sampled_from(["a", "b", b"a"]), st.integers(0, 4)),
-    st.tuples(st.just("peek"), st.sampled_from(["a", "b"]), st.integers(0, 4)),
-    st.tuples(st.just("tick"), st.floats(0, 2.5, allow_nan=False)),
-), max_size=40)
-
-
-def decision_fields(d):
-    return (d.allowed, d.limit, d.remaining, d.reset_after, d.count, d.retry_after, d.headers())
+    replay_pair(c, p, clock, interval, ops, calls={"proportional": lambda key: (
+        c.rate_with(key, C.proportional), p.rate_with(key, PY.proportional))})
 
 
 @settings(max_examples=300, deadline=None)
 @given(limit=st.integers(1, 6), interval=st.sampled_from([1.0, 60, 0.25]), slots=st.integers(1, 4),
-       sliding=st.booleans(), ops=limiter_ops)
+       sliding=st.booleans(), ops=rate_limiter_ops)
 def test_rate_limiter_compiled_matches_reference(limit, interval, slots, sliding, ops):
     clock = FakeClock(3.0)
     kw = dict(sliding=sliding, slots=slots, seeds=[1, 2, 3, 4], clock=clock)

@@ -16,19 +16,13 @@ from hypothesis import strategies as st
 
 import sluiceway._limits_py as PY
 from conftest import subprocess_env
+from limits_oracle import (FakeClock, breaker_ops, decision_fields, rate_limiter_ops, rate_ops,
+                           replay_breakers, replay_pair)
 from sluiceway import limits
 from sluiceway.limits import CircuitOpen, ConcurrencyLimitExceeded
 
 C = limits._c
 FORK = multiprocessing.get_context("fork")
-
-
-class FakeClock:
-    def __init__(self, t=1000.0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
 
 
 @pytest.fixture(autouse=True)
@@ -76,59 +70,27 @@ def test_tagged_cell_rules():
 
 # ------------------------------------------------- shared == per process
 
-rate_ops = st.lists(st.one_of(
-    st.tuples(st.just("observe"), st.sampled_from(["a", "b", b"c", "é", ""]), st.integers(-3, 9)),
-    st.tuples(st.just("rate"), st.sampled_from(["a", "b", b"c"])),
-    st.tuples(st.just("sample"), st.sampled_from(["a", "b", b"c"])),
-    st.tuples(st.just("until_next_window")),
-    st.tuples(st.just("reset")),
-    st.tuples(st.just("tick"), st.floats(-0.5, 3.5, allow_nan=False)),
-    st.tuples(st.just("tick"), st.sampled_from([1.0, 2.0, 0.999999999, 1.000000001])),
-), max_size=50)
-
-
 @settings(max_examples=300, deadline=None)
 @given(interval=st.sampled_from([1.0, 0.3, 7, 1e-6, 86400.0]), t0=st.floats(0, 1e6),
-       slots=st.integers(1, 8), ops=rate_ops)
+       slots=st.integers(1, 8), ops=rate_ops())
 def test_shared_rate_matches_reference(interval, t0, slots, ops):
     """A shared Rate counts exactly what the per-process reference counts."""
     clock = FakeClock(t0)
     seeds = [5, 6, 7, 8]
     c = C.Rate(interval, slots=slots, seeds=seeds, clock=clock, scope="server")
     p = PY.Rate(interval, slots=slots, seeds=seeds, clock=clock, scope="server")
-    for op, *args in ops:
-        if op == "tick":
-            clock.t += args[0] * interval
-            continue
-        got = getattr(c, op)(*args), getattr(p, op)(*args)
-        assert got[0] == got[1], (op, args)
-
-
-limiter_ops = st.lists(st.one_of(
-    st.tuples(st.just("check"), st.sampled_from(["a", "b", b"a"]), st.integers(0, 4)),
-    st.tuples(st.just("peek"), st.sampled_from(["a", "b"]), st.integers(0, 4)),
-    st.tuples(st.just("tick"), st.floats(0, 2.5, allow_nan=False)),
-), max_size=40)
+    replay_pair(c, p, clock, interval, ops)
 
 
 @settings(max_examples=200, deadline=None)
 @given(limit=st.integers(1, 6), interval=st.sampled_from([1.0, 60, 0.25]), slots=st.integers(1, 4),
-       sliding=st.booleans(), ops=limiter_ops)
+       sliding=st.booleans(), ops=rate_limiter_ops)
 def test_shared_rate_limiter_matches_reference(limit, interval, slots, sliding, ops):
     clock = FakeClock(3.0)
     kw = dict(sliding=sliding, slots=slots, seeds=[1, 2, 3, 4], clock=clock, scope="server")
     c = C.RateLimiter(limit, interval, **kw)
     p = PY.RateLimiter(limit, interval, **kw)
-    for op, *args in ops:
-        if op == "tick":
-            clock.t += args[0] * interval
-            continue
-        dc, dp = getattr(c, op)(*args), getattr(p, op)(*args)
-        assert fields(dc) == fields(dp), (op, args)
-
-
-def fields(d):
-    return (d.allowed, d.limit, d.remaining, d.reset_after, d.count, d.retry_after, d.headers())
+    replay_pair(c, p, clock, interval, ops, view=decision_fields)
 
 
 @settings(max_examples=200, deadline=None)
@@ -163,14 +125,7 @@ def test_shared_sketches_match_reference(cls, slots, ops):
 # Clock ticks and windows in multiples of 1/64 s: whole microseconds, exact in binary,
 # so the shared breaker (microseconds, integer nanoseconds) and the reference
 # (float seconds) compute the very same times.
-breaker_ops = st.lists(st.one_of(
-    st.tuples(st.just("admit"), st.sampled_from(["a", "b", "c"])),
-    st.tuples(st.just("success"), st.integers(0, 50)),
-    st.tuples(st.just("failure"), st.integers(0, 50)),
-    st.tuples(st.just("tick"), st.sampled_from([0.125, 0.5, 1.0, 2.0, 3.75])),
-    st.tuples(st.just("reset"), st.sampled_from(["a", "b"])),
-    st.tuples(st.just("stats"), st.sampled_from(["a", "b"])),
-), max_size=80)
+shared_breaker_ops = breaker_ops(["a", "b", "c"], [0.125, 0.5, 1.0, 2.0, 3.75])
 
 
 @settings(max_examples=300, deadline=None)
@@ -178,7 +133,7 @@ breaker_ops = st.lists(st.one_of(
        error_rate=st.sampled_from([None, 0.25, 0.5, 1.0]),
        window=st.sampled_from([1.0, 0.5, 2.0]), min_requests=st.integers(1, 5),
        cooldown=st.sampled_from([0.0, 0.5, 2.0]), probes=st.integers(1, 2),
-       capacity=st.integers(1, 3), ops=breaker_ops)
+       capacity=st.integers(1, 3), ops=shared_breaker_ops)
 def test_shared_breaker_matches_reference(failures, error_rate, window, min_requests, cooldown,
                                           probes, capacity, ops):
     if failures is None and error_rate is None:
@@ -187,30 +142,7 @@ def test_shared_breaker_matches_reference(failures, error_rate, window, min_requ
     kw = dict(failures=failures, error_rate=error_rate, window=window, min_requests=min_requests,
               cooldown=cooldown, probes=probes, clock=clock, scope="server", capacity=capacity)
     breakers = [limits.CircuitBreaker(**kw), PY.CircuitBreaker(**kw)]
-    attempts = [[], []]
-    for op, arg in ops:
-        if op == "tick":
-            clock.t += arg
-            continue
-        got = []
-        for i, b in enumerate(breakers):
-            if op == "admit":
-                try:
-                    a = b.admit(arg)
-                    attempts[i].append(a)
-                    got.append(("ok", a.key, a.probe))
-                except CircuitOpen as err:
-                    got.append(("open", str(err), err.retry_after))
-            elif op in ("success", "failure"):
-                if attempts[i]:
-                    getattr(attempts[i][arg % len(attempts[i])], op)()
-            elif op == "reset":
-                b.reset(arg)
-            else:
-                got.append(b.stats(arg))
-            got.append((b.state("a"), b.state("b"), b.untracked))
-        assert got[:len(got) // 2] == got[len(got) // 2:], (op, arg)
-    assert list(breakers[0].transitions) == list(breakers[1].transitions)
+    replay_breakers(breakers, clock, ops, lambda b: (b.state("a"), b.state("b"), b.untracked))
 
 
 def test_shared_arguments_and_memory():

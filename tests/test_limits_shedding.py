@@ -14,6 +14,7 @@ import pytest
 import uvloop
 
 import sluiceway._limits_py as PY
+from limits_oracle import FakeClock, breaker_ops, replay_breakers
 from sluiceway import limits
 from sluiceway.limits import (
     BreakerState,
@@ -34,14 +35,6 @@ def run(loop_factory, coro, limit=10.0):
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
-
-
-class FakeClock:
-    def __init__(self, t=500.0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
 
 
 class Upstream:
@@ -273,7 +266,7 @@ def test_concurrency_limiter_bad_arguments(kwargs, exc, words, impl):
 @IMPLS
 @LOOPS
 def test_breaker_opens_on_failing_upstream_then_probes_and_closes(loop_factory, caplog, impl):
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     changes = []
     breaker = impl.CircuitBreaker(failures=3, cooldown=5.0, clock=clock, on_change=changes.append)
 
@@ -326,7 +319,7 @@ def test_breaker_opens_on_failing_upstream_then_probes_and_closes(loop_factory, 
 @LOOPS
 def test_breaker_opens_on_error_rate_of_slow_upstream(loop_factory, impl):
     """Timeouts against a slow upstream count as failures; half of them trips it."""
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     breaker = impl.CircuitBreaker(failures=None, error_rate=0.5, min_requests=6, window=10.0,
                              cooldown=1.0, clock=clock)
 
@@ -369,7 +362,7 @@ def test_error_rate_slides_and_forgets_old_windows(impl):
 
 @IMPLS
 def test_failed_probe_reopens_and_stale_outcomes_are_ignored(impl):
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     breaker = impl.CircuitBreaker(failures=2, cooldown=3.0, clock=clock)
     early = breaker.admit("k")  # admitted while closed, reports late
     breaker.admit("k").failure()
@@ -389,7 +382,7 @@ def test_failed_probe_reopens_and_stale_outcomes_are_ignored(impl):
 
 @IMPLS
 def test_lost_probe_frees_its_place_after_cooldown(impl):
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     breaker = impl.CircuitBreaker(failures=1, cooldown=2.0, clock=clock)
     breaker.admit("k").failure()
     clock.t += 2.0
@@ -408,7 +401,7 @@ def test_failing_on_change_is_logged_not_raised(impl, caplog):
     def broken(transition):
         raise RuntimeError("metrics backend down")
 
-    breaker = impl.CircuitBreaker(failures=1, clock=FakeClock(), on_change=broken)
+    breaker = impl.CircuitBreaker(failures=1, clock=FakeClock(500.0), on_change=broken)
     with caplog.at_level(logging.WARNING, logger="sluiceway.limits"):
         breaker.admit("k").failure()  # does not raise
     assert breaker.state("k") is BreakerState.OPEN
@@ -419,7 +412,7 @@ def test_failing_on_change_is_logged_not_raised(impl, caplog):
 
 @IMPLS
 def test_successes_reset_the_consecutive_count_and_reset_closes(impl):
-    breaker = impl.CircuitBreaker(failures=2, cooldown=60.0, clock=FakeClock())
+    breaker = impl.CircuitBreaker(failures=2, cooldown=60.0, clock=FakeClock(500.0))
     for _ in range(5):
         breaker.admit("k").failure()
         breaker.admit("k").success()
@@ -497,21 +490,14 @@ def test_rate_limiter_bad_arguments(impl):
 from hypothesis import assume, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-breaker_ops = st.lists(st.one_of(
-    st.tuples(st.just("admit"), st.sampled_from(["a", "b"])),
-    st.tuples(st.just("success"), st.integers(0, 50)),
-    st.tuples(st.just("failure"), st.integers(0, 50)),
-    st.tuples(st.just("tick"), st.sampled_from([0.1, 0.5, 1.0, 2.0, 3.7])),
-    st.tuples(st.just("reset"), st.sampled_from(["a", "b"])),
-    st.tuples(st.just("stats"), st.sampled_from(["a", "b"])),
-), max_size=80)
+local_breaker_ops = breaker_ops(["a", "b"], [0.1, 0.5, 1.0, 2.0, 3.7])
 
 
 @settings(max_examples=300, deadline=None)
 @given(failures=st.sampled_from([None, 1, 2, 4]),
        error_rate=st.sampled_from([None, 0.25, 0.5, 1.0]),
        window=st.sampled_from([1.0, 2.5]), min_requests=st.integers(1, 5),
-       cooldown=st.sampled_from([0.0, 0.5, 2.0]), probes=st.integers(1, 2), ops=breaker_ops)
+       cooldown=st.sampled_from([0.0, 0.5, 2.0]), probes=st.integers(1, 2), ops=local_breaker_ops)
 @example(failures=1, error_rate=None, window=1.0, min_requests=1, cooldown=0.5, probes=1,
          ops=[("admit", "a"), ("admit", "a"), ("failure", 0), ("tick", 0.5), ("admit", "a"),
               ("admit", "a"), ("success", 1), ("success", 2), ("stats", "a")])  # stale + probe
@@ -525,30 +511,7 @@ def test_breaker_compiled_matches_reference(failures, error_rate, window, min_re
     kw = dict(failures=failures, error_rate=error_rate, window=window, min_requests=min_requests,
               cooldown=cooldown, probes=probes, clock=clock)
     breakers = [limits.CircuitBreaker(**kw), PY.CircuitBreaker(**kw)]
-    attempts = [[], []]
-    for op, arg in ops:
-        if op == "tick":
-            clock.t += arg
-            continue
-        got = []
-        for i, b in enumerate(breakers):
-            if op == "admit":
-                try:
-                    a = b.admit(arg)
-                    attempts[i].append(a)
-                    got.append(("ok", a.key, a.probe))
-                except CircuitOpen as err:
-                    got.append(("open", str(err), err.retry_after))
-            elif op in ("success", "failure"):
-                if attempts[i]:
-                    getattr(attempts[i][arg % len(attempts[i])], op)()
-            elif op == "reset":
-                b.reset(arg)
-            else:
-                got.append(b.stats(arg))
-            got.append((b.state("a"), b.state("b")))
-        assert got[:len(got) // 2] == got[len(got) // 2:], (op, arg)
-    assert list(breakers[0].transitions) == list(breakers[1].transitions)
+    replay_breakers(breakers, clock, ops, lambda b: (b.state("a"), b.state("b")))
 
 
 limiter_ops = st.lists(st.one_of(

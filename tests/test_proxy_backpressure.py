@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from proxy_harness import free_port, spawn, stop_proc, wait_port
+from proxy_harness import free_port, rss_bytes, spawn, stop_proc, wait_port
 
 APP = """
 import os
@@ -22,14 +22,6 @@ class App(ProxyHttp):
 """
 
 MiB = 1 << 20
-
-
-def _rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 class _SlowOrigin:
@@ -85,7 +77,7 @@ def _proxy(tmp_path, origin_port):
 
 def _sample(pid, stop, out):
     while not stop.is_set():
-        out.append(_rss(pid))
+        out.append(rss_bytes(pid))
         time.sleep(0.02)
 
 
@@ -93,7 +85,7 @@ def _upload(tmp_path, size):
     origin = _SlowOrigin(size)
     p, port = _proxy(tmp_path, origin.port)
     try:
-        base = _rss(p.pid)
+        base = rss_bytes(p.pid)
         samples, stop = [], threading.Event()
         th = threading.Thread(target=_sample, args=(p.pid, stop, samples))
         th.start()
@@ -123,7 +115,7 @@ def _download(tmp_path, size):
     origin = _SlowOrigin(size)
     p, port = _proxy(tmp_path, origin.port)
     try:
-        base = _rss(p.pid)
+        base = rss_bytes(p.pid)
         samples, stop = [], threading.Event()
         th = threading.Thread(target=_sample, args=(p.pid, stop, samples))
         th.start()

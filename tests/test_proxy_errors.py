@@ -7,21 +7,7 @@ import time
 import httpx
 import pytest
 
-from proxy_harness import Harness, SimpleApp, open_fds, raw
-from sluiceway.proxy import HttpPeer, ProxyHttp
-
-
-class FixedPeer(ProxyHttp):
-    def __init__(self, addr, **kw):
-        self.addr = addr
-        self.kw = kw
-        self.errors = []
-
-    def upstream_peer(self, session, ctx):
-        return HttpPeer(self.addr, **self.kw)
-
-    def logging(self, session, error, ctx):
-        self.errors.append(error)
+from proxy_harness import FixedPeer, Harness, SimpleApp, open_fds, raw
 
 
 def _closed_port():

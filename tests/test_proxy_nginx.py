@@ -2,31 +2,16 @@
 
 import os
 import shutil
-import signal
-import subprocess
 
 import httpx
 import pytest
 
-from proxy_harness import Harness, free_port, wait_port
+from proxy_harness import HAVE_NGINX, Harness, free_port, run_nginx
 from sluiceway.proxy import HttpPeer, ProxyHttp
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-pytestmark = pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed")
+pytestmark = pytest.mark.skipif(not HAVE_NGINX, reason="nginx is not installed")
 
-CONF = """
-worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/cb;
-    proxy_temp_path {d}/pt;
-    fastcgi_temp_path {d}/ft;
-    uwsgi_temp_path {d}/ut;
-    scgi_temp_path {d}/st;
+SERVER = """
     keepalive_requests 100000;
     server {{
         listen 127.0.0.1:{port};
@@ -36,7 +21,6 @@ http {{
         location = /teapot {{ return 418; }}
         location = /redirect {{ return 302 /small; }}
     }}
-}}
 """
 
 
@@ -55,19 +39,10 @@ def nginx():
     for f in ("16k", "big"):
         os.chmod(d / "www" / f, 0o644)
     port = free_port()
-    (d / "nginx.conf").write_text(CONF.format(d=d, port=port))
-    p = subprocess.Popen([NGINX, "-p", str(d), "-c", str(d / "nginx.conf")],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_port(port, p)
-        yield port, d
+        with run_nginx(d, SERVER.format(d=d, port=port), wait=[port], connections=1024):
+            yield port, d
     finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
         shutil.rmtree(d, ignore_errors=True)
 
 

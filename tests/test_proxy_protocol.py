@@ -4,10 +4,10 @@ balancer that sends it (raw sockets, curl --haproxy-protocol, nginx's
 stream module) and in front of upstreams that expect it (another proxy,
 nginx's proxy_protocol listener)."""
 
+import contextlib
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -17,14 +17,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from proxy_harness import Harness, free_port, wait_port
+from proxy_harness import HAVE_NGINX, Harness, free_port, run_nginx
 from raw_peers import read_head
 from sluiceway import _engine
 from sluiceway import _proxyproto_py as ref
 from sluiceway.config import ConfigError, ServerConf
 from sluiceway.proxy import HttpPeer, ProxyHttp
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 CURL = shutil.which("curl")
 
@@ -330,16 +329,6 @@ def test_sent_to_an_upstream_proxy_that_expects_it(version):
 
 # ---------------------------------------------------------- nginx, for real --
 
-NGINX_CONF = """
-{load}
-worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 256; }}
-{body}
-"""
-
 STREAM = """
 stream {{
     server {{
@@ -350,11 +339,8 @@ stream {{
 }}
 """
 
+# (inside http { })
 HTTP_PP = """
-http {{
-    access_log off;
-    client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft;
-    uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;
     server {{
         listen 127.0.0.1:{port} proxy_protocol;
         location / {{
@@ -362,7 +348,6 @@ http {{
             return 200 "$proxy_protocol_addr:$proxy_protocol_port $proxy_protocol_server_addr:$proxy_protocol_server_port";
         }}
     }}
-}}
 """
 
 
@@ -371,34 +356,28 @@ def nginx_proc(tmp_path):
     procs = []
 
     def start(body, **fmt):
-        if not os.path.exists(NGINX):
+        """Run nginx with ``body`` (a stream block, or what goes inside the
+        http block); its port."""
+        if not HAVE_NGINX:
             pytest.skip("nginx is not installed")
         port = free_port()
         d = tmp_path / f"nginx{len(procs)}"
         d.mkdir()
         for p in (tmp_path, d):
             os.chmod(p, 0o755)
-        needs_stream = "stream {" in body
-        if needs_stream and not os.path.exists(STREAM_MODULE):
+        body = body.format(d=d, port=port, **fmt)
+        if "stream {" not in body:
+            procs.append(running.enter_context(run_nginx(d, body, wait=[port])))
+            return port
+        if not os.path.exists(STREAM_MODULE):
             pytest.skip("nginx's stream module is not installed (libnginx-mod-stream; "
                         "ci/install-deps.sh installs it)")
-        load = f"load_module {STREAM_MODULE};" if needs_stream else ""
-        (d / "nginx.conf").write_text(NGINX_CONF.format(
-            load=load, d=d, body=body.format(d=d, port=port, **fmt)))
-        p = subprocess.Popen([NGINX, "-p", str(d), "-c", str(d / "nginx.conf")],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        procs.append(p)
-        wait_port(port, p)
+        procs.append(running.enter_context(run_nginx(
+            d, other=body, wait=[port], load=f"load_module {STREAM_MODULE};")))
         return port
 
-    yield start
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    with contextlib.ExitStack() as running:
+        yield start
 
 
 def test_behind_nginx_stream_balancer(nginx_proc):

@@ -5,8 +5,6 @@ oracle, and the proxy end to end."""
 
 import os
 import random
-import shutil
-import signal
 import socket
 import subprocess
 
@@ -15,13 +13,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from proxy_harness import Harness, free_port, wait_port
+from proxy_harness import HAVE_NGINX, Harness, free_port, run_nginx
 from sluiceway import _engine
 from sluiceway import _realip_py as ref
 from sluiceway.config import ConfigError, ServerConf
 from sluiceway.proxy import HttpPeer, ProxyHttp
-
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 NETS = ["10.0.0.0/8", "2001:db8::/32", "192.168.1.7", "unix:"]
 
@@ -126,16 +122,7 @@ def test_the_rule_on_known_chains():
 
 # ------------------------------------------------------- nginx as an oracle --
 
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft;
-    uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;
+REALIP_SERVER = """
     server {{
         listen 127.0.0.1:{port};
         set_real_ip_from 127.0.0.1;
@@ -146,31 +133,19 @@ http {{
         real_ip_recursive on;
         location / {{ return 200 "$remote_addr $remote_port"; }}
     }}
-}}
 """
 
 
 @pytest.fixture(scope="module")
 def realip_nginx(tmp_path_factory):
-    if not os.path.exists(NGINX):
+    if not HAVE_NGINX:
         pytest.skip("nginx is not installed")
     d = tmp_path_factory.mktemp("realip")
     for p in (d.parent, d):
         os.chmod(p, 0o755)
     port = free_port()
-    (d / "nginx.conf").write_text(NGINX_CONF.format(d=d, port=port))
-    p = subprocess.Popen([NGINX, "-p", str(d), "-c", str(d / "nginx.conf")],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_port(port, p)
+    with run_nginx(d, REALIP_SERVER.format(port=port), wait=[port], connections=64):
         yield port
-    finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def test_the_client_is_who_nginx_realip_says(realip_nginx):

@@ -16,7 +16,7 @@ import time
 
 import httpx
 
-from proxy_harness import Harness, SimpleApp, count_responses, open_fds
+from proxy_harness import FixedPeer, Harness, SimpleApp, count_responses, open_fds
 from raw_peers import (RawOrigin, Upload, content_length, n_responses, read_exact, read_head,
                        responses)
 from sluiceway.config import ServerConf
@@ -166,19 +166,6 @@ def test_steady_slow_upload_above_the_minimum_rate_passes():
             err = u.recv_error
             u.sock.close()
             assert err is None and got.startswith(b"HTTP/1.1 200")
-
-
-class FixedPeer(ProxyHttp):
-    def __init__(self, addr, **kw):
-        self.addr = addr
-        self.kw = kw
-        self.errors = []
-
-    def upstream_peer(self, session, ctx):
-        return HttpPeer(self.addr, **self.kw)
-
-    def logging(self, session, error, ctx):
-        self.errors.append(error)
 
 
 def test_connect_timeout_is_504():

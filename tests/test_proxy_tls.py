@@ -16,8 +16,8 @@ import time
 import httpx
 import pytest
 
-from proxy_harness import (Harness, Origin, _OriginProto, free_port, open_fds, spawn, stop_proc,
-                           wait_port)
+from proxy_harness import (Harness, Origin, ThreadOrigin, _OriginProto, free_port, open_fds,
+                           recv_head, rss_bytes, spawn, stop_proc, wait_port)
 from sluiceway.proxy import HttpPeer, ProxyHttp
 from tls_certs import HAVE_OPENSSL, make_ca, make_certs, make_client_cert, server_context
 
@@ -90,67 +90,6 @@ def test_verify_cert_false_accepts_any_certificate(certs):
     finally:
         h.call(origin.stop())
         h.__exit__(None, None, None)
-
-
-class ThreadOrigin:
-    """A blocking origin in a thread, for what asyncio's TLS server does not
-    let a test choose (closing without close_notify, refusing to answer a
-    handshake, reading slowly). ``handler(conn)`` runs per connection after
-    the TLS handshake (or on the plain socket when ``tls`` is None). A
-    connection that fails waits ``hold`` seconds before it is closed (a
-    close with unread input resets it, and a reset may overtake what was
-    sent)."""
-
-    def __init__(self, handler, tls=None, hold=0.0):
-        self.handler = handler
-        self.tls = tls
-        self.hold = hold
-        self.ls = socket.create_server(("127.0.0.1", 0))
-        self.port = self.ls.getsockname()[1]
-        self.errors = []
-        self.threads = []
-        self.t = threading.Thread(target=self._serve, daemon=True)
-        self.t.start()
-
-    def _serve(self):
-        while True:
-            try:
-                c, _ = self.ls.accept()
-            except OSError:
-                return
-            t = threading.Thread(target=self._one, args=(c,), daemon=True)
-            self.threads.append(t)
-            t.start()
-
-    def _one(self, c):
-        c.settimeout(10)
-        try:
-            if self.tls is not None:
-                # (A failed handshake inside wrap_socket would close at once.)
-                c = self.tls.wrap_socket(c, server_side=True, do_handshake_on_connect=False)
-                c.do_handshake()
-            self.handler(c)
-        except Exception as exc:  # the test looks at these
-            self.errors.append(exc)
-            time.sleep(self.hold)
-        finally:
-            c.close()
-
-    def close(self):
-        self.ls.close()
-        for t in self.threads:
-            t.join(10)
-
-
-def _read_head(c):
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        got = c.recv(65536)
-        if not got:
-            raise EOFError("no request head")
-        buf += got
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    return head, rest
 
 
 def _messages(caplog):
@@ -360,7 +299,7 @@ def test_close_delimited_response_needs_close_notify(certs, caplog, clean):
     one), so the response is not complete: the client sees it cut, and the
     log says why."""
     def answer(c):
-        _read_head(c)
+        recv_head(c)
         c.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nclosed-body")
         if clean:
             c.unwrap()
@@ -396,7 +335,7 @@ def test_pooled_tls_connection_reused_then_closed_with_close_notify(certs):
         n = 0
         while True:
             try:
-                _read_head(c)
+                recv_head(c)
             except EOFError:
                 ends.append("proxy: clean")   # the proxy's close_notify
                 return
@@ -435,14 +374,6 @@ def _pattern(n):
     return block * (n // len(block)) + block[:n % len(block)]
 
 
-def _rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 APP = """
 import os
 from sluiceway.proxy import HttpPeer, ProxyHttp
@@ -461,7 +392,7 @@ def test_large_bodies_both_ways_with_backpressure(certs, tmp_path):
     got = {}
 
     def serve(c):
-        head, rest = _read_head(c)
+        head, rest = recv_head(c)
         if head.startswith(b"POST"):
             h = hashlib.sha256(rest)
             n = len(rest)
@@ -477,7 +408,7 @@ def test_large_bodies_both_ways_with_backpressure(certs, tmp_path):
         else:
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG)
             c.sendall(_pattern(BIG))
-        _read_head(c)   # until the proxy closes
+        recv_head(c)   # until the proxy closes
     origin = ThreadOrigin(serve, tls=server_context(certs))
     (tmp_path / "tlsbp.py").write_text(APP)
     port = free_port()
@@ -488,11 +419,11 @@ def test_large_bodies_both_ways_with_backpressure(certs, tmp_path):
 
     def sample():
         while not stop.is_set():
-            samples.append(_rss(p.pid))
+            samples.append(rss_bytes(p.pid))
             time.sleep(0.02)
     try:
         wait_port(port, p)
-        base = _rss(p.pid)
+        base = rss_bytes(p.pid)
         th = threading.Thread(target=sample, daemon=True)
         th.start()
         body = _pattern(BIG)

@@ -10,26 +10,21 @@ session was resumed (``r``) or not (``.``), the ALPN protocol, the server
 name sent and the client certificate's subject."""
 
 import os
-import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
-from proxy_harness import REPO, Harness, free_port, run_example, stop_proc
+from proxy_harness import (HAVE_NGINX, REPO, Harness, ThreadOrigin, free_port, recv_head,
+                           run_example, run_nginx, stop_proc)
 from sluiceway import metrics
 from sluiceway.proxy import HttpPeer, ProxyHttp
 from tls_certs import HAVE_OPENSSL, make_ca, make_certs, make_client_cert, server_context
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
 pytestmark = [pytest.mark.skipif(not HAVE_OPENSSL, reason="openssl not installed"),
-              pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed")]
+              pytest.mark.skipif(not HAVE_NGINX, reason="nginx is not installed")]
 
 SAW = '"$ssl_protocol|$ssl_session_reused|$ssl_alpn_protocol|$ssl_server_name|$ssl_client_s_dn"'
 
@@ -69,50 +64,8 @@ def nginx(certs, tmp_path_factory):
         {extra.format(d=certs)}
         location / {{ default_type text/plain; return 200 {SAW}; }}
     }}""" for name, extra in SERVERS.items())
-    conf = f"""
-daemon off;
-master_process on;
-worker_processes 1;
-user root;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-{servers}
-}}
-"""
-    (prefix / "nginx.conf").write_text(conf)
-    proc = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
-                             "-e", str(prefix / "error.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        for port in ports.values():
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"nginx exited: {proc.stderr.read().decode()[-2000:]}")
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        pytest.fail("nginx did not start listening within 10 s")
-                    time.sleep(0.05)
+    with run_nginx(prefix, servers, wait=ports.values(), user="root"):
         yield ports
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        proc.stderr.close()
 
 
 class Saw:
@@ -171,11 +124,9 @@ def test_a_failed_handshake_forgets_the_session(certs):
     """A handshake that fails drops the session kept for that peer: the
     connection after it makes a full handshake. (A Python origin, which
     can stop speaking TLS for a while on the same port.)"""
-    from test_proxy_tls import ThreadOrigin, _read_head
-
     def serve(c):
         if isinstance(c, ssl.SSLSocket):
-            _read_head(c)
+            recv_head(c)
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
             c.unwrap()
         else:

@@ -614,11 +614,8 @@ class Fuzz:
         self.port = port
 
     def _rss(self):
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
+        from proxy_harness import rss_bytes  # tests/ is on sys.path
+        return rss_bytes(self.proc.pid)
 
     def _connections(self):
         """The proxy's TCP sockets other than its listener, as
