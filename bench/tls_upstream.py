@@ -110,7 +110,7 @@ def main(argv=None):
         pids = {}
         for name, (port, pr, is_nginx) in targets.items():
             nc.wait_port(port, timeout=30)
-            pids[name] = nc.worker_pid(pr.p.pid) if is_nginx else pr.p.pid
+            pids[name] = nc.worker_pid(pr.p.pid) if is_nginx else nc.sluiceway_pid(pr.p.pid)
         for name, (port, _, _) in targets.items():
             nc.run_wrk(port, "/small", 2, ns.connections)   # warm up: pools, TLS sessions
         results = {}
