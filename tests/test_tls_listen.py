@@ -8,6 +8,7 @@ connection or descriptor. The master's side (resumption across workers,
 reloads) is in test_tls_reload.py."""
 
 import ctypes
+import logging
 import os
 import socket
 import ssl
@@ -346,6 +347,77 @@ def _client_hello(certs):
     with pytest.raises(ssl.SSLWantReadError):
         obj.do_handshake()
     return out.read()
+
+
+class Errors(Seen):
+    """Seen, noting the error each request ended with."""
+
+    def __init__(self):
+        super().__init__()
+        self.errors = []
+
+    async def logging(self, session, error, ctx):
+        self.errors.append(error)
+
+
+def _handshaken(port, certs):
+    """A TLS client over a plain socket whose bytes the test controls: the
+    socket, the SSLObject and its two BIOs, after the handshake."""
+    s = socket.create_connection(("127.0.0.1", port))
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = verified(certs).wrap_bio(inc, out, server_hostname="localhost")
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            s.sendall(out.read())
+            got = s.recv(65536)
+            assert got, "the server closed during the handshake"
+            inc.write(got)
+    s.sendall(out.read())
+    return s, obj, inc, out
+
+
+BAD_RECORD = b"\x17\x03\x03\x00\x20" + bytes(range(32))   # application data that does not decrypt
+
+
+def test_a_bad_record_after_the_handshake_is_counted_and_logged(certs, caplog):
+    caplog.set_level(logging.INFO, logger="sluiceway.error")
+    app = Errors()
+    with Harness(app, tls=tls_args(certs)) as h:
+        # Between requests: nothing else would report it.
+        s, obj, inc, out = _handshaken(h.port, certs)
+        with s:
+            obj.write(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.sendall(out.read())
+            got = b""
+            while b"hello" not in got:
+                inc.write(s.recv(65536))
+                try:
+                    got += obj.read(65536)
+                except ssl.SSLWantReadError:
+                    pass
+            assert got.startswith(b"HTTP/1.1 200")
+            s.sendall(BAD_RECORD)
+            _closed_by_server(s)
+        assert wait_until(lambda: stats(h)["tls_errors"] == 1), stats(h)
+        assert wait_until(lambda: "TLS failed after the handshake" in caplog.text)
+        assert "BAD_RECORD_MAC" in caplog.text
+        # In the middle of a request: the request ends with the TLS reason.
+        s, obj, inc, out = _handshaken(h.port, certs)
+        with s:
+            obj.write(b"POST /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123")
+            s.sendall(out.read())
+            assert wait_until(lambda: stats(h)["active"] == 1)
+            s.sendall(BAD_RECORD)
+            _closed_by_server(s)
+        assert wait_until(lambda: len(app.errors) == 2)
+        assert app.errors[0] is None and "BAD_RECORD_MAC" in str(app.errors[1])
+        assert stats(h)["tls_errors"] == 1          # counted once, as the request's
+        assert wait_until(lambda: stats(h)["connections"] == 0)
+        with httpx.Client(verify=verified(certs)) as c:
+            assert c.get(h.url + "/hello").status_code == 200
 
 
 def test_renegotiation_is_refused(certs):

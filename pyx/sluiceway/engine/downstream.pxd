@@ -32,6 +32,7 @@ cdef class _Downstream(_Conn):
     cdef int on_pause_writing(self) except -1
     cdef int on_resume_writing(self) except -1
     cdef int on_closing(self) except -1
+    cdef int on_tls_error(self, object exc) except -1
     cdef int _process(self) except -1
     cdef int _pause_read(self, int why) except -1
     cdef int _resume_read(self, int why) except -1

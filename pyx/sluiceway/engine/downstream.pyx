@@ -215,8 +215,15 @@ cdef class _Downstream(_Conn):
             self.eng._conn_closed()
         return 0
 
+    cdef int on_tls_error(self, object exc) except -1:
+        # Between requests nothing else would report it; a request in
+        # progress reports its loss (with this reason) itself.
+        if self.session is None:
+            self._tls_error(exc, "TLS failed after the handshake: " + _tls_reason(exc))
+        return 0
+
     cdef int _tls_error(self, object exc, str what) except -1:
-        """Count and log a TLS connection that failed before any request."""
+        """Count and log a TLS connection that failed outside a request."""
         cdef _Engine eng = self.eng
         eng.tls_failed += 1
         if eng.mslab != NULL:

@@ -142,8 +142,9 @@ cdef class _Engine:
         answering), ``retried`` (requests sent to ``upstream_peer`` again
         after a retryable failure), ``tls_handshakes`` (client TLS
         handshakes done), ``tls_errors`` (client connections of a TLS
-        listener that failed before a request: handshake failed or timed
-        out, plain HTTP sent)."""
+        listener that failed outside a request: handshake failed or timed
+        out, plain HTTP sent, a bad record or a fatal alert between
+        requests)."""
         return {"requests": self.requests, "active": self.inflight,
                 "connections": len(self.conns), "replayed": self.replayed,
                 "retried": self.retried, "tls_handshakes": self.tls_done,

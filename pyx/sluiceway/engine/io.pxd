@@ -96,5 +96,6 @@ cdef class _Conn(_Side):
     cdef int on_resume_writing(self) except -1
     cdef int on_closing(self) except -1
     cdef int on_handshake(self, object exc) except -1
+    cdef int on_tls_error(self, object exc) except -1
 
 

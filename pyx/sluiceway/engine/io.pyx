@@ -591,3 +591,9 @@ cdef class _Conn:
         is in ``tls``), or failed with ``exc`` (then nothing else follows:
         no ``on_lost``)."""
         pass
+
+    cdef int on_tls_error(self, object exc) except -1:
+        """TLS failed after the handshake (a bad record, a fatal alert from
+        the peer): ``exc`` (an ``ssl.SSLError``); the connection is then
+        aborted with it, and ``on_lost`` follows as for any loss."""
+        pass

@@ -333,6 +333,7 @@ cdef class _Tls:
         if data is not None and c.fd >= 0:
             c.on_data(data)
         if err is not None:
+            c.on_tls_error(err)
             c.t_abort(err)
         elif eof and not self.got_close:
             self.got_close = True
