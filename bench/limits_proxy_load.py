@@ -31,7 +31,8 @@ in turn) and the tally come from ``tests/limits_load.py``.
         --sync-interval sets the Redis-backed proxy's sync_interval_seconds.
 
     python bench/limits_proxy_load.py paced [--rate 5000] [--rounds 6] [--duration 10]
-            [--connections 50] [--pin] [--base PATH]
+            [--connections 50] [--pin] [--redis-cpu N] [--redis-idle] [--sync-interval S]
+            [--base PATH]
         The p99 the Redis backing adds, at a fixed rate: single-worker
         proxies with the same app, one with a shared-memory RateLimiter
         (scope="server") and one with a RedisRateLimiter (limits never
@@ -44,7 +45,12 @@ in turn) and the tally come from ``tests/limits_load.py``.
         the per-round difference redis - local.  --base PATH adds a third
         proxy running another checkout's package (e.g. /work/base/corepy, built):
         the same RedisRateLimiter before a change.  nginx is the origin
-        (/small) when installed, else the harness origin.
+        (/small) when installed, else the harness origin.  With --pin at
+        5,000/s the client's CPU (with the origin, and Redis unless
+        --redis-cpu 0 moves it) is saturated: Redis's own CPU there delays
+        the client's reading of answers, which reads as latency the proxy
+        added; --redis-cpu 0 puts Redis beside the proxies instead (where
+        it may delay them, the harder case for the proxy).
 
 Run from the repository root after ``make build`` (PYTHONPATH=corepy).
 """
@@ -220,6 +226,16 @@ def cmd_paced(ns, folder):
     if ns.pin:
         os.sched_setaffinity(0, {1})          # the origin, the client and Redis
     redis = RedisServer().start()
+    if ns.redis_cpu is not None:
+        # every thread of it (its background I/O threads too)
+        subprocess.run(["taskset", "-a", "-p", "-c", str(ns.redis_cpu), str(redis.proc.pid)],
+                       check=True, capture_output=True)
+    if ns.redis_idle:
+        # SCHED_IDLE: Redis runs only when its CPU has nothing else to do,
+        # as if it were on a machine of its own (a request never waits on
+        # Redis; only the syncs, which run beside the requests, do)
+        subprocess.run(["chrt", "-i", "-a", "-p", "0", str(redis.proc.pid)],
+                       check=True, capture_output=True)
     proxy_cpu, other_cpu = (0, 1) if ns.pin else (None, None)
     insts = {}
     rows = {}
@@ -235,7 +251,8 @@ def cmd_paced(ns, folder):
                 nginx = start_nginx(folder, "origin", ORIGIN_HTTP.format(port=port, dir=folder),
                                     1 if ns.pin else "0,1")
                 time.sleep(0.5)
-            conf = {"url": redis.url, "key_prefix": "'paced:'"}
+            conf = {"url": redis.url, "key_prefix": "'paced:'",
+                    "sync_interval_seconds": ns.sync_interval}
             insts["local"] = Instance(os.path.join(folder, "local"), port, "server", 10**9, 60.0,
                                       threads=1, cpu=proxy_cpu)
             insts["redis"] = Instance(os.path.join(folder, "redis"), port, "redis", 10**9, 60.0,
@@ -330,6 +347,14 @@ def main():
     pc.add_argument("--base", metavar="PATH",
                     help="also run the Redis-backed proxy from this checkout's package folder")
     pc.add_argument("--python-origin", action="store_true", help="the harness origin, not nginx")
+    pc.add_argument("--sync-interval", type=float, default=0.005,
+                    help="the Redis-backed proxy's sync_interval_seconds")
+    pc.add_argument("--redis-idle", action="store_true",
+                    help="run Redis under SCHED_IDLE: its CPU use does not delay the proxy, "
+                    "the client or the origin (Redis on a machine of its own)")
+    pc.add_argument("--redis-cpu", type=int, metavar="N",
+                    help="with --pin: Redis on CPU N instead of beside the client (0: beside "
+                    "the proxies, off the client's saturated CPU)")
     ns = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sluiceway-bench-") as folder:
         {"workers": cmd_workers, "share": cmd_share, "latency": cmd_latency,
