@@ -5,8 +5,10 @@ known label set found in C) give what the full paths give."""
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from sluiceway import metrics
 
@@ -127,3 +129,63 @@ def test_values_by_name_found_in_c_match_the_full_path():
         except ValueError:
             pass
     assert sys.getrefcount(a) == before
+
+
+def test_label_sets_walked_in_c_never_answer_a_partial_set_or_another_set():
+    import sys
+    c = metrics.Counter(name("walk") + "_total", "h", ["tenant", "code"], max_label_sets=2)
+    a = c.labels("acme", "200")
+    assert c.labels("acme", "200") is a and c.labels(code="200", tenant="acme") is a
+    # one value of two: the level below "acme" is a dict, never an answer
+    with pytest.raises(ValueError, match="has labels"):
+        c.labels("acme")
+    with pytest.raises(ValueError, match="has labels"):
+        c.labels("acme", "200", "x")
+    b = c.labels("acme", 404)                    # made "404": filed under the str only
+    assert c.labels("acme", "404") is b and c.labels("acme", 404) is b
+    other = c.labels("globex", "500")            # past max_label_sets
+    assert c.labels("globex", "500") is other and c.labels("acme", "500") is other
+    assert other is not a and other is not b
+    before = sys.getrefcount(a), sys.getrefcount(other)
+    for _ in range(1000):
+        c.labels("acme", "200")
+        c.labels(tenant="acme", code="200")
+        c.labels("globex", "500")
+    assert (sys.getrefcount(a), sys.getrefcount(other)) == before
+    many = metrics.Counter(name("nine") + "_total", "h", [f"l{i}" for i in range(9)])
+    s = many.labels(*"abcdefghi")                # more labels than the walk takes
+    assert many.labels(*"abcdefghi") is s
+    assert many.labels(**{f"l{i}": v for i, v in enumerate("abcdefghi")}) is s
+    a.inc()
+    c.labels(code="200", tenant="acme").inc(2)
+    c.labels("initech", "200").inc()
+    got = samples(c.name)
+    assert got[f'{c.name}_total{{code="200",tenant="acme"}}'] == 3.0
+    assert got[f'{c.name}_total{{code="_other",tenant="_other"}}'] == 1.0
+
+
+
+_VALUES = st.one_of(st.sampled_from(["a", "b", "c", "_other", ""]), st.integers(0, 3))
+
+
+@settings(max_examples=60, deadline=None)
+@given(arity=st.integers(1, 3), limit=st.integers(1, 6),
+       calls=st.lists(st.tuples(st.lists(_VALUES, min_size=0, max_size=4), st.booleans()),
+                      max_size=40))
+def test_labels_in_c_agree_with_the_full_path(arity, limit, calls):
+    """Random calls, by position or by name, with str and int values and
+    wrong counts: the compiled labels(...) answers what the family's full
+    path (its reference) answers, or raises the same."""
+    names = ["x", "y", "z"][:arity]
+    c = metrics.Counter(name("hyp") + "_total", "h", names, max_label_sets=limit)
+    for values, by_name in calls:
+        kw = dict(zip(names, values)) if by_name and len(values) <= arity else None
+        try:
+            want = c._labels(**kw) if kw is not None else c._labels(*values)
+        except ValueError as exc:
+            with pytest.raises(ValueError, match=re.escape(str(exc))):
+                c.labels(**kw) if kw is not None else c.labels(*values)
+            continue
+        got = c.labels(**kw) if kw is not None else c.labels(*values)
+        assert got is want
+        assert (c.labels(**kw) if kw is not None else c.labels(*values)) is want

@@ -22,7 +22,6 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
 from cpython.pycapsule cimport PyCapsule_New
 from cpython.ref cimport PyObject
-from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.stdint cimport int32_t, uint32_t
 from libc.stdlib cimport free, malloc
 
@@ -284,8 +283,8 @@ cdef extern from "Python.h":
 @cython.final
 cdef class Labels:
     """A family's ``labels(...)`` as called from hooks: a label set already
-    made is one dict lookup in C, through the vectorcall protocol (no
-    Python frame, no keyword dict, and for one label no argument tuple);
+    made is found in C, through the vectorcall protocol (no Python frame,
+    no keyword dict, no argument tuple: a dict lookup per label);
     anything else (values by name, a new set, values to convert) goes to
     ``slow``, the family's own method, with the same arguments.
 
@@ -298,7 +297,7 @@ cdef class Labels:
 
     cdef _vectorcallfunc vc     # this instance's vectorcall entry
     cdef dict children
-    cdef dict one               # one label given as a str -> its Cell
+    cdef dict one               # str values, level by level -> their Cell (see below)
     cdef object slow
     cdef tuple names
 
@@ -320,59 +319,83 @@ cdef class Labels:
         return self.slow(*values, **kw)
 
 
+cdef enum:
+    _FAST_LABELS = 8    # families with up to this many labels take the walk below
+
+
 cdef PyObject *_labels_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
                                   PyObject *kwnames) except NULL:
-    """Labels(...) from Python: the label set in its dict, else the slow
-    path, whose answer for one str value is remembered by that value."""
+    """Labels(...) from Python. The values, by position or put in order by
+    name, are walked down ``one``: a dict of first values, each holding a
+    dict of second values, and so on, the last holding the Cell; no tuple,
+    no hash of one. Anything not found there takes the slow path, whose
+    answer is remembered when every value was a str and the answer is that
+    label set's own Cell (never ``_other``'s)."""
     cdef Labels me = <Labels>callable
-    cdef Py_ssize_t n = _VC_NARGS(nargsf), i
+    cdef Py_ssize_t n = _VC_NARGS(nargsf), m = len(me.names), i
     cdef PyObject *c
-    cdef tuple key
-    if kwnames != NULL and n == 0:
-        key = _by_name(me.names, args, <tuple>kwnames)
-        if key is not None:
-            c = _dict_get_raw(<PyObject *>me.children, <PyObject *>key)
-            if c != NULL:
-                _incref_raw(c)
-                return c
-    elif kwnames == NULL:
-        if n == 1:
-            c = _dict_get_raw(<PyObject *>me.one, args[0])
+    cdef PyObject *vals[_FAST_LABELS]
+    cdef PyObject *const *v = NULL
+    if 0 < m <= _FAST_LABELS:
+        if kwnames == NULL:
+            if n == m:
+                v = args
+        elif n == 0 and _by_name(me.names, args, <tuple>kwnames, vals):
+            v = vals
+    if v != NULL:
+        c = <PyObject *>me.one
+        for i in range(m):
+            c = _dict_get_raw(c, v[i])    # a dict on every level but the last
+            if c == NULL:
+                break
         else:
-            key = PyTuple_New(n)
-            for i in range(n):
-                _incref_raw(args[i])     # (SET_ITEM steals it)
-                PyTuple_SET_ITEM(key, i, <object>args[i])
-            c = _dict_get_raw(<PyObject *>me.children, <PyObject *>key)
-        if c != NULL:
             _incref_raw(c)
             return c
     cell = _vectorcall(me.slow, args, nargsf, kwnames)
-    if kwnames == NULL and n == 1 and type(<object>args[0]) is str and \
-            me.children.get((<object>args[0],)) is cell:
-        me.one[<object>args[0]] = cell
+    if v != NULL:
+        _remember(me, v, m, cell)
     _incref_raw(<PyObject *>cell)
     return <PyObject *>cell
 
 
-cdef tuple _by_name(tuple names, PyObject *const *args, tuple kwnames):
-    """The values given by name, in ``names`` order; None unless they are
-    exactly the family's names (the slow path says what is wrong)."""
+cdef bint _by_name(tuple names, PyObject *const *args, tuple kwnames,
+                   PyObject **vals) except -1:
+    """Put the values given by name in ``names`` order into ``vals``; False
+    unless the names are exactly the family's (the slow path says what is
+    wrong)."""
     cdef Py_ssize_t m = len(names), i, j
-    cdef tuple key
-    if len(kwnames) != m or m == 0:
-        return None
-    key = PyTuple_New(m)
+    if len(kwnames) != m:
+        return False
     for i in range(m):
         for j in range(m):
             # a call site's names are interned constants: mostly the same object
             if kwnames[j] is names[i] or kwnames[j] == names[i]:
                 break
         else:
-            return None   # (key's unset items are NULL: a tuple frees those fine)
-        _incref_raw(args[j])
-        PyTuple_SET_ITEM(key, i, <object>args[j])
-    return key
+            return False
+        vals[i] = args[j]
+    return True
+
+
+cdef int _remember(Labels me, PyObject *const *v, Py_ssize_t m, object cell) except -1:
+    """File ``cell`` under its values in ``me.one`` when they are all str
+    and it is that label set's own Cell (the slow path makes values str and
+    counts a set past max_label_sets as ``_other``: neither is filed)."""
+    cdef Py_ssize_t i
+    cdef dict d
+    for i in range(m):
+        if type(<object>v[i]) is not str:
+            return 0
+    if me.children.get(tuple([<object>v[i] for i in range(m)])) is not cell:
+        return 0
+    d = me.one
+    for i in range(m - 1):
+        nxt = d.get(<object>v[i])
+        if nxt is None:
+            nxt = d[<object>v[i]] = {}
+        d = <dict>nxt
+    d[<object>v[m - 1]] = cell
+    return 0
 
 
 cdef _enable_vectorcall():
