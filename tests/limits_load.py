@@ -259,12 +259,20 @@ class Instance:
             if self.sluiceway_path is not None:
                 env["PYTHONPATH"] = os.pathsep.join([self.sluiceway_path, self.folder])
             pin = ["taskset", "-c", str(self.cpu)] if self.cpu is not None else []
-            self.proc = subprocess.Popen(pin + [sys.executable] + args, env=env, cwd=self.folder,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                         start_new_session=True)
+            with self._out() as out:
+                self.proc = subprocess.Popen(pin + [sys.executable] + args, env=env,
+                                             cwd=self.folder, stdout=out,
+                                             stderr=subprocess.STDOUT, start_new_session=True)
         else:
-            self.proc = spawn(args, self.env, start_new_session=True)
-        wait_port(self.port, self.proc)
+            # Its output goes to a file, read only when it fails: a pipe
+            # nobody reads would stall the server once it filled.
+            with self._out() as out:
+                self.proc = spawn(args, self.env, start_new_session=True, stdout=out,
+                                  stderr=subprocess.STDOUT)
+        try:
+            wait_port(self.port, self.proc)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; its output: {self.output()[-2000:]}") from None
         # The master binds, then forks its workers: wait for all of them.
         deadline = time.monotonic() + 10
         while len(self.workers()) < self.threads:
@@ -273,6 +281,18 @@ class Instance:
             time.sleep(0.05)
         time.sleep(0.2)
         return self
+
+    def _out(self):
+        """The file the server's standard output and error go to."""
+        return open(os.path.join(self.folder, "output.log"), "ab")
+
+    def output(self):
+        """What the server wrote to its standard output and error."""
+        try:
+            with open(os.path.join(self.folder, "output.log"), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
 
     def workers(self):
         """PIDs of the master's children (its workers)."""

@@ -56,8 +56,9 @@ def spawn(args, env=None, **kw):
 
     e = subprocess_env(**(env or {}))
     kw.setdefault("cwd", REPO)
-    return subprocess.Popen([sys.executable] + list(args), env=e,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.PIPE)
+    return subprocess.Popen([sys.executable] + list(args), env=e, **kw)
 
 
 def stop_proc(proc, sig=None, timeout=10):
