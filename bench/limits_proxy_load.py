@@ -32,7 +32,7 @@ in turn) and the tally come from ``tests/limits_load.py``.
 
     python bench/limits_proxy_load.py paced [--rate 5000] [--rounds 6] [--duration 10]
             [--connections 50] [--pin] [--redis-cpu N] [--redis-idle] [--sync-interval S]
-            [--base PATH]
+            [--access-log] [--base PATH]
         The p99 the Redis backing adds, at a fixed rate: single-worker
         proxies with the same app, one with a shared-memory RateLimiter
         (scope="server") and one with a RedisRateLimiter (limits never
@@ -209,6 +209,21 @@ def cmd_latency(ns, folder):
     print(f"Redis failures logged by the redis-backed proxy: {down}")
 
 
+def _proxy_times(path):
+    """Percentiles (ms) of the ``duration`` of the JSON access-log records
+    in ``path`` (the proxy's own time per request: its first byte read to
+    its last byte written), the file emptied after; the warm-up's records
+    are in it too (a few percent of them)."""
+    time.sleep(1.0)                         # the writer flushes every 0.5 s
+    with open(path, "rb") as f:
+        durs = sorted(json.loads(line)["duration"] for line in f if line.strip())
+    os.truncate(path, 0)
+    if not durs:
+        return {"n": 0, "50": float("nan"), "99": float("nan"), "99.9": float("nan")}
+    pick = lambda p: durs[min(len(durs) - 1, int(p / 100.0 * len(durs)))] * 1e3  # noqa: E731
+    return {"n": len(durs), "50": pick(50), "99": pick(99), "99.9": pick(99.9)}
+
+
 def paced(url, ns, cpu=None):
     """One run of bench/paced_client.py; its JSON."""
     cmd = [sys.executable, os.path.join(REPO, "bench", "paced_client.py"), url,
@@ -253,10 +268,13 @@ def cmd_paced(ns, folder):
                 time.sleep(0.5)
             conf = {"url": redis.url, "key_prefix": "'paced:'",
                     "sync_interval_seconds": ns.sync_interval}
+            alog = (lambda name: os.path.join(folder, f"{name}-access.log")) \
+                if ns.access_log else (lambda name: None)
             insts["local"] = Instance(os.path.join(folder, "local"), port, "server", 10**9, 60.0,
-                                      threads=1, cpu=proxy_cpu)
+                                      threads=1, cpu=proxy_cpu, access_log=alog("local"))
             insts["redis"] = Instance(os.path.join(folder, "redis"), port, "redis", 10**9, 60.0,
-                                      threads=1, redis=conf, cpu=proxy_cpu)
+                                      threads=1, redis=conf, cpu=proxy_cpu,
+                                      access_log=alog("redis"))
             if ns.base:
                 insts["redis-base"] = Instance(os.path.join(folder, "base"), port, "redis", 10**9,
                                                60.0, threads=1, redis=conf, cpu=proxy_cpu,
@@ -278,6 +296,8 @@ def cmd_paced(ns, folder):
                     n = r["requests"] + ns.rate * ns.warmup
                     r["proxy_us"], r["redis_us"] = [(cpu_seconds(p) - b) / n * 1e6
                                                     for p, b in zip(pids, before)]
+                    if ns.access_log:
+                        r["proxy_ms"] = _proxy_times(alog(name))
                     rows[name].append(r)
                     s = r["service_ms"]
                     print(f"round {rnd} {name:10s} {r['rate']:7,.0f}/s  p50 {s['50']:.3f}  "
@@ -286,6 +306,11 @@ def cmd_paced(ns, folder):
                           f"redis-server {r['redis_us']:.1f}  errors {r['errors']}  unanswered "
                           f"{r['unanswered']}  "
                           f"statuses {r['statuses']}", flush=True)
+                    if ns.access_log:
+                        pm = r["proxy_ms"]
+                        print(f"        {name:10s} in the proxy (access log's duration, "
+                              f"{pm['n']} requests): p50 {pm['50']:.3f}  p99 {pm['99']:.3f}  "
+                              f"p99.9 {pm['99.9']:.3f} ms", flush=True)
             down = {name: insts[name].error_log().count("failed (") for name in insts
                     if name != "local"}
     finally:
@@ -309,6 +334,10 @@ def cmd_paced(ns, folder):
             d = [r["service_ms"][p] - l["service_ms"][p] for r, l in zip(rows[name], rows["local"])]
             print(f"  {name} - local, p{p} per round: {', '.join(f'{x:+.3f}' for x in d)} ms "
                   f"(median {med(d):+.3f})")
+        if ns.access_log:
+            d = [r["proxy_ms"]["99"] - l["proxy_ms"]["99"] for r, l in zip(rows[name], rows["local"])]
+            print(f"  {name} - local, p99 in the proxy per round: "
+                  f"{', '.join(f'{x:+.3f}' for x in d)} ms (median {med(d):+.3f})")
         d = [r["proxy_us"] - l["proxy_us"] for r, l in zip(rows[name], rows["local"])]
         print(f"  {name} - local, proxy CPU per request: {', '.join(f'{x:+.1f}' for x in d)} us "
               f"(median {med(d):+.1f})")
@@ -349,6 +378,9 @@ def main():
     pc.add_argument("--python-origin", action="store_true", help="the harness origin, not nginx")
     pc.add_argument("--sync-interval", type=float, default=0.005,
                     help="the Redis-backed proxy's sync_interval_seconds")
+    pc.add_argument("--access-log", action="store_true",
+                    help="JSON access logs on both proxies: their own time per request "
+                    "(the records' duration) beside the client's")
     pc.add_argument("--redis-idle", action="store_true",
                     help="run Redis under SCHED_IDLE: its CPU use does not delay the proxy, "
                     "the client or the origin (Redis on a machine of its own)")

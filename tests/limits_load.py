@@ -225,7 +225,7 @@ class Instance:
     process group so that its workers can be found and stopped with it."""
 
     def __init__(self, folder, origin_port, kind, limit, interval, threads=1, redis=None,
-                 cpu=None, sluiceway_path=None):
+                 cpu=None, sluiceway_path=None, access_log=None):
         os.makedirs(folder, exist_ok=True)
         self.folder = str(folder)
         with open(os.path.join(self.folder, "limitsapp.py"), "w") as f:
@@ -233,6 +233,10 @@ class Instance:
         conf = [f"version: 1", f"threads: {threads}", "grace_period_seconds: 1",
                 "graceful_shutdown_timeout_seconds: 5",
                 f"error_log: {os.path.join(self.folder, 'error.log')}"]
+        if access_log:
+            # (benches: the proxy's own time per request, beside the client's)
+            conf += ["access_log: true", "access_log_format: json",
+                     f"access_log_file: {access_log}", "access_log_flush_seconds: 0.5"]
         if redis:
             conf.append("redis:")
             conf += [f"  {k}: {v}" for k, v in redis.items()]
