@@ -46,13 +46,18 @@ cdef object _ZERO = None      # SSLZeroReturnError: the peer's close_notify
 cdef object _SSLERR = None    # SSLError
 cdef object _BIO = None       # MemoryBIO
 cdef long _NO_RENEG = 0       # OP_NO_RENEGOTIATION
-cdef object _RENEG_SEEN = None  # the last context known to refuse renegotiation
+cdef object _OPTIONS = None   # the C getter of a context's options (a plain int)
 
 
 cdef int _ssl_load() except -1:
-    global _ssl, _AGAIN, _ZERO, _SSLERR, _BIO, _NO_RENEG
+    global _ssl, _AGAIN, _ZERO, _SSLERR, _BIO, _NO_RENEG, _OPTIONS
     if _ssl is None:
+        import _ssl as _c
         import ssl
+        # ``ctx.options`` wraps the int in an ``ssl.Options`` flag and
+        # tests it in Python (~15,000 instructions); the C getter under it
+        # returns the int
+        _OPTIONS = _c._SSLContext.__dict__["options"].__get__
         _AGAIN = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
         _ZERO = ssl.SSLZeroReturnError
         _SSLERR = ssl.SSLError
@@ -71,15 +76,10 @@ cdef _Tls _new_tls(object ctx, bint server_side, object server_hostname, object 
     _ssl_load()
     if not isinstance(ctx, _ssl.SSLContext):
         raise TypeError(f"a TLS connection needs an ssl.SSLContext, not {type(ctx).__name__}")
-    global _RENEG_SEEN
-    if ctx is not _RENEG_SEEN:
-        # ``ctx.options`` makes an ``ssl.Options`` flag object and the
-        # test runs in Python (~15,000 instructions): done once per
-        # context, not per connection, while connections keep coming over
-        # the same one.
-        if _NO_RENEG and not (ctx.options & _NO_RENEG):
-            ctx.options |= _NO_RENEG
-        _RENEG_SEEN = ctx
+    # The contexts sluiceway builds refuse renegotiation already; one from
+    # elsewhere is made to.
+    if _NO_RENEG and not (<long>_OPTIONS(ctx) & _NO_RENEG):
+        ctx.options |= _NO_RENEG
     cdef _Tls t = _Tls.__new__(_Tls)
     t.inc = _BIO()
     t.out = _BIO()
