@@ -130,16 +130,22 @@ def certs(tmp_path_factory):
 def test_session_tickets_resume_on_either_worker(tmp_path, certs):
     p = TlsProxy(tmp_path, certs).start()
     try:
+        # Both workers accept from one socket, so which one takes a given
+        # connection is the kernel's race: on a loaded machine one worker
+        # can win dozens in a row. Connect until both have answered (each
+        # connection resuming the ticket the previous one got), bounded.
         sess, pids, resumed = None, set(), []
-        for _ in range(40):
+        deadline = time.monotonic() + 30
+        while len(resumed) < 40 or (len(pids) < 2 and len(resumed) < 2000
+                                    and time.monotonic() < deadline):
             with p.connect(sess) as t:
                 h = p.get(t)
                 pids.add(h["x-pid"])
                 resumed.append(t.session_reused)
                 assert h["x-resumed"] == str(t.session_reused)
                 sess = t.session
-        assert len(pids) == 2, pids            # both workers answered
-        assert resumed == [False] + [True] * 39, resumed
+        assert len(pids) == 2, (pids, len(resumed))   # both workers answered
+        assert resumed == [False] + [True] * (len(resumed) - 1), resumed
     finally:
         assert p.stop() == 0
 
