@@ -18,4 +18,10 @@ int64_t sw_clock_monotonic_ns(void);
  * clock time.monotonic() reads on Linux). */
 double sw_clock_now(void);
 
+/* The wall clock (CLOCK_REALTIME, what time.time() reads) in nanoseconds
+ * since the epoch: the clock shared limits put their windows on, so that
+ * every machine counts the same window at the same time.  May step back or
+ * forward with the system's clock. */
+int64_t sw_clock_wall_ns(void);
+
 #endif /* SW_CLOCK_H */

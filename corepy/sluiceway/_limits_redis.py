@@ -69,9 +69,6 @@ import weakref
 
 from . import _compiled
 from ._base.limits import check_limit, positive
-from ._limits_py import RateDecision
-
-_decision = RateDecision._make
 
 __all__ = ["RedisBackend", "RedisRateLimiter", "configure_default", "default_backend"]
 
@@ -114,6 +111,14 @@ _wall = time.time   # the wall clock windows sit on (tests replace it)
 def _set(fut):
     if fut is not None and not fut.done():
         fut.set_result(None)
+
+
+def _discard(cores, core):
+    # A limiter was collected: its counts are no longer synced.
+    try:
+        cores.remove(core)
+    except ValueError:
+        pass
 
 
 def _pack_py(args):
@@ -205,8 +210,10 @@ def _after_fork():
     # each backend starts its own task and connection there.
     for b in list(_BACKENDS):
         b._task = b._client = b._line = b._loop = b._head = None
-        b._wake = None
-        b._idle = False
+        st = b._st
+        st.wake = None
+        st.started = st.idle = False
+        st.waiting = 0
         b.process = _process_field()
 
 
@@ -216,7 +223,7 @@ os.register_at_fork(after_in_child=_after_fork)
 def start_backends(loop):
     """Start the sync task of every backend that has limiters, on ``loop``."""
     for b in list(_BACKENDS):
-        if len(b.limiters):
+        if b._cores:
             b.start(loop)
 
 
@@ -278,11 +285,12 @@ class RedisBackend:
         self.reconnect_delay = float(reconnect_delay)
         self.max_reconnect_delay = float(max_reconnect_delay)
         self.limiters = weakref.WeakSet()
-        self.down = False          # Redis unreachable (the policy applies)
+        self._cores = []           # their RedisCounts (each one's until it is collected)
+        # What the checks read and write on every request (down, the
+        # policy, the wake-up of this task): a C struct shared with them.
+        self._st = _c.RedisState(sync_events, on_failure == "closed")
         self.syncs = 0             # successful syncs
         self.failures = 0          # failed syncs and connects
-        self.failed_open = 0       # checks decided locally while down (policy "open")
-        self.failed_closed = 0     # checks refused while down (policy "closed")
         self.restarts = 0          # Redis restarts noticed (counts sent again)
         self.late_answers = 0      # answers read after the timeout, the loop being busy
         self.process = _process_field()   # this process's field in Redis
@@ -295,10 +303,21 @@ class RedisBackend:
         self._late = False         # it fired late once (a busy loop)
         self._head = None          # the script's sha and this process's field, packed
         self._run_id = None
-        self._wake = None
-        self._waiting = 0
-        self._idle = False         # the task sleeps until a key is marked
         _BACKENDS.add(self)
+
+    down = property(lambda self: self._st.down,
+                    doc="Redis is unreachable (on_failure decides the checks).")
+    failed_open = property(lambda self: self._st.failed_open,
+                           doc='Checks decided from local counts while down (policy "open").')
+    failed_closed = property(lambda self: self._st.failed_closed,
+                             doc='Checks refused while down (policy "closed").')
+
+    def _add(self, lim):
+        """Sync ``lim``'s counts from now on (until it is collected)."""
+        self.limiters.add(lim)
+        core = lim._core
+        self._cores.append(core)
+        weakref.finalize(lim, _discard, self._cores, core)
 
     # -- lifecycle (a background service: start(loop), async stop()) ---------
     def start(self, loop=None):
@@ -308,15 +327,18 @@ class RedisBackend:
             return
         self._loop = loop
         self._client = self._line = None
-        self._wake = None
-        self._idle = False
+        st = self._st
+        st.wake = None
+        st.idle = False
         self._task = loop.create_task(self._run(), name="sluiceway-redis-sync")
+        st.started = True
 
     async def stop(self):
         """Send what is pending once more, then stop the task and disconnect."""
         task, self._task = self._task, None
         if task is None:
             return
+        self._st.started = False
         task.cancel()
         try:
             await task
@@ -358,8 +380,8 @@ class RedisBackend:
             run_id = info.get("run_id")
             if self._run_id is not None and run_id != self._run_id:
                 self.restarts += 1
-                for lim in list(self.limiters):
-                    lim._forget_pushed()
+                for core in self._cores:
+                    core.forget_pushed()
             self._run_id = run_id
             self._sha = await self._answer(client.script_load(_SCRIPT))
             if isinstance(self._sha, str):
@@ -388,44 +410,45 @@ class RedisBackend:
     async def _run(self):
         loop = asyncio.get_running_loop()
         delay = self.reconnect_delay
+        st = self._st
         while True:
             try:
                 if self._client is None:
                     await self._connect()
                 await self._sync()
-                if self.down:
+                if st.down:
                     log.info("Redis at %s is reachable again; rate limits are shared again",
                              self._where())
-                self.down = False
+                st.down = False
                 delay = self.reconnect_delay
                 # Nap for sync_interval, or until sync_events checks wait
                 # (counted in _decide); a future and a timer cost less than
                 # wait_for.  With nothing to send, sleep without a timer
                 # until a check or a peek marks a key (an idle worker does
                 # not wake sync_interval after sync_interval).
-                wake = self._wake = loop.create_future()
-                if any(lim._touched for lim in self.limiters):
+                wake = st.wake = loop.create_future()
+                if any(core.touched for core in self._cores):
                     timer = loop.call_later(self.sync_interval, _set, wake)
                 else:
                     timer = None
-                    self._idle = True
+                    st.idle = True
                 try:
                     await wake
                 finally:
                     if timer is not None:
                         timer.cancel()
-                    self._wake = None
-                    self._idle = False
+                    st.wake = None
+                    st.idle = False
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.failures += 1
-                if not self.down:
+                if not st.down:
                     log.warning("Redis at %s failed (%s: %s); rate limits decide %s until it "
                                 "is back", self._where(), type(exc).__name__, exc,
                                 "from local counts" if self.on_failure == "open"
                                 else "to refuse every request")
-                self.down = True
+                st.down = True
                 await self._close()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_reconnect_delay)
@@ -478,37 +501,30 @@ class RedisBackend:
         line = self._line
         if line is None:
             return
-        batch, spans, ttl = [], [], 0
-        for lim in self.limiters:
-            if lim._touched:
-                lo = len(batch)
-                lim._pending(batch)
-                if len(batch) > lo:
-                    spans.append((lim, lo, len(batch)))
-                    ttl = max(ttl, lim.interval_ms * 2)
-        if not batch:
+        # Each limiter appends its marked keys' names and counts (packed by
+        # its RedisCounts) to the command's two runs of arguments.
+        names, counts, cores, n, ttl = bytearray(), bytearray(), [], 0, 0
+        for core in self._cores:
+            if core.touched:
+                k = core.pending(names, counts)
+                if k:
+                    cores.append(core)
+                    n += k
+                    ttl = max(ttl, core.ttl_ms)
+        if not n:
             return
-        # EVALSHA sha n key... ttl field count...: packed here, each key's
-        # name kept packed between syncs.
-        n = len(batch)
+        # EVALSHA sha n key... ttl field count...
         head = self._head
         if head is None:
             head = self._head = _bulk(self._sha), _bulk(self.process.encode())
-        out = [b"*%d\r\n$7\r\nEVALSHA\r\n%s$%d\r\n%d\r\n"
-               % (2 * n + 5, head[0], len(str(n)), n)]
-        out += [b[0] for b in batch]
-        out.append(_bulk(b"%d" % ttl))
-        out.append(head[1])
-        for b in batch:
-            mine = b[3]
-            if mine:
-                c = b"%d" % mine
-                out.append(b"$%d\r\n%s\r\n" % (len(c), c))
-            else:
-                out.append(b"$0\r\n\r\n")          # only read the key
+        ttl_b = b"%d" % ttl
+        n_b = b"%d" % n
+        out = b"".join((b"*%d\r\n$7\r\nEVALSHA\r\n" % (2 * n + 5), head[0],
+                        b"$%d\r\n%s\r\n" % (len(n_b), n_b), names,
+                        b"$%d\r\n%s\r\n" % (len(ttl_b), ttl_b), head[1], counts))
         loop = self._loop or asyncio.get_running_loop()
         try:
-            fut = line.send(b"".join(out), loop)
+            fut = line.send(out, loop)
             due = loop.time() + self.timeout
             self._late = False
             self._timer = loop.call_at(due, self._expire, fut, due,
@@ -518,14 +534,15 @@ class RedisBackend:
             finally:
                 self._timer.cancel()
         except BaseException:
-            for _, lim, wk, _ in batch:  # not sent (or no answer): send them next time
-                lim._touched[wk] = None
+            for core in cores:   # not sent (or no answer): send them next time
+                core.unsent()
             raise
         # An answer read after its timeout (the loop was busy meanwhile).
         self.late_answers += self._late or loop.time() > due
         self.syncs += 1
-        for lim, lo, hi in spans:
-            lim._synced(batch, totals, lo, hi)
+        lo = 0
+        for core in cores:
+            lo = core.synced(totals, lo)
 
     def _expire(self, fut, due, give_up):
         """The sync's timeout timer (see "Timeouts and a busy loop")."""
@@ -605,28 +622,19 @@ class RedisRateLimiter:
         self.name = name
         self.interval_ms = max(1, int(self.interval * 1000))
         self.max_keys = positive(owner, "max_keys", max_keys, integer=True)
-        # Both Rates read one clock that _tick() sets: every reading in a
-        # check (or a sync's batch) is the same instant, so the window index
-        # this object uses is always the window the Rates count in.  Their
-        # first reading (now) is the start of the current wall-clock window,
-        # so their windows sit on multiples of interval of time.time() on
-        # every machine.  A partial of getitem is C: no Python frame per read.
-        self._interval_ns = interval_ns(owner, self.interval)   # as the Rates compute it
-        self._w0 = self._w = math.floor(_wall() / self.interval)
-        self._now = [self._w0 * self.interval]
-        self._start_ns = int(self._now[0] * 1e9)
-        clock = functools.partial(operator.getitem, self._now, 0)
-        self.mine = _c.Rate(self.interval, hashes=hashes, slots=slots, clock=clock)
-        self.others = _c.Rate(self.interval, hashes=hashes, slots=slots, clock=clock)
-        self.untracked = 0
-        self._attached = False
         self._backend = backend
-        self._touched = {}      # (window, key) -> None, since the last sync
-        self._pushed = {}       # (window, key) -> my count Redis has
-        self._seen = {}         # (window, key) -> others' count as last known
-        self._names = {}        # (window, key) -> its name in Redis (bytes)
-        self._pruned = None     # the window when _names was last pruned
-        self._prefix = None     # b"<key_prefix><name>:"
+        # The counts, the checks and the syncs' bookkeeping are compiled
+        # (sluiceway._limits.RedisCounts; its reference is _limits_redis_py).
+        # The wall clock is read in C unless a test replaced _wall.
+        core = self._core = _c.RedisCounts(
+            self.limit, interval_ns(owner, self.interval), hashes=hashes, slots=slots,
+            max_keys=self.max_keys, clock=None if _wall is time.time else _wall,
+            attach=self._attach)
+        core.ttl_ms = self.interval_ms * 2   # a window's key is read during the next one too
+        # check and peek are the compiled ones, bound here: a request pays
+        # no Python frame for them (the methods below say what they do).
+        self.check = core.check
+        self.peek = core.peek
 
     @property
     def backend(self):
@@ -639,139 +647,42 @@ class RedisRateLimiter:
         return self._backend
 
     def _attach(self):
-        b = self._backend
-        if b is None or not self._attached:
-            b = self.backend
-            b.limiters.add(self)
-            self._attached = True
+        """Called by a check while this limiter is not attached to its
+        backend or the backend's task is not running (then it starts it on
+        the running loop, if there is one)."""
+        core = self._core
+        b = self.backend
+        if not core.attached:
+            core.prefix = f"{b.key_prefix}{self.name}:".encode()
+            core.st = b._st
+            b._add(self)
+            core.attached = True
         if b._task is None:
             b._ensure_started()
-        return b
+
+    mine = property(lambda self: self._core.mine, doc="This process's counts (a Rate).")
+    others = property(lambda self: self._core.others,
+                      doc="The other processes' counts, as Redis last said (a Rate).")
+    untracked = property(lambda self: self._core.untracked,
+                         doc="Checks of keys beyond max_keys: counted locally only.")
+    _w = property(lambda self: self._core.w)
 
     def _window(self):
-        """Read the wall clock once: the Rates' next readings return it, and
-        the result is the index of the window they will count in (the Rates'
-        own arithmetic; it never goes back, as theirs does not)."""
-        t = _wall()
-        self._now[0] = t
-        elapsed = int(t * 1e9) - self._start_ns
-        if elapsed > 0:
-            w = self._w0 + elapsed // self._interval_ns
-            if w > self._w:
-                self._w = w
-        return self._w
-
-    def _decide(self, key, cost, counted):
-        # The hot path: the two sketches and a mark on the key for the next
-        # sync; nothing here waits, and nothing costs more per request as
-        # the request rate rises (the sync runs every sync_interval).
-        if type(cost) is not int:
-            if not isinstance(cost, int) or isinstance(cost, bool):
-                raise TypeError(f"n must be an int, got {type(cost).__name__}")
-        if cost < 0:
-            raise ValueError(f"RedisRateLimiter: cost must be >= 0, got {cost}")
-        b = self._backend
-        if b is None or b._task is None or not self._attached:
-            b = self._attach()
-        w = self._window()
-        mine = self.mine.observe(key, cost if counted else 0)
-        count = mine + self.others.sample(key)[1]
-        wk = (w, key)
-        touched = self._touched
-        if wk not in touched:
-            if len(self._pushed) < self.max_keys or wk in self._pushed:
-                # A peek marks the key too: the next sync asks for its
-                # total, so a process that has not counted the key learns
-                # the others' count (the first peek answers from what it knew).
-                touched[wk] = None
-                if b._idle:
-                    b._idle = False
-                    _set(b._wake)
-            elif counted:
-                self.untracked += 1
-        if counted:
-            b._waiting += 1
-            if b._waiting >= b.sync_events:
-                b._waiting = 0
-                _set(b._wake)
-        allowed = count <= self.limit if counted else count + cost <= self.limit
-        if b.down:
-            if b.on_failure == "closed":
-                allowed = False
-                b.failed_closed += 1
-            else:
-                b.failed_open += 1
-        return _decision(allowed, self.limit, self.limit - count if count < self.limit else 0,
-                         count, self.mine.until_next_window())
+        """Read the clock: the index of the current window."""
+        return self._core.window()
 
     def check(self, key, cost=1):
-        """Count one request (or ``cost``) for ``key`` and decide; a ``RateDecision``."""
-        return self._decide(key, cost, True)
+        """Count one request (or ``cost``) for ``key`` and decide; a ``RateDecision``.
+
+        Raises:
+            TypeError: key is not str or bytes, or cost not an int.
+            ValueError: cost is negative.
+        """
+        return self._core.check(key, cost)
 
     def peek(self, key, cost=1):
         """What ``check(key, cost)`` would decide now, without counting."""
-        return self._decide(key, cost, False)
-
-    # -- for the backend's sync --------------------------------------------------
-    def _pending(self, out=None):
-        """Add (the Redis key as a packed RESP argument, self, (window, key),
-        my count) to ``out`` for each touched key; returns ``out``."""
-        w = self._window()
-        if out is None:
-            out = []
-        touched, self._touched = self._touched, {}
-        names = self._names
-        sample = self.mine.sample
-        prefix = self._prefix
-        if prefix is None:
-            prefix = self._prefix = f"{self.backend.key_prefix}{self.name}:".encode()
-        for wk in touched:
-            kw, key = wk
-            if kw < w - 1:
-                continue  # a window that is over: nobody reads it any more
-            name = names.get(wk)
-            if name is None:
-                # bytes, as the key's bytes: a str key counts as its UTF-8
-                name = names[wk] = _bulk(b"%s%d:%s" % (
-                    prefix, kw, key.encode() if isinstance(key, str) else key))
-            prev, curr, _ = sample(key)
-            out.append((name, self, wk, curr if kw == w else prev))
-        if w != self._pruned:
-            self._pruned = w
-            for stale in [wk for wk in names if wk[0] < w - 1]:
-                del names[stale]
-                self._pushed.pop(stale, None)
-                self._seen.pop(stale, None)
-        return out
-
-    def _synced(self, batch, totals, lo, hi):
-        """Apply Redis's totals for ``batch[lo:hi]`` (this limiter's part)."""
-        window = self._window()
-        pushed, seen, touched = self._pushed, self._seen, self._touched
-        observe = self.others.observe
-        for i in range(lo, hi):
-            _, _, wk, mine = batch[i]
-            sent = mine != pushed.get(wk, 0)
-            pushed[wk] = mine
-            if wk[0] != window:
-                continue
-            others = totals[i] - mine
-            grow = others - seen.get(wk, 0)
-            if grow > 0:
-                observe(wk[1], grow)
-                seen[wk] = others
-            if sent or grow:
-                # Read the key once more at the next sync, until nothing
-                # moves: a key that stops being checked still ends with
-                # everyone's count, and after a Redis restart (grow < 0: the
-                # others have not sent their counts again yet) it catches up.
-                touched[wk] = None
-
-    def _forget_pushed(self):
-        """Redis restarted empty: send the whole counts of the current window again."""
-        for wk in self._pushed:
-            self._touched[wk] = None
-        self._pushed.clear()
+        return self._core.peek(key, cost)
 
     def __repr__(self):
         return f"<RedisRateLimiter {self.name!r} limit={self.limit} interval={self.interval:g}s>"

@@ -146,3 +146,42 @@ cdef class CircuitBreaker:
     cdef double roll(self, _Circuit c, double now)
     cdef void window_counts(self, _Circuit c, double now, double *total, double *failed)
     cdef move(self, _Circuit c, key, str event, double now, str reason)
+
+
+cdef class RedisState:
+    cdef public bint started
+    cdef public bint down
+    cdef public bint closed
+    cdef public bint idle
+    cdef public int64_t waiting
+    cdef public int64_t sync_events
+    cdef public int64_t failed_open
+    cdef public int64_t failed_closed
+    cdef public object wake
+    cdef int kick(self) except -1
+
+
+cdef class RedisCounts:
+    cdef readonly int64_t limit
+    cdef readonly int64_t max_keys
+    cdef readonly int64_t interval_ns
+    cdef int64_t w0
+    cdef int64_t start_ns
+    cdef readonly int64_t w
+    cdef object clock
+    cdef public object attach
+    cdef public bint attached
+    cdef public RedisState st
+    cdef public bytes prefix
+    cdef public int64_t ttl_ms
+    cdef readonly Rate mine
+    cdef readonly Rate others
+    cdef public dict touched
+    cdef public dict pushed
+    cdef public dict seen
+    cdef public dict names
+    cdef public list batch
+    cdef int64_t pruned
+    cdef public int64_t untracked
+    cdef int64_t now_ns(self) except? -1
+    cdef int64_t window_at(self, int64_t now) noexcept

@@ -17,6 +17,9 @@ Files (one extension module, one concern per included file):
     _limits_ratelimit.pxi     RateLimiter, RateDecision
     _limits_concurrency.pxi   ConcurrencyLimiter, Permit
     _limits_breaker.pxi       CircuitBreaker, Attempt (per process and shared)
+    _limits_redis.pxi         RedisCounts, RedisState: RedisRateLimiter's checks
+                              and its syncs' bookkeeping (_limits_redis.py has
+                              the connection and the task)
 
 * ``scope="process"`` (the default) counts in memory of this process, with
   plain loads and stores.  ``scope="server"`` counts in a shared region with
@@ -164,3 +167,4 @@ include "_limits_count.pxi"
 include "_limits_ratelimit.pxi"
 include "_limits_concurrency.pxi"
 include "_limits_breaker.pxi"
+include "_limits_redis.pxi"
