@@ -235,6 +235,69 @@ def test_busy_loop_is_not_taken_for_redis_down(redis):
     assert count == 6
 
 
+def test_busy_loop_during_a_sync_of_the_cycle(redis):
+    """The same with the syncs the callbacks send on their own: the loop is
+    busy for two timeouts while one is in flight.  Its answer counts as
+    late, nothing fails, and the syncs go on."""
+    async def main():
+        backend = RedisBackend(redis.url, key_prefix="t:", timeout=0.05, sync_interval=0.002)
+        lim = RedisRateLimiter(1000, 3600.0, name="busycycle", backend=backend)
+        for _ in range(5):
+            lim.check("k")
+            deadline = time.monotonic() + 5
+            while backend._flight is None and time.monotonic() < deadline:
+                await asyncio.sleep(0)       # until the cycle has a sync out
+            time.sleep(0.1)                  # the loop is busy elsewhere
+            await asyncio.sleep(0.01)
+        before = backend.syncs
+        lim.check("k")
+        await asyncio.sleep(0.1)
+        count = lim.peek("k").count
+        await backend.stop()
+        return count, backend, before
+
+    count, backend, before = run(main())
+    assert backend.failures == 0 and backend.late_answers >= 5
+    assert backend.syncs > before            # the cycle went on
+    assert count == 6
+
+
+def test_sync_now_beside_the_cycle_and_sync_events(redis):
+    """``_sync()`` while the callbacks' sync is in flight waits for it, then
+    sends its own; the cycle goes on after.  sync_events checks send a sync
+    without waiting for sync_interval (here an hour)."""
+    async def main():
+        backend = RedisBackend(redis.url, key_prefix="t:", sync_interval=3600.0,
+                               sync_events=5)
+        lim = RedisRateLimiter(10**6, 3600.0, name="beside", backend=backend)
+        lim.check("k")                       # starts the task: its first sync
+        deadline = time.monotonic() + 5
+        while backend.syncs == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        first = backend.syncs
+        for _ in range(5):                   # the 5th check wakes the cycle
+            lim.check("k")
+        await asyncio.sleep(0.1)
+        kicked = backend.syncs - first
+        for _ in range(20):
+            for _ in range(5):
+                lim.check("k")
+            await asyncio.sleep(0)           # the cycle's sync goes out
+            await backend._sync()            # and this one after it
+        await asyncio.sleep(0.1)
+        for _ in range(5):
+            lim.check("k")
+        await asyncio.sleep(0.1)
+        count = lim.peek("k").count
+        await backend.stop()
+        return kicked, count, backend
+
+    kicked, count, backend = run(main())
+    window = int(time.time() // 3600)
+    assert kicked >= 1 and backend.failures == 0
+    assert count == 111 and stored(redis, f"t:beside:{window}:k") == 111
+
+
 def test_command_packing_matches_hiredis():
     from sluiceway._limits_redis import _pack, _pack_py
 

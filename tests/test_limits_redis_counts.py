@@ -17,15 +17,12 @@ KEYS = ["a", "b", "caf\u00e9", b"a", b"\xff\x00", "k" * 40]
 
 
 class Wake:
-    """A stand-in for the sync task's future: counts the wake-ups."""
+    """A stand-in for the backend's wake-up: counts the calls."""
 
     def __init__(self):
         self.set = 0
 
-    def done(self):
-        return False
-
-    def set_result(self, _):
+    def __call__(self):
         self.set += 1
 
 

@@ -7,13 +7,19 @@ compiled ``Rate`` sketches kept in this process: ``mine`` (every event this
 process counted) and ``others`` (what the other processes had counted, as
 Redis last said).  The key's total in the window is ``mine + others``.
 
-A check costs the two sketches and a mark on the key (a dict entry); the
-rest is the sync's.  A sync task per event loop (``RedisBackend``; started
-by the server on each worker's loop, or by the first ``check`` made on a
-running loop) wakes every ``sync_interval`` seconds while keys are marked,
-or sooner once ``sync_events`` checks wait (with none marked it sleeps
-until one is), and sends ``mine`` for every key marked since the last sync
-in one Lua script: ``HSET prefix:name:window:key <process> <count>`` (one
+A check costs the two sketches and a mark on the key (a dict entry), all in
+C (``sluiceway._limits.RedisCounts``; its pure-Python reference is
+``_limits_redis_py``); the rest is the sync's.  Each event loop has one
+backend task (``RedisBackend``; started by the server on each worker's
+loop, or by the first ``check`` made on a running loop) that connects and
+sends the first sync; from then on callbacks sync, with no task to resume:
+a timer every ``sync_interval`` seconds while keys are marked, or sooner
+once ``sync_events`` checks wait (with none marked no timer runs until a
+check marks one), packs ``mine`` for every key marked since the last sync
+into one Lua script call and writes it; the reader callback applies the
+answer and sets the next timer.  A failed sync hands over to the task,
+which logs, reconnects with a backoff and starts the callbacks again.  The
+script does ``HSET prefix:name:window:key <process> <count>`` (one
 field per process, the key expiring two windows later).  Redis answers each
 key's total, the sum of the fields; the difference with ``mine`` becomes the
 key's ``others``.  A process sets its count rather than adding to it, so
@@ -108,11 +114,6 @@ _LATE = 0.002   # a timeout timer later than this ran on a busy loop: wait once 
 _wall = time.time   # the wall clock windows sit on (tests replace it)
 
 
-def _set(fut):
-    if fut is not None and not fut.done():
-        fut.set_result(None)
-
-
 def _discard(cores, core):
     # A limiter was collected: its counts are no longer synced.
     try:
@@ -149,8 +150,9 @@ class _SyncLine(asyncio.Protocol):
     answer with hiredis as it arrives.  redis-py's command path (a stream
     reader, its locks and coroutines) cost more than the rest of a sync.
 
-    ``send(data)`` returns a future of the answer: a value, or an exception
-    (Redis's error reply, or the connection lost)."""
+    ``send(data, callback)`` calls ``callback(answer)`` when the answer has
+    arrived: a value, or an exception (Redis's error reply, or the
+    connection lost).  One command is outstanding at a time."""
 
     def __init__(self, transport):
         import hiredis
@@ -161,25 +163,24 @@ class _SyncLine(asyncio.Protocol):
         self.waiter = None
         self.lost = None
 
-    def send(self, data, loop):
+    def send(self, data, callback):
         if self.lost is not None:
             raise self.lost
-        fut = self.waiter = loop.create_future()
+        self.waiter = callback
         self.transport.write(data)
-        return fut
+
+    def drop(self):
+        """Nobody waits for the outstanding answer any more (timed out)."""
+        self.waiter = None
 
     def data_received(self, data):
         self.reader.feed(data)
         reply = self.reader.gets()
         if reply is False:
             return                           # more to come
-        fut, self.waiter = self.waiter, None
-        if fut is None or fut.done():
-            return                           # an answer nobody waits for (timed out)
-        if isinstance(reply, Exception):
-            fut.set_exception(reply)
-        else:
-            fut.set_result(reply)
+        callback, self.waiter = self.waiter, None
+        if callback is not None:             # else an answer nobody waits for (timed out)
+            callback(reply)
 
     def connection_lost(self, exc):
         self.lost = ConnectionError(f"connection to Redis lost ({exc or 'closed by server'})")
@@ -187,9 +188,9 @@ class _SyncLine(asyncio.Protocol):
             self.inner.connection_lost(exc)
         except Exception:
             pass
-        fut, self.waiter = self.waiter, None
-        if fut is not None and not fut.done():
-            fut.set_exception(self.lost)
+        callback, self.waiter = self.waiter, None
+        if callback is not None:
+            callback(self.lost)
 
     def eof_received(self):
         return False                          # close our end too
@@ -210,6 +211,8 @@ def _after_fork():
     # each backend starts its own task and connection there.
     for b in list(_BACKENDS):
         b._task = b._client = b._line = b._loop = b._head = None
+        b._timer = b._flight = b._next = b._failed = b._drained = None
+        b._cycle = False
         st = b._st
         st.wake = None
         st.started = st.idle = False
@@ -299,8 +302,13 @@ class RedisBackend:
         self._client = None
         self._line = None          # the _SyncLine on the client's connection
         self._sha = None
-        self._timer = None         # the running sync's timeout
+        self._timer = None         # the timeout of the sync in flight
         self._late = False         # it fired late once (a busy loop)
+        self._flight = None        # (its limiters' counts, when it is due)
+        self._next = None          # the next sync's timer (or call_soon)
+        self._cycle = False        # callbacks sync (the task waits on _failed)
+        self._failed = None
+        self._drained = None       # _sync() waits for its answer here
         self._head = None          # the script's sha and this process's field, packed
         self._run_id = None
         _BACKENDS.add(self)
@@ -421,24 +429,15 @@ class RedisBackend:
                              self._where())
                 st.down = False
                 delay = self.reconnect_delay
-                # Nap for sync_interval, or until sync_events checks wait
-                # (counted in _decide); a future and a timer cost less than
-                # wait_for.  With nothing to send, sleep without a timer
-                # until a check or a peek marks a key (an idle worker does
-                # not wake sync_interval after sync_interval).
-                wake = st.wake = loop.create_future()
-                if any(core.touched for core in self._cores):
-                    timer = loop.call_later(self.sync_interval, _set, wake)
-                else:
-                    timer = None
-                    st.idle = True
+                # From here callbacks sync (the cycle below) until a sync
+                # fails; then this task logs, reconnects and backs off.
+                failed = self._failed = loop.create_future()
+                self._cycle = True
+                self._arm()
                 try:
-                    await wake
+                    await failed
                 finally:
-                    if timer is not None:
-                        timer.cancel()
-                    st.wake = None
-                    st.idle = False
+                    self._disarm()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -452,6 +451,191 @@ class RedisBackend:
                 await self._close()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_reconnect_delay)
+
+    # -- the sync cycle: timer and reader callbacks, no task ------------------
+    # While Redis answers, a sync is a timer callback that packs and writes
+    # the command (_fire) and a reader callback that applies the answer and
+    # sets the next timer (_answered): each runs once in its loop turn, with
+    # no task to resume and no future to resolve.  With no key marked, no
+    # timer is set (st.idle): the next check calls _kicked, as does the
+    # sync_events-th check since the last sync.
+
+    def _arm(self):
+        """Set the next sync's timer, or sleep until a check marks a key."""
+        st = self._st
+        if self._next is not None:
+            self._next.cancel()
+            self._next = None
+        if any(core.touched for core in self._cores):
+            self._next = self._loop.call_later(self.sync_interval, self._fire)
+        else:
+            st.idle = True
+        st.wake = self._kicked
+
+    def _disarm(self):
+        """Leave the cycle (a sync failed, or the task stops); a sync in
+        flight still gets its answer or its timeout."""
+        self._cycle = False
+        st = self._st
+        st.wake = None
+        st.idle = False
+        if self._next is not None:
+            self._next.cancel()
+            self._next = None
+
+    def _kicked(self):
+        """A check marked a key while idle, or sync_events checks wait: sync
+        in this loop turn's callbacks (never inside the check itself)."""
+        self._st.wake = None
+        self._st.idle = False
+        if self._next is not None:
+            self._next.cancel()
+        self._next = self._loop.call_soon(self._fire)
+
+    def _fire(self):
+        self._next = None
+        st = self._st
+        st.wake = None
+        st.idle = False
+        if not self._cycle or self._flight is not None:
+            return
+        try:
+            if not self._send():
+                self._arm()                       # nothing to send after all
+        except Exception as exc:
+            self._fail(exc)
+
+    def _send(self):
+        """Pack the marked keys of every limiter into one EVALSHA and write
+        it; the answer goes to _answered.  False when no key was marked.
+
+        Raises:
+            ConnectionError: the connection is lost.
+        """
+        line = self._line
+        if line is None:
+            raise ConnectionError("no connection to Redis")
+        # Each limiter appends its marked keys' names and counts (packed by
+        # its RedisCounts) to the command's two runs of arguments.
+        names, counts, cores, n, ttl = bytearray(), bytearray(), [], 0, 0
+        for core in self._cores:
+            if core.touched:
+                k = core.pending(names, counts)
+                if k:
+                    cores.append(core)
+                    n += k
+                    ttl = max(ttl, core.ttl_ms)
+        if not n:
+            return False
+        # EVALSHA sha n key... ttl field count...
+        head = self._head
+        if head is None:
+            head = self._head = _bulk(self._sha), _bulk(self.process.encode())
+        ttl_b = b"%d" % ttl
+        n_b = b"%d" % n
+        out = b"".join((b"*%d\r\n$7\r\nEVALSHA\r\n" % (2 * n + 5), head[0],
+                        b"$%d\r\n%s\r\n" % (len(n_b), n_b), names,
+                        b"$%d\r\n%s\r\n" % (len(ttl_b), ttl_b), head[1], counts))
+        try:
+            line.send(out, self._answered)
+        except BaseException:
+            for core in cores:
+                core.unsent()
+            raise
+        loop = self._loop
+        due = loop.time() + self.timeout
+        self._flight = (cores, due)
+        self._late = False
+        self._timer = loop.call_at(due, self._expire, due,
+                                   loop.time() + max(1.0, 20 * self.timeout))
+        return True
+
+    def _answered(self, reply):
+        """Redis's answer to the sync in flight (or the connection's loss)."""
+        if self._flight is None:
+            return
+        self._timer.cancel()
+        (cores, due), self._flight = self._flight, None
+        if isinstance(reply, Exception):
+            for core in cores:   # no answer: send them next time
+                core.unsent()
+            self._landed(reply)
+            return
+        # An answer read after its timeout (the loop was busy meanwhile).
+        self.late_answers += self._late or self._loop.time() > due
+        self.syncs += 1
+        lo = 0
+        for core in cores:
+            lo = core.synced(reply, lo)
+        self._landed(None)
+
+    def _expire(self, due, give_up):
+        """The timeout of the sync in flight (see "Timeouts and a busy loop")."""
+        if self._flight is None:
+            return
+        loop = self._loop
+        now = loop.time()
+        if now - due > _LATE and now < give_up:
+            self._late = True                  # a busy loop: the answer may be waiting
+            self._timer = loop.call_at(now + self.timeout, self._expire,
+                                       now + self.timeout, give_up)
+            return
+        cores, self._flight = self._flight[0], None
+        if self._line is not None:
+            self._line.drop()
+        for core in cores:
+            core.unsent()
+        self._landed(TimeoutError(f"no answer within {self.timeout:g} s"))
+
+    def _landed(self, exc):
+        """A sync ended (exc None: answered): tell _sync() if it waits, and
+        go on with the cycle (or hand a failure to the task)."""
+        waiter, self._drained = self._drained, None
+        if waiter is not None and not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
+        if not self._cycle:
+            return
+        if exc is not None:
+            self._fail(exc)
+        else:
+            self._arm()
+
+    def _fail(self, exc):
+        """A sync of the cycle failed: the task takes over."""
+        self._disarm()
+        failed = self._failed
+        if failed is not None and not failed.done():
+            failed.set_exception(exc)
+
+    async def _sync(self):
+        """Send the marked keys' counts now and apply the totals (the first
+        sync after connecting, the last at stop, and tests); waits for a
+        sync in flight first.
+
+        Raises:
+            TimeoutError: no answer within ``timeout`` while the loop was free
+                to read it (see "Timeouts and a busy loop" above).
+            ConnectionError, redis errors: the connection failed, or Redis
+                answered an error.
+        """
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        if self._flight is not None:
+            self._drained = loop.create_future()
+            try:
+                await self._drained
+            except Exception:
+                pass                       # that sync's keys are marked again
+        if self._line is None:
+            return
+        self._drained = loop.create_future()
+        if not self._send():
+            self._drained = None
+            return
+        await self._drained
 
     async def _answer(self, coro):
         """Await ``coro`` (one exchange with Redis) in the calling task, under
@@ -488,74 +672,6 @@ class RedisBackend:
             state["timer"].cancel()
         self.late_answers += state["late"]
         return result
-
-    async def _sync(self):
-        """Send the touched keys' counts in one script and apply the totals.
-
-        Raises:
-            TimeoutError: no answer within ``timeout`` while the loop was free
-                to read it (see "Timeouts and a busy loop" above).
-            ConnectionError, redis errors: the connection failed, or Redis
-                answered an error.
-        """
-        line = self._line
-        if line is None:
-            return
-        # Each limiter appends its marked keys' names and counts (packed by
-        # its RedisCounts) to the command's two runs of arguments.
-        names, counts, cores, n, ttl = bytearray(), bytearray(), [], 0, 0
-        for core in self._cores:
-            if core.touched:
-                k = core.pending(names, counts)
-                if k:
-                    cores.append(core)
-                    n += k
-                    ttl = max(ttl, core.ttl_ms)
-        if not n:
-            return
-        # EVALSHA sha n key... ttl field count...
-        head = self._head
-        if head is None:
-            head = self._head = _bulk(self._sha), _bulk(self.process.encode())
-        ttl_b = b"%d" % ttl
-        n_b = b"%d" % n
-        out = b"".join((b"*%d\r\n$7\r\nEVALSHA\r\n" % (2 * n + 5), head[0],
-                        b"$%d\r\n%s\r\n" % (len(n_b), n_b), names,
-                        b"$%d\r\n%s\r\n" % (len(ttl_b), ttl_b), head[1], counts))
-        loop = self._loop or asyncio.get_running_loop()
-        try:
-            fut = line.send(out, loop)
-            due = loop.time() + self.timeout
-            self._late = False
-            self._timer = loop.call_at(due, self._expire, fut, due,
-                                       loop.time() + max(1.0, 20 * self.timeout))
-            try:
-                totals = await fut
-            finally:
-                self._timer.cancel()
-        except BaseException:
-            for core in cores:   # not sent (or no answer): send them next time
-                core.unsent()
-            raise
-        # An answer read after its timeout (the loop was busy meanwhile).
-        self.late_answers += self._late or loop.time() > due
-        self.syncs += 1
-        lo = 0
-        for core in cores:
-            lo = core.synced(totals, lo)
-
-    def _expire(self, fut, due, give_up):
-        """The sync's timeout timer (see "Timeouts and a busy loop")."""
-        if fut.done():
-            return
-        loop = self._loop or asyncio.get_running_loop()
-        now = loop.time()
-        if now - due > _LATE and now < give_up:
-            self._late = True                  # a busy loop: the answer may be waiting
-            self._timer = loop.call_at(now + self.timeout, self._expire, fut,
-                                       now + self.timeout, give_up)
-        else:
-            fut.set_exception(TimeoutError(f"no answer within {self.timeout:g} s"))
 
     def _where(self):
         """Where Redis is, for log lines: never the password."""

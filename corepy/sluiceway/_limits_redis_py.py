@@ -34,9 +34,9 @@ class RedisStatePy:
         self.wake = None
 
     def kick(self):
-        fut = self.wake
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+        wake = self.wake
+        if wake is not None:
+            wake()
 
 
 class RedisCountsPy:

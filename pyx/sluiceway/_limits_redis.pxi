@@ -28,7 +28,8 @@ cdef class RedisState:
         waiting: checks counted since the task last woke.
         sync_events: that many waiting checks wake the task early.
         failed_open, failed_closed: checks decided while Redis was down.
-        wake: the future the task sleeps on (None while it syncs).
+        wake: what a check calls to wake the sync (the backend's
+            ``_kicked``), or None while a sync is in flight.
     """
 
     def __cinit__(self, sync_events=64, closed=False):
@@ -37,10 +38,10 @@ cdef class RedisState:
         self.wake = None
 
     cdef int kick(self) except -1:
-        """Wake the sleeping task (resolve its future)."""
-        fut = self.wake
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+        """Wake the sync: call ``wake`` (once: it clears it)."""
+        wake = self.wake
+        if wake is not None:
+            wake()
         return 0
 
 
