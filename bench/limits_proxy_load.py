@@ -32,7 +32,7 @@ in turn) and the tally come from ``tests/limits_load.py``.
 
     python bench/limits_proxy_load.py paced [--rate 5000] [--rounds 6] [--duration 10]
             [--connections 50] [--pin] [--redis-cpu N] [--redis-idle] [--sync-interval S]
-            [--access-log] [--base PATH]
+            [--sync-events N] [--access-log] [--base PATH]
         The p99 the Redis backing adds, at a fixed rate: single-worker
         proxies with the same app, one with a shared-memory RateLimiter
         (scope="server") and one with a RedisRateLimiter (limits never
@@ -267,7 +267,8 @@ def cmd_paced(ns, folder):
                                     1 if ns.pin else "0,1")
                 time.sleep(0.5)
             conf = {"url": redis.url, "key_prefix": "'paced:'",
-                    "sync_interval_seconds": ns.sync_interval}
+                    "sync_interval_seconds": ns.sync_interval,
+                    "sync_events": ns.sync_events}
             alog = (lambda name: os.path.join(folder, f"{name}-access.log")) \
                 if ns.access_log else (lambda name: None)
             insts["local"] = Instance(os.path.join(folder, "local"), port, "server", 10**9, 60.0,
@@ -278,7 +279,8 @@ def cmd_paced(ns, folder):
             if ns.base:
                 insts["redis-base"] = Instance(os.path.join(folder, "base"), port, "redis", 10**9,
                                                60.0, threads=1, redis=conf, cpu=proxy_cpu,
-                                               sluiceway_path=os.path.abspath(ns.base))
+                                               sluiceway_path=os.path.abspath(ns.base),
+                                               access_log=alog("redis-base"))
             for inst in insts.values():
                 inst.start()
             rows = {name: [] for name in insts}
@@ -378,6 +380,9 @@ def main():
     pc.add_argument("--python-origin", action="store_true", help="the harness origin, not nginx")
     pc.add_argument("--sync-interval", type=float, default=0.005,
                     help="the Redis-backed proxy's sync_interval_seconds")
+    pc.add_argument("--sync-events", type=int, default=64,
+                    help="the Redis-backed proxy's sync_events (with a --sync-interval of "
+                         "hours and a huge --sync-events, only the checks remain)")
     pc.add_argument("--access-log", action="store_true",
                     help="JSON access logs on both proxies: their own time per request "
                     "(the records' duration) beside the client's")
