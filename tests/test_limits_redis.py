@@ -46,6 +46,13 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 60))
 
 
+async def until(cond, timeout=5.0, step=0.0):
+    """Let the loop turn (every ``step`` seconds) until ``cond()`` or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        await asyncio.sleep(step)
+
+
 def test_two_instances_share_one_count(redis):
     async def main():
         lims = two_instances(redis, 100, 3600.0)
@@ -244,9 +251,7 @@ def test_busy_loop_during_a_sync_of_the_cycle(redis):
         lim = RedisRateLimiter(1000, 3600.0, name="busycycle", backend=backend)
         for _ in range(5):
             lim.check("k")
-            deadline = time.monotonic() + 5
-            while backend._flight is None and time.monotonic() < deadline:
-                await asyncio.sleep(0)       # until the cycle has a sync out
+            await until(lambda: backend._flight is not None)   # the cycle has a sync out
             time.sleep(0.1)                  # the loop is busy elsewhere
             await asyncio.sleep(0.01)
         before = backend.syncs
@@ -271,9 +276,7 @@ def test_sync_now_beside_the_cycle_and_sync_events(redis):
                                sync_events=5)
         lim = RedisRateLimiter(10**6, 3600.0, name="beside", backend=backend)
         lim.check("k")                       # starts the task: its first sync
-        deadline = time.monotonic() + 5
-        while backend.syncs == 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await until(lambda: backend.syncs > 0, step=0.01)
         first = backend.syncs
         for _ in range(5):                   # the 5th check wakes the cycle
             lim.check("k")
@@ -299,11 +302,30 @@ def test_sync_now_beside_the_cycle_and_sync_events(redis):
 
 
 def test_command_packing_matches_hiredis():
-    from sluiceway._limits_redis import _pack, _pack_py
+    """The EVALSHA a sync writes is what hiredis packs for the same
+    arguments: the keys' names, the expiry, this process's field, and each
+    key's count (empty for a key only peeked)."""
+    from hiredis import pack_command
 
-    args = [b"EVALSHA", "ab12", 2, b"t:x:1:\xff", "t:x:1:caf\u00e9", 7200000, "host:1:ab", 0, 12345]
-    assert _pack_py(args) == _pack(args)
-    assert _pack_py(["PING"]) == b"*1\r\n$4\r\nPING\r\n"
+    class Line:
+        def send(self, data, callback):
+            self.data = data
+
+    backend = RedisBackend(key_prefix="t:")              # never connected
+    lim = RedisRateLimiter(1000, 3600.0, name="x", backend=backend)
+    lim._attach()
+    lim.check("caf\u00e9", 12)
+    lim.peek(b"\xff")
+    backend._line, backend._sha, backend._loop = Line(), b"ab12", asyncio.new_event_loop()
+    try:
+        assert backend._send()
+    finally:
+        backend._timer.cancel()
+        backend._loop.close()
+    w = lim._window()
+    assert backend._line.data == pack_command((
+        b"EVALSHA", b"ab12", 2, f"t:x:{w}:caf\u00e9".encode(), b"t:x:%d:\xff" % w,
+        7200000, backend.process.encode(), 12, b""))
 
 
 @pytest.mark.parametrize("step", range(1, 8))

@@ -122,22 +122,6 @@ def _discard(cores, core):
         pass
 
 
-def _pack_py(args):
-    """One Redis command in RESP (bytes, str and int arguments)."""
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        if not isinstance(a, bytes):
-            a = str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
-
-
-try:                                      # hiredis >= 2.1 packs in C
-    from hiredis import pack_command as _pack_c
-except ImportError:                       # pragma: no cover
-    _pack_c = None
-
-
 def _bulk(b):
     """One RESP bulk string."""
     return b"$%d\r\n%s\r\n" % (len(b), b)
@@ -194,10 +178,6 @@ class _SyncLine(asyncio.Protocol):
 
     def eof_received(self):
         return False                          # close our end too
-
-
-def _pack(args):
-    return _pack_c(tuple(args)) if _pack_c is not None else _pack_py(args)
 
 
 def _process_field():
@@ -287,8 +267,7 @@ class RedisBackend:
         self.on_failure = on_failure
         self.reconnect_delay = float(reconnect_delay)
         self.max_reconnect_delay = float(max_reconnect_delay)
-        self.limiters = weakref.WeakSet()
-        self._cores = []           # their RedisCounts (each one's until it is collected)
+        self._cores = []           # its limiters' RedisCounts (each until the limiter is collected)
         # What the checks read and write on every request (down, the
         # policy, the wake-up of this task): a C struct shared with them.
         self._st = _c.RedisState(sync_events, on_failure == "closed")
@@ -322,7 +301,6 @@ class RedisBackend:
 
     def _add(self, lim):
         """Sync ``lim``'s counts from now on (until it is collected)."""
-        self.limiters.add(lim)
         core = lim._core
         self._cores.append(core)
         weakref.finalize(lim, _discard, self._cores, core)

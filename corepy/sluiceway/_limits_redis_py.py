@@ -187,9 +187,3 @@ class RedisCountsPy:
         for wk in self.pushed:
             self.touched[wk] = None
         self.pushed.clear()
-
-    def until_next_window(self):
-        self._read()
-        return self.mine.until_next_window()
-
-

@@ -185,3 +185,4 @@ cdef class RedisCounts:
     cdef public int64_t untracked
     cdef int64_t now_ns(self) except? -1
     cdef int64_t window_at(self, int64_t now) noexcept
+    cdef RateDecision decide(self, key, cost, bint counted)

@@ -147,7 +147,7 @@ cdef class RedisCounts:
         """Read the clock: the index of the current window."""
         return self.window_at(self.now_ns())
 
-    def decide(self, key, cost, bint counted):
+    cdef RateDecision decide(self, key, cost, bint counted):
         """A check (``counted``) or a peek of ``cost`` for ``key``: a RateDecision.
 
         Raises:
@@ -301,8 +301,3 @@ cdef class RedisCounts:
         for wk in self.pushed:
             self.touched[wk] = None
         self.pushed.clear()
-
-    def until_next_window(self):
-        """Seconds until the current window ends."""
-        cdef int64_t now = self.now_ns()
-        return <double>(self.interval_ns - sw_rate_advance(&self.mine.r, now)) / 1e9
