@@ -483,8 +483,12 @@ def half_open(certs, n, timeout, waves=3):
             assert wait_until(lambda: open_fds() <= base_fds, 5)
             rss.append(_rss())
         # A leak grows the process with every wave; the first wave may
-        # leave caches behind once (OpenSSL's, Python's free lists).
-        assert rss[-1] - rss[1] < 8 << 20, rss
+        # leave caches behind once (OpenSSL's, Python's free lists), and the
+        # allocator may keep about one wave's worth once more, at any later
+        # wave (a CI run saw +8.5 MB at the third of three waves of 2,000,
+        # none at the second).  So over more waves the bound is per wave:
+        # 8 MiB for one wave after the first, 4 MiB a wave beyond that.
+        assert rss[-1] - rss[1] < max(8 << 20, (waves - 2) * (4 << 20)), rss
         with httpx.Client(verify=verified(certs)) as c:
             assert c.get(h.url + "/hello").status_code == 200
 
@@ -511,7 +515,7 @@ def _in_a_process_of_its_own(request) -> bool:
 def test_2000_half_open_handshakes_time_out(certs, request):
     if _in_a_process_of_its_own(request):
         return
-    half_open(certs, 2000, 2.0)
+    half_open(certs, 2000, 2.0, waves=5)
 
 
 @pytest.mark.slow
