@@ -302,30 +302,73 @@ def test_sync_now_beside_the_cycle_and_sync_events(redis):
 
 
 def test_command_packing_matches_hiredis():
-    """The EVALSHA a sync writes is what hiredis packs for the same
-    arguments: the keys' names, the expiry, this process's field, and each
-    key's count (empty for a key only peeked)."""
+    """The commands a sync writes are what hiredis packs for the same
+    arguments: for a key counted here its count in this process's field
+    (HSET), the key's expiry with the first count (PEXPIRE, two windows)
+    and the read of every process's count (HVALS); a key only peeked is
+    only read."""
     from hiredis import pack_command
 
     class Line:
-        def send(self, data, callback):
-            self.data = data
+        def send(self, data, replies, callback):
+            self.data, self.replies = bytes(data), replies
 
     backend = RedisBackend(key_prefix="t:")              # never connected
     lim = RedisRateLimiter(1000, 3600.0, name="x", backend=backend)
     lim._attach()
     lim.check("caf\u00e9", 12)
     lim.peek(b"\xff")
-    backend._line, backend._sha, backend._loop = Line(), b"ab12", asyncio.new_event_loop()
+    backend._line, backend._loop = Line(), asyncio.new_event_loop()
     try:
         assert backend._send()
     finally:
         backend._timer.cancel()
         backend._loop.close()
     w = lim._window()
-    assert backend._line.data == pack_command((
-        b"EVALSHA", b"ab12", 2, f"t:x:{w}:caf\u00e9".encode(), b"t:x:%d:\xff" % w,
-        7200000, backend.process.encode(), 12, b""))
+    name = f"t:x:{w}:caf\u00e9".encode()
+    assert backend._line.data == b"".join(pack_command(c) for c in (
+        (b"HSET", name, backend.process.encode(), 12), (b"PEXPIRE", name, 7200000),
+        (b"HVALS", name), (b"HVALS", b"t:x:%d:\xff" % w)))
+    assert backend._line.replies == 4
+
+
+def test_an_error_answer_fails_the_sync_and_is_logged(redis, caplog):
+    """A key of the limiter's that holds something else than a hash (here
+    a string another client wrote) makes Redis answer an error to HSET and
+    HVALS: the sync fails, the backend logs it with Redis's message, goes
+    on deciding from the local counts ("open"), and recovers once the key
+    is gone."""
+    import logging
+
+    import redis as redis_py
+
+    caplog.set_level(logging.INFO, logger="sluiceway.limits")
+    other = redis_py.Redis.from_url(redis.url)
+
+    async def main():
+        backend = RedisBackend(redis.url, key_prefix="t:", sync_interval=0.01,
+                               reconnect_delay=0.05, max_reconnect_delay=0.05)
+        lim = RedisRateLimiter(10, 3600.0, name="bad", backend=backend)
+        window = int(time.time() // 3600)
+        other.set(f"t:bad:{window}:k", "not a hash")
+        assert lim.check("k").allowed
+        backend.start()
+        await until(lambda: backend.down)
+        assert lim.check("k").allowed and backend.failed_open >= 1
+        other.delete(f"t:bad:{window}:k")
+        await until(lambda: not backend.down)
+        lim.check("k")
+        await backend._sync()
+        await backend.stop()
+        return window
+
+    try:
+        window = run(main())
+    finally:
+        other.close()
+    assert stored(redis, f"t:bad:{window}:k") == 3
+    text = caplog.text
+    assert "WRONGTYPE" in text and "ResponseError" in text and "reachable again" in text
 
 
 @pytest.mark.parametrize("step", range(1, 8))
@@ -349,7 +392,7 @@ def test_a_window_turning_during_checks_and_a_sync_batch(monkeypatch, step):
     for _ in range(4):
         counts.append(lim.check("k").count)
         windows.append(lim._w)                 # the window that check counted in
-    lim._core.pending(bytearray(), bytearray())
+    lim._core.pending(bytearray(), b"$1\r\nf\r\n")
     sent = dict(lim._core.batch)
     assert sent == {(w, "k"): n for w, n in Counter(windows).items()}, (step, sent, windows)
     assert counts == [windows[:i + 1].count(w) for i, w in enumerate(windows)], (counts, windows)

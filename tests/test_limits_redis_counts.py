@@ -2,18 +2,23 @@
 pure-Python reference (``_limits_redis_py.RedisCountsPy``): the same random
 checks, peeks, clock moves, syncs (packed names and counts), Redis answers
 (totals that grow, stay or fall, as after a restart), lost answers and
-failure policies, every result compared.  No Redis here: the tests that talk
-to a real one are in test_limits_redis.py."""
+failure policies, every result compared; and the compiled reader of a
+sync's answers (``_limits.resp_sums``) against its reference, on random
+replies cut at random places.  No Redis here: the tests that talk to a
+real one are in test_limits_redis.py."""
 
+import hiredis
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sluiceway import _limits
-from sluiceway._limits_redis_py import RedisCountsPy, RedisStatePy
+from sluiceway._limits_redis_py import RedisCountsPy, RedisStatePy, resp_sums
 
 SEEDS = (11, 22, 33, 44)
 KEYS = ["a", "b", "caf\u00e9", b"a", b"\xff\x00", "k" * 40]
+FIELD = b"host:12:ab"
+FIELD_BULK = b"$10\r\nhost:12:ab\r\n"
 
 
 class Wake:
@@ -38,7 +43,33 @@ def make(cls, state_cls, clock, limit, interval_ns, max_keys, sync_events):
 
     counts = cls(limit, interval_ns, hashes=4, slots=64, max_keys=max_keys, seeds=SEEDS,
                  clock=clock, attach=attach)
+    counts.ttl_ms = 2 * interval_ns // 1_000_000
     return counts, state
+
+
+def commands(out):
+    """The commands packed in ``out``, as Redis reads them (hiredis parses
+    a command like a reply: an array of bulk strings)."""
+    reader = hiredis.Reader()
+    reader.feed(bytes(out))
+    got = []
+    while (cmd := reader.gets()) is not False:
+        got.append(cmd)
+    return got
+
+
+def expected_commands(batch, pushed_before, ttl_ms, prefix=b"t:lim:"):
+    """What a sync of ``batch`` must send, from the counts Redis had."""
+    want = []
+    for (w, key), mine in batch:
+        name = b"%s%d:%s" % (prefix, w, key.encode() if isinstance(key, str) else key)
+        was = pushed_before.get((w, key), 0)
+        if mine != was:
+            want.append([b"HSET", name, FIELD, b"%d" % mine])
+            if was == 0:
+                want.append([b"PEXPIRE", name, b"%d" % ttl_ms])
+        want.append([b"HVALS", name])
+    return want
 
 
 def decision(d):
@@ -80,9 +111,12 @@ def test_compiled_counts_match_the_reference(ops, t0, interval_ns, limit, max_ke
         elif kind == "tick":
             now[0] += o[1] / 1e9
         elif kind in ("sync", "lost"):
-            bufs = [(bytearray(), bytearray()) for _ in range(2)]
-            n = [x.pending(*b) for x, b in zip((c, p), bufs)]
+            bufs = [bytearray() for _ in range(2)]
+            pushed = dict(c.pushed)
+            n = [x.pending(b, FIELD_BULK) for x, b in zip((c, p), bufs)]
             assert n[0] == n[1] and bufs[0] == bufs[1] and c.batch == p.batch, (o, bufs)
+            cmds = commands(bufs[0])
+            assert cmds == expected_commands(c.batch, pushed, c.ttl_ms) and n[0] == len(cmds)
             if kind == "lost":
                 c.unsent()
                 p.unsent()
@@ -106,18 +140,102 @@ def test_compiled_counts_match_the_reference(ops, t0, interval_ns, limit, max_ke
 
 
 def test_packing_is_resp():
-    """What a sync sends: each key's name and count as RESP bulk strings, a
-    key this process has not counted (only peeked) with an empty count."""
+    """What a sync sends, in RESP: for a key this process counted, its count
+    (HSET), the key's expiry with the first count (PEXPIRE) and the read of
+    every process's count (HVALS); a key only peeked is only read.  Once
+    Redis has a count, it is sent again only when it changed."""
     now = [120.5]
     c, _ = make(_limits.RedisCounts, _limits.RedisState, lambda: now[0], 100, 60_000_000_000,
                 10, 64)
     c.check("caf\u00e9", 12)
     c.peek(b"\xff")
-    names, counts = bytearray(), bytearray()
-    assert c.pending(names, counts) == 2
-    assert bytes(names) == b"$13\r\nt:lim:2:caf\xc3\xa9\r\n$9\r\nt:lim:2:\xff\r\n"
-    assert bytes(counts) == b"$2\r\n12\r\n$0\r\n\r\n"
+    out = bytearray()
+    assert c.pending(out, FIELD_BULK) == 4
+    name = b"$13\r\nt:lim:2:caf\xc3\xa9\r\n"
+    assert bytes(out) == (b"*4\r\n$4\r\nHSET\r\n" + name + FIELD_BULK + b"$2\r\n12\r\n"
+                          + b"*3\r\n$7\r\nPEXPIRE\r\n" + name + b"$6\r\n120000\r\n"
+                          + b"*2\r\n$5\r\nHVALS\r\n" + name
+                          + b"*2\r\n$5\r\nHVALS\r\n$9\r\nt:lim:2:\xff\r\n")
+    assert commands(out) == [[b"HSET", b"t:lim:2:caf\xc3\xa9", FIELD, b"12"],
+                             [b"PEXPIRE", b"t:lim:2:caf\xc3\xa9", b"120000"],
+                             [b"HVALS", b"t:lim:2:caf\xc3\xa9"], [b"HVALS", b"t:lim:2:\xff"]]
     assert c.batch == [((2, "caf\u00e9"), 12), ((2, b"\xff"), 0)]
+    c.synced([12, 5], 0)
+    # both keys are read again next time (this one's count was sent, the
+    # other's total grew); Redis has this process's 12 now
+    out = bytearray()
+    assert c.pending(out, FIELD_BULK) == 2
+    assert commands(out) == [[b"HVALS", b"t:lim:2:caf\xc3\xa9"], [b"HVALS", b"t:lim:2:\xff"]]
+    c.synced([12, 5], 0)
+    c.check("caf\u00e9")
+    out = bytearray()
+    assert c.pending(out, FIELD_BULK) == 2
+    assert commands(out) == [[b"HSET", b"t:lim:2:caf\xc3\xa9", FIELD, b"13"],
+                             [b"HVALS", b"t:lim:2:caf\xc3\xa9"]]
+
+
+# A sync's answers: integers (HSET, PEXPIRE), arrays of decimal counts or
+# nil (HVALS), errors; now and then a simple string or a bulk one.
+count_bulk = st.one_of(st.integers(0, 10**12).map(lambda n: b"%d" % n), st.none())
+reply = st.one_of(
+    st.tuples(st.just("int"), st.integers(-1, 1)),
+    st.tuples(st.just("array"), st.lists(count_bulk, max_size=5)),
+    st.tuples(st.just("nilarray"), st.just(0)),
+    st.tuples(st.just("error"), st.sampled_from(["ERR x", "WRONGTYPE Operation against a key",
+                                                 "OOM command not allowed"])),
+    st.tuples(st.just("status"), st.just("OK")),
+    st.tuples(st.just("bulk"), st.one_of(st.binary(max_size=8), st.none())),
+)
+
+
+def encode(r):
+    kind, v = r
+    if kind == "int":
+        return b":%d\r\n" % v
+    if kind == "array":
+        return b"*%d\r\n" % len(v) + b"".join(
+            b"$-1\r\n" if x is None else b"$%d\r\n%s\r\n" % (len(x), x) for x in v)
+    if kind == "nilarray":
+        return b"*-1\r\n"
+    if kind == "error":
+        return b"-%s\r\n" % v.encode()
+    if kind == "status":
+        return b"+%s\r\n" % v.encode()
+    return b"$-1\r\n" if v is None else b"$%d\r\n%s\r\n" % (len(v), v)
+
+
+@settings(max_examples=400, deadline=None)
+@given(replies=st.lists(reply, min_size=1, max_size=12), extra=st.binary(max_size=6),
+       cut=st.integers(0, 10**6))
+def test_compiled_answer_reader_matches_the_reference(replies, extra, cut):
+    data = b"".join(encode(r) for r in replies)
+    sums = [sum(int(x) for x in v if x is not None) if k == "array" else 0
+            for k, v in replies if k in ("array", "nilarray")]
+    errors = [v for k, v in replies if k == "error"]
+    want = (len(data), sums, errors[0] if errors else None)
+    for read in (_limits.resp_sums, resp_sums):
+        assert read(bytearray(data + extra), len(replies)) == want
+        # cut short anywhere: not complete yet
+        part = data[:cut % len(data)]
+        assert read(bytearray(part), len(replies)) is None
+        # hiredis agrees on where the replies end
+        r = hiredis.Reader()
+        r.feed(data)
+        assert [r.gets() is not False for _ in replies] == [True] * len(replies)
+
+
+@pytest.mark.parametrize("data, why", [
+    (b"*1\r\n$1\r\nx\r\n", "malformed number"),
+    (b"*1\r\n:5\r\n", "an array of ':'"),
+    (b"%1\r\n", "type '%'"),
+    (b"*1\r\n$19\r\n1234567890123456789\r\n", "malformed number"),
+    (b"*5\r\n" + b"$18\r\n999999999999999999\r\n" * 5, "past 2\\*\\*62"),
+    (b"*x\r\n", "malformed number"),
+])
+def test_answer_reader_refuses_what_is_not_a_sync_answer(data, why):
+    for read in (_limits.resp_sums, resp_sums):
+        with pytest.raises(ValueError, match=why):
+            read(bytearray(data), 1)
 
 
 def test_bad_arguments_say_what_to_fix():

@@ -15,21 +15,28 @@ loop, or by the first ``check`` made on a running loop) that connects and
 sends the first sync; from then on callbacks sync, with no task to resume:
 a timer every ``sync_interval`` seconds while keys are marked, or sooner
 once ``sync_events`` checks wait (with none marked no timer runs until a
-check marks one), packs ``mine`` for every key marked since the last sync
-into one Lua script call and writes it; the reader callback applies the
-answer and sets the next timer.  A failed sync hands over to the task,
-which logs, reconnects with a backoff and starts the callbacks again.  The
-script does ``HSET prefix:name:window:key <process> <count>`` (one
-field per process, the key expiring two windows later).  Redis answers each
-key's total, the sum of the fields; the difference with ``mine`` becomes the
-key's ``others``.  A process sets its count rather than adding to it, so
-sending a sync again (its answer was lost or late) never counts anything
-twice.  ``peek`` marks its key too: a key this process has not counted is
-sent with an empty count, which the script only reads, so a process learns
-the total of a key it never checked.  redis-py opens the connection (TLS,
-AUTH, SELECT), reads INFO and loads the script; the syncs then go straight
-on that connection's transport (``_SyncLine``), one packed command at a
-time, answers parsed by hiredis.
+check marks one), packs the commands for every key marked since the last
+sync and writes them in one write (pipelined); the reader callback applies
+the answers and sets the next timer.  A failed sync hands over to the task,
+which logs, reconnects with a backoff and starts the callbacks again.
+
+In Redis a key's counts are a hash, ``prefix:name:window:key``, with one
+field per process holding that process's count.  A sync sends, for each
+marked key: ``HSET <key> <process> <count>`` if the count differs from what
+Redis last acknowledged, ``PEXPIRE <key> <two windows>`` with this
+process's first count of the key, and ``HVALS <key>``; the sum of the values
+is the key's total, and the difference with ``mine`` becomes its
+``others``.  A process sets its count rather than adding to it, so sending
+a sync again (its answers were lost or late) never counts anything twice.
+``peek`` marks its key too: a key this process has not counted is only
+read (``HVALS``), so a process learns the total of a key it never checked.
+Plain commands, no Lua script: they cost Redis less than half the CPU of
+the script this module used to run (see docs/limits.md), need nothing
+beyond Redis 2.8's commands (Valkey too), and every command touches one
+key.  redis-py opens the connection (TLS, AUTH, SELECT) and reads INFO;
+the syncs then go straight on that connection's transport (``_SyncLine``),
+one sync's commands at a time, the answers read by the compiled
+``resp_sums``.
 
 Windows sit on the wall clock (window w covers ``[w * interval, (w + 1) *
 interval)`` of ``time.time()``), so every machine counts the same window in
@@ -81,33 +88,6 @@ __all__ = ["RedisBackend", "RedisRateLimiter", "configure_default", "default_bac
 log = logging.getLogger("sluiceway.limits")
 _c = _compiled.load("_limits")
 
-# KEYS: the window keys, hashes of one count per process; ARGV[1]: expiry in
-# ms; ARGV[2]: this process's field; ARGV[i + 2]: its count for KEYS[i], or
-# empty to only read the key (a key this process has not counted: peeked,
-# so it asks for the others' total without adding a field of 0).
-# Setting a count (not adding a delta) makes a sync safe to send again: one
-# whose answer was lost, or that is sent once more after a timeout, changes
-# nothing.  A key's expiry is set when a process adds its field (two
-# windows on: a window's key is written during it and the next one only).
-# Returns each key's total over every process.
-_SCRIPT = """
-local ttl = tonumber(ARGV[1])
-local me = ARGV[2]
-local out = {}
-for i = 1, #KEYS do
-  local n = ARGV[i + 2]
-  if n ~= '' and redis.call('HSET', KEYS[i], me, n) == 1 then
-    redis.call('PEXPIRE', KEYS[i], ttl)   -- once per process and key
-  end
-  local total = 0
-  for _, v in ipairs(redis.call('HVALS', KEYS[i])) do
-    total = total + tonumber(v)
-  end
-  out[i] = total
-end
-return out
-"""
-
 POLICIES = ("open", "closed")
 _BACKENDS = weakref.WeakSet()
 _LATE = 0.002   # a timeout timer later than this ran on a busy loop: wait once more
@@ -129,28 +109,30 @@ def _bulk(b):
 
 class _SyncLine(asyncio.Protocol):
     """The sync's end of the connection once redis-py has opened it (TLS,
-    AUTH, SELECT, INFO and SCRIPT LOAD done): the transport is handed to
-    this protocol, which sends one packed command at a time and parses the
-    answer with hiredis as it arrives.  redis-py's command path (a stream
-    reader, its locks and coroutines) cost more than the rest of a sync.
+    AUTH, SELECT, INFO done): the transport is handed to this protocol,
+    which sends one sync's commands at a time and reads their answers as
+    they arrive (``_c.resp_sums``, compiled).  redis-py's command path (a
+    stream reader, its locks and coroutines) cost more than the rest of a
+    sync.
 
-    ``send(data, callback)`` calls ``callback(answer)`` when the answer has
-    arrived: a value, or an exception (Redis's error reply, or the
-    connection lost).  One command is outstanding at a time."""
+    ``send(data, replies, callback)`` calls ``callback(answer)`` once the
+    ``replies`` answers have arrived: the list of the ``HVALS`` sums, or an
+    exception (Redis's first error reply, a malformed answer, or the
+    connection lost).  One sync is outstanding at a time."""
 
     def __init__(self, transport):
-        import hiredis
-
         self.transport = transport
         self.inner = transport.get_protocol()   # redis-py's: told of the end, so it can close
-        self.reader = hiredis.Reader()
+        self.buf = bytearray()
+        self.replies = 0
         self.waiter = None
         self.lost = None
 
-    def send(self, data, callback):
+    def send(self, data, replies, callback):
         if self.lost is not None:
             raise self.lost
         self.waiter = callback
+        self.replies = replies
         self.transport.write(data)
 
     def drop(self):
@@ -158,13 +140,25 @@ class _SyncLine(asyncio.Protocol):
         self.waiter = None
 
     def data_received(self, data):
-        self.reader.feed(data)
-        reply = self.reader.gets()
-        if reply is False:
+        buf = self.buf
+        buf += data
+        try:
+            got = _c.resp_sums(buf, self.replies)
+        except ValueError as exc:
+            # Not an answer to our commands: nothing after it can be trusted.
+            self.transport.close()
+            got = (len(buf), None, ConnectionError(f"bad answer from Redis: {exc}"))
+        if got is None:
             return                           # more to come
+        end, sums, error = got
+        del buf[:end]
+        if isinstance(error, str):
+            from redis.exceptions import ResponseError
+
+            error = ResponseError(error)
         callback, self.waiter = self.waiter, None
         if callback is not None:             # else an answer nobody waits for (timed out)
-            callback(reply)
+            callback(sums if error is None else error)
 
     def connection_lost(self, exc):
         self.lost = ConnectionError(f"connection to Redis lost ({exc or 'closed by server'})")
@@ -190,7 +184,7 @@ def _after_fork():
     # A forked worker inherits the parent's objects but not its event loop:
     # each backend starts its own task and connection there.
     for b in list(_BACKENDS):
-        b._task = b._client = b._line = b._loop = b._head = None
+        b._task = b._client = b._line = b._loop = b._field = None
         b._timer = b._flight = b._next = b._failed = b._drained = None
         b._cycle = False
         st = b._st
@@ -280,7 +274,6 @@ class RedisBackend:
         self._task = None
         self._client = None
         self._line = None          # the _SyncLine on the client's connection
-        self._sha = None
         self._timer = None         # the timeout of the sync in flight
         self._late = False         # it fired late once (a busy loop)
         self._flight = None        # (its limiters' counts, when it is due)
@@ -288,7 +281,7 @@ class RedisBackend:
         self._cycle = False        # callbacks sync (the task waits on _failed)
         self._failed = None
         self._drained = None       # _sync() waits for its answer here
-        self._head = None          # the script's sha and this process's field, packed
+        self._field = None         # this process's field in the count hashes, packed
         self._run_id = None
         _BACKENDS.add(self)
 
@@ -369,9 +362,6 @@ class RedisBackend:
                 for core in self._cores:
                     core.forget_pushed()
             self._run_id = run_id
-            self._sha = await self._answer(client.script_load(_SCRIPT))
-            if isinstance(self._sha, str):
-                self._sha = self._sha.encode()
             # The syncs go straight on the connection's transport from here.
             transport = client.connection._writer.transport
             line = _SyncLine(transport)
@@ -380,7 +370,6 @@ class RedisBackend:
             await client.aclose()
             raise
         self._client, self._line = client, line
-        self._head = None
 
     async def _close(self):
         client, self._client = self._client, None
@@ -484,8 +473,9 @@ class RedisBackend:
             self._fail(exc)
 
     def _send(self):
-        """Pack the marked keys of every limiter into one EVALSHA and write
-        it; the answer goes to _answered.  False when no key was marked.
+        """Pack the marked keys of every limiter into one write of pipelined
+        commands and write it; the answers go to _answered.  False when no
+        key was marked.
 
         Raises:
             ConnectionError: the connection is lost.
@@ -493,29 +483,22 @@ class RedisBackend:
         line = self._line
         if line is None:
             raise ConnectionError("no connection to Redis")
-        # Each limiter appends its marked keys' names and counts (packed by
-        # its RedisCounts) to the command's two runs of arguments.
-        names, counts, cores, n, ttl = bytearray(), bytearray(), [], 0, 0
+        # Each limiter appends its marked keys' commands (packed by its
+        # RedisCounts: HSET and PEXPIRE where needed, HVALS for each).
+        field = self._field
+        if field is None:
+            field = self._field = _bulk(self.process.encode())
+        out, cores, replies = bytearray(), [], 0
         for core in self._cores:
             if core.touched:
-                k = core.pending(names, counts)
+                k = core.pending(out, field)
                 if k:
                     cores.append(core)
-                    n += k
-                    ttl = max(ttl, core.ttl_ms)
-        if not n:
+                    replies += k
+        if not replies:
             return False
-        # EVALSHA sha n key... ttl field count...
-        head = self._head
-        if head is None:
-            head = self._head = _bulk(self._sha), _bulk(self.process.encode())
-        ttl_b = b"%d" % ttl
-        n_b = b"%d" % n
-        out = b"".join((b"*%d\r\n$7\r\nEVALSHA\r\n" % (2 * n + 5), head[0],
-                        b"$%d\r\n%s\r\n" % (len(n_b), n_b), names,
-                        b"$%d\r\n%s\r\n" % (len(ttl_b), ttl_b), head[1], counts))
         try:
-            line.send(out, self._answered)
+            line.send(out, replies, self._answered)
         except BaseException:
             for core in cores:
                 core.unsent()

@@ -132,10 +132,11 @@ class RedisCountsPy:
     def peek(self, key, cost=1):
         return self.decide(key, cost, False)
 
-    def pending(self, names, counts):
+    def pending(self, out, field):
         _, w = self._read()
         touched, self.touched = self.touched, {}
         batch = []
+        replies = 0
         for wk in touched:
             kw, key = wk
             if kw < w - 1:
@@ -147,8 +148,17 @@ class RedisCountsPy:
                     self.prefix, kw, key.encode() if isinstance(key, str) else key))
             prev, curr, _ = self.mine.sample(key)
             mine = curr if kw == w else prev
-            names += name
-            counts += _bulk(b"%d" % mine) if mine else b"$0\r\n\r\n"
+            was = self.pushed.get(wk, 0)
+            if mine != was:
+                # this process's count, where Redis does not have it yet
+                out += b"*4\r\n$4\r\nHSET\r\n" + name + field + _bulk(b"%d" % mine)
+                replies += 1
+                if was == 0:
+                    # the key's first count from here: it expires in two windows
+                    out += b"*3\r\n$7\r\nPEXPIRE\r\n" + name + _bulk(b"%d" % self.ttl_ms)
+                    replies += 1
+            out += b"*2\r\n$5\r\nHVALS\r\n" + name
+            replies += 1
             batch.append((wk, mine))
         if w != self.pruned:
             self.pruned = w
@@ -157,7 +167,7 @@ class RedisCountsPy:
                 self.pushed.pop(stale, None)
                 self.seen.pop(stale, None)
         self.batch = batch
-        return len(batch)
+        return replies
 
     def synced(self, totals, lo):
         _, w = self._read()
@@ -187,3 +197,65 @@ class RedisCountsPy:
         for wk in self.pushed:
             self.touched[wk] = None
         self.pushed.clear()
+
+
+_MAX_SUM = 1 << 62
+
+
+def resp_sums(buf, replies):
+    """See ``sluiceway._limits.resp_sums``: the answers to a sync's commands."""
+    at, sums, error = 0, [], None
+
+    def line(at):
+        eol = buf.find(b"\r\n", at)
+        return None if eol < 0 else eol
+
+    def number(raw):
+        digits = raw[1:] if raw[:1] == b"-" else raw
+        if not digits or len(digits) > 18 or not all(48 <= c <= 57 for c in digits):
+            raise ValueError(f"Redis answered a malformed number: {bytes(digits)!r}")
+        return -int(digits) if raw[:1] == b"-" else int(digits)
+
+    for _ in range(replies):
+        eol = line(at)
+        if eol is None:
+            return None
+        kind = buf[at:at + 1]
+        if kind in (b":", b"+"):
+            at = eol + 2
+        elif kind == b"-":
+            if error is None:
+                error = bytes(buf[at + 1:eol]).decode("utf-8", "replace")
+            at = eol + 2
+        elif kind == b"$":
+            n = number(buf[at + 1:eol])
+            at = eol + 2
+            if n >= 0:
+                if at + n + 2 > len(buf):
+                    return None
+                at += n + 2
+        elif kind == b"*":
+            n = number(buf[at + 1:eol])
+            at = eol + 2
+            total = 0
+            for _ in range(max(n, 0)):
+                eol = line(at)
+                if eol is None:
+                    return None
+                if buf[at:at + 1] != b"$":
+                    raise ValueError(f"Redis answered an array of {chr(buf[at])!r} for counts")
+                m = number(buf[at + 1:eol])
+                at = eol + 2
+                if m < 0:
+                    continue  # nil: no count
+                if at + m + 2 > len(buf):
+                    return None
+                total += number(buf[at:at + m])
+                at += m + 2
+                if not -_MAX_SUM <= total <= _MAX_SUM:
+                    raise ValueError("Redis answered counts that add up past 2**62")
+            sums.append(total)
+        else:
+            raise ValueError(f"Redis answered a reply of type {chr(buf[at])!r} where a sync's "
+                             f"were expected")
+    return at, sums, error

@@ -15,6 +15,8 @@ from libc.stdio cimport snprintf
 
 from time import time as _wall_time
 
+cdef int64_t MAX_SUM = (<int64_t>1) << 62   # a key's total over every process, at most
+
 
 @cython.final
 cdef class RedisState:
@@ -46,16 +48,13 @@ cdef class RedisState:
 
 
 cdef inline int append_bulk_int(bytearray out, int64_t n) except -1:
-    """Append ``n`` to ``out`` as a RESP bulk string (``$0`` empty for 0)."""
+    """Append ``n`` (>= 0) to ``out`` as a RESP bulk string."""
     cdef char digits[24]
     cdef char head[8]
     cdef int nd, nh
     cdef Py_ssize_t at = PyByteArray_GET_SIZE(out)
     cdef char *p
-    if n == 0:
-        nd = 0
-    else:
-        nd = snprintf(digits, sizeof(digits), "%lld", <long long>n)
+    nd = snprintf(digits, sizeof(digits), "%lld", <long long>n)
     nh = snprintf(head, sizeof(head), "$%d\r\n", nd)
     PyByteArray_Resize(out, at + nh + nd + 2)
     p = PyByteArray_AS_STRING(out) + at
@@ -64,6 +63,106 @@ cdef inline int append_bulk_int(bytearray out, int64_t n) except -1:
     p[nh + nd] = b'\r'
     p[nh + nd + 1] = b'\n'
     return 0
+
+
+# -- the replies to a sync -----------------------------------------------------
+
+cdef Py_ssize_t resp_line(const char *p, Py_ssize_t at, Py_ssize_t end) noexcept:
+    """Where the line starting at ``at`` ends (its \\r), or -1: not all in yet."""
+    cdef Py_ssize_t i = at
+    while i + 1 < end:
+        if p[i] == c'\r' and p[i + 1] == c'\n':
+            return i
+        i += 1
+    return -1
+
+
+cdef int resp_int(const char *p, Py_ssize_t at, Py_ssize_t stop, int64_t *out) except -1:
+    """The decimal integer ``p[at:stop]`` (an optional ``-``, 1 to 18 digits)."""
+    cdef int64_t v = 0
+    cdef bint neg = False
+    if at < stop and p[at] == c'-':
+        neg = True
+        at += 1
+    if at >= stop or stop - at > 18:
+        raise ValueError(f"Redis answered a malformed number: {p[at:stop]!r}")
+    while at < stop:
+        if not (c'0' <= p[at] <= c'9'):
+            raise ValueError(f"Redis answered a malformed number: {p[at:stop]!r}")
+        v = v * 10 + (p[at] - c'0')
+        at += 1
+    out[0] = -v if neg else v
+    return 0
+
+
+def resp_sums(bytearray buf, Py_ssize_t replies):
+    """Read the answers to a sync's commands from the start of ``buf``:
+    ``replies`` RESP (version 2) replies.  Integers and simple strings (the
+    ``HSET`` and ``PEXPIRE`` answers) are passed over; each array (an
+    ``HVALS`` answer: bulk strings of decimal counts, or nil) gives the sum
+    of its counts.
+
+    Returns:
+        None when ``buf`` does not hold them all yet; else ``(end, sums,
+        error)``: where the last one ends, the arrays' sums in order, and
+        the text of the first error reply (None if there was none).
+
+    Raises:
+        ValueError: something that is not such an answer (another type, a
+            count that is not a number, a sum past 2**62).
+    """
+    cdef const char *p = PyByteArray_AS_STRING(buf)
+    cdef Py_ssize_t end = PyByteArray_GET_SIZE(buf)
+    cdef Py_ssize_t at = 0, eol, k
+    cdef int64_t n, m, v, total
+    cdef list sums = []
+    cdef object error = None
+    cdef char kind
+    for k in range(replies):
+        eol = resp_line(p, at, end)
+        if eol < 0:
+            return None
+        kind = p[at]
+        if kind == c':' or kind == c'+':
+            at = eol + 2
+        elif kind == c'-':
+            if error is None:
+                error = p[at + 1:eol].decode("utf-8", "replace")
+            at = eol + 2
+        elif kind == c'$':
+            resp_int(p, at + 1, eol, &n)
+            at = eol + 2
+            if n >= 0:
+                if at + n + 2 > end:
+                    return None
+                at += n + 2
+        elif kind == c'*':
+            resp_int(p, at + 1, eol, &n)
+            at = eol + 2
+            total = 0
+            while n > 0:
+                n -= 1
+                eol = resp_line(p, at, end)
+                if eol < 0:
+                    return None
+                if p[at] != c'$':
+                    raise ValueError(f"Redis answered an array of {chr(<unsigned char>p[at])!r} for counts")
+                resp_int(p, at + 1, eol, &m)
+                at = eol + 2
+                if m < 0:
+                    continue  # nil: no count
+                if at + m + 2 > end:
+                    return None
+                resp_int(p, at, at + m, &v)
+                at += m + 2
+                total += v
+                if not (-MAX_SUM <= total <= MAX_SUM):
+                    raise ValueError("Redis answered counts that add up past 2**62")
+            sums.append(total)
+        else:
+            raise ValueError(f"Redis answered a reply of type {chr(<unsigned char>kind)!r} where a sync's "
+                             f"were expected")
+    return at, sums, error
 
 
 cdef inline int64_t floor_div(int64_t a, int64_t b) noexcept:
@@ -213,20 +312,28 @@ cdef class RedisCounts:
         """``decide(key, cost, False)``: RedisRateLimiter.peek."""
         return self.decide(key, cost, False)
 
-    def pending(self, bytearray names, bytearray counts):
-        """Take the marked keys for a sync: append each one's Redis name and
-        this process's count (RESP bulk strings; an empty count for a key
-        this process has not counted: Redis only reads it) to ``names`` and
-        ``counts``, and keep them in ``batch`` as ``((window, key), count)``
-        until ``synced`` or ``unsent``.  Returns how many were taken."""
+    def pending(self, bytearray out, bytes field):
+        """Take the marked keys for a sync and append its commands to
+        ``out`` (RESP; ``field`` is this process's field, a packed bulk
+        string).  For each key, in order: ``HSET <name> <field> <count>``
+        when this process's count differs from the one Redis last
+        acknowledged, ``PEXPIRE <name> <ttl_ms>`` as well when Redis has
+        none of it yet (the key expires two windows after this process's
+        first count), and ``HVALS <name>`` (every process's count, which
+        ``resp_sums`` adds up).  The keys stay in ``batch`` as
+        ``((window, key), count)`` until ``synced`` or ``unsent``.  Returns
+        the number of replies the commands get (0: nothing marked)."""
         cdef Py_ssize_t size
         cdef const char *buf
         cdef int64_t now = self.now_ns()
         cdef int64_t w = self.window_at(now)
-        cdef int64_t kw, prev, curr, elapsed, mine
+        cdef int64_t kw, prev, curr, elapsed, mine, was
+        cdef Py_ssize_t replies = 0
         cdef list batch = []
         cdef dict touched = self.touched
         cdef dict names_ = self.names
+        cdef dict pushed = self.pushed
+        cdef bytes ttl = None
         self.touched = {}
         for wk in touched:
             kw = (<tuple>wk)[0]
@@ -242,17 +349,33 @@ cdef class RedisCounts:
             buf = key_bytes(key, &size)
             self.mine.counts(now, buf, size, 0, &prev, &curr, &elapsed)
             mine = curr if kw == w else prev
-            names += <bytes>name
-            append_bulk_int(counts, mine)
+            was = pushed.get(wk, 0)
+            if mine != was:
+                out += b"*4\r\n$4\r\nHSET\r\n"
+                out += <bytes>name
+                out += field
+                append_bulk_int(out, mine)
+                replies += 1
+                if was == 0:
+                    if ttl is None:
+                        ttl = b"%d" % self.ttl_ms
+                        ttl = b"$%d\r\n%s\r\n" % (len(ttl), ttl)
+                    out += b"*3\r\n$7\r\nPEXPIRE\r\n"
+                    out += <bytes>name
+                    out += ttl
+                    replies += 1
+            out += b"*2\r\n$5\r\nHVALS\r\n"
+            out += <bytes>name
+            replies += 1
             batch.append((wk, mine))
         if w != self.pruned:
             self.pruned = w
             for stale in [wk for wk in names_ if (<tuple>wk)[0] < w - 1]:
                 del names_[stale]
-                self.pushed.pop(stale, None)
+                pushed.pop(stale, None)
                 self.seen.pop(stale, None)
         self.batch = batch
-        return len(batch)
+        return replies
 
     def synced(self, totals, Py_ssize_t lo):
         """Apply Redis's answer to the batch: ``totals[lo + i]`` is the total
