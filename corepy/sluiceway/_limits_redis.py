@@ -30,10 +30,9 @@ is the key's total, and the difference with ``mine`` becomes its
 a sync again (its answers were lost or late) never counts anything twice.
 ``peek`` marks its key too: a key this process has not counted is only
 read (``HVALS``), so a process learns the total of a key it never checked.
-Plain commands, no Lua script: they cost Redis less than half the CPU of
-the script this module used to run (see docs/limits.md), need nothing
-beyond Redis 2.8's commands (Valkey too), and every command touches one
-key.  redis-py opens the connection (TLS, AUTH, SELECT) and reads INFO;
+Plain commands, no Lua script: per key they cost Redis about half the
+CPU of a script doing the same (see docs/limits.md), any Redis from 2.6
+on (or Valkey) serves them, and every command names one key.  redis-py opens the connection (TLS, AUTH, SELECT) and reads INFO;
 the syncs then go straight on that connection's transport (``_SyncLine``),
 one sync's commands at a time, the answers read by the compiled
 ``resp_sums``.
