@@ -191,6 +191,40 @@ def test_a_sync_sent_again_counts_once(redis):
     assert field.split(":")[1].isdigit()     # host:pid:random
 
 
+def test_an_acl_user_without_scripting_and_limited_to_its_prefix(redis):
+    """The sync needs no Lua: an ACL user that may run only the commands
+    the sync sends (and INFO, SELECT), and only on keys under the
+    backend's prefix, counts as any other; both instances see the shared
+    total."""
+    import redis as redis_py
+
+    with redis_py.Redis.from_url(redis.url) as r:
+        # what docs/limits.md gives as the ACL a limiter needs
+        r.execute_command("ACL", "SETUSER", "limits", "on", ">s3cret", "~t:*", "+hset",
+                          "+hvals", "+pexpire", "+info", "+select")
+    url = f"redis://limits:s3cret@127.0.0.1:{redis.port}/0"
+
+    async def main():
+        backends = [RedisBackend(url, key_prefix="t:") for _ in range(2)]
+        lims = [RedisRateLimiter(1000, 3600.0, name="acl", backend=b) for b in backends]
+        for i in range(30):
+            lims[i % 2].check("k")
+        await until(lambda: all(b.syncs for b in backends) or any(b.failures for b in backends))
+        for b in backends:
+            await b._sync()
+        for b in backends:
+            await b._sync()             # each learns the other's count
+        counts = [lim.peek("k").count for lim in lims]
+        failures = [b.failures for b in backends]
+        for b in backends:
+            await b.stop()
+        return counts, failures, lims[0]._window()
+
+    counts, failures, window = run(main())
+    assert counts == [30, 30] and failures == [0, 0]
+    assert stored(redis, f"t:acl:{window}:k") == 30
+
+
 def test_bytes_keys_are_named_by_their_bytes(redis):
     """A str key counts as its UTF-8 bytes, and bytes that are not UTF-8
     name a Redis key of those very bytes."""

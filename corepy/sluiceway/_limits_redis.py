@@ -31,9 +31,11 @@ a sync again (its answers were lost or late) never counts anything twice.
 ``peek`` marks its key too: a key this process has not counted is only
 read (``HVALS``), so a process learns the total of a key it never checked.
 Plain commands, no Lua script: per key they cost Redis about half the
-CPU of a script doing the same (see docs/limits.md), any Redis from 2.6
-on (or Valkey) serves them, and every command names one key.  redis-py opens the connection (TLS, AUTH, SELECT) and reads INFO;
-the syncs then go straight on that connection's transport (``_SyncLine``),
+CPU of a script doing the same (see docs/limits.md), an ACL user with no
+right to run scripts can send them (``+hset +hvals +pexpire +info
++select`` on ``~<prefix>*`` is enough), and every command names one key.
+redis-py opens the connection (TLS, AUTH, SELECT) and reads INFO; the
+syncs then go straight on that connection's transport (``_SyncLine``),
 one sync's commands at a time, the answers read by the compiled
 ``resp_sums``.
 
