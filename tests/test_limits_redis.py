@@ -225,6 +225,50 @@ def test_an_acl_user_without_scripting_and_limited_to_its_prefix(redis):
     assert stored(redis, f"t:acl:{window}:k") == 30
 
 
+def test_a_sync_of_many_keys_arrives_in_pieces(redis):
+    """5,000 keys in one sync: the commands and the answers span many
+    reads and writes; Redis holds every key's exact count, and each
+    instance learns exactly the other's count of every key.  (Sketches of
+    2**18 slots, so that 5,000 keys hardly ever share all four cells: a
+    count-min sketch overestimates a key that does.)"""
+    import redis as redis_py
+
+    async def main():
+        lims = [RedisRateLimiter(10**6, 3600.0, name="api", slots=1 << 18,
+                                 backend=RedisBackend(redis.url, key_prefix="test:"))
+                for _ in range(2)]
+        keys = [f"key-{i}" for i in range(5000)]
+        for i, k in enumerate(keys):
+            lims[0].check(k, 1 + i % 7)
+            lims[1].check(k, 2)
+        backends = [lim.backend for lim in lims]
+        for b in backends:
+            await until(lambda: b._line is not None or b.failures)
+            await b._sync()                  # (after the task's first, if still in flight)
+        for lim in lims:
+            for k in keys:
+                lim.peek(k, 0)               # read every key again: the other's count is in
+        for b in backends:
+            await b._sync()
+        w = lims[0]._window()
+        seen = [[lim._core.seen.get((w, k)) for k in keys] for lim in lims]
+        failures = [b.failures for b in backends]
+        for b in backends:
+            await b.stop()
+        return keys, w, seen, failures
+
+    keys, w, seen, failures = run(main())
+    assert failures == [0, 0]
+    assert seen[0] == [2] * len(keys)
+    assert seen[1] == [1 + i % 7 for i in range(len(keys))]
+    with redis_py.Redis.from_url(redis.url) as r:
+        pipe = r.pipeline(transaction=False)
+        for k in keys:
+            pipe.hvals(f"test:api:{w}:{k}")
+        totals = [sum(int(v) for v in vals) for vals in pipe.execute()]
+    assert totals == [3 + i % 7 for i in range(len(keys))]
+
+
 def test_bytes_keys_are_named_by_their_bytes(redis):
     """A str key counts as its UTF-8 bytes, and bytes that are not UTF-8
     name a Redis key of those very bytes."""

@@ -206,22 +206,33 @@ def encode(r):
 
 @settings(max_examples=400, deadline=None)
 @given(replies=st.lists(reply, min_size=1, max_size=12), extra=st.binary(max_size=6),
-       cut=st.integers(0, 10**6))
-def test_compiled_answer_reader_matches_the_reference(replies, extra, cut):
+       cuts=st.lists(st.integers(0, 10**6), max_size=4))
+def test_compiled_answer_reader_matches_the_reference(replies, extra, cuts):
     data = b"".join(encode(r) for r in replies)
     sums = [sum(int(x) for x in v if x is not None) if k == "array" else 0
             for k, v in replies if k in ("array", "nilarray")]
     errors = [v for k, v in replies if k == "error"]
-    want = (len(data), sums, errors[0] if errors else None)
+    # hiredis agrees on where the replies end
+    r = hiredis.Reader()
+    r.feed(data)
+    assert [r.gets() is not False for _ in replies] == [True] * len(replies)
     for read in (_limits.resp_sums, resp_sums):
-        assert read(bytearray(data + extra), len(replies)) == want
-        # cut short anywhere: not complete yet
-        part = data[:cut % len(data)]
-        assert read(bytearray(part), len(replies)) is None
-        # hiredis agrees on where the replies end
-        r = hiredis.Reader()
-        r.feed(data)
-        assert [r.gets() is not False for _ in replies] == [True] * len(replies)
+        assert read(bytearray(data + extra), len(replies)) == (
+            len(data), len(replies), sums, errors[0] if errors else None)
+        # arriving in pieces (cut anywhere), read as _SyncLine reads it:
+        # complete replies taken off the front, a cut-short one left
+        buf, left, got, error = bytearray(), len(replies), [], None
+        at = 0
+        for cut in sorted({c % len(data) for c in cuts} | {len(data)}):
+            buf += data[at:cut]
+            at = cut
+            end, n, part, err = read(buf, left)
+            assert n <= left and (n == 0) == (end == 0)
+            del buf[:end]
+            left -= n
+            got += part
+            error = error if error is not None else err
+        assert (left, got, error, bytes(buf)) == (0, sums, errors[0] if errors else None, b"")
 
 
 @pytest.mark.parametrize("data, why", [

@@ -125,7 +125,9 @@ class _SyncLine(asyncio.Protocol):
         self.transport = transport
         self.inner = transport.get_protocol()   # redis-py's: told of the end, so it can close
         self.buf = bytearray()
-        self.replies = 0
+        self.replies = 0           # answers still to come for the sync in flight
+        self.sums = []             # ... its HVALS sums so far
+        self.error = None          # ... its first error reply
         self.waiter = None
         self.lost = None
 
@@ -134,6 +136,8 @@ class _SyncLine(asyncio.Protocol):
             raise self.lost
         self.waiter = callback
         self.replies = replies
+        self.sums = []
+        self.error = None
         self.transport.write(data)
 
     def drop(self):
@@ -144,22 +148,29 @@ class _SyncLine(asyncio.Protocol):
         buf = self.buf
         buf += data
         try:
-            got = _c.resp_sums(buf, self.replies)
+            end, n, sums, error = _c.resp_sums(buf, self.replies)
         except ValueError as exc:
             # Not an answer to our commands: nothing after it can be trusted.
             self.transport.close()
-            got = (len(buf), None, ConnectionError(f"bad answer from Redis: {exc}"))
-        if got is None:
-            return                           # more to come
-        end, sums, error = got
-        del buf[:end]
+            self.replies = 0
+            self.error = ConnectionError(f"bad answer from Redis: {exc}")
+        else:
+            if n:
+                del buf[:end]            # (a cut-short answer stays for the next read)
+                self.replies -= n
+                self.sums += sums
+                if self.error is None:
+                    self.error = error
+            if self.replies:
+                return                   # more to come
+        error = self.error
         if isinstance(error, str):
             from redis.exceptions import ResponseError
 
             error = ResponseError(error)
         callback, self.waiter = self.waiter, None
         if callback is not None:             # else an answer nobody waits for (timed out)
-            callback(sums if error is None else error)
+            callback(self.sums if error is None else error)
 
     def connection_lost(self, exc):
         self.lost = ConnectionError(f"connection to Redis lost ({exc or 'closed by server'})")

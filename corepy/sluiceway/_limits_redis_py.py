@@ -203,12 +203,9 @@ _MAX_SUM = 1 << 62
 
 
 def resp_sums(buf, replies):
-    """See ``sluiceway._limits.resp_sums``: the answers to a sync's commands."""
-    at, sums, error = 0, [], None
-
-    def line(at):
-        eol = buf.find(b"\r\n", at)
-        return None if eol < 0 else eol
+    """See ``sluiceway._limits.resp_sums``: the complete answers to a
+    sync's commands at the start of ``buf``, ``(end, n, sums, error)``."""
+    at, done, sums, error = 0, 0, [], None
 
     def number(raw):
         digits = raw[1:] if raw[:1] == b"-" else raw
@@ -216,10 +213,10 @@ def resp_sums(buf, replies):
             raise ValueError(f"Redis answered a malformed number: {bytes(digits)!r}")
         return -int(digits) if raw[:1] == b"-" else int(digits)
 
-    for _ in range(replies):
-        eol = line(at)
-        if eol is None:
-            return None
+    for k in range(replies):
+        eol = buf.find(b"\r\n", at)
+        if eol < 0:
+            return done, k, sums, error
         kind = buf[at:at + 1]
         if kind in (b":", b"+"):
             at = eol + 2
@@ -232,16 +229,16 @@ def resp_sums(buf, replies):
             at = eol + 2
             if n >= 0:
                 if at + n + 2 > len(buf):
-                    return None
+                    return done, k, sums, error
                 at += n + 2
         elif kind == b"*":
             n = number(buf[at + 1:eol])
             at = eol + 2
             total = 0
             for _ in range(max(n, 0)):
-                eol = line(at)
-                if eol is None:
-                    return None
+                eol = buf.find(b"\r\n", at)
+                if eol < 0:
+                    return done, k, sums, error
                 if buf[at:at + 1] != b"$":
                     raise ValueError(f"Redis answered an array of {chr(buf[at])!r} for counts")
                 m = number(buf[at + 1:eol])
@@ -249,7 +246,7 @@ def resp_sums(buf, replies):
                 if m < 0:
                     continue  # nil: no count
                 if at + m + 2 > len(buf):
-                    return None
+                    return done, k, sums, error
                 total += number(buf[at:at + m])
                 at += m + 2
                 if not -_MAX_SUM <= total <= _MAX_SUM:
@@ -258,4 +255,5 @@ def resp_sums(buf, replies):
         else:
             raise ValueError(f"Redis answered a reply of type {chr(buf[at])!r} where a sync's "
                              f"were expected")
-    return at, sums, error
+        done = at
+    return done, replies, sums, error

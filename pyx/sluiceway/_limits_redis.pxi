@@ -96,16 +96,17 @@ cdef int resp_int(const char *p, Py_ssize_t at, Py_ssize_t stop, int64_t *out) e
 
 
 def resp_sums(bytearray buf, Py_ssize_t replies):
-    """Read the answers to a sync's commands from the start of ``buf``:
-    ``replies`` RESP (version 2) replies.  Integers and simple strings (the
-    ``HSET`` and ``PEXPIRE`` answers) are passed over; each array (an
-    ``HVALS`` answer: bulk strings of decimal counts, or nil) gives the sum
-    of its counts.
+    """Read answers to a sync's commands from the start of ``buf``: up to
+    ``replies`` RESP (version 2) replies, as many as are complete.
+    Integers and simple strings (the ``HSET`` and ``PEXPIRE`` answers) are
+    passed over; each array (an ``HVALS`` answer: bulk strings of decimal
+    counts, or nil) gives the sum of its counts.  A reply cut short is left
+    for the next call, so a long answer arriving in pieces is read once.
 
     Returns:
-        None when ``buf`` does not hold them all yet; else ``(end, sums,
-        error)``: where the last one ends, the arrays' sums in order, and
-        the text of the first error reply (None if there was none).
+        ``(end, n, sums, error)``: the n complete replies end at ``end``;
+        the arrays' sums among them in order, and the text of the first
+        error reply among them (None if none).
 
     Raises:
         ValueError: something that is not such an answer (another type, a
@@ -113,7 +114,7 @@ def resp_sums(bytearray buf, Py_ssize_t replies):
     """
     cdef const char *p = PyByteArray_AS_STRING(buf)
     cdef Py_ssize_t end = PyByteArray_GET_SIZE(buf)
-    cdef Py_ssize_t at = 0, eol, k
+    cdef Py_ssize_t at = 0, done = 0, eol, k
     cdef int64_t n, m, v, total
     cdef list sums = []
     cdef object error = None
@@ -121,7 +122,7 @@ def resp_sums(bytearray buf, Py_ssize_t replies):
     for k in range(replies):
         eol = resp_line(p, at, end)
         if eol < 0:
-            return None
+            return done, k, sums, error
         kind = p[at]
         if kind == c':' or kind == c'+':
             at = eol + 2
@@ -134,7 +135,7 @@ def resp_sums(bytearray buf, Py_ssize_t replies):
             at = eol + 2
             if n >= 0:
                 if at + n + 2 > end:
-                    return None
+                    return done, k, sums, error
                 at += n + 2
         elif kind == c'*':
             resp_int(p, at + 1, eol, &n)
@@ -144,15 +145,16 @@ def resp_sums(bytearray buf, Py_ssize_t replies):
                 n -= 1
                 eol = resp_line(p, at, end)
                 if eol < 0:
-                    return None
+                    return done, k, sums, error
                 if p[at] != c'$':
-                    raise ValueError(f"Redis answered an array of {chr(<unsigned char>p[at])!r} for counts")
+                    raise ValueError(f"Redis answered an array of {chr(<unsigned char>p[at])!r} "
+                                     f"for counts")
                 resp_int(p, at + 1, eol, &m)
                 at = eol + 2
                 if m < 0:
                     continue  # nil: no count
                 if at + m + 2 > end:
-                    return None
+                    return done, k, sums, error
                 resp_int(p, at, at + m, &v)
                 at += m + 2
                 total += v
@@ -160,9 +162,10 @@ def resp_sums(bytearray buf, Py_ssize_t replies):
                     raise ValueError("Redis answered counts that add up past 2**62")
             sums.append(total)
         else:
-            raise ValueError(f"Redis answered a reply of type {chr(<unsigned char>kind)!r} where a sync's "
-                             f"were expected")
-    return at, sums, error
+            raise ValueError(f"Redis answered a reply of type {chr(<unsigned char>kind)!r} where "
+                             f"a sync's were expected")
+        done = at
+    return done, replies, sums, error
 
 
 cdef inline int64_t floor_div(int64_t a, int64_t b) noexcept:
