@@ -4,6 +4,7 @@ and coming back follows the failure policy without failing a request."""
 
 import asyncio
 import logging
+import os
 import time
 
 import pytest
@@ -286,6 +287,44 @@ def test_bytes_keys_are_named_by_their_bytes(redis):
     assert backend.failures == 0
     assert stored(redis, f"t:b:{window}:caf\u00e9".encode()) == 2
     assert stored(redis, b"t:b:%d:\xff\xfe" % window) == 1
+
+
+def test_a_stalled_redis_times_out_and_its_connection_is_not_reused(redis):
+    """Redis stops answering (SIGSTOP) while a sync is in flight: the sync
+    times out on a free loop, the backend is down and decides "open", and
+    that connection is never written again (answers still on their way
+    would be read as the next sync's).  Redis resumes: the backend
+    reconnects and Redis holds exactly the checks made."""
+    import signal
+
+    async def main():
+        backend = RedisBackend(redis.url, key_prefix="t:", timeout=0.05, sync_interval=0.005,
+                               reconnect_delay=0.05, max_reconnect_delay=0.05)
+        lim = RedisRateLimiter(1000, 3600.0, name="stall", backend=backend)
+        for _ in range(5):
+            lim.check("k")
+        await until(lambda: backend.syncs > 0)
+        line = backend._line
+        os.kill(redis.proc.pid, signal.SIGSTOP)
+        try:
+            for _ in range(5):
+                lim.check("k")
+            await until(lambda: backend.down, timeout=5.0)
+            down = backend.down
+            with pytest.raises(ConnectionError, match="not used again"):
+                line.send(b"*1\r\n$4\r\nPING\r\n", 1, lambda answer: None)
+        finally:
+            os.kill(redis.proc.pid, signal.SIGCONT)
+        await until(lambda: not backend.down, timeout=5.0)
+        lim.check("k")
+        await backend._sync()
+        result = down, backend.down, backend.failures, lim.peek("k").count, lim._window()
+        await backend.stop()
+        return result
+
+    down, still_down, failures, count, window = run(main())
+    assert down and not still_down and failures >= 1
+    assert count == 11 and stored(redis, f"t:stall:{window}:k") == 11
 
 
 def test_busy_loop_is_not_taken_for_redis_down(redis):

@@ -141,8 +141,13 @@ class _SyncLine(asyncio.Protocol):
         self.transport.write(data)
 
     def drop(self):
-        """Nobody waits for the outstanding answer any more (timed out)."""
+        """Nobody waits for the outstanding answers any more (timed out).
+        The connection is not used again: answers still on their way would
+        be read as the next sync's.  It is closed; a send raises."""
         self.waiter = None
+        if self.lost is None:
+            self.lost = ConnectionError("a sync timed out; its connection is not used again")
+        self.transport.close()
 
     def data_received(self, data):
         buf = self.buf
@@ -173,7 +178,8 @@ class _SyncLine(asyncio.Protocol):
             callback(self.sums if error is None else error)
 
     def connection_lost(self, exc):
-        self.lost = ConnectionError(f"connection to Redis lost ({exc or 'closed by server'})")
+        if self.lost is None:
+            self.lost = ConnectionError(f"connection to Redis lost ({exc or 'closed by server'})")
         try:
             self.inner.connection_lost(exc)
         except Exception:
