@@ -1,8 +1,9 @@
-"""Pure-Python reference of ``sluiceway._limits.RedisCounts`` and
-``RedisState``: RedisRateLimiter's checks and its syncs' bookkeeping, the
-same operations in readable form.  The hypothesis test drives this and the
-compiled classes with the same random checks, peeks, clock moves, syncs and
-answers, and compares every result.  Not used by the proxy.
+"""Pure-Python reference of ``sluiceway._limits.RedisCounts``,
+``RedisState`` and ``resp_sums``: RedisRateLimiter's checks, its syncs'
+bookkeeping and the reading of Redis's answers, the same operations in
+readable form.  The hypothesis tests drive this and the compiled code with
+the same random checks, peeks, clock moves, syncs and answers (whole and
+in pieces), and compare every result.  Not used by the proxy.
 
 How the counting works is in ``sluiceway._limits_redis``'s docstring.
 """
