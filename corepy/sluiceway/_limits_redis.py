@@ -127,7 +127,7 @@ class _SyncLine(asyncio.Protocol):
         self.buf = bytearray()
         self.replies = 0           # answers still to come for the sync in flight
         self.sums = []             # ... its HVALS sums so far
-        self.error = None          # ... its first error reply
+        self.error = None          # ... its first error reply (a ResponseError)
         self.waiter = None
         self.lost = None
 
@@ -156,26 +156,25 @@ class _SyncLine(asyncio.Protocol):
             end, n, sums, error = _c.resp_sums(buf, self.replies)
         except ValueError as exc:
             # Not an answer to our commands: nothing after it can be trusted.
-            self.transport.close()
+            buf.clear()
             self.replies = 0
-            self.error = ConnectionError(f"bad answer from Redis: {exc}")
-        else:
-            if n:
-                del buf[:end]            # (a cut-short answer stays for the next read)
-                self.replies -= n
-                self.sums += sums
-                if self.error is None:
-                    self.error = error
-            if self.replies:
-                return                   # more to come
-        error = self.error
-        if isinstance(error, str):
+            self.transport.close()
+            self._answer(ConnectionError(f"bad answer from Redis: {exc}"))
+            return
+        del buf[:end]                    # (a reply cut short stays for the next read)
+        self.replies -= n
+        self.sums += sums
+        if self.error is None and error is not None:
             from redis.exceptions import ResponseError
 
-            error = ResponseError(error)
+            self.error = ResponseError(error)
+        if not self.replies:
+            self._answer(self.error or self.sums)
+
+    def _answer(self, answer):
         callback, self.waiter = self.waiter, None
         if callback is not None:             # else an answer nobody waits for (timed out)
-            callback(self.sums if error is None else error)
+            callback(answer)
 
     def connection_lost(self, exc):
         if self.lost is None:
@@ -184,9 +183,7 @@ class _SyncLine(asyncio.Protocol):
             self.inner.connection_lost(exc)
         except Exception:
             pass
-        callback, self.waiter = self.waiter, None
-        if callback is not None:
-            callback(self.lost)
+        self._answer(self.lost)
 
     def eof_received(self):
         return False                          # close our end too
