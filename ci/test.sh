@@ -6,7 +6,8 @@
 #   3. the default suite on CPython 3.11, 3.10 and 3.12 (a matrix): each in
 #      a fresh virtual environment under build/ with that Python's wheel and
 #      the test requirements installed; nothing goes into the system Python;
-#   4. the in-process proxy suites again on the stdlib event loop (3.11);
+#   4. the in-process proxy suites again on the stdlib event loop, and the
+#      TLS listener suites on ssl's own TLS layer (3.11);
 #   5. the slow suite (load, soak, wheels in clean venvs without a compiler,
 #      the README's install command) on 3.11.
 # A Python missing from the machine is reported as skipped; any failure makes
@@ -58,6 +59,15 @@ SLUICEWAY_TEST_LOOP=asyncio build/ci-venv-3.11/bin/python -m pytest -q -ra \
     tests/test_proxy_core.py tests/test_proxy_hooks.py tests/test_proxy_errors.py \
     tests/test_proxy_timeouts.py || status=1
 echo "stdlib loop: $((SECONDS - t0)) s"
+
+step "TLS listener suites on ssl's own layer (CPython 3.11)"
+# TLS listeners run on the C layer (csrc/sw_tls.c) where they can; the
+# layer over ssl.SSLObject still serves the others (client certificates,
+# upstreams) and SLUICEWAY_TLS_LAYER=python. Listeners on it, too:
+t0=$SECONDS
+SLUICEWAY_TLS_LAYER=python build/ci-venv-3.11/bin/python -m pytest -q -ra \
+    tests/test_tls_listen.py tests/test_tls_reload.py tests/test_tls_c_layer.py || status=1
+echo "ssl's layer: $((SECONDS - t0)) s"
 
 step "slow suite on CPython 3.11"
 t0=$SECONDS

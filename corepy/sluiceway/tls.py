@@ -212,6 +212,13 @@ class ListenerTls:
             sslobj.context = pick
         return None
 
+    def sni_names(self) -> Tuple[Tuple[str, bool, ssl.SSLContext], ...]:
+        """What ``_sni`` chooses from, for the engine's C TLS layer (which
+        does the same choice in C): ``(name, is_suffix, context)``, exact
+        names first."""
+        return (tuple((n, False, c) for n, c in self.by_name.items()) +
+                tuple((n, True, c) for n, c in self.by_suffix.items()))
+
 
 # OpenSSL's reasons for refusing a certificate and key, in words.
 _LOAD_REASONS = {

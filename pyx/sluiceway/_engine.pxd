@@ -11,6 +11,7 @@ from sluiceway._load cimport SW_LOAD_CAPSULE, sw_load, sw_load_down, sw_load_up
 from sluiceway._io cimport *
 from sluiceway._proxy cimport *
 from sluiceway._pp cimport *
+from sluiceway._tlsc cimport *
 from sluiceway._span cimport (SW_EV_BODY, SW_EV_END, SW_EV_ERROR, SW_EV_HEAD, SW_EV_NEED_DATA,
                               SW_EV_UPGRADE, sw_find, sw_header_t, sw_ieq, sw_span_t)
 from sluiceway._view cimport SW_VIEW_API_VERSION, sw_msg_t, sw_parser_api_t

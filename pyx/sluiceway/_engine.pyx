@@ -1,4 +1,5 @@
-# distutils: sources = csrc/sw_proxy.c csrc/sw_span.c csrc/sw_io.c csrc/sw_clock.c csrc/sw_pp.c csrc/sw_alog.c
+# distutils: sources = csrc/sw_proxy.c csrc/sw_span.c csrc/sw_io.c csrc/sw_clock.c csrc/sw_pp.c csrc/sw_alog.c csrc/sw_tls.c
+# distutils: libraries = dl
 """The compiled proxy engine: downstream and upstream protocols, the
 connection pool and the per-request state machine that runs the hooks.
 
@@ -47,7 +48,7 @@ until the current response is complete, so responses go out in order.
 
 cimport cython
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 from cpython.buffer cimport PyBUF_READ, PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -69,6 +70,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 
 from sluiceway import _http as _httpmod

@@ -380,7 +380,9 @@ cdef class _Conn:
         """Put TLS over this open connection (nothing plain was exchanged
         yet) with ``ctx`` (an ``ssl.SSLContext``), as the server or as a
         client naming ``server_hostname`` (and offering to resume
-        ``session``, an ``ssl.SSLSession``), and start the handshake. Its end
+        ``session``, an ``ssl.SSLSession``), and start the handshake; ``ctx``
+        may be a listener's ``_CtlsCtx`` instead (the server side on the C
+        layer). Its end
         is ``on_handshake``; the connection's deadlines and closing go on as
         before (the caller bounds the handshake's time)."""
         if self.fd < 0 or self.io_closing or self.tls is not None:

@@ -8,6 +8,7 @@ cdef class _Listener:
     cdef bint closed
     cdef object retry
     cdef object tls_ctx         # ssl.SSLContext of a TLS listener (None: plain)
+    cdef object ctls            # ... its _CtlsCtx when its connections run on the C layer, else None
     cdef double hs_timeout      # ... the seconds a client's handshake may take (0: no limit)
 
     cdef int _start(self) except -1

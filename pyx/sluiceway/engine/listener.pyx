@@ -4,13 +4,15 @@
 cdef class _Listener:
     """Accepts connections from one listening socket for an engine; with
     ``tls_ctx`` (an ``ssl.SSLContext``) every connection starts with a TLS
-    handshake that must end within ``hs_timeout`` seconds (0: no limit)."""
+    handshake that must end within ``hs_timeout`` seconds (0: no limit), on
+    the C layer when the context allows (``ctls``, see engine/tls.pyx)."""
 
     def __cinit__(self, _Engine eng, object sock, object tls_ctx=None, double hs_timeout=60.0):
         self.eng = eng
         self.sock = sock
         self.fd = sock.fileno()
         self.tls_ctx = tls_ctx
+        self.ctls = _ctls_for(tls_ctx) if tls_ctx is not None else None
         self.hs_timeout = hs_timeout
         self._start()
 

@@ -15,7 +15,16 @@ cdef enum:
     TLS_HANDSHAKE_TIMEOUT = 60
 
 
+cdef class _CtlsCtx:
+    cdef void *ctx              # the default SSL_CTX (inside keep's first context)
+    cdef sw_tls_names_t *names  # the SNI table installed on its contexts (NULL: none)
+    cdef object keep            # the ssl.SSLContexts it uses (kept alive)
+    cdef object sni_cb          # the ssl sni_callback it replaced (given back when freed)
+
+
 cdef class _Tls:
+    cdef sw_tls_t *ct           # the C layer's connection (csrc/sw_tls.h; NULL: obj's)
+    cdef _CtlsCtx cctx          # ... and the context it was made over
     cdef object obj             # ssl.SSLObject (None once the connection closed)
     cdef object raw             # what obj wraps (ssl's C object), for read/write/pending; else obj
     cdef object inc             # ssl.MemoryBIO: ciphertext received, for obj to read
@@ -49,5 +58,9 @@ cdef class _Tls:
     cdef bint _handshake(self, _Conn c) except -1
     cdef int _read(self, _Conn c) except -1
     cdef int _flush(self, _Conn c) except -1
+    cdef bint _c_handshake(self, _Conn c) except -1
+    cdef int _c_read(self, _Conn c) except -1
+    cdef int _c_write(self, _Conn c, object data) except -1
+    cdef object _c_error(self)
     cdef object describe(self)
     cdef object peer_certificate(self)

@@ -67,6 +67,147 @@ cdef int _ssl_load() except -1:
     return 0
 
 
+# --- the C layer (csrc/sw_tls.h) ------------------------------------------------
+#
+# A TLS listener's connections run on OpenSSL's own calls (sw_tls.c) over
+# the SSL_CTX inside the listener's ssl.SSLContext, when that can be done
+# safely: CPython (whose SSLContext object starts with its SSL_CTX pointer,
+# checked against what ssl reports), OpenSSL's functions found in the
+# libssl ssl loaded, no client certificates asked for (their verified
+# certificate is decoded by ssl), no keylog or message callback, and an SNI
+# callback that is none or sluiceway.tls's (whose table the C layer takes
+# over). Anything else, and SLUICEWAY_TLS_LAYER=python, runs on ssl's
+# SSLObject as before. Upstream connections always do.
+
+cdef int _ctls_state = 0      # 0: not tried; 1: OpenSSL's functions found; -1: not usable
+cdef str _ctls_why = None     # why not usable
+cdef str _ctls_not = None     # why the last context _ctls_for refused needs ssl's layer
+
+
+cdef extern from "Python.h":
+    int _PyBytes_Resize(PyObject **, Py_ssize_t) except -1
+
+
+cdef bint _ctls_ready() except -1:
+    global _ctls_state, _ctls_why
+    cdef char why[160]
+    cdef bytes path
+    if _ctls_state == 0:
+        _ctls_state = -1
+        if os.environ.get("SLUICEWAY_TLS_LAYER", "") == "python":
+            _ctls_why = "SLUICEWAY_TLS_LAYER=python"
+        elif sys.implementation.name != "cpython" or not ((3, 10) <= sys.version_info[:2] <= (3, 14)):
+            _ctls_why = "not a CPython whose SSLContext layout is known"
+        else:
+            import _ssl as _c
+            f = getattr(_c, "__file__", None)
+            path = os.fsencode(f) if f else None
+            why[0] = 0
+            if sw_tls_load(<const char *>path if path is not None else NULL, why, sizeof(why)) == 0:
+                _ctls_state = 1
+            else:
+                _ctls_why = why.decode("utf-8", "replace")
+    return _ctls_state == 1
+
+
+cdef inline void *_ssl_ctx_of(object ctx):
+    """The SSL_CTX inside an ssl.SSLContext (the first field after the
+    object's header in CPython 3.10 to 3.14)."""
+    return (<void **>(<char *><PyObject *>ctx + sizeof(PyObject)))[0]
+
+
+def tls_layer_for(ctx):
+    """Which TLS layer a listener with ``ctx`` (an ``ssl.SSLContext``) runs
+    its connections on: ``("c", None)``, or ``("python", why)``."""
+    if _ctls_for(ctx) is not None:
+        return ("c", None)
+    return ("python", _ctls_why if _ctls_state != 1 else _ctls_not)
+
+
+cdef object _ctls_for(object ctx):
+    """The C layer's context for a listener's ``ctx``, made once per
+    context, or None when ``ctx`` needs ssl's SSLObject (see above)."""
+    global _ctls_not
+    cdef _CtlsCtx cc
+    cdef void *p
+    cdef bytes nb
+    if ctx is None or not _ctls_ready():
+        return None
+    _ssl_load()
+    cc = getattr(ctx, "_sw_ctls", None)
+    if cc is not None:
+        return cc
+    if not isinstance(ctx, _ssl.SSLContext):
+        _ctls_not = "not an ssl.SSLContext"
+        return None
+    p = _ssl_ctx_of(ctx)
+    if p == NULL or <object>sw_tls_ctx_options(p) != _OPTIONS(ctx):
+        _ctls_not = "the SSLContext object's layout is not the one expected"
+        return None
+    if sw_tls_ctx_verify_mode(p) != 0 or ctx.verify_mode != _ssl.CERT_NONE:
+        _ctls_not = "client certificates are asked for (ssl decodes the verified one)"
+        return None
+    if getattr(ctx, "keylog_filename", None) is not None or \
+            getattr(ctx, "_msg_callback", None) is not None:
+        _ctls_not = "a keylog file or message callback is set"
+        return None
+    cb = ctx.sni_callback
+    names = None
+    if cb is not None:
+        owner = getattr(cb, "__self__", None)
+        get = getattr(owner, "sni_names", None)
+        if get is None or getattr(cb, "__name__", None) != "_sni":
+            _ctls_not = "the context has an sni_callback of its own"
+            return None
+        names = get()
+    if _NO_RENEG and not (<long>_OPTIONS(ctx) & _NO_RENEG):
+        ctx.options |= _NO_RENEG
+    cc = _CtlsCtx.__new__(_CtlsCtx)
+    cc.ctx = p
+    keep = [ctx]
+    if names is not None:
+        cc.names = sw_tls_names_new(len(names))
+        if cc.names == NULL:
+            raise MemoryError()
+        for name, suffix, other in names:
+            if not isinstance(other, _ssl.SSLContext) or \
+                    <object>sw_tls_ctx_options(_ssl_ctx_of(other)) != _OPTIONS(other) or \
+                    sw_tls_ctx_verify_mode(_ssl_ctx_of(other)) != 0:
+                _ctls_not = "an SNI choice is not an ssl.SSLContext like the default"
+                return None
+            nb = name.encode("ascii", "replace")
+            if sw_tls_names_add(cc.names, nb, len(nb), 1 if suffix else 0, _ssl_ctx_of(other)) < 0:
+                _ctls_not = f"the name {name!r} is too long for SNI"
+                return None
+            keep.append(other)
+        # Every context the table names may start a connection too.
+        for other in dict.fromkeys(keep):
+            if sw_tls_names_install(cc.names, _ssl_ctx_of(other)) < 0:
+                raise MemoryError()
+        cc.sni_cb = cb
+    cc.keep = tuple(dict.fromkeys(keep))
+    ctx._sw_ctls = cc
+    return cc
+
+
+@cython.final
+@cython.no_gc_clear
+cdef class _CtlsCtx:
+    """A TLS listener's context for the C layer: its SSL_CTX and SNI table
+    (made by ``_ctls_for``, once per ``ssl.SSLContext``)."""
+
+    def __dealloc__(self):
+        if self.names != NULL:
+            sw_tls_names_free(self.names)      # (takes the C callback off)
+            self.names = NULL
+            if self.keep is not None and self.sni_cb is not None:
+                for ctx in self.keep:
+                    try:
+                        ctx.sni_callback = self.sni_cb   # ssl's own, for SSLObjects
+                    except Exception:
+                        pass
+
+
 cdef _Tls _new_tls(object ctx, bint server_side, object server_hostname, object session=None):
     """A TLS layer for one connection over ``ctx`` (an ``ssl.SSLContext``),
     as the server or as a client that names ``server_hostname`` (SNI, and
@@ -74,13 +215,23 @@ cdef _Tls _new_tls(object ctx, bint server_side, object server_hostname, object 
     offers to resume ``session`` (an ``ssl.SSLSession`` of an earlier
     connection over the same ``ctx``, or None)."""
     _ssl_load()
+    cdef _Tls t
+    if isinstance(ctx, _CtlsCtx):
+        t = _Tls.__new__(_Tls)
+        t.cctx = <_CtlsCtx>ctx
+        t.ct = sw_tls_new(t.cctx.ctx)
+        if t.ct == NULL:
+            raise MemoryError("cannot make a TLS connection")
+        t.server_side = True
+        t.state = TLS_HANDSHAKE
+        return t
     if not isinstance(ctx, _ssl.SSLContext):
         raise TypeError(f"a TLS connection needs an ssl.SSLContext, not {type(ctx).__name__}")
     # The contexts sluiceway builds refuse renegotiation already; one from
     # elsewhere is made to.
     if _NO_RENEG and not (<long>_OPTIONS(ctx) & _NO_RENEG):
         ctx.options |= _NO_RENEG
-    cdef _Tls t = _Tls.__new__(_Tls)
+    t = _Tls.__new__(_Tls)
     t.inc = _BIO()
     t.out = _BIO()
     if session is not None and not server_side:
@@ -139,6 +290,11 @@ cdef class _Tls:
     def __init__(self):
         raise TypeError("_Tls objects are made by the engine")
 
+    def __dealloc__(self):
+        if self.ct != NULL:
+            sw_tls_free(self.ct)
+            self.ct = NULL
+
     cdef int start(self, _Conn c) except -1:
         """The first handshake step: a client's hello goes out. A server
         waits for the client's hello (``received``): a step with nothing
@@ -149,6 +305,18 @@ cdef class _Tls:
 
     cdef int received(self, _Conn c, object data) except -1:
         """Ciphertext came on ``c``."""
+        if self.ct != NULL:
+            if self.state == TLS_FAILED:
+                return 0
+            if not PyBytes_CheckExact(data):
+                data = bytes(data)
+            if sw_tls_feed(self.ct, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)) < 0:
+                c.t_abort(MemoryError("out of memory for TLS input"))
+                return 0
+            if self.state == TLS_HANDSHAKE:
+                if not self._c_handshake(c) or c.fd < 0:
+                    return 0
+            return self._c_read(c)
         if self.obj is None or self.state == TLS_FAILED:
             return 0
         self.inc.write(data)
@@ -167,7 +335,12 @@ cdef class _Tls:
 
     cdef int write(self, _Conn c, object data) except -1:
         """Encrypt ``data`` (bytes or a buffer) and send it."""
-        if self.state != TLS_OPEN or self.obj is None:
+        if self.ct != NULL and self.state == TLS_OPEN:
+            if len(data) == 0:
+                return 0
+            self._c_write(c, data)
+            return self._flush(c)     # (a write always makes a record)
+        if self.state != TLS_OPEN or (self.obj is None and self.ct == NULL):
             if self.state == TLS_HANDSHAKE and len(data):
                 if self.pending is None:
                     self.pending = []
@@ -191,8 +364,13 @@ cdef class _Tls:
             total += len(p)
         if total == 0:
             return 0
-        if total <= TLS_JOIN_MAX or self.state != TLS_OPEN or self.obj is None:
+        if total <= TLS_JOIN_MAX or self.state != TLS_OPEN or (self.obj is None and self.ct == NULL):
             return self.write(c, b"".join(parts))
+        if self.ct != NULL:
+            for p in parts:
+                if len(p) and self._c_write(c, p) < 0:
+                    return 0
+            return self._flush(c)
         try:
             for p in parts:
                 if len(p):
@@ -205,6 +383,11 @@ cdef class _Tls:
     cdef int close_notify(self, _Conn c) except -1:
         """Write our close_notify (after what is queued); the peer's is not
         waited for."""
+        if self.ct != NULL and self.state == TLS_OPEN and not self.sent_close:
+            self.sent_close = True
+            sw_tls_shutdown(self.ct)
+            self._flush(c)
+            return 0
         if self.state == TLS_OPEN and not self.sent_close and self.obj is not None:
             self.sent_close = True
             try:
@@ -217,6 +400,10 @@ cdef class _Tls:
     cdef bint closed(self) except -1:
         """The connection closed: free OpenSSL's state (the handshake's
         result stays). True when that ended the handshake (it failed)."""
+        if self.ct != NULL:
+            sw_tls_free(self.ct)
+            self.ct = NULL
+        self.cctx = None
         self.obj = None
         self.raw = None
         self.inc = None
@@ -343,9 +530,148 @@ cdef class _Tls:
 
     cdef int _flush(self, _Conn c) except -1:
         """Send the ciphertext the SSLObject made."""
+        cdef size_t n
+        cdef object b
+        if self.ct != NULL:
+            n = sw_tls_out_pending(self.ct)
+            if n:
+                b = PyBytes_FromStringAndSize(NULL, n)
+                sw_tls_out_read(self.ct, PyBytes_AS_STRING(b), n)
+                c._send_raw(b)
+            return 0
         if self.out is not None and self.out.pending:
             c._send_raw(self.out.read())
         return 0
+
+    # --- the C layer's steps (ct != NULL) --------------------------------------
+
+    cdef bint _c_handshake(self, _Conn c) except -1:
+        """As ``_handshake``, on the C layer."""
+        cdef int r = sw_tls_handshake(self.ct)
+        cdef const unsigned char *ap
+        cdef unsigned alen
+        cdef const char *s
+        cdef object p
+        if r == SW_TLS_AGAIN:
+            self._flush(c)
+            return False
+        if r != SW_TLS_DONE:
+            exc = self._c_error()
+            self.state = TLS_FAILED
+            c._tls_failed(exc)
+            self._flush(c)        # the alert that says why
+            c.t_close()
+            return False
+        self.state = TLS_OPEN
+        s = sw_tls_version(self.ct)
+        self.version = s.decode("ascii") if s != NULL else None
+        s = sw_tls_cipher(self.ct)
+        self.cipher = s.decode("ascii") if s != NULL else None
+        if sw_tls_alpn(self.ct, &ap, &alen):
+            self.alpn = PyUnicode_DecodeLatin1(<const char *>ap, alen, NULL)
+        self.resumed = sw_tls_resumed(self.ct)
+        s = sw_tls_servername(self.ct)
+        if s != NULL:
+            self.sni = s.decode("ascii", "replace").lower()
+        self._flush(c)
+        if self.pending is not None:
+            p, self.pending = self.pending, None
+            self.writev(c, tuple(p))
+        c.on_handshake(None)
+        return True
+
+    cdef int _c_read(self, _Conn c) except -1:
+        """As ``_read``, on the C layer."""
+        cdef object data = None, chunk, err = None
+        cdef list more = None
+        cdef bint eof = False, full = False
+        cdef size_t n
+        cdef long r
+        cdef PyObject *cp
+        while self.ct != NULL:
+            n = sw_tls_in_pending(self.ct)
+            if n == 0:
+                if not full:
+                    break
+                n = sw_tls_pending(self.ct)
+                if n == 0:
+                    break
+            chunk = PyBytes_FromStringAndSize(NULL, n)
+            r = sw_tls_read(self.ct, PyBytes_AS_STRING(chunk), n)
+            if r == SW_TLS_AGAIN:
+                break
+            if r == SW_TLS_EOF:
+                eof = True
+                break
+            if r < 0:
+                err = self._c_error()
+                break
+            full = <size_t>r == n
+            if not full:
+                cp = <PyObject *>chunk
+                Py_INCREF(chunk)
+                chunk = None
+                _PyBytes_Resize(&cp, r)
+                chunk = <object>cp
+                Py_XDECREF(cp)
+            if data is None:
+                data = chunk
+            elif more is None:
+                more = [data, chunk]
+            else:
+                more.append(chunk)
+        self._flush(c)    # what reading made: a key update, an alert, tickets
+        if more is not None:
+            data = b"".join(more)
+        if data is not None and c.fd >= 0:
+            c.on_data(data)
+        if err is not None:
+            c.on_tls_error(err)
+            c.t_abort(err)
+        elif eof and not self.got_close:
+            self.got_close = True
+            if c.fd >= 0:
+                c._eof()
+        return 0
+
+    cdef int _c_write(self, _Conn c, object data) except -1:
+        """Encrypt ``data`` (bytes or a buffer) into the output; -1 (the
+        connection aborted) when OpenSSL refused."""
+        cdef Py_buffer view
+        cdef int r
+        if PyBytes_CheckExact(data):
+            r = sw_tls_write(self.ct, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        else:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+            try:
+                r = sw_tls_write(self.ct, <const char *>view.buf, view.len)
+            finally:
+                PyBuffer_Release(&view)
+        if r < 0:
+            c.t_abort(self._c_error())
+            return -1
+        return 0
+
+    cdef object _c_error(self):
+        """The C layer's last error as an ``ssl.SSLError`` worded as ssl
+        words it (``[SSL: REASON] text``, with ``reason`` and ``library``)."""
+        cdef char text[256]
+        cdef char reason[128]
+        cdef char lib[64]
+        text[0] = reason[0] = lib[0] = 0
+        if self.ct != NULL:
+            sw_tls_err_text(self.ct, text, sizeof(text), reason, sizeof(reason), lib, sizeof(lib))
+        t = text.decode("utf-8", "replace")
+        r = reason.decode("ascii", "replace")
+        l = lib.decode("ascii", "replace") or "SSL"
+        if not t:
+            exc = _SSLERR(1, "TLS protocol error")
+            exc.reason = None
+        else:
+            exc = _SSLERR(1, f"[{l}: {r}] {t}")
+            exc.reason = r
+        exc.library = l
+        return exc
 
     # --- what hooks see (Session.tls, Session.client_cert) ---------------------
 
