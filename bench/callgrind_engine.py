@@ -11,7 +11,8 @@ depend on what else the machine is doing, so two builds compare exactly.
 
 Usage:
     python bench/callgrind_engine.py [--requests 20000] [--body small|16k]
-        [--tls | --tls-listen | --lb ALGORITHM [--count-load]] [--compare NAME=DIR ...]
+        [--tls | --tls-listen [--reconnect 1.2|1.3] | --lb ALGORITHM [--count-load]]
+        [--compare NAME=DIR ...]
         [--conf "key: value" ...]
 
 ``--lb RoundRobin`` (or another algorithm of sluiceway.lb) makes
@@ -29,6 +30,10 @@ the run) and the proxy's peer is ``HttpPeer(..., tls=True, ca_file=...)``
 ``_on_ready``: a build whose TLS upstreams ran on asyncio transports did that
 work outside it, so only the whole process compares across such builds.
 
+``--tls-listen --reconnect 1.2`` (or 1.3): every request on a new
+connection that resumes the session of the one before it, the whole
+process counted (accepting and closing happen outside ``_on_ready``): what a
+resumed TLS connection costs.
 ``--tls-listen``: the proxy listens for HTTPS (``tls_listen``, a
 certificate from a CA made for the run) and the requests come over TLS on
 keep-alive connections (each connection's handshake is counted too: 4 of
@@ -57,9 +62,11 @@ import nginx_compare as nc  # noqa: E402
 import tls_upstream as tu  # noqa: E402
 
 
-def _drive(port, path, n, conns=4, tls=None):
+def _drive(port, path, n, conns=4, tls=None, reconnect=False):
     req = b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     per = n // conns
+    if reconnect:
+        return _drive_reconnect(port, path, n, conns, tls)
 
     def one():
         s = socket.create_connection(("127.0.0.1", port))
@@ -83,6 +90,34 @@ def _drive(port, path, n, conns=4, tls=None):
         t.start()
     for t in ts:
         t.join()
+    return per * conns
+
+
+def _drive_reconnect(port, path, n, conns, tls):
+    """n requests, each on a new TLS connection that resumes the session of
+    the one before it (``Connection: close``; the proxy closes)."""
+    req = b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    per = n // conns
+    resumed = [0]
+
+    def one():
+        sess = None
+        for _ in range(per):
+            with socket.create_connection(("127.0.0.1", port)) as raw:
+                with tls.wrap_socket(raw, server_hostname="localhost", session=sess) as s:
+                    s.sendall(req)
+                    while s.recv(65536):
+                        pass
+                    resumed[0] += s.session_reused
+                    sess = s.session
+    ts = [threading.Thread(target=one) for _ in range(conns)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if resumed[0] < per * conns * 0.9:
+        raise SystemExit(f"callgrind_engine: only {resumed[0]} of {per * conns} connections "
+                         "resumed their session")
     return per * conns
 
 
@@ -112,7 +147,7 @@ class BenchApp(ProxyHttp):
 '''
 
 
-def count(tree, tmp, o_port, path, n, whole=False, tls_listen=False):
+def count(tree, tmp, o_port, path, n, whole=False, tls_listen=False, reconnect=None):
     port = nc.free_port()
     conf, listen, client = os.path.join(tmp, "sw.yaml"), ["-l", f"127.0.0.1:{port}"], None
     if tls_listen:
@@ -124,6 +159,8 @@ def count(tree, tmp, o_port, path, n, whole=False, tls_listen=False):
                     f"    cert: {tmp}/srv.pem\n    key: {tmp}/srv.key\n")
         listen = []
         client = ssl.create_default_context(cafile=os.path.join(tmp, "ca.pem"))
+        if reconnect == "1.2":
+            client.maximum_version = ssl.TLSVersion.TLSv1_2
     out = os.path.join(tmp, f"cg.{os.path.basename(tree.rstrip('/'))}.{path.strip('/')}.out")
     env = dict(os.environ, BENCH_ORIGIN_PORT=str(o_port), BENCH_CA=os.path.join(tmp, "ca.pem"),
                PYTHONPATH=os.path.join(tree, "corepy") + os.pathsep + tmp)
@@ -135,11 +172,11 @@ def count(tree, tmp, o_port, path, n, whole=False, tls_listen=False):
                          env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         nc.wait_port(port, timeout=600)          # valgrind starts slowly on a busy machine
-        warm = _drive(port, path, 400, tls=client)   # warm up (pool, free lists)
+        warm = _drive(port, path, 400, tls=client, reconnect=bool(reconnect))   # warm up (pool, free lists)
         worker = nc.sluiceway_pid(p.pid)     # the master's worker serves
         # Count from here: zero the counters, then the measured requests.
         subprocess.run(["callgrind_control", "-z", str(worker)], capture_output=True, timeout=60)
-        done = _drive(port, path, n, tls=client)
+        done = _drive(port, path, n, tls=client, reconnect=bool(reconnect))
         # The count is of one worker: if it died (and the master started
         # another), its dump holds part of the requests, and a number made
         # from it would look plausible and mean nothing.
@@ -175,6 +212,9 @@ def main(argv=None):
     ap.add_argument("--tls", action="store_true", help="a TLS origin; count the whole process")
     ap.add_argument("--tls-listen", action="store_true",
                     help="the proxy listens for HTTPS; requests come over TLS")
+    ap.add_argument("--reconnect", choices=["1.2", "1.3"],
+                    help="with --tls-listen: every request on a new connection that resumes "
+                         "the last one's session over that TLS version; counts the whole process")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=DIR")
     ap.add_argument("--conf", action="append", default=[], metavar="LINE",
                     help="a YAML line added to the configuration (e.g. 'metrics: false')")
@@ -187,6 +227,8 @@ def main(argv=None):
     ns = ap.parse_args(argv)
     if sum(map(bool, (ns.tls, ns.lb, ns.tls_listen))) > 1:
         ap.error("--tls, --tls-listen and --lb do not combine")
+    if ns.reconnect and not ns.tls_listen:
+        ap.error("--reconnect goes with --tls-listen")
     tmp = tempfile.mkdtemp(prefix="sw-cg-")
     os.chmod(tmp, 0o755)
     os.makedirs(os.path.join(tmp, "www"))
@@ -217,9 +259,11 @@ def main(argv=None):
         nc.wait_port(o_port)
         trees = [("this", nc.REPO)] + [tuple(s.split("=", 1)) for s in ns.compare]
         for name, tree in trees:
-            per = count(os.path.abspath(tree), tmp, o_port, "/" + ns.body, ns.requests, ns.tls,
-                        ns.tls_listen)
+            per = count(os.path.abspath(tree), tmp, o_port, "/" + ns.body, ns.requests,
+                        ns.tls or bool(ns.reconnect), ns.tls_listen, ns.reconnect)
             where = ("in the whole process (TLS upstream)" if ns.tls else
+                     f"in the whole process (a resumed TLS {ns.reconnect} connection each)"
+                     if ns.reconnect else
                      "in _on_ready (HTTPS client)" if ns.tls_listen else "in _on_ready")
             print(f"{name:10} {ns.body:6} {per:10.0f} instructions per request {where}",
                   flush=True)
