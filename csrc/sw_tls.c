@@ -27,7 +27,13 @@ typedef struct ssl_cipher_st SSL_CIPHER;
 #define O_TLSEXT_NAMETYPE_host_name 0
 #define O_SSL_TLSEXT_ERR_OK 0
 #define O_BIO_CTRL_PENDING 10
-#define O_BIO_C_SET_BUF_MEM_EOF_RETURN 130
+#define O_BIO_CTRL_FLUSH 11
+#define O_BIO_CTRL_WPENDING 13
+#define O_BIO_TYPE_SOURCE_SINK 0x0400
+#define O_BIO_FLAGS_READ 0x01
+#define O_BIO_FLAGS_WRITE 0x02
+#define O_BIO_FLAGS_IO_SPECIAL 0x04
+#define O_BIO_FLAGS_SHOULD_RETRY 0x08
 
 static struct {
     int loaded;
@@ -57,11 +63,18 @@ static struct {
     void (*SSL_get0_alpn_selected)(const SSL *, const unsigned char **, unsigned *);
     int (*SSL_session_reused)(const SSL *);
     BIO *(*BIO_new)(const BIO_METHOD *);
-    const BIO_METHOD *(*BIO_s_mem)(void);
-    int (*BIO_read)(BIO *, void *, int);
-    int (*BIO_write)(BIO *, const void *, int);
-    long (*BIO_ctrl)(BIO *, int, long, void *);
     int (*BIO_free)(BIO *);
+    int (*BIO_get_new_index)(void);
+    BIO_METHOD *(*BIO_meth_new)(int, const char *);
+    int (*BIO_meth_set_write)(BIO_METHOD *, int (*)(BIO *, const char *, int));
+    int (*BIO_meth_set_read)(BIO_METHOD *, int (*)(BIO *, char *, int));
+    int (*BIO_meth_set_ctrl)(BIO_METHOD *, long (*)(BIO *, int, long, void *));
+    int (*BIO_meth_set_create)(BIO_METHOD *, int (*)(BIO *));
+    void (*BIO_set_data)(BIO *, void *);
+    void *(*BIO_get_data)(BIO *);
+    void (*BIO_set_init)(BIO *, int);
+    void (*BIO_set_flags)(BIO *, int);
+    void (*BIO_clear_flags)(BIO *, int);
     unsigned long (*ERR_peek_last_error)(void);
     void (*ERR_clear_error)(void);
     const char *(*ERR_reason_error_string)(unsigned long);
@@ -69,13 +82,28 @@ static struct {
     unsigned long (*OpenSSL_version_num)(void);
 } O;
 
+/* A byte buffer of our own (malloc'd; NULL when empty and released). */
+typedef struct {
+    char *p;
+    size_t n, cap;
+} sw_tbuf_t;
+
+/* The connection's BIO (one, both ways) reads the ciphertext being fed
+ * (borrowed: `in`, `in_n`) after what an earlier feed left (`keep`), and
+ * writes into `out`. Nothing is held while the connection is idle: `keep`
+ * only holds a record cut between two reads, and `out` is released once
+ * taken. */
 struct sw_tls {
     SSL *ssl;
-    BIO *in;              /* ciphertext received (OpenSSL reads it) */
-    BIO *out;             /* ciphertext made (we send it) */
+    const char *in;       /* the bytes of the current feed, not yet read (borrowed) */
+    size_t in_n;
+    sw_tbuf_t keep;       /* bytes of earlier feeds not yet read */
+    sw_tbuf_t out;        /* ciphertext made, not yet taken */
     unsigned long err;    /* OpenSSL's error code of the last SW_TLS_ERR (0: none) */
     int err_kind;         /* SSL_get_error's answer then */
 };
+
+static BIO_METHOD *bio_method;
 
 typedef struct {
     char *name;
@@ -101,6 +129,94 @@ static void copy_text(char *dst, size_t cap, const char *src) {
     if (n)
         memcpy(dst, src, n);
     dst[n] = 0;
+}
+
+/* --- the connection's BIO ---------------------------------------------------- */
+
+static int tbuf_add(sw_tbuf_t *b, const char *p, size_t n) {
+    if (b->n + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 1024;
+        char *q;
+        while (cap < b->n + n)
+            cap *= 2;
+        q = realloc(b->p, cap);
+        if (!q)
+            return -1;
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, p, n);
+    b->n += n;
+    return 0;
+}
+
+static void tbuf_release(sw_tbuf_t *b) {
+    free(b->p);
+    b->p = NULL;
+    b->n = b->cap = 0;
+}
+
+static int bio_create(BIO *b) {
+    O.BIO_set_init(b, 1);
+    return 1;
+}
+
+static int bio_write(BIO *b, const char *p, int n) {
+    sw_tls_t *t = (sw_tls_t *)O.BIO_get_data(b);
+    O.BIO_clear_flags(b, O_BIO_FLAGS_READ | O_BIO_FLAGS_WRITE | O_BIO_FLAGS_IO_SPECIAL |
+                             O_BIO_FLAGS_SHOULD_RETRY);
+    if (!t || n < 0 || tbuf_add(&t->out, p, (size_t)n) < 0)
+        return -1;
+    return n;
+}
+
+static int bio_read(BIO *b, char *p, int n) {
+    sw_tls_t *t = (sw_tls_t *)O.BIO_get_data(b);
+    size_t want = n > 0 ? (size_t)n : 0, k;
+    int got = 0;
+    O.BIO_clear_flags(b, O_BIO_FLAGS_READ | O_BIO_FLAGS_WRITE | O_BIO_FLAGS_IO_SPECIAL |
+                             O_BIO_FLAGS_SHOULD_RETRY);
+    if (!t)
+        return -1;
+    if (t->keep.n && want) {
+        k = t->keep.n < want ? t->keep.n : want;
+        memcpy(p, t->keep.p, k);
+        memmove(t->keep.p, t->keep.p + k, t->keep.n - k);
+        t->keep.n -= k;
+        if (t->keep.n == 0)
+            tbuf_release(&t->keep);
+        p += k;
+        want -= k;
+        got += (int)k;
+    }
+    if (t->in_n && want) {
+        k = t->in_n < want ? t->in_n : want;
+        memcpy(p, t->in, k);
+        t->in += k;
+        t->in_n -= k;
+        got += (int)k;
+    }
+    if (got == 0) {      /* nothing yet: try again when more comes */
+        O.BIO_set_flags(b, O_BIO_FLAGS_READ | O_BIO_FLAGS_SHOULD_RETRY);
+        return -1;
+    }
+    return got;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr) {
+    sw_tls_t *t = (sw_tls_t *)O.BIO_get_data(b);
+    (void)num;
+    (void)ptr;
+    switch (cmd) {
+    case O_BIO_CTRL_FLUSH:
+        return 1;
+    case O_BIO_CTRL_PENDING:
+        return t ? (long)(t->keep.n + t->in_n) : 0;
+    case O_BIO_CTRL_WPENDING:
+        return t ? (long)t->out.n : 0;
+    default:
+        return 0;
+    }
 }
 
 int sw_tls_load(const char *path, char *why, size_t whylen) {
@@ -146,11 +262,18 @@ int sw_tls_load(const char *path, char *why, size_t whylen) {
     SYM(SSL_get0_alpn_selected, "SSL_get0_alpn_selected");
     SYM(SSL_session_reused, "SSL_session_reused");
     SYM(BIO_new, "BIO_new");
-    SYM(BIO_s_mem, "BIO_s_mem");
-    SYM(BIO_read, "BIO_read");
-    SYM(BIO_write, "BIO_write");
-    SYM(BIO_ctrl, "BIO_ctrl");
     SYM(BIO_free, "BIO_free");
+    SYM(BIO_get_new_index, "BIO_get_new_index");
+    SYM(BIO_meth_new, "BIO_meth_new");
+    SYM(BIO_meth_set_write, "BIO_meth_set_write");
+    SYM(BIO_meth_set_read, "BIO_meth_set_read");
+    SYM(BIO_meth_set_ctrl, "BIO_meth_set_ctrl");
+    SYM(BIO_meth_set_create, "BIO_meth_set_create");
+    SYM(BIO_set_data, "BIO_set_data");
+    SYM(BIO_get_data, "BIO_get_data");
+    SYM(BIO_set_init, "BIO_set_init");
+    SYM(BIO_set_flags, "BIO_set_flags");
+    SYM(BIO_clear_flags, "BIO_clear_flags");
     SYM(ERR_peek_last_error, "ERR_peek_last_error");
     SYM(ERR_clear_error, "ERR_clear_error");
     SYM(ERR_reason_error_string, "ERR_reason_error_string");
@@ -161,6 +284,20 @@ int sw_tls_load(const char *path, char *why, size_t whylen) {
     if (O.OpenSSL_version_num() < 0x10101000UL) {
         copy_text(why, whylen, "OpenSSL is older than 1.1.1");
         return -1;
+    }
+    if (!bio_method) {
+        int idx = O.BIO_get_new_index();
+        BIO_METHOD *m = idx > 0 ? O.BIO_meth_new(idx | O_BIO_TYPE_SOURCE_SINK, "sluiceway") : NULL;
+        if (!m) {
+            O.ERR_clear_error();
+            copy_text(why, whylen, "OpenSSL could not make a BIO method");
+            return -1;
+        }
+        O.BIO_meth_set_write(m, bio_write);
+        O.BIO_meth_set_read(m, bio_read);
+        O.BIO_meth_set_ctrl(m, bio_ctrl);
+        O.BIO_meth_set_create(m, bio_create);
+        bio_method = m;     /* (kept for the process's life) */
     }
     O.loaded = 1;
     return 0;
@@ -268,26 +405,22 @@ void sw_tls_names_free(sw_tls_names_t *t) {
 
 sw_tls_t *sw_tls_new(void *ctx) {
     sw_tls_t *t = calloc(1, sizeof(*t));
+    BIO *b;
     if (!t)
         return NULL;
     t->ssl = O.SSL_new((SSL_CTX *)ctx);
-    t->in = O.BIO_new(O.BIO_s_mem());
-    t->out = O.BIO_new(O.BIO_s_mem());
-    if (!t->ssl || !t->in || !t->out) {
+    b = O.BIO_new(bio_method);
+    if (!t->ssl || !b) {
         if (t->ssl)
             O.SSL_free(t->ssl);
-        if (t->in)
-            O.BIO_free(t->in);
-        if (t->out)
-            O.BIO_free(t->out);
+        if (b)
+            O.BIO_free(b);
         O.ERR_clear_error();
         free(t);
         return NULL;
     }
-    /* An empty input buffer is "try again", not end of file. */
-    O.BIO_ctrl(t->in, O_BIO_C_SET_BUF_MEM_EOF_RETURN, -1, NULL);
-    O.BIO_ctrl(t->out, O_BIO_C_SET_BUF_MEM_EOF_RETURN, -1, NULL);
-    O.SSL_set_bio(t->ssl, t->in, t->out);   /* the SSL owns both now */
+    O.BIO_set_data(b, t);
+    O.SSL_set_bio(t->ssl, b, b);   /* the SSL owns it now (one reference, both ways) */
     /* As CPython sets them, and RELEASE_BUFFERS (as nginx does): an idle
      * connection keeps no record buffers. */
     O.SSL_ctrl(t->ssl, O_SSL_CTRL_MODE,
@@ -302,42 +435,55 @@ void sw_tls_free(sw_tls_t *t) {
         return;
     O.SSL_free(t->ssl);
     O.ERR_clear_error();
+    tbuf_release(&t->keep);
+    tbuf_release(&t->out);
     free(t);
 }
 
 int sw_tls_feed(sw_tls_t *t, const char *p, size_t n) {
-    while (n > 0) {
-        int chunk = n > (1u << 30) ? (1 << 30) : (int)n;
-        int w = O.BIO_write(t->in, p, chunk);
-        if (w <= 0) {
-            O.ERR_clear_error();
-            t->err = 0;
-            t->err_kind = O_SSL_ERROR_SSL;
+    if (t->in_n) {       /* an earlier feed not settled: keep it first */
+        if (tbuf_add(&t->keep, t->in, t->in_n) < 0)
             return SW_TLS_ERR;
-        }
-        p += w;
-        n -= (size_t)w;
+        t->in_n = 0;
     }
+    if (t->keep.n) {     /* bytes wait already: these go after them */
+        if (tbuf_add(&t->keep, p, n) < 0)
+            return SW_TLS_ERR;
+        t->in = NULL;
+        return 0;
+    }
+    t->in = p;
+    t->in_n = n;
     return 0;
 }
 
+int sw_tls_settle(sw_tls_t *t) {
+    int r = 0;
+    if (t->in_n)
+        r = tbuf_add(&t->keep, t->in, t->in_n) < 0 ? SW_TLS_ERR : 0;
+    t->in = NULL;
+    t->in_n = 0;
+    return r;
+}
+
 size_t sw_tls_in_pending(sw_tls_t *t) {
-    long n = O.BIO_ctrl(t->in, O_BIO_CTRL_PENDING, 0, NULL);
-    return n > 0 ? (size_t)n : 0;
+    return t->keep.n + t->in_n;
 }
 
 size_t sw_tls_out_pending(sw_tls_t *t) {
-    long n = O.BIO_ctrl(t->out, O_BIO_CTRL_PENDING, 0, NULL);
-    return n > 0 ? (size_t)n : 0;
+    return t->out.n;
 }
 
 size_t sw_tls_out_read(sw_tls_t *t, char *buf, size_t n) {
-    int r = O.BIO_read(t->out, buf, n > (1u << 30) ? (1 << 30) : (int)n);
-    if (r <= 0) {
-        O.ERR_clear_error();
-        return 0;
+    size_t k = t->out.n < n ? t->out.n : n;
+    memcpy(buf, t->out.p, k);
+    if (k == t->out.n)
+        tbuf_release(&t->out);
+    else {
+        memmove(t->out.p, t->out.p + k, t->out.n - k);
+        t->out.n -= k;
     }
-    return (size_t)r;
+    return k;
 }
 
 /* After an OpenSSL call returned `ret` <= 0: SW_TLS_AGAIN, SW_TLS_EOF or

@@ -35,8 +35,9 @@
  *
  * Connection
  * ----------
- * sw_tls_new() makes a server-side SSL over two memory buffers; the caller
- * feeds the ciphertext it received (sw_tls_feed), steps the handshake
+ * sw_tls_new() makes a server-side SSL over a BIO of this layer's own (no
+ * buffer is held while the connection is idle); the caller feeds the
+ * ciphertext it received (sw_tls_feed, then sw_tls_settle), steps the handshake
  * (sw_tls_handshake) or reads plaintext (sw_tls_read), writes plaintext
  * (sw_tls_write), and sends what OpenSSL made (sw_tls_out_pending,
  * sw_tls_out_read). No call blocks or makes a system call.
@@ -87,8 +88,11 @@ void sw_tls_names_free(sw_tls_names_t *t);
 sw_tls_t *sw_tls_new(void *ctx);
 void sw_tls_free(sw_tls_t *t);
 
-/* Ciphertext received. 0, or SW_TLS_ERR (out of memory). */
+/* Ciphertext received: `p` is read in place by the calls that follow (it
+ * must stay valid) until sw_tls_settle(), which copies what is left unread
+ * (a record cut between two reads). 0, or SW_TLS_ERR (out of memory). */
 int sw_tls_feed(sw_tls_t *t, const char *p, size_t n);
+int sw_tls_settle(sw_tls_t *t);
 /* Ciphertext waiting to be read by OpenSSL. */
 size_t sw_tls_in_pending(sw_tls_t *t);
 

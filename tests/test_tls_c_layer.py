@@ -183,3 +183,67 @@ def _wait(cond, timeout=5.0):
             return True
         time.sleep(0.02)
     return cond()
+
+
+def _tls_over(port, certs):
+    """A TLS client over a plain socket whose bytes the test sends as it
+    likes: the socket and the SSLObject with its two BIOs."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ssl.create_default_context(cafile=str(certs / "ca.pem")).wrap_bio(
+        inc, out, server_hostname="localhost")
+    return s, obj, inc, out
+
+
+def _dribble(s, data, step):
+    import time
+    for i in range(0, len(data), step):
+        s.sendall(data[i:i + step])
+        time.sleep(0.0005)
+
+
+def test_records_cut_anywhere_between_reads(certs):
+    """Ciphertext that comes a few bytes at a time (handshake and data
+    records cut at every point) and records larger than one read."""
+    body = bytes(range(256)) * 1024          # 256 KiB: many 16 KiB records
+    with Harness(Pass(), tls={"cert_path": str(certs / "srv.pem"),
+                              "key_path": str(certs / "srv.key")}) as h:
+        for step in (1, 7, 300):
+            s, obj, inc, out = _tls_over(h.port, certs)
+            with s:
+                while True:
+                    try:
+                        obj.do_handshake()
+                        break
+                    except ssl.SSLWantReadError:
+                        _dribble(s, out.read(), step)
+                        got = s.recv(65536)
+                        assert got, "closed during the handshake"
+                        inc.write(got)
+                _dribble(s, out.read(), step)
+                obj.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+                obj.write(body)
+                wire = out.read()
+                if step == 300:
+                    s.sendall(wire)                  # whole reads too
+                else:
+                    _dribble(s, wire[:4000], step)   # cut everywhere, then the rest
+                    s.sendall(wire[4000:])
+                resp = b""
+                while not (b"\r\n\r\n" in resp and len(resp) - resp.index(b"\r\n\r\n") - 4 >= len(body)):
+                    got = s.recv(65536)
+                    assert got, resp[:200]
+                    inc.write(got)
+                    try:
+                        while True:
+                            chunk = obj.read(65536)
+                            if not chunk:
+                                break
+                            resp += chunk
+                    except ssl.SSLWantReadError:
+                        pass
+                head, _, got_body = resp.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200"), head
+                assert got_body == body
+        assert h.run(lambda: h.svc.stats())["tls_errors"] == 0

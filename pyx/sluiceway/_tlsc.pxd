@@ -25,6 +25,7 @@ cdef extern from "sw_tls.h" nogil:
     sw_tls_t *sw_tls_new(void *ctx)
     void sw_tls_free(sw_tls_t *t)
     int sw_tls_feed(sw_tls_t *t, const char *p, size_t n)
+    int sw_tls_settle(sw_tls_t *t)
     size_t sw_tls_in_pending(sw_tls_t *t)
     int sw_tls_handshake(sw_tls_t *t)
     long sw_tls_read(sw_tls_t *t, char *buf, size_t cap)

@@ -310,13 +310,19 @@ cdef class _Tls:
                 return 0
             if not PyBytes_CheckExact(data):
                 data = bytes(data)
+            # OpenSSL reads ``data`` in place until settled (what is left
+            # of it, a record cut between two reads, is copied then).
             if sw_tls_feed(self.ct, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)) < 0:
                 c.t_abort(MemoryError("out of memory for TLS input"))
                 return 0
-            if self.state == TLS_HANDSHAKE:
-                if not self._c_handshake(c) or c.fd < 0:
-                    return 0
-            return self._c_read(c)
+            try:
+                if self.state == TLS_HANDSHAKE:
+                    if not self._c_handshake(c) or c.fd < 0:
+                        return 0
+                return self._c_read(c)
+            finally:
+                if self.ct != NULL and sw_tls_settle(self.ct) < 0:
+                    c.t_abort(MemoryError("out of memory for TLS input"))
         if self.obj is None or self.state == TLS_FAILED:
             return 0
         self.inc.write(data)
