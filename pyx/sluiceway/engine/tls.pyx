@@ -7,7 +7,10 @@
 # A TLS connection is a plain ``_Conn`` (its descriptor on the epoll set,
 # its write queue, its deadlines) with a ``_Tls`` in ``_Conn.tls``. The
 # layer is Python's ``ssl.SSLObject`` over two ``ssl.MemoryBIO``s, as
-# asyncio's and uvloop's sslproto use it, without a transport:
+# asyncio's and uvloop's sslproto use it, without a transport; or, for a
+# listener's connections, the same done by OpenSSL's calls from C
+# (``ct``, csrc/sw_tls.c: "The C layer" below), with the same states and
+# the same calls from the connection:
 #
 #     socket --recv--> _Conn._io_event --ciphertext--> _Tls.received
 #         -> inc BIO -> SSLObject.read -> plaintext -> _Conn.on_data
@@ -185,6 +188,9 @@ cdef object _ctls_for(object ctx):
             if sw_tls_names_install(cc.names, _ssl_ctx_of(other)) < 0:
                 raise MemoryError()
         cc.sni_cb = cb
+    # (From here the contexts' servername callback is the C layer's. Setting
+    # ``sni_callback`` on them again would put ssl's back, which expects an
+    # SSLObject on every SSL: sluiceway never does, the contexts are its own.)
     cc.keep = tuple(dict.fromkeys(keep))
     ctx._sw_ctls = cc
     return cc
