@@ -1,4 +1,4 @@
-"""The runnable example in docs/tls.md runs and prints what the doc says;
+"""The runnable examples in docs/tls.md run and print what the doc says;
 the options table names every TlsOptions field."""
 
 import dataclasses
@@ -35,3 +35,19 @@ def test_every_option_is_documented():
     table = DOC.split("## Options", 1)[1].split("\n## ", 1)[0]
     for f in dataclasses.fields(TlsOptions):
         assert f"`{f.name}`" in table, f.name
+
+
+@pytest.mark.skipif(not HAVE_OPENSSL, reason="openssl not installed")
+def test_which_layer_example_runs(tmp_path):
+    sh = re.search(r"```sh\n(.*?)```", DOC, re.S).group(1)
+    subprocess.run(sh.replace("\\\n", " "), shell=True, cwd=tmp_path, check=True,
+                   capture_output=True, timeout=60)
+    example = next(b for b in re.findall(r"```python\n(.*?)```", DOC, re.S)
+                   if "tls_layer_for" in b)
+    proc = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True,
+                          timeout=60, env=subprocess_env(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    if os.environ.get("SLUICEWAY_TLS_LAYER") == "python":
+        assert proc.stdout.strip() == "('python', 'SLUICEWAY_TLS_LAYER=python')"
+    else:
+        assert proc.stdout.strip() == "('c', None)"
