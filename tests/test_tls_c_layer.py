@@ -14,8 +14,9 @@ import httpx
 import pytest
 
 from proxy_harness import Harness, open_fds
-from sluiceway import HttpPeer, ProxyHttp, _engine
+from sluiceway import _engine
 from sluiceway.tls import TlsOptions, build
+from test_tls_listen import Seen as Pass, wait_until as _wait
 from tls_certs import HAVE_OPENSSL, issue, make_certs
 
 pytestmark = pytest.mark.skipif(not HAVE_OPENSSL, reason="openssl not installed")
@@ -29,20 +30,6 @@ def certs(tmp_path_factory):
     issue(d, "a", "a.example", sans=("DNS:a.example",))
     issue(d, "wild", "wild", sans=("DNS:*.wild.example",), ec=True)
     return d
-
-
-class Pass(ProxyHttp):
-    port = None
-
-    def __init__(self):
-        self.seen = []
-
-    def upstream_peer(self, session, ctx):
-        return HttpPeer(("127.0.0.1", self.port))
-
-    async def request_filter(self, session, ctx):
-        self.seen.append(session.tls)
-        return False
 
 
 def opts(d, **kw):
@@ -108,7 +95,7 @@ def test_sni_in_c_picks_exact_wildcard_case_and_default(certs):
         ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
         with httpx.Client(verify=ctx) as c:
             assert c.get(f"https://localhost:{h.port}/hello").status_code == 200
-        tls = h.app.seen[-1]
+        tls = h.app.seen[-1][1]      # (hook, session.tls, session.client_cert)
         assert (tls.sni, tls.alpn, tls.resumed) == ("localhost", "http/1.1", False)
         assert tls.version == "TLSv1.3" and tls.cipher.startswith("TLS_")
 
@@ -173,16 +160,6 @@ def test_many_connections_that_finish_fail_or_are_cut_leak_nothing(certs):
         assert _wait(lambda: open_fds() <= fds)
         stats = h.run(lambda: h.svc.stats())
         assert stats["tls_errors"] >= 1200
-
-
-def _wait(cond, timeout=5.0):
-    import time
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def _tls_over(port, certs):

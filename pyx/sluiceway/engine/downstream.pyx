@@ -194,8 +194,7 @@ cdef class _Downstream(_Conn):
             self.t_write(_R400_HTTPS)
             self._close(True)   # what else it sends is read and dropped
             return 0
-        self.t_start_tls(self.tls_lst.ctls if self.tls_lst.ctls is not None else
-                         self.tls_lst.tls_ctx, True, None)
+        self.t_start_tls(self.tls_lst.tls_start, True, None)
         if self.fd >= 0 and self.tls is not None:
             self.tls.received(self, data)
         return 0

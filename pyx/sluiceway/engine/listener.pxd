@@ -8,7 +8,8 @@ cdef class _Listener:
     cdef bint closed
     cdef object retry
     cdef object tls_ctx         # ssl.SSLContext of a TLS listener (None: plain)
-    cdef object ctls            # ... its _CtlsCtx when its connections run on the C layer, else None
+    cdef object tls_start       # ... what t_start_tls gets: its _CtlsCtx when its connections
+                                #     run on the C layer (engine/tls.pyx), else tls_ctx
     cdef double hs_timeout      # ... the seconds a client's handshake may take (0: no limit)
 
     cdef int _start(self) except -1

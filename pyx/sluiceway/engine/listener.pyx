@@ -5,14 +5,16 @@ cdef class _Listener:
     """Accepts connections from one listening socket for an engine; with
     ``tls_ctx`` (an ``ssl.SSLContext``) every connection starts with a TLS
     handshake that must end within ``hs_timeout`` seconds (0: no limit), on
-    the C layer when the context allows (``ctls``, see engine/tls.pyx)."""
+    the C layer when the context allows (``tls_start``, see engine/tls.pyx)."""
 
     def __cinit__(self, _Engine eng, object sock, object tls_ctx=None, double hs_timeout=60.0):
         self.eng = eng
         self.sock = sock
         self.fd = sock.fileno()
         self.tls_ctx = tls_ctx
-        self.ctls = _ctls_for(tls_ctx) if tls_ctx is not None else None
+        self.tls_start = _ctls_for(tls_ctx) if tls_ctx is not None else None
+        if self.tls_start is None:
+            self.tls_start = tls_ctx
         self.hs_timeout = hs_timeout
         self._start()
 

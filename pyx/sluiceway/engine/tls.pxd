@@ -19,7 +19,6 @@ cdef class _CtlsCtx:
     cdef void *ctx              # the default SSL_CTX (inside keep's first context)
     cdef sw_tls_names_t *names  # the SNI table installed on its contexts (NULL: none)
     cdef object keep            # the ssl.SSLContexts it uses (kept alive)
-    cdef object sni_cb          # the ssl sni_callback it replaced (given back when freed)
 
 
 cdef class _Tls:
@@ -58,6 +57,9 @@ cdef class _Tls:
     cdef bint _handshake(self, _Conn c) except -1
     cdef int _read(self, _Conn c) except -1
     cdef int _flush(self, _Conn c) except -1
+    cdef bint _failed(self, _Conn c, object exc) except -1
+    cdef bint _opened(self, _Conn c) except -1
+    cdef int _deliver(self, _Conn c, object data, list more, object err, bint eof) except -1
     cdef bint _c_handshake(self, _Conn c) except -1
     cdef int _c_read(self, _Conn c) except -1
     cdef int _c_write(self, _Conn c, object data) except -1

@@ -87,10 +87,6 @@ cdef str _ctls_why = None     # why not usable
 cdef str _ctls_not = None     # why the last context _ctls_for refused needs ssl's layer
 
 
-cdef extern from "Python.h":
-    int _PyBytes_Resize(PyObject **, Py_ssize_t) except -1
-
-
 cdef bint _ctls_ready() except -1:
     global _ctls_state, _ctls_why
     cdef char why[160]
@@ -147,7 +143,7 @@ cdef object _ctls_for(object ctx):
     if p == NULL or <object>sw_tls_ctx_options(p) != _OPTIONS(ctx):
         _ctls_not = "the SSLContext object's layout is not the one expected"
         return None
-    if sw_tls_ctx_verify_mode(p) != 0 or ctx.verify_mode != _ssl.CERT_NONE:
+    if sw_tls_ctx_verify_mode(p) != 0:
         _ctls_not = "client certificates are asked for (ssl decodes the verified one)"
         return None
     if getattr(ctx, "keylog_filename", None) is not None or \
@@ -187,7 +183,6 @@ cdef object _ctls_for(object ctx):
         for other in dict.fromkeys(keep):
             if sw_tls_names_install(cc.names, _ssl_ctx_of(other)) < 0:
                 raise MemoryError()
-        cc.sni_cb = cb
     # (From here the contexts' servername callback is the C layer's. Setting
     # ``sni_callback`` on them again would put ssl's back, which expects an
     # SSLObject on every SSL: sluiceway never does, the contexts are its own.)
@@ -200,18 +195,13 @@ cdef object _ctls_for(object ctx):
 @cython.no_gc_clear
 cdef class _CtlsCtx:
     """A TLS listener's context for the C layer: its SSL_CTX and SNI table
-    (made by ``_ctls_for``, once per ``ssl.SSLContext``)."""
+    (made by ``_ctls_for``, once per ``ssl.SSLContext``, and kept on it: it
+    lives as long as the context)."""
 
     def __dealloc__(self):
         if self.names != NULL:
             sw_tls_names_free(self.names)      # (takes the C callback off)
             self.names = NULL
-            if self.keep is not None and self.sni_cb is not None:
-                for ctx in self.keep:
-                    try:
-                        ctx.sni_callback = self.sni_cb   # ssl's own, for SSLObjects
-                    except Exception:
-                        pass
 
 
 cdef _Tls _new_tls(object ctx, bint server_side, object server_hostname, object session=None):
@@ -347,11 +337,6 @@ cdef class _Tls:
 
     cdef int write(self, _Conn c, object data) except -1:
         """Encrypt ``data`` (bytes or a buffer) and send it."""
-        if self.ct != NULL and self.state == TLS_OPEN:
-            if len(data) == 0:
-                return 0
-            self._c_write(c, data)
-            return self._flush(c)     # (a write always makes a record)
         if self.state != TLS_OPEN or (self.obj is None and self.ct == NULL):
             if self.state == TLS_HANDSHAKE and len(data):
                 if self.pending is None:
@@ -360,6 +345,10 @@ cdef class _Tls:
             return 0
         if len(data) == 0:
             return 0
+        if self.ct != NULL:
+            if self._c_write(c, data) < 0:
+                return 0
+            return self._flush(c)     # (a write always makes a record)
         try:
             self.raw.write(data)
         except _SSLERR as exc:
@@ -453,18 +442,13 @@ cdef class _Tls:
     cdef bint _handshake(self, _Conn c) except -1:
         """One handshake step; True when it is done (the protocol heard
         on_handshake(None))."""
-        cdef object p
         try:
             self.raw.do_handshake()
         except _AGAIN:
             self._flush(c)
             return False
         except _SSLERR as exc:
-            self.state = TLS_FAILED
-            c._tls_failed(exc)
-            self._flush(c)        # the alert that says why
-            c.t_close()
-            return False
+            return self._failed(c, exc)
         self.state = TLS_OPEN
         o = self.obj
         r = self.raw       # (the C object: no Python frame per question)
@@ -479,6 +463,21 @@ cdef class _Tls:
         if self.server_side:
             # sluiceway.tls's sni_callback notes the name on the SSLObject.
             self.sni = getattr(o, "_sw_sni", None)
+        return self._opened(c)
+
+    cdef bint _failed(self, _Conn c, object exc) except -1:
+        """The handshake failed with ``exc``: the protocol hears it, the
+        alert that says why goes out, the connection closes. False."""
+        self.state = TLS_FAILED
+        c._tls_failed(exc)
+        self._flush(c)
+        c.t_close()
+        return False
+
+    cdef bint _opened(self, _Conn c) except -1:
+        """The handshake is done (its result noted): send what it made and
+        the plaintext written meanwhile; the protocol hears it. True."""
+        cdef object p
         self._flush(c)
         if self.pending is not None:
             p, self.pending = self.pending, None
@@ -526,7 +525,14 @@ cdef class _Tls:
                 more = [data, chunk]
             else:
                 more.append(chunk)
-        self._flush(c)    # what reading made: a key update, an alert
+        return self._deliver(c, data, more, err, eof)
+
+    cdef int _deliver(self, _Conn c, object data, list more, object err, bint eof) except -1:
+        """After a read: send what reading made (a key update's answer, an
+        alert, TLS 1.3 tickets), hand the plaintext (``data``, or the parts
+        in ``more``) to ``on_data`` as one bytes object, then the error or
+        the peer's close_notify, if one came."""
+        self._flush(c)
         if more is not None:
             data = b"".join(more)
         if data is not None and c.fd >= 0:
@@ -563,17 +569,11 @@ cdef class _Tls:
         cdef const unsigned char *ap
         cdef unsigned alen
         cdef const char *s
-        cdef object p
         if r == SW_TLS_AGAIN:
             self._flush(c)
             return False
         if r != SW_TLS_DONE:
-            exc = self._c_error()
-            self.state = TLS_FAILED
-            c._tls_failed(exc)
-            self._flush(c)        # the alert that says why
-            c.t_close()
-            return False
+            return self._failed(c, self._c_error())
         self.state = TLS_OPEN
         s = sw_tls_version(self.ct)
         self.version = s.decode("ascii") if s != NULL else None
@@ -585,12 +585,7 @@ cdef class _Tls:
         s = sw_tls_servername(self.ct)
         if s != NULL:
             self.sni = s.decode("ascii", "replace").lower()
-        self._flush(c)
-        if self.pending is not None:
-            p, self.pending = self.pending, None
-            self.writev(c, tuple(p))
-        c.on_handshake(None)
-        return True
+        return self._opened(c)
 
     cdef int _c_read(self, _Conn c) except -1:
         """As ``_read``, on the C layer."""
@@ -608,7 +603,7 @@ cdef class _Tls:
                 n = sw_tls_pending(self.ct)
                 if n == 0:
                     break
-            chunk = PyBytes_FromStringAndSize(NULL, n)
+            chunk = PyBytes_FromStringAndSize(NULL, n)   # (plaintext <= its ciphertext)
             r = sw_tls_read(self.ct, PyBytes_AS_STRING(chunk), n)
             if r == SW_TLS_AGAIN:
                 break
@@ -619,32 +614,19 @@ cdef class _Tls:
                 err = self._c_error()
                 break
             full = <size_t>r == n
-            if not full:
-                cp = <PyObject *>chunk
+            if not full:    # shrunk in place (resizing needs the only reference)
                 Py_INCREF(chunk)
+                cp = <PyObject *>chunk
                 chunk = None
                 _PyBytes_Resize(&cp, r)
-                chunk = <object>cp
-                Py_XDECREF(cp)
+                chunk = _steal(cp)
             if data is None:
                 data = chunk
             elif more is None:
                 more = [data, chunk]
             else:
                 more.append(chunk)
-        self._flush(c)    # what reading made: a key update, an alert, tickets
-        if more is not None:
-            data = b"".join(more)
-        if data is not None and c.fd >= 0:
-            c.on_data(data)
-        if err is not None:
-            c.on_tls_error(err)
-            c.t_abort(err)
-        elif eof and not self.got_close:
-            self.got_close = True
-            if c.fd >= 0:
-                c._eof()
-        return 0
+        return self._deliver(c, data, more, err, eof)
 
     cdef int _c_write(self, _Conn c, object data) except -1:
         """Encrypt ``data`` (bytes or a buffer) into the output; -1 (the
