@@ -66,7 +66,10 @@ int sw_io_ready(int epfd, sw_ready_t *out, int max)
     return n;
 }
 
-int sw_io_accept(int lfd)
+_Static_assert(sizeof(sw_peer_t) == sizeof(struct sockaddr_in6),
+               "sw_peer_t holds a sockaddr_in6 and nothing more");
+
+int sw_io_accept(int lfd, sw_peer_t *peer)
 {
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
@@ -77,8 +80,11 @@ int sw_io_accept(int lfd)
     } while (fd < 0 && errno == EINTR);
     if (fd < 0)
         return errno == EWOULDBLOCK ? -EAGAIN : -errno;
-    if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6)
+    memset(peer, 0, sizeof *peer);
+    if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        memcpy(peer, &ss, ss.ss_family == AF_INET ? sizeof peer->in4 : sizeof peer->in6);
+    }
     return fd;
 }
 
@@ -170,6 +176,21 @@ int sw_io_peername(int fd, char *host, size_t hostlen, int *port,
     if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0)
         return -errno;
     return addr_out(&ss, len, host, hostlen, port, flowinfo, scope_id);
+}
+
+int sw_io_peer_text(const sw_peer_t *peer, char *host, size_t hostlen, int *port,
+                    unsigned *flowinfo, unsigned *scope_id)
+{
+    struct sockaddr_storage ss;
+    if (peer->family != AF_INET && peer->family != AF_INET6) {
+        host[0] = '\0';
+        *port = 0;
+        *flowinfo = *scope_id = 0;
+        return 0;
+    }
+    memset(&ss, 0, sizeof ss);
+    memcpy(&ss, peer, sizeof *peer);
+    return addr_out(&ss, sizeof *peer, host, hostlen, port, flowinfo, scope_id);
 }
 
 int sw_io_sockname(int fd, char *host, size_t hostlen, int *port,

@@ -12,6 +12,7 @@
 #define SW_IO_H
 
 #include <stddef.h>
+#include <netinet/in.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
@@ -44,9 +45,25 @@ int sw_io_del(int epfd, int fd);
 /* Ready descriptors, without waiting: at most `max` into `out`. */
 int sw_io_ready(int epfd, sw_ready_t *out, int max);
 
+/* A TCP peer's address as accept() gave it (32 bytes, kept per client
+ * connection so that its address costs no getpeername() and can still be
+ * told after the descriptor is closed). `family` is AF_INET or AF_INET6;
+ * 0 when the peer was neither (a Unix socket): ask sw_io_peername then. */
+typedef union {
+    sa_family_t family;
+    struct sockaddr_in in4;
+    struct sockaddr_in6 in6;
+} sw_peer_t;
+
 /* Accept one connection (non-blocking, close-on-exec; TCP_NODELAY set on
- * TCP sockets): a descriptor or -errno (-EAGAIN: none waiting). */
-int sw_io_accept(int lfd);
+ * TCP sockets): a descriptor or -errno (-EAGAIN: none waiting). The peer's
+ * address goes into `*peer`. */
+int sw_io_accept(int lfd, sw_peer_t *peer);
+
+/* The address in `*peer`, written as sw_io_peername writes it: the family,
+ * or 0 when `peer->family` is 0. */
+int sw_io_peer_text(const sw_peer_t *peer, char *host, size_t hostlen, int *port,
+                    unsigned *flowinfo, unsigned *scope_id);
 
 /* recv(), send() without SIGPIPE, writev() without SIGPIPE. */
 ssize_t sw_io_recv(int fd, char *buf, size_t len);

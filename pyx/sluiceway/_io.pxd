@@ -16,7 +16,11 @@ cdef extern from "sw_io.h" nogil:
     int sw_io_mod(int epfd, int fd, unsigned events, void *obj)
     int sw_io_del(int epfd, int fd)
     int sw_io_ready(int epfd, sw_ready_t *out, int max)
-    int sw_io_accept(int lfd)
+    ctypedef union sw_peer_t:
+        unsigned short family
+    int sw_io_accept(int lfd, sw_peer_t *peer)
+    int sw_io_peer_text(const sw_peer_t *peer, char *host, size_t hostlen, int *port,
+                        unsigned *flowinfo, unsigned *scope_id)
     ssize_t sw_io_recv(int fd, char *buf, size_t len)
     ssize_t sw_io_send(int fd, const char *buf, size_t len)
     ssize_t sw_io_writev(int fd, const iovec *iov, int n)

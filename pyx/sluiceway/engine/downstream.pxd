@@ -3,7 +3,8 @@
 cdef class _Downstream(_Conn):
     cdef _Reader reader         # its parser while a request is read (None when idle)
     cdef Session session        # the request in progress, or None
-    cdef object client_addr     # its address (asked on first use, or from a PROXY header)
+    cdef object client_addr     # its address (made on first use, or from a PROXY header)
+    cdef sw_peer_t peer         # ... as accept gave it (family 0: a Unix socket's, asked)
     cdef object local_addr      # the address it connected to (likewise)
     cdef bint pp_wait           # a PROXY protocol header must come first
     cdef bytes pp_buf           # ... the part of it received so far
@@ -60,6 +61,7 @@ cdef class _Downstream(_Conn):
     cdef int request_done(self, bint keep, bint linger, bint discard) except -1
     cdef int close(self, bint linger) except -1
     cdef object address(self)
+    cdef object _direct_peer(self)
     cdef object local_address(self)
     cdef int _pp_begin(self) except -1
     cdef object _pp_feed(self, object data)

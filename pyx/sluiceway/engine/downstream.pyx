@@ -66,7 +66,7 @@ cdef class _Downstream(_Conn):
         """PROXY protocol is on: a peer in proxy_protocol_from must start
         with the header (read by _pp_feed before any HTTP); any other peer
         is refused. (A peer on a Unix socket is a local process: trusted.)"""
-        peer = self.t_peername()
+        peer = self._direct_peer()
         if type(peer) is tuple and not self.eng.cfg.pp_from.has(peer[0]):
             self.eng.gate.emit(logging.WARNING, "proxy_protocol",
                                "sluiceway: refused a connection from %s: PROXY protocol is "
@@ -154,10 +154,10 @@ cdef class _Downstream(_Conn):
 
     cdef int on_closing(self) except -1:
         # Keep the client's address for the logging of a request in
-        # progress (or of a TLS handshake cut): it cannot be asked once the
-        # socket is closed.
-        if (self.session is not None or (self.tls is not None and self.tls.state == TLS_HANDSHAKE)) \
-                and self.client_addr is None:
+        # progress (or of a TLS handshake cut): a Unix socket's cannot be
+        # asked once the socket is closed (a TCP peer's is kept from accept).
+        if self.peer.family == 0 and self.client_addr is None and \
+                (self.session is not None or (self.tls is not None and self.tls.state == TLS_HANDSHAKE)):
             self.client_addr = self.t_peername()
         return 0
 
@@ -183,9 +183,10 @@ cdef class _Downstream(_Conn):
         record starts TLS with them; anything else gets a plaintext 400."""
         cdef unsigned char first = <unsigned char>PyBytes_AS_STRING(data)[0]
         self.tls_wait = False
-        if self.client_addr is None:
+        if self.client_addr is None and self.peer.family == 0:
             # Asked now: a handshake cut by a reset could not ask any more,
-            # and its log line names the client.
+            # and its log line names the client. (A TCP peer's address is
+            # kept from accept.)
             self.client_addr = self.t_peername()
         if first != 0x16:   # a TLS handshake record's content type
             self._tls_error(None, "plain HTTP sent to the TLS port: answered 400"
@@ -461,11 +462,22 @@ cdef class _Downstream(_Conn):
         return self._close(linger)
 
     cdef object address(self):
-        """The client's address, asked of the kernel on first use (an idle
-        connection keeps no address objects)."""
+        """The client's address, made on first use (an idle connection
+        keeps no address objects), or the one a PROXY header named."""
         if self.client_addr is None:
-            self.client_addr = self.t_peername()
+            self.client_addr = self._direct_peer()
         return self.client_addr
+
+    cdef object _direct_peer(self):
+        """The address of the connection's other end: as accept gave it
+        (also after the close), else (a Unix socket) asked of the kernel."""
+        cdef char host[64]
+        cdef int port = 0, fam
+        cdef unsigned flow = 0, scope = 0
+        if self.peer.family == 0:
+            return self.t_peername()
+        fam = sw_io_peer_text(&self.peer, host, sizeof(host), &port, &flow, &scope)
+        return _addr_obj(fam, host, port, flow, scope)
 
     cdef object local_address(self):
         """The address the client connected to: the socket's own, or the

@@ -55,7 +55,7 @@ cdef class _Engine:
     cdef int _give_reader(self, _Reader r, bint reset) except -1
     cdef bint _full(self)
     cdef int _conn_closed(self) except -1
-    cdef int _accepted(self, int fd, _Listener l) except -1
+    cdef int _accepted(self, int fd, _Listener l, const sw_peer_t *peer) except -1
     cdef int _close_idle(self, double now) except -1
     cdef int _sync_metrics(self) except -1
 

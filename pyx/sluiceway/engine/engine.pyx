@@ -310,8 +310,9 @@ cdef class _Engine:
                 l._start()
         return 0
 
-    cdef int _accepted(self, int fd, _Listener l) except -1:
+    cdef int _accepted(self, int fd, _Listener l, const sw_peer_t *peer) except -1:
         cdef _Downstream d = _Downstream(self)
+        d.peer = peer[0]
         if l.tls_ctx is not None:
             d.tls_lst = l
         try:

@@ -25,6 +25,19 @@ cdef object _os_error(Py_ssize_t neg_errno):
     return OSError(e, os.strerror(e))
 
 
+cdef object _addr_obj(int fam, const char *host, int port, unsigned flow, unsigned scope):
+    """An address as sw_io_peername wrote it, in the socket module's form:
+    ``(host, port)``, ``(host, port, flowinfo, scope_id)``, a Unix path;
+    None for another family or an error."""
+    if fam == AF_INET:
+        return (host.decode("ascii"), port)
+    if fam == AF_INET6:
+        return (host.decode("ascii"), port, flow, scope)
+    if fam == AF_UNIX:
+        return host.decode("utf-8", "surrogateescape")
+    return None
+
+
 @cython.final
 cdef class _IoLoop:
     """One epoll set, watched by ``loop``, for the connections of that loop."""
@@ -34,6 +47,7 @@ cdef class _IoLoop:
         self.epfd = -1
         self.live = set()
         self.dead = []
+        self.lost = []
         self.ready = <sw_ready_t *>malloc(MAX_READY * sizeof(sw_ready_t))
         if self.ready == NULL:
             raise MemoryError()
@@ -127,11 +141,32 @@ cdef class _IoLoop:
                 except BaseException:
                     error_log.exception("sluiceway: internal error in connection I/O (this is a bug)")
                     c.t_abort(None)
+            if self.lost:
+                self._report_lost()
         finally:
             _in_batch = False
             self.dispatching = False
             if self.dead:
                 self.dead.clear()
+
+    cdef int _report_lost(self) except -1:
+        """``on_lost`` of the connections that closed during the batch, in
+        the order they closed: after every event of the batch was handled
+        (never inside the protocol call that closed it), as ``call_soon``
+        would, without a loop callback and a wake-up per connection. What
+        those calls close is reported too."""
+        cdef list q
+        cdef Py_ssize_t i
+        cdef _Conn c
+        while self.lost:
+            q, self.lost = self.lost, []
+            for i in range(0, len(q), 2):
+                c = <_Conn>q[i]
+                try:
+                    c.on_lost(q[i + 1])
+                except BaseException:
+                    error_log.exception("sluiceway: internal error in connection I/O (this is a bug)")
+        return 0
 
     def close(self):
         """Abort every connection still open and stop watching."""
@@ -154,8 +189,10 @@ cdef class _Conn:
     take is queued (as bytes) and written when epoll says the socket is
     writable. Past HIGH_WATER queued bytes ``on_pause_writing`` is called,
     at LOW_WATER ``on_resume_writing``, as asyncio transports do.
-    ``t_close`` flushes the queue, then closes; ``on_lost`` follows on the
-    next loop iteration (as ``connection_lost`` does with asyncio).
+    ``t_close`` flushes the queue, then closes; ``on_lost`` follows later,
+    never inside the call that closed (as ``connection_lost`` does with
+    asyncio): after the batch of events being handled, or on the next loop
+    iteration when the close came from elsewhere (a timer, a hook).
 
     With TLS (``t_start_tls``), the ``t_*`` write methods take plaintext
     and the layer queues ciphertext (``_send_raw``); the queue, its
@@ -367,13 +404,7 @@ cdef class _Conn:
         if self.fd < 0:
             return None
         fam = sw_io_peername(self.fd, host, sizeof(host), &port, &flow, &scope)
-        if fam == AF_INET:
-            return (host.decode("ascii"), port)
-        if fam == AF_INET6:
-            return (host.decode("ascii"), port, flow, scope)
-        if fam == AF_UNIX:
-            return host.decode("utf-8", "surrogateescape")
-        return None
+        return _addr_obj(fam, host, port, flow, scope)
 
     cdef int t_start_tls(self, object ctx, bint server_side, object server_hostname,
                          object session=None) except -1:
@@ -563,7 +594,12 @@ cdef class _Conn:
                 "the connection was closed during the TLS handshake"))
         if not self.lost_sent:
             self.lost_sent = True
-            self.io.loop.call_soon(self._lost, exc)
+            if self.io.dispatching:
+                # Reported once the batch is handled (_IoLoop._report_lost).
+                self.io.lost.append(self)
+                self.io.lost.append(exc)
+            else:
+                self.io.loop.call_soon(self._lost, exc)
 
     def _lost(self, exc):
         self.on_lost(exc)

@@ -36,17 +36,23 @@ cdef class _Listener:
         self._start()
 
     def _accept(self):
-        self._accept_some(64)
+        # One connection per wake-up, as nginx does (without multi_accept):
+        # the listening socket is watched level-triggered, so the loop comes
+        # back at once for the next one, and a wake-up with one connection
+        # waiting (the common case) costs no accept() that finds none.
+        # Workers sharing the socket also take turns this way.
+        self._accept_some(1)
 
     cdef int _accept_some(self, int limit) except -1:
         """Accept up to ``limit`` waiting connections."""
         cdef int i, fd
+        cdef sw_peer_t peer
         for i in range(limit):
             if self.eng._full():
                 return 0
-            fd = sw_io_accept(self.fd)
+            fd = sw_io_accept(self.fd, &peer)
             if fd >= 0:
-                self.eng._accepted(fd, self)
+                self.eng._accepted(fd, self, &peer)
                 continue
             if fd == -EAGAIN:
                 return 0
