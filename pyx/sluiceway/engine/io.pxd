@@ -7,6 +7,7 @@ cdef class _IoLoop:
     cdef list dead              # unregistered during a dispatch, freed after it
     cdef bint dispatching
     cdef list lost              # closed during a dispatch: (conn, exc, ...) for on_lost after it
+    cdef list held              # TLS connections whose output waits for the end of the dispatch
     cdef sw_ready_t *ready
     cdef PyObject *rbig         # the bytes the next read goes into (owned)
 
@@ -18,6 +19,7 @@ cdef class _IoLoop:
     cdef int register(self, _Conn c, int fd) except -1
     cdef int modify(self, _Conn c, unsigned mask) except -1
     cdef int unregister(self, _Conn c) except -1
+    cdef int _batch_end(self) except -1
     cdef int _report_lost(self) except -1
 
 

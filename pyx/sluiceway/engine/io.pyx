@@ -48,6 +48,7 @@ cdef class _IoLoop:
         self.live = set()
         self.dead = []
         self.lost = []
+        self.held = []
         self.ready = <sw_ready_t *>malloc(MAX_READY * sizeof(sw_ready_t))
         if self.ready == NULL:
             raise MemoryError()
@@ -141,31 +142,53 @@ cdef class _IoLoop:
                 except BaseException:
                     error_log.exception("sluiceway: internal error in connection I/O (this is a bug)")
                     c.t_abort(None)
-            if self.lost:
-                self._report_lost()
+            if self.held or self.lost:
+                self._batch_end()
         finally:
             _in_batch = False
             self.dispatching = False
             if self.dead:
                 self.dead.clear()
 
+    cdef int _batch_end(self) except -1:
+        """The batch's events are handled: send what the TLS layers held
+        (engine/tls.pyx, ``_Tls._flush``), then tell the protocols of the
+        connections that closed (which may write and close more)."""
+        cdef Py_ssize_t i
+        cdef _Conn c
+        while self.held or self.lost:
+            i = 0
+            while i < len(self.held):
+                c = <_Conn>self.held[i]
+                i += 1
+                if c.tls is not None:
+                    try:
+                        c.tls.release(c)
+                    except BaseException:
+                        error_log.exception("sluiceway: internal error in connection I/O "
+                                            "(this is a bug)")
+                        c.t_abort(None)
+            del self.held[:]
+            if self.lost:
+                self._report_lost()
+        return 0
+
     cdef int _report_lost(self) except -1:
         """``on_lost`` of the connections that closed during the batch, in
         the order they closed: after every event of the batch was handled
         (never inside the protocol call that closed it), as ``call_soon``
-        would, without a loop callback and a wake-up per connection. What
-        those calls close is reported too."""
-        cdef list q
-        cdef Py_ssize_t i
+        would, without a loop callback and a wake-up per connection."""
+        cdef Py_ssize_t i = 0
         cdef _Conn c
-        while self.lost:
-            q, self.lost = self.lost, []
-            for i in range(0, len(q), 2):
-                c = <_Conn>q[i]
-                try:
-                    c.on_lost(q[i + 1])
-                except BaseException:
-                    error_log.exception("sluiceway: internal error in connection I/O (this is a bug)")
+        while i < len(self.lost):    # (what on_lost closes is appended)
+            c = <_Conn>self.lost[i]
+            exc = self.lost[i + 1]
+            i += 2
+            try:
+                c.on_lost(exc)
+            except BaseException:
+                error_log.exception("sluiceway: internal error in connection I/O (this is a bug)")
+        del self.lost[:]
         return 0
 
     def close(self):
@@ -292,7 +315,19 @@ cdef class _Conn:
         cdef int k = 0
         cdef Py_ssize_t r, hl = 0
         cdef object part
+        cdef char *p
         if self.tls is not None and self.fd >= 0 and not self.io_closing:
+            if head is not None:
+                hl = PyBytes_GET_SIZE(head)
+            if hl + n <= TLS_JOIN_MAX:
+                # One record: joined here, without a memoryview of the slice.
+                part = PyBytes_FromStringAndSize(NULL, hl + n)
+                p = PyBytes_AS_STRING(part)
+                if hl:
+                    memcpy(p, PyBytes_AS_STRING(head), <size_t>hl)
+                if n:
+                    memcpy(p + hl, PyBytes_AS_STRING(owner) + off, <size_t>n)
+                return self.tls.write(self, part)
             part = owner if off == 0 and n == PyBytes_GET_SIZE(owner) else \
                 memoryview(owner)[off:off + n]
             return self.tls.writev(self, (head, part) if head is not None else (part,))
@@ -343,6 +378,7 @@ cdef class _Conn:
             return 0
         if self.tls is not None:
             self.tls.close_notify(self)
+            self.tls.release(self)   # with what the batch wrote before: one send
         self.io_closing = True
         if self.wq is None:
             self._finalize(None)
@@ -367,6 +403,7 @@ cdef class _Conn:
             return 0
         if self.tls is not None:
             self.tls.close_notify(self)
+            self.tls.release(self)
         self.io_closing = True
         self.linger = True
         if self.wq is None:

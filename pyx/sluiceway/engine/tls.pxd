@@ -33,6 +33,7 @@ cdef class _Tls:
     cdef bint sent_close        # our close_notify is written
     cdef bint got_close         # the peer's close_notify came
     cdef bint offered           # a client that offered an earlier session to resume
+    cdef bint held              # its output waits for the end of the batch (_flush)
     cdef list pending           # plaintext written before the handshake was done
     # The handshake's result (kept for the connection's life and after).
     cdef readonly str version       # "TLSv1.3", ...
@@ -57,6 +58,7 @@ cdef class _Tls:
     cdef bint _handshake(self, _Conn c) except -1
     cdef int _read(self, _Conn c) except -1
     cdef int _flush(self, _Conn c) except -1
+    cdef int release(self, _Conn c) except -1
     cdef bint _failed(self, _Conn c, object exc) except -1
     cdef bint _opened(self, _Conn c) except -1
     cdef int _deliver(self, _Conn c, object data, list more, object err, bint eof) except -1
