@@ -8,6 +8,7 @@ import textwrap
 import time
 
 import httpx
+import pytest
 
 from proxy_harness import Harness, OriginThread, SimpleApp, free_port, spawn, stop_proc, wait_port
 from sluiceway import _engine
@@ -65,6 +66,38 @@ def test_client_addr_kept_for_logging_after_the_client_left():
         addr, err = app.logged[0]
         assert addr == me
         assert err is not None
+
+
+def test_client_addr_over_ipv6_and_after_the_client_left():
+    """The address accept gave, IPv6 with its flow info and scope id, as
+    the socket module gives it; also to logging after a reset."""
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    from sluiceway.server import ProxyService
+    app = AddrApp()
+    with Harness(app) as h:
+        svc = ProxyService(h.conf, app)
+        svc.add_tcp("[::1]:0")
+        h.call(svc.start())
+        try:
+            port = svc.addresses[0][1]
+            with socket.create_connection(("::1", port)) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert s.recv(65536).startswith(b"HTTP/1.1 200")
+                assert app.seen == [s.getsockname()]
+                assert len(app.seen[0]) == 4 and app.seen[0][0] == "::1"
+            s = socket.create_connection(("::1", port))
+            me = s.getsockname()
+            s.sendall(b"GET /slow?d=0.5 HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()        # a reset
+            assert _wait(lambda: len(app.logged) == 2)
+            assert app.logged[1][0] == me and app.logged[1][1] is not None
+        finally:
+            h.call(svc.stop(0.5))
 
 
 def test_upstream_given_by_host_name():

@@ -224,3 +224,35 @@ def test_records_cut_anywhere_between_reads(certs):
                 assert head.startswith(b"HTTP/1.1 200"), head
                 assert got_body == body
         assert h.run(lambda: h.svc.stats())["tls_errors"] == 0
+
+
+def _data_segments_in(sock):
+    """Segments with data this socket received (Linux TCP_INFO,
+    tcpi_data_segs_in)."""
+    import struct
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 160)
+    return struct.unpack_from("I", info, 152)[0]
+
+
+@pytest.mark.skipif(ON_PYTHON_LAYER, reason="the C layer holds a batch's output; ssl's sends it at once")
+def test_a_response_and_the_close_notify_after_it_go_out_in_one_segment(certs):
+    """What one batch of events writes to a TLS connection goes out with
+    one send: the last response on a connection and the close_notify
+    after it come in one segment, as one read."""
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2    # (no tickets after the handshake)
+    with Harness(Pass(), tls={"cert_path": str(certs / "srv.pem"),
+                              "key_path": str(certs / "srv.key")}) as h:
+        for _ in range(5):
+            with socket.create_connection(("127.0.0.1", h.port), timeout=5) as s:
+                with ctx.wrap_socket(s, server_hostname="localhost") as t:
+                    before = _data_segments_in(t)
+                    t.sendall(b"GET /hello HTTP/1.0\r\n\r\n")
+                    got = b""
+                    while True:
+                        chunk = t.recv(65536)
+                        if not chunk:
+                            break     # the close_notify
+                        got += chunk
+                    assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"hello"), got
+                    assert _data_segments_in(t) - before == 1
