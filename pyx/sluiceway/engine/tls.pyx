@@ -553,26 +553,20 @@ cdef class _Tls:
         (``release``, or ``_Conn.t_close`` with the close_notify): what
         one batch writes to a connection goes out in one send. A response
         and the close_notify after it then cost one send, not two."""
-        cdef size_t n
-        cdef object b
         if self.ct != NULL:
             if c.io is not None and c.io.dispatching and not c.io_closing:
                 if not self.held and sw_tls_out_pending(self.ct):
                     self.held = True
                     c.io.held.append(c)
                 return 0
-            n = sw_tls_out_pending(self.ct)
-            if n:
-                b = PyBytes_FromStringAndSize(NULL, n)
-                sw_tls_out_read(self.ct, PyBytes_AS_STRING(b), n)
-                c._send_raw(b)
-            return 0
+            return self.release(c)
         if self.out is not None and self.out.pending:
             c._send_raw(self.out.read())
         return 0
 
     cdef int release(self, _Conn c) except -1:
-        """Send the ciphertext held by ``_flush`` now."""
+        """Send the C layer's output now (what ``_flush`` held, and what
+        was made since)."""
         cdef size_t n
         cdef object b
         self.held = False
