@@ -100,6 +100,29 @@ def test_client_addr_over_ipv6_and_after_the_client_left():
             h.call(svc.stop(0.5))
 
 
+def test_a_burst_of_connections_waiting_in_the_backlog_is_all_served():
+    """Connections are accepted one per wake-up: 300 that wait in the
+    listen queue together (connected before the proxy took any) are all
+    taken and answered."""
+    with Harness(SimpleApp()) as h:
+        socks = [socket.create_connection(("127.0.0.1", h.port), timeout=10) for _ in range(300)]
+        try:
+            for s in socks:
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            for s in socks:
+                got = b""
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    got += chunk
+                assert got.startswith(b"HTTP/1.1 200"), got[:80]
+        finally:
+            for s in socks:
+                s.close()
+        assert _wait(lambda: h.run(lambda: h.svc.stats())["connections"] == 0)
+
+
 def test_upstream_given_by_host_name():
     """A name is resolved with the loop's getaddrinfo and each address is
     tried in order ("localhost" may give ::1 first, where nothing listens)."""
