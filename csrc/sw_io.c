@@ -134,27 +134,28 @@ int sw_io_soerror(int fd)
     return err;
 }
 
-/* The address in `ss` (as sw_io_peername describes). */
-static int addr_out(const struct sockaddr_storage *ss, socklen_t len, char *host,
+/* The address in `sa` (as sw_io_peername describes); the family, 0 and
+ * an empty host for one it does not know. */
+static int addr_out(const struct sockaddr *sa, socklen_t len, char *host,
                     size_t hostlen, int *port, unsigned *flowinfo, unsigned *scope_id)
 {
     host[0] = '\0';
     *port = 0;
     *flowinfo = *scope_id = 0;
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
         if (!inet_ntop(AF_INET, &a->sin_addr, host, (socklen_t)hostlen))
             return -errno;
         *port = ntohs(a->sin_port);
-    } else if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
         if (!inet_ntop(AF_INET6, &a->sin6_addr, host, (socklen_t)hostlen))
             return -errno;
         *port = ntohs(a->sin6_port);
         *flowinfo = ntohl(a->sin6_flowinfo);
         *scope_id = a->sin6_scope_id;
-    } else if (ss->ss_family == AF_UNIX) {
-        const struct sockaddr_un *a = (const struct sockaddr_un *)ss;
+    } else if (sa->sa_family == AF_UNIX) {
+        const struct sockaddr_un *a = (const struct sockaddr_un *)sa;
         size_t n = len > offsetof(struct sockaddr_un, sun_path)
                    ? len - offsetof(struct sockaddr_un, sun_path) : 0;
         if (n >= hostlen)
@@ -164,7 +165,7 @@ static int addr_out(const struct sockaddr_storage *ss, socklen_t len, char *host
         if (n > 0 && a->sun_path[0] == '\0')
             host[0] = '\0';  /* abstract socket: report no path */
     }
-    return ss->ss_family;
+    return sa->sa_family;
 }
 
 int sw_io_peername(int fd, char *host, size_t hostlen, int *port,
@@ -175,22 +176,13 @@ int sw_io_peername(int fd, char *host, size_t hostlen, int *port,
     memset(&ss, 0, sizeof ss);
     if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0)
         return -errno;
-    return addr_out(&ss, len, host, hostlen, port, flowinfo, scope_id);
+    return addr_out((const struct sockaddr *)&ss, len, host, hostlen, port, flowinfo, scope_id);
 }
 
 int sw_io_peer_text(const sw_peer_t *peer, char *host, size_t hostlen, int *port,
                     unsigned *flowinfo, unsigned *scope_id)
 {
-    struct sockaddr_storage ss;
-    if (peer->family != AF_INET && peer->family != AF_INET6) {
-        host[0] = '\0';
-        *port = 0;
-        *flowinfo = *scope_id = 0;
-        return 0;
-    }
-    memset(&ss, 0, sizeof ss);
-    memcpy(&ss, peer, sizeof *peer);
-    return addr_out(&ss, sizeof *peer, host, hostlen, port, flowinfo, scope_id);
+    return addr_out(&peer->sa, sizeof *peer, host, hostlen, port, flowinfo, scope_id);
 }
 
 int sw_io_sockname(int fd, char *host, size_t hostlen, int *port,
@@ -201,7 +193,7 @@ int sw_io_sockname(int fd, char *host, size_t hostlen, int *port,
     memset(&ss, 0, sizeof ss);
     if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
         return -errno;
-    return addr_out(&ss, len, host, hostlen, port, flowinfo, scope_id);
+    return addr_out((const struct sockaddr *)&ss, len, host, hostlen, port, flowinfo, scope_id);
 }
 
 int sw_io_shutdown_wr(int fd)

@@ -51,6 +51,7 @@ int sw_io_ready(int epfd, sw_ready_t *out, int max);
  * 0 when the peer was neither (a Unix socket): ask sw_io_peername then. */
 typedef union {
     sa_family_t family;
+    struct sockaddr sa;
     struct sockaddr_in in4;
     struct sockaddr_in6 in6;
 } sw_peer_t;

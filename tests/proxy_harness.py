@@ -218,6 +218,17 @@ class ThreadOrigin:
             t.join(10)
 
 
+def recv_all(c):
+    """Everything the blocking socket ``c`` (plain or TLS) receives until
+    the peer closes (for TLS: its close_notify)."""
+    got = b""
+    while True:
+        chunk = c.recv(65536)
+        if not chunk:
+            return got
+        got += chunk
+
+
 def recv_head(c):
     """Read a request head from the blocking socket ``c``: (head, what came
     after it); EOFError when the peer closes first."""

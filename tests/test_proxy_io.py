@@ -10,7 +10,8 @@ import time
 import httpx
 import pytest
 
-from proxy_harness import Harness, OriginThread, SimpleApp, free_port, spawn, stop_proc, wait_port
+from proxy_harness import (Harness, OriginThread, SimpleApp, free_port, recv_all, spawn, stop_proc,
+                           wait_port)
 from sluiceway import _engine
 from sluiceway.proxy import HttpPeer, ProxyHttp
 
@@ -110,12 +111,7 @@ def test_a_burst_of_connections_waiting_in_the_backlog_is_all_served():
             for s in socks:
                 s.sendall(b"GET / HTTP/1.0\r\n\r\n")
             for s in socks:
-                got = b""
-                while True:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    got += chunk
+                got = recv_all(s)
                 assert got.startswith(b"HTTP/1.1 200"), got[:80]
         finally:
             for s in socks:

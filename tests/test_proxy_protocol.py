@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from proxy_harness import HAVE_NGINX, Harness, free_port, run_nginx
+from proxy_harness import HAVE_NGINX, Harness, free_port, recv_all, run_nginx
 from raw_peers import read_head
 from sluiceway import _engine
 from sluiceway import _proxyproto_py as ref
@@ -398,12 +398,7 @@ def fetch(port, first):
     whole answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
         c.sendall(first + b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            more = c.recv(65536)
-            if not more:
-                return data
-            data += more
+        return recv_all(c)
 
 
 @pytest.mark.parametrize("version", [1, 2])

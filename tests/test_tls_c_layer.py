@@ -13,7 +13,7 @@ import sys
 import httpx
 import pytest
 
-from proxy_harness import Harness, open_fds
+from proxy_harness import Harness, open_fds, recv_all
 from sluiceway import _engine
 from sluiceway.tls import TlsOptions, build
 from test_tls_listen import Seen as Pass, wait_until as _wait
@@ -123,12 +123,7 @@ def _rounds(h, certs, n, hello):
         with socket.create_connection(("127.0.0.1", h.port), timeout=5) as s:
             with ctx.wrap_socket(s, server_hostname="localhost") as t:
                 t.sendall(req)
-                got = b""
-                while True:
-                    chunk = t.recv(65536)
-                    if not chunk:
-                        break
-                    got += chunk
+                got = recv_all(t)
                 assert got.startswith(b"HTTP/1.1 200"), got[:100]
         s = socket.create_connection(("127.0.0.1", h.port), timeout=5)
         s.sendall(hello)
@@ -248,11 +243,6 @@ def test_a_response_and_the_close_notify_after_it_go_out_in_one_segment(certs):
                 with ctx.wrap_socket(s, server_hostname="localhost") as t:
                     before = _data_segments_in(t)
                     t.sendall(b"GET /hello HTTP/1.0\r\n\r\n")
-                    got = b""
-                    while True:
-                        chunk = t.recv(65536)
-                        if not chunk:
-                            break     # the close_notify
-                        got += chunk
+                    got = recv_all(t)       # (until the close_notify)
                     assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"hello"), got
                     assert _data_segments_in(t) - before == 1
