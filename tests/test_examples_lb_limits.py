@@ -70,7 +70,11 @@ def test_least_conn_keeps_requests_off_a_slow_upstream(selection):
             # the dead upstream refuses: the request is retried elsewhere
             assert all(r.status_code == 200 for r in rs)
             slow = sum(r.text == "slow" for r in rs)
-            assert slow < len(rs) / 8, (slow, len(rs))      # round robin: a third
+            # Round robin would send a third (40). least_conn sends a few;
+            # p2c compares two upstreams drawn at random, so the slow one
+            # gets more and a spread of them: 6-14 of 120 in 16 runs, and
+            # 15 once in CI. Under a sixth is still half of round robin's.
+            assert slow < len(rs) / 6, (slow, len(rs))
         finally:
             assert stop_proc(proc) == 0
 
